@@ -1,0 +1,131 @@
+"""Staleness policies: pure functions from a ledger state to the events to emit.
+
+Shells (the executor, the simulator) ask these functions what to do and append
+what they return; nothing here changes a state.
+
+- ``admission`` (AReaL): the bound applies when a rollout starts, through the
+  capacity rule only; a rollout is never filtered afterwards.
+- ``strict``: admission, plus a rollout whose ``version - head_version >
+  max_staleness`` is filtered at completion and from the ready queue whenever the
+  version moves.
+- ``segment_wise``: staleness is measured from the newest (tail) segment and may be
+  at most 1, until the rollout's proximal log-probs are recomputed; after that it is
+  measured from the oldest (head) segment and may be ``max(1, max_staleness)``.
+  Before each weight update, ready rollouts of version ``v - 1`` are recomputed
+  (so they survive the bump); the ready queue is purged when the version moves.
+
+``on_stale = requeue`` turns a filtered rollout's prompt into a new attempt.
+"""
+
+from __future__ import annotations
+
+from engine.config import Config
+from engine.events import Accepted, Enqueued, Event, Filtered, Recomputed
+from engine.reducer import READY, Rollout, State
+
+
+def _config(state: State) -> Config:
+    if state.config is None:
+        raise ValueError("the run has not started: the state has no config")
+    return state.config
+
+
+def reference_version(config: Config, record: Rollout) -> int:
+    """The version a rollout's staleness is measured from under ``config.policy``."""
+    if config.policy == "segment_wise" and record.recomputed_version is None:
+        return record.tail_version
+    return record.head_version
+
+
+def allowed_staleness(config: Config, record: Rollout) -> int | None:
+    """The largest staleness the policy lets a rollout keep; ``None`` for no bound."""
+    if config.policy == "admission":
+        return None
+    if config.policy == "strict":
+        return config.max_staleness
+    if record.recomputed_version is None:
+        return 1
+    return None if config.max_staleness is None else max(1, config.max_staleness)
+
+
+def staleness(state: State, record: Rollout) -> int:
+    """How many versions behind the current one the rollout is, by the policy's measure."""
+    return state.version - reference_version(_config(state), record)
+
+
+def is_stale(state: State, record: Rollout) -> bool:
+    """Whether the policy would filter this rollout now."""
+    config = _config(state)
+    allowed = allowed_staleness(config, record)
+    return allowed is not None and state.version - reference_version(config, record) > allowed
+
+
+def _filter(state: State, rollout: str, record: Rollout) -> tuple[Event, ...]:
+    events: tuple[Event, ...] = (Filtered(rollout, "stale"),)
+    if _config(state).on_stale == "requeue":
+        attempt = record.attempt + 1
+        events += (Enqueued(f"{record.prompt}#{attempt}", record.prompt, attempt),)
+    return events
+
+
+def on_complete(state: State, rollout: str) -> tuple[Event, ...]:
+    """A running rollout finished generating and its workflow accepted it: accept it,
+    or filter it (and maybe requeue its prompt) if the policy finds it stale."""
+    record = state.rollouts.get(rollout)
+    if record is None:
+        raise KeyError(f"rollout {rollout!r} is not live in this ledger")
+    if is_stale(state, record):
+        return _filter(state, rollout, record)
+    return (Accepted(rollout),)
+
+
+def on_version(state: State) -> tuple[Event, ...]:
+    """After the version moved: purge the ready rollouts the policy finds stale."""
+    events: tuple[Event, ...] = ()
+    for rollout, record in _ready(state):
+        if is_stale(state, record):
+            events += _filter(state, rollout, record)
+    return events
+
+
+def recompute_requests(state: State) -> tuple[Recomputed, ...]:
+    """Before a weight update (``segment_wise`` only): the ready rollouts whose tail is
+    one version behind, to have their proximal log-probs recomputed under the
+    current weights.  The shell recomputes, then appends these events."""
+    config = _config(state)
+    if config.policy != "segment_wise":
+        return ()
+    return tuple(
+        Recomputed(rollout, state.version)
+        for rollout, record in _ready(state)
+        if record.recomputed_version is None and record.tail_version == state.version - 1
+    )
+
+
+def _ready(state: State) -> list[tuple[str, Rollout]]:
+    """Ready rollouts, oldest first: lowest start version, then earliest accepted."""
+    ready = [(rollout, record) for rollout, record in state.rollouts.items() if record.status == READY]
+    ready.sort(key=lambda item: (item[1].head_version, item[1].order))
+    return ready
+
+
+def select_batch(state: State, size: int) -> tuple[str, ...]:
+    """Up to ``size`` ready rollouts, oldest first, that the policy would not filter."""
+    if size < 1:
+        raise ValueError(f"batch size must be at least 1, got {size}")
+    batch = [rollout for rollout, record in _ready(state) if not is_stale(state, record)]
+    return tuple(batch[:size])
+
+
+def pending_limit(config: Config) -> int | None:
+    """How many rollouts may wait in ``pending``: ``(max_staleness + 1) * batch_size``
+    per rank; ``None`` when staleness is unbounded."""
+    if config.max_staleness is None:
+        return None
+    return (config.max_staleness + 1) * config.rank_batch_size
+
+
+def enqueue_room(state: State) -> int | None:
+    """How many more prompts may be enqueued now; ``None`` for no limit."""
+    limit = pending_limit(_config(state))
+    return None if limit is None else max(0, limit - state.pending)

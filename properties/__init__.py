@@ -1,0 +1,1 @@
+"""Hypothesis strategies, state machines and invariants of the ledger (importable)."""

@@ -1,0 +1,1 @@
+"""SimPy discrete-event simulator of an asynchronous RL cluster driven by the ledger."""
