@@ -60,11 +60,16 @@ def is_stale(state: State, record: Rollout) -> bool:
     return allowed is not None and state.version - reference_version(config, record) > allowed
 
 
+def retry(record: Rollout) -> Enqueued:
+    """A new attempt at a rollout's prompt (id ``<prompt>#<attempt>``)."""
+    attempt = record.attempt + 1
+    return Enqueued(f"{record.prompt}#{attempt}", record.prompt, attempt)
+
+
 def _filter(state: State, rollout: str, record: Rollout) -> tuple[Event, ...]:
     events: tuple[Event, ...] = (Filtered(rollout, "stale"),)
     if _config(state).on_stale == "requeue":
-        attempt = record.attempt + 1
-        events += (Enqueued(f"{record.prompt}#{attempt}", record.prompt, attempt),)
+        events += (retry(record),)
     return events
 
 

@@ -1,0 +1,171 @@
+"""The ledger shell: folds events through the pure reducer, writes them to the
+durable log and logs them.  The executor and the simulator drive runs through it,
+so both share one reducer, one capacity rule and one set of policies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from engine import policies
+from engine.config import Config
+from engine.events import Consumed, Event, Paused, Rejected, Resumed, RunStarted, Version, to_json
+from engine.log import EventLog
+from engine.logconfig import get_logger
+from engine.reducer import EMPTY, INTERRUPTED, RUNNING, Folder, IllegalTransition, State, capacity, fold
+
+#: A debug-mode check run after every event (e.g. ``properties.invariants.check_state``).
+Check = Callable[[State, Event], None]
+
+
+class Ledger:
+    """One run's ledger.
+
+    ``path`` names the SQLite log; an existing log is replayed first (its config
+    must match ``config`` when both are given).  Events are written in batches of
+    ``flush_every``; ``clock``, when given, stamps events that carry no ``t``.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        path: str | Path | None = None,
+        flush_every: int = 256,
+        clock: Callable[[], float] | None = None,
+        check: Check | None = None,
+    ) -> None:
+        if flush_every < 1:
+            raise ValueError(f"flush_every must be at least 1, got {flush_every}")
+        self._log = EventLog(path) if path is not None else None
+        self._flush_every = flush_every
+        self._clock = clock
+        self._check = check
+        self._unwritten: list[Event] = []
+        self._logger = get_logger("rollout_ledger.ledger", log=str(path) if path else None)
+        replayed = fold(self._log.events()) if self._log is not None and self._log.last_seq else EMPTY
+        self._folder = Folder(replayed)
+        if config is not None:
+            if replayed.config is None:
+                self.append(RunStarted(config))
+            elif replayed.config != config:
+                raise ValueError(
+                    f"the log at {path} was started with {replayed.config}, not {config}; "
+                    "resume it without a config or start a new log"
+                )
+
+    @classmethod
+    def resume(cls, path: str | Path, *, requeue: bool = False, **options: object) -> "Ledger":
+        """Reopen a run's log after a crash: replay it, then close every rollout that was
+        in flight as ``rejected(reason=lost)`` (and, with ``requeue``, enqueue its
+        prompt again as a new attempt), so that nothing is lost or counted twice."""
+        ledger = cls(path=path, **options)  # type: ignore[arg-type]
+        if ledger.state.config is None:
+            raise ValueError(f"the log at {path} has no run to resume (no run_started event)")
+        for rollout, record in sorted(ledger.state.rollouts.items()):
+            if record.status in (RUNNING, INTERRUPTED):
+                events: tuple[Event, ...] = (Rejected(rollout, "lost"),)
+                if requeue:
+                    events += (policies.retry(record),)
+                ledger.append(*events)
+        ledger.flush()
+        return ledger
+
+    @property
+    def state(self) -> State:
+        """The current (immutable) state."""
+        return self._folder.state
+
+    @property
+    def capacity(self) -> int:
+        """How many more rollouts may start now."""
+        return capacity(self._folder.state)
+
+    def append(self, *events: Event) -> State:
+        """Fold ``events`` and queue them for the log, all or nothing; returns the new state.
+
+        An illegal event raises :class:`IllegalTransition` (logged as a warning), and
+        none of ``events`` is folded or written."""
+        if self._clock is not None:
+            now = self._clock()
+            events = tuple(e if e.t is not None else e._replace(t=now) for e in events)
+        folder = self._folder
+        before = folder.state if len(events) > 1 or self._check else None
+        try:
+            for event in events:
+                folder.apply(event)
+                if self._check is not None:
+                    self._check(folder.state, event)
+        except IllegalTransition as err:
+            if before is not None:
+                self._folder = Folder(before)
+            self._logger.warning("refused", event=to_json(err.event), reason=err.reason, rollout=err.rollout, status=err.status)
+            raise
+        except BaseException:
+            if before is not None:
+                self._folder = Folder(before)
+            raise
+        debug = self._logger.debug
+        for event in events:
+            debug("applied", type=event.type, rollout=getattr(event, "rollout", None))
+        if self._log is not None:
+            self._unwritten.extend(events)
+            if len(self._unwritten) >= self._flush_every:
+                self.flush()
+        return self._folder.state
+
+    def complete(self, rollout: str) -> tuple[Event, ...]:
+        """A rollout finished and its workflow accepted it: the policy accepts or
+        filters it (maybe requeueing its prompt).  Returns the events appended."""
+        events = policies.on_complete(self.state, rollout)
+        self.append(*events)
+        return events
+
+    def prepare_batch(self, size: int) -> tuple[str, ...] | None:
+        """Consume ``size`` ready rollouts, oldest first, if that many are usable now."""
+        batch = policies.select_batch(self.state, size)
+        if len(batch) < size:
+            return None
+        self.append(Consumed(batch))
+        return batch
+
+    def advance_version(self, recompute: Callable[[tuple[str, ...]], None] | None = None) -> tuple[Event, ...]:
+        """Move to the next policy version.  Under ``segment_wise`` first calls
+        ``recompute(rollout_ids)`` for the rollouts the policy wants recomputed; then
+        appends the version and the policy's purge.  Returns the events appended."""
+        requests = policies.recompute_requests(self.state)
+        if requests and recompute is not None:
+            recompute(tuple(event.rollout for event in requests))
+        bump = (*requests, Version(self.state.version + 1))
+        self.append(*bump)
+        purge = policies.on_version(self.state)
+        self.append(*purge)
+        return (*bump, *purge)
+
+    def pause(self) -> None:
+        """Stop admissions (capacity 0) until :meth:`resume`."""
+        self.append(Paused())
+
+    def resume_generation(self) -> None:
+        """Admit again after :meth:`pause`."""
+        self.append(Resumed())
+
+    def flush(self) -> None:
+        """Write the queued events to the log in one transaction."""
+        if self._log is not None and self._unwritten:
+            self._log.append(self._unwritten)
+            self._unwritten = []
+
+    def close(self) -> None:
+        """Flush and close the log."""
+        self.flush()
+        if self._log is not None:
+            self._log.close()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

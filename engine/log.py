@@ -1,0 +1,287 @@
+"""The durable event log: an append-only SQLite store, and JSON Lines exchange.
+
+One row per event, keyed by a sequence number that increases by one per event.
+Appends are batched into one transaction each, and each transaction also records
+the last sequence number in ``meta``; reading checks both, so a log whose tail was
+lost or damaged is reported (:class:`TornLog`), never folded silently.  A log
+written by a newer event schema is refused (:class:`SchemaTooNew`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from engine.config import Config
+from engine.events import (
+    SCHEMA_VERSION,
+    Accepted,
+    Checkpoint,
+    Consumed,
+    Enqueued,
+    Event,
+    EventError,
+    Filtered,
+    Interrupted,
+    Paused,
+    Recomputed,
+    Rejected,
+    Resumed,
+    RunStarted,
+    Segment,
+    Stage,
+    Submitted,
+    Version,
+    from_json,
+    to_json,
+)
+from engine.reducer import EMPTY, State, fold
+
+
+class LogError(Exception):
+    """A log that cannot be read as a rollout-ledger log."""
+
+
+class TornLog(LogError):
+    """The log's tail is missing or damaged; ``position`` is the first bad sequence number or line."""
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
+
+
+class SchemaTooNew(LogError):
+    """The log was written by a newer event schema than this program reads."""
+
+
+class BadLine(LogError):
+    """A JSON Lines line that is not a valid event; names the line number and the rollout."""
+
+    def __init__(self, line: int, message: str, rollout: str | None = None) -> None:
+        where = f"line {line}" + (f" (rollout {rollout!r})" if rollout else "")
+        super().__init__(f"{where}: {message}")
+        self.line = line
+        self.rollout = rollout
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq     INTEGER PRIMARY KEY,
+    type    TEXT NOT NULL,
+    rollout TEXT,
+    version INTEGER,
+    tokens  INTEGER,
+    t       REAL,
+    data    TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_rollout ON events (rollout);
+"""
+
+# Row columns after seq: (type, rollout, version, tokens, t, data).  One encoder and
+# one decoder per event type; rare fields go in ``data`` (text or JSON).
+Row = tuple[str, "str | None", "int | None", "int | None", "float | None", "str | None"]
+
+_ENCODE: dict[type, Callable[[Any], Row]] = {
+    RunStarted: lambda e: ("run_started", None, None, None, e.t, json.dumps(e.config.to_json())),
+    Enqueued: lambda e: ("enqueued", e.rollout, None, e.attempt, e.t, e.prompt),
+    Submitted: lambda e: ("submitted", e.rollout, e.version, None, e.t, None),
+    Segment: lambda e: ("segment", e.rollout, e.version, e.tokens, e.t, None),
+    Interrupted: lambda e: ("interrupted", e.rollout, None, None, e.t, None),
+    Accepted: lambda e: ("accepted", e.rollout, None, None, e.t, None),
+    Rejected: lambda e: ("rejected", e.rollout, None, None, e.t, e.reason),
+    Filtered: lambda e: ("filtered", e.rollout, None, None, e.t, e.reason),
+    Consumed: lambda e: ("consumed", None, None, None, e.t, json.dumps(e.rollouts)),
+    Version: lambda e: ("version", None, e.version, None, e.t, None),
+    Paused: lambda e: ("paused", None, None, None, e.t, None),
+    Resumed: lambda e: ("resumed", e.rollout, e.version, None, e.t, None),
+    Recomputed: lambda e: ("recomputed", e.rollout, e.version, None, e.t, None),
+    Checkpoint: lambda e: ("checkpoint", None, e.version, None, e.t, e.path),
+    Stage: lambda e: ("stage", None, None, None, e.t, json.dumps([e.path, e.phase, e.detail])),
+}
+
+_DECODE: dict[str, Callable[[Any, Any, Any, Any, Any], Event]] = {
+    "run_started": lambda r, v, n, t, d: RunStarted(Config.from_json(json.loads(d)), t),
+    "enqueued": lambda r, v, n, t, d: Enqueued(r, d, n, t),
+    "submitted": lambda r, v, n, t, d: Submitted(r, v, t),
+    "segment": lambda r, v, n, t, d: Segment(r, v, n, t),
+    "interrupted": lambda r, v, n, t, d: Interrupted(r, t),
+    "accepted": lambda r, v, n, t, d: Accepted(r, t),
+    "rejected": lambda r, v, n, t, d: Rejected(r, d, t),
+    "filtered": lambda r, v, n, t, d: Filtered(r, d, t),
+    "consumed": lambda r, v, n, t, d: Consumed(tuple(json.loads(d)), t),
+    "version": lambda r, v, n, t, d: Version(v, t),
+    "paused": lambda r, v, n, t, d: Paused(t),
+    "resumed": lambda r, v, n, t, d: Resumed(r, v, t),
+    "recomputed": lambda r, v, n, t, d: Recomputed(r, v, t),
+    "checkpoint": lambda r, v, n, t, d: Checkpoint(v, d, t),
+    "stage": lambda r, v, n, t, d: Stage(*json.loads(d), t),
+}
+
+
+def _decode_row(seq: int, kind: str, rollout: Any, version: Any, tokens: Any, t: Any, data: Any) -> Event:
+    try:
+        return _DECODE[kind](rollout, version, tokens, t, data)
+    except Exception as err:  # an unknown type or a damaged row: name it, never skip it
+        raise TornLog(f"event {seq} ({kind!r}, rollout {rollout!r}) is damaged: {err!r}", seq) from err
+
+
+class EventLog:
+    """An append-only SQLite (WAL) event log.  ``append`` writes one transaction."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._check_schema()
+            self.last_seq = int(self._meta("last_seq", "0"))
+        except sqlite3.DatabaseError as err:
+            raise TornLog(f"{self.path} is not a readable rollout-ledger log: {err}") from err
+
+    def _meta(self, key: str, default: str) -> str:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else row[0]
+
+    def _check_schema(self) -> None:
+        stored = int(self._meta("schema", "0"))
+        if stored > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"{self.path} was written with event schema {stored}; this rollout-ledger reads schema "
+                f"{SCHEMA_VERSION} and older. Upgrade rollout-ledger to read it."
+            )
+        if stored == 0:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('last_seq', '0')")
+
+    def append(self, events: Sequence[Event]) -> int:
+        """Write ``events`` in one transaction; returns the last sequence number."""
+        if not events:
+            return self.last_seq
+        first = self.last_seq + 1
+        rows = [(first + i, *_ENCODE[type(event)](event)) for i, event in enumerate(events)]
+        last = first + len(rows) - 1
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (str(last),))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        self.last_seq = last
+        return last
+
+    def records(self, start: int = 1, rollout: str | None = None) -> Iterator[tuple[int, Event]]:
+        """``(seq, event)`` pairs from ``start`` on (only ``rollout``'s when given).
+
+        Raises :class:`TornLog` at a gap in the sequence or a tail that does not
+        match the committed last sequence number."""
+        if rollout is not None:
+            query = "SELECT * FROM events WHERE seq >= ? AND (rollout = ? OR (type = 'consumed' AND data LIKE ?)) ORDER BY seq"
+            rows = self._db.execute(query, (start, rollout, f"%{json.dumps(rollout)}%"))
+            for seq, *columns in rows:
+                event = _decode_row(seq, *columns)
+                if rollout == getattr(event, "rollout", None) or rollout in getattr(event, "rollouts", ()):
+                    yield seq, event
+            return
+        expected = start
+        try:
+            cursor = self._db.execute("SELECT * FROM events WHERE seq >= ? ORDER BY seq", (start,))
+            cursor.arraysize = 4096
+            decode = _DECODE
+            while True:
+                rows = cursor.fetchmany()
+                if not rows:
+                    break
+                for seq, kind, rollout_id, version, tokens, t, data in rows:
+                    if seq != expected:
+                        raise TornLog(f"{self.path}: event {expected} is missing (next stored is {seq})", expected)
+                    try:
+                        event = decode[kind](rollout_id, version, tokens, t, data)
+                    except Exception:
+                        event = _decode_row(seq, kind, rollout_id, version, tokens, t, data)
+                    yield seq, event
+                    expected += 1
+        except sqlite3.DatabaseError as err:
+            raise TornLog(f"{self.path}: damaged after event {expected - 1}: {err}", expected) from err
+        committed = int(self._meta("last_seq", "0"))
+        if expected - 1 != committed:
+            raise TornLog(
+                f"{self.path}: the log ends at event {expected - 1} but {committed} were committed", expected
+            )
+
+    def events(self, start: int = 1) -> Iterator[Event]:
+        """The events from ``start`` on, in order."""
+        return (event for _, event in self.records(start))
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "EventLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def replay(path: str | Path) -> State:
+    """Fold the whole log at ``path`` (SQLite, or JSON Lines if it ends in ``.jsonl``)."""
+    if Path(path).suffix == ".jsonl":
+        return fold(read_jsonl(path))
+    with EventLog(_existing(path)) as log:
+        return fold(log.events(), EMPTY)
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise LogError(f"no log at {path}")
+    return path
+
+
+def read_jsonl(path: str | Path) -> Iterator[Event]:
+    """Events of a JSON Lines file; raises :class:`BadLine` naming the line and rollout.
+
+    A first line ``{"schema": N}`` is a header: a newer schema is refused.  An
+    unparseable last line without a newline is a torn tail (:class:`TornLog`)."""
+    with open(_existing(path), encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                if not line.endswith("\n"):
+                    raise TornLog(f"{path}: line {number} is a torn tail (incomplete last line)", number) from err
+                raise BadLine(number, f"not JSON: {err.msg}") from err
+            if number == 1 and isinstance(obj, dict) and "schema" in obj and "type" not in obj:
+                if not isinstance(obj["schema"], int) or obj["schema"] > SCHEMA_VERSION:
+                    raise SchemaTooNew(
+                        f"{path} was written with event schema {obj['schema']!r}; this rollout-ledger reads "
+                        f"schema {SCHEMA_VERSION} and older. Upgrade rollout-ledger to read it."
+                    )
+                continue
+            try:
+                yield from_json(obj)
+            except (EventError, ValueError) as err:
+                rollout = obj.get("rollout") if isinstance(obj, dict) else None
+                raise BadLine(number, str(err), rollout if isinstance(rollout, str) else None) from err
+
+
+def write_jsonl(events: Iterable[Event], path: str | Path) -> int:
+    """Write a schema header and one event per line; returns the number of events."""
+    count = 0
+    with open(path, "w", encoding="utf-8") as out:
+        out.write(json.dumps({"schema": SCHEMA_VERSION}) + "\n")
+        for event in events:
+            out.write(json.dumps(to_json(event)) + "\n")
+            count += 1
+    return count
