@@ -1,0 +1,1 @@
+"""Torch backend of the trainer: policy model, tasks, generation engine, objectives, checkpoints."""
