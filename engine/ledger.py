@@ -100,7 +100,7 @@ class Ledger:
         except IllegalTransition as err:
             if before is not None:
                 self._folder = Folder(before)
-            self._logger.warning("refused", event=to_json(err.event), reason=err.reason, rollout=err.rollout, status=err.status)
+            self._logger.warning("refused", ledger_event=to_json(err.event), reason=err.reason, rollout=err.rollout, status=err.status)
             raise
         except BaseException:
             if before is not None:

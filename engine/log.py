@@ -248,7 +248,13 @@ def _existing(path: str | Path) -> Path:
 
 
 def read_jsonl(path: str | Path) -> Iterator[Event]:
-    """Events of a JSON Lines file; raises :class:`BadLine` naming the line and rollout.
+    """Events of a JSON Lines file (see :func:`jsonl_records`)."""
+    return (event for _, event in jsonl_records(path))
+
+
+def jsonl_records(path: str | Path) -> Iterator[tuple[int, Event]]:
+    """``(line number, event)`` pairs of a JSON Lines file; raises :class:`BadLine`
+    naming the line and rollout.
 
     A first line ``{"schema": N}`` is a header: a newer schema is refused.  An
     unparseable last line without a newline is a torn tail (:class:`TornLog`)."""
@@ -270,10 +276,11 @@ def read_jsonl(path: str | Path) -> Iterator[Event]:
                     )
                 continue
             try:
-                yield from_json(obj)
+                event = from_json(obj)
             except (EventError, ValueError) as err:
                 rollout = obj.get("rollout") if isinstance(obj, dict) else None
                 raise BadLine(number, str(err), rollout if isinstance(rollout, str) else None) from err
+            yield number, event
 
 
 def write_jsonl(events: Iterable[Event], path: str | Path) -> int:

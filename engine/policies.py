@@ -86,6 +86,7 @@ def on_complete(state: State, rollout: str) -> tuple[Event, ...]:
 
 def on_version(state: State) -> tuple[Event, ...]:
     """After the version moved: purge the ready rollouts the policy finds stale."""
+    _config(state)
     events: tuple[Event, ...] = ()
     for rollout, record in _ready(state):
         if is_stale(state, record):

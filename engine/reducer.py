@@ -211,7 +211,7 @@ def _lookup(draft: _Draft, rollout: str, event: Event) -> tuple[Rollout, int]:
 
 def _refusal(event: Event, rollout: str, status: int) -> IllegalTransition:
     if status == NEW:
-        reason = "unknown rollout"
+        reason = "unknown rollout (never enqueued, or already finished)"
     elif event.type == "enqueued":
         reason = "duplicate rollout id"
     else:

@@ -1,0 +1,25 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.config import Config
+from engine.events import Enqueued, RunStarted, Submitted
+from engine.reducer import EMPTY, State, apply, fold
+
+
+def started(**config: object) -> State:
+    """A ledger whose run has started with ``config`` (max_concurrent 8, batch 4 by default)."""
+    values = {"max_concurrent": 8, "batch_size": 4, **config}
+    return apply(EMPTY, RunStarted(Config(**values)))  # type: ignore[arg-type]
+
+
+def admitted(state: State, *rollouts: str) -> State:
+    """``state`` with ``rollouts`` enqueued and submitted at the current version."""
+    return fold([e for r in rollouts for e in (Enqueued(r), Submitted(r, state.version))], state)
+
+
+@pytest.fixture
+def tmp_log(tmp_path):
+    return tmp_path / "run.sqlite"

@@ -1,0 +1,90 @@
+import pytest
+
+from engine.config import Config
+from engine.events import Accepted, Enqueued, Interrupted, Segment, Submitted
+from engine.ledger import Ledger
+from engine.log import replay
+from engine.reducer import IllegalTransition
+
+CONFIG = Config(max_concurrent=4, batch_size=2, max_staleness=1, policy="strict")
+
+
+def admit(ledger, *rollouts):
+    for rollout in rollouts:
+        ledger.append(Enqueued(rollout), Submitted(rollout, ledger.state.version))
+
+
+def test_multi_event_append_is_atomic(tmp_log):
+    with Ledger(CONFIG, path=tmp_log) as ledger:
+        admit(ledger, "a")
+        before = ledger.state
+        with pytest.raises(IllegalTransition):
+            ledger.append(Accepted("a"), Accepted("a"))
+        assert ledger.state == before
+    assert replay(tmp_log) == before
+
+
+def test_a_run_through_the_ledger_replays_exactly(tmp_log):
+    with Ledger(CONFIG, path=tmp_log, flush_every=3) as ledger:
+        admit(ledger, "a", "b", "c")
+        for rollout in "abc":
+            ledger.complete(rollout)
+        assert ledger.prepare_batch(2) == ("a", "b")
+        assert ledger.prepare_batch(2) is None
+        ledger.advance_version()
+        ledger.advance_version()  # "c" is now two versions behind: strict purges it
+        live = ledger.state
+    assert live.filtered == 1 and live.consumed == 2
+    assert replay(tmp_log) == live
+
+
+def test_resume_closes_in_flight_rollouts_as_lost(tmp_log):
+    ledger = Ledger(CONFIG, path=tmp_log, flush_every=1)
+    admit(ledger, "a", "b")
+    ledger.append(Segment("b", 0, 5), Interrupted("b"))
+    ledger.complete("a")
+    ledger.flush()  # the process dies here without closing
+    resumed = Ledger.resume(tmp_log)
+    assert resumed.state.running == 0 and resumed.state.ready == 1 and resumed.state.rejected == 1
+    assert resumed.capacity == Ledger(CONFIG).capacity - 1  # only the accepted one still counts
+    resumed.close()
+
+
+def test_resume_can_requeue(tmp_log):
+    ledger = Ledger(CONFIG, path=tmp_log, flush_every=1)
+    admit(ledger, "a")
+    ledger.flush()
+    resumed = Ledger.resume(tmp_log, requeue=True)
+    assert resumed.state.status_of("a#2") == "pending" and resumed.state.rejected == 1
+    resumed.close()
+
+
+def test_reopening_with_another_config_is_refused(tmp_log):
+    Ledger(CONFIG, path=tmp_log).close()
+    with pytest.raises(ValueError, match="was started with"):
+        Ledger(Config(max_concurrent=9, batch_size=2), path=tmp_log)
+
+
+def test_clock_stamps_events_and_check_runs_after_each(tmp_log):
+    seen = []
+    ledger = Ledger(CONFIG, path=tmp_log, clock=lambda: 42.0, check=lambda state, event: seen.append(event.type))
+    admit(ledger, "a")
+    ledger.close()
+    assert seen == ["run_started", "enqueued", "submitted"]
+    from engine.log import EventLog
+
+    with EventLog(tmp_log) as log:
+        assert {event.t for event in log.events()} == {42.0}
+
+
+def test_check_failure_leaves_the_ledger_unchanged():
+    def forbid_accept(state, event):
+        if event.type == "accepted":
+            raise AssertionError("no accepting")
+
+    ledger = Ledger(CONFIG, check=forbid_accept)
+    admit(ledger, "a")
+    before = ledger.state
+    with pytest.raises(AssertionError):
+        ledger.append(Accepted("a"))
+    assert ledger.state == before

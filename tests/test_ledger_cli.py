@@ -1,0 +1,104 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from engine.cli import main
+from engine.events import to_json
+from engine.ledger import Ledger
+from engine.log import EventLog
+
+DESIGN_LOG = """\
+{"type": "run_started", "config": {"max_concurrent": 8, "batch_size": 4, "max_staleness": 2, "policy": "admission"}}
+{"type": "enqueued",  "rollout": "r1"}
+{"type": "submitted", "rollout": "r1", "version": 0}
+{"type": "segment",   "rollout": "r1", "version": 0, "tokens": 37}
+{"type": "accepted",  "rollout": "r1"}
+{"type": "enqueued",  "rollout": "r2"}
+{"type": "submitted", "rollout": "r2", "version": 0}
+{"type": "rejected",  "rollout": "r2", "reason": "error"}
+{"type": "consumed",  "rollouts": ["r1"]}
+{"type": "version",   "version": 1}
+{"type": "paused"}
+{"type": "resumed"}
+"""
+
+
+@pytest.fixture
+def jsonl(tmp_path):
+    path = tmp_path / "design.jsonl"
+    path.write_text(DESIGN_LOG)
+    return path
+
+
+def test_replay_json_prints_the_counters(jsonl, capsys):
+    assert main(["replay", "--format", "json", str(jsonl)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == {
+        "version": 1, "pending": 0, "running": 0, "ready": 0, "accepted": 1, "rejected": 1,
+        "filtered": 0, "consumed": 1, "submitted": 2, "capacity": 8, "events": 12,
+    }
+
+
+def test_replay_table(jsonl, capsys):
+    assert main(["replay", str(jsonl)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["version", "1"] and lines[-1].split() == ["events", "12"]
+
+
+def test_bad_line_exits_2_naming_line_and_rollout(tmp_path, capsys):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(DESIGN_LOG + '{"type": "accepted", "rollout": "r1"}\n')
+    assert main(["replay", "--jsonl", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "line 13" in err and "'r1'" in err and "already finished" in err
+
+
+def test_malformed_line_exits_2(tmp_path, capsys):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(DESIGN_LOG.replace('"tokens": 37', '"tokens": "many"'))
+    assert main(["replay", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "line 4" in err and "'r1'" in err and "tokens" in err
+
+
+def test_import_inspect_export_round_trip(jsonl, tmp_path, capsys):
+    sqlite = tmp_path / "run.sqlite"
+    assert main(["import", str(jsonl), str(sqlite)]) == 0
+    assert main(["inspect", str(sqlite), "r1"]) == 0
+    history = capsys.readouterr().out.splitlines()[1:]
+    assert [json.loads(line.split(None, 1)[1])["type"] for line in history] == ["enqueued", "submitted", "segment", "accepted", "consumed"]
+    out = tmp_path / "out.jsonl"
+    assert main(["export", str(sqlite), "--jsonl", str(out)]) == 0
+    with EventLog(sqlite) as log:
+        exported = [json.loads(line) for line in out.read_text().splitlines()[1:]]
+        assert exported == [to_json(e) for e in log.events()]
+
+
+def test_inspect_unknown_rollout(jsonl, capsys):
+    assert main(["inspect", str(jsonl), "nobody"]) == 2
+    assert "no rollout 'nobody'" in capsys.readouterr().err
+
+
+def test_import_refuses_an_illegal_history_and_writes_nothing(tmp_path, capsys):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(DESIGN_LOG + '{"type": "accepted", "rollout": "ghost"}\n')
+    assert main(["import", str(path), str(tmp_path / "x.sqlite")]) == 2
+    assert not (tmp_path / "x.sqlite").exists()
+
+
+def test_replay_of_a_sqlite_log_written_by_the_ledger(tmp_path, capsys):
+    from engine.config import Config
+    from engine.events import Enqueued, Submitted
+
+    path = tmp_path / "run.sqlite"
+    with Ledger(Config(4, 2), path=path) as ledger:
+        ledger.append(Enqueued("a"), Submitted("a", 0))
+    assert main(["replay", "--format", "json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["running"] == 1
+
+
+def test_console_script_runs(jsonl):
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "replay", "--format", "json", str(jsonl)], capture_output=True, text=True)
+    assert done.returncode == 0 and json.loads(done.stdout)["events"] == 12

@@ -1,0 +1,133 @@
+import json
+import sqlite3
+
+import pytest
+
+from benchmarks.mixed_log import mixed_log
+from engine.events import Accepted, Enqueued, SCHEMA_VERSION
+from engine.log import BadLine, EventLog, LogError, SchemaTooNew, TornLog, read_jsonl, replay, write_jsonl
+from engine.reducer import fold
+
+
+@pytest.fixture(scope="module")
+def events():
+    return mixed_log(3000, seed=1)
+
+
+def write(path, events, batch=500):
+    with EventLog(path) as log:
+        for i in range(0, len(events), batch):
+            log.append(events[i : i + batch])
+
+
+def test_replay_equals_live_state(tmp_log, events):
+    write(tmp_log, events)
+    assert replay(tmp_log) == fold(events)
+
+
+def test_sequence_numbers_increase_by_one_across_batches(tmp_log, events):
+    write(tmp_log, events[:1000])
+    with EventLog(tmp_log) as log:
+        assert log.last_seq == 1000
+        assert log.append(events[1000:1010]) == 1010
+        seqs = [seq for seq, _ in log.records()]
+    assert seqs == list(range(1, 1011))
+
+
+def test_records_of_one_rollout(tmp_log, events):
+    write(tmp_log, events)
+    with EventLog(tmp_log) as log:
+        history = [event for _, event in log.records(rollout="r1")]
+    assert history[0] == Enqueued("r1") and all("r1" in (getattr(e, "rollout", None), *getattr(e, "rollouts", ())) for e in history)
+
+
+def test_lost_tail_is_reported_not_folded(tmp_log, events):
+    write(tmp_log, events[:200])
+    db = sqlite3.connect(tmp_log)
+    db.execute("DELETE FROM events WHERE seq > 190")
+    db.commit()
+    db.close()
+    with pytest.raises(TornLog, match="ends at event 190 but 200 were committed"):
+        replay(tmp_log)
+
+
+def test_gap_is_reported(tmp_log, events):
+    write(tmp_log, events[:200])
+    db = sqlite3.connect(tmp_log)
+    db.execute("DELETE FROM events WHERE seq = 50")
+    db.commit()
+    db.close()
+    with pytest.raises(TornLog, match="event 50 is missing") as info:
+        replay(tmp_log)
+    assert info.value.position == 50
+
+
+def test_damaged_row_is_reported(tmp_log, events):
+    write(tmp_log, events[:20])
+    db = sqlite3.connect(tmp_log)
+    db.execute("UPDATE events SET type = 'garbled' WHERE seq = 7")
+    db.commit()
+    db.close()
+    with pytest.raises(TornLog, match="event 7"):
+        replay(tmp_log)
+
+
+def test_truncated_file_is_reported(tmp_path, events):
+    path = tmp_path / "big.sqlite"
+    write(path, events)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(LogError):
+        replay(path)
+
+
+def test_newer_schema_is_refused(tmp_log):
+    EventLog(tmp_log).close()
+    db = sqlite3.connect(tmp_log)
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION + 1),))
+    db.commit()
+    db.close()
+    with pytest.raises(SchemaTooNew, match=f"schema {SCHEMA_VERSION + 1}.*Upgrade"):
+        EventLog(tmp_log)
+
+
+def test_jsonl_round_trip(tmp_path, events):
+    path = tmp_path / "log.jsonl"
+    assert write_jsonl(events, path) == len(events)
+    assert list(read_jsonl(path)) == events
+
+
+def test_jsonl_bad_line_names_line_and_rollout(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"schema": 1}\n{"type": "enqueued", "rollout": "r1"}\n{"type": "accepted", "rollout": "r7", "x": 1}\n')
+    with pytest.raises(BadLine) as info:
+        list(read_jsonl(path))
+    assert info.value.line == 3 and info.value.rollout == "r7" and "line 3" in str(info.value)
+
+
+def test_jsonl_torn_tail_is_reported(tmp_path):
+    path = tmp_path / "torn.jsonl"
+    path.write_text(json.dumps({"type": "enqueued", "rollout": "r1"}) + '\n{"type": "accep')
+    with pytest.raises(TornLog, match="line 2 is a torn tail"):
+        list(read_jsonl(path))
+
+
+def test_jsonl_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "new.jsonl"
+    path.write_text(json.dumps({"schema": SCHEMA_VERSION + 1}) + "\n")
+    with pytest.raises(SchemaTooNew):
+        list(read_jsonl(path))
+
+
+def test_missing_log(tmp_path):
+    with pytest.raises(LogError, match="no log at"):
+        replay(tmp_path / "nothing.sqlite")
+
+
+def test_failed_append_writes_nothing(tmp_log):
+    with EventLog(tmp_log) as log:
+        log.append([Enqueued("a")])
+        with pytest.raises(KeyError):
+            log.append([Accepted("a"), ("not", "an", "event")])  # type: ignore[list-item]
+        assert log.last_seq == 1
+        assert [seq for seq, _ in log.records()] == [1]

@@ -1,0 +1,65 @@
+import pytest
+
+from conftest import admitted, started
+from engine import policies
+from engine.events import Accepted, Enqueued, Filtered, Interrupted, Recomputed, Resumed, Segment, Version
+from engine.reducer import apply, fold
+
+
+def test_admission_never_filters():
+    state = admitted(started(max_staleness=0), "a")
+    state = apply(state, Version(5))
+    assert policies.on_complete(state, "a") == (Accepted("a"),)
+
+
+def test_strict_filters_at_completion_and_requeues():
+    state = admitted(started(max_staleness=1, policy="strict", on_stale="requeue"), "a")
+    assert policies.on_complete(apply(state, Version(1)), "a") == (Accepted("a"),)
+    late = apply(state, Version(2))
+    assert policies.on_complete(late, "a") == (Filtered("a", "stale"), Enqueued("a#2", "a", 2))
+
+
+def test_strict_purges_the_ready_queue_when_the_version_moves():
+    state = fold([Accepted("a"), Accepted("b")], admitted(started(max_staleness=1, policy="strict"), "a", "b"))
+    assert policies.on_version(apply(state, Version(1))) == ()
+    assert policies.on_version(apply(state, Version(2))) == (Filtered("a"), Filtered("b"))
+
+
+def test_segment_wise_measures_from_the_tail_until_recomputed():
+    state = admitted(started(max_staleness=4, policy="segment_wise"), "a")
+    state = fold([Interrupted("a"), Version(1), Resumed("a", 1), Segment("a", 1, 3), Accepted("a"), Version(2)], state)
+    assert policies.staleness(state, state.rollouts["a"]) == 1  # tail version 1
+    assert policies.on_version(state) == ()
+    assert policies.recompute_requests(state) == (Recomputed("a", 2),)
+    state = fold([Recomputed("a", 2), Version(3)], state)
+    assert policies.staleness(state, state.rollouts["a"]) == 3  # from the head once recomputed
+    assert policies.on_version(state) == ()
+    assert policies.on_version(fold([Version(5)], state)) == (Filtered("a"),)
+
+
+def test_segment_wise_without_recompute_allows_one_version():
+    state = fold([Accepted("a"), Version(2)], admitted(started(max_staleness=8, policy="segment_wise"), "a"))
+    assert policies.on_version(state) == (Filtered("a"),)
+
+
+def test_select_batch_is_oldest_first_and_skips_stale():
+    state = admitted(started(max_concurrent=8, max_staleness=2, policy="strict"), "old")
+    state = fold([Version(1)], state)
+    state = admitted(state, "new1", "new2")
+    state = fold([Accepted("new1"), Accepted("old"), Accepted("new2")], state)
+    assert policies.select_batch(state, 2) == ("old", "new1")
+    assert policies.select_batch(apply(state, Version(3)), 3) == ("new1", "new2")
+
+
+def test_pending_limit():
+    state = started(max_staleness=2, batch_size=4)
+    assert policies.pending_limit(state.config) == 12
+    assert policies.enqueue_room(fold([Enqueued("a")], state)) == 11
+    assert policies.pending_limit(started().config) is None
+
+
+def test_policies_need_a_started_run():
+    from engine.reducer import EMPTY
+
+    with pytest.raises(ValueError, match="not started"):
+        policies.on_version(EMPTY)

@@ -1,0 +1,241 @@
+import itertools
+
+import pytest
+
+from conftest import admitted, started
+from engine.config import Config
+from engine.events import (
+    Accepted,
+    Consumed,
+    Enqueued,
+    Filtered,
+    Interrupted,
+    Paused,
+    Recomputed,
+    Rejected,
+    Resumed,
+    RunStarted,
+    Segment,
+    Submitted,
+    Version,
+)
+from engine.reducer import (
+    EMPTY,
+    NEW,
+    STATUS_NAMES,
+    TRANSITIONS,
+    Folder,
+    IllegalTransition,
+    apply,
+    capacity,
+    fold,
+    status_name,
+)
+
+# --- AReaL StalenessManager's documented examples -------------------------------------------------
+
+
+def test_concurrency_limit_five_with_three_running_gives_two():
+    state = admitted(started(max_concurrent=5, batch_size=4), "a", "b", "c")
+    assert capacity(state) == 2
+
+
+def test_staleness_two_version_zero_batch_four_gives_twelve():
+    assert capacity(started(max_concurrent=100, batch_size=4, max_staleness=2)) == 12
+
+
+def test_staleness_two_version_five_batch_four_gives_thirty_two():
+    state = apply(started(max_concurrent=100, batch_size=4, max_staleness=2), Version(5))
+    assert capacity(state) == 32
+
+
+def test_staleness_counts_accepted_and_running():
+    state = admitted(started(max_concurrent=100, batch_size=4, max_staleness=2), *"abcde")
+    state = fold([Accepted("a"), Accepted("b")], state)
+    assert capacity(state) == 12 - 5
+    state = apply(state, Consumed(("a", "b")))  # consumed still counts until the version moves
+    assert capacity(state) == 12 - 5
+
+
+def test_all_rejected_restores_full_capacity():
+    base = started(max_concurrent=6, batch_size=2, max_staleness=1)
+    state = admitted(base, *"abcd")
+    assert capacity(state) == 0
+    state = fold([Rejected(r, "error") for r in "abcd"], state)
+    assert capacity(state) == capacity(base) == 4
+
+
+def test_unbounded_staleness_drops_the_second_term():
+    state = admitted(started(max_concurrent=3, batch_size=1), "a")
+    state = fold([Accepted("a")], state)
+    assert capacity(state) == 3
+
+
+def test_pause_means_zero_and_refuses_submissions():
+    state = fold([Paused(), Enqueued("a")], started())
+    assert capacity(state) == 0
+    with pytest.raises(IllegalTransition, match="paused"):
+        apply(state, Submitted("a", 0))
+    assert capacity(apply(state, Resumed())) == 8
+
+
+def test_dp_size_divides_the_limits():
+    state = started(max_concurrent=10, batch_size=8, max_staleness=0, dp_size=4)
+    assert capacity(state) == min(10 // 4, (0 + 0 + 1) * (8 // 4))
+
+
+def test_submission_beyond_capacity_is_refused():
+    state = admitted(started(max_concurrent=2, batch_size=4), "a", "b")
+    state = apply(state, Enqueued("c"))
+    with pytest.raises(IllegalTransition, match="no capacity"):
+        apply(state, Submitted("c", 0))
+
+
+# --- capacity recovery ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("end", [Rejected("x", "error"), Rejected("x", "lost"), Filtered("x")])
+def test_a_closed_rollout_leaves_capacity_as_if_never_admitted(end):
+    base = admitted(started(max_concurrent=4, batch_size=2, max_staleness=1), "a")
+    with_x = apply(admitted(base, "x"), end)
+    assert capacity(with_x) == capacity(base)
+
+
+def test_filtering_a_ready_rollout_gives_its_capacity_back():
+    base = admitted(started(max_concurrent=4, batch_size=2, max_staleness=0), "a")
+    state = fold([Accepted("a"), Enqueued("x"), Submitted("x", 0), Accepted("x")], base)
+    assert capacity(state) == 0
+    assert capacity(apply(state, Filtered("x"))) == capacity(apply(base, Accepted("a")))
+
+
+# --- the table ------------------------------------------------------------------------------------
+
+EVENT_FOR = {
+    "enqueued": lambda r: Enqueued(r),
+    "submitted": lambda r: Submitted(r, 0),
+    "segment": lambda r: Segment(r, 0, 5),
+    "interrupted": lambda r: Interrupted(r),
+    "resumed": lambda r: Resumed(r, 0),
+    "accepted": lambda r: Accepted(r),
+    "rejected": lambda r: Rejected(r, "error"),
+    "filtered": lambda r: Filtered(r),
+    "recomputed": lambda r: Recomputed(r, 0),
+    "consumed": lambda r: Consumed((r,)),
+}
+
+REACH = {  # events that bring a fresh rollout "x" to each live status
+    NEW: [],
+    0: [Enqueued("x")],
+    1: [Enqueued("x"), Submitted("x", 0)],
+    2: [Enqueued("x"), Submitted("x", 0), Interrupted("x")],
+    3: [Enqueued("x"), Submitted("x", 0), Accepted("x")],
+}
+
+
+def test_table_covers_every_rollout_event():
+    assert set(TRANSITIONS) == set(EVENT_FOR)
+
+
+@pytest.mark.parametrize("status, kind", list(itertools.product(REACH, EVENT_FOR)))
+def test_every_pair_follows_the_table(status, kind):
+    state = fold(REACH[status], started())
+    event = EVENT_FOR[kind]("x")
+    target = TRANSITIONS[kind].get(status)
+    if target is None:
+        with pytest.raises(IllegalTransition) as info:
+            apply(state, event)
+        assert "'x'" in str(info.value) and status_name(status) in str(info.value) and kind in str(info.value)
+    else:
+        after = apply(state, event)
+        assert after.status_of("x") == (STATUS_NAMES[target] if target < 4 else "unknown")
+        assert after.counts[target] == state.counts[target] + (0 if target == status else 1)
+
+
+def test_an_illegal_event_leaves_the_state_unchanged():
+    state = admitted(started(), "a")
+    frozen = (state.counts, dict(state.rollouts), state.events)
+    with pytest.raises(IllegalTransition):
+        apply(state, Consumed(("a",)))
+    assert (state.counts, dict(state.rollouts), state.events) == frozen
+
+
+def test_consumed_is_all_or_nothing():
+    state = fold([Accepted("a")], admitted(started(), "a", "b"))
+    with pytest.raises(IllegalTransition, match="'b'"):
+        apply(state, Consumed(("a", "b")))
+    with pytest.raises(IllegalTransition, match="twice"):
+        apply(state, Consumed(("a", "a")))
+
+
+def test_duplicate_and_unknown_rollouts():
+    state = admitted(started(), "a")
+    with pytest.raises(IllegalTransition, match="duplicate"):
+        apply(state, Enqueued("a"))
+    with pytest.raises(IllegalTransition, match="unknown rollout"):
+        apply(state, Accepted("zzz"))
+
+
+def test_nothing_before_the_run_starts_and_only_one_start():
+    with pytest.raises(IllegalTransition, match="not started"):
+        apply(EMPTY, Enqueued("a"))
+    with pytest.raises(IllegalTransition, match="already started"):
+        apply(started(), RunStarted(Config(1, 1)))
+
+
+def test_versions_only_increase_and_segments_stay_within_them():
+    state = apply(started(), Version(2))
+    with pytest.raises(IllegalTransition, match="must increase"):
+        apply(state, Version(2))
+    state = admitted(state, "a")
+    with pytest.raises(IllegalTransition, match="segment version 3"):
+        apply(state, Segment("a", 3, 10))
+    with pytest.raises(IllegalTransition, match="between 0 and the current version"):
+        apply(apply(state, Enqueued("b")), Submitted("b", 5))
+
+
+def test_partial_rollout_tracks_head_and_tail_versions():
+    state = admitted(started(), "a")
+    state = fold([Segment("a", 0, 10), Interrupted("a"), Version(1), Resumed("a", 1), Segment("a", 1, 7)], state)
+    record = state.rollouts["a"]
+    assert (record.head_version, record.tail_version, record.tokens) == (0, 1, 17)
+    assert state.running == 1
+
+
+def test_finished_rollouts_leave_only_counters():
+    state = started(max_concurrent=4, batch_size=2)
+    for i in range(50):
+        state = fold([Enqueued(f"r{i}"), Submitted(f"r{i}", state.version), Accepted(f"r{i}"), Consumed((f"r{i}",))], state)
+    assert len(state.rollouts) == 0 and state.consumed == 50 and state.accepted == 50
+
+
+def test_apply_never_mutates_its_input():
+    state = admitted(started(), "a")
+    rollouts, counts = dict(state.rollouts), state.counts
+    apply(state, Accepted("a"))
+    assert dict(state.rollouts) == rollouts and state.counts == counts
+
+
+def test_fold_equals_apply_one_by_one_and_folder():
+    events = [RunStarted(Config(4, 2, 1)), Enqueued("a"), Submitted("a", 0), Accepted("a"), Enqueued("b"), Submitted("b", 0)]
+    one_by_one = EMPTY
+    folder = Folder()
+    for event in events:
+        one_by_one = apply(one_by_one, event)
+        folder.apply(event)
+        assert folder.state == one_by_one
+    assert fold(events) == one_by_one
+
+
+def test_folder_keeps_its_state_after_a_refusal():
+    folder = Folder(admitted(started(), "a"))
+    before = folder.state
+    with pytest.raises(IllegalTransition):
+        folder.apply(Consumed(("a",)))
+    assert folder.state == before
+    folder.apply(Accepted("a"))
+    assert folder.state.ready == 1
+
+
+def test_non_events_are_refused():
+    with pytest.raises(TypeError, match="not a ledger event"):
+        apply(started(), ("accepted", "a"))  # type: ignore[arg-type]
