@@ -88,3 +88,22 @@ def test_check_failure_leaves_the_ledger_unchanged():
     with pytest.raises(AssertionError):
         ledger.append(Accepted("a"))
     assert ledger.state == before
+
+
+def test_applied_events_log_at_debug_and_refusals_at_warning():
+    from structlog.testing import capture_logs
+
+    from engine.logconfig import configure_logging
+
+    configure_logging("debug", force=True)
+    ledger = Ledger(CONFIG)
+    try:
+        with capture_logs() as logs:
+            admit(ledger, "a")
+            with pytest.raises(IllegalTransition):
+                ledger.append(Accepted("zzz"))
+    finally:
+        configure_logging(force=True)
+    assert [(e["log_level"], e["event"]) for e in logs] == [("debug", "applied"), ("debug", "applied"), ("warning", "refused")]
+    assert logs[-1]["rollout"] == "zzz" and logs[-1]["ledger_event"] == {"type": "accepted", "rollout": "zzz"}
+
