@@ -1,0 +1,387 @@
+"""Simulator scenarios: a TOML file of sections, every field documented and defaulted.
+
+A scenario is read with stdlib ``tomllib``; any field can be overridden with
+``section.key=value`` strings (the CLI's ``--set``), whose values are parsed as
+TOML (``4``, ``1.5``, ``true``, ``"partial"``) or taken as a bare string.  A bad
+field is refused with a :class:`ScenarioError` that names it.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from engine.config import ON_STALE, POLICIES, Config, ConfigError
+
+#: What in-flight rollouts do when the weights change.
+ON_UPDATE = ("partial", "restart", "run_on")
+#: Names of the length distributions.
+DISTRIBUTIONS = ("fixed", "lognormal", "empirical")
+
+
+class ScenarioError(ValueError):
+    """A scenario field is unknown or has a bad value; ``field`` is its dotted name."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"scenario field {field_name!r}: {message}")
+        self.field = field_name
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """How long to simulate and with which random seed."""
+
+    seed: int = field(default=0, metadata=_doc("seed of every random draw (same seed, same log, byte for byte)"))
+    rollouts: int = field(default=20_000, metadata=_doc("stop after the training step that reaches this many trained rollouts"))
+    max_time_s: float = field(default=math.inf, metadata=_doc("stop once the simulated clock passes this many seconds"))
+
+
+@dataclass(frozen=True)
+class LedgerSection:
+    """The ledger's capacity and staleness settings (engine.config.Config)."""
+
+    max_concurrent: int = field(default=256, metadata=_doc("rollouts in flight at most (the capacity rule's first term)"))
+    batch_size: int = field(default=64, metadata=_doc("rollouts per training step"))
+    max_staleness: int | None = field(default=4, metadata=_doc('staleness bound in versions; "inf" for unbounded'))
+    policy: str = field(default="admission", metadata=_doc("staleness policy: " + " | ".join(POLICIES)))
+    on_stale: str = field(default="drop", metadata=_doc("strict: drop a stale rollout or requeue its prompt (drop | requeue)"))
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A named length distribution.
+
+    ``fixed`` always gives ``value``; ``lognormal`` has median ``median`` and log
+    standard deviation ``sigma``, rounded up and clipped to ``[1, cap]``;
+    ``empirical`` resamples the lengths found in ``path`` (an event log's
+    rollouts, or the first column of a CSV).
+    """
+
+    kind: str = "fixed"
+    value: int = 256
+    median: float = 256.0
+    sigma: float = 1.0
+    cap: int = 4096
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class WorkloadSection:
+    """Prompts, group size and token lengths."""
+
+    group_size: int = field(default=1, metadata=_doc("samples generated per prompt; a rollout finishes when all its samples do"))
+    prompt_len: Distribution = field(
+        default=Distribution(kind="fixed", value=128), metadata=_doc("prompt length in tokens (a distribution table)")
+    )
+    response_len: Distribution = field(
+        default=Distribution(kind="lognormal", median=1024.0, sigma=0.8, cap=8192),
+        metadata=_doc("response length in tokens per sample (a distribution table)"),
+    )
+
+
+@dataclass(frozen=True)
+class GenerationSection:
+    """Generation servers doing continuous batching."""
+
+    servers: int = field(default=4, metadata=_doc("number of generation servers"))
+    slots: int = field(default=128, metadata=_doc("sequences a server decodes at once at most"))
+    step_base_s: float = field(default=0.02, metadata=_doc("decode step cost: fixed part, seconds"))
+    step_per_seq_s: float = field(default=5e-5, metadata=_doc("decode step cost per active sequence, seconds"))
+    step_per_kv_token_s: float = field(default=2e-8, metadata=_doc("decode step cost per cached token, seconds"))
+    prefill_per_token_s: float = field(default=2e-5, metadata=_doc("prefill cost per prompt (or re-prefilled) token, seconds"))
+    on_update: str = field(
+        default="partial",
+        metadata=_doc("in-flight rollouts at a weight update: partial (new segment, re-prefill) | restart | run_on"),
+    )
+
+
+@dataclass(frozen=True)
+class TrainingSection:
+    """The trainer and the weight update."""
+
+    step_base_s: float = field(default=2.0, metadata=_doc("training step cost: fixed part, seconds"))
+    step_per_token_s: float = field(default=2e-5, metadata=_doc("training step cost per trained token, seconds"))
+    recompute_per_token_s: float = field(default=5e-6, metadata=_doc("cost per token of recomputing proximal log-probs"))
+    weight_sync_s: float = field(default=1.0, metadata=_doc("seconds generation is paused to load new weights"))
+    colocated: bool = field(default=False, metadata=_doc("generation and training share the GPUs (generation pauses while training)"))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One simulated cluster and workload."""
+
+    run: RunSection = field(default_factory=RunSection)
+    ledger: LedgerSection = field(default_factory=LedgerSection)
+    workload: WorkloadSection = field(default_factory=WorkloadSection)
+    generation: GenerationSection = field(default_factory=GenerationSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def ledger_config(self) -> Config:
+        """The ledger's :class:`~engine.config.Config` for this scenario."""
+        section = self.ledger
+        try:
+            return Config(
+                max_concurrent=section.max_concurrent,
+                batch_size=section.batch_size,
+                max_staleness=section.max_staleness,
+                policy=section.policy,
+                on_stale=section.on_stale,
+            )
+        except ConfigError as err:
+            raise ScenarioError(f"ledger.{err.field}", str(err).split(": ", 1)[1]) from err
+
+    def to_dict(self) -> dict[str, Any]:
+        """The scenario as nested plain values (``max_staleness`` unbounded as ``"inf"``)."""
+        out: dict[str, Any] = {}
+        for section in fields(self):
+            values: dict[str, Any] = {}
+            for item in fields(getattr(self, section.name)):
+                value = getattr(getattr(self, section.name), item.name)
+                if isinstance(value, Distribution):
+                    value = {f.name: getattr(value, f.name) for f in fields(value)}
+                elif item.name == "max_staleness" and value is None:
+                    value = "inf"
+                values[item.name] = value
+            out[section.name] = values
+        return out
+
+    def with_overrides(self, overrides: Iterable[str]) -> "Scenario":
+        """A copy with ``section.key=value`` (or ``section.dist.key=value``) overrides applied."""
+        data = self.to_dict()
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
+                raise ScenarioError(item, "an override must look like section.key=value")
+            _assign(data, key.strip(), parse_value(raw.strip()))
+        return from_dict(data)
+
+
+def parse_value(raw: str) -> Any:
+    """A TOML value (``4``, ``0.5``, ``true``, ``"x"``), or the bare string itself."""
+    try:
+        return tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _assign(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    if len(parts) not in (2, 3):
+        raise ScenarioError(key, "must be section.key or section.distribution.key")
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node:
+            raise ScenarioError(".".join(parts[: depth + 1]), f"unknown; known are {', '.join(sorted(node))}")
+        node = node[part]
+    if not isinstance(node, dict) or parts[-1] not in node:
+        known = ", ".join(sorted(node)) if isinstance(node, dict) else "none"
+        raise ScenarioError(key, f"unknown key; known keys are {known}")
+    node[parts[-1]] = value
+
+
+_SECTIONS: dict[str, type] = {
+    "run": RunSection,
+    "ledger": LedgerSection,
+    "workload": WorkloadSection,
+    "generation": GenerationSection,
+    "training": TrainingSection,
+}
+
+
+def from_dict(data: Mapping[str, Any]) -> Scenario:
+    """Build a scenario from nested mappings (as read from TOML); missing fields take defaults."""
+    if not isinstance(data, Mapping):
+        raise ScenarioError("<root>", f"must be a table, got {data!r}")
+    for name in data:
+        if name not in _SECTIONS:
+            raise ScenarioError(str(name), f"unknown section; known sections are {', '.join(_SECTIONS)}")
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        raw = data.get(name, {})
+        if not isinstance(raw, Mapping):
+            raise ScenarioError(name, f"must be a table, got {raw!r}")
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key not in known:
+                raise ScenarioError(f"{name}.{key}", f"unknown key; known keys are {', '.join(known)}")
+            default = known[key].default
+            values[key] = _coerce(f"{name}.{key}", value, default)
+        sections[name] = cls(**values)
+    return Scenario(**sections)
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Check ``value`` against the type of the field's default; ints widen to floats."""
+    if name == "ledger.max_staleness":
+        if value is None or (isinstance(value, str) and value.lower() in ("inf", "none", "null", "unbounded")):
+            return None
+        if isinstance(value, float) and math.isinf(value):
+            return None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ScenarioError(name, f'must be an integer or "inf", got {value!r}')
+        return value
+    if isinstance(default, Distribution):
+        return _distribution(name, value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ScenarioError(name, f"must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ScenarioError(name, f"must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, str) and value.lower() in ("inf", "infinity"):
+            return math.inf
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ScenarioError(name, f"must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ScenarioError(name, f"must be a string, got {value!r}")
+    return value
+
+
+def _distribution(name: str, value: Any) -> Distribution:
+    if not isinstance(value, Mapping):
+        raise ScenarioError(name, f'must be a table like {{kind = "fixed", value = 256}}, got {value!r}')
+    known = {f.name: f.default for f in fields(Distribution)}
+    values: dict[str, Any] = {}
+    for key, item in value.items():
+        if key not in known:
+            raise ScenarioError(f"{name}.{key}", f"unknown key; known keys are {', '.join(known)}")
+        values[key] = _coerce(f"{name}.{key}", item, known[key])
+    return Distribution(**values)
+
+
+def _validate(scenario: Scenario) -> None:
+    """Range checks, each naming the field it refuses."""
+    positive_ints = {
+        "run.rollouts": scenario.run.rollouts,
+        "workload.group_size": scenario.workload.group_size,
+        "generation.servers": scenario.generation.servers,
+        "generation.slots": scenario.generation.slots,
+    }
+    for name, value in positive_ints.items():
+        if value < 1:
+            raise ScenarioError(name, f"must be at least 1, got {value}")
+    non_negative = {
+        "generation.step_base_s": scenario.generation.step_base_s,
+        "generation.step_per_seq_s": scenario.generation.step_per_seq_s,
+        "generation.step_per_kv_token_s": scenario.generation.step_per_kv_token_s,
+        "generation.prefill_per_token_s": scenario.generation.prefill_per_token_s,
+        "training.step_base_s": scenario.training.step_base_s,
+        "training.step_per_token_s": scenario.training.step_per_token_s,
+        "training.recompute_per_token_s": scenario.training.recompute_per_token_s,
+        "training.weight_sync_s": scenario.training.weight_sync_s,
+    }
+    for name, value in non_negative.items():
+        if not value >= 0 or math.isinf(value):
+            raise ScenarioError(name, f"must be a finite number at least 0, got {value}")
+    generation = scenario.generation
+    if generation.step_base_s + generation.step_per_seq_s + generation.step_per_kv_token_s <= 0:
+        raise ScenarioError("generation.step_base_s", "a decode step must cost some time (all step costs are 0)")
+    if not scenario.run.max_time_s > 0:
+        raise ScenarioError("run.max_time_s", f"must be positive, got {scenario.run.max_time_s}")
+    if generation.on_update not in ON_UPDATE:
+        raise ScenarioError("generation.on_update", f"must be one of {', '.join(ON_UPDATE)}, got {generation.on_update!r}")
+    if scenario.workload.group_size > generation.slots:
+        raise ScenarioError(
+            "workload.group_size", f"a prompt's {scenario.workload.group_size} samples must fit one server's {generation.slots} slots"
+        )
+    for name in ("prompt_len", "response_len"):
+        _validate_distribution(f"workload.{name}", getattr(scenario.workload, name))
+    if scenario.ledger.policy not in POLICIES:
+        raise ScenarioError("ledger.policy", f"must be one of {', '.join(POLICIES)}, got {scenario.ledger.policy!r}")
+    if scenario.ledger.on_stale not in ON_STALE:
+        raise ScenarioError("ledger.on_stale", f"must be one of {', '.join(ON_STALE)}, got {scenario.ledger.on_stale!r}")
+    scenario.ledger_config()
+
+
+def _validate_distribution(name: str, dist: Distribution) -> None:
+    if dist.kind not in DISTRIBUTIONS:
+        raise ScenarioError(f"{name}.kind", f"must be one of {', '.join(DISTRIBUTIONS)}, got {dist.kind!r}")
+    if dist.kind == "fixed" and dist.value < 1:
+        raise ScenarioError(f"{name}.value", f"must be at least 1, got {dist.value}")
+    if dist.kind == "lognormal":
+        if not dist.median >= 1:
+            raise ScenarioError(f"{name}.median", f"must be at least 1, got {dist.median}")
+        if not dist.sigma >= 0:
+            raise ScenarioError(f"{name}.sigma", f"must be at least 0, got {dist.sigma}")
+        if dist.cap < 1:
+            raise ScenarioError(f"{name}.cap", f"must be at least 1, got {dist.cap}")
+    if dist.kind == "empirical" and not dist.path:
+        raise ScenarioError(f"{name}.path", "an empirical distribution needs the path of an event log or a CSV")
+
+
+def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Scenario:
+    """The scenario in the TOML file at ``path`` (the default scenario if ``None``), with overrides."""
+    if path is None:
+        scenario = Scenario()
+    else:
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ScenarioError("<file>", f"no scenario file at {path}") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ScenarioError("<file>", f"{path} is not valid TOML: {err}") from err
+        scenario = from_dict(data)
+        scenario = _relative_paths(scenario, Path(path).parent)
+    return scenario.with_overrides(overrides)
+
+
+def _relative_paths(scenario: Scenario, base: Path) -> Scenario:
+    """Empirical distribution paths in a file are relative to that file."""
+    workload = scenario.workload
+    changes: dict[str, Distribution] = {}
+    for name in ("prompt_len", "response_len"):
+        dist = getattr(workload, name)
+        if dist.kind == "empirical" and not Path(dist.path).is_absolute():
+            changes[name] = replace(dist, path=str(base / dist.path))
+    return replace(scenario, workload=replace(workload, **changes)) if changes else scenario
+
+
+def field_docs() -> list[tuple[str, Any, str]]:
+    """``(dotted name, default, doc)`` for every scenario field, in file order."""
+    rows: list[tuple[str, Any, str]] = []
+    defaults = Scenario().to_dict()
+    for name, cls in _SECTIONS.items():
+        for item in fields(cls):
+            rows.append((f"{name}.{item.name}", defaults[name][item.name], item.metadata.get("doc", "")))
+    return rows
+
+
+def to_toml(scenario: Scenario) -> str:
+    """The scenario as a TOML document, each field preceded by its doc as a comment."""
+    docs = {name: doc for name, _, doc in field_docs()}
+    lines: list[str] = []
+    for section, values in scenario.to_dict().items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"# {docs[f'{section}.{key}']}")
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    return repr(value)

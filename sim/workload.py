@@ -1,0 +1,115 @@
+"""Token length distributions of the simulated workload (prompts and responses).
+
+Every sampler draws from a ``random.Random`` owned by the simulation, so the same
+seed gives the same lengths.  ``empirical`` lengths come from an event log (the
+response tokens of each accepted rollout: the sum of its ``segment`` events) or
+from the first numeric column of a CSV file.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+from pathlib import Path
+from typing import Callable
+
+from sim.config import Distribution, ScenarioError
+
+#: A sampler: draws one length (at least 1 token) from the given generator.
+Sampler = Callable[[random.Random], int]
+
+
+def sampler(dist: Distribution, field_name: str = "distribution") -> Sampler:
+    """A function drawing lengths from ``dist``; ``field_name`` names it in errors."""
+    if dist.kind == "fixed":
+        value = dist.value
+        return lambda rng: value
+    if dist.kind == "lognormal":
+        mu, sigma, cap = math.log(dist.median), dist.sigma, dist.cap
+        ceil, draw = math.ceil, random.Random.lognormvariate
+
+        def lognormal(rng: random.Random) -> int:
+            return min(cap, max(1, ceil(draw(rng, mu, sigma))))
+
+        return lognormal
+    if dist.kind == "empirical":
+        lengths = load_lengths(dist.path, field_name)
+        choose = random.Random.choice
+        return lambda rng: choose(rng, lengths)
+    raise ScenarioError(f"{field_name}.kind", f"unknown distribution {dist.kind!r}")
+
+
+def lognormal_cdf(dist: Distribution, length: int) -> float:
+    """P(drawn length <= ``length``) for a ``lognormal`` distribution (rounded up, clipped)."""
+    if length >= dist.cap:
+        return 1.0
+    if length < 1:
+        return 0.0
+    if dist.sigma == 0:
+        return 1.0 if math.ceil(dist.median) <= length else 0.0
+    z = (math.log(length) - math.log(dist.median)) / dist.sigma
+    return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+
+def load_lengths(path: str | Path, field_name: str = "distribution") -> list[int]:
+    """Positive lengths from an event log (``.db``/``.sqlite``/``.jsonl``) or a CSV file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError(f"{field_name}.path", f"no file at {path}")
+    if path.suffix in (".csv", ".txt"):
+        lengths = _csv_lengths(path, field_name)
+    else:
+        lengths = _log_lengths(path, field_name)
+    if not lengths:
+        raise ScenarioError(f"{field_name}.path", f"{path} holds no lengths")
+    return lengths
+
+
+def _csv_lengths(path: Path, field_name: str) -> list[int]:
+    lengths: list[int] = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        for number, row in enumerate(csv.reader(handle), start=1):
+            if not row or not row[0].strip():
+                continue
+            try:
+                value = float(row[0])
+            except ValueError:
+                if number == 1:  # a header line
+                    continue
+                raise ScenarioError(f"{field_name}.path", f"{path} line {number}: {row[0]!r} is not a number") from None
+            if value < 1 or not math.isfinite(value):
+                raise ScenarioError(f"{field_name}.path", f"{path} line {number}: length {row[0]!r} must be at least 1")
+            lengths.append(int(round(value)))
+    return lengths
+
+
+def _log_lengths(path: Path, field_name: str) -> list[int]:
+    """Response tokens of every accepted rollout in the log, in log order."""
+    from engine.log import EventLog, LogError, read_jsonl
+
+    tokens: dict[str, int] = {}
+    lengths: list[int] = []
+    try:
+        if path.suffix == ".jsonl":
+            events = read_jsonl(path)
+            _collect(events, tokens, lengths)
+        else:
+            with EventLog(path) as log:
+                _collect(log.events(), tokens, lengths)
+    except LogError as err:
+        raise ScenarioError(f"{field_name}.path", f"{path}: {err}") from err
+    return lengths
+
+
+def _collect(events, tokens: dict[str, int], lengths: list[int]) -> None:  # type: ignore[no-untyped-def]
+    for event in events:
+        kind = event.type
+        if kind == "segment":
+            tokens[event.rollout] = tokens.get(event.rollout, 0) + event.tokens
+        elif kind == "accepted":
+            count = tokens.pop(event.rollout, 0)
+            if count > 0:
+                lengths.append(count)
+        elif kind in ("rejected", "filtered"):
+            tokens.pop(event.rollout, None)
