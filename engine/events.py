@@ -8,7 +8,7 @@ DESIGN.md and round-trip losslessly.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Union
+from typing import Any, Mapping, NamedTuple, Union, get_args
 
 from engine.config import Config
 
@@ -147,29 +147,6 @@ class Stage(NamedTuple):
     type = "stage"
 
 
-# NamedTuple compares as a plain tuple; give every event type-aware equality.
-EVENT_TYPES: tuple[type, ...] = (
-    RunStarted,
-    Enqueued,
-    Submitted,
-    Segment,
-    Interrupted,
-    Accepted,
-    Rejected,
-    Filtered,
-    Consumed,
-    Version,
-    Paused,
-    Resumed,
-    Recomputed,
-    Checkpoint,
-    Stage,
-)
-for _cls in EVENT_TYPES:
-    _cls.__eq__ = _event_eq  # type: ignore[method-assign,assignment]
-    _cls.__ne__ = _event_ne  # type: ignore[method-assign,assignment]
-    _cls.__hash__ = _event_hash  # type: ignore[method-assign,assignment]
-
 Event = Union[
     RunStarted,
     Enqueued,
@@ -187,6 +164,14 @@ Event = Union[
     Checkpoint,
     Stage,
 ]
+
+EVENT_TYPES: tuple[type, ...] = get_args(Event)
+
+# NamedTuple compares as a plain tuple; give every event type-aware equality.
+for _cls in EVENT_TYPES:
+    _cls.__eq__ = _event_eq  # type: ignore[method-assign,assignment]
+    _cls.__ne__ = _event_ne  # type: ignore[method-assign,assignment]
+    _cls.__hash__ = _event_hash  # type: ignore[method-assign,assignment]
 
 BY_TYPE: dict[str, type] = {cls.type: cls for cls in EVENT_TYPES}
 

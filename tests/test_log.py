@@ -14,6 +14,13 @@ def events():
     return mixed_log(3000, seed=1)
 
 
+def tamper(path, sql, *params):
+    db = sqlite3.connect(path)
+    db.execute(sql, params)
+    db.commit()
+    db.close()
+
+
 def write(path, events, batch=500):
     with EventLog(path) as log:
         for i in range(0, len(events), batch):
@@ -43,20 +50,14 @@ def test_records_of_one_rollout(tmp_log, events):
 
 def test_lost_tail_is_reported_not_folded(tmp_log, events):
     write(tmp_log, events[:200])
-    db = sqlite3.connect(tmp_log)
-    db.execute("DELETE FROM events WHERE seq > 190")
-    db.commit()
-    db.close()
+    tamper(tmp_log, "DELETE FROM events WHERE seq > 190")
     with pytest.raises(TornLog, match="ends at event 190 but 200 were committed"):
         replay(tmp_log)
 
 
 def test_gap_is_reported(tmp_log, events):
     write(tmp_log, events[:200])
-    db = sqlite3.connect(tmp_log)
-    db.execute("DELETE FROM events WHERE seq = 50")
-    db.commit()
-    db.close()
+    tamper(tmp_log, "DELETE FROM events WHERE seq = 50")
     with pytest.raises(TornLog, match="event 50 is missing") as info:
         replay(tmp_log)
     assert info.value.position == 50
@@ -64,10 +65,7 @@ def test_gap_is_reported(tmp_log, events):
 
 def test_damaged_row_is_reported(tmp_log, events):
     write(tmp_log, events[:20])
-    db = sqlite3.connect(tmp_log)
-    db.execute("UPDATE events SET type = 'garbled' WHERE seq = 7")
-    db.commit()
-    db.close()
+    tamper(tmp_log, "UPDATE events SET type = 'garbled' WHERE seq = 7")
     with pytest.raises(TornLog, match="event 7"):
         replay(tmp_log)
 
@@ -83,10 +81,7 @@ def test_truncated_file_is_reported(tmp_path, events):
 
 def test_newer_schema_is_refused(tmp_log):
     EventLog(tmp_log).close()
-    db = sqlite3.connect(tmp_log)
-    db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION + 1),))
-    db.commit()
-    db.close()
+    tamper(tmp_log, "UPDATE meta SET value = ? WHERE key = 'schema'", str(SCHEMA_VERSION + 1))
     with pytest.raises(SchemaTooNew, match=f"schema {SCHEMA_VERSION + 1}.*Upgrade"):
         EventLog(tmp_log)
 
