@@ -15,6 +15,8 @@ from typing import Sequence
 #: Modules that contribute commands, in the order ``--help`` lists them.
 COMMAND_MODULES = (
     "engine.ledger_cli",
+    "engine.workflow.cli",
+    "engine.train",
 )
 
 

@@ -1,0 +1,311 @@
+"""The asyncio rollout executor: AReaL's verbs, every lifecycle change through the ledger.
+
+``submit`` enqueues a prompt; a dispatcher starts pending rollouts only while the
+ledger's capacity allows; each rollout samples a GRPO group of completions from a
+:class:`~engine.torch_backend.generation.GenerationEngine`, scores them with the
+task's verifier and asks the staleness policy to accept or filter it.  A rollout
+that raises or times out is ``rejected(reason=error|timeout)`` (capacity comes back
+through the reducer) and retried up to ``max_retries`` times as a new attempt.
+``prepare_batch`` returns the oldest usable rollouts; ``pause``/``resume`` and
+``set_version`` bracket a weight update, at which rollouts in flight are
+interrupted and continue under the new weights as a new segment.
+
+The executor keeps no lifecycle rule of its own: capacity, staleness, batch
+selection and retries are the reducer's and :mod:`engine.policies`'.  Completed
+samples go to a :class:`TrajectoryStore` before the ledger accepts them, so that a
+resumed run finds the data of every ready rollout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from engine import policies
+from engine.events import Enqueued, Interrupted, Rejected, Resumed, Segment, Submitted
+from engine.ledger import Ledger
+from engine.logconfig import get_logger
+from engine.reducer import PENDING
+from engine.torch_backend.generation import GenerationEngine, GenerationHandle
+from engine.torch_backend.tasks import Problem, Task, Tokenizer
+from engine.torch_backend.trainer import Sample
+
+
+class TrajectoryStore:
+    """Samples of completed rollouts, by rollout id: SQLite (WAL) at ``path``, or in memory."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self._memory: dict[str, str] = {}
+        self._db: sqlite3.Connection | None = None
+        if path is not None:
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS samples (rollout TEXT PRIMARY KEY, data TEXT NOT NULL)")
+
+    def put(self, rollout: str, samples: Sequence[Sample]) -> None:
+        data = json.dumps([s.to_json() for s in samples])
+        if self._db is None:
+            self._memory[rollout] = data
+        else:
+            self._db.execute("INSERT OR REPLACE INTO samples VALUES (?, ?)", (rollout, data))
+
+    def get(self, rollout: str) -> list[Sample]:
+        """The samples of ``rollout``; a missing one raises ``KeyError`` naming it."""
+        if self._db is None:
+            data = self._memory.get(rollout)
+        else:
+            row = self._db.execute("SELECT data FROM samples WHERE rollout = ?", (rollout,)).fetchone()
+            data = None if row is None else row[0]
+        if data is None:
+            raise KeyError(f"no stored samples for rollout {rollout!r}")
+        return [Sample.from_json(obj) for obj in json.loads(data)]
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+
+
+@dataclass
+class _Flight:
+    """A rollout whose completions are being generated."""
+
+    rollout: str
+    handles: list[GenerationHandle] = field(default_factory=list)
+    segment_version: int = 0
+    segment_start: int = 0  # tokens generated before the current segment began
+
+    def tokens(self) -> int:
+        return sum(len(h.generation.tokens) for h in self.handles)
+
+    def generating(self) -> bool:
+        return any(not h.done.done() for h in self.handles)
+
+
+class RolloutExecutor:
+    """Runs rollouts on ``engine`` for prompts of ``task``, driven by ``ledger``.
+
+    Prompts are named by keys (``p<index>``) that ``problem_of`` turns back into a
+    :class:`Problem`, so a resumed run rebuilds any prompt from the log alone.
+    ``timeout_s`` bounds one rollout; ``max_retries`` bounds new attempts after an
+    error or a timeout.  ``ledger_seconds`` accumulates the time spent in the ledger,
+    its log, the policies and the trajectory store (the engine's overhead).
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        engine: GenerationEngine,
+        task: Task,
+        tokenizer: Tokenizer,
+        problem_of: Callable[[str], Problem],
+        *,
+        group_size: int,
+        store: TrajectoryStore | None = None,
+        timeout_s: float | None = None,
+        max_retries: int = 0,
+    ) -> None:
+        if group_size < 1:
+            raise ValueError(f"group_size must be at least 1, got {group_size}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must not be negative, got {max_retries}")
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        self.ledger = ledger
+        self.engine = engine
+        self.task = task
+        self.tokenizer = tokenizer
+        self.problem_of = problem_of
+        self.group_size = group_size
+        self.store = store if store is not None else TrajectoryStore()
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.ledger_seconds = 0.0
+        self._flights: dict[str, _Flight] = {}
+        self._changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._background: list[asyncio.Task[None]] = []
+        self._logger = get_logger("rollout_ledger.executor")
+
+    # -- plumbing --------------------------------------------------------------
+    def timed(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Call into the ledger (or the store), timing it as engine overhead."""
+        start = time.perf_counter()
+        try:
+            return function(*args)
+        finally:
+            self.ledger_seconds += time.perf_counter() - start
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+    async def _changes(self) -> None:
+        self._changed.clear()
+        await self._changed.wait()
+
+    def start(self) -> None:
+        """Start the engine loop and the dispatcher (inside a running event loop)."""
+        if self._background:
+            return
+        self._background = [asyncio.create_task(self.engine.run()), asyncio.create_task(self._dispatch())]
+
+    async def close(self) -> None:
+        """Stop the dispatcher, the rollouts in flight and the engine (the ledger stays open)."""
+        self.engine.close()
+        for task in [*self._background, *self._tasks]:
+            task.cancel()
+        await asyncio.gather(*self._background, *self._tasks, return_exceptions=True)
+        self._background.clear()
+        self._tasks.clear()
+
+    # -- AReaL's verbs ---------------------------------------------------------
+    def submit(self, key: str) -> str:
+        """Enqueue the prompt ``key`` as a new rollout (attempt 1); returns its id."""
+        rollout = f"{key}#1"
+        self.timed(self.ledger.append, Enqueued(rollout, key, 1))
+        self._notify()
+        return rollout
+
+    def ready(self) -> int:
+        """Ready rollouts the policy would let a batch use now."""
+        state = self.ledger.state
+        return len(policies.select_batch(state, max(1, state.ready))) if state.ready else 0
+
+    async def wait(self, count: int, timeout: float | None = None) -> int:
+        """Wait until ``count`` usable rollouts are ready; returns how many are.  Raises
+        ``TimeoutError`` after ``timeout`` seconds."""
+
+        async def until_ready() -> int:
+            while (ready := self.ready()) < count:
+                self._check_progress(count)
+                await self._changes()
+            return ready
+
+        return await asyncio.wait_for(until_ready(), timeout)
+
+    async def prepare_batch(self, batch_size: int, prompts: Iterator[str]) -> tuple[tuple[str, ...], list[list[Sample]]]:
+        """Keep the pending queue topped up from ``prompts`` (as far as the policy's
+        ``enqueue_room`` allows) until ``batch_size`` usable rollouts are ready; consume
+        them, oldest first, and return their ids and sample groups."""
+        while True:
+            self._top_up(prompts)
+            batch = self.timed(self.ledger.prepare_batch, batch_size)
+            if batch is not None:
+                groups = [self.timed(self.store.get, rollout) for rollout in batch]
+                return batch, groups
+            self._check_progress(batch_size)
+            await self._changes()
+
+    def pause(self) -> None:
+        """Stop admissions and generation (a weight update is coming)."""
+        self.timed(self.ledger.pause)
+        self.engine.pause()
+
+    def resume(self) -> None:
+        """Admit and generate again."""
+        self.timed(self.ledger.resume_generation)
+        self.engine.resume()
+        self._notify()
+
+    def set_version(self, weights: dict[str, Any], recompute: Callable[[tuple[str, ...]], None] | None = None) -> int:
+        """Move to the next policy version with ``weights``: rollouts still generating are
+        interrupted (their segment closed under the old version), the ledger advances
+        (``recompute`` first, under ``segment_wise``), the engine loads the weights and
+        the interrupted rollouts resume as a new segment.  Returns the new version."""
+        old = self.ledger.state.version
+        interrupted = [f for f in self._flights.values() if f.generating()]
+        for flight in interrupted:
+            tokens = flight.tokens()
+            self.timed(self.ledger.append, Segment(flight.rollout, old, tokens - flight.segment_start), Interrupted(flight.rollout))
+            flight.segment_start = tokens
+        self.timed(self.ledger.advance_version, recompute)
+        version = self.ledger.state.version
+        self.engine.load_weights(weights, version)
+        for flight in interrupted:
+            self.timed(self.ledger.append, Resumed(flight.rollout, version))
+            flight.segment_version = version
+        self._notify()
+        return version
+
+    # -- internals ---------------------------------------------------------------
+    def _top_up(self, prompts: Iterator[str]) -> None:
+        state = self.ledger.state
+        room = policies.enqueue_room(state)
+        if room is None:  # unbounded staleness: keep one round of slots waiting
+            room = max(0, state.config.rank_max_concurrent - state.pending)  # type: ignore[union-attr]
+        for _ in range(room):
+            key = next(prompts, None)
+            if key is None:
+                break
+            self.submit(key)
+
+    def _check_progress(self, wanted: int) -> None:
+        """Fail loudly instead of waiting forever when nothing can change any more."""
+        state = self.ledger.state
+        if not self._flights and not state.pending and not state.paused and self.ready() < wanted:
+            raise RuntimeError(
+                f"no progress possible: {self.ready()} usable ready rollouts, {wanted} wanted, nothing pending or "
+                f"running, capacity {self.ledger.capacity}"
+            )
+
+    async def _dispatch(self) -> None:
+        """Start pending rollouts, oldest first, while the capacity rule allows."""
+        while True:
+            state = self.ledger.state
+            pending = sorted((r.order, rollout) for rollout, r in state.rollouts.items() if r.status == PENDING)
+            started = False
+            for _, rollout in pending:
+                if self.ledger.capacity <= 0:
+                    break
+                self.timed(self.ledger.append, Submitted(rollout, self.ledger.state.version))
+                flight = _Flight(rollout, segment_version=self.ledger.state.version)
+                self._flights[rollout] = flight
+                task = asyncio.create_task(self._run(flight))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                started = True
+            if not started:
+                await self._changes()
+            else:
+                await asyncio.sleep(0)
+
+    async def _run(self, flight: _Flight) -> None:
+        rollout = flight.rollout
+        record = self.ledger.state.rollouts[rollout]
+        try:
+            problem = self.problem_of(record.prompt)
+            prompt = self.tokenizer.prompt_ids(problem.prompt)
+            flight.handles = [self.engine.submit(prompt, self.task.max_new_tokens) for _ in range(self.group_size)]
+            generations = await asyncio.wait_for(asyncio.gather(*(h.result() for h in flight.handles)), self.timeout_s)
+            samples = []
+            for generation in generations:
+                completion = self.tokenizer.decode(generation.tokens)
+                samples.append(
+                    Sample(prompt, generation.tokens, generation.logprobs, generation.versions, self.task.reward(problem, completion))
+                )
+        except asyncio.CancelledError:
+            for handle in flight.handles:
+                handle.cancel()
+            raise
+        except Exception as error:  # noqa: BLE001 - any failure of one rollout becomes its rejection
+            for handle in flight.handles:
+                handle.cancel()
+            reason = "timeout" if isinstance(error, TimeoutError) else "error"
+            self._logger.warning("rollout failed", rollout=rollout, reason=reason, error=repr(error))
+            del self._flights[rollout]
+            events: tuple = (Rejected(rollout, reason),)
+            if record.attempt <= self.max_retries:
+                events += (policies.retry(record),)
+            self.timed(self.ledger.append, *events)
+            self._notify()
+            return
+        del self._flights[rollout]
+        self.timed(self.store.put, rollout, samples)
+        self.timed(self.ledger.append, Segment(rollout, flight.segment_version, flight.tokens() - flight.segment_start))
+        self.timed(self.ledger.complete, rollout)
+        self._notify()

@@ -1,0 +1,53 @@
+"""Trainer checkpoints: one file per policy version, written atomically.
+
+A checkpoint is written to a temporary name and renamed into place, so a process
+killed mid-write leaves the previous checkpoint intact and never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_NAME = re.compile(r"^ckpt-(\d{6})\.pt$")
+
+
+def checkpoint_path(directory: str | Path, version: int) -> Path:
+    """Where the checkpoint of ``version`` lives in ``directory``."""
+    return Path(directory) / f"ckpt-{version:06d}.pt"
+
+
+def save_checkpoint(directory: str | Path, version: int, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write ``state`` as the checkpoint of ``version``; keep the newest ``keep`` files."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_path(directory, version)
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    with open(partial, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+    for old in sorted(checkpoints(directory))[:-keep]:
+        checkpoint_path(directory, old).unlink(missing_ok=True)
+    return path
+
+
+def checkpoints(directory: str | Path) -> list[int]:
+    """Versions that have a complete checkpoint in ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(m.group(1)) for name in os.listdir(directory) if (m := _NAME.match(name)))
+
+
+def load_checkpoint(directory: str | Path, version: int, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The checkpoint of ``version``; a missing one raises ``FileNotFoundError`` naming it."""
+    path = checkpoint_path(directory, version)
+    if not path.exists():
+        have = ", ".join(map(str, checkpoints(directory))) or "none"
+        raise FileNotFoundError(f"no checkpoint for version {version} at {path} (versions present: {have})")
+    return torch.load(path, map_location=device, weights_only=False)

@@ -1,0 +1,271 @@
+"""Generation behind a small interface, and a torch engine with continuous batching.
+
+:class:`GenerationEngine` is what the executor needs from any engine: ``submit`` a
+prompt and get a :class:`GenerationHandle` (await its result or stream its tokens,
+each with the policy version that produced it), ``pause``, ``resume`` and
+``load_weights``.  :class:`TorchEngine` implements it on one device: a fixed pool
+of KV-cache slots, one decode step for all busy slots at a time, and a finished
+sequence's slot refilled at the next step without waiting for the others.  At a
+weight load every in-flight sequence is interrupted: its prefix is prefilled again
+under the new weights and it goes on as a new segment (partial rollout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Mapping, Protocol
+
+import torch
+
+from engine.torch_backend.model import KVCache, Policy
+
+
+@dataclass
+class Generation:
+    """A finished (or, while running, growing) completion: per generated token its id,
+    behaviour log-probability and the policy version that sampled it."""
+
+    prompt: list[int]
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    interruptions: int = 0
+
+
+class GenerationHandle:
+    """One submitted prompt: ``await handle.result()`` or ``async for`` over ``stream()``."""
+
+    def __init__(self, prompt: list[int], max_new_tokens: int, stream: bool) -> None:
+        self.generation = Generation(list(prompt))
+        self.max_new_tokens = max_new_tokens
+        self.done: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
+        self._queue: asyncio.Queue[tuple[int, float, int] | None] | None = asyncio.Queue() if stream else None
+        self.cancelled = False
+
+    def _emit(self, token: int, logprob: float, version: int) -> None:
+        generation = self.generation
+        generation.tokens.append(token)
+        generation.logprobs.append(logprob)
+        generation.versions.append(version)
+        if self._queue is not None:
+            self._queue.put_nowait((token, logprob, version))
+
+    def _finish(self) -> None:
+        if self._queue is not None:
+            self._queue.put_nowait(None)
+        if not self.done.done():
+            self.done.set_result(self.generation)
+
+    def _fail(self, error: BaseException) -> None:
+        if self._queue is not None:
+            self._queue.put_nowait(None)
+        if not self.done.done():
+            self.done.set_exception(error)
+
+    def cancel(self) -> None:
+        """Stop generating this sequence; its slot is freed at the next step."""
+        self.cancelled = True
+
+    async def result(self) -> Generation:
+        return await self.done
+
+    async def stream(self) -> AsyncIterator[tuple[int, float, int]]:
+        """``(token, logprob, version)`` as they are sampled (needs ``submit(stream=True)``)."""
+        if self._queue is None:
+            raise RuntimeError("this handle was submitted without stream=True")
+        while (item := await self._queue.get()) is not None:
+            yield item
+
+
+class GenerationEngine(Protocol):
+    """What the rollout executor needs from a generation engine."""
+
+    version: int
+
+    def submit(self, prompt: list[int], max_new_tokens: int, *, stream: bool = False) -> GenerationHandle: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def load_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> None: ...
+
+    async def run(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TorchEngine:
+    """Continuous batching over ``slots`` KV-cache slots for a :class:`Policy`.
+
+    ``run()`` is the engine's loop (an asyncio task): each iteration prefills newly
+    admitted or interrupted sequences, decodes one token for every busy slot and
+    completes the sequences that ended, then yields to the event loop.  Sampling is
+    at ``temperature`` from a seeded generator.
+    """
+
+    def __init__(
+        self, model: Policy, *, slots: int, eos_id: int, pad_id: int = 0, temperature: float = 1.0, seed: int = 0,
+    ) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be at least 1, got {slots}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.model = model.eval()
+        parameter = next(model.parameters())
+        self.device = parameter.device
+        self.max_len = model.config.max_seq_len
+        self.cache = KVCache(model.config, slots, self.max_len, self.device, parameter.dtype)
+        self.eos_id, self.pad_id, self.temperature = eos_id, pad_id, temperature
+        self.version = 0
+        self.sampler = torch.Generator(device=self.device).manual_seed(seed)
+        self._waiting: list[GenerationHandle] = []
+        self._slots: list[GenerationHandle | None] = [None] * slots
+        self._needs_prefill: set[int] = set()
+        self._last = torch.full((slots,), pad_id, dtype=torch.long, device=self.device)
+        self._positions = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self._paused = False
+        self._closed = False
+        self._wake = asyncio.Event()
+        self.steps = 0
+        self.decoded_tokens = 0
+
+    # -- the interface -------------------------------------------------------
+    def submit(self, prompt: list[int], max_new_tokens: int, *, stream: bool = False) -> GenerationHandle:
+        """Queue ``prompt`` for up to ``max_new_tokens`` tokens; it gets a slot as soon as one is free."""
+        if not prompt:
+            raise ValueError("prompt must hold at least one token")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if len(prompt) + max_new_tokens > self.max_len:
+            raise ValueError(f"prompt of {len(prompt)} tokens plus {max_new_tokens} new ones exceeds max_seq_len {self.max_len}")
+        handle = GenerationHandle(prompt, max_new_tokens, stream)
+        self._waiting.append(handle)
+        self._wake.set()
+        return handle
+
+    def pause(self) -> None:
+        """Stop stepping after the current step; sequences keep their slots."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self._wake.set()
+
+    def load_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> None:
+        """Take the trainer's weights as ``version``.  Sequences in flight are interrupted:
+        their prefixes are prefilled again under the new weights at the next step."""
+        with torch.no_grad():
+            for name, tensor in self.model.state_dict().items():
+                tensor.copy_(state_dict[name])
+        self.version = version
+        for slot, handle in enumerate(self._slots):
+            if handle is not None:
+                handle.generation.interruptions += 1
+                self._needs_prefill.add(slot)
+
+    def close(self) -> None:
+        """End ``run()``; sequences still in flight fail with ``CancelledError``."""
+        self._closed = True
+        self._wake.set()
+        for handle in [*self._waiting, *(h for h in self._slots if h is not None)]:
+            handle._fail(asyncio.CancelledError("generation engine closed"))
+        self._waiting.clear()
+        self._slots = [None] * len(self._slots)
+
+    @property
+    def busy(self) -> int:
+        """Slots holding a sequence."""
+        return sum(handle is not None for handle in self._slots)
+
+    async def run(self) -> None:
+        """The engine loop; returns after :meth:`close`."""
+        while not self._closed:
+            if self._paused or not (self._waiting or self.busy):
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                self.step()
+            except Exception as error:  # a failed step fails the sequences in it, not the loop
+                for slot, handle in enumerate(self._slots):
+                    if handle is not None:
+                        handle._fail(error)
+                        self._slots[slot] = None
+                self._needs_prefill.clear()
+            await asyncio.sleep(0)
+
+    # -- one step ------------------------------------------------------------
+    def _admit(self) -> None:
+        for slot, handle in enumerate(self._slots):
+            if handle is None and self._waiting:
+                self._slots[slot] = self._waiting.pop(0)
+                self._needs_prefill.add(slot)
+
+    def _release_cancelled(self) -> None:
+        for slot, handle in enumerate(self._slots):
+            if handle is not None and handle.cancelled:
+                handle._fail(asyncio.CancelledError("generation cancelled"))
+                self._slots[slot] = None
+                self._needs_prefill.discard(slot)
+
+    def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logp = torch.log_softmax(logits.float() / self.temperature, dim=-1)
+        tokens = torch.multinomial(logp.exp(), 1, generator=self.sampler).squeeze(-1)
+        return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+    def _record(self, slots: list[int], tokens: list[int], logprobs: list[float]) -> None:
+        for slot, token, logprob in zip(slots, tokens, logprobs):
+            handle = self._slots[slot]
+            if handle is None:
+                continue
+            handle._emit(token, logprob, self.version)
+            generation = handle.generation
+            if (
+                token == self.eos_id
+                or len(generation.tokens) >= handle.max_new_tokens
+                or len(generation.prompt) + len(generation.tokens) >= self.max_len
+            ):
+                handle._finish()
+                self._slots[slot] = None
+                self._needs_prefill.discard(slot)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Prefill what needs it, then decode one token for every busy slot."""
+        self._release_cancelled()
+        self._admit()
+        if self._needs_prefill:
+            self._prefill(sorted(self._needs_prefill))
+            self._needs_prefill.clear()
+        busy = [slot for slot, handle in enumerate(self._slots) if handle is not None]
+        if not busy:
+            return
+        logits = self.model.decode(self._last, self._positions, self.cache)
+        tokens, logprobs = self._sample(logits)
+        self._last.copy_(tokens)
+        self._positions.add_(1).clamp_(max=self.max_len - 1)
+        tokens_list, logprobs_list = tokens.tolist(), logprobs.tolist()
+        self.steps += 1
+        self.decoded_tokens += len(busy)
+        self._record(busy, [tokens_list[s] for s in busy], [logprobs_list[s] for s in busy])
+
+    def _prefill(self, slots: list[int]) -> None:
+        contexts = []
+        for slot in slots:
+            generation = self._slots[slot].generation  # type: ignore[union-attr]
+            contexts.append(generation.prompt + generation.tokens)
+        width = max(len(c) for c in contexts)
+        batch = torch.full((len(slots), width), self.pad_id, dtype=torch.long)
+        for row, context in enumerate(contexts):
+            batch[row, : len(context)] = torch.tensor(context)
+        batch = batch.to(self.device)
+        index = torch.tensor(slots, device=self.device)
+        lengths = torch.tensor([len(c) for c in contexts], device=self.device)
+        logits = self.model.prefill(batch, index, self.cache)
+        last = logits[torch.arange(len(slots), device=self.device), lengths - 1]
+        tokens, logprobs = self._sample(last)
+        self._last[index] = tokens
+        self._positions[index] = lengths
+        self._record(slots, tokens.tolist(), logprobs.tolist())

@@ -1,0 +1,90 @@
+"""Policy-gradient objectives as pure tensor functions.
+
+Shapes: per-token tensors are ``[B, T]`` with a ``mask`` of the completion tokens;
+``advantages`` are per sequence ``[B]``.  Losses are token means over the mask.
+
+- :func:`ppo_loss`: plain PPO, the ratio taken against the behaviour policy that
+  sampled the tokens (stale for asynchronous rollouts).
+- :func:`decoupled_loss`: AReaL's decoupled PPO: the clipped ratio is taken against
+  a *proximal* policy (the weights just before this update), and the behaviour
+  policy enters only through an importance weight ``pi_prox / pi_behav`` capped at
+  ``cap`` (no gradient through it).
+- :func:`interpolate_proximal`: proximal log-probs without a forward pass, by
+  log-linear interpolation between the behaviour and the current policy according
+  to the versions involved.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO advantages: each reward minus its group's mean over the group's std.
+    ``rewards`` is ``[groups, group_size]``; a group of equal rewards gets zeros."""
+    mean = rewards.mean(dim=-1, keepdim=True)
+    std = rewards.std(dim=-1, keepdim=True, unbiased=False)
+    return (rewards - mean) / (std + eps)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    adv = advantages[:, None]
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv
+    return torch.minimum(unclipped, clipped), (unclipped != clipped).float()
+
+
+def ppo_loss(
+    logprobs: torch.Tensor, behaviour: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float = 0.2
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Plain PPO: ``-min(r A, clip(r) A)`` with ``r = pi / pi_behav``."""
+    ratio = (logprobs - behaviour).exp()
+    surrogate, clipped = _clipped_surrogate(ratio, advantages, clip_eps)
+    loss = -_masked_mean(surrogate, mask)
+    return loss, {"clip_fraction": _masked_mean(clipped, mask).item()}
+
+
+def decoupled_loss(
+    logprobs: torch.Tensor,
+    proximal: torch.Tensor,
+    behaviour: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float = 0.2,
+    cap: float = 5.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Decoupled PPO: ``-w * min(r A, clip(r) A)`` with ``r = pi / pi_prox`` and the
+    behaviour weight ``w = min(pi_prox / pi_behav, cap)``.  Tokens whose uncapped
+    weight exceeds ``cap`` are clipped to it (not dropped)."""
+    ratio = (logprobs - proximal.detach()).exp()
+    weight = (proximal - behaviour).detach().exp()
+    capped = (weight > cap).float()
+    surrogate, clipped = _clipped_surrogate(ratio, advantages, clip_eps)
+    loss = -_masked_mean(weight.clamp(max=cap) * surrogate, mask)
+    return loss, {
+        "clip_fraction": _masked_mean(clipped, mask).item(),
+        "capped_fraction": _masked_mean(capped, mask).item(),
+        "behaviour_weight": _masked_mean(weight.clamp(max=cap), mask).item(),
+    }
+
+
+def interpolate_proximal(
+    behaviour: torch.Tensor, current: torch.Tensor, versions: torch.Tensor, proximal_version: int, current_version: float
+) -> torch.Tensor:
+    """Log-linear interpolation of the proximal log-probs.
+
+    A token sampled under version ``v_t`` has ``log pi_behav`` at ``v_t`` and
+    ``log pi`` (``current``, detached) at ``current_version``; the proximal policy
+    sits at ``proximal_version`` between them, so
+    ``log pi_prox = log pi_behav + a (log pi - log pi_behav)`` with
+    ``a = (proximal_version - v_t) / (current_version - v_t)``.  Where the two
+    versions coincide, the token's own behaviour log-prob is used (``a = 0``).
+    """
+    versions = versions.to(behaviour.dtype)
+    span = current_version - versions
+    alpha = torch.where(span > 0, (proximal_version - versions) / span.clamp(min=1e-9), torch.zeros_like(span))
+    return behaviour + alpha.clamp(0, 1) * (current.detach() - behaviour)

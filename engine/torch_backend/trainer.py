@@ -1,0 +1,235 @@
+"""The trainer: supervised warm-up and RL updates of a :class:`Policy`.
+
+An RL update takes GRPO groups of samples (one group per rollout), computes group
+advantages and minimises the chosen objective with AdamW and gradient clipping,
+under bf16 autocast on a GPU.  Proximal log-probs for the decoupled objective come
+from one of three sources (``TrainerConfig.proximal``):
+
+- ``recompute``: a forward pass of the weights before the update;
+- ``interpolate``: log-linear interpolation between behaviour and current log-probs
+  by version (no extra pass);
+- ``segment``: the segment-wise variant: tokens sampled under the current version
+  use their behaviour log-probs (that policy *is* the proximal one), tokens of a
+  rollout recomputed before the last version bump use the stored recomputation,
+  and the remaining tokens are recomputed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from engine.torch_backend.model import Policy
+from engine.torch_backend.objectives import decoupled_loss, group_advantages, interpolate_proximal, ppo_loss
+from engine.torch_backend.tasks import Problem, Tokenizer
+
+OBJECTIVES = ("decoupled", "ppo")
+PROXIMAL = ("recompute", "interpolate", "segment")
+
+
+@dataclass
+class Sample:
+    """One sampled completion of a prompt, with what the objectives need per token."""
+
+    prompt: list[int]
+    completion: list[int]
+    behaviour: list[float]
+    versions: list[int]
+    reward: float
+    proximal: list[float] | None = None  # stored recomputation (segment-wise), if any
+    proximal_version: int | None = None
+
+    @property
+    def tokens(self) -> int:
+        return len(self.completion)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "Sample":
+        return cls(**obj)
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Optimiser and objective settings."""
+
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    clip_eps: float = 0.2
+    behaviour_cap: float = 5.0
+    objective: str = "decoupled"
+    proximal: str = "recompute"
+    minibatches: int = 1
+    sft_lr: float = 3e-3
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.proximal not in PROXIMAL:
+            raise ValueError(f"proximal must be one of {', '.join(PROXIMAL)}, got {self.proximal!r}")
+        if self.minibatches < 1:
+            raise ValueError(f"minibatches must be at least 1, got {self.minibatches}")
+        for name in ("lr", "sft_lr", "grad_clip", "clip_eps", "behaviour_cap"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
+class Batch:
+    """Padded tensors of a list of samples (targets shifted by one)."""
+
+    tokens: torch.Tensor  # [B, T]
+    mask: torch.Tensor  # [B, T-1]: 1 where the target is a completion token
+    behaviour: torch.Tensor  # [B, T-1]
+    versions: torch.Tensor  # [B, T-1]
+    stored_proximal: torch.Tensor  # [B, T-1]
+    has_stored: torch.Tensor  # [B, T-1]: 1 where stored_proximal holds a value
+    advantages: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+
+
+def pad_samples(samples: Sequence[Sample], pad_id: int, device: torch.device | str) -> Batch:
+    """Right-pad ``samples`` into one :class:`Batch`."""
+    width = max(len(s.prompt) + len(s.completion) for s in samples)
+    size = (len(samples), width - 1)
+    tokens = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    mask, behaviour, stored, has_stored = torch.zeros(size), torch.zeros(size), torch.zeros(size), torch.zeros(size)
+    versions = torch.zeros(size, dtype=torch.long)
+    for row, sample in enumerate(samples):
+        sequence = sample.prompt + sample.completion
+        tokens[row, : len(sequence)] = torch.tensor(sequence)
+        start, end = len(sample.prompt) - 1, len(sequence) - 1  # target positions of the completion
+        mask[row, start:end] = 1
+        behaviour[row, start:end] = torch.tensor(sample.behaviour)
+        versions[row, start:end] = torch.tensor(sample.versions)
+        if sample.proximal is not None:
+            stored[row, start:end] = torch.tensor(sample.proximal)
+            has_stored[row, start:end] = 1
+    return Batch(*(t.to(device) for t in (tokens, mask, behaviour, versions, stored, has_stored)))
+
+
+class Trainer:
+    """Owns the trainable policy and its optimiser; ``version`` counts RL updates."""
+
+    def __init__(self, model: Policy, config: TrainerConfig, *, pad_id: int, device: torch.device | str) -> None:
+        self.model = model
+        self.config = config
+        self.pad_id = pad_id
+        self.device = torch.device(device)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.version = 0
+        self.sft_steps = 0
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast on a GPU, nothing on the CPU."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.model.logprobs(tokens)
+
+    def _optimise(self, loss: torch.Tensor, lr: float) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        return float(norm)
+
+    def sft_step(self, problems: Sequence[Problem], tokenizer: Tokenizer) -> float:
+        """One supervised step on ``problems`` (cross-entropy of the answers); returns the loss."""
+        samples = [
+            Sample(tokenizer.prompt_ids(p.prompt), tokenizer.answer_ids(p.answer), [0.0] * (len(p.answer) + 1), [0] * (len(p.answer) + 1), 0.0)
+            for p in problems
+        ]
+        batch = pad_samples(samples, self.pad_id, self.device)
+        self.model.train()
+        loss = -(self._logprobs(batch.tokens) * batch.mask).sum() / batch.mask.sum()
+        self._optimise(loss, self.config.sft_lr)
+        self.sft_steps += 1
+        return float(loss.detach())
+
+    def _minibatches(self, count: int) -> Iterator[list[int]]:
+        parts = min(self.config.minibatches, count)
+        for part in range(parts):
+            yield list(range(part, count, parts))
+
+    def rl_step(self, groups: Sequence[Sequence[Sample]]) -> dict[str, float]:
+        """One RL update (version ``v`` to ``v + 1``) on GRPO groups; returns metrics."""
+        config = self.config
+        samples = [sample for group in groups for sample in group]
+        rewards = torch.tensor([[s.reward for s in group] for group in groups], dtype=torch.float32)
+        advantages = group_advantages(rewards).flatten().to(self.device)
+        batch = pad_samples(samples, self.pad_id, self.device)
+        batch.advantages = advantages
+        self.model.train()
+        # The proximal policy is the weights before this update (version v).
+        recomputed = None
+        if config.objective == "decoupled" and config.proximal in ("recompute", "segment") and config.minibatches > 1:
+            with torch.no_grad():
+                recomputed = self._logprobs(batch.tokens).float()
+        metrics: dict[str, float] = {}
+        parts = list(self._minibatches(len(samples)))
+        for index, rows in enumerate(parts):
+            logprobs = self._logprobs(batch.tokens[rows]).float()
+            mask, behaviour, adv = batch.mask[rows], batch.behaviour[rows], batch.advantages[rows]
+            if config.objective == "ppo":
+                loss, info = ppo_loss(logprobs, behaviour, adv, mask, config.clip_eps)
+            else:
+                proximal = self._proximal(batch, rows, logprobs, recomputed, index / len(parts))
+                loss, info = decoupled_loss(logprobs, proximal, behaviour, adv, mask, config.clip_eps, config.behaviour_cap)
+            info["grad_norm"] = self._optimise(loss, config.lr)
+            info["loss"] = float(loss)
+            for key, value in info.items():
+                metrics[key] = metrics.get(key, 0.0) + value / len(parts)
+        self.version += 1
+        metrics["reward"] = float(rewards.mean())
+        return metrics
+
+    def _proximal(
+        self, batch: Batch, rows: list[int], logprobs: torch.Tensor, recomputed: torch.Tensor | None, progress: float
+    ) -> torch.Tensor:
+        """Proximal log-probs of the rows of this minibatch (see the module docstring).
+        With one minibatch the weights before the update are the current ones, so the
+        forward pass of the update is itself the recomputation."""
+        current = recomputed[rows] if recomputed is not None else logprobs.detach()
+        proximal_source = self.config.proximal
+        if proximal_source == "interpolate":
+            return interpolate_proximal(batch.behaviour[rows], logprobs, batch.versions[rows], self.version, self.version + progress)
+        if proximal_source == "segment":
+            fresh = (batch.versions[rows] == self.version).float()
+            stored = batch.has_stored[rows]
+            current = stored * batch.stored_proximal[rows] + (1 - stored) * current
+            return fresh * batch.behaviour[rows] + (1 - fresh) * current
+        return current
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "version": self.version,
+            "sft_steps": self.sft_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.version = state["version"]
+        self.sft_steps = state["sft_steps"]
+
+
+@torch.no_grad()
+def completion_logprobs(model: Policy, samples: Sequence[Sample], pad_id: int) -> list[list[float]]:
+    """Log-probs of each sample's completion under ``model`` (a recomputation)."""
+    device = next(model.parameters()).device
+    batch = pad_samples(samples, pad_id, device)
+    logprobs = model.logprobs(batch.tokens).float()
+    return [logprobs[row, len(s.prompt) - 1 : len(s.prompt) - 1 + len(s.completion)].tolist() for row, s in enumerate(samples)]

@@ -1,0 +1,485 @@
+"""Asynchronous RL training driven by the ledger, and the ``train`` command.
+
+:class:`RLRun` is a set of composable steps that a plain loop (the ``train``
+command) or a workflow stage can call in order::
+
+    run = RLRun(RunConfig(task="copy", steps=20), run_dir)
+    run.setup()                    # model, warm-up or resume, ledger, engine, executor
+    while not run.done():
+        batch = run.collect_batch()    # asynchronous rollouts until a batch is usable
+        run.update(batch)              # train, checkpoint, version bump, weights to the engine
+    run.evaluate()                 # mean reward on held-out problems
+    run.summary()                  # the run's figures
+    run.close()
+
+A run directory holds ``run.json`` (the config), ``events.sqlite`` (the ledger's
+log), ``samples.sqlite`` (completed rollouts' samples), ``metrics.jsonl`` (one line
+per update) and ``checkpoints/``.  Generation and training share one device: the
+trainer's weights become the engine's at each version bump.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from engine.config import Config
+from engine.events import Checkpoint, Consumed, Enqueued, Version
+from engine.executor import RolloutExecutor, TrajectoryStore
+from engine.ledger import Ledger
+from engine.log import EventLog
+from engine.logconfig import get_logger
+from engine.torch_backend.checkpoint import checkpoint_path, checkpoints, load_checkpoint, save_checkpoint
+from engine.torch_backend.generation import TorchEngine
+from engine.torch_backend.model import Policy, preset
+from engine.torch_backend.tasks import Problem, Task, Tokenizer, get_task
+from engine.torch_backend.trainer import Sample, Trainer, TrainerConfig, completion_logprobs
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines an RL run (saved as ``run.json``; a resume reuses it).
+
+    ``batch_size`` counts rollouts (prompts) per update, each a group of
+    ``group_size`` samples; ``max_concurrent`` (rollouts in flight) defaults to
+    ``batch_size``; ``max_staleness = None`` is unbounded, 0 is synchronous.
+    """
+
+    task: str = "copy"
+    model_size: str = "tiny"
+    steps: int = 20
+    batch_size: int = 8
+    group_size: int = 4
+    max_concurrent: int | None = None
+    max_staleness: int | None = 0
+    policy: str = "admission"
+    on_stale: str = "drop"
+    objective: str = "decoupled"
+    proximal: str | None = None
+    minibatches: int = 1
+    lr: float = 3e-4
+    sft_lr: float = 3e-3
+    warmup_steps: int = 100
+    warmup_batch: int = 64
+    temperature: float = 1.0
+    timeout_s: float | None = None
+    max_retries: int = 0
+    checkpoint_every: int = 1
+    requeue_lost: bool = False
+    init: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+
+    def ledger_config(self) -> Config:
+        return Config(
+            max_concurrent=self.max_concurrent or self.batch_size,
+            batch_size=self.batch_size,
+            max_staleness=self.max_staleness,
+            policy=self.policy,
+            on_stale=self.on_stale,
+        )
+
+    def trainer_config(self) -> TrainerConfig:
+        proximal = self.proximal or ("segment" if self.policy == "segment_wise" else "recompute")
+        return TrainerConfig(lr=self.lr, sft_lr=self.sft_lr, objective=self.objective, proximal=proximal, minibatches=self.minibatches)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(obj) - known
+        if unknown:
+            raise ValueError(f"unknown run config key(s): {', '.join(sorted(unknown))}")
+        return cls(**obj)
+
+
+@dataclass
+class CollectedBatch:
+    """Rollouts consumed for one update: their ids and GRPO groups of samples."""
+
+    rollouts: tuple[str, ...]
+    groups: list[list[Sample]]
+    wait_s: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.tokens for group in self.groups for s in group)
+
+
+class RLRun:
+    """One asynchronous RL run in ``run_dir``; ``resume=True`` continues a killed one."""
+
+    def __init__(self, config: RunConfig, run_dir: str | Path, *, resume: bool = False) -> None:
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        if resume:
+            saved = self.run_dir / "run.json"
+            if not saved.exists():
+                raise FileNotFoundError(f"cannot resume: {saved} does not exist")
+            config = replace(RunConfig.from_json(json.loads(saved.read_text())), steps=config.steps, device=config.device)
+        self.config = config
+        config.ledger_config()  # validate early: a bad policy or size raises ConfigError naming it
+        config.trainer_config()
+        self.task: Task = get_task(config.task)
+        self.tokenizer = Tokenizer()
+        self.device = torch.device(config.device)
+        self.loop = asyncio.new_event_loop()
+        self.metrics: list[dict[str, Any]] = []
+        self._logger = get_logger("rollout_ledger.train", run=str(self.run_dir))
+        self._retrain: tuple[str, ...] = ()
+        self._next_prompt = 0
+        self._started = 0.0
+        self._wall_offset = 0.0
+
+    # -- setup ---------------------------------------------------------------------
+    def setup(self) -> None:
+        """Build the model and trainer, warm up (or resume), open the ledger and start the executor."""
+        config = self.config
+        if config.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+        random.seed(config.seed)
+        torch.manual_seed(config.seed)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        model_config = preset(config.model_size, self.tokenizer.vocab_size, self.task.max_seq_len)
+        self.trainer = Trainer(Policy(model_config).to(self.device), config.trainer_config(), pad_id=self.tokenizer.pad_id, device=self.device)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        events_path = self.run_dir / "events.sqlite"
+        if self.resume:
+            self._scan_log(events_path)
+            self.ledger = Ledger.resume(events_path, requeue=config.requeue_lost)
+            self._restore()
+        else:
+            if events_path.exists():
+                raise FileExistsError(f"{events_path} exists: pass --resume to continue that run, or use a new --run-dir")
+            (self.run_dir / "run.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+            if config.init:
+                self.trainer.model.load_state_dict(torch.load(config.init, map_location=self.device, weights_only=True))
+            else:
+                self.warmup(config.warmup_steps)
+            self.ledger = Ledger(config.ledger_config(), path=events_path)
+            self._checkpoint()
+        generator_model = copy.deepcopy(self.trainer.model)
+        if self.device.type == "cuda":
+            generator_model = generator_model.to(torch.bfloat16)
+        slots = self.ledger.state.config.rank_max_concurrent * config.group_size  # type: ignore[union-attr]
+        self.engine = TorchEngine(
+            generator_model, slots=slots, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
+            temperature=config.temperature, seed=config.seed + 1000 * self.ledger.state.version,
+        )
+        self.engine.version = self.ledger.state.version
+        self.executor = RolloutExecutor(
+            self.ledger, self.engine, self.task, self.tokenizer, self.problem_of, group_size=config.group_size,
+            store=TrajectoryStore(self.run_dir / "samples.sqlite"), timeout_s=config.timeout_s, max_retries=config.max_retries,
+        )
+        self.loop.run_until_complete(self._start())
+        self._started = time.perf_counter()
+        if self._retrain:  # the batch consumed just before the crash was never trained: train it now, once
+            rollouts, self._retrain = self._retrain, ()
+            self.update(CollectedBatch(rollouts, [self.executor.store.get(r) for r in rollouts]))
+
+    async def _start(self) -> None:
+        self.executor.start()
+
+    def warmup(self, steps: int) -> list[float]:
+        """Supervised warm-up on fresh problems, so RL starts from a non-trivial reward."""
+        rng = random.Random(f"warmup:{self.config.seed}")
+        losses = []
+        for _ in range(steps):
+            losses.append(self.trainer.sft_step(self.task.supervised(rng, self.config.warmup_batch), self.tokenizer))
+        return losses
+
+    def _scan_log(self, path: Path) -> None:
+        """What a resume needs from the log besides the state: how many prompts were
+        used, and the batch consumed after the last version bump, if any."""
+        if not path.exists():
+            raise FileNotFoundError(f"cannot resume: {path} does not exist")
+        with EventLog(path) as log:
+            since_version: list[str] = []
+            for event in log.events():
+                if isinstance(event, Enqueued) and event.attempt == 1:
+                    self._next_prompt += 1
+                elif isinstance(event, Consumed):
+                    since_version.extend(event.rollouts)
+                elif isinstance(event, Version):
+                    since_version = []
+        self._retrain = tuple(since_version)
+        metrics_path = self.run_dir / "metrics.jsonl"
+        lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
+        for line in lines:
+            try:
+                self.metrics.append(json.loads(line))
+            except json.JSONDecodeError:  # a line torn by the crash
+                continue
+        self._wall_offset = self.metrics[-1]["wall_s"] if self.metrics else 0.0
+
+    def _restore(self) -> None:
+        """Load the trainer's checkpoint for the ledger's version.  A checkpoint one
+        version ahead means the process died between saving it and logging the version
+        bump: the update happened, so the bump is logged now."""
+        version = self.ledger.state.version
+        have = checkpoints(self.ckpt_dir)
+        if version + 1 in have:
+            self._retrain = ()
+            self.ledger.advance_version()
+            version += 1
+        usable = [v for v in have if v <= version]
+        if not usable:
+            raise FileNotFoundError(f"cannot resume: no checkpoint at or before version {version} in {self.ckpt_dir}")
+        self.trainer.load_state_dict(load_checkpoint(self.ckpt_dir, usable[-1], self.device))
+        self.trainer.version = version
+        if self.ledger.state.checkpoint is None or self.ledger.state.checkpoint.version != usable[-1]:
+            self.ledger.append(Checkpoint(usable[-1], str(checkpoint_path(self.ckpt_dir, usable[-1]))))
+        self.ledger.flush()
+        self._logger.info("resumed", version=version, checkpoint=usable[-1], retrain=len(self._retrain))
+
+    def problem_of(self, key: str) -> Problem:
+        """The problem a prompt key (``p<index>``) names."""
+        if not key.startswith("p") or not key[1:].isdigit():
+            raise ValueError(f"not a prompt key: {key!r} (expected p<index>)")
+        return self.task.problem(self.config.seed, int(key[1:]))
+
+    def _prompts(self) -> Iterator[str]:
+        while True:
+            key = f"p{self._next_prompt}"
+            self._next_prompt += 1
+            yield key
+
+    # -- the loop's steps ------------------------------------------------------------
+    def done(self) -> bool:
+        return self.ledger.state.version >= self.config.steps
+
+    def collect_batch(self) -> CollectedBatch:
+        """Run rollouts until ``batch_size`` usable ones are ready; consume them."""
+        start = time.perf_counter()
+        rollouts, groups = self.loop.run_until_complete(self.executor.prepare_batch(self.config.batch_size, self._prompts()))
+        return CollectedBatch(rollouts, groups, time.perf_counter() - start)
+
+    def update(self, batch: CollectedBatch) -> dict[str, Any]:
+        """Train on ``batch``, checkpoint, bump the version and hand the weights to the engine."""
+        executor, trainer = self.executor, self.trainer
+        start = time.perf_counter()
+        executor.pause()
+        version = trainer.version
+        staleness = [version - min(s.versions) for g in batch.groups for s in g if s.versions]
+        exact = [s.reward == 1.0 for g in batch.groups for s in g]
+        stats = trainer.rl_step(batch.groups)
+        train_s = time.perf_counter() - start
+        if (version + 1) % self.config.checkpoint_every == 0 or version + 1 >= self.config.steps:
+            saved = save_checkpoint(self.ckpt_dir, version + 1, trainer.state_dict())
+        else:
+            saved = None
+        executor.set_version(trainer.model.state_dict(), self._recompute)
+        if saved is not None:
+            executor.timed(self.ledger.append, Checkpoint(version + 1, str(saved)))
+        executor.timed(self.ledger.flush)
+        executor.resume()
+        state = self.ledger.state
+        wall = self._wall_offset + time.perf_counter() - self._started
+        record = {
+            "step": state.version,
+            "reward": stats["reward"],
+            "exact": sum(exact) / max(1, len(exact)),
+            "staleness_mean": sum(staleness) / max(1, len(staleness)),
+            "staleness_max": max(staleness, default=0),
+            "trained_tokens": batch.tokens,
+            "wait_s": batch.wait_s,
+            "train_s": train_s,
+            "wall_s": wall,
+            "ledger_s": executor.ledger_seconds,
+            "generated_tokens": self.engine.decoded_tokens,
+            "decode_steps": self.engine.steps,
+            "rejected": state.rejected,
+            "filtered": state.filtered,
+            **{k: v for k, v in stats.items() if k != "reward"},
+        }
+        self.metrics.append(record)
+        with open(self.run_dir / "metrics.jsonl", "a") as out:
+            out.write(json.dumps(record) + "\n")
+        return record
+
+    def _recompute(self, rollouts: tuple[str, ...]) -> None:
+        """Segment-wise: store proximal log-probs of ``rollouts`` under the engine's
+        (pre-update) weights, before the version moves."""
+        store, model = self.executor.store, self.engine.model
+        pad = self.tokenizer.pad_id
+        for rollout in rollouts:
+            samples = store.get(rollout)
+            logprobs = completion_logprobs(model, samples, pad)
+            for sample, values in zip(samples, logprobs):
+                sample.proximal, sample.proximal_version = values, self.ledger.state.version
+            store.put(rollout, samples)
+
+    def evaluate(self, count: int = 64) -> float:
+        """Mean reward of the current weights on ``count`` held-out problems (sampled at
+        the run's temperature, on a private engine)."""
+        problems = [self.task.problem(self.config.seed + 10_000_019, i) for i in range(count)]
+
+        async def generate() -> list[Any]:
+            engine = TorchEngine(
+                self.trainer.model, slots=min(count, 64), eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
+                temperature=self.config.temperature, seed=self.config.seed,
+            )
+            loop_task = asyncio.create_task(engine.run())
+            handles = [engine.submit(self.tokenizer.prompt_ids(p.prompt), self.task.max_new_tokens) for p in problems]
+            results = await asyncio.gather(*(h.result() for h in handles))
+            engine.close()
+            await loop_task
+            return results
+
+        training = self.trainer.model.training
+        results = self.loop.run_until_complete(generate())
+        self.trainer.model.train(training)
+        rewards = [self.task.reward(p, self.tokenizer.decode(r.tokens)) for p, r in zip(problems, results)]
+        return sum(rewards) / len(rewards)
+
+    def save_checkpoint(self) -> Path:
+        """Checkpoint the trainer at the current version and log it."""
+        return self._checkpoint()
+
+    def _checkpoint(self) -> Path:
+        version = self.ledger.state.version
+        path = save_checkpoint(self.ckpt_dir, version, self.trainer.state_dict())
+        self.ledger.append(Checkpoint(version, str(path)))
+        self.ledger.flush()
+        return path
+
+    def save_weights(self, path: str | Path) -> None:
+        """The model's weights alone (a ``--init`` file for other runs)."""
+        torch.save(self.trainer.model.state_dict(), path)
+
+    def summary(self) -> dict[str, Any]:
+        """Throughput, reward, staleness and the ledger's counters of the run so far."""
+        state = self.ledger.state
+        wall = self._wall_offset + time.perf_counter() - self._started
+        trained = sum(m["trained_tokens"] for m in self.metrics)
+        tail = self.metrics[-max(1, len(self.metrics) // 5):] if self.metrics else []
+        return {
+            "steps": state.version,
+            "wall_s": round(wall, 3),
+            "trained_tokens": trained,
+            "trained_tokens_per_s": round(trained / wall, 1) if wall > 0 else 0.0,
+            "final_reward": round(sum(m["reward"] for m in tail) / len(tail), 4) if tail else None,
+            "staleness_mean": round(sum(m["staleness_mean"] for m in self.metrics) / len(self.metrics), 3) if self.metrics else None,
+            "engine_overhead": round(self.executor.ledger_seconds / wall, 5) if wall > 0 else 0.0,
+            "consumed": state.consumed,
+            "rejected": state.rejected,
+            "filtered": state.filtered,
+            "running": state.running,
+            "ready": state.ready,
+            "pending": state.pending,
+        }
+
+    def close(self) -> None:
+        """Stop the executor and the engine, flush and close the ledger."""
+        if hasattr(self, "executor"):
+            self.loop.run_until_complete(self.executor.close())
+            self.executor.store.close()
+        if hasattr(self, "ledger"):
+            self.ledger.close()
+        self.loop.close()
+
+
+# -- the command -------------------------------------------------------------------------
+def _staleness(text: str) -> int | None:
+    if text.lower() in ("none", "inf", "null"):
+        return None
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--max-staleness must be at least 0 or 'none', got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    defaults = RunConfig()
+    parser = subparsers.add_parser("train", help="train a policy with asynchronous rollouts driven by the ledger")
+    parser.add_argument("--task", default=defaults.task, help="built-in task: copy, reverse or repeat")
+    parser.add_argument("--max-staleness", type=_staleness, default=defaults.max_staleness, help="0 = synchronous; 'none' = unbounded")
+    parser.add_argument("--policy", default=defaults.policy, choices=("admission", "strict", "segment_wise"))
+    parser.add_argument("--on-stale", default=defaults.on_stale, choices=("drop", "requeue"))
+    parser.add_argument("--objective", default=defaults.objective, choices=("decoupled", "ppo"))
+    parser.add_argument("--proximal", default=None, choices=("recompute", "interpolate", "segment"))
+    parser.add_argument("--device", default=defaults.device, choices=("cuda", "cpu"))
+    parser.add_argument("--model-size", default=defaults.model_size, help="tiny, small or base")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="policy versions (updates) to reach")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="rollouts (prompts) per update")
+    parser.add_argument("--group-size", type=int, default=defaults.group_size, help="samples per prompt (GRPO group)")
+    parser.add_argument("--max-concurrent", type=int, default=None, help="rollouts in flight (default: batch size)")
+    parser.add_argument("--minibatches", type=int, default=defaults.minibatches)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--sft-lr", type=float, default=defaults.sft_lr)
+    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="supervised warm-up steps")
+    parser.add_argument("--init", default=None, help="start from these weights instead of a warm-up")
+    parser.add_argument("--temperature", type=float, default=defaults.temperature)
+    parser.add_argument("--timeout", type=float, default=None, help="seconds a rollout may take")
+    parser.add_argument("--max-retries", type=int, default=defaults.max_retries)
+    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/train"))
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its log and checkpoint")
+    parser.add_argument("--requeue-lost", action="store_true", help="on resume, requeue rollouts that were running")
+    parser.add_argument("--eval-size", type=int, default=0, help="held-out problems to evaluate before and after")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run_command)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The :class:`RunConfig` of parsed ``train`` arguments."""
+    if args.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}")
+    if args.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be at least 1, got {args.checkpoint_every}")
+    return RunConfig(
+        task=args.task, model_size=args.model_size, steps=args.steps, batch_size=args.batch_size, group_size=args.group_size,
+        max_concurrent=args.max_concurrent, max_staleness=args.max_staleness, policy=args.policy, on_stale=args.on_stale,
+        objective=args.objective, proximal=args.proximal, minibatches=args.minibatches, lr=args.lr, sft_lr=args.sft_lr,
+        warmup_steps=args.warmup_steps, temperature=args.temperature, timeout_s=args.timeout, max_retries=args.max_retries,
+        checkpoint_every=args.checkpoint_every, requeue_lost=args.requeue_lost, init=args.init, seed=args.seed, device=args.device,
+    )
+
+
+def train_loop(run: RLRun, *, progress: bool = True) -> None:
+    """The plain loop over :class:`RLRun`'s steps, with a progress bar."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=run.config.steps, initial=run.ledger.state.version, desc="train", disable=not progress, file=sys.stderr)
+    while not run.done():
+        record = run.update(run.collect_batch())
+        bar.update(record["step"] - bar.n)
+        bar.set_postfix(
+            reward=f"{record['reward']:.3f}",
+            staleness=f"{record['staleness_mean']:.2f}",
+            tok_s=f"{sum(m['trained_tokens'] for m in run.metrics) / max(record['wall_s'], 1e-9):.0f}",
+        )
+    bar.close()
+
+
+def run_command(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+        run = RLRun(config, args.run_dir, resume=args.resume)
+        run.setup()
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+        print(f"rollout-ledger train: {error}", file=sys.stderr)
+        return 2
+    try:
+        before = run.evaluate(args.eval_size) if args.eval_size else None
+        train_loop(run, progress=not args.no_progress)
+        summary = run.summary()
+        if args.eval_size:
+            summary["eval_reward_before"] = round(before, 4)  # type: ignore[arg-type]
+            summary["eval_reward_after"] = round(run.evaluate(args.eval_size), 4)
+        print(json.dumps(summary))
+    finally:
+        run.close()
+    return 0
+
+
