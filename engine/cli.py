@@ -15,6 +15,7 @@ from typing import Sequence
 #: Modules that contribute commands, in the order ``--help`` lists them.
 COMMAND_MODULES = (
     "engine.ledger_cli",
+    "sim.cli",
     "engine.workflow.cli",
     "engine.train",
 )

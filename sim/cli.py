@@ -1,0 +1,174 @@
+"""``rollout-ledger simulate`` and ``rollout-ledger sweep``.
+
+``simulate`` runs a scenario (a TOML file, a built-in name, or the embedded
+default) once per staleness bound in ``--compare`` and prints the runs side by
+side; ``sweep`` runs a grid of overrides over worker processes and writes a CSV
+and a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from sim.config import Scenario, ScenarioError, load, to_toml
+from sim.scenarios import BUILTIN, builtin
+from sim.simulator import Simulation, SimulationStalled
+from sim.summary import Summary, format_table, to_json
+from sim.sweep import parse_grid, plot, rows, sweep, write_csv
+
+#: The staleness bounds the bare ``simulate`` compares.
+DEFAULT_COMPARE = "0,1,2,4,8,inf"
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``simulate`` and ``sweep`` commands."""
+    simulate = subparsers.add_parser(
+        "simulate",
+        help="simulate an asynchronous RL cluster and compare staleness bounds",
+        description=(
+            "Simulate a cluster driven by the ledger. SCENARIO is a TOML file or a built-in name "
+            f"({', '.join(BUILTIN)}); without it, the embedded default scenario runs. Every bound in "
+            "--compare is run and shown side by side."
+        ),
+    )
+    simulate.add_argument("scenario", nargs="?", metavar="SCENARIO", help="TOML file or built-in scenario name")
+    _common(simulate)
+    simulate.add_argument(
+        "--compare",
+        default=DEFAULT_COMPARE,
+        metavar="LIST",
+        help=f"max_staleness values to compare (default {DEFAULT_COMPARE}); 'none' runs the scenario's own value",
+    )
+    simulate.add_argument(
+        "--log", metavar="PATH", help="write each run's SQLite event log (PATH, or PATH-staleness<k>.db when comparing)"
+    )
+    simulate.add_argument("--show-config", action="store_true", help="print the scenario as TOML (every field documented) and exit")
+    simulate.set_defaults(run=run_simulate)
+
+    grid = subparsers.add_parser(
+        "sweep",
+        help="run a grid of scenarios in parallel; write a CSV and a plot",
+        description="Run SCENARIO once per combination of the --grid axes, over worker processes.",
+    )
+    grid.add_argument("scenario", metavar="SCENARIO", help="TOML file or built-in scenario name")
+    _common(grid)
+    grid.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="an axis to sweep (repeatable)")
+    grid.add_argument("--workers", type=int, default=1, help="worker processes (results do not depend on it)")
+    grid.add_argument("--out", default="sweep", metavar="DIR", help="folder for summaries.csv and sweep.png (default: sweep)")
+    grid.set_defaults(run=run_sweep)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE", help="override a field, e.g. ledger.batch_size=128"
+    )
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _scenario(name: str | None, overrides: list[str]) -> Scenario:
+    if name is not None and not Path(name).exists() and name in BUILTIN:
+        return builtin(name).with_overrides(overrides)
+    if name is not None and not Path(name).exists():
+        raise ScenarioError("<file>", f"no scenario file at {name} (built-in scenarios: {', '.join(BUILTIN)})")
+    return load(name, overrides) if name is not None else builtin("default").with_overrides(overrides)
+
+
+def _bounds(text: str) -> list[str] | None:
+    if text.strip().lower() == "none":
+        return None
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise ScenarioError("--compare", "give staleness values like 0,1,2,inf or 'none'")
+    return values
+
+
+def _log_path(base: str | None, bound: str, many: bool) -> Path | None:
+    if base is None:
+        return None
+    path = Path(base)
+    if many:
+        path = path.with_name(f"{path.stem}-staleness{bound}{path.suffix or '.db'}")
+    if path.exists():
+        raise ScenarioError("--log", f"{path} already exists; remove it or choose another path")
+    return path
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    """The ``simulate`` command."""
+    try:
+        scenario = _scenario(args.scenario, args.overrides)
+        if args.show_config:
+            print(to_toml(scenario))
+            return 0
+        bounds = _bounds(args.compare)
+        own = scenario.ledger.max_staleness
+        runs = [("inf" if own is None else str(own), scenario)]
+        if bounds is not None:
+            runs = [(b, scenario.with_overrides([f"ledger.max_staleness={b}"])) for b in bounds]
+        logs = [_log_path(args.log, bound, len(runs) > 1) for bound, _ in runs]
+    except ScenarioError as err:
+        print(f"rollout-ledger simulate: {err}", file=sys.stderr)
+        return 2
+    total = sum(s.run.rollouts for _, s in runs)
+    summaries: list[Summary] = []
+    with tqdm(total=total, unit="rollout", desc="simulating", disable=args.no_progress, file=sys.stderr) as bar:
+        for (bound, run), log in zip(runs, logs):
+            done = 0
+
+            def advance(trained: int) -> None:
+                nonlocal done
+                step = min(trained, run.run.rollouts) - done
+                done += step
+                bar.update(step)
+
+            bar.set_postfix_str(f"max_staleness={bound}")
+            try:
+                summaries.append(Simulation(run, log=log, progress=advance).run())
+            except SimulationStalled as err:
+                print(f"rollout-ledger simulate: {err}", file=sys.stderr)
+                return 1
+            bar.update(run.run.rollouts - done)
+    if args.format == "json":
+        print(to_json(summaries))
+    else:
+        print(format_table(summaries))
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """The ``sweep`` command."""
+    try:
+        scenario = _scenario(args.scenario, args.overrides)
+        axes = parse_grid(args.grid)
+        if args.workers < 1:
+            raise ScenarioError("--workers", f"must be at least 1, got {args.workers}")
+        total = 1
+        for _, values in axes:
+            total *= len(values)
+        with tqdm(total=total, unit="run", desc="sweeping", disable=args.no_progress, file=sys.stderr) as bar:
+            results = sweep(scenario, axes, workers=args.workers, on_result=lambda: bar.update(1))
+    except ScenarioError as err:
+        print(f"rollout-ledger sweep: {err}", file=sys.stderr)
+        return 2
+    except SimulationStalled as err:
+        print(f"rollout-ledger sweep: {err}", file=sys.stderr)
+        return 1
+    table = rows(axes, results)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(table, out / "summaries.csv")
+    plot(axes, table, out / "sweep.png")
+    if args.format == "json":
+        print(json.dumps(table, indent=2))
+    else:
+        print(format_table([summary for _, summary in results]))
+        print(f"wrote {out / 'summaries.csv'} and {out / 'sweep.png'}")
+    return 0
+
