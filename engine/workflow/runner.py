@@ -169,9 +169,10 @@ class Runtime:
         self.logger.info("checkpoint", path=path, file=str(target))
         return str(target)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop the work thread: after queued work when ``wait``, else drop queued work at once."""
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor.shutdown(wait=wait, cancel_futures=True)
             self._executor = None
 
 
@@ -528,6 +529,7 @@ async def arun(
     runner = Runner(wf, runtime, point.path if point else None)
     if point is not None:
         logger.info("resuming", after=point.path, checkpoint=point.checkpoint)
+    finished = False
     try:
         runtime.emit(wf.name, "started", header_json)
         with Span(logger, "workflow", wf.name, wf.name, resumed_from=point.path if point else None) as span:
@@ -537,8 +539,9 @@ async def arun(
                 runtime.emit(wf.name, "failed", f"{type(err).__name__}: {err}"[:2000])
                 raise
         runtime.emit(wf.name, "finished")
+        finished = True
     finally:
-        runtime.close()
+        runtime.close(wait=finished)
         if owns_ledger and ledger is not None:
             ledger.close()
         elif ledger is not None:
