@@ -14,7 +14,7 @@ from sim.config import Scenario, ScenarioError, from_dict
 
 AREAL = """
 [run]
-rollouts = 2560
+rollouts = 5120
 
 [ledger]
 batch_size = 64
@@ -24,11 +24,11 @@ policy = "admission"
 [workload]
 group_size = 8
 prompt_len = { kind = "lognormal", median = 120.0, sigma = 0.5, cap = 1024 }
-response_len = { kind = "lognormal", median = 6000.0, sigma = 0.8, cap = 32768 }
+response_len = { kind = "lognormal", median = 6000.0, sigma = 0.3, cap = 32768 }
 
 [generation]
 servers = 12
-slots = 128
+slots = 64
 step_base_s = 0.015
 step_per_seq_s = 5e-5
 step_per_kv_token_s = 1e-8
@@ -37,7 +37,7 @@ on_update = "partial"
 
 [training]
 step_base_s = 5.0
-step_per_token_s = 6e-5
+step_per_token_s = 1e-5
 weight_sync_s = 5.0
 colocated = false
 """
