@@ -1,0 +1,210 @@
+"""An independent reference model of the ledger, written plainly with mutable counters.
+
+It follows AReaL's ``StalenessManager`` (counters ``enqueued``, ``running``,
+``accepted``, ``rejected``; ``get_capacity`` from them and the version), extended
+with what the ledger adds (statuses per rollout, interruption, filtering, pause,
+per-rank limits).  It shares no code with ``engine.reducer`` or
+``engine.policies``: the state machines feed both the same events and compare.
+
+``scheme`` picks one of the two ways the seeds account for a sample filtered at
+completion:
+
+- ``"decrement"``: count it as accepted first, then take it back (``accepted -= 1``);
+- ``"never_count"``: never count it as accepted, only free its running slot.
+
+Both must give the same capacity after every event.
+"""
+
+from __future__ import annotations
+
+from engine.config import Config
+from engine.events import Event
+
+SCHEMES = ("decrement", "never_count")
+
+
+class ReferenceRefusal(Exception):
+    """The reference model finds an event illegal; the message says why."""
+
+
+class ReferenceLedger:
+    """Mutable counters and one status string per rollout ever seen."""
+
+    def __init__(self, scheme: str = "never_count") -> None:
+        if scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+        self.scheme = scheme
+        self.config: Config | None = None
+        self.version = 0
+        self.paused = False
+        # StalenessManager's counters
+        self.enqueued = 0
+        self.running = 0
+        self.accepted = 0
+        self.rejected = 0
+        # what the ledger adds
+        self.filtered = 0
+        self.status: dict[str, str] = {}
+        self.tail_version: dict[str, int] = {}
+
+    # --- AReaL's StalenessManager -----------------------------------------------------
+
+    def get_capacity(self) -> int:
+        """``min(max_concurrent - running, (max_staleness + version + 1) * batch_size -
+        (accepted + running))``, per rank, 0 while paused, never negative."""
+        if self.config is None or self.paused:
+            return 0
+        max_concurrent = max(1, self.config.max_concurrent // self.config.dp_size)
+        batch_size = max(1, self.config.batch_size // self.config.dp_size)
+        concurrency_capacity = max_concurrent - self.running
+        if self.config.max_staleness is None:
+            return max(0, concurrency_capacity)
+        sample_count = self.accepted + self.running
+        staleness_capacity = (self.config.max_staleness + self.version + 1) * batch_size - sample_count
+        return max(0, min(concurrency_capacity, staleness_capacity))
+
+    def on_rollout_enqueued(self) -> None:
+        self.enqueued += 1
+
+    def on_rollout_submitted(self) -> None:
+        self.enqueued -= 1
+        self.running += 1
+
+    def on_rollout_accepted(self) -> None:
+        self.running -= 1
+        self.accepted += 1
+
+    def on_rollout_rejected(self) -> None:
+        self.running -= 1
+        self.rejected += 1
+
+    # --- events --------------------------------------------------------------------
+
+    def count(self, status: str) -> int:
+        """How many rollouts have ``status`` now."""
+        return sum(1 for value in self.status.values() if value == status)
+
+    def is_legal(self, event: Event) -> bool:
+        """Whether :meth:`observe` would take ``event`` (without taking it)."""
+        try:
+            self._check(event)
+        except ReferenceRefusal:
+            return False
+        return True
+
+    def observe(self, event: Event) -> None:
+        """Take one event; raises :class:`ReferenceRefusal` (nothing changed) if illegal."""
+        self._check(event)
+        kind = event.type
+        if kind == "run_started":
+            self.config = event.config
+        elif kind == "enqueued":
+            self.status[event.rollout] = "pending"
+            self.on_rollout_enqueued()
+        elif kind == "submitted":
+            self.status[event.rollout] = "running"
+            self.tail_version[event.rollout] = event.version
+            self.on_rollout_submitted()
+        elif kind == "segment":
+            self.tail_version[event.rollout] = event.version
+        elif kind == "interrupted":
+            self.status[event.rollout] = "interrupted"
+        elif kind == "resumed" and event.rollout is not None:
+            self.status[event.rollout] = "running"
+            self.tail_version[event.rollout] = self.version if event.version is None else event.version
+        elif kind == "resumed":
+            self.paused = False
+        elif kind == "paused":
+            self.paused = True
+        elif kind == "accepted":
+            self.status[event.rollout] = "ready"
+            self.on_rollout_accepted()
+        elif kind == "rejected":
+            self.status[event.rollout] = "rejected"
+            self.on_rollout_rejected()
+        elif kind == "filtered":
+            self._filter(event.rollout)
+        elif kind == "consumed":
+            for rollout in event.rollouts:
+                self.status[rollout] = "consumed"  # consumed samples still count as accepted
+        elif kind == "version":
+            self.version = event.version
+
+    def _filter(self, rollout: str) -> None:
+        if self.status[rollout] == "ready":  # purged from the ready queue
+            self.accepted -= 1
+        elif self.scheme == "decrement":  # stale at completion: count, then take back
+            self.on_rollout_accepted()
+            self.accepted -= 1
+        else:  # stale at completion: never counted
+            self.running -= 1
+        self.status[rollout] = "filtered"
+        self.filtered += 1
+
+    def _check(self, event: Event) -> None:
+        kind = event.type
+        if kind == "run_started":
+            if self.config is not None:
+                raise ReferenceRefusal("the run has already started")
+            return
+        if self.config is None:
+            raise ReferenceRefusal("the run has not started")
+        rollout = getattr(event, "rollout", None)
+        status = self.status.get(rollout) if rollout is not None else None
+        if kind == "enqueued":
+            if status is not None:
+                raise ReferenceRefusal(f"rollout {rollout!r} was already enqueued (now {status})")
+            if event.attempt < 1:
+                raise ReferenceRefusal("attempt must be at least 1")
+        elif kind == "submitted":
+            self._need(rollout, status, "pending")
+            if self.paused:
+                raise ReferenceRefusal("generation is paused")
+            if not 0 <= event.version <= self.version:
+                raise ReferenceRefusal(f"submitted at version {event.version}, current {self.version}")
+            if self.get_capacity() <= 0:
+                raise ReferenceRefusal("no capacity")
+        elif kind == "segment":
+            self._need(rollout, status, "running")
+            if not self.tail_version[rollout] <= event.version <= self.version or event.tokens < 0:
+                raise ReferenceRefusal(f"bad segment {event!r}")
+        elif kind == "interrupted":
+            self._need(rollout, status, "running")
+        elif kind == "resumed":
+            if rollout is None:
+                if not self.paused:
+                    raise ReferenceRefusal("generation is not paused")
+                return
+            self._need(rollout, status, "interrupted")
+            version = self.version if event.version is None else event.version
+            if not self.tail_version[rollout] <= version <= self.version:
+                raise ReferenceRefusal(f"resumed at version {version}")
+        elif kind == "accepted":
+            self._need(rollout, status, "running")
+        elif kind == "rejected":
+            self._need(rollout, status, "running", "interrupted")
+        elif kind == "filtered":
+            self._need(rollout, status, "running", "ready")
+        elif kind == "recomputed":
+            self._need(rollout, status, "ready")
+            if not self.tail_version[rollout] <= event.version <= self.version:
+                raise ReferenceRefusal(f"recomputed at version {event.version}")
+        elif kind == "consumed":
+            if not event.rollouts or len(set(event.rollouts)) != len(event.rollouts):
+                raise ReferenceRefusal("a batch must name distinct rollouts")
+            for name in event.rollouts:
+                self._need(name, self.status.get(name), "ready")
+        elif kind == "version":
+            if event.version <= self.version:
+                raise ReferenceRefusal(f"version {event.version} does not increase {self.version}")
+        elif kind == "paused":
+            if self.paused:
+                raise ReferenceRefusal("already paused")
+        elif kind == "checkpoint":
+            if event.version > self.version:
+                raise ReferenceRefusal("checkpoint ahead of the version")
+
+    @staticmethod
+    def _need(rollout: str | None, status: str | None, *allowed: str) -> None:
+        if status not in allowed:
+            raise ReferenceRefusal(f"rollout {rollout!r} is {status or 'unknown'}, needs {' or '.join(allowed)}")
