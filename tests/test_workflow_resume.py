@@ -157,3 +157,50 @@ def test_checkpoint_refuses_pending_futures_and_unpicklable_state(tmp_path):
     lock = workflow("w", stage("s", lambda c: c.put(lock=threading.Lock()), provides=["lock"], checkpoint=True))
     with pytest.raises(StageFailed, match="cannot checkpoint state key\\(s\\) lock"):
         run(lock, log=tmp_path / "b.sqlite")
+
+
+def test_transient_resources_are_rebuilt_by_resume_hooks_on_their_thread(tmp_path):
+    import threading
+
+    from engine.workflow import StageFailed
+
+    made: list[tuple[str, int]] = []
+
+    class OpenResource:
+        """Makes an unpicklable resource (a lock) on the stage thread; never checkpointed."""
+
+        blocking = True
+        transient = ("lock",)
+        provides = ("lock",)
+
+        def execute(self, ctx):
+            made.append(("execute", threading.get_ident()))
+            return ctx.put(lock=threading.Lock())
+
+        def resume(self, ctx):
+            made.append(("resume", threading.get_ident()))
+            return ctx.put(lock=threading.Lock())
+
+    class Use:
+        blocking = True
+        requires = ("lock",)
+
+        def __init__(self, fail: list[bool]) -> None:
+            self.fail = fail
+
+        def execute(self, ctx):
+            with ctx.get("lock"):
+                if self.fail and self.fail.pop():
+                    raise RuntimeError("crash")
+            return ctx.put(used=threading.get_ident())
+
+    fail = [True]
+    wf = workflow("w", stage("open", OpenResource()), stage("count", lambda c: c.put(n=1), provides=["n"], checkpoint=True),
+                  stage("use", Use(fail)))
+    log = tmp_path / "run.sqlite"
+    with pytest.raises(StageFailed, match="crash"):
+        run(wf, log=log)
+    result = run(wf, log=log, resume=True)
+    assert [kind for kind, _ in made] == ["execute", "resume"]
+    assert result.resumed_from == "w/count" and result.state["n"] == 1
+    assert made[1][1] != threading.get_ident() and result.state["used"] == made[1][1]  # same stage thread

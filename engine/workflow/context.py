@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import immutables
@@ -105,6 +106,13 @@ class Context:
 
             return structlog.get_logger("engine.workflow").bind(path=self.path)
         return self.runtime.logger.bind(path=self.path)
+
+    @property
+    def artifacts(self) -> Path:
+        """The run's directory for files (beside its log; a temporary one without a log)."""
+        if self.runtime is None:
+            raise RuntimeError(f"stage {self.path!r}: artifacts need a context made by the workflow runner")
+        return self.runtime.artifacts
 
     @property
     def ledger(self) -> Any:

@@ -168,7 +168,7 @@ class _Compiler:
             if resolved is None:
                 return node
             own = _check_options(resolved, node.options, where, self.problems)
-            checkpoint = node.options.get("checkpoint", False)
+            checkpoint = node.options.get("checkpoint", getattr(resolved, "checkpoint", False) is True)
             if not isinstance(checkpoint, bool):
                 self.problems.append(f"{where}: option 'checkpoint' must be True or False, got {checkpoint!r}")
             keys = {}

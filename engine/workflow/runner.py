@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import json
 import os
 import pickle
+import tempfile
 import time
 import uuid
 from collections import deque
@@ -117,13 +119,30 @@ class RunResult:
 class Runtime:
     """The services of one run, reachable from every context it makes."""
 
-    def __init__(self, run_id: str, logger: Any, ledger: Ledger | None, checkpoint_dir: Path | None, workflow: str) -> None:
+    def __init__(self, run_id: str, logger: Any, ledger: Ledger | None, log: Path | None, workflow: str) -> None:
         self.run_id = run_id
         self.logger = logger
         self.ledger = ledger
-        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_dir = Path(f"{log}.checkpoints") if log is not None else None
+        self._artifacts = Path(f"{log}.artifacts") if log is not None else None
         self.workflow = workflow
+        self.transient: set[str] = set()  # state keys of live resources, never checkpointed
         self._executor: ThreadPoolExecutor | None = None
+        self._stage_thread: ThreadPoolExecutor | None = None
+
+    @property
+    def artifacts(self) -> Path:
+        """A directory for the run's files (weights, sub-run logs); a fresh temporary one without a log."""
+        if self._artifacts is None:
+            self._artifacts = Path(tempfile.mkdtemp(prefix=f"{self.workflow}-{self.run_id}-"))
+        self._artifacts.mkdir(parents=True, exist_ok=True)
+        return self._artifacts
+
+    def stage_thread(self) -> ThreadPoolExecutor:
+        """The one thread that runs every ``blocking`` stage (their resources stay on one thread)."""
+        if self._stage_thread is None:
+            self._stage_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="workflow-stage")
+        return self._stage_thread
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
         """Queue ``fn`` on the run's single work thread (FIFO, like a training server's queue)."""
@@ -146,6 +165,8 @@ class Runtime:
             return None
         state: dict[str, Any] = {}
         for key, value in ctx.state.items():
+            if key in self.transient:
+                continue
             if isinstance(value, Future):
                 if not value.done():
                     raise RuntimeError(f"stage {path!r}: cannot checkpoint while future {key!r} is pending; await it first")
@@ -171,9 +192,10 @@ class Runtime:
 
     def close(self, wait: bool = True) -> None:
         """Stop the work thread: after queued work when ``wait``, else drop queued work at once."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=wait, cancel_futures=True)
-            self._executor = None
+        for pool in (self._executor, self._stage_thread):
+            if pool is not None:
+                pool.shutdown(wait=wait, cancel_futures=True)
+        self._executor = self._stage_thread = None
 
 
 def _picklable(value: Any) -> bool:
@@ -182,11 +204,6 @@ def _picklable(value: Any) -> bool:
     except Exception:
         return False
     return True
-
-
-def checkpoint_dir_for(log: str | Path) -> Path:
-    """Where the checkpoints of the run logged at ``log`` are written."""
-    return Path(f"{log}.checkpoints")
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:
@@ -244,6 +261,8 @@ class Runner:
         start = 0
         if head is not None:
             start = next((i for i, n in enumerate(nodes) if head in _heads(n)), len(nodes))
+            for node in nodes[:start]:
+                ctx = await self.reacquire(node, ctx, prefix)
         for node in nodes[start:]:
             ctx = await self.node(node, ctx, prefix, wf, span)
         return ctx
@@ -275,6 +294,35 @@ class Runner:
         path = f"{prefix}/{node.name}"
         return await self.guarded(path, node.name, "workflow", node.policy or wf.on_error, ctx, span,
                                   lambda c, sp: self.subworkflow(node, c, path, sp), None)
+
+    async def reacquire(self, node: Node, ctx: Context, prefix: str) -> Context:
+        """While resuming, give a stage that finished before the checkpoint the chance to
+        rebuild the live resources it made (its ``resume(ctx)`` hook); descends into
+        subworkflows and branches, not into loops or conditionals."""
+        if isinstance(node, StageNode):
+            hook = getattr(node.stage, "resume", None)
+            if hook is None:
+                return ctx
+            path = f"{prefix}/{node.name}"
+            self.runtime.transient.update(getattr(node.stage, "transient", ()))
+            stage_ctx = replace(ctx, path=path, stage_opts=node.options, runtime=self.runtime)
+            try:
+                result = await self.call(hook, stage_ctx, blocking=getattr(node.stage, "blocking", False))
+            except Exception as err:
+                raise StageFailed(path, err) from err
+            if not isinstance(result, Context):
+                raise StageFailed(path, TypeError(f"resume() returned {type(result).__name__}, expected a Context"))
+            self.runtime.logger.info("reacquired", path=path)
+            return replace(result, path=ctx.path, stage_opts=ctx.stage_opts, runtime=ctx.runtime)
+        if isinstance(node, BranchNode):
+            for child in node.body:
+                ctx = await self.reacquire(child, ctx, prefix)
+        elif isinstance(node, SubworkflowNode):
+            inner = replace(ctx, config=self.sub_config(node, ctx))
+            for child in node.workflow.body:
+                inner = await self.reacquire(child, inner, f"{prefix}/{node.name}")
+            ctx = replace(inner, config=ctx.config)
+        return ctx
 
     # -- error policy ---------------------------------------------------------
     async def guarded(self, path: str, name: str, kind: str, policy: ErrorPolicy, ctx: Context, parent: Span | None,
@@ -319,18 +367,21 @@ class Runner:
             return ctx
         stage_ctx = replace(ctx, path=path, stage_opts=node.options, runtime=self.runtime)
         try:
-            restored = await self.call(undo, stage_ctx, error)
+            restored = await self.call(undo, stage_ctx, error, blocking=getattr(node.stage, "blocking", False))
         except Exception as err:
             self.runtime.logger.error("rollback_failed", path=path, error=f"{type(err).__name__}: {err}")
             return ctx
         return replace(restored, path=ctx.path, stage_opts=ctx.stage_opts) if isinstance(restored, Context) else ctx
 
     # -- stages ---------------------------------------------------------------
-    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call a stage method: await coroutines, run sync code in a thread inside a parallel branch."""
+    async def call(self, fn: Callable[..., Any], *args: Any, blocking: bool = False) -> Any:
+        """Call a stage method: await coroutines; run sync code on the stage thread when
+        the stage is ``blocking``, in a worker thread inside a parallel branch, else inline."""
         if inspect.iscoroutinefunction(fn):
             return await fn(*args)
-        if _IN_PARALLEL.get():
+        if blocking:
+            result = await asyncio.get_running_loop().run_in_executor(self.runtime.stage_thread(), functools.partial(fn, *args))
+        elif _IN_PARALLEL.get():
             result = await asyncio.to_thread(fn, *args)
         else:
             result = fn(*args)
@@ -340,12 +391,14 @@ class Runner:
 
     async def stage(self, node: StageNode, ctx: Context, path: str) -> Context:
         stage_ctx = replace(ctx, path=path, stage_opts=node.options, runtime=self.runtime)
+        blocking = getattr(node.stage, "blocking", False)
+        self.runtime.transient.update(getattr(node.stage, "transient", ()))
         check = getattr(node.stage, "validate", None)
         if check is not None:
-            verdict = await self.call(check, stage_ctx)
+            verdict = await self.call(check, stage_ctx, blocking=blocking)
             if verdict is False or isinstance(verdict, str):
                 raise StageInvalid(f"stage {path!r} refused the context: {verdict if isinstance(verdict, str) else 'validate() returned False'}")
-        result = await self.call(node.stage.execute, stage_ctx)
+        result = await self.call(node.stage.execute, stage_ctx, blocking=blocking)
         if not isinstance(result, Context):
             raise TypeError(f"stage {path!r} returned {type(result).__name__}, expected a Context (return ctx.put(...))")
         missing = [k for k in node.provides if k not in result.state]
@@ -431,7 +484,10 @@ class Runner:
             metrics.extend(result.metrics[len(ctx.metrics) :])
         return replace(ctx, state=state.finish(), metrics=tuple(metrics))
 
-    async def subworkflow(self, node: SubworkflowNode, ctx: Context, path: str, span: Span) -> Context:
+    @staticmethod
+    def sub_config(node: SubworkflowNode, ctx: Context) -> immutables.Map:
+        """A subworkflow's config: its defaults overlaid with ``config[config_key]``
+        (or, without a key, with the parent's values of the keys it knows)."""
         sub = node.workflow
         if node.config_key is None:
             given: Any = {k: v for k, v in ctx.config.items() if not sub.defaults or k in sub.defaults}
@@ -439,7 +495,11 @@ class Runner:
             given = ctx.config.get(node.config_key, {})
             if not isinstance(given, Mapping):
                 raise TypeError(f"subworkflow {node.name!r}: config[{node.config_key!r}] must be a mapping, got {given!r}")
-        config = configure(sub, given, f"subworkflow {node.name!r}")
+        return configure(sub, given, f"subworkflow {node.name!r}")
+
+    async def subworkflow(self, node: SubworkflowNode, ctx: Context, path: str, span: Span) -> Context:
+        sub = node.workflow
+        config = self.sub_config(node, ctx)
         missing = [k for k in sub.inputs if k not in ctx.state]
         if missing:
             raise KeyError(f"subworkflow {node.name!r} needs state {', '.join(map(repr, missing))}")
@@ -515,7 +575,7 @@ async def arun(
         owns_ledger = False
     run_id = run_id or uuid.uuid4().hex[:12]
     logger = get_logger("rollout_ledger.workflow", run_id=run_id, workflow=wf.name)
-    runtime = Runtime(run_id, logger, ledger, checkpoint_dir_for(log) if log is not None else None, wf.name)
+    runtime = Runtime(run_id, logger, ledger, Path(log) if log is not None else None, wf.name)
     initial = dict(state or {})
     metrics: tuple[Mapping[str, Any], ...] = ()
     if point is not None:
