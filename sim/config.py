@@ -81,7 +81,7 @@ class WorkloadSection:
         default=Distribution(kind="fixed", value=128), metadata=_doc("prompt length in tokens (a distribution table)")
     )
     response_len: Distribution = field(
-        default=Distribution(kind="lognormal", median=1024.0, sigma=0.8, cap=8192),
+        default=Distribution(kind="lognormal", median=1024.0, sigma=0.6, cap=8192),
         metadata=_doc("response length in tokens per sample (a distribution table)"),
     )
 
@@ -106,8 +106,8 @@ class GenerationSection:
 class TrainingSection:
     """The trainer and the weight update."""
 
-    step_base_s: float = field(default=2.0, metadata=_doc("training step cost: fixed part, seconds"))
-    step_per_token_s: float = field(default=2e-5, metadata=_doc("training step cost per trained token, seconds"))
+    step_base_s: float = field(default=5.0, metadata=_doc("training step cost: fixed part, seconds"))
+    step_per_token_s: float = field(default=1e-4, metadata=_doc("training step cost per trained token, seconds"))
     recompute_per_token_s: float = field(default=5e-6, metadata=_doc("cost per token of recomputing proximal log-probs"))
     weight_sync_s: float = field(default=1.0, metadata=_doc("seconds generation is paused to load new weights"))
     colocated: bool = field(default=False, metadata=_doc("generation and training share the GPUs (generation pauses while training)"))
