@@ -131,9 +131,11 @@ def run_command(args: argparse.Namespace) -> int:
         return _fail(str(err), 1)
     except (WorkflowError, ResumeError, LookupError, ValueError, KeyError) as err:
         return _fail(str(err))
-    last = dict(result.context.metrics[-1]) if result.context.metrics else {}
+    latest: dict[str, Any] = {}
+    for record in result.context.metrics:  # the latest value of every metric
+        latest.update({k: v for k, v in record.items() if k != "path"})
     summary = {"workflow": wf.name, "run_id": result.run_id, "resumed_from": result.resumed_from,
-               "metrics_records": len(result.context.metrics), "last_metrics": last}
+               "metrics_records": len(result.context.metrics), "latest": latest}
     print(json.dumps(summary, default=repr))
     return 0
 

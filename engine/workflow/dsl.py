@@ -148,9 +148,10 @@ def conditional(predicate: Callable[[Any], bool], *body: Node, otherwise: Iterab
 
 
 def subworkflow(workflow: "Workflow", config_key: str | None = None, *, name: str | None = None, **opts: Any) -> SubworkflowNode:
-    """Run ``workflow`` as one step of this one, configured by ``config[config_key]``
-    (its own defaults fill the rest); it sees this workflow's state and what it
-    writes is kept.  ``on_error`` applies to it as to a stage."""
+    """Run ``workflow`` as one step of this one.  Its config: its own defaults, then
+    this workflow's values of the keys it knows, then the section ``config[config_key]``.
+    It sees this workflow's state and what it writes is kept.  ``on_error`` applies
+    to it as to a stage."""
     label = name if name is not None else getattr(workflow, "name", None)
     return SubworkflowNode(label, workflow, config_key, immutables.Map(opts))  # type: ignore[arg-type]
 

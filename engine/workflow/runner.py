@@ -161,7 +161,7 @@ class Runtime:
         if _IN_PARALLEL.get():
             raise RuntimeError(f"stage {path!r}: checkpoints cannot be taken inside a parallel branch")
         if self.checkpoint_dir is None or self.ledger is None:
-            self.logger.warning("checkpoint_not_written", path=path, reason="the run has no log")
+            self.logger.info("checkpoint_not_written", path=path, reason="the run has no log")
             return None
         state: dict[str, Any] = {}
         for key, value in ctx.state.items():
@@ -232,13 +232,20 @@ def _writes(base: immutables.Map, after: immutables.Map) -> dict[str, Any]:
 
 
 def configure(wf: Workflow, given: Mapping[str, Any] | None, where: str) -> immutables.Map:
-    """``wf``'s defaults overlaid with ``given``; with defaults declared, an unknown key is an error."""
+    """``wf``'s defaults overlaid with ``given`` (a section whose default is a mapping is
+    merged key by key); with defaults declared, an unknown key is an error."""
     given = dict(given or {})
     if wf.defaults:
         unknown = sorted(set(given) - set(wf.defaults) - {"ledger"})
         if unknown:
             raise ValueError(f"{where}: unknown config key(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(wf.defaults))}")
-    return immutables.Map({**wf.defaults, **given})
+    merged = dict(wf.defaults)
+    for key, value in given.items():
+        default = merged.get(key)
+        if isinstance(default, Mapping) and isinstance(value, Mapping):
+            value = {**default, **value}
+        merged[key] = value
+    return immutables.Map(merged)
 
 
 class Runner:
@@ -486,15 +493,16 @@ class Runner:
 
     @staticmethod
     def sub_config(node: SubworkflowNode, ctx: Context) -> immutables.Map:
-        """A subworkflow's config: its defaults overlaid with ``config[config_key]``
-        (or, without a key, with the parent's values of the keys it knows)."""
+        """A subworkflow's config: its defaults, overlaid with the parent's values of the
+        keys it knows (shared settings), overlaid with the section ``config[config_key]``."""
         sub = node.workflow
-        if node.config_key is None:
-            given: Any = {k: v for k, v in ctx.config.items() if not sub.defaults or k in sub.defaults}
-        else:
-            given = ctx.config.get(node.config_key, {})
-            if not isinstance(given, Mapping):
-                raise TypeError(f"subworkflow {node.name!r}: config[{node.config_key!r}] must be a mapping, got {given!r}")
+        given: dict[str, Any] = {k: v for k, v in ctx.config.items() if not sub.defaults or k in sub.defaults}
+        if node.config_key is not None:
+            section = ctx.config.get(node.config_key, {})
+            if not isinstance(section, Mapping):
+                raise TypeError(f"subworkflow {node.name!r}: config[{node.config_key!r}] must be a mapping, got {section!r}")
+            given.pop(node.config_key, None)
+            given.update(section)
         return configure(sub, given, f"subworkflow {node.name!r}")
 
     async def subworkflow(self, node: SubworkflowNode, ctx: Context, path: str, span: Span) -> Context:
@@ -568,6 +576,7 @@ async def arun(
             config = header.get("config")
     settings = configure(wf, config, f"workflow {wf.name!r}")
     if ledger is None and log is not None:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
         ledger_config = Config.from_json(settings["ledger"]) if "ledger" in settings else DEFAULT_LEDGER_CONFIG
         ledger = Ledger(path=log) if resume else Ledger(ledger_config, path=log)
         owns_ledger = True

@@ -1,0 +1,139 @@
+"""Stages and helpers shared by the built-in workflows: the task, the tokenizer, a
+fresh or inherited policy, padded sequence batches and the optimiser step."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Sequence
+
+import torch
+
+from engine.torch_backend.model import Policy, preset
+from engine.torch_backend.tasks import Problem, Task, Tokenizer, get_task
+from engine.torch_backend.trainer import Sample, pad_samples
+from engine.workflow import Context
+
+#: Config every torch workflow understands.
+MODEL_DEFAULTS: dict[str, Any] = {"task": "copy", "model_size": "tiny", "seed": 0, "lr": 3e-3, "grad_clip": 1.0}
+
+
+def sequences(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], max_width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``<bos> prompt answer <eos>`` tokens ``[B, T]`` and the mask ``[B, T-1]``
+    of the answer's target positions, for ``(prompt, answer)`` pairs."""
+    samples = [Sample(tokenizer.prompt_ids(p), tokenizer.answer_ids(a), [0.0] * (len(a) + 1), [0] * (len(a) + 1), 0.0) for p, a in pairs]
+    batch = pad_samples(samples, tokenizer.pad_id, "cpu", max_width)
+    return batch.tokens, batch.mask
+
+
+def answer_logprob(model: Policy, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Summed log-probability of each row's answer ``[B]``."""
+    return (model.logprobs(tokens) * mask).sum(-1)
+
+
+def new_policy(task: Task, tokenizer: Tokenizer, size: str, seed: int) -> Policy:
+    """A freshly initialised policy, seeded without touching the global random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Policy(preset(size, tokenizer.vocab_size, task.max_seq_len))
+
+
+def chunks(items: Sequence[Any], size: int, seed: str) -> list[list[Any]]:
+    """``items`` shuffled (deterministically by ``seed``) into batches of ``size``."""
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+class LoadTask:
+    """The task and tokenizer named by the config (rebuilt on resume, not checkpointed:
+    a task holds its generator function)."""
+
+    provides = ("task", "tokenizer")
+    transient = ("task", "tokenizer")
+
+    def execute(self, ctx: Context) -> Context:
+        return ctx.put(task=get_task(ctx.setting("task")), tokenizer=Tokenizer())
+
+    resume = execute
+
+
+class InitPolicy:
+    """The policy to train and its AdamW optimiser: the ``model`` already in the state
+    (e.g. from a supervised phase) when there is one, else a fresh one."""
+
+    requires = ("task", "tokenizer")
+    provides = ("model", "optimizer", "global_step")
+
+    def execute(self, ctx: Context) -> Context:
+        model = ctx.get("model", None)
+        if model is None:
+            model = new_policy(ctx.get("task"), ctx.get("tokenizer"), ctx.setting("model_size"), ctx.setting("seed"))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=ctx.setting("lr"))
+        return ctx.put(model=model, optimizer=optimizer, global_step=0)
+
+
+class OptimStep:
+    """Clip the gradients of option ``model`` (default ``model``) and step its optimiser
+    (option ``optimizer``); records the gradient norm as ``grad_norm``."""
+
+    options = {"model": str, "optimizer": str}
+
+    @staticmethod
+    def requires(options: Any) -> tuple[str, ...]:
+        return (options.get("model", "model"), options.get("optimizer", "optimizer"))
+
+    provides = ("grad_norm",)
+
+    def execute(self, ctx: Context) -> Context:
+        model = ctx.get(ctx.stage_opts.get("model", "model"))
+        optimizer = ctx.get(ctx.stage_opts.get("optimizer", "optimizer"))
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), ctx.setting("grad_clip"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return ctx.put(grad_norm=float(norm))
+
+
+class SaveCheckpoint:
+    """Marks where the runner saves a resumable checkpoint of the workflow state."""
+
+    checkpoint = True
+
+    def execute(self, ctx: Context) -> Context:
+        return ctx
+
+
+class SaveWeights:
+    """Save option ``key``'s (default ``model``) weights under the run's artifacts as
+    ``<workflow>-<key>.pt`` and put the path in ``<key>_weights``."""
+
+    options = {"key": str}
+
+    @staticmethod
+    def requires(options: Any) -> tuple[str, ...]:
+        return (options.get("key", "model"),)
+
+    @staticmethod
+    def provides(options: Any) -> tuple[str, ...]:
+        return (f"{options.get('key', 'model')}_weights",)
+
+    def execute(self, ctx: Context) -> Context:
+        key = ctx.stage_opts.get("key", "model")
+        path = ctx.artifacts / f"{ctx.path.split('/')[-2] if '/' in ctx.path else 'run'}-{key}.pt"
+        torch.save(ctx.get(key).state_dict(), path)
+        return ctx.put_all({f"{key}_weights": str(path)}).record(saved=str(path))
+
+
+def every(config_key: str, step_key: str):
+    """A predicate: true when ``config[config_key]`` is set and ``state[step_key] + 1`` is a multiple of it."""
+
+    def predicate(ctx: Context) -> bool:
+        period = ctx.setting(config_key)
+        return bool(period) and (ctx.get(step_key) + 1) % period == 0
+
+    predicate.__name__ = predicate.__qualname__ = f"every_{config_key}"
+    return predicate
+
+
+def problems(task: Task, seed: int, start: int, count: int) -> list[Problem]:
+    """``count`` problems of ``task`` numbered from ``start`` (deterministic)."""
+    return [task.problem(seed, start + i) for i in range(count)]

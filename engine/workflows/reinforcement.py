@@ -1,0 +1,304 @@
+"""Asynchronous RL as a workflow, on the steps of :class:`engine.train.RLRun`.
+
+Rollouts come from the async executor through the run's ledger (``collect``);
+the update is spelled out as stages: GRPO group advantages, then ``ppo_epochs``
+passes over minibatches of forward-backward and optimiser steps (the decoupled
+objective with proximal log-probs recomputed once per update under the weights
+before it, or plain PPO), then the version bump that hands the weights to the
+generation engine.  A run killed mid-way resumes from its workflow checkpoint: the
+``setup`` stage reopens the RL run from its own log and checkpoint.
+
+With ``reward = "model"`` the rollouts are scored by the ``reward_model`` in the
+state (RLHF) instead of the task's verifier; evaluation always uses the verifier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from engine.events import Checkpoint
+from engine.torch_backend.checkpoint import save_checkpoint
+from engine.torch_backend.objectives import decoupled_loss, group_advantages, ppo_loss
+from engine.torch_backend.tasks import Problem, Task
+from engine.torch_backend.trainer import pad_samples
+from engine.train import RLRun, RunConfig
+from engine.workflow import Context, conditional, loop, stage, workflow
+from engine.workflows.common import SaveCheckpoint, every
+
+_RUN_FIELDS = {f.name for f in fields(RunConfig)}
+
+DEFAULTS: dict[str, Any] = {
+    **{name: getattr(RunConfig(), name) for name in sorted(_RUN_FIELDS)},
+    "steps": 4, "batch_size": 4, "group_size": 4, "max_staleness": 1, "warmup_steps": 60, "warmup_batch": 32,
+    "ppo_epochs": 1, "eval_size": 0, "run_dir": None, "reward": "task", "clip_eps": 0.2, "behaviour_cap": 5.0, "grad_clip": 1.0,
+}
+
+
+@dataclass(frozen=True)
+class LearnedRewardTask(Task):
+    """A task whose rollouts are scored by a learned reward model instead of its verifier."""
+
+    scorer: Callable[[str, str], float] | None = None
+    verifier: Task | None = None
+
+    def reward(self, problem: Problem, completion: str) -> float:
+        return self.scorer(problem.prompt, completion)  # type: ignore[misc]
+
+
+@contextlib.contextmanager
+def verified(rl: RLRun) -> Iterator[RLRun]:
+    """Temporarily score with the task's verifier (for evaluation under a learned reward)."""
+    task = rl.task
+    rl.task = getattr(task, "verifier", None) or task
+    try:
+        yield rl
+    finally:
+        rl.task = task
+
+
+class SetupRun:
+    """Open the RL run (model, warm-up or the ``model`` in the state, ledger, engine,
+    executor) in ``run_dir`` (default: under the workflow's artifacts)."""
+
+    blocking = True
+    transient = ("rl_run",)
+    provides = ("rl_run",)
+
+    def _open(self, ctx: Context, resume: bool) -> Context:
+        settings = {k: v for k, v in ctx.config.items() if k in _RUN_FIELDS}
+        run_dir = Path(ctx.setting("run_dir") or ctx.artifacts / ctx.path.rsplit("/", 1)[0].replace("/", "."))
+        policy = ctx.get("model", None)
+        if policy is not None and settings.get("init") is None:  # start RL from the policy trained before (RLHF)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            settings["init"] = str(run_dir / "init.pt")
+            if not resume:
+                torch.save(policy.state_dict(), settings["init"])
+        rl = RLRun(RunConfig.from_json(settings), run_dir, resume=resume)
+        if ctx.setting("reward") == "model":
+            scorer, tokenizer = ctx.get("reward_model"), ctx.get("tokenizer")
+            base = rl.task
+            rl.task = LearnedRewardTask(base.name, base.make, base.max_prompt, base.max_answer, f"{base.description} (learned reward)",
+                                        scorer=lambda prompt, completion: scorer.score(tokenizer, prompt, completion), verifier=base)
+        elif ctx.setting("reward") != "task":
+            raise ValueError(f"config 'reward' must be 'task' or 'model', got {ctx.setting('reward')!r}")
+        rl.setup()
+        return ctx.put(rl_run=rl)
+
+    def execute(self, ctx: Context) -> Context:
+        return self._open(ctx, resume=False)
+
+    def resume(self, ctx: Context) -> Context:
+        return self._open(ctx, resume=True)
+
+    def rollback(self, ctx: Context, error: BaseException) -> Context:
+        return ctx
+
+
+class Evaluate:
+    """Mean verifier reward of the current weights on ``eval_size`` held-out problems,
+    recorded as option ``metric``."""
+
+    blocking = True
+    options = {"metric": str}
+    requires = ("rl_run",)
+
+    def execute(self, ctx: Context) -> Context:
+        with verified(ctx.get("rl_run")) as rl:
+            reward = rl.evaluate(ctx.setting("eval_size"))
+        return ctx.record(**{ctx.stage_opts.get("metric", "eval_reward"): reward, "step": rl.ledger.state.version})
+
+
+class Collect:
+    """Run rollouts through the async executor until a batch is usable; consume it."""
+
+    blocking = True
+    requires = ("rl_run",)
+    provides = ("rl_batch",)
+
+    def execute(self, ctx: Context) -> Context:
+        return ctx.put(rl_batch=ctx.get("rl_run").collect_batch(), update_started=time.perf_counter())
+
+
+class ComputeAdvantages:
+    """GRPO advantages: each sample's reward against its group's mean and spread."""
+
+    requires = ("rl_batch",)
+    provides = ("advantages", "rewards")
+
+    def execute(self, ctx: Context) -> Context:
+        groups = ctx.get("rl_batch").groups
+        rewards = torch.tensor([[s.reward for s in group] for group in groups], dtype=torch.float32)
+        return ctx.put(advantages=group_advantages(rewards).flatten(), rewards=rewards)
+
+
+class PrepareUpdate:
+    """Pause generation, pad the batch, recompute proximal log-probs under the weights
+    before the update and split the rows into ``minibatches``."""
+
+    blocking = True
+    requires = ("rl_run", "rl_batch", "advantages")
+    provides = ("update_batch", "proximal", "minibatch_rows", "update_stats")
+
+    def execute(self, ctx: Context) -> Context:
+        rl = ctx.get("rl_run")
+        trainer = rl.trainer
+        rl.executor.pause()
+        samples = [s for group in ctx.get("rl_batch").groups for s in group]
+        batch = pad_samples(samples, trainer.pad_id, trainer.device, trainer.model.config.max_seq_len)
+        batch.advantages = ctx.get("advantages").to(trainer.device)
+        trainer.model.train()
+        with torch.no_grad(), trainer.autocast():
+            proximal = trainer.model.logprobs(batch.tokens).float()
+        parts = min(ctx.setting("minibatches"), len(samples))
+        rows = [list(range(part, len(samples), parts)) for part in range(parts)]
+        return ctx.put(update_batch=batch, proximal=proximal, minibatch_rows=rows, update_stats=())
+
+
+class ForwardBackwardPPO:
+    """The objective on one minibatch, backpropagated."""
+
+    blocking = True
+    requires = ("rl_run", "update_batch", "proximal", "minibatches_current")
+    provides = ("fb_stats",)
+
+    def execute(self, ctx: Context) -> Context:
+        trainer = ctx.get("rl_run").trainer
+        batch, rows = ctx.get("update_batch"), ctx.get("minibatches_current")
+        with trainer.autocast():
+            logprobs = trainer.model.logprobs(batch.tokens[rows]).float()
+        mask, behaviour, advantages = batch.mask[rows], batch.behaviour[rows], batch.advantages[rows]
+        if ctx.setting("objective") == "ppo":
+            loss, info = ppo_loss(logprobs, behaviour, advantages, mask, ctx.setting("clip_eps"))
+        else:
+            loss, info = decoupled_loss(logprobs, ctx.get("proximal")[rows], behaviour, advantages, mask,
+                                        ctx.setting("clip_eps"), ctx.setting("behaviour_cap"))
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return ctx.put(fb_stats={**info, "loss": float(loss.detach())})
+
+
+class OptimStepRL:
+    """Clip and step the trainer's optimiser at the run's learning rate."""
+
+    blocking = True
+    requires = ("rl_run", "fb_stats", "update_stats")
+    provides = ("update_stats",)
+
+    def execute(self, ctx: Context) -> Context:
+        trainer = ctx.get("rl_run").trainer
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = ctx.setting("lr")
+        norm = torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), ctx.setting("grad_clip"))
+        trainer.optimizer.step()
+        return ctx.put(update_stats=ctx.get("update_stats") + ({**ctx.get("fb_stats"), "grad_norm": float(norm)},))
+
+
+class FinishUpdate:
+    """Bump the version: checkpoint the trainer when due, hand the weights to the
+    engine through the executor (the ledger advances), resume generation."""
+
+    blocking = True
+    requires = ("rl_run", "rl_batch", "update_stats", "rewards")
+    provides = ("update_record",)
+
+    def execute(self, ctx: Context) -> Context:
+        rl = ctx.get("rl_run")
+        trainer, executor, batch = rl.trainer, rl.executor, ctx.get("rl_batch")
+        version = trainer.version
+        trainer.version += 1
+        steps, every_n = rl.config.steps, rl.config.checkpoint_every
+        saved = save_checkpoint(rl.ckpt_dir, version + 1, trainer.state_dict()) if (version + 1) % every_n == 0 or version + 1 >= steps else None
+        executor.set_version(trainer.model.state_dict(), rl._recompute)
+        if saved is not None:
+            executor.timed(rl.ledger.append, Checkpoint(version + 1, str(saved)))
+        executor.timed(rl.ledger.flush)
+        executor.resume()
+        stats = ctx.get("update_stats")
+        staleness = [version - min(s.versions) for g in batch.groups for s in g if s.versions]
+        record = {
+            "step": rl.ledger.state.version,
+            "reward": float(ctx.get("rewards").mean()),
+            "staleness_mean": sum(staleness) / max(1, len(staleness)),
+            "staleness_max": max(staleness, default=0),
+            "trained_tokens": batch.tokens,
+            "wait_s": batch.wait_s,
+            "train_s": time.perf_counter() - ctx.get("update_started"),
+            "wall_s": rl._wall_offset + time.perf_counter() - rl._started,
+            **{key: sum(s[key] for s in stats) / len(stats) for key in stats[0]},
+        }
+        rl.metrics.append(record)
+        with open(rl.run_dir / "metrics.jsonl", "a") as out:
+            out.write(json.dumps(record) + "\n")
+        return ctx.put(update_record=record)
+
+
+class LogIteration:
+    """Record the update's metrics."""
+
+    requires = ("update_record",)
+
+    def execute(self, ctx: Context) -> Context:
+        return ctx.record(**ctx.get("update_record"))
+
+
+class SaveFinal:
+    """Save the final weights, record the run's summary and close the RL run."""
+
+    blocking = True
+    requires = ("rl_run",)
+    provides = ("policy_weights", "rl_summary")
+
+    def execute(self, ctx: Context) -> Context:
+        rl = ctx.get("rl_run")
+        path = rl.run_dir / "final.pt"
+        rl.save_weights(path)
+        summary = rl.summary()
+        rl.close()
+        return ctx.put(policy_weights=str(path), rl_summary=summary).record(**summary)
+
+
+def _needs_update(ctx: Context) -> bool:
+    """This iteration's update has not happened yet (a resumed RL run may be ahead)."""
+    return ctx.get("rl_run").ledger.state.version == ctx.get("iterations_index")
+
+
+def _evaluating(ctx: Context) -> bool:
+    return ctx.setting("eval_size") > 0
+
+
+WORKFLOW = workflow(
+    "reinforcement",
+    stage("setup", SetupRun()),
+    conditional(_evaluating, stage("evaluate_before", Evaluate(), metric="eval_reward_before"), name="evaluate_first"),
+    loop(
+        "iterations",
+        conditional(
+            _needs_update,
+            stage("collect", Collect()),
+            stage("compute_advantages", ComputeAdvantages()),
+            stage("prepare_update", PrepareUpdate()),
+            loop(
+                "ppo_epochs",
+                loop("minibatches", stage("forward_backward", ForwardBackwardPPO()), stage("optim_step", OptimStepRL()),
+                     over=lambda ctx: ctx.get("minibatch_rows")),
+                over=lambda ctx: range(ctx.setting("ppo_epochs")),
+            ),
+            stage("finish_update", FinishUpdate()),
+            stage("log_iteration", LogIteration()),
+            conditional(every("checkpoint_every", "iterations_index"), stage("checkpoint", SaveCheckpoint()), name="should_checkpoint"),
+            name="pending_update",
+        ),
+        over=lambda ctx: range(ctx.setting("steps")),
+    ),
+    conditional(_evaluating, stage("evaluate_after", Evaluate(), metric="eval_reward_after"), name="evaluate_last"),
+    stage("save_final", SaveFinal()),
+    defaults=DEFAULTS,
+    description="Asynchronous RL through the executor and the ledger, with PPO epochs over minibatches.",
+)
