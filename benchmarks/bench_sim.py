@@ -73,7 +73,8 @@ def main() -> None:
         if name not in WORKLOADS:
             parser.error(f"unknown workload {name!r}; known are {', '.join(WORKLOADS)}")
     rows = [(w, n, log) for w in workloads for log in ("log", "no log") for n in sizes]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
     results = []
     for workload, size, log in tqdm(rows, desc="benchmark runs", unit="run"):
         command = [sys.executable, __file__, "--child", workload, str(size), "log" if log == "log" else "none"]

@@ -137,23 +137,36 @@ class Simulation:
         self._batch_wanted: simpy.Event | None = None
         self._done = self.env.event()
         self.stats = SummaryBuilder(scenario, generation.servers)
+        self._emit = self._emitter()
 
     # -- the ledger ------------------------------------------------------------------
 
-    def _emit(self, event: Event) -> None:
-        """Fold one event and queue it for the log."""
-        self.folder.apply(event)
-        if self._check is not None:
-            self._check(self.folder.state, event)
-        if self._log is not None:
-            self._unwritten.append(event)
-            if len(self._unwritten) >= self._flush_every:
-                self._flush()
+    def _emitter(self) -> Callable[[Event], None]:
+        """The function that folds one event and queues it for the log (the hot path:
+        built once, with only the steps this run needs)."""
+        apply = self.folder.apply
+        check = self._check
+        if self._log is None and check is None:
+            return apply
+        unwritten = self._unwritten
+        limit = self._flush_every
+        folder = self.folder
+
+        def emit(event: Event) -> None:
+            apply(event)
+            if check is not None:
+                check(folder.state, event)
+            if self._log is not None:
+                unwritten.append(event)
+                if len(unwritten) >= limit:
+                    self._flush()
+
+        return emit
 
     def _flush(self) -> None:
         if self._log is not None and self._unwritten:
             self._log.append(self._unwritten)
-            self._unwritten = []
+            self._unwritten.clear()
 
     def _policy_events(self, events: tuple[Event, ...], now: float) -> None:
         """Emit what a policy returned, and keep the shell's books on each event.
@@ -161,7 +174,7 @@ class Simulation:
         A requeued prompt (``enqueued`` after ``filtered``) keeps the filtered rollout's prompt length."""
         prompt = 0
         for event in events:
-            self._emit(event._replace(t=now))
+            self._emit(_stamped(event, now))
             kind = event.type
             if kind == "accepted":
                 self.stats.accepted += 1
@@ -261,10 +274,12 @@ class Simulation:
             if self._slots - server.active < group:
                 break
             if not self._pending:
+                wanted = min(room, sum(self._slots - s.active for s in servers) // group)
                 limit = policies.enqueue_room(self.folder.state)
                 if limit == 0:
                     break
-                self._enqueue(now)
+                for _ in range(wanted if limit is None else min(wanted, limit)):
+                    self._enqueue(now)
             rollout = self._pending.popleft()
             prompt = self._pending_prompt.pop(rollout)
             self._emit(Submitted(rollout, version, now))
@@ -362,7 +377,7 @@ class Simulation:
                 self.stats.restarted += 1
                 self._emit(Rejected(rollout, "none", now))
                 retry = policies.retry(state.rollouts[rollout])
-                self._emit(retry._replace(t=now))
+                self._emit(_stamped(retry, now))
                 self._pending_prompt[retry.rollout] = live.prompt
                 retries.append(retry.rollout)
             server.heap.clear()
@@ -418,7 +433,7 @@ class Simulation:
                 recompute_tokens = sum(group * self._live[r.rollout].prompt + self._live[r.rollout].done for r in requests)
                 yield env.timeout(training.recompute_per_token_s * recompute_tokens)
                 for request in requests:
-                    self._emit(request._replace(t=env.now))
+                    self._emit(_stamped(request, env.now))
             stats.trainer_busy_s += env.now - busy_from
             if not training.colocated:
                 self._pause(env.now)
@@ -470,6 +485,11 @@ class Simulation:
             self._advance(server, env.now)
         self.stats.generator_busy_s = sum(server.busy for server in self._servers)
         return self.stats.build(env.now, self.folder.state)
+
+
+def _stamped(event: Event, now: float) -> Event:
+    """``event`` with ``t = now`` (every event type has ``t`` as its last field)."""
+    return tuple.__new__(type(event), (*event[:-1], now))
 
 
 def _load(server: _Server) -> int:

@@ -1,0 +1,82 @@
+"""``rollout-ledger simulate`` and ``rollout-ledger sweep`` end to end, small."""
+
+from __future__ import annotations
+
+import csv
+import json
+import tomllib
+
+from engine.cli import main
+from engine.log import replay
+
+SMALL = [
+    "--no-progress",
+    "--set", "run.rollouts=128",
+    "--set", "ledger.batch_size=16",
+    "--set", "generation.servers=2",
+    "--set", "generation.slots=32",
+    "--set", "workload.response_len={kind='lognormal', median=100.0, sigma=0.5, cap=400}",
+]  # fmt: skip
+
+
+def test_bare_simulate_compares_the_staleness_bounds(capsys) -> None:
+    assert main(["simulate", *SMALL]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "rollouts/s" in lines[0] and "k tokens/s" in lines[0]
+    assert [line.split()[0] for line in lines[2:]] == ["0", "1", "2", "4", "8", "inf"]
+
+
+def test_simulate_json(capsys) -> None:
+    assert main(["simulate", *SMALL, "--format", "json", "--compare", "0,inf"]) == 0
+    runs = json.loads(capsys.readouterr().out)
+    assert [run["max_staleness"] for run in runs] == [0, None]
+    for run in runs:
+        assert run["trained_rollouts"] >= 128
+        assert sum(run["staleness_histogram"].values()) == run["trained_rollouts"]
+        assert {"rollouts_per_s", "trained_tokens_per_s", "generator_utilisation", "trainer_utilisation",
+                "staleness_p99", "filtered_fraction", "wasted_tokens", "trainer_idle_s"} <= set(run)  # fmt: skip
+
+
+def test_simulated_logs_work_with_the_ledger_tools(tmp_path, capsys) -> None:
+    path = tmp_path / "sim.db"
+    assert main(["simulate", *SMALL, "--compare", "none", "--log", str(path)]) == 0
+    capsys.readouterr()
+    state = replay(path)
+    assert state.consumed >= 128
+    assert main(["replay", "--format", "json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["consumed"] == state.consumed
+    assert main(["simulate", *SMALL, "--compare", "none", "--log", str(path)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_one_log_per_compared_bound(tmp_path, capsys) -> None:
+    assert main(["simulate", *SMALL, "--compare", "1,inf", "--log", str(tmp_path / "run.db")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".db") == ["run-staleness1.db", "run-stalenessinf.db"]
+
+
+def test_bad_override_exits_2_naming_the_field(capsys) -> None:
+    assert main(["simulate", "--no-progress", "--set", "generation.slots=-3"]) == 2
+    assert "'generation.slots'" in capsys.readouterr().err
+    assert main(["simulate", "no-such-scenario.toml"]) == 2
+    assert "no scenario file" in capsys.readouterr().err
+
+
+def test_show_config_is_loadable_toml(capsys) -> None:
+    assert main(["simulate", "areal", "--show-config"]) == 0
+    data = tomllib.loads(capsys.readouterr().out)
+    assert data["generation"]["servers"] == 12
+
+
+def test_sweep_writes_csv_and_plot(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    args = ["sweep", "default", *SMALL, "--grid", "ledger.max_staleness=0,2,inf", "--grid", "ledger.policy=admission,strict", "--out", str(out)]
+    assert main(args) == 0
+    with open(out / "summaries.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["ledger.max_staleness"], r["ledger.policy"]) for r in rows] == [
+        ("0", "admission"), ("0", "strict"), ("2", "admission"), ("2", "strict"), ("inf", "admission"), ("inf", "strict"),
+    ]  # fmt: skip
+    assert all(float(r["rollouts_per_s"]) > 0 for r in rows)
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["sweep", "default", "--no-progress", "--out", str(out)]) == 2
+    assert "--grid" in capsys.readouterr().err
