@@ -19,7 +19,7 @@ resumed run finds the data of every ready rollout.
 from __future__ import annotations
 
 import asyncio
-import json
+import pickle
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -37,19 +37,20 @@ from engine.torch_backend.trainer import Sample
 
 
 class TrajectoryStore:
-    """Samples of completed rollouts, by rollout id: SQLite (WAL) at ``path``, or in memory."""
+    """Samples of completed rollouts, by rollout id: SQLite (WAL) at ``path``, or in memory.
+    Rows are pickles written and read by this run only (a run directory is trusted)."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self._memory: dict[str, str] = {}
+        self._memory: dict[str, bytes] = {}
         self._db: sqlite3.Connection | None = None
         if path is not None:
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS samples (rollout TEXT PRIMARY KEY, data TEXT NOT NULL)")
+            self._db.execute("CREATE TABLE IF NOT EXISTS samples (rollout TEXT PRIMARY KEY, data BLOB NOT NULL)")
 
     def put(self, rollout: str, samples: Sequence[Sample]) -> None:
-        data = json.dumps([s.to_json() for s in samples])
+        data = pickle.dumps([s.to_json() for s in samples], protocol=pickle.HIGHEST_PROTOCOL)
         if self._db is None:
             self._memory[rollout] = data
         else:
@@ -64,7 +65,7 @@ class TrajectoryStore:
             data = None if row is None else row[0]
         if data is None:
             raise KeyError(f"no stored samples for rollout {rollout!r}")
-        return [Sample.from_json(obj) for obj in json.loads(data)]
+        return [Sample.from_json(obj) for obj in pickle.loads(data)]
 
     def close(self) -> None:
         if self._db is not None:
@@ -94,7 +95,8 @@ class RolloutExecutor:
     :class:`Problem`, so a resumed run rebuilds any prompt from the log alone.
     ``timeout_s`` bounds one rollout; ``max_retries`` bounds new attempts after an
     error or a timeout.  ``ledger_seconds`` accumulates the time spent in the ledger,
-    its log, the policies and the trajectory store (the engine's overhead).
+    its log and the policies (the engine's overhead), ``store_seconds`` the time spent
+    in the trajectory store.
     """
 
     def __init__(
@@ -126,6 +128,8 @@ class RolloutExecutor:
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.ledger_seconds = 0.0
+        self.store_seconds = 0.0
+        self._timing = False
         self._flights: dict[str, _Flight] = {}
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -135,11 +139,15 @@ class RolloutExecutor:
     # -- plumbing --------------------------------------------------------------
     def timed(self, function: Callable[..., Any], *args: Any) -> Any:
         """Call into the ledger (or the store), timing it as engine overhead."""
+        if self._timing:  # nested: the outer call counts the time
+            return function(*args)
+        self._timing = True
         start = time.perf_counter()
         try:
             return function(*args)
         finally:
             self.ledger_seconds += time.perf_counter() - start
+            self._timing = False
 
     def _notify(self) -> None:
         self._changed.set()
@@ -193,13 +201,23 @@ class RolloutExecutor:
         ``enqueue_room`` allows) until ``batch_size`` usable rollouts are ready; consume
         them, oldest first, and return their ids and sample groups."""
         while True:
-            self._top_up(prompts)
-            batch = self.timed(self.ledger.prepare_batch, batch_size)
-            if batch is not None:
-                groups = [self.timed(self.store.get, rollout) for rollout in batch]
-                return batch, groups
-            self._check_progress(batch_size)
+            found = self.timed(self._try_batch, batch_size, prompts)
+            if found is not None:
+                return found
             await self._changes()
+
+    def _try_batch(self, batch_size: int, prompts: Iterator[str]) -> tuple[tuple[str, ...], list[list[Sample]]] | None:
+        self._top_up(prompts)
+        # the ready count bounds what select_batch can find: skip the scan while it is short
+        batch = self.ledger.prepare_batch(batch_size) if self.ledger.state.ready >= batch_size else None
+        if batch is not None:
+            start = time.perf_counter()
+            groups = [self.store.get(rollout) for rollout in batch]
+            self.store_seconds += time.perf_counter() - start
+            self.ledger_seconds -= time.perf_counter() - start  # counted by the store, not the ledger
+            return batch, groups
+        self._check_progress(batch_size)
+        return None
 
     def pause(self) -> None:
         """Stop admissions and generation (a weight update is coming)."""
@@ -247,7 +265,9 @@ class RolloutExecutor:
     def _check_progress(self, wanted: int) -> None:
         """Fail loudly instead of waiting forever when nothing can change any more."""
         state = self.ledger.state
-        if not self._flights and not state.pending and not state.paused and self.ready() < wanted:
+        if self._flights or state.pending or state.paused:
+            return
+        if self.ready() < wanted:
             raise RuntimeError(
                 f"no progress possible: {self.ready()} usable ready rollouts, {wanted} wanted, nothing pending or "
                 f"running, capacity {self.ledger.capacity}"
@@ -257,14 +277,11 @@ class RolloutExecutor:
         """Start pending rollouts, oldest first, while the capacity rule allows."""
         while True:
             state = self.ledger.state
-            pending = sorted((r.order, rollout) for rollout, r in state.rollouts.items() if r.status == PENDING)
             started = False
-            for _, rollout in pending:
-                if self.ledger.capacity <= 0:
-                    break
-                self.timed(self.ledger.append, Submitted(rollout, self.ledger.state.version))
-                flight = _Flight(rollout, segment_version=self.ledger.state.version)
-                self._flights[rollout] = flight
+            if not state.pending or self.ledger.capacity <= 0:
+                await self._changes()
+                continue
+            for flight in self.timed(self._start_pending):
                 task = asyncio.create_task(self._run(flight))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -273,6 +290,19 @@ class RolloutExecutor:
                 await self._changes()
             else:
                 await asyncio.sleep(0)
+
+    def _start_pending(self) -> list[_Flight]:
+        """Submit pending rollouts, oldest first, while there is capacity."""
+        state = self.ledger.state
+        started = []
+        for _, rollout in sorted((r.order, rollout) for rollout, r in state.rollouts.items() if r.status == PENDING):
+            if self.ledger.capacity <= 0:
+                break
+            self.ledger.append(Submitted(rollout, self.ledger.state.version))
+            flight = _Flight(rollout, segment_version=self.ledger.state.version)
+            self._flights[rollout] = flight
+            started.append(flight)
+        return started
 
     async def _run(self, flight: _Flight) -> None:
         rollout = flight.rollout
@@ -305,7 +335,9 @@ class RolloutExecutor:
             self._notify()
             return
         del self._flights[rollout]
-        self.timed(self.store.put, rollout, samples)
+        start = time.perf_counter()
+        self.store.put(rollout, samples)
+        self.store_seconds += time.perf_counter() - start
         self.timed(self.ledger.append, Segment(rollout, flight.segment_version, flight.tokens() - flight.segment_start))
         self.timed(self.ledger.complete, rollout)
         self._notify()

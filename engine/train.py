@@ -144,8 +144,11 @@ class RLRun:
     def setup(self) -> None:
         """Build the model and trainer, warm up (or resume), open the ledger and start the executor."""
         config = self.config
-        if config.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+        if config.device == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+            # cuDNN attention plans a kernel per new shape: costly for generation's changing widths.
+            torch.backends.cuda.enable_cudnn_sdp(False)
         random.seed(config.seed)
         torch.manual_seed(config.seed)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -295,6 +298,7 @@ class RLRun:
             "train_s": train_s,
             "wall_s": wall,
             "ledger_s": executor.ledger_seconds,
+            "store_s": executor.store_seconds,
             "generated_tokens": self.engine.decoded_tokens,
             "decode_steps": self.engine.steps,
             "rejected": state.rejected,
@@ -370,6 +374,7 @@ class RLRun:
             "final_reward": round(sum(m["reward"] for m in tail) / len(tail), 4) if tail else None,
             "staleness_mean": round(sum(m["staleness_mean"] for m in self.metrics) / len(self.metrics), 3) if self.metrics else None,
             "engine_overhead": round(self.executor.ledger_seconds / wall, 5) if wall > 0 else 0.0,
+            "store_overhead": round(self.executor.store_seconds / wall, 5) if wall > 0 else 0.0,
             "consumed": state.consumed,
             "rejected": state.rejected,
             "filtered": state.filtered,
@@ -427,6 +432,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its log and checkpoint")
     parser.add_argument("--requeue-lost", action="store_true", help="on resume, requeue rollouts that were running")
     parser.add_argument("--eval-size", type=int, default=0, help="held-out problems to evaluate before and after")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch with --device cpu (small models run best on one)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_command)
 
@@ -463,6 +469,8 @@ def train_loop(run: RLRun, *, progress: bool = True) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if args.device == "cpu":
+        torch.set_num_threads(max(1, args.threads))
     try:
         config = config_from_args(args)
         run = RLRun(config, args.run_dir, resume=args.resume)

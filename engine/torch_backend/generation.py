@@ -60,7 +60,11 @@ class GenerationHandle:
     def _fail(self, error: BaseException) -> None:
         if self._queue is not None:
             self._queue.put_nowait(None)
-        if not self.done.done():
+        if self.done.done():
+            return
+        if isinstance(error, asyncio.CancelledError):
+            self.done.cancel()
+        else:
             self.done.set_exception(error)
 
     def cancel(self) -> None:
@@ -256,7 +260,8 @@ class TorchEngine:
         for slot in slots:
             generation = self._slots[slot].generation  # type: ignore[union-attr]
             contexts.append(generation.prompt + generation.tokens)
-        width = max(len(c) for c in contexts)
+        longest = max(len(c) for c in contexts)
+        width = max(longest, min(self.max_len, -(-longest // 16) * 16))  # few distinct shapes for the kernels
         batch = torch.full((len(slots), width), self.pad_id, dtype=torch.long)
         for row, context in enumerate(contexts):
             batch[row, : len(context)] = torch.tensor(context)

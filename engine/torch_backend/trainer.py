@@ -17,7 +17,7 @@ from one of three sources (``TrainerConfig.proximal``):
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -47,11 +47,14 @@ class Sample:
         return len(self.completion)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f: getattr(self, f) for f in _SAMPLE_FIELDS}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "Sample":
         return cls(**obj)
+
+
+_SAMPLE_FIELDS = tuple(f.name for f in fields(Sample))
 
 
 @dataclass(frozen=True)
@@ -93,9 +96,11 @@ class Batch:
     advantages: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
 
 
-def pad_samples(samples: Sequence[Sample], pad_id: int, device: torch.device | str) -> Batch:
-    """Right-pad ``samples`` into one :class:`Batch`."""
-    width = max(len(s.prompt) + len(s.completion) for s in samples)
+def pad_samples(samples: Sequence[Sample], pad_id: int, device: torch.device | str, max_width: int | None = None) -> Batch:
+    """Right-pad ``samples`` into one :class:`Batch`; with ``max_width``, the width is
+    rounded up to a multiple of 16 (at most ``max_width``) so that kernels see few shapes."""
+    longest = max(len(s.prompt) + len(s.completion) for s in samples)
+    width = max(longest, min(max_width, -(-longest // 16) * 16)) if max_width else longest  # few distinct shapes
     size = (len(samples), width - 1)
     tokens = torch.full((len(samples), width), pad_id, dtype=torch.long)
     mask, behaviour, stored, has_stored = torch.zeros(size), torch.zeros(size), torch.zeros(size), torch.zeros(size)
@@ -150,7 +155,7 @@ class Trainer:
             Sample(tokenizer.prompt_ids(p.prompt), tokenizer.answer_ids(p.answer), [0.0] * (len(p.answer) + 1), [0] * (len(p.answer) + 1), 0.0)
             for p in problems
         ]
-        batch = pad_samples(samples, self.pad_id, self.device)
+        batch = pad_samples(samples, self.pad_id, self.device, self.model.config.max_seq_len)
         self.model.train()
         loss = -(self._logprobs(batch.tokens) * batch.mask).sum() / batch.mask.sum()
         self._optimise(loss, self.config.sft_lr)
@@ -168,7 +173,7 @@ class Trainer:
         samples = [sample for group in groups for sample in group]
         rewards = torch.tensor([[s.reward for s in group] for group in groups], dtype=torch.float32)
         advantages = group_advantages(rewards).flatten().to(self.device)
-        batch = pad_samples(samples, self.pad_id, self.device)
+        batch = pad_samples(samples, self.pad_id, self.device, self.model.config.max_seq_len)
         batch.advantages = advantages
         self.model.train()
         # The proximal policy is the weights before this update (version v).
@@ -187,7 +192,7 @@ class Trainer:
                 proximal = self._proximal(batch, rows, logprobs, recomputed, index / len(parts))
                 loss, info = decoupled_loss(logprobs, proximal, behaviour, adv, mask, config.clip_eps, config.behaviour_cap)
             info["grad_norm"] = self._optimise(loss, config.lr)
-            info["loss"] = float(loss)
+            info["loss"] = float(loss.detach())
             for key, value in info.items():
                 metrics[key] = metrics.get(key, 0.0) + value / len(parts)
         self.version += 1
