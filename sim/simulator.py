@@ -23,7 +23,7 @@ import random
 from collections import deque
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Generator
 
 import simpy
 
@@ -223,6 +223,7 @@ class Simulation:
         timer.callbacks.append(partial(self._on_timer, server, server.epoch))
 
     def _on_timer(self, server: _Server, epoch: int, _event: simpy.Event) -> None:
+        """A server's timer fired: finish the sequences due now, then refill free slots."""
         if epoch != server.epoch:
             return
         now = self.env.now
@@ -328,9 +329,6 @@ class Simulation:
             server.last = now
             self._plan(server)
 
-    def _in_flight(self) -> list[tuple[str, _Live]]:
-        return [(rollout, live) for rollout, live in self._live.items() if live.server is not None]
-
     def _generated(self, server: _Server) -> dict[str, int]:
         """Response tokens generated so far by each unfinished rollout on ``server``."""
         tokens: dict[str, int] = {}
@@ -394,7 +392,8 @@ class Simulation:
             self._batch_wanted = None
             wanted.succeed()
 
-    def _trainer(self):  # type: ignore[no-untyped-def]  # a SimPy process
+    def _trainer(self) -> Generator[simpy.Event, object, None]:
+        """The trainer process: wait for a batch, train, recompute, update the weights."""
         env = self.env
         scenario = self.scenario
         training = scenario.training

@@ -12,8 +12,9 @@ import csv
 import math
 import random
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
+from engine.events import Event
 from sim.config import Distribution, ScenarioError
 
 #: A sampler: draws one length (at least 1 token) from the given generator.
@@ -102,7 +103,8 @@ def _log_lengths(path: Path, field_name: str) -> list[int]:
     return lengths
 
 
-def _collect(events, tokens: dict[str, int], lengths: list[int]) -> None:  # type: ignore[no-untyped-def]
+def _collect(events: Iterable[Event], tokens: dict[str, int], lengths: list[int]) -> None:
+    """Append to ``lengths`` the response tokens of each rollout accepted in ``events``."""
     for event in events:
         kind = event.type
         if kind == "segment":

@@ -11,7 +11,7 @@ from sim.config import Scenario
 from sim.scenarios import builtin
 from sim.simulator import Simulation, simulate
 from sim.sweep import grid_points, sweep
-from sim.workload import lognormal_cdf
+from sim.workload import load_lengths, lognormal_cdf
 
 # Generation only: fixed costs, free training and weight updates.
 FREE_TRAINING = [
@@ -191,3 +191,13 @@ def test_areal_curve_shape() -> None:
     assert ratio["2"] - ratio["0"] > ratio["inf"] - ratio["2"], ratio
     for bound in bounds:
         assert ratio[bound] == pytest.approx(published[bound], rel=0.15), (bound, ratio)
+
+
+def test_empirical_lengths_from_a_simulated_log(tmp_path) -> None:
+    path = tmp_path / "source.db"
+    source = simulate(small("run.rollouts=160", "workload.response_len={kind='fixed', value=77}", "generation.on_update=partial"), log=path)
+    lengths = load_lengths(path)
+    assert lengths and set(lengths) == {77}  # partial rollouts' segments add up to the whole response
+    assert len(lengths) >= source.trained_rollouts
+    replayed = simulate(small("run.rollouts=160", f"workload.response_len={{kind='empirical', path='{path}'}}"))
+    assert replayed.trained_tokens_per_s == source.trained_tokens_per_s  # the same lengths, so the same run
