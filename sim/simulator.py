@@ -252,8 +252,10 @@ class Simulation:
         live.server = None
         self._emit(Segment(rollout, live.tail, live.done - live.segmented, now))
         live.segmented = live.done
-        self.stats.generated_tokens += live.done
-        self.stats.latency(now - live.start)
+        stats = self.stats
+        stats.generated_tokens += live.done
+        stats.latency_sum += now - live.start
+        stats.latency_count += 1
         self._policy_events(policies.on_complete(self.folder.state, rollout), now)
 
     def _dispatch(self, now: float, planning: _Server | None = None) -> None:
@@ -266,24 +268,27 @@ class Simulation:
         room = capacity(state)
         if room <= 0:
             return
+        # Each prompt enqueued here is submitted at once, so the pending queue's room
+        # (policies.enqueue_room) stays what it is now for the whole dispatch.
+        enqueue_room = policies.enqueue_room(state)
         group = self._group
+        slots = self._slots
         servers = self._servers
+        pending = self._pending
+        emit = self._emit
         touched: list[_Server] = []
         version = state.version
         while room > 0:
             server = min(servers, key=_load)
-            if self._slots - server.active < group:
+            if slots - server.active < group:
                 break
-            if not self._pending:
-                wanted = min(room, sum(self._slots - s.active for s in servers) // group)
-                limit = policies.enqueue_room(self.folder.state)
-                if limit == 0:
+            if not pending:
+                if enqueue_room == 0:
                     break
-                for _ in range(wanted if limit is None else min(wanted, limit)):
-                    self._enqueue(now)
-            rollout = self._pending.popleft()
+                self._enqueue(now)
+            rollout = pending.popleft()
             prompt = self._pending_prompt.pop(rollout)
-            self._emit(Submitted(rollout, version, now))
+            emit(Submitted(rollout, version, now))
             room -= 1
             if server is not planning and server not in touched:
                 self._advance(server, now)
@@ -373,6 +378,8 @@ class Simulation:
                 self.stats.wasted_tokens += live.done + tokens
                 self.stats.generated_tokens += live.done + tokens
                 self.stats.restarted += 1
+                self.stats.latency_sum += now - live.start
+                self.stats.latency_count += 1
                 self._emit(Rejected(rollout, "none", now))
                 retry = policies.retry(state.rollouts[rollout])
                 self._emit(_stamped(retry, now))

@@ -65,18 +65,13 @@ class SummaryBuilder:
         self.trainer_idle_s = 0.0
         self.trainer_busy_s = 0.0
         self.generator_busy_s = 0.0
+        self.latency_sum = 0.0  # seconds from submission to the end of generation, summed
+        self.latency_count = 0
         self._histogram: dict[int, int] = {}
-        self._latency_sum = 0.0
-        self._latency_count = 0
 
     def staleness(self, versions: int) -> None:
         """Count one consumed rollout that was ``versions`` behind."""
         self._histogram[versions] = self._histogram.get(versions, 0) + 1
-
-    def latency(self, seconds: float) -> None:
-        """Count one finished generation (submission to completion)."""
-        self._latency_sum += seconds
-        self._latency_count += 1
 
     def build(self, sim_time: float, state: State) -> Summary:
         config = state.config
@@ -103,7 +98,7 @@ class SummaryBuilder:
             filtered_fraction=self.filtered / decided if decided else 0.0,
             wasted_tokens=self.wasted_tokens,
             wasted_fraction=self.wasted_tokens / self.generated_tokens if self.generated_tokens else 0.0,
-            mean_latency_s=self._latency_sum / self._latency_count if self._latency_count else 0.0,
+            mean_latency_s=self.latency_sum / self.latency_count if self.latency_count else 0.0,
             versions=state.version,
             events=state.events,
             scenario=self.scenario.to_dict(),
