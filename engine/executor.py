@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from engine import policies
-from engine.events import Enqueued, Interrupted, Rejected, Resumed, Segment, Submitted
+from engine.events import Enqueued, Event, Interrupted, Rejected, Resumed, Segment, Submitted
 from engine.ledger import Ledger
 from engine.logconfig import get_logger
 from engine.reducer import PENDING
@@ -237,15 +237,17 @@ class RolloutExecutor:
         the interrupted rollouts resume as a new segment.  Returns the new version."""
         old = self.ledger.state.version
         interrupted = [f for f in self._flights.values() if f.generating()]
+        closing: list[Event] = []
         for flight in interrupted:
             tokens = flight.tokens()
-            self.timed(self.ledger.append, Segment(flight.rollout, old, tokens - flight.segment_start), Interrupted(flight.rollout))
+            closing += (Segment(flight.rollout, old, tokens - flight.segment_start), Interrupted(flight.rollout))
             flight.segment_start = tokens
+        self.timed(self.ledger.append, *closing)
         self.timed(self.ledger.advance_version, recompute)
         version = self.ledger.state.version
         self.engine.load_weights(weights, version)
+        self.timed(self.ledger.append, *(Resumed(flight.rollout, version) for flight in interrupted))
         for flight in interrupted:
-            self.timed(self.ledger.append, Resumed(flight.rollout, version))
             flight.segment_version = version
         self._notify()
         return version
@@ -294,14 +296,11 @@ class RolloutExecutor:
     def _start_pending(self) -> list[_Flight]:
         """Submit pending rollouts, oldest first, while there is capacity."""
         state = self.ledger.state
-        started = []
-        for _, rollout in sorted((r.order, rollout) for rollout, r in state.rollouts.items() if r.status == PENDING):
-            if self.ledger.capacity <= 0:
-                break
-            self.ledger.append(Submitted(rollout, self.ledger.state.version))
-            flight = _Flight(rollout, segment_version=self.ledger.state.version)
-            self._flights[rollout] = flight
-            started.append(flight)
+        pending = sorted((r.order, rollout) for rollout, r in state.rollouts.items() if r.status == PENDING)
+        chosen = [rollout for _, rollout in pending[: self.ledger.capacity]]  # each start takes one unit of capacity
+        self.ledger.append(*(Submitted(rollout, state.version) for rollout in chosen))
+        started = [_Flight(rollout, segment_version=state.version) for rollout in chosen]
+        self._flights.update((flight.rollout, flight) for flight in started)
         return started
 
     async def _run(self, flight: _Flight) -> None:

@@ -1,0 +1,108 @@
+import random
+
+import pytest
+import torch
+
+from engine.torch_backend.checkpoint import checkpoints, load_checkpoint, save_checkpoint
+from engine.torch_backend.model import Policy, preset
+from engine.torch_backend.objectives import decoupled_loss, group_advantages, interpolate_proximal, ppo_loss
+from engine.torch_backend.tasks import Tokenizer, get_task
+from engine.torch_backend.trainer import Sample, Trainer, TrainerConfig, completion_logprobs
+
+
+def test_group_advantages_are_centred_per_group_and_zero_for_equal_rewards():
+    adv = group_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]]))
+    assert adv[0].tolist() == pytest.approx([1, -1, -1, 1], abs=1e-4)
+    assert adv[1].tolist() == [0, 0, 0, 0]
+
+
+def test_decoupled_equals_ppo_when_behaviour_is_the_proximal_policy():
+    logp = torch.randn(3, 5, requires_grad=True)
+    behaviour = logp.detach() + 0.1 * torch.randn(3, 5)
+    adv, mask = torch.tensor([1.0, -0.5, 2.0]), torch.ones(3, 5)
+    a, _ = ppo_loss(logp, behaviour, adv, mask)
+    b, info = decoupled_loss(logp, behaviour, behaviour, adv, mask)
+    assert a.item() == pytest.approx(b.item()) and info["behaviour_weight"] == pytest.approx(1.0)
+
+
+def test_decoupled_caps_the_behaviour_weight_and_ignores_masked_tokens():
+    logp = torch.zeros(1, 3, requires_grad=True)
+    proximal = torch.zeros(1, 3)
+    behaviour = torch.tensor([[0.0, -5.0, -50.0]])  # weights 1, e^5 (capped), e^50 on a masked token
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    loss, info = decoupled_loss(logp, proximal, behaviour, torch.tensor([1.0]), mask, cap=5.0)
+    assert loss.item() == pytest.approx(-(1 + 5) / 2)
+    assert info["capped_fraction"] == pytest.approx(0.5)
+
+
+def test_plain_ppo_clips_a_stale_ratio_and_loses_the_gradient():
+    logp = torch.zeros(1, 1, requires_grad=True)
+    behaviour = torch.tensor([[-1.0]])  # ratio e > 1 + eps with a positive advantage
+    loss, info = ppo_loss(logp, behaviour, torch.tensor([1.0]), torch.ones(1, 1))
+    loss.backward()
+    assert info["clip_fraction"] == 1.0 and logp.grad.abs().sum() == 0
+
+
+def test_interpolated_proximal_runs_from_behaviour_to_current():
+    behaviour, current = torch.tensor([[-2.0, -2.0, -2.0]]), torch.tensor([[-1.0, -1.0, -1.0]])
+    versions = torch.tensor([[3, 1, 3]])
+    # proximal version 3, current weights at 3.5: a token of version 1 sits 2/2.5 of the way
+    out = interpolate_proximal(behaviour, current, versions, proximal_version=3, current_version=3.5)
+    assert out.tolist()[0] == pytest.approx([-2.0, -2.0 + 0.8, -2.0])
+    same = interpolate_proximal(behaviour, current, versions, proximal_version=3, current_version=3.0)
+    assert same.tolist()[0] == pytest.approx([-2.0, -1.0, -2.0])
+
+
+def _trainer(**options) -> tuple[Trainer, Tokenizer]:
+    torch.manual_seed(0)
+    tokenizer = Tokenizer()
+    model = Policy(preset("tiny", tokenizer.vocab_size, 16))
+    return Trainer(model, TrainerConfig(**options), pad_id=tokenizer.pad_id, device="cpu"), tokenizer
+
+
+@pytest.mark.parametrize("options", [{}, {"objective": "ppo"}, {"proximal": "interpolate", "minibatches": 2}, {"proximal": "segment"}])
+def test_an_rl_step_makes_high_advantage_completions_likelier(options):
+    trainer, tokenizer = _trainer(lr=3e-3, **options)
+    prompt = tokenizer.prompt_ids("cp:ab=")
+    good, bad = tokenizer.answer_ids("ab"), tokenizer.answer_ids("ba")
+    samples = []
+    for completion, reward in ((good, 1.0), (bad, 0.0), (good, 1.0), (bad, 0.0)):
+        sample = Sample(prompt, completion, [0.0] * 3, [0] * 3, reward)
+        sample.behaviour = completion_logprobs(trainer.model, [sample], 0)[0]
+        samples.append(sample)
+    before = [sum(v) for v in completion_logprobs(trainer.model, samples, 0)]
+    metrics = trainer.rl_step([samples])
+    after = [sum(v) for v in completion_logprobs(trainer.model, samples, 0)]
+    assert after[0] - after[1] > before[0] - before[1]  # the rewarded completion gained on the other
+    assert trainer.version == 1 and metrics["reward"] == 0.5
+
+
+def test_supervised_warmup_lowers_the_loss():
+    trainer, tokenizer = _trainer()
+    task, rng = get_task("copy"), random.Random(0)
+    losses = [trainer.sft_step(task.supervised(rng, 32), tokenizer) for _ in range(30)]
+    assert losses[-1] < losses[0] * 0.7
+
+
+def test_bad_trainer_settings_are_named():
+    with pytest.raises(ValueError, match="objective"):
+        TrainerConfig(objective="dpo")
+    with pytest.raises(ValueError, match="proximal"):
+        TrainerConfig(proximal="guess")
+    with pytest.raises(ValueError, match="minibatches"):
+        TrainerConfig(minibatches=0)
+
+
+def test_checkpoints_round_trip_keep_the_newest_and_name_a_missing_one(tmp_path):
+    trainer, _ = _trainer()
+    for version in range(4):
+        trainer.version = version
+        save_checkpoint(tmp_path, version, trainer.state_dict(), keep=2)
+    assert checkpoints(tmp_path) == [2, 3]
+    assert not list(tmp_path.glob("*.partial"))
+    other, _ = _trainer()
+    torch.nn.init.zeros_(other.model.embed.weight)
+    other.load_state_dict(load_checkpoint(tmp_path, 3))
+    assert other.version == 3 and torch.equal(other.model.embed.weight, trainer.model.embed.weight)
+    with pytest.raises(FileNotFoundError, match="version 1 .*versions present: 2, 3"):
+        load_checkpoint(tmp_path, 1)
