@@ -168,7 +168,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(table, indent=2))
     else:
-        print(format_table([summary for _, summary in results]))
+        labels = [{key: value for key, _, value in (item.partition("=") for item in point.overrides)} for point, _ in results]
+        print(format_table([summary for _, summary in results], labels))
         print(f"wrote {out / 'summaries.csv'} and {out / 'sweep.png'}")
     return 0
 

@@ -137,18 +137,23 @@ _COLUMNS: tuple[tuple[str, Any], ...] = (
 )
 
 
-def format_table(summaries: Sequence[Summary]) -> str:
-    """Summaries side by side, one row each; ``x sync`` is token throughput relative to the first row."""
+def format_table(summaries: Sequence[Summary], labels: Sequence[dict[str, str]] | None = None) -> str:
+    """Summaries side by side, one row each, after the ``labels`` columns if given.
+
+    ``x sync`` (``x first`` when the first run is not synchronous) is token throughput
+    relative to the first row."""
     if not summaries:
         return "(no runs)"
     base = summaries[0].trained_tokens_per_s or 1.0
+    relative = "x sync" if summaries[0].max_staleness == 0 else "x first"
+    label_keys = list(labels[0]) if labels else []
+    headers = label_keys + [relative if cell is None else header for header, cell in _COLUMNS]
     rows = []
-    for summary in summaries:
-        row = []
-        for header, cell in _COLUMNS:
+    for index, summary in enumerate(summaries):
+        row = [labels[index][key] for key in label_keys] if labels else []
+        for _, cell in _COLUMNS:
             row.append(f"{summary.trained_tokens_per_s / base:.2f}" if cell is None else cell(summary))
         rows.append(row)
-    headers = [header for header, _ in _COLUMNS]
     widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) for i in range(len(headers))]
     lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths))]
     lines.append("  ".join("-" * w for w in widths))
