@@ -71,6 +71,7 @@ def test_sweep_writes_csv_and_plot(tmp_path, capsys) -> None:
     out = tmp_path / "out"
     args = ["sweep", "default", *SMALL, "--grid", "ledger.max_staleness=0,2,inf", "--grid", "ledger.policy=admission,strict", "--out", str(out)]
     assert main(args) == 0
+    assert capsys.readouterr().out.splitlines()[0].split()[:2] == ["ledger.max_staleness", "ledger.policy"]
     with open(out / "summaries.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["ledger.max_staleness"], r["ledger.policy"]) for r in rows] == [
