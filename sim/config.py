@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 from engine.config import ON_STALE, POLICIES, Config, ConfigError
 
 #: What in-flight rollouts do when the weights change.
-ON_UPDATE = ("partial", "restart", "run_on")
+ON_UPDATE = ("partial", "restart", "run_on", "drain")
 #: Names of the length distributions.
 DISTRIBUTIONS = ("fixed", "lognormal", "empirical")
 
@@ -98,7 +98,9 @@ class GenerationSection:
     prefill_per_token_s: float = field(default=2e-5, metadata=_doc("prefill cost per prompt (or re-prefilled) token, seconds"))
     on_update: str = field(
         default="partial",
-        metadata=_doc("in-flight rollouts at a weight update: partial (new segment, re-prefill) | restart | run_on"),
+        metadata=_doc(
+            "in-flight rollouts at a weight update: partial (new segment, re-prefill) | restart | run_on | drain (finish first)"
+        ),
     )
 
 

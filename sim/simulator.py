@@ -135,6 +135,7 @@ class Simulation:
         self._prompts = 0
         self._sequences = 0
         self._batch_wanted: simpy.Event | None = None
+        self._drained: simpy.Event | None = None
         self._done = self.env.event()
         self.stats = SummaryBuilder(scenario, generation.servers)
         self._emit = self._emitter()
@@ -243,6 +244,9 @@ class Simulation:
                 finished.append(rollout)
         for rollout in finished:
             self._complete(rollout, now)
+        if self._drained is not None and self.folder.state.running == 0:
+            self._drained.succeed()
+            self._drained = None
         self._dispatch(now, server)
         self._plan(server)
 
@@ -319,13 +323,21 @@ class Simulation:
 
     # -- weight updates ----------------------------------------------------------------
 
-    def _pause(self, now: float) -> None:
-        """Stop generation: capacity drops to 0 and every server freezes."""
+    def _pause(self) -> Generator[simpy.Event, object, None]:
+        """Stop generation: capacity drops to 0 and every server freezes.  In ``drain``
+        mode admissions stop first and the in-flight rollouts finish before the freeze."""
+        if self._on_update == "drain":
+            self._emit(Paused(self.env.now))
+            while self.folder.state.running:
+                self._drained = self.env.event()
+                yield self._drained
+        now = self.env.now
         for server in self._servers:
             self._advance(server, now)
             server.epoch += 1
         self._paused = True
-        self._emit(Paused(now))
+        if self._on_update != "drain":
+            self._emit(Paused(now))
 
     def _resume(self, now: float) -> None:
         self._paused = False
@@ -431,7 +443,7 @@ class Simulation:
             stats.consumed += size
             stats.trained_tokens += tokens
             if training.colocated:
-                self._pause(now)
+                yield from self._pause()
             busy_from = env.now
             yield env.timeout(training.step_base_s + training.step_per_token_s * tokens)
             requests = policies.recompute_requests(self.folder.state)
@@ -442,7 +454,7 @@ class Simulation:
                     self._emit(_stamped(request, env.now))
             stats.trainer_busy_s += env.now - busy_from
             if not training.colocated:
-                self._pause(env.now)
+                yield from self._pause()
             interrupted: list[str] = []
             if self._on_update == "partial":
                 interrupted = self._interrupt(env.now)

@@ -129,6 +129,8 @@ def test_replaying_the_log_gives_the_live_state(tmp_path) -> None:
         ("generation.on_update=restart", "ledger.max_staleness=2"),
         ("generation.on_update=run_on", "ledger.max_staleness=inf", "workload.group_size=4"),
         ("training.colocated=true", "ledger.max_staleness=1"),
+        ("generation.on_update=drain", "ledger.max_staleness=2"),
+        ("generation.on_update=drain", "training.colocated=true", "ledger.max_staleness=inf"),
     ],
 )
 def test_every_policy_and_mode_keeps_the_ledger_invariants(overrides: tuple[str, ...]) -> None:
@@ -160,6 +162,21 @@ def test_restart_wastes_the_interrupted_work() -> None:
     partial = simulate(small("generation.on_update=partial", "ledger.max_staleness=2"))
     assert restart.wasted_tokens > 0 and partial.wasted_tokens == 0
     assert restart.rollouts_per_s < partial.rollouts_per_s
+
+
+def test_drain_finishes_in_flight_rollouts_before_each_update(tmp_path) -> None:
+    summary = simulate(small("generation.on_update=drain", "ledger.max_staleness=2"), log=tmp_path / "run.db")
+    running: set[str] = set()
+    with EventLog(tmp_path / "run.db") as log:
+        for event in log.events():
+            if event.type == "submitted":
+                running.add(event.rollout)
+            elif event.type in ("accepted", "filtered", "rejected"):
+                running.discard(event.rollout)
+            elif event.type == "version":
+                assert not running  # nothing was generating across the weight update
+    assert summary.wasted_tokens == 0
+    assert summary.rollouts_per_s < simulate(small("generation.on_update=partial", "ledger.max_staleness=2")).rollouts_per_s
 
 
 def test_colocated_generation_and_training_do_not_overlap() -> None:
