@@ -90,11 +90,12 @@ def build_config(config: str | None, overrides: list[str]) -> dict[str, Any] | N
     """The config from ``--config`` (JSON text or file) with ``--set KEY=VALUE`` applied."""
     values: dict[str, Any] | None = None
     if config is not None:
-        text = Path(config).read_text() if not config.lstrip().startswith("{") else config
+        path = Path(config)
+        text = path.read_text() if path.is_file() else config
         try:
             values = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"--config: not valid JSON ({err})") from None
+            raise ValueError(f"--config: {config!r} is neither a file nor valid JSON ({err})") from None
         if not isinstance(values, dict):
             raise ValueError(f"--config: expected a JSON object, got {type(values).__name__}")
     for item in overrides:

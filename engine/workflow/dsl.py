@@ -49,6 +49,7 @@ class LoopNode:
     over: Any
     body: tuple["Node", ...]
     submit_ahead: int = 0
+    progress: bool = False
     kind = "loop"
 
 
@@ -123,12 +124,12 @@ def stage(name: str, stage_obj: Any, **opts: Any) -> StageNode:
     return StageNode(name, stage_obj, immutables.Map(opts))
 
 
-def loop(name: str, *body: Node, over: Any, submit_ahead: int = 0) -> LoopNode:
+def loop(name: str, *body: Node, over: Any, submit_ahead: int = 0, progress: bool = False) -> LoopNode:
     """Run ``body`` for each item of ``over`` (a function of the context or an iterable);
     the body sees ``<name>_current`` and ``<name>_index`` in the state.  With
     ``submit_ahead=N`` the part of the body before its first awaiting stage runs up
-    to N iterations ahead of the rest (pipelining)."""
-    return LoopNode(name, over, tuple(body), submit_ahead)
+    to N iterations ahead of the rest (pipelining).  ``progress`` shows a progress bar."""
+    return LoopNode(name, over, tuple(body), submit_ahead, progress)
 
 
 def parallel(*branches: Node, max_concurrency: Any = None, name: str | None = None) -> ParallelNode:

@@ -184,6 +184,8 @@ class _Compiler:
             where = self.name("loop", node.name)
             if not callable(node.over) and (isinstance(node.over, (str, bytes)) or not isinstance(node.over, Iterable)):
                 self.problems.append(f"{where}: over= must be a function of the context or an iterable, got {node.over!r}")
+            if not isinstance(node.progress, bool):
+                self.problems.append(f"{where}: progress must be True or False, got {node.progress!r}")
             if not isinstance(node.submit_ahead, int) or isinstance(node.submit_ahead, bool) or node.submit_ahead < 0:
                 self.problems.append(f"{where}: submit_ahead must be an integer >= 0, got {node.submit_ahead!r}")
             body = self.nodes(node.body, where)

@@ -23,6 +23,7 @@ import inspect
 import json
 import os
 import pickle
+import sys
 import tempfile
 import time
 import uuid
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
 import immutables
+from tqdm import tqdm
 
 from engine.config import Config
 from engine.events import Checkpoint, Stage
@@ -127,6 +129,7 @@ class Runtime:
         self._artifacts = Path(f"{log}.artifacts") if log is not None else None
         self.workflow = workflow
         self.transient: set[str] = set()  # state keys of live resources, never checkpointed
+        self.live: dict[str, Any] = {}  # the latest value of each transient key
         self._executor: ThreadPoolExecutor | None = None
         self._stage_thread: ThreadPoolExecutor | None = None
 
@@ -189,6 +192,17 @@ class Runtime:
         self.ledger.flush()
         self.logger.info("checkpoint", path=path, file=str(target))
         return str(target)
+
+    def release(self) -> None:
+        """After a halt: close the live resources stages made (those with a ``close()``)."""
+        for key, value in self.live.items():
+            close = getattr(value, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception as err:  # a resource broken by the failure: report, keep closing
+                    self.logger.warning("release_failed", key=key, error=f"{type(err).__name__}: {err}")
+        self.live.clear()
 
     def close(self, wait: bool = True) -> None:
         """Stop the work thread: after queued work when ``wait``, else drop queued work at once."""
@@ -319,6 +333,8 @@ class Runner:
                 raise StageFailed(path, err) from err
             if not isinstance(result, Context):
                 raise StageFailed(path, TypeError(f"resume() returned {type(result).__name__}, expected a Context"))
+            for key in getattr(node.stage, "transient", ()):
+                self.runtime.live[key] = result.state.get(key)
             self.runtime.logger.info("reacquired", path=path)
             return replace(result, path=ctx.path, stage_opts=ctx.stage_opts, runtime=ctx.runtime)
         if isinstance(node, BranchNode):
@@ -412,6 +428,8 @@ class Runner:
         if missing:
             raise RuntimeError(f"stage {path!r} declares that it provides {', '.join(map(repr, missing))} but did not write it")
         result = replace(result, path=ctx.path, stage_opts=ctx.stage_opts, runtime=ctx.runtime)
+        for key in getattr(node.stage, "transient", ()):
+            self.runtime.live[key] = result.state.get(key)
         if node.checkpoint:
             self.runtime.save_checkpoint(result, path)
         return result
@@ -429,12 +447,22 @@ class Runner:
             start = int(segment[len(node.name) + 1 : -1])
         current, index = f"{node.name}_current", f"{node.name}_index"
         split = split_point(node.body) if node.submit_ahead else None
-        if split is None:
-            for i in range(start, len(items)):
-                ctx = ctx.put_all({current: items[i], index: i})
-                with Span(self.runtime.logger, "iteration", node.name, f"{where}[{i}]", parent, index=i) as span:
-                    ctx = await self.seq(node.body, ctx, f"{where}[{i}]", wf, span)
-            return ctx
+        bar = tqdm(total=len(items), initial=start, desc=where, disable=not node.progress, file=sys.stderr, leave=False)
+        try:
+            if split is None:
+                for i in range(start, len(items)):
+                    ctx = ctx.put_all({current: items[i], index: i})
+                    with Span(self.runtime.logger, "iteration", node.name, f"{where}[{i}]", parent, index=i) as span:
+                        ctx = await self.seq(node.body, ctx, f"{where}[{i}]", wf, span)
+                    bar.update(1)
+                return ctx
+            return await self.pipelined(node, ctx, items, start, split, where, wf, parent, bar)
+        finally:
+            bar.close()
+
+    async def pipelined(self, node: LoopNode, ctx: Context, items: list[Any], start: int, split: int, where: str,
+                        wf: Workflow, parent: Span | None, bar: tqdm) -> Context:
+        current, index = f"{node.name}_current", f"{node.name}_index"
         # Pipelined: the submit part of iteration i runs before the await part of i - submit_ahead.
         submit, finish = node.body[:split], node.body[split:]
         waiting: deque[tuple[int, dict[str, Any], Span]] = deque()
@@ -448,6 +476,7 @@ class Runner:
                     j, written, span_j = waiting.popleft()
                     ctx = await self.seq(finish, ctx.put_all(written), f"{where}[{j}]", wf, span_j)
                     span_j.end("ok")
+                    bar.update(1)
         except BaseException as err:
             for _, _, span_j in waiting:
                 span_j.end("failed", error=f"{type(err).__name__}: {err}")
@@ -610,6 +639,8 @@ async def arun(
         runtime.emit(wf.name, "finished")
         finished = True
     finally:
+        if not finished:
+            await asyncio.get_running_loop().run_in_executor(runtime.stage_thread(), runtime.release)
         runtime.close(wait=finished)
         if owns_ledger and ledger is not None:
             ledger.close()

@@ -169,6 +169,7 @@ WORKFLOW = workflow(
         ),
         conditional(every("eval_every", "epochs_index"), stage("evaluate_preferences", EvaluatePreferences()), name="should_evaluate"),
         over=lambda ctx: range(ctx.setting("num_epochs")),
+        progress=True,
     ),
     stage("save_final", SaveWeights()),
     defaults={**MODEL_DEFAULTS, "lr": 1e-3, "beta": 0.5, "num_pairs": 128, "batch_size": 16, "num_epochs": 2, "eval_every": 1, "eval_size": 64},

@@ -89,6 +89,8 @@ class SetupRun:
         elif ctx.setting("reward") != "task":
             raise ValueError(f"config 'reward' must be 'task' or 'model', got {ctx.setting('reward')!r}")
         rl.setup()
+        if resume and rl.ledger.state.paused:  # died inside an update: the checkpoint was taken with generation running
+            rl.executor.resume()
         return ctx.put(rl_run=rl)
 
     def execute(self, ctx: Context) -> Context:
@@ -218,8 +220,8 @@ class FinishUpdate:
         executor.set_version(trainer.model.state_dict(), rl._recompute)
         if saved is not None:
             executor.timed(rl.ledger.append, Checkpoint(version + 1, str(saved)))
-        executor.timed(rl.ledger.flush)
         executor.resume()
+        executor.timed(rl.ledger.flush)  # durable with generation resumed: a resume must not find it paused
         stats = ctx.get("update_stats")
         staleness = [version - min(s.versions) for g in batch.groups for s in g if s.versions]
         record = {
@@ -296,9 +298,28 @@ WORKFLOW = workflow(
             name="pending_update",
         ),
         over=lambda ctx: range(ctx.setting("steps")),
+        progress=True,
     ),
     conditional(_evaluating, stage("evaluate_after", Evaluate(), metric="eval_reward_after"), name="evaluate_last"),
     stage("save_final", SaveFinal()),
     defaults=DEFAULTS,
     description="Asynchronous RL through the executor and the ledger, with PPO epochs over minibatches.",
 )
+
+
+def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, ppo_epochs: int = 1, eval_size: int = 0) -> dict[str, Any]:
+    """Run the reinforcement workflow for ``config`` in ``run_dir`` (the RL run's files
+    plus ``workflow.sqlite``, the workflow's log) and return the RL run's summary with
+    ``eval_reward_before``/``eval_reward_after`` when ``eval_size`` is set.  With
+    ``resume`` the run continues after its last workflow checkpoint."""
+    from dataclasses import asdict
+
+    from engine.workflow import run
+
+    run_dir = Path(run_dir)
+    settings = {**asdict(config), "run_dir": str(run_dir), "ppo_epochs": ppo_epochs, "eval_size": eval_size}
+    result = run(WORKFLOW, settings, log=run_dir / "workflow.sqlite", resume=resume)
+    summary = dict(result.state["rl_summary"])
+    for record in result.context.metrics:
+        summary.update({k: round(v, 4) for k, v in record.items() if k in ("eval_reward_before", "eval_reward_after")})
+    return summary

@@ -138,6 +138,7 @@ WORKFLOW = workflow(
         ),
         conditional(every("eval_every", "epochs_index"), stage("evaluate", EvaluateRewardModel()), name="should_evaluate"),
         over=lambda ctx: range(ctx.setting("num_epochs")),
+        progress=True,
     ),
     stage("save_final", SaveWeights(), key="reward_model"),
     defaults={**MODEL_DEFAULTS, "lr": 1e-3, "num_pairs": 128, "batch_size": 16, "num_epochs": 2, "eval_every": 1, "eval_size": 64},

@@ -147,6 +147,7 @@ WORKFLOW = workflow(
         conditional(every("save_every", "epochs_index"), stage("checkpoint", SaveCheckpoint()), name="should_checkpoint"),
         conditional(every("eval_every", "epochs_index"), stage("evaluate", Evaluate()), name="should_evaluate"),
         over=lambda ctx: range(ctx.setting("num_epochs")),
+        progress=True,
     ),
     stage("save_final", SaveWeights()),
     defaults={**MODEL_DEFAULTS, "num_examples": 256, "batch_size": 32, "num_epochs": 2, "save_every": 1, "eval_every": 1, "eval_size": 64},
