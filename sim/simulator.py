@@ -111,6 +111,8 @@ class Simulation:
         self.env = simpy.Environment()
         self.rng = random.Random(scenario.run.seed)
         self.folder = Folder()
+        if log is not None and Path(log).exists():
+            raise FileExistsError(f"{log} already exists: a simulation writes a new event log")
         self._log = EventLog(log) if log is not None else None
         self._flush_every = flush_every
         self._unwritten: list[Event] = []

@@ -111,6 +111,13 @@ def test_same_seed_same_log_byte_for_byte(tmp_path) -> None:
     assert (tmp_path / "c.jsonl").read_bytes() != logs[0]
 
 
+def test_an_existing_log_is_never_appended_to(tmp_path) -> None:
+    path = tmp_path / "run.db"
+    simulate(small("run.rollouts=32"), log=path)
+    with pytest.raises(FileExistsError, match="run.db"):
+        Simulation(small(), log=path)
+
+
 def test_replaying_the_log_gives_the_live_state(tmp_path) -> None:
     simulation = Simulation(small("generation.on_update=partial"), log=tmp_path / "run.db")
     summary = simulation.run()
