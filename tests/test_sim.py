@@ -225,3 +225,9 @@ def test_empirical_lengths_from_a_simulated_log(tmp_path) -> None:
     assert len(lengths) >= source.trained_rollouts
     replayed = simulate(small("run.rollouts=160", f"workload.response_len={{kind='empirical', path='{path}'}}"))
     assert replayed.trained_tokens_per_s == source.trained_tokens_per_s  # the same lengths, so the same run
+
+
+def test_max_time_stops_the_clock() -> None:
+    summary = simulate(small("run.rollouts=1000000", "run.max_time_s=120"))
+    assert summary.sim_time_s == 120
+    assert 0 < summary.trained_rollouts < 1000000
