@@ -103,6 +103,8 @@ def test_rlhf_chains_sft_reward_model_and_rl_against_the_learned_reward(tmp_path
     with EventLog(log) as events:
         phases = [e.path for e in events.events() if isinstance(e, Stage) and e.phase == "finished" and e.path.count("/") == 1]
     assert phases == ["rlhf/sft", "rlhf/reward", "rlhf/rl"]
+    sft = [m["loss"] for m in result.context.metrics if m["path"].startswith("rlhf/sft/") and "loss" in m]
+    assert sft[-1] < sft[0] - 0.3  # the SFT phase learned
     rl = result.state["rl_run"]
     assert isinstance(rl.task, reinforcement.LearnedRewardTask)  # RL scored by the reward model
     assert rl.config.init is not None and rl.config.init.endswith("init.pt")  # and started from the SFT policy

@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.workflow.dsl import Workflow
 from engine.workflow.ir import WorkflowError, compile_workflow, describe, to_dict
-from engine.workflow.runner import ResumeError, StageFailed, run
+from engine.workflow.runner import ParallelConflict, ResumeError, StageFailed, run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -128,7 +128,7 @@ def run_command(args: argparse.Namespace) -> int:
         if args.log is not None and args.log.exists() and not args.resume:
             raise ValueError(f"{args.log} exists; pass --resume to continue it or choose a new --log")
         result = run(wf, config, log=args.log, resume=args.resume, run_id=args.run_id)
-    except StageFailed as err:
+    except (StageFailed, ParallelConflict) as err:
         return _fail(str(err), 1)
     except (WorkflowError, ResumeError, LookupError, ValueError, KeyError) as err:
         return _fail(str(err))
