@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from engine.log import EventLog, replay, write_jsonl
@@ -199,6 +204,20 @@ def test_sweep_gives_the_same_results_with_one_or_two_workers() -> None:
     assert [summary for _, summary in one] == [summary for _, summary in two]
     seeds = [point.seed for point in grid_points(scenario, axes)]
     assert len(set(seeds)) == len(seeds)
+
+
+def test_fresh_processes_with_different_hash_seeds_agree() -> None:
+    script = (
+        "import json; from sim.simulator import simulate; from sim.config import Scenario; "
+        "s = Scenario().with_overrides(['run.rollouts=320', 'ledger.policy=strict', 'ledger.on_stale=requeue', "
+        "'ledger.max_staleness=1', 'workload.group_size=2']); print(json.dumps(simulate(s).to_json()))"
+    )
+    outputs = [
+        subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+        for seed in ("1", "2")
+    ]
+    assert outputs[0] == outputs[1]
+    assert json.loads(outputs[0])["trained_rollouts"] >= 320
 
 
 # AReaL (arXiv 2505.24298), trained k tokens/s by maximum staleness 0, 1, 2, 4, 8, 16, unbounded.
