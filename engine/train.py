@@ -80,6 +80,14 @@ class RunConfig:
     seed: int = 0
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "group_size", "checkpoint_every", "minibatches"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"run config field {name!r} must be a positive integer, got {value!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"run config field 'warmup_steps' must not be negative, got {self.warmup_steps}")
+
     def ledger_config(self) -> Config:
         return Config(
             max_concurrent=self.max_concurrent or self.batch_size,
@@ -121,11 +129,6 @@ class RLRun:
     def __init__(self, config: RunConfig, run_dir: str | Path, *, resume: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.resume = resume
-        if resume:
-            saved = self.run_dir / "run.json"
-            if not saved.exists():
-                raise FileNotFoundError(f"cannot resume: {saved} does not exist")
-            config = replace(RunConfig.from_json(json.loads(saved.read_text())), steps=config.steps, device=config.device)
         self.config = config
         config.ledger_config()  # validate early: a bad policy or size raises ConfigError naming it
         config.trainer_config()
@@ -139,6 +142,22 @@ class RLRun:
         self._next_prompt = 0
         self._started = 0.0
         self._wall_offset = 0.0
+
+    @classmethod
+    def resumed(
+        cls, run_dir: str | Path, *, steps: int | None = None, device: str | None = None, requeue_lost: bool | None = None
+    ) -> "RLRun":
+        """The run saved in ``run_dir`` (its ``run.json``), to continue after a crash;
+        ``steps``, ``device`` and ``requeue_lost`` may change, nothing else."""
+        saved = Path(run_dir) / "run.json"
+        if not saved.exists():
+            raise FileNotFoundError(f"cannot resume: {saved} does not exist")
+        config = RunConfig.from_json(json.loads(saved.read_text()))
+        config = replace(
+            config, steps=steps or config.steps, device=device or config.device,
+            requeue_lost=config.requeue_lost if requeue_lost is None else requeue_lost,
+        )
+        return cls(config, run_dir, resume=True)
 
     # -- setup ---------------------------------------------------------------------
     def setup(self) -> None:
@@ -228,6 +247,8 @@ class RLRun:
         """Load the trainer's checkpoint for the ledger's version.  A checkpoint one
         version ahead means the process died between saving it and logging the version
         bump: the update happened, so the bump is logged now."""
+        if self.ledger.state.paused:  # died during an update: generation resumes with the run
+            self.ledger.resume_generation()
         version = self.ledger.state.version
         have = checkpoints(self.ckpt_dir)
         if version + 1 in have:
@@ -412,9 +433,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--on-stale", default=defaults.on_stale, choices=("drop", "requeue"))
     parser.add_argument("--objective", default=defaults.objective, choices=("decoupled", "ppo"))
     parser.add_argument("--proximal", default=None, choices=("recompute", "interpolate", "segment"))
-    parser.add_argument("--device", default=defaults.device, choices=("cuda", "cpu"))
+    parser.add_argument("--device", default=None, choices=("cuda", "cpu"), help=f"default {defaults.device}")
     parser.add_argument("--model-size", default=defaults.model_size, help="tiny, small or base")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="policy versions (updates) to reach")
+    parser.add_argument("--steps", type=int, default=None, help=f"policy versions (updates) to reach (default {defaults.steps})")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="rollouts (prompts) per update")
     parser.add_argument("--group-size", type=int, default=defaults.group_size, help="samples per prompt (GRPO group)")
     parser.add_argument("--max-concurrent", type=int, default=None, help="rollouts in flight (default: batch size)")
@@ -439,16 +460,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The :class:`RunConfig` of parsed ``train`` arguments."""
-    if args.steps < 1:
+    defaults = RunConfig()
+    if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
     if args.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be at least 1, got {args.checkpoint_every}")
     return RunConfig(
-        task=args.task, model_size=args.model_size, steps=args.steps, batch_size=args.batch_size, group_size=args.group_size,
+        task=args.task, model_size=args.model_size, steps=args.steps or defaults.steps, batch_size=args.batch_size, group_size=args.group_size,
         max_concurrent=args.max_concurrent, max_staleness=args.max_staleness, policy=args.policy, on_stale=args.on_stale,
         objective=args.objective, proximal=args.proximal, minibatches=args.minibatches, lr=args.lr, sft_lr=args.sft_lr,
         warmup_steps=args.warmup_steps, temperature=args.temperature, timeout_s=args.timeout, max_retries=args.max_retries,
-        checkpoint_every=args.checkpoint_every, requeue_lost=args.requeue_lost, init=args.init, seed=args.seed, device=args.device,
+        checkpoint_every=args.checkpoint_every, requeue_lost=args.requeue_lost, init=args.init, seed=args.seed,
+        device=args.device or defaults.device,
     )
 
 
@@ -469,11 +492,13 @@ def train_loop(run: RLRun, *, progress: bool = True) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    if args.device == "cpu":
-        torch.set_num_threads(max(1, args.threads))
     try:
-        config = config_from_args(args)
-        run = RLRun(config, args.run_dir, resume=args.resume)
+        if args.resume:
+            run = RLRun.resumed(args.run_dir, steps=args.steps, device=args.device, requeue_lost=args.requeue_lost or None)
+        else:
+            run = RLRun(config_from_args(args), args.run_dir)
+        if run.config.device == "cpu":
+            torch.set_num_threads(max(1, args.threads))
         run.setup()
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
         print(f"rollout-ledger train: {error}", file=sys.stderr)

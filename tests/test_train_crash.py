@@ -1,0 +1,77 @@
+"""Kill a real ``rollout-ledger train`` process mid-run and resume it: nothing lost or counted twice."""
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from engine.events import Accepted, Consumed, Enqueued, Filtered, Rejected, Submitted
+from engine.log import EventLog, replay
+
+ARGS = ["--task", "copy", "--device", "cpu", "--model-size", "tiny", "--batch-size", "4", "--group-size", "2",
+        "--max-staleness", "2", "--max-concurrent", "8", "--warmup-steps", "5", "--no-progress"]
+
+
+def _train(run_dir, *extra):
+    env = {**os.environ, "ROLLOUT_LEDGER_LOG_LEVEL": "warning", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "engine.cli", "train", *ARGS, "--run-dir", str(run_dir), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+
+
+def _steps_logged(run_dir):
+    path = run_dir / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_sigkill_mid_run_then_resume_loses_and_double_counts_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    process = _train(run_dir, "--steps", "400")
+    deadline = time.monotonic() + 120
+    while _steps_logged(run_dir) < 6 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    assert process.poll() is None, f"the run ended before it could be killed: {process.communicate()[1][-2000:]}"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+    at_crash = replay(run_dir / "events.sqlite")
+    in_flight = at_crash.running
+    assert 6 <= at_crash.version < 400
+
+    resumed = _train(run_dir, "--resume", "--requeue-lost", "--steps", str(at_crash.version + 6))
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["steps"] == at_crash.version + 6
+
+    final = replay(run_dir / "events.sqlite")
+    assert final.version == at_crash.version + 6
+    assert final.consumed == 4 * final.version  # one batch per version, none trained twice or skipped
+    assert final.checkpoint.version == final.version  # the trainer went on from its checkpoint
+    with EventLog(run_dir / "events.sqlite") as log:
+        events = list(log.events())
+    submitted = collections.Counter(e.rollout for e in events if isinstance(e, Submitted))
+    assert max(submitted.values()) == 1  # every attempt started once
+    endings = collections.Counter()
+    for event in events:
+        if isinstance(event, (Rejected, Filtered)):
+            endings[event.rollout] += 1
+        elif isinstance(event, Consumed):
+            endings.update(event.rollouts)
+    assert max(endings.values()) == 1  # no rollout ended twice (consumed twice, or consumed and rejected)
+    accepted = collections.Counter(e.rollout for e in events if isinstance(e, Accepted))
+    assert all(accepted[r] == 1 for e in events if isinstance(e, Consumed) for r in e.rollouts)
+    lost = [e.rollout for e in events if isinstance(e, Rejected) and e.reason == "lost"]
+    assert len(lost) == in_flight  # every rollout running at the kill was closed as lost ...
+    requeued = {e.prompt for e in events if isinstance(e, Enqueued) and e.attempt == 2}
+    assert {rollout.split("#")[0] for rollout in lost} <= requeued  # ... and its prompt enqueued again
+    first_attempts = [e.prompt for e in events if isinstance(e, Enqueued) and e.attempt == 1]
+    assert len(first_attempts) == len(set(first_attempts))  # no prompt enqueued twice as a first attempt
+    # every rollout is either finished or still live in the final state: none vanished
+    live = set(final.rollouts.keys())
+    for rollout in submitted:
+        assert rollout in endings or rollout in live
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.endswith("}")]
+    assert len(steps) == len(set(steps))  # no update recorded twice
