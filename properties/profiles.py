@@ -16,9 +16,9 @@ import os
 from hypothesis import HealthCheck, settings
 
 #: Examples per state-machine test in the ``ci`` profile.
-CI_EXAMPLES = 60
+CI_EXAMPLES = 150
 #: Steps per state-machine example.
-STEPS = 40
+STEPS = 60
 
 settings.register_profile(
     "ci",

@@ -230,15 +230,14 @@ class LedgerMachine(RuleBasedStateMachine):
             self.commit(*events)
 
     @precondition(lambda self: self.training or self.state.running + self.state.ready > 0)
-    @rule(pick=picks, recompute=st.booleans(), pause=st.booleans())
-    def train(self, pick: int, recompute: bool, pause: bool) -> None:
+    @rule(pause=st.booleans())
+    def train(self, pause: bool) -> None:
         """The trainer: with a batch in training, the weight update (as
         ``Ledger.advance_version``: recompute, bump, purge), pausing generation for the
         weight sync if ``pause`` (until ``resume_generation``); otherwise consume a full
-        batch if there is one, else recompute a ready rollout early or move the version
-        while rollouts are in flight (an update this rank did not consume for; at most
-        one version ahead of the batches consumed, so the staleness budget stays as
-        tight as a real trainer keeps it)."""
+        batch if there is one, else move the version while rollouts are in flight (an
+        update this rank did not consume for; at most two versions ahead of the batches
+        consumed, so the staleness budget stays about as tight as a trainer keeps it)."""
         if self.training:
             if pause and not self.state.paused:
                 self.commit(Paused())
@@ -249,13 +248,14 @@ class LedgerMachine(RuleBasedStateMachine):
             _statistic("batch consumed")
             self.commit(Consumed(batch))
             self.training = True
-        elif recompute and self.state.ready > 0:
-            self.commit(Recomputed(self._pick(READY, pick), self.state.version))
-        elif self.state.version * self.config.rank_batch_size <= self.state.consumed:
+        elif (self.state.version - 1) * self.config.rank_batch_size <= self.state.consumed:
             self.advance_version()
 
     def advance_version(self) -> None:
-        self.commit(*policies.recompute_requests(self.state), Version(self.state.version + 1))
+        requests = policies.recompute_requests(self.state)
+        if requests:
+            _statistic("recomputed before a version bump")
+        self.commit(*requests, Version(self.state.version + 1))
         purge = policies.on_version(self.state)
         if purge:
             _statistic("purged at a version bump")
@@ -300,13 +300,16 @@ class LedgerMachine(RuleBasedStateMachine):
             raise InvariantViolation("replay_equals_live", "Ledger.resume's state differs from folding its log")
 
     def refuse(self, event: Event) -> None:
-        """``event`` is illegal: both the reference model and the reducer refuse it, the
-        error names the rollout, and the state stays as it was."""
+        """``event`` is illegal: both the reference model and the reducer refuse it, and
+        the reducer's error names the rollout.  (The state is immutable, so a refusal
+        cannot have changed it.)"""
         if self.references["never_count"].is_legal(event):
             raise InvariantViolation("differential", f"the reference model takes {event!r}, expected a refusal")
-        before = self.state
+        self._refused(event)
+
+    def _refused(self, event: Event) -> None:
         try:
-            invariants.apply_is_pure(before, event)
+            reducer.apply(self.state, event)
         except IllegalTransition as err:
             rollout = getattr(event, "rollout", None)
             if rollout is not None and repr(rollout) not in str(err):
@@ -326,7 +329,8 @@ class LedgerMachine(RuleBasedStateMachine):
         the two most recently finished ones and an unknown id, is refused."""
         if self.state.config is None:
             return
-        finished = [r for r, status in self.references["never_count"].status.items() if status not in LIVE_NAMES]
+        reference = self.references["never_count"]
+        finished = [r for r, status in reference.status.items() if status not in LIVE_NAMES]
         version = self.state.version
         for rollout in [*self.state.rollouts, *finished[-2:], "never-enqueued"]:
             for event in (
@@ -340,11 +344,11 @@ class LedgerMachine(RuleBasedStateMachine):
                 Recomputed(rollout, version),
                 Consumed((rollout,)),
             ):
-                if not self.references["never_count"].is_legal(event):
-                    self.refuse(event)
+                if not reference.is_legal(event):
+                    self._refused(event)
         for event in (Version(version), Paused(), Resumed()):
-            if not self.references["never_count"].is_legal(event):
-                self.refuse(event)
+            if not reference.is_legal(event):
+                self._refused(event)
 
     @invariant()
     def liveness(self) -> None:
