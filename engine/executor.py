@@ -255,9 +255,11 @@ class RolloutExecutor:
     # -- internals ---------------------------------------------------------------
     def _top_up(self, prompts: Iterator[str]) -> None:
         state = self.ledger.state
-        room = policies.enqueue_room(state)
-        if room is None:  # unbounded staleness: keep one round of slots waiting
-            room = max(0, state.config.rank_max_concurrent - state.pending)  # type: ignore[union-attr]
+        # Keep one round of slots waiting, within what the policy lets wait.
+        room = max(0, state.config.rank_max_concurrent - state.pending)  # type: ignore[union-attr]
+        allowed = policies.enqueue_room(state)
+        if allowed is not None:
+            room = min(room, allowed)
         for _ in range(room):
             key = next(prompts, None)
             if key is None:

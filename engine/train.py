@@ -46,6 +46,10 @@ from engine.torch_backend.tasks import Problem, Task, Tokenizer, get_task
 from engine.torch_backend.trainer import Sample, Trainer, TrainerConfig, completion_logprobs
 
 
+#: Events the ledger holds before writing them; a checkpoint writes them at once.
+FLUSH_EVERY = 4096
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that defines an RL run (saved as ``run.json``; a resume reuses it).
@@ -177,7 +181,7 @@ class RLRun:
         events_path = self.run_dir / "events.sqlite"
         if self.resume:
             self._scan_log(events_path)
-            self.ledger = Ledger.resume(events_path, requeue=config.requeue_lost)
+            self.ledger = Ledger.resume(events_path, requeue=config.requeue_lost, flush_every=FLUSH_EVERY)
             self._restore()
         else:
             if events_path.exists():
@@ -187,7 +191,7 @@ class RLRun:
                 self.trainer.model.load_state_dict(torch.load(config.init, map_location=self.device, weights_only=True))
             else:
                 self.warmup(config.warmup_steps)
-            self.ledger = Ledger(config.ledger_config(), path=events_path)
+            self.ledger = Ledger(config.ledger_config(), path=events_path, flush_every=FLUSH_EVERY)
             self._checkpoint()
         generator_model = copy.deepcopy(self.trainer.model)
         if self.device.type == "cuda":
@@ -241,7 +245,6 @@ class RLRun:
                 self.metrics.append(json.loads(line))
             except json.JSONDecodeError:  # a line torn by the crash
                 continue
-        self._wall_offset = self.metrics[-1]["wall_s"] if self.metrics else 0.0
 
     def _restore(self) -> None:
         """Load the trainer's checkpoint for the ledger's version.  A checkpoint one
@@ -260,6 +263,11 @@ class RLRun:
             raise FileNotFoundError(f"cannot resume: no checkpoint at or before version {version} in {self.ckpt_dir}")
         self.trainer.load_state_dict(load_checkpoint(self.ckpt_dir, usable[-1], self.device))
         self.trainer.version = version
+        # metrics of updates the log never recorded (written after its last flush) are dropped
+        self.metrics = [m for m in self.metrics if m["step"] <= version]
+        lines = "".join(json.dumps(m) + "\n" for m in self.metrics)
+        (self.run_dir / "metrics.jsonl").write_text(lines)
+        self._wall_offset = self.metrics[-1]["wall_s"] if self.metrics else 0.0
         if self.ledger.state.checkpoint is None or self.ledger.state.checkpoint.version != usable[-1]:
             self.ledger.append(Checkpoint(usable[-1], str(checkpoint_path(self.ckpt_dir, usable[-1]))))
         self.ledger.flush()
@@ -302,9 +310,9 @@ class RLRun:
         else:
             saved = None
         executor.set_version(trainer.model.state_dict(), self._recompute)
-        if saved is not None:
+        if saved is not None:  # the log is made durable with each checkpoint (and every FLUSH_EVERY events)
             executor.timed(self.ledger.append, Checkpoint(version + 1, str(saved)))
-        executor.timed(self.ledger.flush)
+            executor.timed(self.ledger.flush)
         executor.resume()
         state = self.ledger.state
         wall = self._wall_offset + time.perf_counter() - self._started
