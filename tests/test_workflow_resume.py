@@ -204,3 +204,44 @@ def test_transient_resources_are_rebuilt_by_resume_hooks_on_their_thread(tmp_pat
     assert [kind for kind, _ in made] == ["execute", "resume"]
     assert result.resumed_from == "w/count" and result.state["n"] == 1
     assert made[1][1] != threading.get_ident() and result.state["used"] == made[1][1]  # same stage thread
+
+
+def _has_checkpoint(log: Path) -> bool:
+    """Whether the live log of a running process holds a checkpoint yet."""
+    from engine.log import TornLog
+
+    try:
+        return log.exists() and any(isinstance(e, Checkpoint) for e in _events(log))
+    except TornLog:  # read between the writer's row and sequence updates: look again
+        return False
+
+
+def test_killed_supervised_run_resumes_from_its_epoch_checkpoint(tmp_path):
+    log = tmp_path / "sft.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ROLLOUT_LEDGER_LOG_LEVEL": "warning"}
+    config = '{"num_examples": 64, "batch_size": 16, "num_epochs": 200, "eval_size": 16}'
+    child = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", "supervised", "--config", config, "--log", str(log)],
+                             env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not _has_checkpoint(log):
+            assert child.poll() is None, "the run ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within two minutes"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    before = _events(log)
+    assert ("supervised", "finished") not in [(e.path, e.phase) for e in before if isinstance(e, Stage)]  # killed mid-way
+    epoch = sum(isinstance(e, Checkpoint) for e in before) - 1  # checkpoints are taken once per epoch
+
+    result = run(load_workflow("supervised"), {"num_examples": 64, "batch_size": 16, "num_epochs": epoch + 2, "eval_size": 16},
+                 log=log, resume=True)
+    assert result.resumed_from == f"supervised/epochs[{epoch}]/checkpoint"
+    resumed = [e for e in _events(log)[len(before):] if isinstance(e, Stage)]
+    assert (resumed[1].path, resumed[1].phase) == (f"supervised/epochs[{epoch}]/evaluate", "started")  # first unfinished stage
+    steps = [m["step"] for m in result.context.metrics if "loss" in m and "step" in m]
+    assert steps == list(range(1, 4 * (epoch + 2) + 1))  # no step lost or repeated: 4 batches an epoch
+    assert result.state["global_step"] == 4 * (epoch + 2)
