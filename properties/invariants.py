@@ -9,7 +9,8 @@ in the reducer or a policy cannot hide behind the same bug here.  Three kinds:
   (``Ledger(check=check_state)``), O(live rollouts) per event;
 - transition invariants (``consumed_within_staleness``, ``capacity_recovered``,
   ``nothing_lost``): compare the state before and after one event;
-  :class:`InvariantChecker` remembers the previous state and runs them too;
+  :class:`InvariantChecker` remembers the previous state and runs them too, with
+  O(1) state checks per event and the full sweep every ``full_every`` events;
 - whole-run invariants (``ready_queue_fresh`` at rest, ``capacity_recovery``
   against the history without a rollout, ``replay_equals_live``, ``apply_is_pure``,
   ``json_round_trip``) used by the state machines in :mod:`properties.stateful`.
@@ -35,6 +36,7 @@ from engine.reducer import (
     RUNNING,
     STATUS_NAMES,
     IllegalTransition,
+    Rollout,
     State,
 )
 
@@ -57,8 +59,7 @@ def _fail(invariant: str, message: str) -> None:
 def conservation(state: State) -> None:
     """Every rollout is in exactly one status: the counters of live statuses equal the
     live records by status, and no counter is negative."""
-    if len(state.counts) != len(STATUS_NAMES):
-        _fail("conservation", f"{len(state.counts)} counters for {len(STATUS_NAMES)} statuses")
+    _conserved_counts(state)
     by_status = [0] * len(STATUS_NAMES)
     for rollout, record in state.rollouts.items():
         if record.status not in LIVE:
@@ -70,9 +71,20 @@ def conservation(state: State) -> None:
                 "conservation",
                 f"{state.counts[status]} counted {STATUS_NAMES[status]} but {by_status[status]} rollouts have that status",
             )
-    for status, count in enumerate(state.counts):
-        if count < 0:
-            _fail("conservation", f"counter {STATUS_NAMES[status]} is negative ({count})")
+
+
+def _conserved_counts(state: State) -> None:
+    """The O(1) part of :func:`conservation`: counters well formed, none negative, and
+    as many live records as live counts."""
+    counts = state.counts
+    if len(counts) != len(STATUS_NAMES):
+        _fail("conservation", f"{len(counts)} counters for {len(STATUS_NAMES)} statuses")
+    if min(counts) < 0:
+        status = min(range(len(counts)), key=counts.__getitem__)
+        _fail("conservation", f"counter {STATUS_NAMES[status]} is negative ({counts[status]})")
+    live = counts[PENDING] + counts[RUNNING] + counts[INTERRUPTED] + counts[READY]
+    if live != len(state.rollouts):
+        _fail("conservation", f"{live} rollouts counted live but {len(state.rollouts)} live records")
 
 
 def _plain_capacity(state: State) -> int:
@@ -94,6 +106,13 @@ def bounds(state: State) -> None:
     """Nothing negative; running <= max_concurrent; accepted + running <=
     (max_staleness + version + 1) * batch_size when staleness is bounded (per rank);
     versions of every live rollout ordered head <= tail <= current."""
+    _counter_bounds(state)
+    for rollout, record in state.rollouts.items():
+        _record_bounds(state, rollout, record)
+
+
+def _counter_bounds(state: State) -> None:
+    """The O(1) part of :func:`bounds`: the counters, the version and the capacity."""
     if state.version < 0:
         _fail("bounds", f"version is negative ({state.version})")
     for status, count in enumerate(state.counts):
@@ -119,17 +138,20 @@ def bounds(state: State) -> None:
                 f"accepted {accepted} + running {running} exceeds (max_staleness {config.max_staleness} + "
                 f"version {state.version} + 1) * batch_size {rank_batch} = {limit}",
             )
-    for rollout, record in state.rollouts.items():
-        if record.status == PENDING:
-            continue
-        if not 0 <= record.head_version <= record.tail_version <= state.version:
-            _fail(
-                "bounds",
-                f"rollout {rollout!r} has versions head {record.head_version}, tail {record.tail_version} "
-                f"at version {state.version}",
-            )
-        if record.tokens < 0:
-            _fail("bounds", f"rollout {rollout!r} has {record.tokens} tokens")
+
+
+def _record_bounds(state: State, rollout: str, record: Rollout) -> None:
+    """The per-rollout part of :func:`bounds`."""
+    if record.status == PENDING:
+        return
+    if not 0 <= record.head_version <= record.tail_version <= state.version:
+        _fail(
+            "bounds",
+            f"rollout {rollout!r} has versions head {record.head_version}, tail {record.tail_version} "
+            f"at version {state.version}",
+        )
+    if record.tokens < 0:
+        _fail("bounds", f"rollout {rollout!r} has {record.tokens} tokens")
 
 
 def capacity_rule(state: State) -> None:
@@ -217,20 +239,49 @@ def nothing_lost(before: State, event: Event, after: State) -> None:
 
 
 class InvariantChecker:
-    """A debug-mode check for ``Ledger(check=...)``: the state invariants after every
-    event plus the transition invariants against the previous state it remembers."""
+    """A debug-mode check for ``Ledger(check=...)`` that stays cheap on large runs.
 
-    def __init__(self, state: State | None = None) -> None:
+    After every event: the O(1) parts of the state invariants (counters, bounds,
+    capacity rule), the records of the rollouts the event names, and the transition
+    invariants against the previous state it remembers.  Every ``full_every`` events
+    (and on the first): the full :func:`check_state` over all live rollouts.
+    """
+
+    def __init__(self, state: State | None = None, full_every: int = 1024) -> None:
+        if full_every < 1:
+            raise ValueError(f"full_every must be at least 1, got {full_every}")
         self.previous = state
+        self.full_every = full_every
+        self.checked = 0
 
     def __call__(self, state: State, event: Event | None = None) -> None:
-        check_state(state, event)
+        if self.checked % self.full_every == 0:
+            check_state(state, event)
+        else:
+            _conserved_counts(state)
+            _counter_bounds(state)
+            capacity_rule(state)
+            for rollout in _named(event):
+                record = state.rollouts.get(rollout)
+                if record is not None:
+                    if record.status not in LIVE:
+                        _fail("conservation", f"rollout {rollout!r} is kept as live with status {record.status!r}")
+                    _record_bounds(state, rollout, record)
+        self.checked += 1
         before = self.previous
         if before is not None and event is not None and state.events == before.events + 1:
             consumed_within_staleness(before, event)
             capacity_recovered(before, event, state)
             nothing_lost(before, event, state)
         self.previous = state
+
+
+def _named(event: Event | None) -> tuple[str, ...]:
+    """The rollouts an event names."""
+    if event is None:
+        return ()
+    rollout = getattr(event, "rollout", None)
+    return (rollout,) if rollout is not None else getattr(event, "rollouts", ())
 
 
 # --- whole-run invariants -----------------------------------------------------------

@@ -47,11 +47,18 @@ def violated(name: str):
 
 
 def test_a_violation_names_its_invariant() -> None:
+    _, state = run(strict(), Enqueued("r1"), Enqueued("r2"), Submitted("r2", 0))
+    with violated("conservation") as caught:
+        invariants.conservation(with_counts(state, pending=2, running=0))
+    assert caught.value.invariant == "conservation"
+    assert "2 counted pending but 1 rollouts have that status" in str(caught.value)
+
+
+def test_conservation_catches_a_lost_record() -> None:
     _, state = run(strict(), Enqueued("r1"))
     with violated("conservation") as caught:
         invariants.conservation(with_counts(state, pending=2))
-    assert caught.value.invariant == "conservation"
-    assert "2 counted pending but 1 rollouts have that status" in str(caught.value)
+    assert "2 rollouts counted live but 1 live records" in str(caught.value)
 
 
 def test_conservation_catches_a_negative_finished_counter() -> None:
@@ -250,6 +257,19 @@ def test_the_checker_stops_a_ledger_on_a_planted_bug(monkeypatch: pytest.MonkeyP
     with violated("conservation"):
         ledger.append(Rejected("r1", "error"))
     assert ledger.state.running == 1  # the append was rolled back
+
+
+def test_the_checker_sweeps_everything_periodically_and_the_named_records_always() -> None:
+    _, state = run(strict(), Enqueued("r1"), Enqueued("r2"), Submitted("r1", 0), Submitted("r2", 0))
+    broken = state._replace(rollouts=state.rollouts.set("r2", state.rollouts["r2"]._replace(tail_version=5)))
+    checker = InvariantChecker(full_every=4)
+    checker(state, None)  # first call: full sweep, passes
+    checker(broken, Segment("r1", 0, 1))  # names r1 only: the O(1) checks pass
+    with violated("bounds") as caught:
+        checker(broken, Segment("r2", 0, 1))  # names r2: its record is checked
+    assert "'r2'" in str(caught.value)
+    with pytest.raises(ValueError, match="full_every must be at least 1, got 0"):
+        InvariantChecker(full_every=0)
 
 
 def test_transition_checks_skip_a_gap_in_the_events() -> None:
