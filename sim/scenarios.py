@@ -24,21 +24,21 @@ policy = "admission"
 [workload]
 group_size = 8
 prompt_len = { kind = "lognormal", median = 120.0, sigma = 0.5, cap = 1024 }
-response_len = { kind = "lognormal", median = 6000.0, sigma = 0.3, cap = 32768 }
+response_len = { kind = "lognormal", median = 6000.0, sigma = 0.7, cap = 32768 }
 
 [generation]
 servers = 12
-slots = 64
-step_base_s = 0.015
-step_per_seq_s = 5e-5
-step_per_kv_token_s = 1e-8
+slots = 48
+step_base_s = 0.008
+step_per_seq_s = 1e-4
+step_per_kv_token_s = 2e-8
 prefill_per_token_s = 1e-5
 on_update = "partial"
 
 [training]
 step_base_s = 5.0
-step_per_token_s = 1e-5
-weight_sync_s = 5.0
+step_per_token_s = 5.5e-6
+weight_sync_s = 2.0
 colocated = false
 """
 
