@@ -131,6 +131,9 @@ def run_simulate(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"max_staleness={bound}")
             try:
                 summaries.append(Simulation(run, log=log, progress=advance).run())
+            except ScenarioError as err:  # e.g. an empirical distribution's file
+                print(f"rollout-ledger simulate: {err}", file=sys.stderr)
+                return 2
             except SimulationStalled as err:
                 print(f"rollout-ledger simulate: {err}", file=sys.stderr)
                 return 1

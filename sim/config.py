@@ -28,6 +28,11 @@ class ScenarioError(ValueError):
     def __init__(self, field_name: str, message: str) -> None:
         super().__init__(f"scenario field {field_name!r}: {message}")
         self.field = field_name
+        self.message = message
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        """Pickle by (field, message), so the error crosses from a sweep's worker process."""
+        return (type(self), (self.field, self.message))
 
 
 def _doc(text: str) -> dict[str, str]:

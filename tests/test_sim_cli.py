@@ -59,6 +59,13 @@ def test_bad_override_exits_2_naming_the_field(capsys) -> None:
     assert "'generation.slots'" in capsys.readouterr().err
     assert main(["simulate", "no-such-scenario.toml"]) == 2
     assert "no scenario file" in capsys.readouterr().err
+    missing = "workload.response_len={kind='empirical', path='no-such-lengths.csv'}"
+    assert main(["simulate", "--no-progress", "--set", missing]) == 2
+    assert "'workload.response_len.path'" in capsys.readouterr().err
+    for workers in ("1", "2"):
+        sweep = ["sweep", "default", "--no-progress", "--set", missing, "--grid", "ledger.max_staleness=0,1", "--workers", workers]
+        assert main(sweep) == 2
+        assert "'workload.response_len.path'" in capsys.readouterr().err
 
 
 def test_show_config_is_loadable_toml(capsys) -> None:
