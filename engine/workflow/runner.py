@@ -265,8 +265,7 @@ def configure(wf: Workflow, given: Mapping[str, Any] | None, where: str) -> immu
 class Runner:
     """Executes one compiled workflow; build with :func:`run` / :func:`arun`."""
 
-    def __init__(self, wf: Workflow, runtime: Runtime, seek: str | None) -> None:
-        self.wf = wf
+    def __init__(self, runtime: Runtime, seek: str | None) -> None:
         self.runtime = runtime
         self.seek = seek  # path of the checkpointed stage while resuming, else None
 
@@ -624,7 +623,7 @@ async def arun(
         raise KeyError(f"workflow {wf.name!r} needs input state {', '.join(map(repr, missing))}")
     ctx = Context(settings, immutables.Map(initial), metrics, run_id, wf.name, immutables.Map(), runtime)
     header_json = json.dumps({"run_id": run_id, "config": dict(settings), "resumed_from": point.path if point else None}, default=repr)
-    runner = Runner(wf, runtime, point.path if point else None)
+    runner = Runner(runtime, point.path if point else None)
     if point is not None:
         logger.info("resuming", after=point.path, checkpoint=point.checkpoint)
     finished = False

@@ -2,10 +2,10 @@
 
 Rollouts come from the async executor through the run's ledger (``collect``);
 the update is spelled out as stages: GRPO group advantages, then ``ppo_epochs``
-passes over minibatches of forward-backward and optimiser steps (the decoupled
-objective with proximal log-probs recomputed once per update under the weights
-before it, or plain PPO), then the version bump that hands the weights to the
-generation engine.  A run killed mid-way resumes from its workflow checkpoint: the
+passes over minibatches of forward-backward and optimiser steps with the trainer's
+objective and settings (the decoupled objective, its proximal log-probs by the
+trainer's rule from a recomputation under the pre-update weights, or plain PPO),
+then the version bump that hands the weights to the generation engine.  A run killed mid-way resumes from its workflow checkpoint: the
 ``setup`` stage reopens the RL run from its own log and checkpoint.
 
 With ``reward = "model"`` the rollouts are scored by the ``reward_model`` in the
@@ -37,7 +37,7 @@ _RUN_FIELDS = {f.name for f in fields(RunConfig)}
 DEFAULTS: dict[str, Any] = {
     **{name: getattr(RunConfig(), name) for name in sorted(_RUN_FIELDS)},
     "steps": 4, "batch_size": 4, "group_size": 4, "max_staleness": 1, "warmup_steps": 60, "warmup_batch": 32,
-    "ppo_epochs": 1, "eval_size": 0, "run_dir": None, "reward": "task", "clip_eps": 0.2, "behaviour_cap": 5.0, "grad_clip": 1.0,
+    "ppo_epochs": 1, "eval_size": 0, "run_dir": None, "reward": "task",
 }
 
 
@@ -164,30 +164,35 @@ class PrepareUpdate:
 
 
 class ForwardBackwardPPO:
-    """The objective on one minibatch, backpropagated."""
+    """The trainer's objective on one minibatch, backpropagated.  Proximal log-probs come
+    from the trainer's own rule (``TrainerConfig.proximal``), given the recomputation
+    under the pre-update weights and how far through the update this pass is."""
 
     blocking = True
-    requires = ("rl_run", "update_batch", "proximal", "minibatches_current")
+    requires = ("rl_run", "update_batch", "proximal", "minibatch_rows", "ppo_epochs_index", "minibatches_index")
     provides = ("fb_stats",)
 
     def execute(self, ctx: Context) -> Context:
         trainer = ctx.get("rl_run").trainer
-        batch, rows = ctx.get("update_batch"), ctx.get("minibatches_current")
+        config = trainer.config
+        batch, parts = ctx.get("update_batch"), len(ctx.get("minibatch_rows"))
+        rows = ctx.get("minibatch_rows")[ctx.get("minibatches_index")]
         with trainer.autocast():
             logprobs = trainer.model.logprobs(batch.tokens[rows]).float()
         mask, behaviour, advantages = batch.mask[rows], batch.behaviour[rows], batch.advantages[rows]
-        if ctx.setting("objective") == "ppo":
-            loss, info = ppo_loss(logprobs, behaviour, advantages, mask, ctx.setting("clip_eps"))
+        if config.objective == "ppo":
+            loss, info = ppo_loss(logprobs, behaviour, advantages, mask, config.clip_eps)
         else:
-            loss, info = decoupled_loss(logprobs, ctx.get("proximal")[rows], behaviour, advantages, mask,
-                                        ctx.setting("clip_eps"), ctx.setting("behaviour_cap"))
+            progress = (ctx.get("ppo_epochs_index") * parts + ctx.get("minibatches_index")) / (ctx.setting("ppo_epochs") * parts)
+            proximal = trainer._proximal(batch, rows, logprobs, ctx.get("proximal"), progress)
+            loss, info = decoupled_loss(logprobs, proximal, behaviour, advantages, mask, config.clip_eps, config.behaviour_cap)
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         return ctx.put(fb_stats={**info, "loss": float(loss.detach())})
 
 
 class OptimStepRL:
-    """Clip and step the trainer's optimiser at the run's learning rate."""
+    """Clip and step the trainer's optimiser at its learning rate."""
 
     blocking = True
     requires = ("rl_run", "fb_stats", "update_stats")
@@ -196,8 +201,8 @@ class OptimStepRL:
     def execute(self, ctx: Context) -> Context:
         trainer = ctx.get("rl_run").trainer
         for group in trainer.optimizer.param_groups:
-            group["lr"] = ctx.setting("lr")
-        norm = torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), ctx.setting("grad_clip"))
+            group["lr"] = trainer.config.lr
+        norm = torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.config.grad_clip)
         trainer.optimizer.step()
         return ctx.put(update_stats=ctx.get("update_stats") + ({**ctx.get("fb_stats"), "grad_norm": float(norm)},))
 
