@@ -16,6 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from engine.log import LogError
 from sim.config import Scenario, ScenarioError, load, to_toml
 from sim.scenarios import BUILTIN, builtin
 from sim.simulator import Simulation, SimulationStalled
@@ -131,7 +132,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"max_staleness={bound}")
             try:
                 summaries.append(Simulation(run, log=log, progress=advance).run())
-            except ScenarioError as err:  # e.g. an empirical distribution's file
+            except (ScenarioError, LogError) as err:  # e.g. an empirical distribution's file, a log path
                 print(f"rollout-ledger simulate: {err}", file=sys.stderr)
                 return 2
             except SimulationStalled as err:

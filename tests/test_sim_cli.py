@@ -47,6 +47,8 @@ def test_simulated_logs_work_with_the_ledger_tools(tmp_path, capsys) -> None:
     assert json.loads(capsys.readouterr().out)["consumed"] == state.consumed
     assert main(["simulate", *SMALL, "--compare", "none", "--log", str(path)]) == 2
     assert "already exists" in capsys.readouterr().err
+    assert main(["simulate", *SMALL, "--compare", "none", "--log", str(tmp_path / "no" / "such" / "dir.db")]) == 2
+    assert "dir.db" in capsys.readouterr().err
 
 
 def test_one_log_per_compared_bound(tmp_path, capsys) -> None:
