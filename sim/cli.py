@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,9 @@ def register(subparsers: Any) -> None:
     grid.add_argument("scenario", metavar="SCENARIO", help="TOML file or built-in scenario name")
     _common(grid)
     grid.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="an axis to sweep (repeatable)")
-    grid.add_argument("--workers", type=int, default=1, help="worker processes (results do not depend on it)")
+    grid.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: one per CPU; results do not depend on it)"
+    )
     grid.add_argument("--out", default="sweep", metavar="DIR", help="folder for summaries.csv and sweep.png (default: sweep)")
     grid.set_defaults(run=run_sweep)
 
