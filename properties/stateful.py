@@ -214,12 +214,18 @@ class LedgerMachine(RuleBasedStateMachine):
         if it is interrupted), completion through the policy, or a rejection."""
         in_flight = self._with(RUNNING) + self._with(INTERRUPTED)
         rollout = in_flight[pick % len(in_flight)]
-        interrupted = self.state.rollouts[rollout].status == INTERRUPTED
+        record = self.state.rollouts[rollout]
+        interrupted = record.status == INTERRUPTED
         if action == "reject":
+            _statistic(f"rejected ({reason})")
             self.commit(Rejected(rollout, reason))
         elif interrupted:
+            if record.tail_version < self.state.version:
+                _statistic("resumed across a version bump")
             self.commit(Resumed(rollout, self.state.version))
         elif action == "segment":
+            if record.tail_version < self.state.version:
+                _statistic("new segment across a version bump")
             self.commit(Segment(rollout, self.state.version, 1 + pick % 64))
         elif action == "interrupt":
             self.commit(Interrupted(rollout))
@@ -240,6 +246,7 @@ class LedgerMachine(RuleBasedStateMachine):
         consumed, so the staleness budget stays about as tight as a trainer keeps it)."""
         if self.training:
             if pause and not self.state.paused:
+                _statistic("paused for a weight sync")
                 self.commit(Paused())
             self.advance_version()
             return
