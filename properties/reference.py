@@ -64,17 +64,21 @@ class ReferenceLedger:
         return max(0, min(concurrency_capacity, staleness_capacity))
 
     def on_rollout_enqueued(self) -> None:
+        """A prompt waits to start."""
         self.enqueued += 1
 
     def on_rollout_submitted(self) -> None:
+        """A waiting prompt starts generating."""
         self.enqueued -= 1
         self.running += 1
 
     def on_rollout_accepted(self) -> None:
+        """A rollout finished and is kept for training."""
         self.running -= 1
         self.accepted += 1
 
     def on_rollout_rejected(self) -> None:
+        """A rollout finished (or was lost) and is not kept."""
         self.running -= 1
         self.rejected += 1
 

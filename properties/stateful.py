@@ -54,7 +54,7 @@ from engine.events import (
 )
 from engine.ledger import Ledger
 from engine.log import EventLog, read_jsonl, replay, write_jsonl
-from engine.reducer import EMPTY, INTERRUPTED, PENDING, READY, RUNNING, STATUS_NAMES, IllegalTransition, State
+from engine.reducer import EMPTY, INTERRUPTED, PENDING, RUNNING, STATUS_NAMES, IllegalTransition, State
 
 from properties import invariants
 from properties.invariants import InvariantViolation
@@ -185,6 +185,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @initialize(config=configs())
     def start(self, config: Config) -> None:
+        """The run starts with a random config."""
         _statistic(f"policy={config.policy}")
         _statistic(f"max_staleness={config.max_staleness}")
         _statistic(f"dp_size={config.dp_size}")
@@ -193,6 +194,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.state.config is not None and self.state.pending < PENDING_CAP and policies.enqueue_room(self.state) != 0)
     @rule()
     def enqueue(self) -> None:
+        """A new prompt, with its own prompt text, while the policy lets prompts wait."""
         self.next_id += 1
         self.commit(Enqueued(f"r{self.next_id}", f"p{self.next_id}"))
 
@@ -259,6 +261,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.advance_version()
 
     def advance_version(self) -> None:
+        """Recompute, bump, purge: the steps of ``Ledger.advance_version``."""
         requests = policies.recompute_requests(self.state)
         if requests:
             _statistic("recomputed before a version bump")
@@ -328,6 +331,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def ready_queue_fresh(self) -> None:
+        """After every step the ready queue holds nothing stale."""
         invariants.ready_queue_fresh(self.state)
 
     @invariant()
@@ -359,10 +363,12 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def liveness(self) -> None:
+        """After every step a full batch can still be formed."""
         if self.state.config is not None:
             form_batch(self.state, self.training)
 
     def teardown(self) -> None:
+        """Remove the crash logs."""
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
 

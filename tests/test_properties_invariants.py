@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-import properties.profiles  # noqa: F401  (registers and loads the Hypothesis profile)
 from engine import policies, reducer
 from engine.config import Config
 from engine.events import (
