@@ -438,3 +438,18 @@ def test_stage_events_go_to_the_runs_log(tmp_log):
         ("w/l[1]/b", "started"), ("w/l[1]/b", "finished"),
         ("w", "finished"),
     ]
+
+
+def test_the_ledger_section_configures_the_runs_log(tmp_log):
+    from engine.config import Config
+    from engine.log import replay
+
+    wf = workflow("w", stage("a", Put("a", 1)), defaults={"steps": 1})
+    run(wf, {"ledger": {"max_concurrent": 8, "batch_size": 4, "max_staleness": 2}}, log=tmp_log)
+    assert replay(tmp_log).config == Config(max_concurrent=8, batch_size=4, max_staleness=2)
+
+
+def test_stage_policy_overrides_the_workflow_default():
+    flaky = Flaky(failures=1)
+    result = run(workflow("w", stage("flaky", flaky, on_error=retry(2)), stage("after", Put("after", 1)), on_error="skip"))
+    assert result.state["flaky"] == 2 and flaky.calls == 2

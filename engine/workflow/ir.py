@@ -126,8 +126,7 @@ def _check_options(stage_obj: Any, options: Mapping[str, Any], where: str, probl
 class _Compiler:
     """One pass over a workflow: resolves nodes and gathers every problem."""
 
-    def __init__(self, wf: Workflow) -> None:
-        self.wf = wf
+    def __init__(self) -> None:
         self.problems: list[str] = []
         self.names: dict[str, str] = {}
 
@@ -302,7 +301,7 @@ def compile_workflow(wf: Workflow) -> Workflow:
         raise TypeError(f"not a workflow: {wf!r}")
     if wf.compiled:
         return wf
-    compiler = _Compiler(wf)
+    compiler = _Compiler()
     if not isinstance(wf.name, str) or not _NAME.match(wf.name):
         compiler.problems.append(f"workflow {wf.name!r}: a name must be a string of letters, digits, '_', '.' or '-'")
     try:
@@ -348,6 +347,8 @@ def to_dict(node: Any) -> dict[str, Any]:
         out = {"kind": "loop", "name": node.name, "over": _callable_name(node.over), "body": [to_dict(n) for n in node.body]}
         if node.submit_ahead:
             out["submit_ahead"] = node.submit_ahead
+        if node.progress:
+            out["progress"] = True
         return out
     if isinstance(node, ParallelNode):
         limit = node.max_concurrency
