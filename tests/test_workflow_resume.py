@@ -119,15 +119,16 @@ def test_resume_through_the_cli_after_a_failure(toy, tmp_path):
     module, trace = toy
     log = tmp_path / "run.sqlite"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(module), "--log", str(log), "--set", "steps=2"],
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(module), "--log", str(log), "--set", "steps=3"],
                           env=env, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     again = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(module), "--log", str(log), "--resume"],
                            env=env, cwd=tmp_path, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
-    # resumed after the last checkpoint (steps[1]/save) with the stored config (steps=2)
-    assert '"resumed_from": "toy/steps[1]/save"' in again.stdout
-    assert trace.read_text().split()[-2:] == ["toy/steps[1]/work", "toy/final"]
+    # resumed after the last checkpoint (steps[2]/save) with the stored config (steps=3)
+    assert '"resumed_from": "toy/steps[2]/save"' in again.stdout
+    assert len(list(tmp_path.glob("run.sqlite.checkpoints/ckpt-*.pkl"))) == 2  # older checkpoints are pruned
+    assert trace.read_text().split()[-2:] == ["toy/steps[2]/work", "toy/final"]
 
 
 def test_resume_without_checkpoint_starts_over_and_bad_logs_are_refused(tmp_path):

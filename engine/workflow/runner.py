@@ -59,6 +59,8 @@ from engine.workflow.telemetry import Span
 #: Ledger settings of a workflow whose config has no ``ledger`` section.
 DEFAULT_LEDGER_CONFIG = Config(max_concurrent=1, batch_size=1)
 CHECKPOINT_FORMAT = 1
+#: Workflow checkpoints kept on disk (older ones are deleted once a newer one is logged).
+KEEP_CHECKPOINTS = 2
 
 _IN_PARALLEL: contextvars.ContextVar[bool] = contextvars.ContextVar("workflow_in_parallel", default=False)
 _MISSING: Any = object()
@@ -190,6 +192,8 @@ class Runtime:
         os.replace(partial, target)
         self.ledger.append(Checkpoint(self.ledger.state.version, str(target), t=time.time()))
         self.ledger.flush()
+        for old in sorted(self.checkpoint_dir.glob("ckpt-*.pkl"))[:-KEEP_CHECKPOINTS]:
+            old.unlink(missing_ok=True)
         self.logger.info("checkpoint", path=path, file=str(target))
         return str(target)
 
