@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--warmup-steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--minibatches", type=int, default=1, help="optimiser steps per update")
     parser.add_argument("--eval-size", type=int, default=256)
     parser.add_argument("--staleness", default="0,1,2,4,8", help="comma-separated sweep")
     parser.add_argument("--concurrency", type=int, default=4, help="max_concurrent in batches")
@@ -67,7 +68,8 @@ def main() -> None:
     work = args.out / "runs"
     base = RunConfig(
         task=args.task, model_size=args.model_size, steps=args.steps, batch_size=args.batch_size, group_size=args.group_size,
-        warmup_steps=args.warmup_steps, lr=args.lr, device=args.device, checkpoint_every=max(1, args.steps // 4),
+        warmup_steps=args.warmup_steps, lr=args.lr, minibatches=args.minibatches, device=args.device,
+        checkpoint_every=max(1, args.steps // 4),
     )
     start = time.perf_counter()
     warm = RLRun(replace(base, steps=1), work / "warmup")

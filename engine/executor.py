@@ -38,7 +38,9 @@ from engine.torch_backend.trainer import Sample
 
 class TrajectoryStore:
     """Samples of completed rollouts, by rollout id: SQLite (WAL) at ``path``, or in memory.
-    Rows are pickles written and read by this run only (a run directory is trusted)."""
+    Rows are pickles written and read by this run only (a run directory is trusted).
+    Writes are durable after :meth:`commit`; the run commits before it writes the
+    ledger's log, so the log never names an accepted rollout whose samples are lost."""
 
     def __init__(self, path: str | Path | None = None) -> None:
         self._memory: dict[str, bytes] = {}
@@ -53,8 +55,15 @@ class TrajectoryStore:
         data = pickle.dumps([s.to_json() for s in samples], protocol=pickle.HIGHEST_PROTOCOL)
         if self._db is None:
             self._memory[rollout] = data
-        else:
-            self._db.execute("INSERT OR REPLACE INTO samples VALUES (?, ?)", (rollout, data))
+            return
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN")
+        self._db.execute("INSERT OR REPLACE INTO samples VALUES (?, ?)", (rollout, data))
+
+    def commit(self) -> None:
+        """Make the samples written so far durable."""
+        if self._db is not None and self._db.in_transaction:
+            self._db.execute("COMMIT")
 
     def get(self, rollout: str) -> list[Sample]:
         """The samples of ``rollout``; a missing one raises ``KeyError`` naming it."""
@@ -68,7 +77,9 @@ class TrajectoryStore:
         return [Sample.from_json(obj) for obj in pickle.loads(data)]
 
     def close(self) -> None:
+        """Commit and close."""
         if self._db is not None:
+            self.commit()
             self._db.close()
 
 

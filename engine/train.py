@@ -46,8 +46,9 @@ from engine.torch_backend.tasks import Problem, Task, Tokenizer, get_task
 from engine.torch_backend.trainer import Sample, Trainer, TrainerConfig, completion_logprobs
 
 
-#: Events the ledger holds before writing them; a checkpoint writes them at once.
-FLUSH_EVERY = 4096
+#: The run writes the log itself, with each checkpoint (after committing the sample
+#: store), so the ledger never flushes on its own.
+FLUSH_EVERY = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -310,9 +311,9 @@ class RLRun:
         else:
             saved = None
         executor.set_version(trainer.model.state_dict(), self._recompute)
-        if saved is not None:  # the log is made durable with each checkpoint (and every FLUSH_EVERY events)
+        if saved is not None:  # samples, then the log, are made durable with each checkpoint
             executor.timed(self.ledger.append, Checkpoint(version + 1, str(saved)))
-            executor.timed(self.ledger.flush)
+            self._write()
         executor.resume()
         state = self.ledger.state
         wall = self._wall_offset + time.perf_counter() - self._started
@@ -382,8 +383,19 @@ class RLRun:
         version = self.ledger.state.version
         path = save_checkpoint(self.ckpt_dir, version, self.trainer.state_dict())
         self.ledger.append(Checkpoint(version, str(path)))
-        self.ledger.flush()
+        self._write()
         return path
+
+    def _write(self) -> None:
+        """Commit the sample store, then write the log (timed as the executor's)."""
+        executor = getattr(self, "executor", None)
+        if executor is None:
+            self.ledger.flush()
+            return
+        start = time.perf_counter()
+        executor.store.commit()
+        executor.store_seconds += time.perf_counter() - start
+        executor.timed(self.ledger.flush)
 
     def save_weights(self, path: str | Path) -> None:
         """The model's weights alone (a ``--init`` file for other runs)."""
@@ -416,7 +428,7 @@ class RLRun:
         """Stop the executor and the engine, flush and close the ledger."""
         if hasattr(self, "executor"):
             self.loop.run_until_complete(self.executor.close())
-            self.executor.store.close()
+            self.executor.store.close()  # commits before the log is written below
         if hasattr(self, "ledger"):
             self.ledger.close()
         self.loop.close()
