@@ -14,7 +14,9 @@ round trip).
 After every event: the state invariants, the transition invariants, purity of
 ``apply``, JSON round trip, capacity recovery against the history without the
 finished rollout, and the differential check against both accounting schemes of
-:class:`~properties.reference.ReferenceLedger`.  After every step: the ready queue
+:class:`~properties.reference.ReferenceLedger`.  Every group of events also goes
+through a ``Ledger`` in debug mode (``check=InvariantChecker()``), whose state must
+stay the machine's.  After every step: the ready queue
 holds nothing stale, every event the reference model finds illegal is refused
 (for every live rollout), and a full batch can still be formed (liveness).
 
@@ -57,7 +59,7 @@ from engine.log import EventLog, read_jsonl, replay, write_jsonl
 from engine.reducer import EMPTY, INTERRUPTED, PENDING, RUNNING, STATUS_NAMES, IllegalTransition, State
 
 from properties import invariants
-from properties.invariants import InvariantViolation
+from properties.invariants import InvariantChecker, InvariantViolation
 from properties.liveness import form_batch
 from properties.reference import SCHEMES, ReferenceLedger
 from properties.strategies import configs, picks
@@ -98,6 +100,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.next_id = 0
         self.crashes = 0
         self.directory: Path | None = None
+        # A Ledger shell in debug mode, fed the same groups: its checker must never fire
+        # on a legal run, and its state must stay the machine's.
+        self.shell = Ledger(check=InvariantChecker())
 
     # --- the one way events get in ----------------------------------------------------
 
@@ -105,6 +110,10 @@ class LedgerMachine(RuleBasedStateMachine):
         """Fold ``events`` (one atomic group, as ``Ledger.append``) and check everything."""
         for event in events:
             self._commit_one(event)
+        if events:
+            self.shell.append(*events)
+            if self.shell.state != self.state:
+                raise InvariantViolation("replay_equals_live", f"the Ledger shell's state differs after {events!r}")
 
     def _commit_one(self, event: Event) -> None:
         before = self.state
@@ -283,7 +292,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def crash_and_replay(self, requeue: bool) -> None:
         """The process dies: replay the fold, the SQLite log and its JSON Lines export,
         then resume through ``Ledger.resume`` and continue from the replayed state."""
-        invariants.replay_equals_live(self.history, self.state)
+        self.state = invariants.replay_equals_live(self.history, self.state)  # the process restarts from its log
+        self.shell = Ledger(check=InvariantChecker())
+        self.shell.append(*self.history)
         if self.directory is None:
             self.directory = Path(tempfile.mkdtemp(prefix="ledger-machine-", dir=_scratch()))
         self.crashes += 1
