@@ -89,8 +89,6 @@ class SetupRun:
         elif ctx.setting("reward") != "task":
             raise ValueError(f"config 'reward' must be 'task' or 'model', got {ctx.setting('reward')!r}")
         rl.setup()
-        if resume and rl.ledger.state.paused:  # died inside an update: the checkpoint was taken with generation running
-            rl.executor.resume()
         return ctx.put(rl_run=rl)
 
     def execute(self, ctx: Context) -> Context:
@@ -208,8 +206,10 @@ class OptimStepRL:
 
 
 class FinishUpdate:
-    """Bump the version: checkpoint the trainer when due, hand the weights to the
-    engine through the executor (the ledger advances), resume generation."""
+    """Bump the version as :meth:`RLRun.update` does after its optimiser step: checkpoint
+    the trainer when due, hand the weights to the engine through the executor (the
+    ledger advances), make samples and log durable with the checkpoint, resume
+    generation, and append the update's metrics to the run's."""
 
     blocking = True
     requires = ("rl_run", "rl_batch", "update_stats", "rewards")
@@ -220,24 +220,32 @@ class FinishUpdate:
         trainer, executor, batch = rl.trainer, rl.executor, ctx.get("rl_batch")
         version = trainer.version
         trainer.version += 1
-        steps, every_n = rl.config.steps, rl.config.checkpoint_every
-        saved = save_checkpoint(rl.ckpt_dir, version + 1, trainer.state_dict()) if (version + 1) % every_n == 0 or version + 1 >= steps else None
+        due = (version + 1) % rl.config.checkpoint_every == 0 or version + 1 >= rl.config.steps
+        saved = save_checkpoint(rl.ckpt_dir, version + 1, trainer.state_dict()) if due else None
         executor.set_version(trainer.model.state_dict(), rl._recompute)
         if saved is not None:
             executor.timed(rl.ledger.append, Checkpoint(version + 1, str(saved)))
+            rl._write()
         executor.resume()
-        executor.timed(rl.ledger.flush)  # durable with generation resumed: a resume must not find it paused
-        stats = ctx.get("update_stats")
-        staleness = [version - min(s.versions) for g in batch.groups for s in g if s.versions]
+        state, stats = rl.ledger.state, ctx.get("update_stats")
+        samples = [s for group in batch.groups for s in group]
+        staleness = [version - min(s.versions) for s in samples if s.versions]
         record = {
-            "step": rl.ledger.state.version,
+            "step": state.version,
             "reward": float(ctx.get("rewards").mean()),
+            "exact": sum(s.reward == 1.0 for s in samples) / max(1, len(samples)),
             "staleness_mean": sum(staleness) / max(1, len(staleness)),
             "staleness_max": max(staleness, default=0),
             "trained_tokens": batch.tokens,
             "wait_s": batch.wait_s,
             "train_s": time.perf_counter() - ctx.get("update_started"),
             "wall_s": rl._wall_offset + time.perf_counter() - rl._started,
+            "ledger_s": executor.ledger_seconds,
+            "store_s": executor.store_seconds,
+            "generated_tokens": rl.engine.decoded_tokens,
+            "decode_steps": rl.engine.steps,
+            "rejected": state.rejected,
+            "filtered": state.filtered,
             **{key: sum(s[key] for s in stats) / len(stats) for key in stats[0]},
         }
         rl.metrics.append(record)
