@@ -207,12 +207,12 @@ def test_transient_resources_are_rebuilt_by_resume_hooks_on_their_thread(tmp_pat
     assert made[1][1] != threading.get_ident() and result.state["used"] == made[1][1]  # same stage thread
 
 
-def _has_checkpoint(log: Path) -> bool:
-    """Whether the live log of a running process holds a checkpoint yet."""
+def _has_checkpoint(log: Path, at_least: int = 1) -> bool:
+    """Whether the live log of a running process holds ``at_least`` checkpoints yet."""
     from engine.log import TornLog
 
     try:
-        return log.exists() and any(isinstance(e, Checkpoint) for e in _events(log))
+        return log.exists() and sum(isinstance(e, Checkpoint) for e in _events(log)) >= at_least
     except TornLog:  # read between the writer's row and sequence updates: look again
         return False
 
@@ -246,3 +246,36 @@ def test_killed_supervised_run_resumes_from_its_epoch_checkpoint(tmp_path):
     steps = [m["step"] for m in result.context.metrics if "loss" in m and "step" in m]
     assert steps == list(range(1, 4 * (epoch + 2) + 1))  # no step lost or repeated: 4 batches an epoch
     assert result.state["global_step"] == 4 * (epoch + 2)
+
+
+def test_killed_reinforcement_run_resumes_without_losing_or_repeating_an_update(tmp_path):
+    from engine.log import replay
+
+    log = tmp_path / "rl.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ROLLOUT_LEDGER_LOG_LEVEL": "warning"}
+    config = '{"steps": 6, "batch_size": 4, "group_size": 4, "warmup_steps": 10}'
+    child = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", "reinforcement", "--config", config, "--log", str(log)],
+                             env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not _has_checkpoint(log, at_least=2):
+            assert child.poll() is None, "the run ended before its second checkpoint"
+            assert time.monotonic() < deadline, "no second checkpoint within two minutes"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    before = _events(log)
+    assert ("reinforcement", "finished") not in [(e.path, e.phase) for e in before if isinstance(e, Stage)]
+    last = sum(isinstance(e, Checkpoint) for e in before) - 1  # one workflow checkpoint per update
+
+    result = run(load_workflow("reinforcement"), log=log, resume=True)
+    assert result.resumed_from == f"reinforcement/iterations[{last}]/checkpoint"
+    first = [e for e in _events(log)[len(before):] if isinstance(e, Stage)][1]
+    # the first unfinished stage: the next update's collect (a later one if the RL run had logged that update)
+    assert first.path.endswith("/collect") and int(first.path.split("iterations[")[1].split("]")[0]) >= last + 1
+    rl_state = replay(tmp_path / "rl.sqlite.artifacts" / "reinforcement" / "events.sqlite")
+    assert rl_state.version == 6 and rl_state.consumed == 6 * 4  # every update once: none lost, none repeated
+    assert result.state["rl_summary"]["steps"] == 6
