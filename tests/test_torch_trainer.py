@@ -1,3 +1,4 @@
+import math
 import random
 
 import pytest
@@ -25,14 +26,14 @@ def test_decoupled_equals_ppo_when_behaviour_is_the_proximal_policy():
     assert a.item() == pytest.approx(b.item()) and info["behaviour_weight"] == pytest.approx(1.0)
 
 
-def test_decoupled_caps_the_behaviour_weight_and_ignores_masked_tokens():
-    logp = torch.zeros(1, 3, requires_grad=True)
-    proximal = torch.zeros(1, 3)
-    behaviour = torch.tensor([[0.0, -5.0, -50.0]])  # weights 1, e^5 (capped), e^50 on a masked token
-    mask = torch.tensor([[1.0, 1.0, 0.0]])
+def test_decoupled_weights_by_behaviour_drops_tokens_over_the_cap_and_ignores_masked_ones():
+    logp = torch.zeros(1, 4, requires_grad=True)
+    proximal = torch.zeros(1, 4)
+    behaviour = torch.tensor([[0.0, -1.0, -5.0, -50.0]])  # weights 1, e, e^5 (over the cap), e^50 (masked)
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
     loss, info = decoupled_loss(logp, proximal, behaviour, torch.tensor([1.0]), mask, cap=5.0)
-    assert loss.item() == pytest.approx(-(1 + 5) / 2)
-    assert info["capped_fraction"] == pytest.approx(0.5)
+    assert loss.item() == pytest.approx(-(1 + math.e) / 3, rel=1e-5)
+    assert info["capped_fraction"] == pytest.approx(1 / 3)
 
 
 def test_plain_ppo_clips_a_stale_ratio_and_loses_the_gradient():

@@ -7,8 +7,8 @@ Shapes: per-token tensors are ``[B, T]`` with a ``mask`` of the completion token
   sampled the tokens (stale for asynchronous rollouts).
 - :func:`decoupled_loss`: AReaL's decoupled PPO: the clipped ratio is taken against
   a *proximal* policy (the weights just before this update), and the behaviour
-  policy enters only through an importance weight ``pi_prox / pi_behav`` capped at
-  ``cap`` (no gradient through it).
+  policy enters only through an importance weight ``pi_prox / pi_behav`` (no
+  gradient through it); tokens whose weight exceeds ``cap`` are dropped.
 - :func:`interpolate_proximal`: proximal log-probs without a forward pass, by
   log-linear interpolation between the behaviour and the current policy according
   to the versions involved.
@@ -58,17 +58,18 @@ def decoupled_loss(
     cap: float = 5.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Decoupled PPO: ``-w * min(r A, clip(r) A)`` with ``r = pi / pi_prox`` and the
-    behaviour weight ``w = min(pi_prox / pi_behav, cap)``.  Tokens whose uncapped
-    weight exceeds ``cap`` are clipped to it (not dropped)."""
+    behaviour weight ``w = pi_prox / pi_behav``.  As in AReaL, a token whose weight
+    exceeds ``cap`` is dropped (``w = 0``): too far off-policy to correct."""
     ratio = (logprobs - proximal.detach()).exp()
     weight = (proximal - behaviour).detach().exp()
     capped = (weight > cap).float()
+    weight = weight * (1 - capped)
     surrogate, clipped = _clipped_surrogate(ratio, advantages, clip_eps)
-    loss = -_masked_mean(weight.clamp(max=cap) * surrogate, mask)
+    loss = -_masked_mean(weight * surrogate, mask)
     return loss, {
         "clip_fraction": _masked_mean(clipped, mask).item(),
         "capped_fraction": _masked_mean(capped, mask).item(),
-        "behaviour_weight": _masked_mean(weight.clamp(max=cap), mask).item(),
+        "behaviour_weight": _masked_mean(weight, mask).item(),
     }
 
 
