@@ -209,7 +209,9 @@ class FinishUpdate:
     """Bump the version as :meth:`RLRun.update` does after its optimiser step: checkpoint
     the trainer when due, hand the weights to the engine through the executor (the
     ledger advances), make samples and log durable with the checkpoint, resume
-    generation, and append the update's metrics to the run's."""
+    generation, and append the update's metrics to the run's.  Samples and log are
+    also written just before the checkpoint file, so that a resume that rolls a
+    checkpoint forward finds the batch it was trained on consumed."""
 
     blocking = True
     requires = ("rl_run", "rl_batch", "update_stats", "rewards")
@@ -221,6 +223,8 @@ class FinishUpdate:
         version = trainer.version
         trainer.version += 1
         due = (version + 1) % rl.config.checkpoint_every == 0 or version + 1 >= rl.config.steps
+        if due:  # the batch's consumption is durable before the checkpoint that a resume may roll forward to
+            rl._write()
         saved = save_checkpoint(rl.ckpt_dir, version + 1, trainer.state_dict()) if due else None
         executor.set_version(trainer.model.state_dict(), rl._recompute)
         if saved is not None:
