@@ -342,7 +342,7 @@ class RolloutExecutor:
             del self._flights[rollout]
             events: tuple = (Rejected(rollout, reason),)
             if record.attempt <= self.max_retries:
-                events += (policies.retry(record),)
+                events += (policies.retry(rollout, record),)
             self.timed(self.ledger.append, *events)
             self._notify()
             return

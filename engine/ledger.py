@@ -10,7 +10,7 @@ from typing import Callable
 
 from engine import policies
 from engine.config import Config
-from engine.events import Consumed, Event, Paused, Rejected, Resumed, RunStarted, Version, to_json
+from engine.events import Consumed, Enqueued, Event, Paused, Rejected, Resumed, RunStarted, Version, to_json
 from engine.log import EventLog
 from engine.logconfig import get_logger
 from engine.reducer import EMPTY, INTERRUPTED, RUNNING, Folder, IllegalTransition, State, capacity, fold
@@ -43,6 +43,7 @@ class Ledger:
         self._clock = clock
         self._check = check
         self._unwritten: list[Event] = []
+        self._unwritten_ids: set[str] = set()  # ids enqueued since the last flush
         self._logger = get_logger("rollout_ledger.ledger", log=str(path) if path else None)
         replayed = fold(self._log.events()) if self._log is not None and self._log.last_seq else EMPTY
         self._folder = Folder(replayed)
@@ -67,7 +68,7 @@ class Ledger:
             if record.status in (RUNNING, INTERRUPTED):
                 events: tuple[Event, ...] = (Rejected(rollout, "lost"),)
                 if requeue:
-                    events += (policies.retry(record),)
+                    events += (policies.retry(rollout, record),)
                 ledger.append(*events)
         ledger.flush()
         return ledger
@@ -90,6 +91,8 @@ class Ledger:
         if self._clock is not None:
             now = self._clock()
             events = tuple(e if e.t is not None else e._replace(t=now) for e in events)
+        if self._log is not None:
+            self._refuse_reused_ids(events)
         folder = self._folder
         before = folder.state if len(events) > 1 or self._check else None
         try:
@@ -111,9 +114,20 @@ class Ledger:
             debug("applied", type=event.type, rollout=getattr(event, "rollout", None))
         if self._log is not None:
             self._unwritten.extend(events)
+            self._unwritten_ids.update(e.rollout for e in events if type(e) is Enqueued)
             if len(self._unwritten) >= self._flush_every:
                 self.flush()
         return self._folder.state
+
+    def _refuse_reused_ids(self, events: tuple[Event, ...]) -> None:
+        """The folded state forgets finished rollouts (its memory stays flat); the log
+        does not, so a ledger with a log refuses to enqueue an id it has seen before."""
+        for event in events:
+            if type(event) is Enqueued and event.rollout not in self.state.rollouts:
+                if event.rollout in self._unwritten_ids or self._log.was_enqueued(event.rollout):  # type: ignore[union-attr]
+                    reason = "duplicate rollout id (a finished rollout already used it)"
+                    self._logger.warning("refused", ledger_event=to_json(event), reason=reason, rollout=event.rollout)
+                    raise IllegalTransition(event, reason, event.rollout, "finished")
 
     def complete(self, rollout: str) -> tuple[Event, ...]:
         """A rollout finished and its workflow accepted it: the policy accepts or
@@ -156,6 +170,7 @@ class Ledger:
         if self._log is not None and self._unwritten:
             self._log.append(self._unwritten)
             self._unwritten = []
+            self._unwritten_ids.clear()
 
     def close(self) -> None:
         """Flush and close the log."""

@@ -77,7 +77,8 @@ CREATE TABLE IF NOT EXISTS events (
     t       REAL,
     data    TEXT
 );
-CREATE INDEX IF NOT EXISTS events_by_rollout ON events (rollout);
+-- an id is enqueued once per log: the durable guard against reusing a finished rollout's id
+CREATE UNIQUE INDEX IF NOT EXISTS enqueued_once ON events (rollout) WHERE type = 'enqueued';
 """
 
 # Row columns after seq: (type, rollout, version, tokens, t, data).  One encoder and
@@ -178,6 +179,11 @@ class EventLog:
         db.execute("COMMIT")
         self.last_seq = last
         return last
+
+    def was_enqueued(self, rollout: str) -> bool:
+        """Whether a committed ``enqueued`` event already used this id."""
+        query = "SELECT 1 FROM events WHERE type = 'enqueued' AND rollout = ? LIMIT 1"
+        return self._db.execute(query, (rollout,)).fetchone() is not None
 
     def records(self, start: int = 1, rollout: str | None = None) -> Iterator[tuple[int, Event]]:
         """``(seq, event)`` pairs from ``start`` on (only ``rollout``'s when given).

@@ -14,7 +14,7 @@ what they return; nothing here changes a state.
   Before each weight update, ready rollouts of version ``v - 1`` are recomputed
   (so they survive the bump); the ready queue is purged when the version moves.
 
-``on_stale = requeue`` turns a filtered rollout's prompt into a new attempt.
+``on_stale = requeue`` turns a filtered rollout's prompt into a new attempt (:func:`retry`).
 """
 
 from __future__ import annotations
@@ -60,16 +60,20 @@ def is_stale(state: State, record: Rollout) -> bool:
     return allowed is not None and state.version - reference_version(config, record) > allowed
 
 
-def retry(record: Rollout) -> Enqueued:
-    """A new attempt at a rollout's prompt (id ``<prompt>#<attempt>``)."""
+def retry(rollout: str, record: Rollout) -> Enqueued:
+    """A new attempt at ``rollout``'s prompt, named ``<root>#<attempt>`` where ``root``
+    is the first attempt's id: attempts of distinct rollouts never share an id, even
+    when the rollouts share a prompt."""
+    suffix = f"#{record.attempt}"
+    root = rollout[: -len(suffix)] if rollout.endswith(suffix) else rollout
     attempt = record.attempt + 1
-    return Enqueued(f"{record.prompt}#{attempt}", record.prompt, attempt)
+    return Enqueued(f"{root}#{attempt}", record.prompt, attempt)
 
 
 def _filter(state: State, rollout: str, record: Rollout) -> tuple[Event, ...]:
     events: tuple[Event, ...] = (Filtered(rollout, "stale"),)
     if _config(state).on_stale == "requeue":
-        events += (retry(record),)
+        events += (retry(rollout, record),)
     return events
 
 

@@ -395,7 +395,7 @@ class Simulation:
                 self.stats.latency_sum += now - live.start
                 self.stats.latency_count += 1
                 self._emit(Rejected(rollout, "none", now))
-                retry = policies.retry(state.rollouts[rollout])
+                retry = policies.retry(rollout, state.rollouts[rollout])
                 self._emit(_stamped(retry, now))
                 self._pending_prompt[retry.rollout] = live.prompt
                 retries.append(retry.rollout)

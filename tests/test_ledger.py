@@ -107,3 +107,28 @@ def test_applied_events_log_at_debug_and_refusals_at_warning():
     assert [(e["log_level"], e["event"]) for e in logs] == [("debug", "applied"), ("debug", "applied"), ("warning", "refused")]
     assert logs[-1]["rollout"] == "zzz" and logs[-1]["ledger_event"] == {"type": "accepted", "rollout": "zzz"}
 
+
+
+def test_a_ledger_with_a_log_refuses_the_id_of_a_finished_rollout(tmp_log):
+    from engine.events import Rejected
+
+    with Ledger(CONFIG, path=tmp_log, flush_every=1000) as ledger:
+        admit(ledger, "a")
+        ledger.append(Rejected("a", "error"))
+        with pytest.raises(IllegalTransition, match="finished rollout already used it"):  # not yet flushed
+            ledger.append(Enqueued("a"))
+        ledger.flush()
+        with pytest.raises(IllegalTransition, match="finished rollout already used it"):  # from the log
+            ledger.append(Enqueued("b"), Enqueued("a"))
+        assert ledger.state.pending == 0
+    assert Ledger.resume(tmp_log).state.rejected == 1
+
+
+def test_requeued_attempts_of_a_shared_prompt_do_not_collide(tmp_log):
+    config = Config(max_concurrent=4, batch_size=2, max_staleness=0, policy="strict", on_stale="requeue")
+    with Ledger(config, path=tmp_log) as ledger:
+        ledger.append(Enqueued("a", "q"), Enqueued("b", "q"), Submitted("a", 0), Submitted("b", 0))
+    resumed = Ledger.resume(tmp_log, requeue=True)
+    assert sorted(r for r, rec in resumed.state.rollouts.items()) == ["a#2", "b#2"]
+    assert {rec.prompt for rec in resumed.state.rollouts.values()} == {"q"}
+    resumed.close()

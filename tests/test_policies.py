@@ -63,3 +63,15 @@ def test_policies_need_a_started_run():
 
     with pytest.raises(ValueError, match="not started"):
         policies.on_version(EMPTY)
+
+
+def test_retry_ids_grow_from_the_first_attempt():
+    state = admitted(started(max_staleness=0, policy="strict", on_stale="requeue"), "a")
+    state = fold([Version(1)], state)
+    (_, first) = policies.on_complete(state, "a")
+    assert first == Enqueued("a#2", "a", 2)
+    state = fold([first, Enqueued("x")], state)
+    from engine.events import Submitted
+
+    state = fold([Submitted("a#2", 1), Version(2)], state)
+    assert policies.on_complete(state, "a#2")[1] == Enqueued("a#3", "a", 3)
