@@ -126,3 +126,13 @@ def test_failed_append_writes_nothing(tmp_log):
             log.append([Accepted("a"), ("not", "an", "event")])  # type: ignore[list-item]
         assert log.last_seq == 1
         assert [seq for seq, _ in log.records()] == [1]
+
+
+def test_reading_while_another_writer_appends_sees_a_consistent_prefix(tmp_log, events):
+    write(tmp_log, events[:100])
+    with EventLog(tmp_log) as reader, EventLog(tmp_log) as writer:
+        records = reader.records()
+        first = [next(records) for _ in range(10)]
+        writer.append(events[100:200])
+        rest = list(records)
+    assert [seq for seq, _ in first + rest] == list(range(1, 101))
