@@ -7,7 +7,7 @@ enqueues, submits while capacity allows (and checks a submission without capacit
 is refused), streams segments, interrupts and resumes across version bumps,
 completes through the policy (accept, or filter and maybe requeue), rejects for
 every reason, consumes a batch, advances the version (recompute, bump, purge, as
-``Ledger.advance_version`` does), recomputes, pauses and resumes, crashes and
+``Ledger.advance_version`` does), pauses for the weight sync and resumes, crashes and
 replays (through the fold, a real SQLite log, ``Ledger.resume`` and a JSON Lines
 round trip).
 
@@ -16,9 +16,9 @@ After every event: the state invariants, the transition invariants, purity of
 finished rollout, and the differential check against both accounting schemes of
 :class:`~properties.reference.ReferenceLedger`.  Every group of events also goes
 through a ``Ledger`` in debug mode (``check=InvariantChecker()``), whose state must
-stay the machine's.  After every step: the ready queue
-holds nothing stale, every event the reference model finds illegal is refused
-(for every live rollout), and a full batch can still be formed (liveness).
+stay the machine's.  After every step: the ready queue holds nothing stale, every
+event the reference model finds illegal is refused (for every live rollout), and a
+full batch can still be formed (liveness).
 
 ``machine_for(policy)`` gives a machine whose runs all use one policy.
 """
@@ -31,8 +31,8 @@ import tempfile
 from pathlib import Path
 
 from hypothesis import event as hypothesis_event
-from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from engine import policies, reducer
@@ -61,7 +61,7 @@ from engine.reducer import EMPTY, INTERRUPTED, PENDING, RUNNING, STATUS_NAMES, I
 from properties import invariants
 from properties.invariants import InvariantChecker, InvariantViolation
 from properties.liveness import form_batch
-from properties.reference import SCHEMES, ReferenceLedger
+from properties.reference import SCHEMES, ReferenceLedger, ReferenceRefusal
 from properties.strategies import configs, picks
 
 #: Crashes per run at most (each writes and replays a SQLite log).
@@ -70,11 +70,15 @@ MAX_CRASHES = 2
 #: Prompts the machine keeps waiting at most (the policy may allow fewer).
 PENDING_CAP = 4
 
+#: Distinct prompts the machine's rollouts share.
+SHARED_PROMPTS = 3
+
 #: What ``generate`` does with an in-flight rollout (completion twice as likely).
 GENERATION_ACTIONS = ("complete", "segment", "complete", "interrupt", "reject")
 
 #: Statuses of rollouts still in the ledger's state, as the reference model names them.
 LIVE_NAMES = frozenset({"pending", "running", "interrupted", "ready"})
+
 
 def _statistic(label: str) -> None:
     """Count ``label`` in ``--hypothesis-show-statistics`` (when run by Hypothesis)."""
@@ -132,7 +136,7 @@ class LedgerMachine(RuleBasedStateMachine):
         for reference in self.references.values():
             try:
                 reference.observe(event)
-            except Exception as err:
+            except ReferenceRefusal as err:
                 raise InvariantViolation("differential", f"the reference model refused {event!r}: {err}") from err
         self.history.append(event)
         self.state = after
@@ -182,9 +186,6 @@ class LedgerMachine(RuleBasedStateMachine):
         candidates = self._with(status)
         return candidates[pick % len(candidates)]
 
-    def _has(self, status: int) -> bool:
-        return self.state.counts[status] > 0
-
     @property
     def config(self) -> Config:
         assert self.state.config is not None
@@ -200,12 +201,17 @@ class LedgerMachine(RuleBasedStateMachine):
         _statistic(f"dp_size={config.dp_size}")
         self.commit(RunStarted(config))
 
-    @precondition(lambda self: self.state.config is not None and self.state.pending < PENDING_CAP and policies.enqueue_room(self.state) != 0)
+    @precondition(
+        lambda self: self.state.config is not None
+        and self.state.pending < PENDING_CAP
+        and policies.enqueue_room(self.state) != 0
+    )
     @rule()
     def enqueue(self) -> None:
-        """A new prompt, with its own prompt text, while the policy lets prompts wait."""
+        """A new rollout while the policy lets prompts wait; rollouts share prompts
+        (as epochs over a dataset do), so requeued attempts must still get distinct ids."""
         self.next_id += 1
-        self.commit(Enqueued(f"r{self.next_id}", f"p{self.next_id}"))
+        self.commit(Enqueued(f"r{self.next_id}", f"p{self.next_id % SHARED_PROMPTS}"))
 
     @precondition(lambda self: self.state.counts[PENDING] > 0)
     @rule(pick=picks)
@@ -307,7 +313,10 @@ class LedgerMachine(RuleBasedStateMachine):
         write_jsonl(self.history, exported)
         if list(read_jsonl(exported)) != self.history:
             raise InvariantViolation("json_round_trip", f"the JSON Lines export {exported} does not read back the same events")
-        ledger = Ledger.resume(path, requeue=requeue)
+        try:
+            ledger = Ledger.resume(path, requeue=requeue)
+        except IllegalTransition as err:
+            raise InvariantViolation("crash_recovery", f"Ledger.resume(requeue={requeue}) was refused: {err}") from err
         try:
             resumed_state = ledger.state
         finally:

@@ -12,7 +12,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 import properties.profiles  # noqa: F401  (registers and loads the Hypothesis profile)
 from engine import policies, reducer
-from engine.events import Accepted
+from engine.events import Accepted, Enqueued
 from engine.reducer import CONSUMED, FILTERED, INTERRUPTED, PENDING, READY, REJECTED, RUNNING
 from properties import invariants
 from properties.invariants import InvariantViolation
@@ -98,6 +98,15 @@ MUTATIONS: dict[str, tuple[Callable, set[str], str | None]] = {
     "completion never filters": (
         lambda mp: mp.setattr(policies, "on_complete", lambda state, rollout: (Accepted(rollout),)),
         {"ready_queue_fresh", "consumed_within_staleness", "liveness"},
+        "strict",
+    ),
+    "requeued attempts named after the prompt": (
+        lambda mp: mp.setattr(
+            policies,
+            "retry",
+            lambda rollout, record: Enqueued(f"{record.prompt}#{record.attempt + 1}", record.prompt, record.attempt + 1),
+        ),
+        {"differential", "crash_recovery"},
         "strict",
     ),
 }
