@@ -172,3 +172,29 @@ def test_wait_returns_once_enough_rollouts_are_ready(tmp_path):
 
     assert asyncio.run(scenario()) == 3
     ledger.close()
+
+
+def test_segment_wise_asks_for_recomputation_of_ready_rollouts_before_the_version_moves(tmp_path):
+    config = Config(max_concurrent=4, batch_size=2, max_staleness=2, policy="segment_wise")
+    executor, ledger, model = _executor(tmp_path, config)
+    asked = []
+
+    async def scenario():
+        executor.start()
+        for key in ("p0", "p1", "p2", "p3"):
+            executor.submit(key)
+        await executor.wait(4, timeout=30)
+        ids, _ = await executor.prepare_batch(2, iter(()))
+        for _ in range(2):
+            executor.pause()
+            executor.set_version(model.state_dict(), recompute=asked.append)
+            executor.resume()
+        await executor.close()
+        return ids
+
+    consumed = asyncio.run(scenario())
+    left = {"p0#1", "p1#1", "p2#1", "p3#1"} - set(consumed)
+    # at the first bump (0 to 1) they are fresh; before the second (1 to 2) their tail is one behind
+    assert len(asked) == 1 and set(asked[0]) == left
+    assert all(ledger.state.rollouts[r].recomputed_version == 1 for r in left)  # so they survive the purge
+    ledger.close()
