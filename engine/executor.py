@@ -160,6 +160,18 @@ class RolloutExecutor:
             self.ledger_seconds += time.perf_counter() - start
             self._timing = False
 
+    def _untimed(self, function: Callable[..., None]) -> Callable[..., None]:
+        """``function``, its time taken back out of ``ledger_seconds`` (model work, not overhead)."""
+
+        def call(*args: Any) -> None:
+            start = time.perf_counter()
+            try:
+                function(*args)
+            finally:
+                self.ledger_seconds -= time.perf_counter() - start
+
+        return call
+
     def _notify(self) -> None:
         self._changed.set()
 
@@ -254,7 +266,7 @@ class RolloutExecutor:
             closing += (Segment(flight.rollout, old, tokens - flight.segment_start), Interrupted(flight.rollout))
             flight.segment_start = tokens
         self.timed(self.ledger.append, *closing)
-        self.timed(self.ledger.advance_version, recompute)
+        self.timed(self.ledger.advance_version, None if recompute is None else self._untimed(recompute))
         version = self.ledger.state.version
         self.engine.load_weights(weights, version)
         self.timed(self.ledger.append, *(Resumed(flight.rollout, version) for flight in interrupted))
