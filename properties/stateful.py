@@ -297,7 +297,8 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(requeue=st.booleans())
     def crash_and_replay(self, requeue: bool) -> None:
         """The process dies: replay the fold, the SQLite log and its JSON Lines export,
-        then resume through ``Ledger.resume`` and continue from the replayed state."""
+        then resume through ``Ledger.resume`` (which must refuse to reuse a finished
+        rollout's id) and continue from the replayed state."""
         self.state = invariants.replay_equals_live(self.history, self.state)  # the process restarts from its log
         self.shell = Ledger(check=InvariantChecker())
         self.shell.append(*self.history)
@@ -319,6 +320,7 @@ class LedgerMachine(RuleBasedStateMachine):
             raise InvariantViolation("crash_recovery", f"Ledger.resume(requeue={requeue}) was refused: {err}") from err
         try:
             resumed_state = ledger.state
+            self._reuse_is_refused(ledger)
         finally:
             ledger.close()
         with EventLog(path) as log:
@@ -328,6 +330,22 @@ class LedgerMachine(RuleBasedStateMachine):
         self.commit(*closing)
         if resumed_state != self.state:
             raise InvariantViolation("replay_equals_live", "Ledger.resume's state differs from folding its log")
+
+    def _reuse_is_refused(self, ledger: Ledger) -> None:
+        """A ledger with a log refuses to enqueue the id of a finished rollout (the
+        folded state has forgotten it; the log has not)."""
+        reference = self.references["never_count"]
+        finished = [r for r, status in reference.status.items() if status not in LIVE_NAMES]
+        if not finished:
+            return
+        try:
+            ledger.append(Enqueued(finished[-1]))
+        except IllegalTransition as err:
+            if repr(finished[-1]) not in str(err):
+                raise InvariantViolation("crash_recovery", f"the refusal does not name {finished[-1]!r}: {err}") from err
+            _statistic("reuse of a finished id refused after a crash")
+            return
+        raise InvariantViolation("crash_recovery", f"a ledger with a log took the reused id {finished[-1]!r}")
 
     def refuse(self, event: Event) -> None:
         """``event`` is illegal: both the reference model and the reducer refuse it, and
