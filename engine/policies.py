@@ -63,9 +63,10 @@ def is_stale(state: State, record: Rollout) -> bool:
 def retry(rollout: str, record: Rollout) -> Enqueued:
     """A new attempt at ``rollout``'s prompt, named ``<root>#<attempt>`` where ``root``
     is the first attempt's id: attempts of distinct rollouts never share an id, even
-    when the rollouts share a prompt."""
+    when the rollouts share a prompt.  Ids ending in ``#<n>`` with ``n >= 2`` are
+    reserved for these retries."""
     suffix = f"#{record.attempt}"
-    root = rollout[: -len(suffix)] if rollout.endswith(suffix) else rollout
+    root = rollout[: -len(suffix)] if record.attempt > 1 and rollout.endswith(suffix) else rollout
     attempt = record.attempt + 1
     return Enqueued(f"{root}#{attempt}", record.prompt, attempt)
 

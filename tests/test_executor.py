@@ -87,11 +87,11 @@ def test_a_failing_rollout_is_rejected_retried_once_and_gives_capacity_back(tmp_
         return ids
 
     ids = asyncio.run(scenario())
-    assert "p0#1" not in ids and "p0#2" not in ids
+    assert "p0#1" not in ids and "p0#1#2" not in ids
     with EventLog(tmp_path / "events.sqlite") as log:
         ledger.flush()
         rejected = [e for e in log.events() if isinstance(e, Rejected)]
-    assert [(e.rollout, e.reason) for e in rejected] == [("p0#1", "error"), ("p0#2", "error")]  # one retry, no more
+    assert [(e.rollout, e.reason) for e in rejected] == [("p0#1", "error"), ("p0#1#2", "error")]  # one retry, no more
     assert ledger.state.rejected == 2 and ledger.state.consumed == 2
     # capacity as if the failed attempts had never been admitted: one synchronous batch, all consumed
     assert capacity(ledger.state) == 0 and ledger.state.running == 0

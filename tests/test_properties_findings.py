@@ -1,7 +1,5 @@
 """Counterexamples to the lifecycle's rules found by the property suite (whose
-reference model keeps every id it has seen), kept as regression tests.  One not
-fixed in the core yet is marked ``xfail(strict=True)``: when the fix lands the
-test passes, the strict xfail turns red, and the mark comes off."""
+reference model keeps every id it has seen), kept as regression tests."""
 
 from __future__ import annotations
 
@@ -42,14 +40,7 @@ def test_a_finished_rollout_id_is_not_enqueued_again(tmp_path) -> None:
         assert ledger.state.counts == fold([RunStarted(REQUEUE), Enqueued("r1"), Submitted("r1", 0), Rejected("r1", "error")]).counts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=reducer.IllegalTransition,
-    reason="policies.retry strips a trailing '#<attempt>' to find the root id, so a first attempt "
-    "whose own id ends in '#1' (e.g. group members 'q#1', 'q#2') is requeued under the id of "
-    "another live rollout",
-)
 def test_a_first_attempt_named_like_a_retry_is_requeued_under_a_fresh_id() -> None:
     state = fold([RunStarted(REQUEUE), Enqueued("q#1", "q"), Enqueued("q#2", "q"), Submitted("q#1", 0), Version(1)])
-    state = fold(policies.on_complete(state, "q#1"), state)  # IllegalTransition: duplicate rollout id 'q#2'
+    state = fold(policies.on_complete(state, "q#1"), state)  # requeued as 'q#1#2', not as the live 'q#2'
     assert state.filtered == 1 and state.pending == 2
