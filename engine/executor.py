@@ -19,6 +19,8 @@ resumed run finds the data of every ready rollout.
 from __future__ import annotations
 
 import asyncio
+import collections
+import itertools
 import pickle
 import sqlite3
 import time
@@ -142,6 +144,7 @@ class RolloutExecutor:
         self.store_seconds = 0.0
         self._timing = False
         self._flights: dict[str, _Flight] = {}
+        self._pending: collections.deque[str] = collections.deque()
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
@@ -198,7 +201,7 @@ class RolloutExecutor:
     def submit(self, key: str) -> str:
         """Enqueue the prompt ``key`` as a new rollout (attempt 1); returns its id."""
         rollout = f"{key}#1"
-        self.timed(self.ledger.append, Enqueued(rollout, key, 1))
+        self.timed(self._append, Enqueued(rollout, key, 1))
         self._notify()
         return rollout
 
@@ -266,7 +269,7 @@ class RolloutExecutor:
             closing += (Segment(flight.rollout, old, tokens - flight.segment_start), Interrupted(flight.rollout))
             flight.segment_start = tokens
         self.timed(self.ledger.append, *closing)
-        self.timed(self.ledger.advance_version, None if recompute is None else self._untimed(recompute))
+        self._note(self.timed(self.ledger.advance_version, None if recompute is None else self._untimed(recompute)))
         version = self.ledger.state.version
         self.engine.load_weights(weights, version)
         self.timed(self.ledger.append, *(Resumed(flight.rollout, version) for flight in interrupted))
@@ -283,11 +286,10 @@ class RolloutExecutor:
         allowed = policies.enqueue_room(state)
         if allowed is not None:
             room = min(room, allowed)
-        for _ in range(room):
-            key = next(prompts, None)
-            if key is None:
-                break
-            self.submit(key)
+        keys = [key for key in itertools.islice(prompts, room)]
+        if keys:
+            self._append(*(Enqueued(f"{key}#1", key, 1) for key in keys))
+            self._notify()
 
     def _check_progress(self, wanted: int) -> None:
         """Fail loudly instead of waiting forever when nothing can change any more."""
@@ -318,11 +320,28 @@ class RolloutExecutor:
             else:
                 await asyncio.sleep(0)
 
+    def _append(self, *events: Event) -> None:
+        self.ledger.append(*events)
+        self._note(events)
+
+    def _note(self, events: Sequence[Event]) -> None:
+        """Remember enqueued rollouts in order: a cache of the ledger's pending queue."""
+        self._pending.extend(event.rollout for event in events if isinstance(event, Enqueued))
+
     def _start_pending(self) -> list[_Flight]:
         """Submit pending rollouts, oldest first, while there is capacity."""
         state = self.ledger.state
-        pending = sorted((r.order, rollout) for rollout, r in state.rollouts.items() if r.status == PENDING)
-        chosen = [rollout for _, rollout in pending[: self.ledger.capacity]]  # each start takes one unit of capacity
+        queue = self._pending
+        if len(queue) < state.pending:  # enqueued by someone else (a resume, a caller): rebuild from the ledger
+            queue.clear()
+            queue.extend(rollout for _, rollout in sorted((r.order, k) for k, r in state.rollouts.items() if r.status == PENDING))
+        chosen: list[str] = []
+        room = self.ledger.capacity  # each start takes one unit of capacity
+        while queue and len(chosen) < room:
+            rollout = queue.popleft()
+            record = state.rollouts.get(rollout)
+            if record is not None and record.status == PENDING:
+                chosen.append(rollout)
         self.ledger.append(*(Submitted(rollout, state.version) for rollout in chosen))
         started = [_Flight(rollout, segment_version=state.version) for rollout in chosen]
         self._flights.update((flight.rollout, flight) for flight in started)
@@ -355,7 +374,7 @@ class RolloutExecutor:
             events: tuple = (Rejected(rollout, reason),)
             if record.attempt <= self.max_retries:
                 events += (policies.retry(rollout, record),)
-            self.timed(self.ledger.append, *events)
+            self.timed(self._append, *events)
             self._notify()
             return
         del self._flights[rollout]
@@ -363,5 +382,5 @@ class RolloutExecutor:
         self.store.put(rollout, samples)
         self.store_seconds += time.perf_counter() - start
         self.timed(self.ledger.append, Segment(rollout, flight.segment_version, flight.tokens() - flight.segment_start))
-        self.timed(self.ledger.complete, rollout)
+        self._note(self.timed(self.ledger.complete, rollout))
         self._notify()

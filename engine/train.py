@@ -249,16 +249,21 @@ class RLRun:
 
     def _restore(self) -> None:
         """Load the trainer's checkpoint for the ledger's version.  A checkpoint one
-        version ahead means the process died between saving it and logging the version
-        bump: the update happened, so the bump is logged now."""
+        version ahead whose batch the log shows consumed means the process died between
+        saving it and logging the version bump: the update happened, so the bump is
+        logged now.  A checkpoint ahead of the log otherwise trained on a batch the log
+        never recorded as consumed: it is discarded, and those rollouts are trained once,
+        later."""
         if self.ledger.state.paused:  # died during an update: generation resumes with the run
             self.ledger.resume_generation()
         version = self.ledger.state.version
         have = checkpoints(self.ckpt_dir)
-        if version + 1 in have:
+        if version + 1 in have and self._retrain:
             self._retrain = ()
             self.ledger.advance_version()
             version += 1
+        for ahead in (v for v in have if v > version):
+            checkpoint_path(self.ckpt_dir, ahead).unlink()
         usable = [v for v in have if v <= version]
         if not usable:
             raise FileNotFoundError(f"cannot resume: no checkpoint at or before version {version} in {self.ckpt_dir}")
