@@ -257,6 +257,12 @@ def _enqueued(draft: _Draft, event: Enqueued) -> None:
         raise _refusal(event, event.rollout, record[0])
     if event.attempt < 1:
         raise IllegalTransition(event, f"attempt must be at least 1, got {event.attempt}", event.rollout, "unknown")
+    _, hash_sign, number = event.rollout.rpartition("#")
+    retry_like = hash_sign and number.isdigit() and int(number) >= 2
+    if event.attempt == 1 and retry_like:
+        raise IllegalTransition(event, "ids ending in '#<n>' (n >= 2) are reserved for retries", event.rollout, "unknown")
+    if event.attempt > 1 and not event.rollout.endswith(f"#{event.attempt}"):
+        raise IllegalTransition(event, f"attempt {event.attempt} must be named '<root>#{event.attempt}'", event.rollout, "unknown")
     target = TRANSITIONS["enqueued"][NEW]
     prompt = event.rollout if event.prompt is None else event.prompt
     draft.rollouts[event.rollout] = _new_record(Rollout, (target, prompt, event.attempt, -1, -1, None, 0, draft.events))

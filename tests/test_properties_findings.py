@@ -41,6 +41,8 @@ def test_a_finished_rollout_id_is_not_enqueued_again(tmp_path) -> None:
 
 
 def test_a_first_attempt_named_like_a_retry_is_requeued_under_a_fresh_id() -> None:
-    state = fold([RunStarted(REQUEUE), Enqueued("q#1", "q"), Enqueued("q#2", "q"), Submitted("q#1", 0), Version(1)])
-    state = fold(policies.on_complete(state, "q#1"), state)  # requeued as 'q#1#2', not as the live 'q#2'
-    assert state.filtered == 1 and state.pending == 2
+    state = fold([RunStarted(REQUEUE), Enqueued("q#1", "q"), Enqueued("q", "q"), Submitted("q#1", 0), Version(1)])
+    state = fold(policies.on_complete(state, "q#1"), state)  # requeued as 'q#1#2', apart from any retry of 'q'
+    assert state.filtered == 1 and state.pending == 2 and state.status_of("q#1#2") == "pending"
+    with pytest.raises(reducer.IllegalTransition, match="reserved for retries"):
+        reducer.apply(state, Enqueued("q#2", "q"))  # a first attempt may not take a retry's name

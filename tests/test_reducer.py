@@ -239,3 +239,12 @@ def test_folder_keeps_its_state_after_a_refusal():
 def test_non_events_are_refused():
     with pytest.raises(TypeError, match="not a ledger event"):
         apply(started(), ("accepted", "a"))  # type: ignore[arg-type]
+
+
+def test_retry_ids_are_reserved():
+    with pytest.raises(IllegalTransition, match="reserved for retries"):
+        apply(started(), Enqueued("q#2"))
+    with pytest.raises(IllegalTransition, match="must be named"):
+        apply(started(), Enqueued("q", "q", 2))
+    assert apply(started(), Enqueued("q#1")).pending == 1
+    assert apply(started(), Enqueued("q#3", "q", 3)).pending == 1
