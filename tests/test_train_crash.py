@@ -75,3 +75,27 @@ def test_sigkill_mid_run_then_resume_loses_and_double_counts_nothing(tmp_path):
         assert rollout in endings or rollout in live
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.endswith("}")]
     assert len(steps) == len(set(steps))  # no update recorded twice
+
+
+def test_a_checkpoint_ahead_of_the_log_is_discarded_unless_the_log_consumed_its_batch(tmp_path):
+    from engine.torch_backend.checkpoint import checkpoints, save_checkpoint
+    from engine.train import RLRun, RunConfig
+
+    run_dir = tmp_path / "run"
+    run = RLRun(RunConfig(task="copy", steps=2, batch_size=2, group_size=2, warmup_steps=1, max_staleness=1), run_dir)
+    run.setup()
+    while not run.done():
+        run.update(run.collect_batch())
+    state = run.trainer.state_dict()
+    run.close()
+    save_checkpoint(run_dir / "checkpoints", 3, {**state, "version": 3}, keep=5)  # trained on a batch the log never consumed
+
+    resumed = RLRun.resumed(run_dir, steps=3)
+    resumed.setup()
+    try:
+        assert resumed.ledger.state.version == 2 and resumed.trainer.version == 2
+        assert 3 not in checkpoints(run_dir / "checkpoints")
+        resumed.update(resumed.collect_batch())  # the batch is consumed and trained now, once
+        assert resumed.ledger.state.version == 3 and resumed.ledger.state.consumed == 6
+    finally:
+        resumed.close()
