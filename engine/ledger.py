@@ -5,6 +5,7 @@ so both share one reducer, one capacity rule and one set of policies.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -13,7 +14,7 @@ from engine.config import Config
 from engine.events import Consumed, Enqueued, Event, Paused, Rejected, Resumed, RunStarted, Version, to_json
 from engine.log import EventLog
 from engine.logconfig import get_logger
-from engine.reducer import EMPTY, INTERRUPTED, RUNNING, Folder, IllegalTransition, State, capacity, fold
+from engine.reducer import EMPTY, INTERRUPTED, RUNNING, Folder, IllegalTransition, State, fold
 
 #: A debug-mode check run after every event (e.g. ``properties.invariants.check_state``).
 Check = Callable[[State, Event], None]
@@ -81,10 +82,11 @@ class Ledger:
     @property
     def capacity(self) -> int:
         """How many more rollouts may start now."""
-        return capacity(self._folder.state)
+        return self._folder.capacity
 
-    def append(self, *events: Event) -> State:
-        """Fold ``events`` and queue them for the log, all or nothing; returns the new state.
+    def append(self, *events: Event) -> None:
+        """Fold ``events`` and queue them for the log, all or nothing (read :attr:`state`
+        afterwards; taking a snapshot costs time, so ``append`` does not).
 
         An illegal event raises :class:`IllegalTransition` (logged as a warning), and
         none of ``events`` is folded or written."""
@@ -109,25 +111,27 @@ class Ledger:
             if before is not None:
                 self._folder = Folder(before)
             raise
-        debug = self._logger.debug
-        for event in events:
-            debug("applied", type=event.type, rollout=getattr(event, "rollout", None))
+        if self._logger.is_enabled_for(logging.DEBUG):
+            for event in events:
+                self._logger.debug("applied", type=event.type, rollout=getattr(event, "rollout", None))
         if self._log is not None:
             self._unwritten.extend(events)
             self._unwritten_ids.update(e.rollout for e in events if type(e) is Enqueued)
             if len(self._unwritten) >= self._flush_every:
                 self.flush()
-        return self._folder.state
 
     def _refuse_reused_ids(self, events: tuple[Event, ...]) -> None:
         """The folded state forgets finished rollouts (its memory stays flat); the log
         does not, so a ledger with a log refuses to enqueue an id it has seen before."""
-        for event in events:
-            if type(event) is Enqueued and event.rollout not in self.state.rollouts:
-                if event.rollout in self._unwritten_ids or self._log.was_enqueued(event.rollout):  # type: ignore[union-attr]
-                    reason = "duplicate rollout id (a finished rollout already used it)"
-                    self._logger.warning("refused", ledger_event=to_json(event), reason=reason, rollout=event.rollout)
-                    raise IllegalTransition(event, reason, event.rollout, "finished")
+        fresh = [e for e in events if type(e) is Enqueued and not self._folder.is_live(e.rollout)]
+        if not fresh:
+            return
+        used = self._unwritten_ids | self._log.enqueued_among([e.rollout for e in fresh])  # type: ignore[union-attr]
+        for event in fresh:
+            if event.rollout in used:
+                reason = "duplicate rollout id (a finished rollout already used it)"
+                self._logger.warning("refused", ledger_event=to_json(event), reason=reason, rollout=event.rollout)
+                raise IllegalTransition(event, reason, event.rollout, "finished")
 
     def complete(self, rollout: str) -> tuple[Event, ...]:
         """A rollout finished and its workflow accepted it: the policy accepts or

@@ -180,10 +180,14 @@ class EventLog:
         self.last_seq = last
         return last
 
-    def was_enqueued(self, rollout: str) -> bool:
-        """Whether a committed ``enqueued`` event already used this id."""
-        query = "SELECT 1 FROM events WHERE type = 'enqueued' AND rollout = ? LIMIT 1"
-        return self._db.execute(query, (rollout,)).fetchone() is not None
+    def enqueued_among(self, rollouts: Sequence[str]) -> set[str]:
+        """Those of ``rollouts`` that a committed ``enqueued`` event already used."""
+        used: set[str] = set()
+        for start in range(0, len(rollouts), 500):  # stay under SQLite's parameter limit
+            chunk = rollouts[start : start + 500]
+            query = f"SELECT rollout FROM events WHERE type = 'enqueued' AND rollout IN ({','.join('?' * len(chunk))})"
+            used.update(row[0] for row in self._db.execute(query, chunk))
+        return used
 
     def records(self, start: int = 1, rollout: str | None = None) -> Iterator[tuple[int, Event]]:
         """``(seq, event)`` pairs from ``start`` on (only ``rollout``'s when given).

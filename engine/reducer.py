@@ -453,6 +453,15 @@ class Folder:
             self._state = self._draft.snapshot()
         return self._state
 
+    @property
+    def capacity(self) -> int:
+        """:func:`capacity` of the current state (no snapshot taken)."""
+        return capacity(self._draft)  # type: ignore[arg-type]  # a draft has the fields capacity reads
+
+    def is_live(self, rollout: str) -> bool:
+        """Whether ``rollout`` is pending, running, interrupted or ready (no snapshot taken)."""
+        return rollout in self._draft.rollouts
+
     def apply(self, event: Event) -> None:
         """Fold one event, atomically (every step checks before it changes anything)."""
         _step(self._draft, event)
