@@ -137,3 +137,17 @@ def every(config_key: str, step_key: str):
 def problems(task: Task, seed: int, start: int, count: int) -> list[Problem]:
     """``count`` problems of ``task`` numbered from ``start`` (deterministic)."""
     return [task.problem(seed, start + i) for i in range(count)]
+
+
+class LogStepStats:
+    """Count the step and record the statistics the step's loss stage left under ``key``."""
+
+    provides = ("global_step",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.requires = (key, "global_step")
+
+    def execute(self, ctx: Context) -> Context:
+        step = ctx.get("global_step") + 1
+        return ctx.put(global_step=step).record(step=step, **ctx.get(self.key))

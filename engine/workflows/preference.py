@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from engine.torch_backend.tasks import Problem, Task, char_reward
 from engine.workflow import Context, conditional, loop, stage, workflow
-from engine.workflows.common import MODEL_DEFAULTS, InitPolicy, LoadTask, OptimStep, SaveWeights, answer_logprob, chunks, every, problems, sequences
+from engine.workflows.common import MODEL_DEFAULTS, InitPolicy, LoadTask, LogStepStats, OptimStep, SaveWeights, answer_logprob, chunks, every, problems, sequences
 
 CORRUPTION = "abcdefgh"
 
@@ -122,17 +122,6 @@ class ForwardBackwardDPO:
         return ctx.put(dpo_stats=stats)
 
 
-class LogDPOMetrics:
-    """Record the step's loss, preference accuracy and implicit reward margin."""
-
-    requires = ("dpo_stats", "global_step")
-    provides = ("global_step",)
-
-    def execute(self, ctx: Context) -> Context:
-        step = ctx.get("global_step") + 1
-        return ctx.put(global_step=step).record(step=step, **ctx.get("dpo_stats"))
-
-
 class EvaluatePreferences:
     """Held-out preference accuracy: how often the policy's implicit reward ranks the
     verifier's choice first, and how often the policy itself finds it likelier."""
@@ -164,7 +153,7 @@ WORKFLOW = workflow(
             stage("get_preference_batch", GetPreferenceBatch()),
             stage("forward_backward_dpo", ForwardBackwardDPO()),
             stage("optim_step", OptimStep()),
-            stage("log_dpo_metrics", LogDPOMetrics()),
+            stage("log_dpo_metrics", LogStepStats("dpo_stats")),
             over=lambda ctx: ctx.get("batches"),
         ),
         conditional(every("eval_every", "epochs_index"), stage("evaluate_preferences", EvaluatePreferences()), name="should_evaluate"),

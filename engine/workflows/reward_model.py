@@ -13,7 +13,7 @@ from torch import nn
 from engine.torch_backend.model import Policy
 from engine.torch_backend.tasks import Tokenizer
 from engine.workflow import Context, conditional, loop, stage, workflow
-from engine.workflows.common import MODEL_DEFAULTS, LoadTask, OptimStep, SaveWeights, every, new_policy, sequences
+from engine.workflows.common import MODEL_DEFAULTS, LoadTask, LogStepStats, OptimStep, SaveWeights, every, new_policy, sequences
 from engine.workflows.preference import LoadPreferenceData, SetEpoch, pair_tensors
 
 
@@ -94,17 +94,6 @@ class ForwardBackwardRM:
         return ctx.put(rm_stats={"loss": float(loss.detach()), "accuracy": float((margins > 0).float().mean()), "margin": float(margins.mean().detach())})
 
 
-class LogRMMetrics:
-    """Record the step's loss, pair accuracy and margin."""
-
-    requires = ("rm_stats", "global_step")
-    provides = ("global_step",)
-
-    def execute(self, ctx: Context) -> Context:
-        step = ctx.get("global_step") + 1
-        return ctx.put(global_step=step).record(step=step, **ctx.get("rm_stats"))
-
-
 class EvaluateRewardModel:
     """Held-out pair accuracy of the reward model."""
 
@@ -133,7 +122,7 @@ WORKFLOW = workflow(
             stage("get_preference_batch", GetPreferenceBatch()),
             stage("forward_backward", ForwardBackwardRM()),
             stage("optim_step", OptimStep(), model="reward_model", optimizer="rm_optimizer"),
-            stage("log_rm_metrics", LogRMMetrics()),
+            stage("log_rm_metrics", LogStepStats("rm_stats")),
             over=lambda ctx: ctx.get("batches"),
         ),
         conditional(every("eval_every", "epochs_index"), stage("evaluate", EvaluateRewardModel()), name="should_evaluate"),
