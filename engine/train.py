@@ -1,7 +1,8 @@
 """Asynchronous RL training driven by the ledger, and the ``train`` command.
 
-:class:`RLRun` is a set of composable steps that a plain loop (the ``train``
-command) or a workflow stage can call in order::
+:class:`RLRun` is a set of composable steps that a plain loop (:func:`train_loop`)
+or a workflow's stages can call in order (the ``train`` command runs the
+reinforcement workflow, ``engine.workflows.reinforcement``, on them)::
 
     run = RLRun(RunConfig(task="copy", steps=20), run_dir)
     run.setup()                    # model, warm-up or resume, ledger, engine, executor
@@ -114,6 +115,28 @@ class RunConfig:
             raise ValueError(f"unknown run config key(s): {', '.join(sorted(unknown))}")
         return cls(**obj)
 
+    @classmethod
+    def saved(
+        cls, run_dir: str | Path, *, steps: int | None = None, device: str | None = None, requeue_lost: bool | None = None
+    ) -> "RunConfig":
+        """The config saved in ``run_dir`` (its ``run.json``), for a resume: ``steps``,
+        ``device`` and ``requeue_lost`` may change, nothing else."""
+        saved = Path(run_dir) / "run.json"
+        if not saved.exists():
+            raise FileNotFoundError(f"cannot resume: {saved} does not exist")
+        config = cls.from_json(json.loads(saved.read_text()))
+        return replace(
+            config, steps=steps or config.steps, device=device or config.device,
+            requeue_lost=config.requeue_lost if requeue_lost is None else requeue_lost,
+        )
+
+
+def refuse_existing_run(run_dir: str | Path) -> None:
+    """Raise :class:`FileExistsError` when ``run_dir`` already holds a run's log (a new run would overwrite it)."""
+    events_path = Path(run_dir) / "events.sqlite"
+    if events_path.exists():
+        raise FileExistsError(f"{events_path} exists: pass --resume to continue that run, or use a new --run-dir")
+
 
 @dataclass
 class CollectedBatch:
@@ -154,15 +177,7 @@ class RLRun:
     ) -> "RLRun":
         """The run saved in ``run_dir`` (its ``run.json``), to continue after a crash;
         ``steps``, ``device`` and ``requeue_lost`` may change, nothing else."""
-        saved = Path(run_dir) / "run.json"
-        if not saved.exists():
-            raise FileNotFoundError(f"cannot resume: {saved} does not exist")
-        config = RunConfig.from_json(json.loads(saved.read_text()))
-        config = replace(
-            config, steps=steps or config.steps, device=device or config.device,
-            requeue_lost=config.requeue_lost if requeue_lost is None else requeue_lost,
-        )
-        return cls(config, run_dir, resume=True)
+        return cls(RunConfig.saved(run_dir, steps=steps, device=device, requeue_lost=requeue_lost), run_dir, resume=True)
 
     # -- setup ---------------------------------------------------------------------
     def setup(self) -> None:
@@ -185,8 +200,7 @@ class RLRun:
             self.ledger = Ledger.resume(events_path, requeue=config.requeue_lost, flush_every=FLUSH_EVERY)
             self._restore()
         else:
-            if events_path.exists():
-                raise FileExistsError(f"{events_path} exists: pass --resume to continue that run, or use a new --run-dir")
+            refuse_existing_run(self.run_dir)
             (self.run_dir / "run.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
             if config.init:
                 self.trainer.model.load_state_dict(torch.load(config.init, map_location=self.device, weights_only=True))
@@ -478,6 +492,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its log and checkpoint")
     parser.add_argument("--requeue-lost", action="store_true", help="on resume, requeue rollouts that were running")
     parser.add_argument("--eval-size", type=int, default=0, help="held-out problems to evaluate before and after")
+    parser.add_argument("--ppo-epochs", type=int, default=None,
+                        help="passes over the batch per update (default 1; on resume, the run's own)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch with --device cpu (small models run best on one)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_command)
@@ -516,28 +532,35 @@ def train_loop(run: RLRun, *, progress: bool = True) -> None:
     bar.close()
 
 
+#: Errors of a bad command line or run directory: the command exits 2 with their message.
+SETUP_ERRORS = (ValueError, FileNotFoundError, FileExistsError, RuntimeError)
+
+
 def run_command(args: argparse.Namespace) -> int:
-    try:
-        if args.resume:
-            run = RLRun.resumed(args.run_dir, steps=args.steps, device=args.device, requeue_lost=args.requeue_lost or None)
-        else:
-            run = RLRun(config_from_args(args), args.run_dir)
-        if run.config.device == "cpu":
-            torch.set_num_threads(max(1, args.threads))
-        run.setup()
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
-        print(f"rollout-ledger train: {error}", file=sys.stderr)
+    """Run the reinforcement workflow (``engine.workflows.reinforcement``) in ``--run-dir``;
+    the last line on stdout is the run's JSON summary."""
+    from engine.workflow import StageFailed
+    from engine.workflows import reinforcement
+
+    if args.ppo_epochs is not None and args.ppo_epochs < 1:
+        print(f"rollout-ledger train: --ppo-epochs must be at least 1, got {args.ppo_epochs}", file=sys.stderr)
         return 2
     try:
-        before = run.evaluate(args.eval_size) if args.eval_size else None
-        train_loop(run, progress=not args.no_progress)
-        summary = run.summary()
-        if args.eval_size:
-            summary["eval_reward_before"] = round(before, 4)  # type: ignore[arg-type]
-            summary["eval_reward_after"] = round(run.evaluate(args.eval_size), 4)
-        print(json.dumps(summary))
-    finally:
-        run.close()
+        if args.resume:
+            config = RunConfig.saved(args.run_dir, steps=args.steps, device=args.device, requeue_lost=args.requeue_lost or None)
+        else:
+            config = config_from_args(args)
+        if config.device == "cpu":
+            torch.set_num_threads(max(1, args.threads))
+        summary = reinforcement.train(config, args.run_dir, resume=args.resume, ppo_epochs=args.ppo_epochs,
+                                      eval_size=args.eval_size, progress=not args.no_progress)
+    except StageFailed as failure:
+        if failure.path != f"{reinforcement.WORKFLOW.name}/setup" or not isinstance(failure.error, SETUP_ERRORS):
+            raise
+        print(f"rollout-ledger train: {failure.error}", file=sys.stderr)
+        return 2
+    except SETUP_ERRORS as error:
+        print(f"rollout-ledger train: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
     return 0
-
-

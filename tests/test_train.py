@@ -66,3 +66,60 @@ def test_rl_run_steps_compose_for_a_workflow(tmp_path):
         assert run.summary()["consumed"] == 4
     finally:
         run.close()
+
+
+def _stage_paths(log, suffix):
+    from engine.events import Stage
+    from engine.log import EventLog
+
+    with EventLog(log) as events:
+        return [e.path for e in events.events() if isinstance(e, Stage) and e.phase == "finished" and e.path.endswith(suffix)]
+
+
+SMALL = ["--task", "copy", "--batch-size", "4", "--group-size", "2", "--max-staleness", "1", "--warmup-steps", "2"]
+
+
+def test_train_runs_the_reinforcement_workflow_and_a_resume_keeps_its_ppo_epochs(tmp_path, capsys):
+    run_dir = tmp_path / "wf"
+    assert main(["train", *SMALL, "--steps", "2", "--ppo-epochs", "2", "--run-dir", str(run_dir), *TINY]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 2
+    assert _stage_paths(run_dir / "workflow.sqlite", "/finish_update") == [f"reinforcement/iterations[{i}]/finish_update" for i in range(2)]
+    assert main(["train", "--resume", "--steps", "3", "--run-dir", str(run_dir), *TINY]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 3
+    passes = _stage_paths(run_dir / "workflow.sqlite", "/forward_backward")
+    assert [p for p in passes if p.startswith("reinforcement/iterations[2]/")] == [
+        f"reinforcement/iterations[2]/ppo_epochs[{e}]/minibatches[0]/forward_backward" for e in range(2)
+    ]
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_resume_continues_a_run_that_has_no_workflow_checkpoint(tmp_path, capsys):
+    run = RLRun(RunConfig(task="copy", steps=2, batch_size=4, group_size=2, warmup_steps=2, max_staleness=1), tmp_path / "r")
+    run.setup()
+    try:
+        while not run.done():
+            run.update(run.collect_batch())
+    finally:
+        run.close()
+    assert main(["train", "--resume", "--steps", "4", "--run-dir", str(tmp_path / "r"), *TINY]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 4 and summary["consumed"] == 16
+    assert [json.loads(line)["step"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_the_progress_bar_shows_reward_and_staleness_unless_no_progress(tmp_path, capsys):
+    args = ["train", *SMALL, "--steps", "2", "--device", "cpu", "--model-size", "tiny"]
+    assert main([*args, "--run-dir", str(tmp_path / "bar")]) == 0
+    assert "reward=" in capsys.readouterr().err
+    assert main([*args, "--run-dir", str(tmp_path / "quiet"), "--no-progress"]) == 0
+    assert "reward=" not in capsys.readouterr().err
+
+
+def test_a_new_run_in_a_used_run_dir_exits_2_and_leaves_its_logs_alone(tmp_path, capsys):
+    run_dir = tmp_path / "used"
+    assert main(["train", *SMALL, "--steps", "1", "--run-dir", str(run_dir), *TINY]) == 0
+    before = {p.name: p.read_bytes() for p in run_dir.glob("*.sqlite")}
+    capsys.readouterr()
+    assert main(["train", *SMALL, "--steps", "1", "--run-dir", str(run_dir), *TINY]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run_dir.glob("*.sqlite")} == before

@@ -6,7 +6,8 @@ passes over minibatches of forward-backward and optimiser steps with the trainer
 objective and settings (the decoupled objective, its proximal log-probs by the
 trainer's rule from a recomputation under the pre-update weights, or plain PPO),
 then the version bump that hands the weights to the generation engine.  A run killed mid-way resumes from its workflow checkpoint: the
-``setup`` stage reopens the RL run from its own log and checkpoint.
+``setup`` stage reopens the RL run from its own log and checkpoint.  :func:`train`
+runs it for the ``train`` command.
 
 With ``reward = "model"`` the rollouts are scored by the ``reward_model`` in the
 state (RLHF) instead of the task's verifier; evaluation always uses the verifier.
@@ -16,19 +17,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+from tqdm import tqdm
 
-from engine.events import Checkpoint
+from engine.events import Checkpoint, Stage
+from engine.log import EventLog
 from engine.torch_backend.checkpoint import save_checkpoint
 from engine.torch_backend.objectives import decoupled_loss, group_advantages, ppo_loss
 from engine.torch_backend.tasks import Problem, Task
 from engine.torch_backend.trainer import pad_samples
-from engine.train import RLRun, RunConfig
+from engine.train import RLRun, RunConfig, refuse_existing_run
 from engine.workflow import Context, conditional, loop, stage, workflow
 from engine.workflows.common import SaveCheckpoint, every
 
@@ -37,7 +41,7 @@ _RUN_FIELDS = {f.name for f in fields(RunConfig)}
 DEFAULTS: dict[str, Any] = {
     **{name: getattr(RunConfig(), name) for name in sorted(_RUN_FIELDS)},
     "steps": 4, "batch_size": 4, "group_size": 4, "max_staleness": 1, "warmup_steps": 60, "warmup_batch": 32,
-    "ppo_epochs": 1, "eval_size": 0, "run_dir": None, "reward": "task",
+    "ppo_epochs": 1, "eval_size": 0, "run_dir": None, "reward": "task", "resume_run": False, "progress": True,
 }
 
 
@@ -65,11 +69,14 @@ def verified(rl: RLRun) -> Iterator[RLRun]:
 
 class SetupRun:
     """Open the RL run (model, warm-up or the ``model`` in the state, ledger, engine,
-    executor) in ``run_dir`` (default: under the workflow's artifacts)."""
+    executor) in ``run_dir`` (default: under the workflow's artifacts), and its
+    progress bar (step, reward, staleness, trained tokens/s; shown when ``progress``).
+    With ``resume_run`` a fresh workflow run continues the RL run already in
+    ``run_dir`` from its own log and checkpoint."""
 
     blocking = True
-    transient = ("rl_run",)
-    provides = ("rl_run",)
+    transient = ("rl_run", "progress_bar")
+    provides = ("rl_run", "progress_bar")
 
     def _open(self, ctx: Context, resume: bool) -> Context:
         settings = {k: v for k, v in ctx.config.items() if k in _RUN_FIELDS}
@@ -89,10 +96,12 @@ class SetupRun:
         elif ctx.setting("reward") != "task":
             raise ValueError(f"config 'reward' must be 'task' or 'model', got {ctx.setting('reward')!r}")
         rl.setup()
-        return ctx.put(rl_run=rl)
+        bar = tqdm(total=rl.config.steps, initial=rl.ledger.state.version, desc="train", disable=not ctx.setting("progress"),
+                   file=sys.stderr)
+        return ctx.put(rl_run=rl, progress_bar=bar)
 
     def execute(self, ctx: Context) -> Context:
-        return self._open(ctx, resume=False)
+        return self._open(ctx, resume=ctx.setting("resume_run"))
 
     def resume(self, ctx: Context) -> Context:
         return self._open(ctx, resume=True)
@@ -140,7 +149,9 @@ class ComputeAdvantages:
 
 class PrepareUpdate:
     """Pause generation, pad the batch, recompute proximal log-probs under the weights
-    before the update and split the rows into ``minibatches``."""
+    before the update when the trainer's rule uses them and the update takes more than
+    one pass (a single pass's own forward pass is that recomputation), and split the
+    rows into ``minibatches``."""
 
     blocking = True
     requires = ("rl_run", "rl_batch", "advantages")
@@ -154,9 +165,12 @@ class PrepareUpdate:
         batch = pad_samples(samples, trainer.pad_id, trainer.device, trainer.model.config.max_seq_len)
         batch.advantages = ctx.get("advantages").to(trainer.device)
         trainer.model.train()
-        with torch.no_grad(), trainer.autocast():
-            proximal = trainer.model.logprobs(batch.tokens).float()
         parts = min(ctx.setting("minibatches"), len(samples))
+        proximal = None
+        config = trainer.config
+        if config.objective == "decoupled" and config.proximal in ("recompute", "segment") and parts * ctx.setting("ppo_epochs") > 1:
+            with torch.no_grad(), trainer.autocast():
+                proximal = trainer.model.logprobs(batch.tokens).float()
         rows = [list(range(part, len(samples), parts)) for part in range(parts)]
         return ctx.put(update_batch=batch, proximal=proximal, minibatch_rows=rows, update_stats=())
 
@@ -259,28 +273,47 @@ class FinishUpdate:
 
 
 class LogIteration:
-    """Record the update's metrics."""
+    """Record the update's metrics and show them on the progress bar."""
 
-    requires = ("update_record",)
+    requires = ("rl_run", "update_record", "progress_bar")
 
     def execute(self, ctx: Context) -> Context:
-        return ctx.record(**ctx.get("update_record"))
+        record, bar = ctx.get("update_record"), ctx.get("progress_bar")
+        bar.update(record["step"] - bar.n)
+        bar.set_postfix(
+            reward=f"{record['reward']:.3f}",
+            staleness=f"{record['staleness_mean']:.2f}",
+            tok_s=f"{sum(m['trained_tokens'] for m in ctx.get('rl_run').metrics) / max(record['wall_s'], 1e-9):.0f}",
+        )
+        return ctx.record(**record)
+
+
+class Summarize:
+    """Record the RL run's summary (its figures up to the last update) and close the progress bar."""
+
+    blocking = True
+    requires = ("rl_run", "progress_bar")
+    provides = ("rl_summary",)
+
+    def execute(self, ctx: Context) -> Context:
+        ctx.get("progress_bar").close()
+        summary = ctx.get("rl_run").summary()
+        return ctx.put(rl_summary=summary).record(**summary)
 
 
 class SaveFinal:
-    """Save the final weights, record the run's summary and close the RL run."""
+    """Save the final weights and close the RL run."""
 
     blocking = True
     requires = ("rl_run",)
-    provides = ("policy_weights", "rl_summary")
+    provides = ("policy_weights",)
 
     def execute(self, ctx: Context) -> Context:
         rl = ctx.get("rl_run")
         path = rl.run_dir / "final.pt"
         rl.save_weights(path)
-        summary = rl.summary()
         rl.close()
-        return ctx.put(policy_weights=str(path), rl_summary=summary).record(**summary)
+        return ctx.put(policy_weights=str(path))
 
 
 def _needs_update(ctx: Context) -> bool:
@@ -315,8 +348,8 @@ WORKFLOW = workflow(
             name="pending_update",
         ),
         over=lambda ctx: range(ctx.setting("steps")),
-        progress=True,
     ),
+    stage("summary", Summarize()),
     conditional(_evaluating, stage("evaluate_after", Evaluate(), metric="eval_reward_after"), name="evaluate_last"),
     stage("save_final", SaveFinal()),
     defaults=DEFAULTS,
@@ -324,18 +357,42 @@ WORKFLOW = workflow(
 )
 
 
-def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, ppo_epochs: int = 1, eval_size: int = 0) -> dict[str, Any]:
+def _latest_setting(log: Path, key: str) -> Any:
+    """Config value ``key`` of the latest start or resume of the workflow recorded in ``log``."""
+    value = DEFAULTS[key]
+    with EventLog(log) as events:
+        for event in events.events():
+            if isinstance(event, Stage) and event.path == WORKFLOW.name and event.phase == "started":
+                value = json.loads(event.detail or "{}").get("config", {}).get(key, value)
+    return value
+
+
+def train(
+    config: RunConfig, run_dir: str | Path, *, resume: bool = False, ppo_epochs: int | None = None, eval_size: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run the reinforcement workflow for ``config`` in ``run_dir`` (the RL run's files
     plus ``workflow.sqlite``, the workflow's log) and return the RL run's summary with
-    ``eval_reward_before``/``eval_reward_after`` when ``eval_size`` is set.  With
-    ``resume`` the run continues after its last workflow checkpoint."""
+    ``eval_reward_before``/``eval_reward_after`` when ``eval_size`` is set.
+
+    With ``resume`` the run continues after its last workflow checkpoint; ``config``
+    is then the saved one with its allowed changes (:meth:`RunConfig.saved`), and
+    ``ppo_epochs`` defaults to the run's own.  A run with no workflow checkpoint yet
+    (or started without this workflow) continues from the RL run's log and checkpoint."""
     from dataclasses import asdict
 
     from engine.workflow import run
 
     run_dir = Path(run_dir)
-    settings = {**asdict(config), "run_dir": str(run_dir), "ppo_epochs": ppo_epochs, "eval_size": eval_size}
-    result = run(WORKFLOW, settings, log=run_dir / "workflow.sqlite", resume=resume)
+    log = run_dir / "workflow.sqlite"
+    if not resume:
+        refuse_existing_run(run_dir)
+    resume_workflow = resume and log.exists()
+    if ppo_epochs is None:
+        ppo_epochs = _latest_setting(log, "ppo_epochs") if resume_workflow else DEFAULTS["ppo_epochs"]
+    settings = {**asdict(config), "run_dir": str(run_dir), "ppo_epochs": ppo_epochs, "eval_size": eval_size,
+                "resume_run": resume, "progress": progress}
+    result = run(WORKFLOW, settings, log=log, resume=resume_workflow)
     summary = dict(result.state["rl_summary"])
     for record in result.context.metrics:
         summary.update({k: round(v, 4) for k, v in record.items() if k in ("eval_reward_before", "eval_reward_after")})
