@@ -398,7 +398,16 @@ def test_submit_ahead_submits_step_k_plus_1_before_awaiting_step_k():
 # -- telemetry -------------------------------------------------------------------------
 
 
-def test_every_workflow_stage_and_iteration_is_a_span():
+@pytest.fixture
+def debug_logging():
+    from engine.logconfig import configure_logging
+
+    configure_logging("debug", force=True)
+    yield
+    configure_logging(force=True)
+
+
+def test_every_workflow_stage_and_iteration_is_a_span(debug_logging):
     flaky = Flaky(failures=1)
     wf = workflow("w", stage("start", Put("total", 0)), loop("l", stage("add", Add()), over=range(2)),
                   stage("flaky", flaky, on_error=skip, provides=[]))
@@ -418,6 +427,12 @@ def test_every_workflow_stage_and_iteration_is_a_span():
     ]
     assert all(e["duration_s"] >= 0 for e in spans)
     assert result.run_id == "run-42"
+
+
+def test_only_the_workflow_span_logs_at_info():
+    with capture_logs() as logs:
+        run(workflow("w", stage("start", Put("total", 0)), loop("l", stage("add", Add()), over=range(2))))
+    assert [(e["kind"], e["log_level"]) for e in logs if e["event"] == "span"] == [("workflow", "info")]
 
 
 def test_failed_span_carries_the_error():

@@ -194,7 +194,7 @@ class Runtime:
         self.ledger.flush()
         for old in sorted(self.checkpoint_dir.glob("ckpt-*.pkl"))[:-KEEP_CHECKPOINTS]:
             old.unlink(missing_ok=True)
-        self.logger.info("checkpoint", path=path, file=str(target))
+        self.logger.debug("checkpoint", path=path, file=str(target))
         return str(target)
 
     def release(self) -> None:

@@ -59,7 +59,12 @@ class Span:
             self.outcome = outcome
         duration = time.perf_counter() - self._t0
         self.fields.update({k: v for k, v in fields.items() if v is not None})
-        log = self.logger.warning if self.outcome == "failed" else self.logger.info
+        if self.outcome == "failed":
+            log = self.logger.warning
+        elif self.kind == "workflow":
+            log = self.logger.info
+        else:  # stages and loop iterations: many per second in a training run
+            log = self.logger.debug
         log("span", kind=self.kind, name=self.name, path=self.path, duration_s=round(duration, 6), outcome=self.outcome, **self.fields)
         if self._otel is not None:
             self._otel.set_attribute("workflow.outcome", self.outcome)
