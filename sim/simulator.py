@@ -32,7 +32,6 @@ from engine.events import (
     Consumed,
     Enqueued,
     Event,
-    Filtered,
     Interrupted,
     Paused,
     Rejected,

@@ -209,31 +209,31 @@ def test_transient_resources_are_rebuilt_by_resume_hooks_on_their_thread(tmp_pat
 
 def _has_checkpoint(log: Path, at_least: int = 1) -> bool:
     """Whether the live log of a running process holds ``at_least`` checkpoints yet."""
-    from engine.log import TornLog
-
-    try:
-        return log.exists() and sum(isinstance(e, Checkpoint) for e in _events(log)) >= at_least
-    except TornLog:  # read between the writer's row and sequence updates: look again
-        return False
+    return log.exists() and sum(isinstance(e, Checkpoint) for e in _events(log)) >= at_least
 
 
-def test_killed_supervised_run_resumes_from_its_epoch_checkpoint(tmp_path):
-    log = tmp_path / "sft.sqlite"
+def _run_builtin_until_checkpoint(tmp_path: Path, name: str, config: str, log: Path, at_least: int) -> None:
+    """Start ``rollout-ledger run NAME`` and SIGKILL it once its log holds ``at_least`` checkpoints."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "ROLLOUT_LEDGER_LOG_LEVEL": "warning"}
-    config = '{"num_examples": 64, "batch_size": 16, "num_epochs": 200, "eval_size": 16}'
-    child = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", "supervised", "--config", config, "--log", str(log)],
+    child = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", name, "--config", config, "--log", str(log)],
                              env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not _has_checkpoint(log):
-            assert child.poll() is None, "the run ended before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within two minutes"
+        while not _has_checkpoint(log, at_least):
+            assert child.poll() is None, f"the run ended before checkpoint {at_least}"
+            assert time.monotonic() < deadline, f"no checkpoint {at_least} within two minutes"
             time.sleep(0.02)
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
     finally:
         if child.poll() is None:
             child.kill()
+
+
+def test_killed_supervised_run_resumes_from_its_epoch_checkpoint(tmp_path):
+    log = tmp_path / "sft.sqlite"
+    config = '{"num_examples": 64, "batch_size": 16, "num_epochs": 200, "eval_size": 16}'
+    _run_builtin_until_checkpoint(tmp_path, "supervised", config, log, at_least=1)
     before = _events(log)
     assert ("supervised", "finished") not in [(e.path, e.phase) for e in before if isinstance(e, Stage)]  # killed mid-way
     epoch = sum(isinstance(e, Checkpoint) for e in before) - 1  # checkpoints are taken once per epoch
@@ -252,21 +252,8 @@ def test_killed_reinforcement_run_resumes_without_losing_or_repeating_an_update(
     from engine.log import replay
 
     log = tmp_path / "rl.sqlite"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "ROLLOUT_LEDGER_LOG_LEVEL": "warning"}
     config = '{"steps": 6, "batch_size": 4, "group_size": 4, "warmup_steps": 10}'
-    child = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", "reinforcement", "--config", config, "--log", str(log)],
-                             env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while not _has_checkpoint(log, at_least=2):
-            assert child.poll() is None, "the run ended before its second checkpoint"
-            assert time.monotonic() < deadline, "no second checkpoint within two minutes"
-            time.sleep(0.02)
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=10)
-    finally:
-        if child.poll() is None:
-            child.kill()
+    _run_builtin_until_checkpoint(tmp_path, "reinforcement", config, log, at_least=2)
     before = _events(log)
     assert ("reinforcement", "finished") not in [(e.path, e.phase) for e in before if isinstance(e, Stage)]
     last = sum(isinstance(e, Checkpoint) for e in before) - 1  # one workflow checkpoint per update
