@@ -7,7 +7,8 @@ Then each run trains for ``--steps`` updates on the long-tailed ``reverse`` task
   objective; every run has the same engine (``max_concurrent = 4 * batch_size``
   rollouts' worth of KV-cache slots): only the staleness bound differs, and the
   capacity rule is what keeps the synchronous run at one batch in flight;
-- the ablation: plain PPO at ``max_staleness`` 8, against the sweep's decoupled run.
+- the ablation: plain PPO at the ``--ablation`` bounds (default 8), against the
+  sweep's decoupled runs at the same bounds.
 
 Prints a table (trained tokens/s, speed-up over synchronous, final reward, held-out
 reward, staleness, engine overhead) and writes ``results.json`` (every run's
@@ -60,7 +61,9 @@ def main() -> None:
     parser.add_argument("--eval-size", type=int, default=256)
     parser.add_argument("--staleness", default="0,1,2,4,8", help="comma-separated sweep")
     parser.add_argument("--concurrency", type=int, default=4, help="max_concurrent in batches")
+    parser.add_argument("--ablation", default="8", help="comma-separated max_staleness values also run with plain PPO")
     parser.add_argument("--no-ablation", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the warm-up, the prompts and the sampling")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
 
@@ -69,7 +72,7 @@ def main() -> None:
     base = RunConfig(
         task=args.task, model_size=args.model_size, steps=args.steps, batch_size=args.batch_size, group_size=args.group_size,
         warmup_steps=args.warmup_steps, lr=args.lr, minibatches=args.minibatches, device=args.device,
-        checkpoint_every=max(1, args.steps // 4),
+        checkpoint_every=max(1, args.steps // 4), seed=args.seed,
     )
     start = time.perf_counter()
     warm = RLRun(replace(base, steps=1), work / "warmup")
@@ -85,7 +88,7 @@ def main() -> None:
     base = replace(base, max_concurrent=args.concurrency * args.batch_size)
     plan = [(f"staleness{k}", replace(base, max_staleness=int(k))) for k in args.staleness.split(",")]
     if not args.no_ablation:
-        plan.append(("staleness8-ppo", replace(base, max_staleness=8, objective="ppo")))
+        plan += [(f"staleness{k}-ppo", replace(base, max_staleness=int(k), objective="ppo")) for k in args.ablation.split(",")]
     results = []
     for name, config in plan:
         result = run_one(name, config, work, args.eval_size, args.progress)
