@@ -32,7 +32,7 @@ from engine import policies
 from engine.events import Enqueued, Event, Interrupted, Rejected, Resumed, Segment, Submitted
 from engine.ledger import Ledger
 from engine.logconfig import get_logger
-from engine.reducer import PENDING
+from engine.reducer import PENDING, READY
 from engine.torch_backend.generation import GenerationEngine, GenerationHandle
 from engine.torch_backend.tasks import Problem, Task, Tokenizer
 from engine.torch_backend.trainer import Sample
@@ -235,7 +235,7 @@ class RolloutExecutor:
     def _try_batch(self, batch_size: int, prompts: Iterator[str]) -> tuple[tuple[str, ...], list[list[Sample]]] | None:
         self._top_up(prompts)
         # the ready count bounds what select_batch can find: skip the scan while it is short
-        batch = self.ledger.prepare_batch(batch_size) if self.ledger.state.ready >= batch_size else None
+        batch = self.ledger.prepare_batch(batch_size) if self.ledger.count(READY) >= batch_size else None
         if batch is not None:
             start = time.perf_counter()
             groups = [self.store.get(rollout) for rollout in batch]
@@ -261,7 +261,7 @@ class RolloutExecutor:
         interrupted (their segment closed under the old version), the ledger advances
         (``recompute`` first, under ``segment_wise``), the engine loads the weights and
         the interrupted rollouts resume as a new segment.  Returns the new version."""
-        old = self.ledger.state.version
+        old = self.ledger.version
         interrupted = [f for f in self._flights.values() if f.generating()]
         closing: list[Event] = []
         for flight in interrupted:
@@ -270,7 +270,7 @@ class RolloutExecutor:
             flight.segment_start = tokens
         self.timed(self.ledger.append, *closing)
         self._note(self.timed(self.ledger.advance_version, None if recompute is None else self._untimed(recompute)))
-        version = self.ledger.state.version
+        version = self.ledger.version
         self.engine.load_weights(weights, version)
         self.timed(self.ledger.append, *(Resumed(flight.rollout, version) for flight in interrupted))
         for flight in interrupted:
@@ -280,21 +280,22 @@ class RolloutExecutor:
 
     # -- internals ---------------------------------------------------------------
     def _top_up(self, prompts: Iterator[str]) -> None:
-        state = self.ledger.state
+        config, pending = self.ledger.config, self.ledger.count(PENDING)
         # Keep one round of slots waiting, within what the policy lets wait.
-        room = max(0, state.config.rank_max_concurrent - state.pending)  # type: ignore[union-attr]
-        allowed = policies.enqueue_room(state)
+        room = max(0, config.rank_max_concurrent - pending)  # type: ignore[union-attr]
+        allowed = policies.room_to_enqueue(config, pending)  # type: ignore[arg-type]
         if allowed is not None:
             room = min(room, allowed)
-        keys = [key for key in itertools.islice(prompts, room)]
+        if not room:
+            return
+        keys = list(itertools.islice(prompts, room))
         if keys:
             self._append(*(Enqueued(f"{key}#1", key, 1) for key in keys))
             self._notify()
 
     def _check_progress(self, wanted: int) -> None:
         """Fail loudly instead of waiting forever when nothing can change any more."""
-        state = self.ledger.state
-        if self._flights or state.pending or state.paused:
+        if self._flights or self.ledger.count(PENDING) or self.ledger.paused:
             return
         if self.ready() < wanted:
             raise RuntimeError(
@@ -305,9 +306,8 @@ class RolloutExecutor:
     async def _dispatch(self) -> None:
         """Start pending rollouts, oldest first, while the capacity rule allows."""
         while True:
-            state = self.ledger.state
             started = False
-            if not state.pending or self.ledger.capacity <= 0:
+            if not self.ledger.count(PENDING) or self.ledger.capacity <= 0:
                 await self._changes()
                 continue
             for flight in self.timed(self._start_pending):
@@ -326,30 +326,36 @@ class RolloutExecutor:
 
     def _note(self, events: Sequence[Event]) -> None:
         """Remember enqueued rollouts in order: a cache of the ledger's pending queue."""
-        self._pending.extend(event.rollout for event in events if isinstance(event, Enqueued))
+        if Enqueued in map(type, events):
+            self._pending.extend([event.rollout for event in events if type(event) is Enqueued])
 
     def _start_pending(self) -> list[_Flight]:
         """Submit pending rollouts, oldest first, while there is capacity."""
-        state = self.ledger.state
+        ledger = self.ledger
         queue = self._pending
-        if len(queue) < state.pending:  # enqueued by someone else (a resume, a caller): rebuild from the ledger
+        if len(queue) < ledger.count(PENDING):  # enqueued by someone else (a resume, a caller): rebuild from the ledger
+            state = ledger.state
             queue.clear()
             queue.extend(rollout for _, rollout in sorted((r.order, k) for k, r in state.rollouts.items() if r.status == PENDING))
         chosen: list[str] = []
-        room = self.ledger.capacity  # each start takes one unit of capacity
+        room = ledger.capacity  # each start takes one unit of capacity
         while queue and len(chosen) < room:
             rollout = queue.popleft()
-            record = state.rollouts.get(rollout)
+            record = ledger.record(rollout)
             if record is not None and record.status == PENDING:
                 chosen.append(rollout)
-        self.ledger.append(*(Submitted(rollout, state.version) for rollout in chosen))
-        started = [_Flight(rollout, segment_version=state.version) for rollout in chosen]
-        self._flights.update((flight.rollout, flight) for flight in started)
+        version = ledger.version
+        ledger.append(*(Submitted(rollout, version) for rollout in chosen))
+        started = [_Flight(rollout, segment_version=version) for rollout in chosen]
+        for flight in started:
+            self._flights[flight.rollout] = flight
         return started
 
     async def _run(self, flight: _Flight) -> None:
         rollout = flight.rollout
-        record = self.ledger.state.rollouts[rollout]
+        record = self.ledger.record(rollout)
+        if record is None:
+            raise KeyError(f"rollout {rollout!r} is not live in the ledger")
         try:
             problem = self.problem_of(record.prompt)
             prompt = self.tokenizer.prompt_ids(problem.prompt)
@@ -381,6 +387,6 @@ class RolloutExecutor:
         start = time.perf_counter()
         self.store.put(rollout, samples)
         self.store_seconds += time.perf_counter() - start
-        self.timed(self.ledger.append, Segment(rollout, flight.segment_version, flight.tokens() - flight.segment_start))
-        self._note(self.timed(self.ledger.complete, rollout))
+        last_segment = Segment(rollout, flight.segment_version, flight.tokens() - flight.segment_start)
+        self._note(self.timed(self.ledger.complete, rollout, last_segment))
         self._notify()

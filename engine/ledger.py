@@ -7,17 +7,56 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from engine import policies
 from engine.config import Config
-from engine.events import Consumed, Enqueued, Event, Paused, Rejected, Resumed, RunStarted, Version, to_json
+from engine.events import Consumed, Enqueued, Event, Paused, Rejected, Resumed, RunStarted, Segment, Version, to_json
 from engine.log import EventLog
 from engine.logconfig import get_logger
-from engine.reducer import EMPTY, INTERRUPTED, RUNNING, Folder, IllegalTransition, State, fold
+from engine.reducer import EMPTY, INTERRUPTED, RUNNING, Folder, IllegalTransition, Rollout, State, fold
 
 #: A debug-mode check run after every event (e.g. ``properties.invariants.check_state``).
 Check = Callable[[State, Event], None]
+
+
+_FILTER_BITS = 1 << 23  # 1 MiB
+_FILTER_MASK = _FILTER_BITS - 1
+
+
+class _IdFilter:
+    """A fixed-size Bloom filter of rollout ids (1 MiB, two bits per id).
+
+    ``rollout in filter`` is false only for an id never added, so a miss proves that an
+    id is unused without asking the log; a hit may be false (about one in 2,000 after
+    100,000 ids, one in 20 after a million: the memory stays flat, only the share of
+    ids checked against the log grows) and is settled by the log.  The bits come from
+    Python's ``hash`` of the id, which is salted per process: a filter lives in memory
+    only and is rebuilt from the log by each process that opens it.
+    """
+
+    __slots__ = ("_bits",)
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self._bits = bytearray(_FILTER_BITS >> 3)
+        for rollout in ids:
+            self.add(rollout)
+
+    def add(self, rollout: str) -> bool:
+        """Add ``rollout``; returns whether it may have been added before (``False``: never)."""
+        h = hash(rollout)
+        a, b = h & _FILTER_MASK, (h >> 32) & _FILTER_MASK
+        bits = self._bits
+        seen = bits[a >> 3] >> (a & 7) & 1 and bits[b >> 3] >> (b & 7) & 1
+        bits[a >> 3] |= 1 << (a & 7)
+        bits[b >> 3] |= 1 << (b & 7)
+        return bool(seen)
+
+    def __contains__(self, rollout: object) -> bool:
+        h = hash(rollout)
+        a, b = h & _FILTER_MASK, (h >> 32) & _FILTER_MASK
+        bits = self._bits
+        return bool(bits[a >> 3] >> (a & 7) & 1 and bits[b >> 3] >> (b & 7) & 1)
 
 
 class Ledger:
@@ -45,7 +84,9 @@ class Ledger:
         self._check = check
         self._unwritten: list[Event] = []
         self._unwritten_ids: set[str] = set()  # ids enqueued since the last flush
+        self._used_ids: _IdFilter | None = None  # ids the log may hold: built on the first enqueue
         self._logger = get_logger("rollout_ledger.ledger", log=str(path) if path else None)
+        self._debug = self._logger.is_enabled_for(logging.DEBUG)  # a bound logger's level is fixed
         replayed = fold(self._log.events()) if self._log is not None and self._log.last_seq else EMPTY
         self._folder = Folder(replayed)
         if config is not None:
@@ -79,10 +120,35 @@ class Ledger:
         """The current (immutable) state."""
         return self._folder.state
 
+    # The state's scalars and one rollout's record, read without a snapshot (the hot
+    # paths of the executor read these between events; :attr:`state` for the rest).
     @property
     def capacity(self) -> int:
         """How many more rollouts may start now."""
         return self._folder.capacity
+
+    @property
+    def config(self) -> Config | None:
+        """The run's config (``state.config``)."""
+        return self._folder.config
+
+    @property
+    def version(self) -> int:
+        """The current policy version (``state.version``)."""
+        return self._folder.version
+
+    @property
+    def paused(self) -> bool:
+        """Whether generation is paused (``state.paused``)."""
+        return self._folder.paused
+
+    def count(self, status: int) -> int:
+        """How many rollouts have ``status`` (``state.counts[status]``, e.g. ``count(PENDING)``)."""
+        return self._folder.count(status)
+
+    def record(self, rollout: str) -> Rollout | None:
+        """A live rollout's record (``state.rollouts.get(rollout)``)."""
+        return self._folder.record(rollout)
 
     def append(self, *events: Event) -> None:
         """Fold ``events`` and queue them for the log, all or nothing (read :attr:`state`
@@ -93,15 +159,19 @@ class Ledger:
         if self._clock is not None:
             now = self._clock()
             events = tuple(e if e.t is not None else e._replace(t=now) for e in events)
-        if self._log is not None:
-            self._refuse_reused_ids(events)
-        folder = self._folder
-        before = folder.state if len(events) > 1 or self._check else None
+        log = self._log
+        enqueued = [e for e in events if type(e) is Enqueued] if log is not None and Enqueued in map(type, events) else None
+        if enqueued:
+            self._refuse_reused_ids(enqueued)
+        folder, check = self._folder, self._check
+        before = folder.state if len(events) > 1 or check else None
         try:
-            for event in events:
-                folder.apply(event)
-                if self._check is not None:
-                    self._check(folder.state, event)
+            if check is None:
+                folder.extend(events)
+            else:
+                for event in events:
+                    folder.apply(event)
+                    check(folder.state, event)
         except IllegalTransition as err:
             if before is not None:
                 self._folder = Folder(before)
@@ -111,32 +181,48 @@ class Ledger:
             if before is not None:
                 self._folder = Folder(before)
             raise
-        if self._logger.is_enabled_for(logging.DEBUG):
+        if self._debug:
             for event in events:
                 self._logger.debug("applied", type=event.type, rollout=getattr(event, "rollout", None))
-        if self._log is not None:
+        if log is not None:
             self._unwritten.extend(events)
-            self._unwritten_ids.update(e.rollout for e in events if type(e) is Enqueued)
+            if enqueued:
+                self._unwritten_ids.update([event.rollout for event in enqueued])
             if len(self._unwritten) >= self._flush_every:
                 self.flush()
 
-    def _refuse_reused_ids(self, events: tuple[Event, ...]) -> None:
+    def _refuse_reused_ids(self, enqueued: list[Enqueued]) -> None:
         """The folded state forgets finished rollouts (its memory stays flat); the log
-        does not, so a ledger with a log refuses to enqueue an id it has seen before."""
-        fresh = [e for e in events if type(e) is Enqueued and not self._folder.is_live(e.rollout)]
-        if not fresh:
+        does not, so a ledger with a log refuses to enqueue an id it has seen before.
+
+        :attr:`_used_ids` holds every id of the log when the ledger first enqueues and
+        every id it was asked to enqueue since (the ledger is its log's only writer):
+        an id it has not seen was never used, and the log is not asked about it; the
+        others are looked up in the unwritten batch and the log.  (An id of a refused
+        append stays in the filter: it only costs that id a lookup later.)"""
+        if self._used_ids is None:
+            self._used_ids = _IdFilter(self._log.enqueued_ids())  # type: ignore[union-attr]
+        seen, live = self._used_ids.add, self._folder.is_live
+        maybe = [e for e in enqueued if seen(e.rollout) and not live(e.rollout)]
+        if not maybe:
             return
-        used = self._unwritten_ids | self._log.enqueued_among([e.rollout for e in fresh])  # type: ignore[union-attr]
-        for event in fresh:
-            if event.rollout in used:
+        unwritten = self._unwritten_ids
+        logged = self._log.enqueued_among([e.rollout for e in maybe if e.rollout not in unwritten])  # type: ignore[union-attr]
+        for event in maybe:
+            if event.rollout in unwritten or event.rollout in logged:
                 reason = "duplicate rollout id (a finished rollout already used it)"
                 self._logger.warning("refused", ledger_event=to_json(event), reason=reason, rollout=event.rollout)
                 raise IllegalTransition(event, reason, event.rollout, "finished")
 
-    def complete(self, rollout: str) -> tuple[Event, ...]:
+    def complete(self, rollout: str, last_segment: Segment | None = None) -> tuple[Event, ...]:
         """A rollout finished and its workflow accepted it: the policy accepts or
-        filters it (maybe requeueing its prompt).  Returns the events appended."""
-        events = policies.on_complete(self.state, rollout)
+        filters it (maybe requeueing its prompt).  ``last_segment``, when given, is the
+        rollout's final segment, appended first (the policy measures its version).
+        Returns the policy's events, which are appended."""
+        if last_segment is not None:
+            self.append(last_segment)
+        folder = self._folder
+        events = policies.completion(folder.config, folder.version, rollout, folder.record(rollout))
         self.append(*events)
         return events
 
@@ -155,10 +241,11 @@ class Ledger:
         requests = policies.recompute_requests(self.state)
         if requests and recompute is not None:
             recompute(tuple(event.rollout for event in requests))
-        bump = (*requests, Version(self.state.version + 1))
+        bump = (*requests, Version(self._folder.version + 1))
         self.append(*bump)
         purge = policies.on_version(self.state)
-        self.append(*purge)
+        if purge:
+            self.append(*purge)
         return (*bump, *purge)
 
     def pause(self) -> None:

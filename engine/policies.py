@@ -25,9 +25,13 @@ from engine.reducer import READY, Rollout, State
 
 
 def _config(state: State) -> Config:
-    if state.config is None:
+    return _started(state.config)
+
+
+def _started(config: Config | None) -> Config:
+    if config is None:
         raise ValueError("the run has not started: the state has no config")
-    return state.config
+    return config
 
 
 def reference_version(config: Config, record: Rollout) -> int:
@@ -55,9 +59,12 @@ def staleness(state: State, record: Rollout) -> int:
 
 def is_stale(state: State, record: Rollout) -> bool:
     """Whether the policy would filter this rollout now."""
-    config = _config(state)
+    return _is_stale(_config(state), state.version, record)
+
+
+def _is_stale(config: Config, version: int, record: Rollout) -> bool:
     allowed = allowed_staleness(config, record)
-    return allowed is not None and state.version - reference_version(config, record) > allowed
+    return allowed is not None and version - reference_version(config, record) > allowed
 
 
 def retry(rollout: str, record: Rollout) -> Enqueued:
@@ -71,9 +78,9 @@ def retry(rollout: str, record: Rollout) -> Enqueued:
     return Enqueued(f"{root}#{attempt}", record.prompt, attempt)
 
 
-def _filter(state: State, rollout: str, record: Rollout) -> tuple[Event, ...]:
+def _filter(config: Config, rollout: str, record: Rollout) -> tuple[Event, ...]:
     events: tuple[Event, ...] = (Filtered(rollout, "stale"),)
-    if _config(state).on_stale == "requeue":
+    if config.on_stale == "requeue":
         events += (retry(rollout, record),)
     return events
 
@@ -81,21 +88,31 @@ def _filter(state: State, rollout: str, record: Rollout) -> tuple[Event, ...]:
 def on_complete(state: State, rollout: str) -> tuple[Event, ...]:
     """A running rollout finished generating and its workflow accepted it: accept it,
     or filter it (and maybe requeue its prompt) if the policy finds it stale."""
-    record = state.rollouts.get(rollout)
+    return completion(state.config, state.version, rollout, state.rollouts.get(rollout))
+
+
+def completion(config: Config | None, version: int, rollout: str, record: Rollout | None) -> tuple[Event, ...]:
+    """:func:`on_complete` from the parts of the state it reads: the run's ``config``, the
+    current ``version`` and the rollout's ``record`` (``None`` if it is not live), for a
+    shell that holds these without a state snapshot."""
     if record is None:
         raise KeyError(f"rollout {rollout!r} is not live in this ledger")
-    if is_stale(state, record):
-        return _filter(state, rollout, record)
+    config = _started(config)
+    allowed = allowed_staleness(config, record)  # _is_stale, inlined: this runs once per completed rollout
+    if allowed is not None and version - reference_version(config, record) > allowed:
+        return _filter(config, rollout, record)
     return (Accepted(rollout),)
 
 
 def on_version(state: State) -> tuple[Event, ...]:
     """After the version moved: purge the ready rollouts the policy finds stale."""
-    _config(state)
+    config = _config(state)
     events: tuple[Event, ...] = ()
+    if config.policy == "admission":  # no bound after admission (allowed_staleness is None)
+        return events
     for rollout, record in _ready(state):
-        if is_stale(state, record):
-            events += _filter(state, rollout, record)
+        if _is_stale(config, state.version, record):
+            events += _filter(config, rollout, record)
     return events
 
 
@@ -124,7 +141,10 @@ def select_batch(state: State, size: int) -> tuple[str, ...]:
     """Up to ``size`` ready rollouts, oldest first, that the policy would not filter."""
     if size < 1:
         raise ValueError(f"batch size must be at least 1, got {size}")
-    batch = [rollout for rollout, record in _ready(state) if not is_stale(state, record)]
+    config, version = _config(state), state.version
+    if config.policy == "admission":  # never stale after admission (allowed_staleness is None)
+        return tuple(rollout for rollout, _ in _ready(state)[:size])
+    batch = [rollout for rollout, record in _ready(state) if not _is_stale(config, version, record)]
     return tuple(batch[:size])
 
 
@@ -138,5 +158,10 @@ def pending_limit(config: Config) -> int | None:
 
 def enqueue_room(state: State) -> int | None:
     """How many more prompts may be enqueued now; ``None`` for no limit."""
-    limit = pending_limit(_config(state))
-    return None if limit is None else max(0, limit - state.pending)
+    return room_to_enqueue(_config(state), state.pending)
+
+
+def room_to_enqueue(config: Config, pending: int) -> int | None:
+    """:func:`enqueue_room` of a run with ``config`` and ``pending`` rollouts waiting."""
+    limit = pending_limit(config)
+    return None if limit is None else max(0, limit - pending)

@@ -167,6 +167,9 @@ def capacity(state: State) -> int:
     return max(0, room)
 
 
+_new_record = tuple.__new__  # builds a Rollout or a State from a plain tuple, skipping NamedTuple's slower paths
+
+
 class _Draft:
     """A private, mutable working copy used while folding; never escapes this module."""
 
@@ -182,15 +185,8 @@ class _Draft:
         self.checkpoint = state.checkpoint
 
     def freeze(self) -> State:
-        return State(
-            self.config,
-            self.version,
-            self.paused,
-            self.rollouts.finish(),
-            tuple(self.counts),
-            self.events,
-            self.checkpoint,
-        )
+        fields = (self.config, self.version, self.paused, self.rollouts.finish(), tuple(self.counts), self.events, self.checkpoint)
+        return _new_record(State, fields)
 
     def snapshot(self) -> State:
         """Freeze, then keep drafting on top of the frozen copy (O(1))."""
@@ -219,27 +215,23 @@ def _refusal(event: Event, rollout: str, status: int) -> IllegalTransition:
     return IllegalTransition(event, reason, rollout, status_name(status))
 
 
-_new_record = tuple.__new__  # builds a Rollout from a plain tuple, skipping NamedTuple's slower paths
-
-
-def _move(draft: _Draft, rollout: str, record: Rollout, target: int, changed: tuple | None = None) -> None:
-    """Count the move and store (or, for a finished rollout, drop) the record.
-
-    ``changed`` is the record's fields after ``status`` when the event changes them.
-    """
+def _move(draft: _Draft, rollout: str, status: int, record: tuple) -> None:
+    """Count the rollout's move from ``status`` to ``record[0]`` and store ``record``
+    (the new :class:`Rollout`'s fields, as a plain tuple), or drop it for a finished
+    status: only the counters remember a finished rollout."""
+    target = record[0]
     counts = draft.counts
-    counts[record[0]] -= 1
+    counts[status] -= 1
     counts[target] += 1
-    if target >= CONSUMED:  # finished: only the counters remember it
+    if target >= CONSUMED:
         del draft.rollouts[rollout]
     else:
-        draft.rollouts[rollout] = _new_record(Rollout, (target, *(record[1:] if changed is None else changed)))
+        draft.rollouts[rollout] = _new_record(Rollout, record)
 
 
-def _started(draft: _Draft, event: Event) -> Config:
-    if draft.config is None:
-        raise IllegalTransition(event, "the run has not started (no run_started event yet)")
-    return draft.config
+def _not_started(event: Event) -> IllegalTransition:
+    """The refusal of an event that needs a started run (steps check ``draft.config is None``)."""
+    return IllegalTransition(event, "the run has not started (no run_started event yet)")
 
 
 def _run_started(draft: _Draft, event: RunStarted) -> None:
@@ -251,7 +243,8 @@ def _run_started(draft: _Draft, event: RunStarted) -> None:
 
 
 def _enqueued(draft: _Draft, event: Enqueued) -> None:
-    _started(draft, event)
+    if draft.config is None:
+        raise _not_started(event)
     record = draft.rollouts.get(event.rollout)
     if record is not None:
         raise _refusal(event, event.rollout, record[0])
@@ -270,7 +263,8 @@ def _enqueued(draft: _Draft, event: Enqueued) -> None:
 
 
 def _submitted(draft: _Draft, event: Submitted) -> None:
-    _started(draft, event)
+    if draft.config is None:
+        raise _not_started(event)
     record, target = _lookup(draft, event.rollout, event)
     if draft.paused:
         raise IllegalTransition(event, "generation is paused", event.rollout, "pending")
@@ -281,64 +275,67 @@ def _submitted(draft: _Draft, event: Submitted) -> None:
     if capacity(draft) <= 0:  # type: ignore[arg-type]  # _Draft has State's fields
         raise IllegalTransition(event, "no capacity (the capacity rule allows no more rollouts now)", event.rollout, "pending")
     version = event.version
-    _move(draft, event.rollout, record, target, (record.prompt, record.attempt, version, version, None, 0, record.order))
+    _move(draft, event.rollout, record[0], (target, record.prompt, record.attempt, version, version, None, 0, record.order))
 
 
 def _segment(draft: _Draft, event: Segment) -> None:
-    record, target = _lookup(draft, event.rollout, event)
-    if not record.tail_version <= event.version <= draft.version:
+    rollout, version = event.rollout, event.version
+    record, target = _lookup(draft, rollout, event)
+    status, prompt, attempt, head, tail, recomputed, tokens, order = record
+    if not tail <= version <= draft.version:
         raise IllegalTransition(
             event,
-            f"segment version {event.version} must be between the rollout's last version {record.tail_version} "
+            f"segment version {version} must be between the rollout's last version {tail} "
             f"and the current version {draft.version}",
-            event.rollout,
+            rollout,
             "running",
         )
     if event.tokens < 0:
-        raise IllegalTransition(event, f"tokens must not be negative, got {event.tokens}", event.rollout, "running")
-    prompt, attempt, head, _, recomputed, tokens, order = record[1:]
-    _move(draft, event.rollout, record, target, (prompt, attempt, head, event.version, recomputed, tokens + event.tokens, order))
+        raise IllegalTransition(event, f"tokens must not be negative, got {event.tokens}", rollout, "running")
+    _move(draft, rollout, status, (target, prompt, attempt, head, version, recomputed, tokens + event.tokens, order))
 
 
 def _interrupted(draft: _Draft, event: Interrupted) -> None:
     record, target = _lookup(draft, event.rollout, event)
-    _move(draft, event.rollout, record, target)
+    _move(draft, event.rollout, record[0], (target, *record[1:]))
 
 
 def _resumed(draft: _Draft, event: Resumed) -> None:
-    _started(draft, event)
+    if draft.config is None:
+        raise _not_started(event)
     if event.rollout is None:  # generation resumes after a pause
         if not draft.paused:
             raise IllegalTransition(event, "generation is not paused")
         draft.paused = False
         return
-    record, target = _lookup(draft, event.rollout, event)
+    rollout = event.rollout
+    record, target = _lookup(draft, rollout, event)
+    status, prompt, attempt, head, tail, recomputed, tokens, order = record
     version = draft.version if event.version is None else event.version
-    if not record.tail_version <= version <= draft.version:
+    if not tail <= version <= draft.version:
         raise IllegalTransition(
             event,
-            f"resume version {version} must be between the rollout's last version {record.tail_version} "
+            f"resume version {version} must be between the rollout's last version {tail} "
             f"and the current version {draft.version}",
-            event.rollout,
+            rollout,
             "interrupted",
         )
-    prompt, attempt, head, _, recomputed, tokens, order = record[1:]
-    _move(draft, event.rollout, record, target, (prompt, attempt, head, version, recomputed, tokens, order))
+    _move(draft, rollout, status, (target, prompt, attempt, head, version, recomputed, tokens, order))
 
 
 def _accepted(draft: _Draft, event: Accepted) -> None:
     record, target = _lookup(draft, event.rollout, event)
-    _move(draft, event.rollout, record, target, (*record[1:7], draft.events))
+    _move(draft, event.rollout, record[0], (target, *record[1:7], draft.events))
 
 
 def _rejected(draft: _Draft, event: Rejected) -> None:
     record, target = _lookup(draft, event.rollout, event)
-    _move(draft, event.rollout, record, target)
+    _move(draft, event.rollout, record[0], (target, *record[1:]))
 
 
 def _filtered(draft: _Draft, event: Filtered) -> None:
     record, target = _lookup(draft, event.rollout, event)
-    _move(draft, event.rollout, record, target)
+    _move(draft, event.rollout, record[0], (target, *record[1:]))
 
 
 def _recomputed(draft: _Draft, event: Recomputed) -> None:
@@ -351,8 +348,8 @@ def _recomputed(draft: _Draft, event: Recomputed) -> None:
             event.rollout,
             "ready",
         )
-    prompt, attempt, head, tail, _, tokens, order = record[1:]
-    _move(draft, event.rollout, record, target, (prompt, attempt, head, tail, event.version, tokens, order))
+    status, prompt, attempt, head, tail, _, tokens, order = record
+    _move(draft, event.rollout, status, (target, prompt, attempt, head, tail, event.version, tokens, order))
 
 
 def _consumed(draft: _Draft, event: Consumed) -> None:
@@ -362,25 +359,28 @@ def _consumed(draft: _Draft, event: Consumed) -> None:
         raise IllegalTransition(event, "a consumed batch names a rollout twice")
     checked = [(rollout, *_lookup(draft, rollout, event)) for rollout in event.rollouts]  # all or nothing
     for rollout, record, target in checked:
-        _move(draft, rollout, record, target)
+        _move(draft, rollout, record[0], (target, *record[1:]))
 
 
 def _version(draft: _Draft, event: Version) -> None:
-    _started(draft, event)
+    if draft.config is None:
+        raise _not_started(event)
     if event.version <= draft.version:
         raise IllegalTransition(event, f"version must increase: {event.version} after {draft.version}")
     draft.version = event.version
 
 
 def _paused(draft: _Draft, event: Paused) -> None:
-    _started(draft, event)
+    if draft.config is None:
+        raise _not_started(event)
     if draft.paused:
         raise IllegalTransition(event, "generation is already paused")
     draft.paused = True
 
 
 def _checkpoint(draft: _Draft, event: Checkpoint) -> None:
-    _started(draft, event)
+    if draft.config is None:
+        raise _not_started(event)
     if event.version > draft.version:
         raise IllegalTransition(event, f"checkpoint version {event.version} is ahead of the current version {draft.version}")
     draft.checkpoint = event
@@ -453,10 +453,35 @@ class Folder:
             self._state = self._draft.snapshot()
         return self._state
 
+    # Reads of the current state that take no snapshot: a snapshot is cheap, but the
+    # next events then copy the parts of the rollout map they change.
     @property
     def capacity(self) -> int:
         """:func:`capacity` of the current state (no snapshot taken)."""
         return capacity(self._draft)  # type: ignore[arg-type]  # a draft has the fields capacity reads
+
+    @property
+    def config(self) -> Config | None:
+        """The run's config, ``None`` before ``run_started`` (no snapshot taken)."""
+        return self._draft.config
+
+    @property
+    def version(self) -> int:
+        """The current policy version (no snapshot taken)."""
+        return self._draft.version
+
+    @property
+    def paused(self) -> bool:
+        """Whether generation is paused (no snapshot taken)."""
+        return self._draft.paused
+
+    def count(self, status: int) -> int:
+        """How many rollouts have ``status`` (``State.counts[status]``; no snapshot taken)."""
+        return self._draft.counts[status]
+
+    def record(self, rollout: str) -> Rollout | None:
+        """The record of a live rollout, ``None`` otherwise (records are immutable; no snapshot taken)."""
+        return self._draft.rollouts.get(rollout)
 
     def is_live(self, rollout: str) -> bool:
         """Whether ``rollout`` is pending, running, interrupted or ready (no snapshot taken)."""
@@ -466,3 +491,16 @@ class Folder:
         """Fold one event, atomically (every step checks before it changes anything)."""
         _step(self._draft, event)
         self._state = None
+
+    def extend(self, events: Iterable[Event]) -> None:
+        """Fold ``events`` in order, each atomically: an illegal one raises and leaves the
+        events before it folded (a shell that wants all or nothing restores a snapshot)."""
+        draft, steps = self._draft, _STEPS
+        for event in events:  # _step, inlined: the shells fold every event through here
+            try:
+                step = steps[type(event)]
+            except KeyError:
+                raise TypeError(f"not a ledger event: {event!r}") from None
+            step(draft, event)
+            draft.events += 1
+            self._state = None

@@ -136,3 +136,39 @@ def test_reading_while_another_writer_appends_sees_a_consistent_prefix(tmp_log, 
         writer.append(events[100:200])
         rest = list(records)
     assert [seq for seq, _ in first + rest] == list(range(1, 101))
+
+
+def test_batches_of_every_size_round_trip(tmp_log, events):
+    """Batches are written in statements of 64 rows and then fewer; every size lands in order."""
+    sizes = [1, 2, 3, 63, 64, 65, 127, 128, 129, 200]
+    with EventLog(tmp_log) as log:
+        start = 0
+        for size in sizes:
+            assert log.append(events[start : start + size]) == start + size
+            start += size
+        assert list(log.records()) == list(enumerate(events[:start], start=1))
+
+
+def test_enqueued_ids_lists_every_enqueued_id(tmp_log, events):
+    write(tmp_log, events)
+    with EventLog(tmp_log) as log:
+        assert sorted(log.enqueued_ids()) == sorted(e.rollout for e in events if isinstance(e, Enqueued))
+
+
+def test_empty_columns_are_stored_as_null(tmp_log):
+    """Empty columns are bound as NaN, which SQLite stores as NULL: check it on this SQLite."""
+    from engine.events import Resumed, Segment
+
+    with EventLog(tmp_log) as log:
+        log.append([Enqueued("a"), Segment("a", 0, 3), Resumed(), Segment("a", 0, 4, t=float("nan")), Segment("a", 0, 5, t=1.5)])
+        assert [event.t for event in log.events()] == [None, None, None, None, 1.5]
+    db = sqlite3.connect(tmp_log)
+    rows = db.execute("SELECT typeof(rollout), typeof(version), typeof(tokens), typeof(t), typeof(data) FROM events ORDER BY seq").fetchall()
+    db.close()
+    assert rows == [
+        ("text", "null", "integer", "null", "null"),
+        ("text", "integer", "integer", "null", "null"),
+        ("null", "null", "null", "null", "null"),
+        ("text", "integer", "integer", "null", "null"),
+        ("text", "integer", "integer", "real", "null"),
+    ]

@@ -44,10 +44,10 @@ def _capacity_with(accepted_extra: Callable, version_shift: int = 0) -> Callable
 
 
 def _double_decrement_on_reject(original: Callable) -> Callable:
-    def move(draft, rollout, record, target, changed=None):
-        original(draft, rollout, record, target, changed)
-        if target == REJECTED:
-            draft.counts[record.status] -= 1
+    def move(draft, rollout, status, record):
+        original(draft, rollout, status, record)
+        if record[0] == REJECTED:
+            draft.counts[status] -= 1
 
     return move
 

@@ -75,3 +75,32 @@ def test_retry_ids_grow_from_the_first_attempt():
 
     state = fold([Submitted("a#2", 1), Version(2)], state)
     assert policies.on_complete(state, "a#2")[1] == Enqueued("a#3", "a", 3)
+
+
+def test_completion_from_parts_equals_on_complete():
+    state = admitted(started(max_staleness=1, policy="strict", on_stale="requeue"), "a", "b")
+    for version in range(4):
+        now = fold([Version(v) for v in range(1, version + 1)], state)
+        for rollout in ("a", "b"):
+            assert policies.completion(now.config, now.version, rollout, now.rollouts.get(rollout)) == policies.on_complete(now, rollout)
+    with pytest.raises(KeyError, match="not live"):
+        policies.completion(state.config, 0, "zzz", None)
+    with pytest.raises(ValueError, match="not started"):
+        policies.completion(None, 0, "a", state.rollouts["a"])
+
+
+def test_room_to_enqueue_equals_enqueue_room():
+    for config in ({"max_staleness": 2, "batch_size": 4}, {"max_staleness": None}):
+        state = started(**config)
+        for n in range(14):
+            now = fold([Enqueued(f"r{i}") for i in range(n)], state)
+            assert policies.room_to_enqueue(now.config, now.pending) == policies.enqueue_room(now)
+
+
+def test_admission_batches_are_oldest_first_and_never_skip():
+    state = admitted(started(max_concurrent=8, max_staleness=0), "old")
+    state = fold([Version(1)], state)
+    state = admitted(state, "new1", "new2")
+    state = fold([Accepted("new1"), Accepted("old"), Accepted("new2"), Version(9)], state)
+    assert policies.select_batch(state, 2) == ("old", "new1")
+    assert policies.select_batch(state, 5) == ("old", "new1", "new2")

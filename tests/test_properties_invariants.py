@@ -245,10 +245,10 @@ def test_check_state_runs_as_the_ledgers_debug_hook() -> None:
 def test_the_checker_stops_a_ledger_on_a_planted_bug(monkeypatch: pytest.MonkeyPatch) -> None:
     real_move = reducer._move
 
-    def double_decrement(draft, rollout, record, target, changed=None):
-        real_move(draft, rollout, record, target, changed)
-        if target == reducer.REJECTED:
-            draft.counts[record.status] -= 1
+    def double_decrement(draft, rollout, status, record):
+        real_move(draft, rollout, status, record)
+        if record[0] == reducer.REJECTED:
+            draft.counts[status] -= 1
 
     monkeypatch.setattr(reducer, "_move", double_decrement)
     ledger = Ledger(strict(), check=InvariantChecker())

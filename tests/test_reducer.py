@@ -236,6 +236,28 @@ def test_folder_keeps_its_state_after_a_refusal():
     assert folder.state.ready == 1
 
 
+def test_folder_reads_match_its_state():
+    folder = Folder(admitted(started(max_staleness=1), "a", "b"))
+    for event in (Accepted("a"), Enqueued("c"), Version(1), Paused()):
+        folder.apply(event)
+        state = folder.state
+        assert (folder.config, folder.version, folder.paused) == (state.config, state.version, state.paused)
+        assert [folder.count(status) for status in range(len(STATUS_NAMES))] == list(state.counts)
+        assert all(folder.record(r) == state.rollouts.get(r) for r in ("a", "b", "c", "zzz"))
+
+
+def test_folder_extend_folds_each_event_in_turn():
+    events = [Accepted("a"), Enqueued("c"), Version(1)]
+    one_by_one, extended = Folder(admitted(started(), "a", "b")), Folder(admitted(started(), "a", "b"))
+    for event in events:
+        one_by_one.apply(event)
+    extended.extend(events)
+    assert extended.state == one_by_one.state
+    with pytest.raises(IllegalTransition):
+        extended.extend([Accepted("b"), Accepted("zzz"), Accepted("c")])
+    assert extended.state == apply(one_by_one.state, Accepted("b"))  # the events before the refused one stay
+
+
 def test_non_events_are_refused():
     with pytest.raises(TypeError, match="not a ledger event"):
         apply(started(), ("accepted", "a"))  # type: ignore[arg-type]

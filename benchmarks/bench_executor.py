@@ -1,0 +1,164 @@
+"""Engine overhead of the rollout executor on the CPU: ledger time per update.
+
+Runs the GPU benchmark's pattern (``benchmarks/gpu_async.py``: task ``reverse``,
+16 prompts per update, groups of 8, ``max_concurrent = 64``, checkpoint and log
+flush every ``steps // 4`` updates) with the ``tiny`` model on the CPU, for each
+``max_staleness`` of the sweep, and reports the executor's ``ledger_seconds``
+(every call into the ledger, its SQLite log and the staleness policies, the run's
+log flushes included) per update, the events folded per update, and that time
+split by the ledger call it was spent in.  Each setting runs ``--repeats`` times
+and the fastest run is kept (the runs are deterministic: the events are the same
+each time, only the timing noise differs).  ``--clock thread`` times the ledger
+calls by the thread's CPU time instead of the wall clock: on a shared machine the
+process is descheduled at random, which the wall clock counts and CPU time does
+not (each reading of that clock costs about half a microsecond more).
+
+    python benchmarks/bench_executor.py [--steps 40] [--repeats 3] [--staleness 0,1,2,4,8] [--clock wall|thread]
+
+Prints one markdown table; every figure is measured in this run (torch on one thread on the CPU).
+``--device cuda --model-size small`` runs the same pattern on a GPU (the model of
+``benchmarks/gpu_async.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gc
+import shutil
+import sys
+import tempfile
+import time
+import types
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import engine.executor  # noqa: E402
+from engine.executor import RolloutExecutor  # noqa: E402
+from engine.train import RLRun, RunConfig, train_loop  # noqa: E402
+
+#: How the ledger calls the executor and the run time are grouped in the breakdown,
+#: by the name of the function handed to ``RolloutExecutor.timed``.
+COMPONENTS = {
+    "_try_batch": "top-up + batch",
+    "_start_pending": "start pending",
+    "append": "append",
+    "_append": "append",
+    "complete": "complete",
+    "advance_version": "version",
+    "pause": "pause/resume",
+    "resume_generation": "pause/resume",
+    "flush": "flush",
+}
+COLUMNS = ("top-up + batch", "start pending", "append", "complete", "version", "pause/resume", "flush")
+
+
+class _Attribution:
+    """Splits ``ledger_seconds`` by ledger call while a run is measured.
+
+    Wraps :meth:`RolloutExecutor.timed` and books the change of ``ledger_seconds``
+    across each outermost call to the call's component, so the parts add up to the
+    executor's own total (its ``timed`` still does the timing)."""
+
+    def __init__(self) -> None:
+        self.seconds: collections.Counter[str] = collections.Counter()
+        self._original = RolloutExecutor.timed
+
+    def __enter__(self) -> "_Attribution":
+        original, seconds = self._original, self.seconds
+
+        def timed(executor: RolloutExecutor, function: Callable[..., Any], *args: Any) -> Any:
+            if executor._timing:
+                return function(*args)
+            before = executor.ledger_seconds
+            try:
+                return original(executor, function, *args)
+            finally:
+                seconds[COMPONENTS.get(function.__name__, "other")] += executor.ledger_seconds - before
+
+        RolloutExecutor.timed = timed  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        RolloutExecutor.timed = self._original  # type: ignore[method-assign]
+
+
+def measure(config: RunConfig, root: Path) -> dict[str, Any]:
+    """One run of ``config``: ledger ms/update, events/update and the breakdown (ms/update)."""
+    run_dir = root / f"staleness{config.max_staleness}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run = RLRun(config, run_dir)
+    run.setup()
+    try:
+        executor = run.executor
+        executor.ledger_seconds = 0.0  # setup's checkpoint is not part of an update
+        events = run.ledger.state.events
+        gc.collect()
+        with _Attribution() as parts:
+            train_loop(run, progress=False)
+        steps = run.ledger.state.version
+        return {
+            "ms": 1000 * executor.ledger_seconds / steps,
+            "events": (run.ledger.state.events - events) / steps,
+            "parts": {name: 1000 * parts.seconds[name] / steps for name in (*COLUMNS, "other")},
+        }
+    finally:
+        run.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40, help="updates per run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per setting; the fastest is kept")
+    parser.add_argument("--staleness", default="0,1,2,4,8", help="comma-separated max_staleness sweep")
+    parser.add_argument("--warmup-steps", type=int, default=5, help="supervised warm-up shared by every run")
+    parser.add_argument("--clock", default="wall", choices=("wall", "thread"), help="what the executor's timers read")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--model-size", default="tiny", help="tiny, small or base")
+    args = parser.parse_args()
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    if args.clock == "thread":  # the executor's timers (and only they) read the thread's CPU time
+        engine.executor.time = types.SimpleNamespace(perf_counter=time.thread_time)  # type: ignore[assignment]
+
+    base = RunConfig(
+        task="reverse", model_size=args.model_size, steps=args.steps, batch_size=16, group_size=8, max_concurrent=64,
+        warmup_steps=args.warmup_steps, checkpoint_every=max(1, args.steps // 4), device=args.device,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        warm = RLRun(replace(base, steps=1), root / "warmup")
+        warm.setup()
+        init = root / "init.pt"
+        warm.save_weights(init)
+        warm.close()
+        base = replace(base, init=str(init))
+
+        rows = []
+        for staleness in (int(k) for k in args.staleness.split(",")):
+            config = replace(base, max_staleness=staleness)
+            runs = [measure(config, root) for _ in range(args.repeats)]
+            best = min(runs, key=lambda r: r["ms"])
+            rows.append((staleness, best, [r["ms"] for r in runs]))
+            print(f"staleness {staleness}: " + ", ".join(f"{r['ms']:.3f}" for r in runs) + " ms/update", file=sys.stderr, flush=True)
+
+    shown = [c for c in (*COLUMNS, "other") if any(best["parts"][c] >= 0.0005 for _, best, _ in rows)]
+    print(
+        f"model {args.model_size} on {args.device}, steps {args.steps}, checkpoint every {base.checkpoint_every}, "
+        f"{args.clock} clock, best of {args.repeats} runs; "
+        "breakdown in ms/update\n"
+    )
+    print("| max_staleness | ledger ms/update | events/update | us/event | " + " | ".join(shown) + " |")
+    print("|---|---|---|---|" + "---|" * len(shown))
+    for staleness, best, _ in rows:
+        parts = " | ".join(f"{best['parts'][c]:.3f}" for c in shown)
+        print(f"| {staleness} | {best['ms']:.3f} | {best['events']:.1f} | {1000 * best['ms'] / best['events']:.2f} | {parts} |")
+
+
+if __name__ == "__main__":
+    main()
