@@ -98,8 +98,7 @@ def completion(config: Config | None, version: int, rollout: str, record: Rollou
     if record is None:
         raise KeyError(f"rollout {rollout!r} is not live in this ledger")
     config = _started(config)
-    allowed = allowed_staleness(config, record)  # _is_stale, inlined: this runs once per completed rollout
-    if allowed is not None and version - reference_version(config, record) > allowed:
+    if _is_stale(config, version, record):
         return _filter(config, rollout, record)
     return (Accepted(rollout),)
 
