@@ -1,6 +1,7 @@
 """A realistic mixed event log for benchmarks and tests: up to 256 rollouts in
-flight, partial rollouts interrupted at version bumps, errors, stale filtering
-with requeue, and batch consumption, all driven through the real policies."""
+flight, partial rollouts interrupted at version bumps (one event per rollout at
+even versions, the batch events at odd ones), errors, stale filtering with
+requeue, and batch consumption, all driven through the real policies."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from engine.events import (
     Enqueued,
     Event,
     Interrupted,
+    InterruptedBatch,
     Rejected,
     Resumed,
+    ResumedBatch,
     RunStarted,
     Segment,
     Submitted,
@@ -71,11 +74,18 @@ def _generate(n_events: int, seed: int, in_flight: int, batch_size: int) -> Iter
             continue
         yield emit(Consumed(batch))
         interrupted = running[:8]
-        for rollout in interrupted:
-            yield emit(Interrupted(rollout))
+        batched = folder.state.version % 2 == 1 and interrupted
+        if batched:
+            yield emit(InterruptedBatch(tuple(interrupted), tuple(rng.randint(0, 64) for _ in interrupted), folder.state.version))
+        else:
+            for rollout in interrupted:
+                yield emit(Interrupted(rollout))
         yield emit(Version(folder.state.version + 1))
         for event in policies.on_version(folder.state):
             yield emit(event)
+        if batched:
+            yield emit(ResumedBatch(tuple(interrupted), folder.state.version))
         for rollout in interrupted:
-            yield emit(Resumed(rollout, folder.state.version))
+            if not batched:
+                yield emit(Resumed(rollout, folder.state.version))
             yield emit(Segment(rollout, folder.state.version, rng.randint(8, 128)))

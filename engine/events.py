@@ -12,8 +12,10 @@ from typing import Any, Mapping, NamedTuple, Union, get_args
 
 from engine.config import Config
 
-#: Version of the event format.  Logs written by a newer format are refused.
-SCHEMA_VERSION = 1
+#: Version of the event format.  Logs written by a newer format are refused.  Schema 2
+#: added the batch forms ``interrupted_batch`` and ``resumed_batch``; schema 1 logs
+#: read unchanged.
+SCHEMA_VERSION = 2
 
 #: Reasons a running rollout can be rejected.
 REJECT_REASONS = ("none", "should_accept", "error", "timeout", "lost")
@@ -121,6 +123,30 @@ class Resumed(NamedTuple):
     type = "resumed"
 
 
+class InterruptedBatch(NamedTuple):
+    """The rollouts generating at a weight update, interrupted at once: rollout
+    ``rollouts[i]`` closes a segment of ``tokens[i]`` tokens under ``version`` and is
+    interrupted.  The same as a ``segment`` then an ``interrupted`` for each, in one
+    event (all or nothing)."""
+
+    rollouts: tuple[str, ...]
+    tokens: tuple[int, ...]
+    version: int
+    t: float | None = None
+    type = "interrupted_batch"
+
+
+class ResumedBatch(NamedTuple):
+    """Interrupted rollouts continuing under weights ``version`` as a new segment: the
+    same as a ``resumed`` with ``rollout`` and ``version`` for each, in one event (all
+    or nothing)."""
+
+    rollouts: tuple[str, ...]
+    version: int
+    t: float | None = None
+    type = "resumed_batch"
+
+
 class Recomputed(NamedTuple):
     rollout: str
     version: int
@@ -163,6 +189,8 @@ Event = Union[
     Recomputed,
     Checkpoint,
     Stage,
+    InterruptedBatch,
+    ResumedBatch,
 ]
 
 EVENT_TYPES: tuple[type, ...] = get_args(Event)
@@ -185,7 +213,7 @@ def to_json(event: Event) -> dict[str, Any]:
             continue
         if name == "config":
             value = value.to_json()
-        elif name == "rollouts":
+        elif name == "rollouts" or name == "tokens" and type(event) is InterruptedBatch:
             value = list(value)
         out[name] = value
     return out
@@ -244,6 +272,11 @@ def from_json(obj: Mapping[str, Any]) -> Event:
             if not all(isinstance(r, str) for r in ids):
                 raise EventError(f"{where}: field 'rollouts' must be a list of strings")
             values[name] = tuple(ids)
+        elif name == "tokens" and cls is InterruptedBatch:
+            counts = _require(obj, name, list, where)
+            if not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
+                raise EventError(f"{where}: field 'tokens' must be a list of integers")
+            values[name] = tuple(counts)
         else:
             value = _require(obj, name, _FIELD_KINDS[name], where)
             values[name] = float(value) if name == "t" else value

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from engine import policies
-from engine.events import Enqueued, Event, Interrupted, Rejected, Resumed, Segment, Submitted
+from engine.events import Enqueued, Event, InterruptedBatch, Rejected, ResumedBatch, Segment, Submitted
 from engine.ledger import Ledger
 from engine.logconfig import get_logger
 from engine.reducer import PENDING, READY
@@ -263,16 +263,19 @@ class RolloutExecutor:
         the interrupted rollouts resume as a new segment.  Returns the new version."""
         old = self.ledger.version
         interrupted = [f for f in self._flights.values() if f.generating()]
-        closing: list[Event] = []
-        for flight in interrupted:
-            tokens = flight.tokens()
-            closing += (Segment(flight.rollout, old, tokens - flight.segment_start), Interrupted(flight.rollout))
-            flight.segment_start = tokens
-        self.timed(self.ledger.append, *closing)
+        rollouts = tuple(flight.rollout for flight in interrupted)
+        if interrupted:  # one event closes every segment in flight, one resumes them all
+            segments = []
+            for flight in interrupted:
+                tokens = flight.tokens()
+                segments.append(tokens - flight.segment_start)
+                flight.segment_start = tokens
+            self.timed(self.ledger.append, InterruptedBatch(rollouts, tuple(segments), old))
         self._note(self.timed(self.ledger.advance_version, None if recompute is None else self._untimed(recompute)))
         version = self.ledger.version
         self.engine.load_weights(weights, version)
-        self.timed(self.ledger.append, *(Resumed(flight.rollout, version) for flight in interrupted))
+        if interrupted:
+            self.timed(self.ledger.append, ResumedBatch(rollouts, version))
         for flight in interrupted:
             flight.segment_version = version
         self._notify()

@@ -26,10 +26,12 @@ from engine.events import (
     EventError,
     Filtered,
     Interrupted,
+    InterruptedBatch,
     Paused,
     Recomputed,
     Rejected,
     Resumed,
+    ResumedBatch,
     RunStarted,
     Segment,
     Stage,
@@ -103,6 +105,8 @@ _ENCODE: dict[type, Callable[[int, Any], Row]] = {
     Recomputed: lambda s, e: (s, "recomputed", e.rollout, e.version, None, e.t, None),
     Checkpoint: lambda s, e: (s, "checkpoint", None, e.version, None, e.t, e.path),
     Stage: lambda s, e: (s, "stage", None, None, None, e.t, json.dumps([e.path, e.phase, e.detail])),
+    InterruptedBatch: lambda s, e: (s, "interrupted_batch", None, e.version, None, e.t, json.dumps([e.rollouts, e.tokens])),
+    ResumedBatch: lambda s, e: (s, "resumed_batch", None, e.version, None, e.t, json.dumps(e.rollouts)),
 }
 
 #: Rows per INSERT statement: a batch is written in statements of ``_CHUNK`` rows, then
@@ -137,7 +141,12 @@ _DECODE: dict[str, Callable[[Any, Any, Any, Any, Any], Event]] = {
     "recomputed": lambda r, v, n, t, d: Recomputed(r, v, t),
     "checkpoint": lambda r, v, n, t, d: Checkpoint(v, d, t),
     "stage": lambda r, v, n, t, d: Stage(*json.loads(d), t),
+    "interrupted_batch": lambda r, v, n, t, d: InterruptedBatch(*map(tuple, json.loads(d)), v, t),
+    "resumed_batch": lambda r, v, n, t, d: ResumedBatch(tuple(json.loads(d)), v, t),
 }
+
+#: The event types whose ``data`` lists the rollouts they name, as SQL (``records(rollout=...)`` searches it).
+_BATCH_TYPES = "('consumed', 'interrupted_batch', 'resumed_batch')"
 
 
 def _decode_row(seq: int, kind: str, rollout: Any, version: Any, tokens: Any, t: Any, data: Any) -> Event:
@@ -190,6 +199,10 @@ class EventLog:
                 self._db.execute("BEGIN")
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('last_seq', '0')")
+            stored = SCHEMA_VERSION
+        #: The schema the stored events are written in; an older log is marked with this
+        #: one in the transaction of its first append (reading alone leaves it as it was).
+        self.schema = stored
 
     def append(self, events: Sequence[Event]) -> int:
         """Write ``events`` in one transaction; returns the last sequence number."""
@@ -204,11 +217,14 @@ class EventLog:
         try:
             _insert(db, rows)
             db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (str(last),))
+            if self.schema < SCHEMA_VERSION:
+                db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
         self.last_seq = last
+        self.schema = SCHEMA_VERSION
         return last
 
     def enqueued_among(self, rollouts: Sequence[str]) -> set[str]:
@@ -231,7 +247,7 @@ class EventLog:
         match the committed last sequence number.  Events committed by another
         writer after the read began are left for the next read."""
         if rollout is not None:
-            query = "SELECT * FROM events WHERE seq >= ? AND (rollout = ? OR (type = 'consumed' AND data LIKE ?)) ORDER BY seq"
+            query = f"SELECT * FROM events WHERE seq >= ? AND (rollout = ? OR (type IN {_BATCH_TYPES} AND data LIKE ?)) ORDER BY seq"
             rows = self._db.execute(query, (start, rollout, f"%{json.dumps(rollout)}%"))
             for seq, *columns in rows:
                 event = _decode_row(seq, *columns)

@@ -27,10 +27,12 @@ from engine.events import (
     Event,
     Filtered,
     Interrupted,
+    InterruptedBatch,
     Paused,
     Recomputed,
     Rejected,
     Resumed,
+    ResumedBatch,
     RunStarted,
     Segment,
     Stage,
@@ -52,6 +54,8 @@ TRANSITIONS: dict[str, dict[int, int]] = {
     "segment": {RUNNING: RUNNING},
     "interrupted": {RUNNING: INTERRUPTED},
     "resumed": {INTERRUPTED: RUNNING},
+    "interrupted_batch": {RUNNING: INTERRUPTED},  # segment + interrupted, for each rollout named
+    "resumed_batch": {INTERRUPTED: RUNNING},  # resumed, for each rollout named
     "accepted": {RUNNING: READY},
     "rejected": {RUNNING: REJECTED, INTERRUPTED: REJECTED},
     "filtered": {RUNNING: FILTERED, READY: FILTERED},
@@ -323,6 +327,56 @@ def _resumed(draft: _Draft, event: Resumed) -> None:
     _move(draft, rollout, status, (target, prompt, attempt, head, version, recomputed, tokens, order))
 
 
+def _distinct(event: InterruptedBatch | ResumedBatch | Consumed, what: str) -> None:
+    """A batch event names at least one rollout, each once."""
+    if not event.rollouts:
+        raise IllegalTransition(event, f"a {what} must name at least one rollout")
+    if len(set(event.rollouts)) != len(event.rollouts):
+        raise IllegalTransition(event, f"a {what} names a rollout twice")
+
+
+def _interrupted_batch(draft: _Draft, event: InterruptedBatch) -> None:
+    _distinct(event, "batch interruption")
+    if len(event.tokens) != len(event.rollouts):
+        raise IllegalTransition(event, f"{len(event.rollouts)} rollouts but {len(event.tokens)} token counts")
+    version, current = event.version, draft.version
+    checked = []
+    for rollout, tokens in zip(event.rollouts, event.tokens):  # all or nothing: check every rollout first
+        record, target = _lookup(draft, rollout, event)
+        if not record[4] <= version <= current:
+            raise IllegalTransition(
+                event,
+                f"segment version {version} must be between the rollout's last version {record[4]} "
+                f"and the current version {current}",
+                rollout,
+                "running",
+            )
+        if tokens < 0:
+            raise IllegalTransition(event, f"tokens must not be negative, got {tokens}", rollout, "running")
+        checked.append((rollout, record, target, tokens))
+    for rollout, (status, prompt, attempt, head, _, recomputed, total, order), target, tokens in checked:
+        _move(draft, rollout, status, (target, prompt, attempt, head, version, recomputed, total + tokens, order))
+
+
+def _resumed_batch(draft: _Draft, event: ResumedBatch) -> None:
+    _distinct(event, "batch resumption")
+    version, current = event.version, draft.version
+    checked = []
+    for rollout in event.rollouts:
+        record, target = _lookup(draft, rollout, event)
+        if not record[4] <= version <= current:
+            raise IllegalTransition(
+                event,
+                f"resume version {version} must be between the rollout's last version {record[4]} "
+                f"and the current version {current}",
+                rollout,
+                "interrupted",
+            )
+        checked.append((rollout, record, target))
+    for rollout, (status, prompt, attempt, head, _, recomputed, tokens, order), target in checked:
+        _move(draft, rollout, status, (target, prompt, attempt, head, version, recomputed, tokens, order))
+
+
 def _accepted(draft: _Draft, event: Accepted) -> None:
     record, target = _lookup(draft, event.rollout, event)
     _move(draft, event.rollout, record[0], (target, *record[1:7], draft.events))
@@ -353,10 +407,7 @@ def _recomputed(draft: _Draft, event: Recomputed) -> None:
 
 
 def _consumed(draft: _Draft, event: Consumed) -> None:
-    if not event.rollouts:
-        raise IllegalTransition(event, "a consumed batch must name at least one rollout")
-    if len(set(event.rollouts)) != len(event.rollouts):
-        raise IllegalTransition(event, "a consumed batch names a rollout twice")
+    _distinct(event, "consumed batch")
     checked = [(rollout, *_lookup(draft, rollout, event)) for rollout in event.rollouts]  # all or nothing
     for rollout, record, target in checked:
         _move(draft, rollout, record[0], (target, *record[1:]))
@@ -406,6 +457,8 @@ _STEPS = {
     Paused: _paused,
     Checkpoint: _checkpoint,
     Stage: _stage,
+    InterruptedBatch: _interrupted_batch,
+    ResumedBatch: _resumed_batch,
 }
 
 

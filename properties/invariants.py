@@ -24,7 +24,7 @@ import json
 from typing import Iterable, Sequence
 
 from engine import reducer
-from engine.events import Consumed, Enqueued, Event, Filtered, Rejected, from_json, to_json
+from engine.events import Consumed, Enqueued, Event, Filtered, InterruptedBatch, Rejected, ResumedBatch, from_json, to_json
 from engine.reducer import (
     CONSUMED,
     FILTERED,
@@ -318,11 +318,15 @@ def history_without(events: Iterable[Event], rollout: str) -> list[Event]:
     for event in events:
         if getattr(event, "rollout", None) == rollout:
             continue
-        if isinstance(event, Consumed) and rollout in event.rollouts:
-            rest = tuple(r for r in event.rollouts if r != rollout)
+        if isinstance(event, (Consumed, InterruptedBatch, ResumedBatch)) and rollout in event.rollouts:
+            at = event.rollouts.index(rollout)
+            rest = event.rollouts[:at] + event.rollouts[at + 1 :]
             if not rest:
                 continue
-            event = event._replace(rollouts=rest)
+            if isinstance(event, InterruptedBatch):
+                event = event._replace(rollouts=rest, tokens=event.tokens[:at] + event.tokens[at + 1 :])
+            else:
+                event = event._replace(rollouts=rest)
         kept.append(event)
     return kept
 

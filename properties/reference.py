@@ -18,7 +18,7 @@ Both must give the same capacity after every event.
 from __future__ import annotations
 
 from engine.config import Config
-from engine.events import Event
+from engine.events import Event, Interrupted, Resumed, Segment
 
 SCHEMES = ("decrement", "never_count")
 
@@ -100,7 +100,10 @@ class ReferenceLedger:
         """Take one event; raises :class:`ReferenceRefusal` (nothing changed) if illegal."""
         self._check(event)
         kind = event.type
-        if kind == "run_started":
+        if kind in ("interrupted_batch", "resumed_batch"):
+            for one in self._one_by_one(event):
+                self.observe(one)
+        elif kind == "run_started":
             self.config = event.config
         elif kind == "enqueued":
             self.status[event.rollout] = "pending"
@@ -145,8 +148,23 @@ class ReferenceLedger:
         self.status[rollout] = "filtered"
         self.filtered += 1
 
+    @staticmethod
+    def _one_by_one(event: Event) -> list[Event]:
+        """A batch event as the events it stands for, one rollout at a time."""
+        if event.type == "interrupted_batch":
+            return [e for r, n in zip(event.rollouts, event.tokens) for e in (Segment(r, event.version, n), Interrupted(r))]
+        return [Resumed(r, event.version) for r in event.rollouts]
+
     def _check(self, event: Event) -> None:
         kind = event.type
+        if kind in ("interrupted_batch", "resumed_batch"):
+            if not event.rollouts or len(set(event.rollouts)) != len(event.rollouts):
+                raise ReferenceRefusal("a batch must name distinct rollouts")
+            if kind == "interrupted_batch" and len(event.tokens) != len(event.rollouts):
+                raise ReferenceRefusal("one token count per rollout")
+            for one in self._one_by_one(event):  # distinct rollouts, and a segment leaves its rollout running:
+                self._check(one)  # each event checks against the state before the batch
+            return
         if kind == "run_started":
             if self.config is not None:
                 raise ReferenceRefusal("the run has already started")

@@ -45,10 +45,12 @@ from engine.events import (
     Event,
     Filtered,
     Interrupted,
+    InterruptedBatch,
     Paused,
     Recomputed,
     Rejected,
     Resumed,
+    ResumedBatch,
     RunStarted,
     Segment,
     Submitted,
@@ -253,11 +255,13 @@ class LedgerMachine(RuleBasedStateMachine):
             self.commit(*events)
 
     @precondition(lambda self: self.training or self.state.running + self.state.ready > 0)
-    @rule(pause=st.booleans())
-    def train(self, pause: bool) -> None:
+    @rule(pause=st.booleans(), interrupt=st.booleans())
+    def train(self, pause: bool, interrupt: bool) -> None:
         """The trainer: with a batch in training, the weight update (as
         ``Ledger.advance_version``: recompute, bump, purge), pausing generation for the
-        weight sync if ``pause`` (until ``resume_generation``); otherwise consume a full
+        weight sync if ``pause`` (until ``resume_generation``) and, if ``interrupt``,
+        with the running rollouts interrupted around it in one event each way, as the
+        executor's ``set_version`` does; otherwise consume a full
         batch if there is one, else move the version while rollouts are in flight (an
         update this rank did not consume for; at most two versions ahead of the batches
         consumed, so the staleness budget stays about as tight as a trainer keeps it)."""
@@ -265,7 +269,7 @@ class LedgerMachine(RuleBasedStateMachine):
             if pause and not self.state.paused:
                 _statistic("paused for a weight sync")
                 self.commit(Paused())
-            self.advance_version()
+            self.advance_version(interrupt)
             return
         batch = policies.select_batch(self.state, self.config.rank_batch_size)
         if len(batch) == self.config.rank_batch_size:
@@ -273,10 +277,16 @@ class LedgerMachine(RuleBasedStateMachine):
             self.commit(Consumed(batch))
             self.training = True
         elif (self.state.version - 1) * self.config.rank_batch_size <= self.state.consumed:
-            self.advance_version()
+            self.advance_version(interrupt)
 
-    def advance_version(self) -> None:
-        """Recompute, bump, purge: the steps of ``Ledger.advance_version``."""
+    def advance_version(self, interrupt: bool = False) -> None:
+        """Recompute, bump, purge: the steps of ``Ledger.advance_version``; with
+        ``interrupt``, between an ``interrupted_batch`` of the running rollouts (each
+        closing a segment) and the ``resumed_batch`` that continues them."""
+        running = tuple(self._with(RUNNING)) if interrupt else ()
+        if running:
+            _statistic("interrupted and resumed in one event each")
+            self.commit(InterruptedBatch(running, tuple(i % 3 for i in range(len(running))), self.state.version))
         requests = policies.recompute_requests(self.state)
         if requests:
             _statistic("recomputed before a version bump")
@@ -285,6 +295,8 @@ class LedgerMachine(RuleBasedStateMachine):
         if purge:
             _statistic("purged at a version bump")
         self.commit(*purge)
+        if running:
+            self.commit(ResumedBatch(running, self.state.version))
         self.training = False
 
     @precondition(lambda self: self.state.paused)
@@ -392,6 +404,8 @@ class LedgerMachine(RuleBasedStateMachine):
                 Filtered(rollout),
                 Recomputed(rollout, version),
                 Consumed((rollout,)),
+                InterruptedBatch((rollout,), (1,), version),
+                ResumedBatch((rollout,), version),
             ):
                 if not reference.is_legal(event):
                     self._refused(event)

@@ -32,10 +32,11 @@ from engine.events import (
     Consumed,
     Enqueued,
     Event,
-    Interrupted,
+    InterruptedBatch,
     Paused,
     Rejected,
     Resumed,
+    ResumedBatch,
     RunStarted,
     Segment,
     Submitted,
@@ -356,16 +357,21 @@ class Simulation:
         return tokens
 
     def _interrupt(self, now: float) -> list[str]:
-        """Partial rollouts: close each in-flight rollout's segment before the update."""
-        interrupted: list[str] = []
+        """Partial rollouts: close every in-flight rollout's segment before the update, in
+        one ``interrupted_batch`` per segment version (all share the current one)."""
+        by_version: dict[int, tuple[list[str], list[int]]] = {}
         for server in self._servers:
             for rollout, tokens in self._generated(server).items():
                 live = self._live[rollout]
                 reached = live.done + tokens
-                self._emit(Segment(rollout, live.tail, reached - live.segmented, now))
+                rollouts, segments = by_version.setdefault(live.tail, ([], []))
+                rollouts.append(rollout)
+                segments.append(reached - live.segmented)
                 live.segmented = reached
-                self._emit(Interrupted(rollout, now))
-                interrupted.append(rollout)
+        interrupted: list[str] = []
+        for version, (rollouts, segments) in by_version.items():
+            self._emit(InterruptedBatch(tuple(rollouts), tuple(segments), version, now))
+            interrupted += rollouts
         return interrupted
 
     def _continue(self, interrupted: list[str], now: float) -> None:
@@ -373,7 +379,8 @@ class Simulation:
         version = self.folder.state.version
         for rollout in interrupted:
             self._live[rollout].tail = version
-            self._emit(Resumed(rollout, version, now))
+        if interrupted:
+            self._emit(ResumedBatch(tuple(interrupted), version, now))
         for server in self._servers:
             if server.active:
                 kv_tokens = server.kv_offset + server.active * server.steps

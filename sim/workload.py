@@ -2,7 +2,8 @@
 
 Every sampler draws from a ``random.Random`` owned by the simulation, so the same
 seed gives the same lengths.  ``empirical`` lengths come from an event log (the
-response tokens of each accepted rollout: the sum of its ``segment`` events) or
+response tokens of each accepted rollout: the sum of its segments, ``segment`` and
+``interrupted_batch`` events) or
 from the first numeric column of a CSV file.
 """
 
@@ -109,6 +110,9 @@ def _collect(events: Iterable[Event], tokens: dict[str, int], lengths: list[int]
         kind = event.type
         if kind == "segment":
             tokens[event.rollout] = tokens.get(event.rollout, 0) + event.tokens
+        elif kind == "interrupted_batch":
+            for rollout, count in zip(event.rollouts, event.tokens):
+                tokens[rollout] = tokens.get(rollout, 0) + count
         elif kind == "accepted":
             count = tokens.pop(event.rollout, 0)
             if count > 0:

@@ -10,10 +10,12 @@ from engine.events import (
     EventError,
     Filtered,
     Interrupted,
+    InterruptedBatch,
     Paused,
     Recomputed,
     Rejected,
     Resumed,
+    ResumedBatch,
     RunStarted,
     Segment,
     Stage,
@@ -41,6 +43,8 @@ ONE_OF_EACH = [
     Recomputed("r4", 1),
     Checkpoint(1, "ckpt/1.pt"),
     Stage("rlhf/sft", "finished", "loss=0.1"),
+    InterruptedBatch(("r5", "r6"), (12, 0), 1, t=3.0),
+    ResumedBatch(("r5", "r6"), 2),
 ]
 
 
@@ -57,6 +61,9 @@ def test_design_examples_parse():
     assert from_json({"type": "segment", "rollout": "r1", "version": 0, "tokens": 37}) == Segment("r1", 0, 37)
     assert from_json({"type": "filtered", "rollout": "r3", "reason": "stale"}) == Filtered("r3", "stale")
     assert from_json({"type": "resumed"}) == Resumed()
+    batch = {"type": "interrupted_batch", "rollouts": ["r1", "r2"], "tokens": [37, 5], "version": 0}
+    assert from_json(batch) == InterruptedBatch(("r1", "r2"), (37, 5), 0)
+    assert to_json(ResumedBatch(("r1", "r2"), 1)) == {"type": "resumed_batch", "rollouts": ["r1", "r2"], "version": 1}
 
 
 def test_equality_includes_the_type():
@@ -78,6 +85,9 @@ def test_events_are_immutable():
         ({"type": "segment", "rollout": "r1", "version": 0, "tokens": True}, "'tokens' must be an integer"),
         ({"type": "rejected", "rollout": "r2", "reason": "bored"}, "reason must be one of"),
         ({"type": "accepted", "rollout": "r1", "colour": 1}, "unknown field(s) colour"),
+        ({"type": "interrupted_batch", "rollouts": ["r1"], "tokens": [1.5], "version": 0}, "'tokens' must be a list of integers"),
+        ({"type": "interrupted_batch", "rollouts": ["r1"], "tokens": 3, "version": 0}, "'tokens' must be a list"),
+        ({"type": "resumed_batch", "rollouts": "r1", "version": 0}, "'rollouts' must be a list"),
         ({"type": "run_started", "config": {"batch_size": 4}}, "'max_concurrent': is required"),
         ([1, 2], "must be a JSON object"),
     ],

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engine.config import Config
-from engine.events import Interrupted, Rejected, Resumed, Segment, Version
+from engine.events import InterruptedBatch, Rejected, ResumedBatch, Segment, Version
 from engine.executor import RolloutExecutor, TrajectoryStore
 from engine.ledger import Ledger
 from engine.log import EventLog, replay
@@ -135,9 +135,9 @@ def test_a_weight_update_interrupts_rollouts_in_flight_and_they_resume_as_a_new_
         executor.resume()
         ids, groups = await executor.prepare_batch(2, iter(()))
         await executor.close()
-        return version, groups
+        return version, ids, groups
 
-    version, groups = asyncio.run(scenario())
+    version, ids, groups = asyncio.run(scenario())
     assert version == 1
     for group in groups:
         for sample in group:
@@ -145,8 +145,18 @@ def test_a_weight_update_interrupts_rollouts_in_flight_and_they_resume_as_a_new_
             assert sample.versions == sorted(sample.versions)
     ledger.flush()
     with EventLog(tmp_path / "events.sqlite") as log:
-        kinds = [type(e).__name__ for e in log.events() if isinstance(e, (Segment, Interrupted, Resumed, Version))]
-    assert kinds[:6] == ["Segment", "Interrupted", "Segment", "Interrupted", "Version", "Resumed"]
+        events = [e for e in log.events() if isinstance(e, (Segment, InterruptedBatch, ResumedBatch, Version))]
+    # one event closes both segments under version 0, one resumes both under version 1
+    assert [type(e).__name__ for e in events[:3]] == ["InterruptedBatch", "Version", "ResumedBatch"]
+    interruption, resumption = events[0], events[2]
+    assert sorted(interruption.rollouts) == ["p0#1", "p1#1"] and interruption.version == 0
+    assert all(tokens > 0 for tokens in interruption.tokens)  # both were generating
+    assert resumption == ResumedBatch(interruption.rollouts, 1, resumption.t)
+    # a rollout's two segments add up to the tokens its samples hold
+    finals = {e.rollout: e.tokens for e in events[3:] if isinstance(e, Segment)}
+    held = {rollout: sum(sample.tokens for sample in group) for rollout, group in zip(ids, groups)}
+    for rollout, first in zip(interruption.rollouts, interruption.tokens):
+        assert first + finals[rollout] == held[rollout]
     assert ledger.state.consumed == 2
     ledger.close()
 

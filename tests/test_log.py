@@ -79,6 +79,35 @@ def test_truncated_file_is_reported(tmp_path, events):
         replay(path)
 
 
+def test_the_mixed_log_has_both_forms_of_interruption(events):
+    kinds = {event.type for event in events}
+    assert {"interrupted", "resumed", "interrupted_batch", "resumed_batch"} <= kinds
+
+
+def test_records_of_one_rollout_include_the_batch_events_that_name_it(tmp_log, events):
+    batch = next(e for e in events if e.type == "interrupted_batch")
+    rollout = batch.rollouts[-1]
+    write(tmp_log, events)
+    with EventLog(tmp_log) as log:
+        history = [event for _, event in log.records(rollout=rollout)]
+    assert batch in history and any(e.type == "resumed_batch" for e in history)
+    assert history == [e for e in events if rollout in (getattr(e, "rollout", None), *getattr(e, "rollouts", ()))]
+
+
+def test_a_schema_1_log_is_read_and_marked_schema_2_at_its_first_append(tmp_log, events):
+    old = [e for e in events[:400] if e.type not in ("interrupted_batch", "resumed_batch")]
+    legal = fold(old)  # the schema 1 events alone
+    write(tmp_log, old)
+    tamper(tmp_log, "UPDATE meta SET value = '1' WHERE key = 'schema'")
+    with EventLog(tmp_log) as log:
+        assert log.schema == 1 and list(log.events()) == old
+    assert replay(tmp_log) == legal
+    assert sqlite3.connect(tmp_log).execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("1",)  # reading changes nothing
+    with EventLog(tmp_log) as log:
+        log.append([Accepted("r-new")])
+    assert sqlite3.connect(tmp_log).execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (str(SCHEMA_VERSION),)
+
+
 def test_newer_schema_is_refused(tmp_log):
     EventLog(tmp_log).close()
     tamper(tmp_log, "UPDATE meta SET value = ? WHERE key = 'schema'", str(SCHEMA_VERSION + 1))

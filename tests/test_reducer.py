@@ -10,10 +10,12 @@ from engine.events import (
     Enqueued,
     Filtered,
     Interrupted,
+    InterruptedBatch,
     Paused,
     Recomputed,
     Rejected,
     Resumed,
+    ResumedBatch,
     RunStarted,
     Segment,
     Submitted,
@@ -121,6 +123,8 @@ EVENT_FOR = {
     "filtered": lambda r: Filtered(r),
     "recomputed": lambda r: Recomputed(r, 0),
     "consumed": lambda r: Consumed((r,)),
+    "interrupted_batch": lambda r: InterruptedBatch((r,), (5,), 0),
+    "resumed_batch": lambda r: ResumedBatch((r,), 0),
 }
 
 REACH = {  # events that bring a fresh rollout "x" to each live status
@@ -199,6 +203,54 @@ def test_partial_rollout_tracks_head_and_tail_versions():
     record = state.rollouts["a"]
     assert (record.head_version, record.tail_version, record.tokens) == (0, 1, 17)
     assert state.running == 1
+
+
+def _without_event_count(state):
+    """The state less what counts events (the event counter, and ``order``, which only ranks)."""
+    records = {rollout: record._replace(order=0) for rollout, record in state.rollouts.items()}
+    return state.counts, state.version, records
+
+
+def test_a_batch_interruption_and_resumption_equal_their_events_one_rollout_at_a_time():
+    state = admitted(started(max_concurrent=4, batch_size=2), "a", "b", "c")
+    one_by_one = fold([Segment("a", 0, 10), Interrupted("a"), Segment("b", 0, 0), Interrupted("b"), Version(1), Resumed("a", 1), Resumed("b", 1)], state)
+    batched = fold([InterruptedBatch(("a", "b"), (10, 0), 0), Version(1), ResumedBatch(("a", "b"), 1)], state)
+    assert _without_event_count(batched) == _without_event_count(one_by_one)
+    assert batched.events == state.events + 3
+    assert batched.rollouts["a"][3:7] == (0, 1, None, 10)  # head, tail, recomputed, tokens
+    assert batched.status_of("c") == "running"
+    between = fold([InterruptedBatch(("a", "b"), (10, 0), 0)], state)
+    assert between.interrupted == 2 and between.running == 3  # interrupted rollouts keep their slots
+
+
+@pytest.mark.parametrize(
+    "event, words",
+    [
+        (InterruptedBatch(("a", "zzz"), (1, 1), 0), "'zzz' (unknown)"),
+        (InterruptedBatch(("a", "b"), (1,), 0), "2 rollouts but 1 token counts"),
+        (InterruptedBatch(("a", "a"), (1, 1), 0), "names a rollout twice"),
+        (InterruptedBatch((), (), 0), "at least one rollout"),
+        (InterruptedBatch(("a", "b"), (1, -1), 0), "'b' (running): tokens must not be negative"),
+        (InterruptedBatch(("a",), (1,), 1), "segment version 1 must be between"),
+        (ResumedBatch(("a",), 0), "'a' (running): allowed only from interrupted"),
+    ],
+)
+def test_a_batch_event_is_all_or_nothing_and_names_the_bad_rollout(event, words):
+    state = admitted(started(max_concurrent=4, batch_size=2), "a", "b")
+    with pytest.raises(IllegalTransition) as info:
+        apply(state, event)
+    assert words in str(info.value)
+    folder = Folder(state)
+    with pytest.raises(IllegalTransition):
+        folder.apply(event)
+    assert folder.state == state  # nothing of it folded, not even the rollouts before the bad one
+
+
+def test_a_batch_resumption_checks_every_version_first():
+    state = fold([InterruptedBatch(("a", "b"), (3, 4), 0), Version(1)], admitted(started(max_concurrent=4, batch_size=2), "a", "b"))
+    with pytest.raises(IllegalTransition, match="resume version 2 must be between"):
+        apply(state, ResumedBatch(("a", "b"), 2))
+    assert apply(state, ResumedBatch(("b", "a"), 1)).counts == fold([Resumed("a", 1), Resumed("b", 1)], state).counts
 
 
 def test_finished_rollouts_leave_only_counters():

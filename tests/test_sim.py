@@ -163,10 +163,16 @@ def test_segment_wise_recomputes_and_partial_rollouts_make_segments(tmp_path) ->
     slow_trainer = small("ledger.policy=segment_wise", "ledger.max_staleness=2", "training.step_base_s=5")
     summary = simulate(slow_trainer, log=tmp_path / "run.db")
     with EventLog(tmp_path / "run.db") as log:
-        kinds = [event.type for event in log.events()]
+        events = list(log.events())
+    kinds = [event.type for event in events]
     assert kinds.count("recomputed") > 0  # a ready queue builds up behind the slow trainer
     assert summary.trainer_utilisation > 0.8
-    assert kinds.count("interrupted") == kinds.count("resumed") - kinds.count("paused") > 0
+    # each weight update interrupts the rollouts in flight in one event and resumes them in one
+    interruptions = [e for e in events if e.type == "interrupted_batch"]
+    resumptions = [e for e in events if e.type == "resumed_batch"]
+    assert len(interruptions) == len(resumptions) > 0 and "interrupted" not in kinds
+    assert [sorted(e.rollouts) for e in interruptions] == [sorted(e.rollouts) for e in resumptions]
+    assert all(later.version > earlier.version for earlier, later in zip(interruptions, resumptions))
 
 
 def test_restart_wastes_the_interrupted_work() -> None:
