@@ -11,7 +11,7 @@ from typing import Callable, Iterable
 
 from engine import policies
 from engine.config import Config
-from engine.events import Consumed, Enqueued, Event, Paused, Rejected, Resumed, RunStarted, Segment, Version, to_json
+from engine.events import Consumed, Enqueued, Event, Paused, Rejected, Resumed, RunStarted, Segment, Version, stamped, to_json
 from engine.log import EventLog
 from engine.logconfig import get_logger
 from engine.reducer import EMPTY, INTERRUPTED, RUNNING, Folder, IllegalTransition, Rollout, State, fold
@@ -158,7 +158,7 @@ class Ledger:
         none of ``events`` is folded or written."""
         if self._clock is not None:
             now = self._clock()
-            events = tuple(e if e.t is not None else e._replace(t=now) for e in events)
+            events = tuple([e if e[-1] is not None else stamped(e, now) for e in events])  # ``t`` is every event's last field
         log = self._log
         enqueued = [e for e in events if type(e) is Enqueued] if log is not None and Enqueued in map(type, events) else None
         if enqueued:

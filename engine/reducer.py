@@ -335,46 +335,65 @@ def _distinct(event: InterruptedBatch | ResumedBatch | Consumed, what: str) -> N
         raise IllegalTransition(event, f"a {what} names a rollout twice")
 
 
+def _batch_move(kind: str) -> tuple[int, int]:
+    """The one (from, to) move of a batch event's row of the table."""
+    ((source, target),) = TRANSITIONS[kind].items()
+    return source, target
+
+
 def _interrupted_batch(draft: _Draft, event: InterruptedBatch) -> None:
     _distinct(event, "batch interruption")
     if len(event.tokens) != len(event.rollouts):
         raise IllegalTransition(event, f"{len(event.rollouts)} rollouts but {len(event.tokens)} token counts")
-    version, current = event.version, draft.version
-    checked = []
+    source, target = _batch_move("interrupted_batch")
+    version, current, get = event.version, draft.version, draft.rollouts.get
+    records = []
     for rollout, tokens in zip(event.rollouts, event.tokens):  # all or nothing: check every rollout first
-        record, target = _lookup(draft, rollout, event)
-        if not record[4] <= version <= current:
+        record = get(rollout)
+        if record is None or record[0] != source:
+            raise _refusal(event, rollout, NEW if record is None else record[0])
+        status, prompt, attempt, head, tail, recomputed, total, order = record
+        if not tail <= version <= current:
             raise IllegalTransition(
                 event,
-                f"segment version {version} must be between the rollout's last version {record[4]} "
-                f"and the current version {current}",
+                f"segment version {version} must be between the rollout's last version {tail} and the current version {current}",
                 rollout,
                 "running",
             )
         if tokens < 0:
             raise IllegalTransition(event, f"tokens must not be negative, got {tokens}", rollout, "running")
-        checked.append((rollout, record, target, tokens))
-    for rollout, (status, prompt, attempt, head, _, recomputed, total, order), target, tokens in checked:
-        _move(draft, rollout, status, (target, prompt, attempt, head, version, recomputed, total + tokens, order))
+        records.append((target, prompt, attempt, head, version, recomputed, total + tokens, order))
+    _store_batch(draft, event.rollouts, records, source, target)
 
 
 def _resumed_batch(draft: _Draft, event: ResumedBatch) -> None:
     _distinct(event, "batch resumption")
-    version, current = event.version, draft.version
-    checked = []
+    source, target = _batch_move("resumed_batch")
+    version, current, get = event.version, draft.version, draft.rollouts.get
+    records = []
     for rollout in event.rollouts:
-        record, target = _lookup(draft, rollout, event)
-        if not record[4] <= version <= current:
+        record = get(rollout)
+        if record is None or record[0] != source:
+            raise _refusal(event, rollout, NEW if record is None else record[0])
+        status, prompt, attempt, head, tail, recomputed, tokens, order = record
+        if not tail <= version <= current:
             raise IllegalTransition(
                 event,
-                f"resume version {version} must be between the rollout's last version {record[4]} "
-                f"and the current version {current}",
+                f"resume version {version} must be between the rollout's last version {tail} and the current version {current}",
                 rollout,
                 "interrupted",
             )
-        checked.append((rollout, record, target))
-    for rollout, (status, prompt, attempt, head, _, recomputed, tokens, order), target in checked:
-        _move(draft, rollout, status, (target, prompt, attempt, head, version, recomputed, tokens, order))
+        records.append((target, prompt, attempt, head, version, recomputed, tokens, order))
+    _store_batch(draft, event.rollouts, records, source, target)
+
+
+def _store_batch(draft: _Draft, rollouts: tuple[str, ...], records: list[tuple], source: int, target: int) -> None:
+    """:func:`_move` of every rollout of a checked batch from ``source`` to the live ``target``."""
+    store = draft.rollouts.set
+    for rollout, record in zip(rollouts, records):
+        store(rollout, _new_record(Rollout, record))
+    draft.counts[source] -= len(records)
+    draft.counts[target] += len(records)
 
 
 def _accepted(draft: _Draft, event: Accepted) -> None:

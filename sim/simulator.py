@@ -41,6 +41,7 @@ from engine.events import (
     Segment,
     Submitted,
     Version,
+    stamped,
 )
 from engine.log import EventLog
 from engine.reducer import Folder, State, capacity
@@ -177,7 +178,7 @@ class Simulation:
         A requeued prompt (``enqueued`` after ``filtered``) keeps the filtered rollout's prompt length."""
         prompt = 0
         for event in events:
-            self._emit(_stamped(event, now))
+            self._emit(stamped(event, now))
             kind = event.type
             if kind == "accepted":
                 self.stats.accepted += 1
@@ -402,7 +403,7 @@ class Simulation:
                 self.stats.latency_count += 1
                 self._emit(Rejected(rollout, "none", now))
                 retry = policies.retry(rollout, state.rollouts[rollout])
-                self._emit(_stamped(retry, now))
+                self._emit(stamped(retry, now))
                 self._pending_prompt[retry.rollout] = live.prompt
                 retries.append(retry.rollout)
             server.heap.clear()
@@ -459,7 +460,7 @@ class Simulation:
                 recompute_tokens = sum(group * self._live[r.rollout].prompt + self._live[r.rollout].done for r in requests)
                 yield env.timeout(training.recompute_per_token_s * recompute_tokens)
                 for request in requests:
-                    self._emit(_stamped(request, env.now))
+                    self._emit(stamped(request, env.now))
             stats.trainer_busy_s += env.now - busy_from
             if not training.colocated:
                 yield from self._pause()
@@ -511,11 +512,6 @@ class Simulation:
             self._advance(server, env.now)
         self.stats.generator_busy_s = sum(server.busy for server in self._servers)
         return self.stats.build(env.now, self.folder.state)
-
-
-def _stamped(event: Event, now: float) -> Event:
-    """``event`` with ``t = now`` (every event type has ``t`` as its last field)."""
-    return tuple.__new__(type(event), (*event[:-1], now))
 
 
 def _load(server: _Server) -> int:
