@@ -14,6 +14,7 @@ memory does not grow with the number of rollouts that finished.
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterable, NamedTuple
 
 import immutables
@@ -335,62 +336,43 @@ def _distinct(event: InterruptedBatch | ResumedBatch | Consumed, what: str) -> N
         raise IllegalTransition(event, f"a {what} names a rollout twice")
 
 
-def _batch_move(kind: str) -> tuple[int, int]:
-    """The one (from, to) move of a batch event's row of the table."""
-    ((source, target),) = TRANSITIONS[kind].items()
-    return source, target
-
-
 def _interrupted_batch(draft: _Draft, event: InterruptedBatch) -> None:
     _distinct(event, "batch interruption")
     if len(event.tokens) != len(event.rollouts):
         raise IllegalTransition(event, f"{len(event.rollouts)} rollouts but {len(event.tokens)} token counts")
-    source, target = _batch_move("interrupted_batch")
-    version, current, get = event.version, draft.version, draft.rollouts.get
-    records = []
-    for rollout, tokens in zip(event.rollouts, event.tokens):  # all or nothing: check every rollout first
-        record = get(rollout)
-        if record is None or record[0] != source:
-            raise _refusal(event, rollout, NEW if record is None else record[0])
-        status, prompt, attempt, head, tail, recomputed, total, order = record
-        if not tail <= version <= current:
-            raise IllegalTransition(
-                event,
-                f"segment version {version} must be between the rollout's last version {tail} and the current version {current}",
-                rollout,
-                "running",
-            )
-        if tokens < 0:
-            raise IllegalTransition(event, f"tokens must not be negative, got {tokens}", rollout, "running")
-        records.append((target, prompt, attempt, head, version, recomputed, total + tokens, order))
-    _store_batch(draft, event.rollouts, records, source, target)
+    _fold_batch(draft, event, event.tokens, "segment")
 
 
 def _resumed_batch(draft: _Draft, event: ResumedBatch) -> None:
     _distinct(event, "batch resumption")
-    source, target = _batch_move("resumed_batch")
+    _fold_batch(draft, event, itertools.repeat(0), "resume")
+
+
+def _fold_batch(draft: _Draft, event: InterruptedBatch | ResumedBatch, added: Iterable[int], word: str) -> None:
+    """Move every rollout a batch event names along the event's one row of the table,
+    its tail version set to ``event.version`` and ``added`` tokens counted; all or
+    nothing: every rollout is checked (status, version range, tokens) before any moves.
+    ``word`` names the version in a refusal."""
+    ((source, target),) = TRANSITIONS[event.type].items()
     version, current, get = event.version, draft.version, draft.rollouts.get
     records = []
-    for rollout in event.rollouts:
+    for rollout, tokens in zip(event.rollouts, added):
         record = get(rollout)
         if record is None or record[0] != source:
             raise _refusal(event, rollout, NEW if record is None else record[0])
-        status, prompt, attempt, head, tail, recomputed, tokens, order = record
+        _, prompt, attempt, head, tail, recomputed, total, order = record
         if not tail <= version <= current:
             raise IllegalTransition(
                 event,
-                f"resume version {version} must be between the rollout's last version {tail} and the current version {current}",
+                f"{word} version {version} must be between the rollout's last version {tail} and the current version {current}",
                 rollout,
-                "interrupted",
+                status_name(source),
             )
-        records.append((target, prompt, attempt, head, version, recomputed, tokens, order))
-    _store_batch(draft, event.rollouts, records, source, target)
-
-
-def _store_batch(draft: _Draft, rollouts: tuple[str, ...], records: list[tuple], source: int, target: int) -> None:
-    """:func:`_move` of every rollout of a checked batch from ``source`` to the live ``target``."""
+        if tokens < 0:
+            raise IllegalTransition(event, f"tokens must not be negative, got {tokens}", rollout, status_name(source))
+        records.append((target, prompt, attempt, head, version, recomputed, total + tokens, order))
     store = draft.rollouts.set
-    for rollout, record in zip(rollouts, records):
+    for rollout, record in zip(event.rollouts, records):
         store(rollout, _new_record(Rollout, record))
     draft.counts[source] -= len(records)
     draft.counts[target] += len(records)
