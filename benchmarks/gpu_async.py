@@ -11,7 +11,8 @@ Then each run trains for ``--steps`` updates on the long-tailed ``reverse`` task
   sweep's decoupled runs at the same bounds.
 
 Prints a table (trained tokens/s, speed-up over synchronous, final reward, held-out
-reward, staleness, engine overhead) and writes ``results.json`` (every run's
+reward, staleness, engine overhead, and the time the garbage collector took between
+updates: ``--gc``, ``engine.collector``) and writes ``results.json`` (every run's
 per-step metrics) and ``table.md`` to ``--out``.
 
     python benchmarks/gpu_async.py --device cuda --out $OUT
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--ablation", default="8", help="comma-separated max_staleness values also run with plain PPO")
     parser.add_argument("--no-ablation", action="store_true")
     parser.add_argument("--seed", type=int, default=0, help="seed of the warm-up, the prompts and the sampling")
+    parser.add_argument("--gc", default="update", choices=("update", "auto"), help="when the garbage collector runs (RunConfig.gc)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
 
@@ -72,7 +74,7 @@ def main() -> None:
     base = RunConfig(
         task=args.task, model_size=args.model_size, steps=args.steps, batch_size=args.batch_size, group_size=args.group_size,
         warmup_steps=args.warmup_steps, lr=args.lr, minibatches=args.minibatches, device=args.device,
-        checkpoint_every=max(1, args.steps // 4), seed=args.seed,
+        checkpoint_every=max(1, args.steps // 4), seed=args.seed, gc=args.gc,
     )
     start = time.perf_counter()
     warm = RLRun(replace(base, steps=1), work / "warmup")
@@ -96,20 +98,22 @@ def main() -> None:
         s = result["summary"]
         print(
             f"{name}: {s['trained_tokens_per_s']:.0f} tok/s, wall {s['wall_s']:.1f}s, final reward {s['final_reward']:.3f}, "
-            f"eval {s['eval_reward']:.3f}, overhead {100 * s['engine_overhead']:.2f}% (+ store {100 * s['store_overhead']:.2f}%)",
+            f"eval {s['eval_reward']:.3f}, overhead {100 * s['engine_overhead']:.2f}% (+ store {100 * s['store_overhead']:.2f}%, "
+            f"gc {100 * s.get('gc_overhead', 0.0):.2f}%)",
             flush=True,
         )
 
     sync = next((r for r in results if r["config"]["max_staleness"] == 0), None)
-    header = "| run | max_staleness | max_concurrent | objective | trained tok/s | vs sync | wall s | final reward | held-out reward | mean staleness | engine overhead | sample store |"
-    lines = [header, "|" + "---|" * 12]
+    header = "| run | max_staleness | max_concurrent | objective | trained tok/s | vs sync | wall s | final reward | held-out reward | mean staleness | engine overhead | sample store | gc |"
+    lines = [header, "|" + "---|" * 13]
     for r in results:
         s, c = r["summary"], r["config"]
         speedup = s["trained_tokens_per_s"] / sync["summary"]["trained_tokens_per_s"] if sync else float("nan")
         lines.append(
             f"| {r['name']} | {c['max_staleness']} | {c['max_concurrent']} | {c['objective']} | "
             f"{s['trained_tokens_per_s']:.0f} | {speedup:.2f}x | {s['wall_s']:.1f} | {s['final_reward']:.3f} | "
-            f"{s['eval_reward']:.3f} | {s['staleness_mean']:.2f} | {100 * s['engine_overhead']:.2f}% | {100 * s['store_overhead']:.2f}% |"
+            f"{s['eval_reward']:.3f} | {s['staleness_mean']:.2f} | {100 * s['engine_overhead']:.2f}% | {100 * s['store_overhead']:.2f}% "
+            f"| {100 * s.get('gc_overhead', 0.0):.2f}% |"
         )
     device = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     table = "\n".join(lines)

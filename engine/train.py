@@ -34,6 +34,7 @@ from typing import Any, Iterator
 
 import torch
 
+from engine.collector import UpdateCollector
 from engine.config import Config
 from engine.events import Checkpoint, Consumed, Enqueued, Version
 from engine.executor import RolloutExecutor, TrajectoryStore
@@ -47,6 +48,9 @@ from engine.torch_backend.tasks import Problem, Task, Tokenizer, get_task
 from engine.torch_backend.trainer import Sample, Trainer, TrainerConfig, completion_logprobs
 
 
+#: When the garbage collector runs: between updates (engine.collector), or Python's default.
+GC_MODES = ("update", "auto")
+
 #: The run writes the log itself, with each checkpoint (after committing the sample
 #: store), so the ledger never flushes on its own.
 FLUSH_EVERY = 1 << 62
@@ -59,6 +63,8 @@ class RunConfig:
     ``batch_size`` counts rollouts (prompts) per update, each a group of
     ``group_size`` samples; ``max_concurrent`` (rollouts in flight) defaults to
     ``batch_size``; ``max_staleness = None`` is unbounded, 0 is synchronous.
+    ``gc = "update"`` runs Python's garbage collector between updates only
+    (:mod:`engine.collector`), ``"auto"`` leaves it to run whenever it would.
     """
 
     task: str = "copy"
@@ -85,6 +91,7 @@ class RunConfig:
     init: str | None = None
     seed: int = 0
     device: str = "cpu"
+    gc: str = "update"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "group_size", "checkpoint_every", "minibatches"):
@@ -93,6 +100,8 @@ class RunConfig:
                 raise ValueError(f"run config field {name!r} must be a positive integer, got {value!r}")
         if self.warmup_steps < 0:
             raise ValueError(f"run config field 'warmup_steps' must not be negative, got {self.warmup_steps}")
+        if self.gc not in GC_MODES:
+            raise ValueError(f"run config field 'gc' must be one of {', '.join(GC_MODES)}, got {self.gc!r}")
 
     def ledger_config(self) -> Config:
         return Config(
@@ -170,6 +179,7 @@ class RLRun:
         self._next_prompt = 0
         self._started = 0.0
         self._wall_offset = 0.0
+        self.collector = UpdateCollector()  # started by setup() when config.gc == "update"
 
     @classmethod
     def resumed(
@@ -222,6 +232,8 @@ class RLRun:
             store=TrajectoryStore(self.run_dir / "samples.sqlite"), timeout_s=config.timeout_s, max_retries=config.max_retries,
         )
         self.loop.run_until_complete(self._start())
+        if config.gc == "update":
+            self.collector.start()
         self._started = time.perf_counter()
         if self._retrain:  # the batch consumed just before the crash was never trained: train it now, once
             rollouts, self._retrain = self._retrain, ()
@@ -334,6 +346,7 @@ class RLRun:
             executor.timed(self.ledger.append, Checkpoint(version + 1, str(saved)))
             self._write()
         executor.resume()
+        self.collector.collect()
         state = self.ledger.state
         wall = self._wall_offset + time.perf_counter() - self._started
         record = {
@@ -348,6 +361,7 @@ class RLRun:
             "wall_s": wall,
             "ledger_s": executor.ledger_seconds,
             "store_s": executor.store_seconds,
+            "gc_s": self.collector.seconds,
             "generated_tokens": self.engine.decoded_tokens,
             "decode_steps": self.engine.steps,
             "rejected": state.rejected,
@@ -435,6 +449,7 @@ class RLRun:
             "staleness_mean": round(sum(m["staleness_mean"] for m in self.metrics) / len(self.metrics), 3) if self.metrics else None,
             "engine_overhead": round(self.executor.ledger_seconds / wall, 5) if wall > 0 else 0.0,
             "store_overhead": round(self.executor.store_seconds / wall, 5) if wall > 0 else 0.0,
+            "gc_overhead": round(self.collector.seconds / wall, 5) if wall > 0 else 0.0,
             "consumed": state.consumed,
             "rejected": state.rejected,
             "filtered": state.filtered,
@@ -451,6 +466,7 @@ class RLRun:
         if hasattr(self, "ledger"):
             self.ledger.close()
         self.loop.close()
+        self.collector.stop()
 
 
 # -- the command -------------------------------------------------------------------------
@@ -494,6 +510,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--eval-size", type=int, default=0, help="held-out problems to evaluate before and after")
     parser.add_argument("--ppo-epochs", type=int, default=None,
                         help="passes over the batch per update (default 1; on resume, the run's own)")
+    parser.add_argument("--gc", default=defaults.gc, choices=GC_MODES,
+                        help="when Python's garbage collector runs: between updates (default) or whenever it would (auto)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch with --device cpu (small models run best on one)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_command)
@@ -512,7 +530,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         objective=args.objective, proximal=args.proximal, minibatches=args.minibatches, lr=args.lr, sft_lr=args.sft_lr,
         warmup_steps=args.warmup_steps, temperature=args.temperature, timeout_s=args.timeout, max_retries=args.max_retries,
         checkpoint_every=args.checkpoint_every, requeue_lost=args.requeue_lost, init=args.init, seed=args.seed,
-        device=args.device or defaults.device,
+        device=args.device or defaults.device, gc=args.gc,
     )
 
 

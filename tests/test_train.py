@@ -1,3 +1,4 @@
+import gc
 import json
 
 import pytest
@@ -16,9 +17,11 @@ def test_train_command_runs_on_cpu_and_writes_metrics_log_checkpoints_and_a_summ
     assert status == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 4 and summary["consumed"] == 16 and summary["trained_tokens"] > 0
-    assert 0 <= summary["engine_overhead"] < 1
+    assert 0 <= summary["engine_overhead"] < 1 and 0 < summary["gc_overhead"] < 1
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2, 3, 4]
+    assert 0 < lines[0]["gc_s"] < lines[-1]["gc_s"]  # the collector ran after every update
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # and the process has its own back
     assert all(m["staleness_max"] <= 2 + 1 for m in lines)  # admission bounds staleness at the start (plus the in-flight update)
     state = replay(run_dir / "events.sqlite")
     assert state.version == 4 and state.consumed == 16 and state.checkpoint.version == 4
@@ -56,6 +59,7 @@ def test_rl_run_steps_compose_for_a_workflow(tmp_path):
     run = RLRun(RunConfig(task="copy", steps=2, batch_size=2, group_size=2, warmup_steps=2, max_staleness=1), tmp_path / "r")
     run.setup()
     try:
+        assert not gc.isenabled()  # gc="update": collections happen between updates only
         while not run.done():
             batch = run.collect_batch()
             assert len(batch.rollouts) == 2 and batch.tokens > 0
@@ -66,6 +70,20 @@ def test_rl_run_steps_compose_for_a_workflow(tmp_path):
         assert run.summary()["consumed"] == 4
     finally:
         run.close()
+    assert gc.isenabled()
+
+
+def test_gc_auto_leaves_the_collector_alone(tmp_path):
+    config = RunConfig(task="copy", steps=1, batch_size=2, group_size=2, warmup_steps=1, max_staleness=0, gc="auto")
+    run = RLRun(config, tmp_path / "r")
+    run.setup()
+    try:
+        assert gc.isenabled()
+        record = run.update(run.collect_batch())
+        assert record["gc_s"] == 0.0 and run.summary()["gc_overhead"] == 0.0
+    finally:
+        run.close()
+    assert gc.isenabled()
 
 
 def _stage_paths(log, suffix):

@@ -245,6 +245,7 @@ class FinishUpdate:
             executor.timed(rl.ledger.append, Checkpoint(version + 1, str(saved)))
             rl._write()
         executor.resume()
+        rl.collector.collect()
         state, stats = rl.ledger.state, ctx.get("update_stats")
         samples = [s for group in batch.groups for s in group]
         staleness = [version - min(s.versions) for s in samples if s.versions]
@@ -260,6 +261,7 @@ class FinishUpdate:
             "wall_s": rl._wall_offset + time.perf_counter() - rl._started,
             "ledger_s": executor.ledger_seconds,
             "store_s": executor.store_seconds,
+            "gc_s": rl.collector.seconds,
             "generated_tokens": rl.engine.decoded_tokens,
             "decode_steps": rl.engine.steps,
             "rejected": state.rejected,

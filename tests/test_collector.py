@@ -1,0 +1,78 @@
+"""The garbage collector run between updates (engine.collector) and the run's use of it."""
+
+import gc
+import weakref
+
+import pytest
+
+from engine.collector import UpdateCollector
+from engine.train import RunConfig
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.other = self
+
+
+def _cycle() -> weakref.ref:
+    """A reference cycle nothing else holds: only the cyclic collector frees it."""
+    return weakref.ref(_Node())
+
+
+@pytest.fixture
+def collector():
+    enabled, frozen = gc.isenabled(), gc.get_freeze_count()
+    made = UpdateCollector(full_every=3)
+    yield made
+    made.stop()
+    assert gc.isenabled() == enabled and gc.get_freeze_count() == frozen
+
+
+def test_cycles_wait_for_collect_and_go_with_it(collector):
+    collector.start()
+    assert not gc.isenabled() and gc.get_freeze_count() > 0  # what existed at start is frozen
+    garbage = _cycle()
+    for _ in range(2000):  # far past generation 0's threshold: nothing collects on its own
+        [[] for _ in range(10)]
+    assert garbage() is not None
+    collector.collect()
+    assert garbage() is None and collector.collections == 1 and collector.seconds > 0
+
+
+def test_every_full_every_th_collection_is_a_full_one(collector):
+    generations = []
+
+    def note(phase, info):
+        if phase == "stop":
+            generations.append(info["generation"])
+
+    collector.start()
+    gc.callbacks.append(note)
+    try:
+        for _ in range(6):
+            collector.collect()
+    finally:
+        gc.callbacks.remove(note)
+    assert generations == [1, 1, 2, 1, 1, 2]
+
+
+def test_stop_restores_the_collector_as_it_was(collector):
+    gc.disable()
+    try:
+        collector.start()
+        collector.stop()
+        assert not gc.isenabled()  # it was off before start: it stays off
+    finally:
+        gc.enable()
+    collector.start()
+    collector.stop()
+    assert gc.isenabled()
+    collector.collect()  # not started: nothing happens
+    assert collector.collections == 0
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="full_every"):
+        UpdateCollector(full_every=0)
+    with pytest.raises(ValueError, match="'gc'"):
+        RunConfig(gc="sometimes")
