@@ -5,15 +5,16 @@ Runs the GPU benchmark's pattern (``benchmarks/gpu_async.py``: task ``reverse``,
 flush every ``steps // 4`` updates) with the ``tiny`` model on the CPU, for each
 ``max_staleness`` of the sweep, and reports the executor's ``ledger_seconds``
 (every call into the ledger, its SQLite log and the staleness policies, the run's
-log flushes included) per update, the events folded per update, and that time
-split by the ledger call it was spent in.  Each setting runs ``--repeats`` times
-and the fastest run is kept (the runs are deterministic: the events are the same
-each time, only the timing noise differs).  ``--clock thread`` times the ledger
+log flushes included) per update, the wall time of an update and the ledger's share
+of it, the events folded per update, the ledger time split by the call it was spent
+in, and the part of it the garbage collector took.  Each setting runs ``--repeats``
+times and the fastest run is kept (the runs are deterministic: the events are the
+same each time, only the timing noise differs).  ``--clock thread`` times the ledger
 calls by the thread's CPU time instead of the wall clock: on a shared machine the
 process is descheduled at random, which the wall clock counts and CPU time does
 not (each reading of that clock costs about half a microsecond more).
 
-    python benchmarks/bench_executor.py [--steps 40] [--repeats 3] [--staleness 0,1,2,4,8] [--clock wall|thread]
+    python benchmarks/bench_executor.py [--steps 40] [--repeats 3] [--staleness 0,1,2,4,8] [--clock wall|thread] [--gc update|auto]
 
 Prints one markdown table; every figure is measured in this run (torch on one thread on the CPU).
 ``--device cuda --model-size small`` runs the same pattern on a GPU (the model of
@@ -88,6 +89,51 @@ class _Attribution:
         RolloutExecutor.timed = self._original  # type: ignore[method-assign]
 
 
+class _CollectionsInLedger:
+    """Time the garbage collector spent inside the executor's ledger calls while a run is
+    measured (part of ``ledger_seconds``: a collection runs in whichever call allocates
+    when a generation fills, and a full one walks every object of the process)."""
+
+    def __init__(self, executor: RolloutExecutor, clock: Callable[[], float]) -> None:
+        self.executor, self.clock = executor, clock
+        self.seconds = 0.0
+        self.full = 0  # full (generation 2) collections inside ledger calls
+        self._start: float | None = None
+        self._in_store = False  # the store's time inside a ledger call is taken back out of it: so is its gc
+        store = executor.store
+        for name in ("get", "put"):
+            setattr(store, name, self._outside(getattr(store, name)))
+
+    def _outside(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            self._in_store = True
+            try:
+                return method(*args)
+            finally:
+                self._in_store = False
+
+        return call
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if not self.executor._timing or self._in_store:
+            self._start = None
+        elif phase == "start":
+            self._start = self.clock()
+        elif self._start is not None:
+            self.seconds += self.clock() - self._start
+            self.full += info["generation"] == 2
+            self._start = None
+
+    def __enter__(self) -> "_CollectionsInLedger":
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+        for name in ("get", "put"):
+            delattr(self.executor.store, name)
+
+
 def measure(config: RunConfig, root: Path) -> dict[str, Any]:
     """One run of ``config``: ledger ms/update, events/update and the breakdown (ms/update)."""
     run_dir = root / f"staleness{config.max_staleness}"
@@ -99,13 +145,18 @@ def measure(config: RunConfig, root: Path) -> dict[str, Any]:
         executor.ledger_seconds = 0.0  # setup's checkpoint is not part of an update
         events = run.ledger.state.events
         gc.collect()
-        with _Attribution() as parts:
+        with _Attribution() as parts, _CollectionsInLedger(executor, engine.executor.time.perf_counter) as collections:
+            start = time.perf_counter()
             train_loop(run, progress=False)
+            wall = time.perf_counter() - start
         steps = run.ledger.state.version
         return {
             "ms": 1000 * executor.ledger_seconds / steps,
+            "update_ms": 1000 * wall / steps,
             "events": (run.ledger.state.events - events) / steps,
             "parts": {name: 1000 * parts.seconds[name] / steps for name in (*COLUMNS, "other")},
+            "gc": 1000 * collections.seconds / steps,
+            "full_gc": collections.full,
         }
     finally:
         run.close()
@@ -120,6 +171,7 @@ def main() -> None:
     parser.add_argument("--clock", default="wall", choices=("wall", "thread"), help="what the executor's timers read")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--model-size", default="tiny", help="tiny, small or base")
+    parser.add_argument("--gc", default="update", choices=("update", "auto"), help="when the garbage collector runs (RunConfig.gc)")
     args = parser.parse_args()
     if args.device == "cpu":
         torch.set_num_threads(1)
@@ -128,7 +180,7 @@ def main() -> None:
 
     base = RunConfig(
         task="reverse", model_size=args.model_size, steps=args.steps, batch_size=16, group_size=8, max_concurrent=64,
-        warmup_steps=args.warmup_steps, checkpoint_every=max(1, args.steps // 4), device=args.device,
+        warmup_steps=args.warmup_steps, checkpoint_every=max(1, args.steps // 4), device=args.device, gc=args.gc,
     )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -149,15 +201,21 @@ def main() -> None:
 
     shown = [c for c in (*COLUMNS, "other") if any(best["parts"][c] >= 0.0005 for _, best, _ in rows)]
     print(
-        f"model {args.model_size} on {args.device}, steps {args.steps}, checkpoint every {base.checkpoint_every}, "
+        f"model {args.model_size} on {args.device}, steps {args.steps}, checkpoint every {base.checkpoint_every}, gc {args.gc}, "
         f"{args.clock} clock, best of {args.repeats} runs; "
         "breakdown in ms/update\n"
     )
-    print("| max_staleness | ledger ms/update | events/update | us/event | " + " | ".join(shown) + " |")
-    print("|---|---|---|---|" + "---|" * len(shown))
+    print(
+        "| max_staleness | ledger ms/update | update ms | share | events/update | us/event | "
+        + " | ".join(shown) + " | of which gc | full gcs |"
+    )
+    print("|---|---|---|---|---|---|" + "---|" * len(shown) + "---|---|")
     for staleness, best, _ in rows:
         parts = " | ".join(f"{best['parts'][c]:.3f}" for c in shown)
-        print(f"| {staleness} | {best['ms']:.3f} | {best['events']:.1f} | {1000 * best['ms'] / best['events']:.2f} | {parts} |")
+        print(
+            f"| {staleness} | {best['ms']:.3f} | {best['update_ms']:.1f} | {100 * best['ms'] / best['update_ms']:.2f}% "
+            f"| {best['events']:.1f} | {1000 * best['ms'] / best['events']:.2f} | {parts} | {best['gc']:.3f} | {best['full_gc']} |"
+        )
 
 
 if __name__ == "__main__":
