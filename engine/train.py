@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 import torch
 
-from engine.collector import UpdateCollector
+from engine.collector import MODES as GC_MODES, Collector
 from engine.config import Config
 from engine.events import Checkpoint, Consumed, Enqueued, Version
 from engine.executor import RolloutExecutor, TrajectoryStore
@@ -47,9 +47,6 @@ from engine.torch_backend.model import Policy, preset
 from engine.torch_backend.tasks import Problem, Task, Tokenizer, get_task
 from engine.torch_backend.trainer import Sample, Trainer, TrainerConfig, completion_logprobs
 
-
-#: When the garbage collector runs: between updates (engine.collector), or Python's default.
-GC_MODES = ("update", "auto")
 
 #: The run writes the log itself, with each checkpoint (after committing the sample
 #: store), so the ledger never flushes on its own.
@@ -179,7 +176,7 @@ class RLRun:
         self._next_prompt = 0
         self._started = 0.0
         self._wall_offset = 0.0
-        self.collector = UpdateCollector()  # started by setup() when config.gc == "update"
+        self.collector = Collector(config.gc)  # started by setup(), stopped by close()
 
     @classmethod
     def resumed(
@@ -232,8 +229,7 @@ class RLRun:
             store=TrajectoryStore(self.run_dir / "samples.sqlite"), timeout_s=config.timeout_s, max_retries=config.max_retries,
         )
         self.loop.run_until_complete(self._start())
-        if config.gc == "update":
-            self.collector.start()
+        self.collector.start()
         self._started = time.perf_counter()
         if self._retrain:  # the batch consumed just before the crash was never trained: train it now, once
             rollouts, self._retrain = self._retrain, ()

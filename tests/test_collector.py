@@ -5,7 +5,7 @@ import weakref
 
 import pytest
 
-from engine.collector import UpdateCollector
+from engine.collector import Collector
 from engine.train import RunConfig
 
 
@@ -22,7 +22,7 @@ def _cycle() -> weakref.ref:
 @pytest.fixture
 def collector():
     enabled, frozen = gc.isenabled(), gc.get_freeze_count()
-    made = UpdateCollector(full_every=3)
+    made = Collector("update", full_every=3)
     yield made
     made.stop()
     assert gc.isenabled() == enabled and gc.get_freeze_count() == frozen
@@ -32,11 +32,11 @@ def test_cycles_wait_for_collect_and_go_with_it(collector):
     collector.start()
     assert not gc.isenabled() and gc.get_freeze_count() > 0  # what existed at start is frozen
     garbage = _cycle()
-    for _ in range(2000):  # far past generation 0's threshold: nothing collects on its own
-        [[] for _ in range(10)]
+    held = [[] for _ in range(20_000)]  # far past generation 0's threshold: nothing collects on its own
     assert garbage() is not None
+    del held
     collector.collect()
-    assert garbage() is None and collector.collections == 1 and collector.seconds > 0
+    assert garbage() is None and collector.collections == 1 and collector.seconds > 0  # timed as it ran
 
 
 def test_every_full_every_th_collection_is_a_full_one(collector):
@@ -71,8 +71,26 @@ def test_stop_restores_the_collector_as_it_was(collector):
     assert collector.collections == 0
 
 
+def test_auto_mode_leaves_collection_to_python_and_times_it():
+    enabled, callbacks = gc.isenabled(), list(gc.callbacks)
+    collector = Collector("auto")
+    collector.start()
+    try:
+        assert gc.isenabled() == enabled and gc.get_freeze_count() == 0
+        garbage = _cycle()
+        held = [[] for _ in range(20_000)]  # generation 0 fills over and over: Python collects on its own
+        collector.collect()  # nothing to do in this mode
+        assert garbage() is None and collector.collections == 0 and collector.seconds > 0
+        del held
+    finally:
+        collector.stop()
+    assert gc.callbacks == callbacks and gc.isenabled() == enabled
+
+
 def test_bad_options_are_named():
     with pytest.raises(ValueError, match="full_every"):
-        UpdateCollector(full_every=0)
+        Collector(full_every=0)
+    with pytest.raises(ValueError, match="sometimes"):
+        Collector("sometimes")
     with pytest.raises(ValueError, match="'gc'"):
         RunConfig(gc="sometimes")
