@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import engine.executor  # noqa: E402
+from engine.collector import MODES as GC_MODES  # noqa: E402
 from engine.executor import RolloutExecutor  # noqa: E402
 from engine.train import RLRun, RunConfig, train_loop  # noqa: E402
 
@@ -171,7 +172,7 @@ def main() -> None:
     parser.add_argument("--clock", default="wall", choices=("wall", "thread"), help="what the executor's timers read")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--model-size", default="tiny", help="tiny, small or base")
-    parser.add_argument("--gc", default="update", choices=("update", "auto"), help="when the garbage collector runs (RunConfig.gc)")
+    parser.add_argument("--gc", default="update", choices=GC_MODES, help="when the garbage collector runs (RunConfig.gc)")
     args = parser.parse_args()
     if args.device == "cpu":
         torch.set_num_threads(1)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from engine.collector import MODES as GC_MODES
 from engine.train import RLRun, RunConfig, train_loop
 
 
@@ -65,7 +66,7 @@ def main() -> None:
     parser.add_argument("--ablation", default="8", help="comma-separated max_staleness values also run with plain PPO")
     parser.add_argument("--no-ablation", action="store_true")
     parser.add_argument("--seed", type=int, default=0, help="seed of the warm-up, the prompts and the sampling")
-    parser.add_argument("--gc", default="update", choices=("update", "auto"), help="when the garbage collector runs (RunConfig.gc)")
+    parser.add_argument("--gc", default="update", choices=GC_MODES, help="when the garbage collector runs (RunConfig.gc)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
 
@@ -99,7 +100,7 @@ def main() -> None:
         print(
             f"{name}: {s['trained_tokens_per_s']:.0f} tok/s, wall {s['wall_s']:.1f}s, final reward {s['final_reward']:.3f}, "
             f"eval {s['eval_reward']:.3f}, overhead {100 * s['engine_overhead']:.2f}% (+ store {100 * s['store_overhead']:.2f}%, "
-            f"gc {100 * s.get('gc_overhead', 0.0):.2f}%)",
+            f"gc {100 * s['gc_overhead']:.2f}%)",
             flush=True,
         )
 
@@ -113,7 +114,7 @@ def main() -> None:
             f"| {r['name']} | {c['max_staleness']} | {c['max_concurrent']} | {c['objective']} | "
             f"{s['trained_tokens_per_s']:.0f} | {speedup:.2f}x | {s['wall_s']:.1f} | {s['final_reward']:.3f} | "
             f"{s['eval_reward']:.3f} | {s['staleness_mean']:.2f} | {100 * s['engine_overhead']:.2f}% | {100 * s['store_overhead']:.2f}% "
-            f"| {100 * s.get('gc_overhead', 0.0):.2f}% |"
+            f"| {100 * s['gc_overhead']:.2f}% |"
         )
     device = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     table = "\n".join(lines)
