@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-import engine.executor  # noqa: E402
-from engine.collector import MODES as GC_MODES  # noqa: E402
-from engine.executor import RolloutExecutor  # noqa: E402
-from engine.train import RLRun, RunConfig, train_loop  # noqa: E402
+import engine.runtime.executor  # noqa: E402
+from engine.runtime.collector import MODES as GC_MODES  # noqa: E402
+from engine.runtime.executor import RolloutExecutor  # noqa: E402
+from engine.workflows.rl_run import RLRun, RunConfig, train_loop  # noqa: E402
 
 #: How the ledger calls the executor and the run time are grouped in the breakdown,
 #: by the name of the function handed to ``RolloutExecutor.timed``.
@@ -146,7 +146,7 @@ def measure(config: RunConfig, root: Path) -> dict[str, Any]:
         executor.ledger_seconds = 0.0  # setup's checkpoint is not part of an update
         events = run.ledger.state.events
         gc.collect()
-        with _Attribution() as parts, _CollectionsInLedger(executor, engine.executor.time.perf_counter) as collections:
+        with _Attribution() as parts, _CollectionsInLedger(executor, engine.runtime.executor.time.perf_counter) as collections:
             start = time.perf_counter()
             train_loop(run, progress=False)
             wall = time.perf_counter() - start
@@ -177,7 +177,7 @@ def main() -> None:
     if args.device == "cpu":
         torch.set_num_threads(1)
     if args.clock == "thread":  # the executor's timers (and only they) read the thread's CPU time
-        engine.executor.time = types.SimpleNamespace(perf_counter=time.thread_time)  # type: ignore[assignment]
+        engine.runtime.executor.time = types.SimpleNamespace(perf_counter=time.thread_time)  # type: ignore[assignment]
 
     base = RunConfig(
         task="reverse", model_size=args.model_size, steps=args.steps, batch_size=16, group_size=8, max_concurrent=64,

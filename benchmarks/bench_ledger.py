@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import simpy  # noqa: E402
 
 from benchmarks.mixed_log import _generate, mixed_log  # noqa: E402
+from engine.core.reducer import EMPTY, Folder, apply, fold  # noqa: E402
 from engine.log import EventLog, replay  # noqa: E402
-from engine.reducer import EMPTY, Folder, apply, fold  # noqa: E402
 
 
 def best_of(runs: int, work: Callable[[], object]) -> float:

@@ -12,7 +12,7 @@ Then each run trains for ``--steps`` updates on the long-tailed ``reverse`` task
 
 Prints a table (trained tokens/s, speed-up over synchronous, final reward, held-out
 reward, staleness, engine overhead, and the time the garbage collector took between
-updates: ``--gc``, ``engine.collector``) and writes ``results.json`` (every run's
+updates: ``--gc``, ``engine.runtime.collector``) and writes ``results.json`` (every run's
 per-step metrics) and ``table.md`` to ``--out``.
 
     python benchmarks/gpu_async.py --device cuda --out $OUT
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from engine.collector import MODES as GC_MODES
-from engine.train import RLRun, RunConfig, train_loop
+from engine.runtime.collector import MODES as GC_MODES
+from engine.workflows.rl_run import RLRun, RunConfig, train_loop
 
 
 def run_one(name: str, config: RunConfig, root: Path, eval_size: int, progress: bool) -> dict:

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from dataclasses import replace
 
-from engine.train import RLRun, RunConfig, train_loop
+from engine.workflows.rl_run import RLRun, RunConfig, train_loop
 
 
 def main() -> None:

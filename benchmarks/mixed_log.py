@@ -8,9 +8,9 @@ from __future__ import annotations
 import random
 from typing import Iterator
 
-from engine import policies
-from engine.config import Config
-from engine.events import (
+from engine.core import policies
+from engine.core.config import Config
+from engine.core.events import (
     Consumed,
     Enqueued,
     Event,
@@ -24,7 +24,7 @@ from engine.events import (
     Submitted,
     Version,
 )
-from engine.reducer import PENDING, Folder, capacity
+from engine.core.reducer import PENDING, Folder, capacity
 
 
 def mixed_log(n_events: int, seed: int = 0, in_flight: int = 256, batch_size: int = 64) -> list[Event]:

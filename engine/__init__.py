@@ -5,9 +5,17 @@ no randomness, no I/O.  Shells (``log``, ``ledger``, ``cli``, the executor and t
 torch backend) own those.
 """
 
-from engine.config import Config, ConfigError
-from engine.events import SCHEMA_VERSION, Event, EventError, from_json, to_json
-from engine.reducer import EMPTY, Folder, IllegalTransition, State, apply, capacity, fold
+from engine.core.config import Config, ConfigError
+from engine.core.events import SCHEMA_VERSION, Event, EventError, from_json, to_json
+from engine.core.reducer import (
+    EMPTY,
+    Folder,
+    IllegalTransition,
+    State,
+    apply,
+    capacity,
+    fold,
+)
 
 __all__ = [
     "Config",

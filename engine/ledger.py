@@ -9,12 +9,33 @@ import logging
 from pathlib import Path
 from typing import Callable, Iterable
 
-from engine import policies
-from engine.config import Config
-from engine.events import Consumed, Enqueued, Event, Paused, Rejected, Resumed, RunStarted, Segment, Version, stamped, to_json
+from engine.core import policies
+from engine.core.config import Config
+from engine.core.events import (
+    Consumed,
+    Enqueued,
+    Event,
+    Paused,
+    Rejected,
+    Resumed,
+    RunStarted,
+    Segment,
+    Version,
+    stamped,
+    to_json,
+)
+from engine.core.reducer import (
+    EMPTY,
+    INTERRUPTED,
+    RUNNING,
+    Folder,
+    IllegalTransition,
+    Rollout,
+    State,
+    fold,
+)
 from engine.log import EventLog
 from engine.logconfig import get_logger
-from engine.reducer import EMPTY, INTERRUPTED, RUNNING, Folder, IllegalTransition, Rollout, State, fold
 
 #: A debug-mode check run after every event (e.g. ``properties.invariants.check_state``).
 Check = Callable[[State, Event], None]

@@ -23,9 +23,19 @@ from __future__ import annotations
 import json
 from typing import Iterable, Sequence
 
-from engine import reducer
-from engine.events import Consumed, Enqueued, Event, Filtered, InterruptedBatch, Rejected, ResumedBatch, from_json, to_json
-from engine.reducer import (
+from engine.core import reducer
+from engine.core.events import (
+    Consumed,
+    Enqueued,
+    Event,
+    Filtered,
+    InterruptedBatch,
+    Rejected,
+    ResumedBatch,
+    from_json,
+    to_json,
+)
+from engine.core.reducer import (
     CONSUMED,
     FILTERED,
     INTERRUPTED,
@@ -88,7 +98,7 @@ def _conserved_counts(state: State) -> None:
 
 
 def _plain_capacity(state: State) -> int:
-    """DESIGN.md's capacity rule, written out independently of ``engine.reducer.capacity``."""
+    """DESIGN.md's capacity rule, written out independently of ``engine.core.reducer.capacity``."""
     config = state.config
     if config is None or state.paused:
         return 0
@@ -155,7 +165,7 @@ def _record_bounds(state: State, rollout: str, record: Rollout) -> None:
 
 
 def capacity_rule(state: State) -> None:
-    """``engine.reducer.capacity`` follows DESIGN.md's formula (with per-rank limits,
+    """``engine.core.reducer.capacity`` follows DESIGN.md's formula (with per-rank limits,
     0 while paused, never negative)."""
     actual, expected = reducer.capacity(state), _plain_capacity(state)
     if actual != expected:

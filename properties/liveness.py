@@ -12,10 +12,9 @@ and the real policies.
 
 from __future__ import annotations
 
-from engine import policies, reducer
-from engine.events import Consumed, Enqueued, Event, Resumed, Submitted, Version
-from engine.reducer import INTERRUPTED, PENDING, RUNNING, IllegalTransition, State
-
+from engine.core import policies, reducer
+from engine.core.events import Consumed, Enqueued, Event, Resumed, Submitted, Version
+from engine.core.reducer import INTERRUPTED, PENDING, RUNNING, IllegalTransition, State
 from properties.invariants import InvariantViolation
 
 

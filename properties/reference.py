@@ -3,8 +3,8 @@
 It follows AReaL's ``StalenessManager`` (counters ``enqueued``, ``running``,
 ``accepted``, ``rejected``; ``get_capacity`` from them and the version), extended
 with what the ledger adds (statuses per rollout, interruption, filtering, pause,
-per-rank limits).  It shares no code with ``engine.reducer`` or
-``engine.policies``: the state machines feed both the same events and compare.
+per-rank limits).  It shares no code with ``engine.core.reducer`` or
+``engine.core.policies``: the state machines feed both the same events and compare.
 
 ``scheme`` picks one of the two ways the seeds account for a sample filtered at
 completion:
@@ -17,8 +17,8 @@ Both must give the same capacity after every event.
 
 from __future__ import annotations
 
-from engine.config import Config
-from engine.events import Event, Interrupted, Resumed, Segment
+from engine.core.config import Config
+from engine.core.events import Event, Interrupted, Resumed, Segment
 
 SCHEMES = ("decrement", "never_count")
 

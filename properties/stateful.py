@@ -33,11 +33,17 @@ from pathlib import Path
 from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
-from engine import policies, reducer
-from engine.config import POLICIES, Config
-from engine.events import (
+from engine.core import policies, reducer
+from engine.core.config import POLICIES, Config
+from engine.core.events import (
     REJECT_REASONS,
     Accepted,
     Consumed,
@@ -56,10 +62,17 @@ from engine.events import (
     Submitted,
     Version,
 )
+from engine.core.reducer import (
+    EMPTY,
+    INTERRUPTED,
+    PENDING,
+    RUNNING,
+    STATUS_NAMES,
+    IllegalTransition,
+    State,
+)
 from engine.ledger import Ledger
 from engine.log import EventLog, read_jsonl, replay, write_jsonl
-from engine.reducer import EMPTY, INTERRUPTED, PENDING, RUNNING, STATUS_NAMES, IllegalTransition, State
-
 from properties import invariants
 from properties.invariants import InvariantChecker, InvariantViolation
 from properties.liveness import form_batch

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from hypothesis import strategies as st
 
-from engine.config import ON_STALE, POLICIES, Config
+from engine.core.config import ON_STALE, POLICIES, Config
 
 
 def configs(policies: Sequence[str] = POLICIES) -> st.SearchStrategy[Config]:

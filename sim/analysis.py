@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Iterable, NamedTuple
 
-from engine.events import Event
+from engine.core.events import Event
 
 
 class LittleLaw(NamedTuple):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from engine.config import ON_STALE, POLICIES, Config, ConfigError
+from engine.core.config import ON_STALE, POLICIES, Config, ConfigError
 
 #: What in-flight rollouts do when the weights change.
 ON_UPDATE = ("partial", "restart", "run_on", "drain")
@@ -50,7 +50,7 @@ class RunSection:
 
 @dataclass(frozen=True)
 class LedgerSection:
-    """The ledger's capacity and staleness settings (engine.config.Config)."""
+    """The ledger's capacity and staleness settings (engine.core.config.Config)."""
 
     max_concurrent: int = field(default=256, metadata=_doc("rollouts in flight at most (the capacity rule's first term)"))
     batch_size: int = field(default=64, metadata=_doc("rollouts per training step"))
@@ -134,7 +134,7 @@ class Scenario:
         _validate(self)
 
     def ledger_config(self) -> Config:
-        """The ledger's :class:`~engine.config.Config` for this scenario."""
+        """The ledger's :class:`~engine.core.config.Config` for this scenario."""
         section = self.ledger
         try:
             return Config(

@@ -27,8 +27,8 @@ from typing import Callable, Generator
 
 import simpy
 
-from engine import policies
-from engine.events import (
+from engine.core import policies
+from engine.core.events import (
     Consumed,
     Enqueued,
     Event,
@@ -43,8 +43,8 @@ from engine.events import (
     Version,
     stamped,
 )
+from engine.core.reducer import Folder, State, capacity
 from engine.log import EventLog
-from engine.reducer import Folder, State, capacity
 from sim.config import Scenario
 from sim.summary import Summary, SummaryBuilder
 from sim.workload import sampler

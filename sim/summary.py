@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from engine.reducer import State
+from engine.core.reducer import State
 from sim.config import Scenario
 
 

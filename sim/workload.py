@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 from typing import Callable, Iterable
 
-from engine.events import Event
+from engine.core.events import Event
 from sim.config import Distribution, ScenarioError
 
 #: A sampler: draws one length (at least 1 token) from the given generator.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.config import Config
-from engine.events import Enqueued, RunStarted, Submitted
-from engine.reducer import EMPTY, State, apply, fold
+from engine.core.config import Config
+from engine.core.events import Enqueued, RunStarted, Submitted
+from engine.core.reducer import EMPTY, State, apply, fold
 
 
 def started(**config: object) -> State:

@@ -1,12 +1,12 @@
-"""The garbage collector run between updates (engine.collector) and the run's use of it."""
+"""The garbage collector run between updates (engine.runtime.collector) and the run's use of it."""
 
 import gc
 import weakref
 
 import pytest
 
-from engine.collector import Collector
-from engine.train import RunConfig
+from engine.runtime.collector import Collector
+from engine.workflows.rl_run import RunConfig
 
 
 class _Node:

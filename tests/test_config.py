@@ -1,6 +1,6 @@
 import pytest
 
-from engine.config import Config, ConfigError
+from engine.core.config import Config, ConfigError
 
 
 def test_defaults():

@@ -1,7 +1,7 @@
 import pytest
 
-from engine.config import Config
-from engine.events import (
+from engine.core.config import Config
+from engine.core.events import (
     EVENT_TYPES,
     Accepted,
     Checkpoint,

@@ -4,15 +4,21 @@ import itertools
 import pytest
 import torch
 
-from engine.config import Config
-from engine.events import InterruptedBatch, Rejected, ResumedBatch, Segment, Version
-from engine.executor import RolloutExecutor, TrajectoryStore
+from engine.backends.local.generation import TorchEngine
+from engine.backends.local.model import Policy, preset
+from engine.backends.local.tasks import Tokenizer, get_task
+from engine.core.config import Config
+from engine.core.events import (
+    InterruptedBatch,
+    Rejected,
+    ResumedBatch,
+    Segment,
+    Version,
+)
+from engine.core.reducer import capacity
 from engine.ledger import Ledger
 from engine.log import EventLog, replay
-from engine.reducer import capacity
-from engine.torch_backend.generation import TorchEngine
-from engine.torch_backend.model import Policy, preset
-from engine.torch_backend.tasks import Tokenizer, get_task
+from engine.runtime.executor import RolloutExecutor, TrajectoryStore
 
 NEVER = 99  # an end-of-sequence id never sampled: every completion runs to max_new_tokens
 

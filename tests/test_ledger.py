@@ -1,10 +1,17 @@
 import pytest
 
-from engine.config import Config
-from engine.events import Accepted, Consumed, Enqueued, Interrupted, Segment, Submitted
+from engine.core.config import Config
+from engine.core.events import (
+    Accepted,
+    Consumed,
+    Enqueued,
+    Interrupted,
+    Segment,
+    Submitted,
+)
+from engine.core.reducer import IllegalTransition
 from engine.ledger import Ledger
 from engine.log import replay
-from engine.reducer import IllegalTransition
 
 CONFIG = Config(max_concurrent=4, batch_size=2, max_staleness=1, policy="strict")
 
@@ -110,7 +117,7 @@ def test_applied_events_log_at_debug_and_refusals_at_warning():
 
 
 def test_a_ledger_with_a_log_refuses_the_id_of_a_finished_rollout(tmp_log):
-    from engine.events import Rejected
+    from engine.core.events import Rejected
 
     with Ledger(CONFIG, path=tmp_log, flush_every=1000) as ledger:
         admit(ledger, "a")
@@ -136,7 +143,7 @@ def test_requeued_attempts_of_a_shared_prompt_do_not_collide(tmp_log):
 
 def finish(ledger, *rollouts):
     """Admit ``rollouts`` and reject them at once: their ids are finished (forgotten by the state)."""
-    from engine.events import Rejected
+    from engine.core.events import Rejected
 
     for rollout in rollouts:
         admit(ledger, rollout)
@@ -231,7 +238,7 @@ def test_a_ledger_refuses_exactly_the_ids_used_before_across_reopens(tmp_path, s
 
 
 def test_scalar_reads_match_the_state(tmp_log):
-    from engine.reducer import PENDING, READY, STATUS_NAMES
+    from engine.core.reducer import PENDING, READY, STATUS_NAMES
 
     with Ledger(CONFIG, path=tmp_log) as ledger:
         admit(ledger, "a", "b")
@@ -246,7 +253,7 @@ def test_scalar_reads_match_the_state(tmp_log):
 
 
 def test_complete_appends_the_last_segment_first():
-    from engine.events import Resumed, Version
+    from engine.core.events import Resumed, Version
 
     config = Config(max_concurrent=4, batch_size=2, max_staleness=4, policy="segment_wise")
     one_call, two_calls = Ledger(config), Ledger(config)

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from engine.cli import main
-from engine.events import to_json
+from engine.core.events import to_json
 from engine.ledger import Ledger
 from engine.log import EventLog
 
@@ -89,8 +89,8 @@ def test_import_refuses_an_illegal_history_and_writes_nothing(tmp_path, capsys):
 
 
 def test_replay_of_a_sqlite_log_written_by_the_ledger(tmp_path, capsys):
-    from engine.config import Config
-    from engine.events import Enqueued, Submitted
+    from engine.core.config import Config
+    from engine.core.events import Enqueued, Submitted
 
     path = tmp_path / "run.sqlite"
     with Ledger(Config(4, 2), path=path) as ledger:

@@ -4,9 +4,18 @@ import sqlite3
 import pytest
 
 from benchmarks.mixed_log import mixed_log
-from engine.events import Accepted, Enqueued, SCHEMA_VERSION
-from engine.log import BadLine, EventLog, LogError, SchemaTooNew, TornLog, read_jsonl, replay, write_jsonl
-from engine.reducer import fold
+from engine.core.events import SCHEMA_VERSION, Accepted, Enqueued
+from engine.core.reducer import fold
+from engine.log import (
+    BadLine,
+    EventLog,
+    LogError,
+    SchemaTooNew,
+    TornLog,
+    read_jsonl,
+    replay,
+    write_jsonl,
+)
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +195,7 @@ def test_enqueued_ids_lists_every_enqueued_id(tmp_log, events):
 
 def test_empty_columns_are_stored_as_null(tmp_log):
     """Empty columns are bound as NaN, which SQLite stores as NULL: check it on this SQLite."""
-    from engine.events import Resumed, Segment
+    from engine.core.events import Resumed, Segment
 
     with EventLog(tmp_log) as log:
         log.append([Enqueued("a"), Segment("a", 0, 3), Resumed(), Segment("a", 0, 4, t=float("nan")), Segment("a", 0, 5, t=1.5)])

@@ -11,9 +11,17 @@ from hypothesis import Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 import properties.profiles  # noqa: F401  (registers and loads the Hypothesis profile)
-from engine import policies, reducer
-from engine.events import Accepted, Enqueued
-from engine.reducer import CONSUMED, FILTERED, INTERRUPTED, PENDING, READY, REJECTED, RUNNING
+from engine.core import policies, reducer
+from engine.core.events import Accepted, Enqueued
+from engine.core.reducer import (
+    CONSUMED,
+    FILTERED,
+    INTERRUPTED,
+    PENDING,
+    READY,
+    REJECTED,
+    RUNNING,
+)
 from properties import invariants
 from properties.invariants import InvariantViolation
 from properties.stateful import LedgerMachine, machine_for

@@ -1,9 +1,18 @@
 import pytest
-
 from conftest import admitted, started
-from engine import policies
-from engine.events import Accepted, Enqueued, Filtered, Interrupted, Recomputed, Resumed, Segment, Version
-from engine.reducer import apply, fold
+
+from engine.core import policies
+from engine.core.events import (
+    Accepted,
+    Enqueued,
+    Filtered,
+    Interrupted,
+    Recomputed,
+    Resumed,
+    Segment,
+    Version,
+)
+from engine.core.reducer import apply, fold
 
 
 def test_admission_never_filters():
@@ -59,7 +68,7 @@ def test_pending_limit():
 
 
 def test_policies_need_a_started_run():
-    from engine.reducer import EMPTY
+    from engine.core.reducer import EMPTY
 
     with pytest.raises(ValueError, match="not started"):
         policies.on_version(EMPTY)
@@ -71,7 +80,7 @@ def test_retry_ids_grow_from_the_first_attempt():
     (_, first) = policies.on_complete(state, "a")
     assert first == Enqueued("a#2", "a", 2)
     state = fold([first, Enqueued("x")], state)
-    from engine.events import Submitted
+    from engine.core.events import Submitted
 
     state = fold([Submitted("a#2", 1), Version(2)], state)
     assert policies.on_complete(state, "a#2")[1] == Enqueued("a#3", "a", 3)

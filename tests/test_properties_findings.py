@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from engine import policies, reducer
-from engine.config import Config
-from engine.events import Enqueued, Rejected, RunStarted, Submitted, Version
+from engine.core import policies, reducer
+from engine.core.config import Config
+from engine.core.events import Enqueued, Rejected, RunStarted, Submitted, Version
+from engine.core.reducer import fold
 from engine.ledger import Ledger
-from engine.reducer import fold
 
 REQUEUE = Config(max_concurrent=4, batch_size=2, max_staleness=0, policy="strict", on_stale="requeue")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine import policies, reducer
-from engine.config import Config
-from engine.events import (
+from engine.core import policies, reducer
+from engine.core.config import Config
+from engine.core.events import (
     Accepted,
     Consumed,
     Enqueued,
@@ -18,8 +18,8 @@ from engine.events import (
     Submitted,
     Version,
 )
+from engine.core.reducer import EMPTY, FILTERED, READY, fold
 from engine.ledger import Ledger
-from engine.reducer import EMPTY, FILTERED, READY, fold
 from properties import invariants
 from properties.invariants import InvariantChecker, InvariantViolation, check_state
 

@@ -6,10 +6,17 @@ import pytest
 from hypothesis import given
 
 import properties.profiles  # noqa: F401  (registers and loads the Hypothesis profile)
-from engine import reducer
-from engine.config import Config
-from engine.events import Accepted, Consumed, Enqueued, Paused, RunStarted, Submitted
-from engine.reducer import CONSUMED, EMPTY, INTERRUPTED, READY, RUNNING, fold
+from engine.core import reducer
+from engine.core.config import Config
+from engine.core.events import (
+    Accepted,
+    Consumed,
+    Enqueued,
+    Paused,
+    RunStarted,
+    Submitted,
+)
+from engine.core.reducer import CONSUMED, EMPTY, INTERRUPTED, READY, RUNNING, fold
 from properties.invariants import InvariantViolation
 from properties.liveness import form_batch, liveness_bound
 from properties.strategies import configs

@@ -1,10 +1,10 @@
 import itertools
 
 import pytest
-
 from conftest import admitted, started
-from engine.config import Config
-from engine.events import (
+
+from engine.core.config import Config
+from engine.core.events import (
     Accepted,
     Consumed,
     Enqueued,
@@ -21,7 +21,7 @@ from engine.events import (
     Submitted,
     Version,
 )
-from engine.reducer import (
+from engine.core.reducer import (
     EMPTY,
     NEW,
     STATUS_NAMES,

@@ -8,9 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import properties.profiles  # noqa: F401  (registers and loads the Hypothesis profile)
-from engine import policies, reducer
-from engine.config import Config
-from engine.events import (
+from engine.core import policies, reducer
+from engine.core.config import Config
+from engine.core.events import (
     REJECT_REASONS,
     Accepted,
     Consumed,
@@ -25,7 +25,7 @@ from engine.events import (
     Submitted,
     Version,
 )
-from engine.reducer import EMPTY, INTERRUPTED, PENDING, RUNNING
+from engine.core.reducer import EMPTY, INTERRUPTED, PENDING, RUNNING
 from properties.reference import SCHEMES, ReferenceLedger, ReferenceRefusal
 from properties.strategies import configs
 

@@ -7,7 +7,15 @@ import random
 
 import pytest
 
-from sim.config import Distribution, Scenario, ScenarioError, field_docs, from_dict, load, to_toml
+from sim.config import (
+    Distribution,
+    Scenario,
+    ScenarioError,
+    field_docs,
+    from_dict,
+    load,
+    to_toml,
+)
 from sim.scenarios import BUILTIN, builtin
 from sim.workload import load_lengths, lognormal_cdf, sampler
 

@@ -3,9 +3,9 @@ import asyncio
 import pytest
 import torch
 
-from engine.torch_backend.generation import TorchEngine
-from engine.torch_backend.model import ModelConfig, Policy
-from engine.torch_backend.trainer import Sample, completion_logprobs
+from engine.backends.local.generation import TorchEngine
+from engine.backends.local.model import ModelConfig, Policy
+from engine.backends.local.trainer import Sample, completion_logprobs
 
 EOS = 2
 NEVER = 99  # an end-of-sequence id the model cannot sample: sequences run to max_new_tokens

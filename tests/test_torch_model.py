@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from engine.torch_backend.model import KVCache, ModelConfig, Policy, preset
-from engine.torch_backend.tasks import Tokenizer, char_reward, get_task
+from engine.backends.local.model import KVCache, ModelConfig, Policy, preset
+from engine.backends.local.tasks import Tokenizer, char_reward, get_task
 
 
 def _model(seed: int = 0) -> Policy:

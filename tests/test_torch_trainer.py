@@ -4,11 +4,25 @@ import random
 import pytest
 import torch
 
-from engine.torch_backend.checkpoint import checkpoints, load_checkpoint, save_checkpoint
-from engine.torch_backend.model import Policy, preset
-from engine.torch_backend.objectives import decoupled_loss, group_advantages, interpolate_proximal, ppo_loss
-from engine.torch_backend.tasks import Tokenizer, get_task
-from engine.torch_backend.trainer import Sample, Trainer, TrainerConfig, completion_logprobs
+from engine.backends.local.checkpoint import (
+    checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from engine.backends.local.model import Policy, preset
+from engine.backends.local.objectives import (
+    decoupled_loss,
+    group_advantages,
+    interpolate_proximal,
+    ppo_loss,
+)
+from engine.backends.local.tasks import Tokenizer, get_task
+from engine.backends.local.trainer import (
+    Sample,
+    Trainer,
+    TrainerConfig,
+    completion_logprobs,
+)
 
 
 def test_group_advantages_are_centred_per_group_and_zero_for_equal_rewards():

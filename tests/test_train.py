@@ -5,7 +5,7 @@ import pytest
 
 from engine.cli import main
 from engine.log import replay
-from engine.train import RLRun, RunConfig
+from engine.workflows.rl_run import RLRun, RunConfig
 
 TINY = ["--device", "cpu", "--model-size", "tiny", "--no-progress"]
 
@@ -89,7 +89,7 @@ def test_gc_auto_leaves_the_collector_alone_and_times_it(tmp_path):
 
 
 def _stage_paths(log, suffix):
-    from engine.events import Stage
+    from engine.core.events import Stage
     from engine.log import EventLog
 
     with EventLog(log) as events:

@@ -8,7 +8,14 @@ import subprocess
 import sys
 import time
 
-from engine.events import Accepted, Consumed, Enqueued, Filtered, Rejected, Submitted
+from engine.core.events import (
+    Accepted,
+    Consumed,
+    Enqueued,
+    Filtered,
+    Rejected,
+    Submitted,
+)
 from engine.log import EventLog, replay
 
 ARGS = ["--task", "copy", "--device", "cpu", "--model-size", "tiny", "--batch-size", "4", "--group-size", "2",
@@ -78,8 +85,8 @@ def test_sigkill_mid_run_then_resume_loses_and_double_counts_nothing(tmp_path):
 
 
 def test_a_checkpoint_ahead_of_the_log_is_discarded_unless_the_log_consumed_its_batch(tmp_path):
-    from engine.torch_backend.checkpoint import checkpoints, save_checkpoint
-    from engine.train import RLRun, RunConfig
+    from engine.backends.local.checkpoint import checkpoints, save_checkpoint
+    from engine.workflows.rl_run import RLRun, RunConfig
 
     run_dir = tmp_path / "run"
     run = RLRun(RunConfig(task="copy", steps=2, batch_size=2, group_size=2, warmup_steps=1, max_staleness=1), run_dir)

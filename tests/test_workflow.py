@@ -10,7 +10,7 @@ import time
 import pytest
 from structlog.testing import capture_logs
 
-from engine.events import Stage
+from engine.core.events import Stage
 from engine.log import EventLog
 from engine.workflow import (
     AwaitFuture,
@@ -456,7 +456,7 @@ def test_stage_events_go_to_the_runs_log(tmp_log):
 
 
 def test_the_ledger_section_configures_the_runs_log(tmp_log):
-    from engine.config import Config
+    from engine.core.config import Config
     from engine.log import replay
 
     wf = workflow("w", stage("a", Put("a", 1)), defaults={"steps": 1})

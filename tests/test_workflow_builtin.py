@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.events import Stage
+from engine.core.events import Stage
 from engine.log import EventLog
 from engine.workflow import StageFailed, run
 from engine.workflows import BUILTIN, reinforcement

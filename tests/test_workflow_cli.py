@@ -93,7 +93,9 @@ def test_spans_are_exported_to_opentelemetry_when_installed():
     sdk = pytest.importorskip("opentelemetry.sdk.trace", reason="OpenTelemetry export is optional")
     from opentelemetry import trace
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+        InMemorySpanExporter,
+    )
 
     exporter = InMemorySpanExporter()
     provider = sdk.TracerProvider()

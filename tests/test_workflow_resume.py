@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.events import Checkpoint, Stage
+from engine.cli.workflow import load_workflow
+from engine.core.events import Checkpoint, Stage
 from engine.log import EventLog
 from engine.workflow import ResumeError, run, stage, workflow
-from engine.workflow.cli import load_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,14 @@ from engine.workflow.dsl import (
     subworkflow,
     workflow,
 )
-from engine.workflow.ir import STAGES, WorkflowError, compile_workflow, describe, register_stage, to_dict
+from engine.workflow.ir import (
+    STAGES,
+    WorkflowError,
+    compile_workflow,
+    describe,
+    register_stage,
+    to_dict,
+)
 from engine.workflow.policy import ErrorPolicy, halt, retry, skip
 from engine.workflow.runner import (
     ParallelConflict,

@@ -36,8 +36,8 @@ from typing import Any, Awaitable, Callable, Mapping
 import immutables
 from tqdm import tqdm
 
-from engine.config import Config
-from engine.events import Checkpoint, Stage
+from engine.core.config import Config
+from engine.core.events import Checkpoint, Stage
 from engine.ledger import Ledger
 from engine.log import EventLog
 from engine.logconfig import get_logger

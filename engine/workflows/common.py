@@ -8,9 +8,9 @@ from typing import Any, Sequence
 
 import torch
 
-from engine.torch_backend.model import Policy, preset
-from engine.torch_backend.tasks import Problem, Task, Tokenizer, get_task
-from engine.torch_backend.trainer import Sample, pad_samples
+from engine.backends.local.model import Policy, preset
+from engine.backends.local.tasks import Problem, Task, Tokenizer, get_task
+from engine.backends.local.trainer import Sample, pad_samples
 from engine.workflow import Context
 
 #: Config every torch workflow understands.

@@ -13,9 +13,21 @@ import random
 import torch
 import torch.nn.functional as F
 
-from engine.torch_backend.tasks import Task, char_reward
+from engine.backends.local.tasks import Task, char_reward
 from engine.workflow import Context, conditional, loop, stage, workflow
-from engine.workflows.common import MODEL_DEFAULTS, InitPolicy, LoadTask, LogStepStats, OptimStep, SaveWeights, answer_logprob, chunks, every, problems, sequences
+from engine.workflows.common import (
+    MODEL_DEFAULTS,
+    InitPolicy,
+    LoadTask,
+    LogStepStats,
+    OptimStep,
+    SaveWeights,
+    answer_logprob,
+    chunks,
+    every,
+    problems,
+    sequences,
+)
 
 CORRUPTION = "abcdefgh"
 

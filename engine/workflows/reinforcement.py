@@ -1,4 +1,4 @@
-"""Asynchronous RL as a workflow, on the steps of :class:`engine.train.RLRun`.
+"""Asynchronous RL as a workflow, on the steps of :class:`engine.workflows.rl_run.RLRun`.
 
 Rollouts come from the async executor through the run's ledger (``collect``);
 the update is spelled out as stages: GRPO group advantages, then ``ppo_epochs``
@@ -26,15 +26,15 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm import tqdm
 
-from engine.events import Checkpoint, Stage
+from engine.backends.local.checkpoint import save_checkpoint
+from engine.backends.local.objectives import decoupled_loss, group_advantages, ppo_loss
+from engine.backends.local.tasks import Problem, Task
+from engine.backends.local.trainer import pad_samples
+from engine.core.events import Checkpoint, Stage
 from engine.log import EventLog
-from engine.torch_backend.checkpoint import save_checkpoint
-from engine.torch_backend.objectives import decoupled_loss, group_advantages, ppo_loss
-from engine.torch_backend.tasks import Problem, Task
-from engine.torch_backend.trainer import pad_samples
-from engine.train import RLRun, RunConfig, refuse_existing_run
 from engine.workflow import Context, conditional, loop, stage, workflow
 from engine.workflows.common import SaveCheckpoint, every
+from engine.workflows.rl_run import RLRun, RunConfig, refuse_existing_run
 
 _RUN_FIELDS = {f.name for f in fields(RunConfig)}
 

@@ -10,10 +10,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.torch_backend.model import Policy
-from engine.torch_backend.tasks import Tokenizer
+from engine.backends.local.model import Policy
+from engine.backends.local.tasks import Tokenizer
 from engine.workflow import Context, conditional, loop, stage, workflow
-from engine.workflows.common import MODEL_DEFAULTS, LoadTask, LogStepStats, OptimStep, SaveWeights, every, new_policy, sequences
+from engine.workflows.common import (
+    MODEL_DEFAULTS,
+    LoadTask,
+    LogStepStats,
+    OptimStep,
+    SaveWeights,
+    every,
+    new_policy,
+    sequences,
+)
 from engine.workflows.preference import LoadPreferenceData, SetEpoch, pair_tensors
 
 

@@ -19,8 +19,8 @@ from typing import Iterable, NamedTuple
 
 import immutables
 
-from engine.config import Config
-from engine.events import (
+from engine.core.config import Config
+from engine.core.events import (
     Accepted,
     Checkpoint,
     Consumed,

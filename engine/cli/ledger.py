@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from engine.events import Event, to_json
+from engine.core.events import Event, to_json
+from engine.core.reducer import Folder, IllegalTransition, State, capacity
 from engine.log import EventLog, LogError, jsonl_records, write_jsonl
-from engine.reducer import Folder, IllegalTransition, State, capacity
 
 #: The counters ``replay`` prints, in order.
 COUNTERS = ("version", "pending", "running", "ready", "accepted", "rejected", "filtered", "consumed", "submitted", "capacity", "events")

@@ -22,9 +22,14 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from engine.torch_backend.model import Policy
-from engine.torch_backend.objectives import decoupled_loss, group_advantages, interpolate_proximal, ppo_loss
-from engine.torch_backend.tasks import Problem, Tokenizer
+from engine.backends.local.model import Policy
+from engine.backends.local.objectives import (
+    decoupled_loss,
+    group_advantages,
+    interpolate_proximal,
+    ppo_loss,
+)
+from engine.backends.local.tasks import Problem, Tokenizer
 
 OBJECTIVES = ("decoupled", "ppo")
 PROXIMAL = ("recompute", "interpolate", "segment")

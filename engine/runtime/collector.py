@@ -25,7 +25,6 @@ from __future__ import annotations
 import gc
 import time
 
-
 #: ``update``: collect between updates only; ``auto``: Python's own schedule (only measured).
 MODES = ("update", "auto")
 

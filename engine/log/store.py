@@ -1,4 +1,4 @@
-"""The durable event log: an append-only SQLite store, and JSON Lines exchange.
+"""The durable event log: an append-only SQLite store (JSON Lines exchange is in :mod:`engine.log.jsonl`).
 
 One row per event, keyed by a sequence number that increases by one per event.
 Appends are batched into one transaction each, and each transaction also records
@@ -13,17 +13,16 @@ import itertools
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from engine.config import Config
-from engine.events import (
+from engine.core.config import Config
+from engine.core.events import (
     SCHEMA_VERSION,
     Accepted,
     Checkpoint,
     Consumed,
     Enqueued,
     Event,
-    EventError,
     Filtered,
     Interrupted,
     InterruptedBatch,
@@ -37,10 +36,8 @@ from engine.events import (
     Stage,
     Submitted,
     Version,
-    from_json,
-    to_json,
 )
-from engine.reducer import EMPTY, State, fold
+from engine.core.reducer import EMPTY, State, fold
 
 
 class LogError(Exception):
@@ -297,6 +294,8 @@ class EventLog:
 def replay(path: str | Path) -> State:
     """Fold the whole log at ``path`` (SQLite, or JSON Lines if it ends in ``.jsonl``)."""
     if Path(path).suffix == ".jsonl":
+        from engine.log.jsonl import read_jsonl
+
         return fold(read_jsonl(path))
     with EventLog(_existing(path)) as log:
         return fold(log.events(), EMPTY)
@@ -307,50 +306,3 @@ def _existing(path: str | Path) -> Path:
     if not path.is_file():
         raise LogError(f"no log at {path}")
     return path
-
-
-def read_jsonl(path: str | Path) -> Iterator[Event]:
-    """Events of a JSON Lines file (see :func:`jsonl_records`)."""
-    return (event for _, event in jsonl_records(path))
-
-
-def jsonl_records(path: str | Path) -> Iterator[tuple[int, Event]]:
-    """``(line number, event)`` pairs of a JSON Lines file; raises :class:`BadLine`
-    naming the line and rollout.
-
-    A first line ``{"schema": N}`` is a header: a newer schema is refused.  An
-    unparseable last line without a newline is a torn tail (:class:`TornLog`)."""
-    with open(_existing(path), encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                if not line.endswith("\n"):
-                    raise TornLog(f"{path}: line {number} is a torn tail (incomplete last line)", number) from err
-                raise BadLine(number, f"not JSON: {err.msg}") from err
-            if number == 1 and isinstance(obj, dict) and "schema" in obj and "type" not in obj:
-                if not isinstance(obj["schema"], int) or obj["schema"] > SCHEMA_VERSION:
-                    raise SchemaTooNew(
-                        f"{path} was written with event schema {obj['schema']!r}; this rollout-ledger reads "
-                        f"schema {SCHEMA_VERSION} and older. Upgrade rollout-ledger to read it."
-                    )
-                continue
-            try:
-                event = from_json(obj)
-            except (EventError, ValueError) as err:
-                rollout = obj.get("rollout") if isinstance(obj, dict) else None
-                raise BadLine(number, str(err), rollout if isinstance(rollout, str) else None) from err
-            yield number, event
-
-
-def write_jsonl(events: Iterable[Event], path: str | Path) -> int:
-    """Write a schema header and one event per line; returns the number of events."""
-    count = 0
-    with open(path, "w", encoding="utf-8") as out:
-        out.write(json.dumps({"schema": SCHEMA_VERSION}) + "\n")
-        for event in events:
-            out.write(json.dumps(to_json(event)) + "\n")
-            count += 1
-    return count

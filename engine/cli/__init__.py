@@ -14,10 +14,10 @@ from typing import Sequence
 
 #: Modules that contribute commands, in the order ``--help`` lists them.
 COMMAND_MODULES = (
-    "engine.ledger_cli",
+    "engine.cli.ledger",
     "sim.cli",
-    "engine.workflow.cli",
-    "engine.train",
+    "engine.cli.workflow",
+    "engine.cli.train",
 )
 
 

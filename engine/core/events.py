@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, NamedTuple, Union, get_args
 
-from engine.config import Config
+from engine.core.config import Config
 
 #: Version of the event format.  Logs written by a newer format are refused.  Schema 2
 #: added the batch forms ``interrupted_batch`` and ``resumed_batch``; schema 1 logs

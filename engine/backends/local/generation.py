@@ -18,7 +18,7 @@ from typing import AsyncIterator, Mapping, Protocol
 
 import torch
 
-from engine.torch_backend.model import KVCache, Policy
+from engine.backends.local.model import KVCache, Policy
 
 
 @dataclass

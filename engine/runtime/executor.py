@@ -2,7 +2,7 @@
 
 ``submit`` enqueues a prompt; a dispatcher starts pending rollouts only while the
 ledger's capacity allows; each rollout samples a GRPO group of completions from a
-:class:`~engine.torch_backend.generation.GenerationEngine`, scores them with the
+:class:`~engine.backends.local.generation.GenerationEngine`, scores them with the
 task's verifier and asks the staleness policy to accept or filter it.  A rollout
 that raises or times out is ``rejected(reason=error|timeout)`` (capacity comes back
 through the reducer) and retried up to ``max_retries`` times as a new attempt.
@@ -11,7 +11,7 @@ through the reducer) and retried up to ``max_retries`` times as a new attempt.
 interrupted and continue under the new weights as a new segment.
 
 The executor keeps no lifecycle rule of its own: capacity, staleness, batch
-selection and retries are the reducer's and :mod:`engine.policies`'.  Completed
+selection and retries are the reducer's and :mod:`engine.core.policies`'.  Completed
 samples go to a :class:`TrajectoryStore` before the ledger accepts them, so that a
 resumed run finds the data of every ready rollout.
 """
@@ -28,14 +28,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from engine import policies
-from engine.events import Enqueued, Event, InterruptedBatch, Rejected, ResumedBatch, Segment, Submitted
+from engine.backends.local.generation import GenerationEngine, GenerationHandle
+from engine.backends.local.tasks import Problem, Task, Tokenizer
+from engine.backends.local.trainer import Sample
+from engine.core import policies
+from engine.core.events import (
+    Enqueued,
+    Event,
+    InterruptedBatch,
+    Rejected,
+    ResumedBatch,
+    Segment,
+    Submitted,
+)
+from engine.core.reducer import PENDING, READY
 from engine.ledger import Ledger
 from engine.logconfig import get_logger
-from engine.reducer import PENDING, READY
-from engine.torch_backend.generation import GenerationEngine, GenerationHandle
-from engine.torch_backend.tasks import Problem, Task, Tokenizer
-from engine.torch_backend.trainer import Sample
 
 
 class TrajectoryStore:

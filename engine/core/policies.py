@@ -19,9 +19,9 @@ what they return; nothing here changes a state.
 
 from __future__ import annotations
 
-from engine.config import Config
-from engine.events import Accepted, Enqueued, Event, Filtered, Recomputed
-from engine.reducer import READY, Rollout, State
+from engine.core.config import Config
+from engine.core.events import Accepted, Enqueued, Event, Filtered, Recomputed
+from engine.core.reducer import READY, Rollout, State
 
 
 def _config(state: State) -> Config:

@@ -1,0 +1,7 @@
+"""``python -m engine.cli``: the ``rollout-ledger`` command."""
+
+import sys
+
+from engine.cli import main
+
+sys.exit(main())
