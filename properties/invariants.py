@@ -381,7 +381,8 @@ def _summary(state: State) -> str:
     )
 
 
-def _snapshot(state: State) -> tuple:
+def _snapshot(state: State) -> tuple[object, ...]:
+    """Every field of ``state`` as plain values, for comparing before and after a call."""
     return (state.config, state.version, state.paused, dict(state.rollouts.items()), tuple(state.counts), state.events, state.checkpoint)
 
 

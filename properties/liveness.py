@@ -60,8 +60,11 @@ def form_batch(state: State, training: bool = False, bound: int | None = None) -
     trained on (its version bump is due first).  Raises :class:`InvariantViolation`
     (``liveness``) on a deadlock or when it takes more than ``bound`` events
     (:func:`liveness_bound` by default)."""
+    config = state.config
+    if config is None:
+        raise ValueError("the run has not started: the state has no config")
     limit = liveness_bound(state) if bound is None else bound
-    batch_size = state.config.rank_batch_size  # type: ignore[union-attr]
+    batch_size = config.rank_batch_size
     steps = 0
 
     def emit(events: tuple[Event, ...]) -> None:

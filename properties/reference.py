@@ -18,7 +18,25 @@ Both must give the same capacity after every event.
 from __future__ import annotations
 
 from engine.core.config import Config
-from engine.core.events import Event, Interrupted, Resumed, Segment
+from engine.core.events import (
+    Accepted,
+    Checkpoint,
+    Consumed,
+    Enqueued,
+    Event,
+    Filtered,
+    Interrupted,
+    InterruptedBatch,
+    Paused,
+    Recomputed,
+    Rejected,
+    Resumed,
+    ResumedBatch,
+    RunStarted,
+    Segment,
+    Submitted,
+    Version,
+)
 
 SCHEMES = ("decrement", "never_count")
 
@@ -99,43 +117,43 @@ class ReferenceLedger:
     def observe(self, event: Event) -> None:
         """Take one event; raises :class:`ReferenceRefusal` (nothing changed) if illegal."""
         self._check(event)
-        kind = event.type
-        if kind in ("interrupted_batch", "resumed_batch"):
-            for one in self._one_by_one(event):
-                self.observe(one)
-        elif kind == "run_started":
-            self.config = event.config
-        elif kind == "enqueued":
-            self.status[event.rollout] = "pending"
-            self.on_rollout_enqueued()
-        elif kind == "submitted":
-            self.status[event.rollout] = "running"
-            self.tail_version[event.rollout] = event.version
-            self.on_rollout_submitted()
-        elif kind == "segment":
-            self.tail_version[event.rollout] = event.version
-        elif kind == "interrupted":
-            self.status[event.rollout] = "interrupted"
-        elif kind == "resumed" and event.rollout is not None:
-            self.status[event.rollout] = "running"
-            self.tail_version[event.rollout] = self.version if event.version is None else event.version
-        elif kind == "resumed":
-            self.paused = False
-        elif kind == "paused":
-            self.paused = True
-        elif kind == "accepted":
-            self.status[event.rollout] = "ready"
-            self.on_rollout_accepted()
-        elif kind == "rejected":
-            self.status[event.rollout] = "rejected"
-            self.on_rollout_rejected()
-        elif kind == "filtered":
-            self._filter(event.rollout)
-        elif kind == "consumed":
-            for rollout in event.rollouts:
-                self.status[rollout] = "consumed"  # consumed samples still count as accepted
-        elif kind == "version":
-            self.version = event.version
+        match event:
+            case InterruptedBatch() | ResumedBatch():
+                for one in self._one_by_one(event):
+                    self.observe(one)
+            case RunStarted():
+                self.config = event.config
+            case Enqueued():
+                self.status[event.rollout] = "pending"
+                self.on_rollout_enqueued()
+            case Submitted():
+                self.status[event.rollout] = "running"
+                self.tail_version[event.rollout] = event.version
+                self.on_rollout_submitted()
+            case Segment():
+                self.tail_version[event.rollout] = event.version
+            case Interrupted():
+                self.status[event.rollout] = "interrupted"
+            case Resumed() if event.rollout is not None:
+                self.status[event.rollout] = "running"
+                self.tail_version[event.rollout] = self.version if event.version is None else event.version
+            case Resumed():
+                self.paused = False
+            case Paused():
+                self.paused = True
+            case Accepted():
+                self.status[event.rollout] = "ready"
+                self.on_rollout_accepted()
+            case Rejected():
+                self.status[event.rollout] = "rejected"
+                self.on_rollout_rejected()
+            case Filtered():
+                self._filter(event.rollout)
+            case Consumed():
+                for rollout in event.rollouts:
+                    self.status[rollout] = "consumed"  # consumed samples still count as accepted
+            case Version():
+                self.version = event.version
 
     def _filter(self, rollout: str) -> None:
         if self.status[rollout] == "ready":  # purged from the ready queue
@@ -149,84 +167,83 @@ class ReferenceLedger:
         self.filtered += 1
 
     @staticmethod
-    def _one_by_one(event: Event) -> list[Event]:
+    def _one_by_one(event: InterruptedBatch | ResumedBatch) -> list[Event]:
         """A batch event as the events it stands for, one rollout at a time."""
-        if event.type == "interrupted_batch":
+        if isinstance(event, InterruptedBatch):
             return [e for r, n in zip(event.rollouts, event.tokens) for e in (Segment(r, event.version, n), Interrupted(r))]
         return [Resumed(r, event.version) for r in event.rollouts]
 
     def _check(self, event: Event) -> None:
-        kind = event.type
-        if kind in ("interrupted_batch", "resumed_batch"):
+        if isinstance(event, (InterruptedBatch, ResumedBatch)):
             if not event.rollouts or len(set(event.rollouts)) != len(event.rollouts):
                 raise ReferenceRefusal("a batch must name distinct rollouts")
-            if kind == "interrupted_batch" and len(event.tokens) != len(event.rollouts):
+            if isinstance(event, InterruptedBatch) and len(event.tokens) != len(event.rollouts):
                 raise ReferenceRefusal("one token count per rollout")
             for one in self._one_by_one(event):  # distinct rollouts, and a segment leaves its rollout running:
                 self._check(one)  # each event checks against the state before the batch
             return
-        if kind == "run_started":
+        if isinstance(event, RunStarted):
             if self.config is not None:
                 raise ReferenceRefusal("the run has already started")
             return
         if self.config is None:
             raise ReferenceRefusal("the run has not started")
-        rollout = getattr(event, "rollout", None)
-        status = self.status.get(rollout) if rollout is not None else None
-        if kind == "enqueued":
-            if status is not None:
-                raise ReferenceRefusal(f"rollout {rollout!r} was already enqueued (now {status})")
-            if event.attempt < 1:
-                raise ReferenceRefusal("attempt must be at least 1")
-        elif kind == "submitted":
-            self._need(rollout, status, "pending")
-            if self.paused:
-                raise ReferenceRefusal("generation is paused")
-            if not 0 <= event.version <= self.version:
-                raise ReferenceRefusal(f"submitted at version {event.version}, current {self.version}")
-            if self.get_capacity() <= 0:
-                raise ReferenceRefusal("no capacity")
-        elif kind == "segment":
-            self._need(rollout, status, "running")
-            if not self.tail_version[rollout] <= event.version <= self.version or event.tokens < 0:
-                raise ReferenceRefusal(f"bad segment {event!r}")
-        elif kind == "interrupted":
-            self._need(rollout, status, "running")
-        elif kind == "resumed":
-            if rollout is None:
+        match event:
+            case Enqueued():
+                status = self.status.get(event.rollout)
+                if status is not None:
+                    raise ReferenceRefusal(f"rollout {event.rollout!r} was already enqueued (now {status})")
+                if event.attempt < 1:
+                    raise ReferenceRefusal("attempt must be at least 1")
+            case Submitted():
+                self._need(event.rollout, "pending")
+                if self.paused:
+                    raise ReferenceRefusal("generation is paused")
+                if not 0 <= event.version <= self.version:
+                    raise ReferenceRefusal(f"submitted at version {event.version}, current {self.version}")
+                if self.get_capacity() <= 0:
+                    raise ReferenceRefusal("no capacity")
+            case Segment():
+                self._need(event.rollout, "running")
+                if not self.tail_version[event.rollout] <= event.version <= self.version or event.tokens < 0:
+                    raise ReferenceRefusal(f"bad segment {event!r}")
+            case Interrupted():
+                self._need(event.rollout, "running")
+            case Resumed() if event.rollout is None:
                 if not self.paused:
                     raise ReferenceRefusal("generation is not paused")
-                return
-            self._need(rollout, status, "interrupted")
-            version = self.version if event.version is None else event.version
-            if not self.tail_version[rollout] <= version <= self.version:
-                raise ReferenceRefusal(f"resumed at version {version}")
-        elif kind == "accepted":
-            self._need(rollout, status, "running")
-        elif kind == "rejected":
-            self._need(rollout, status, "running", "interrupted")
-        elif kind == "filtered":
-            self._need(rollout, status, "running", "ready")
-        elif kind == "recomputed":
-            self._need(rollout, status, "ready")
-            if not self.tail_version[rollout] <= event.version <= self.version:
-                raise ReferenceRefusal(f"recomputed at version {event.version}")
-        elif kind == "consumed":
-            if not event.rollouts or len(set(event.rollouts)) != len(event.rollouts):
-                raise ReferenceRefusal("a batch must name distinct rollouts")
-            for name in event.rollouts:
-                self._need(name, self.status.get(name), "ready")
-        elif kind == "version":
-            if event.version <= self.version:
-                raise ReferenceRefusal(f"version {event.version} does not increase {self.version}")
-        elif kind == "paused":
-            if self.paused:
-                raise ReferenceRefusal("already paused")
-        elif kind == "checkpoint":
-            if event.version > self.version:
-                raise ReferenceRefusal("checkpoint ahead of the version")
+            case Resumed() if event.rollout is not None:
+                self._need(event.rollout, "interrupted")
+                version = self.version if event.version is None else event.version
+                if not self.tail_version[event.rollout] <= version <= self.version:
+                    raise ReferenceRefusal(f"resumed at version {version}")
+            case Accepted():
+                self._need(event.rollout, "running")
+            case Rejected():
+                self._need(event.rollout, "running", "interrupted")
+            case Filtered():
+                self._need(event.rollout, "running", "ready")
+            case Recomputed():
+                self._need(event.rollout, "ready")
+                if not self.tail_version[event.rollout] <= event.version <= self.version:
+                    raise ReferenceRefusal(f"recomputed at version {event.version}")
+            case Consumed():
+                if not event.rollouts or len(set(event.rollouts)) != len(event.rollouts):
+                    raise ReferenceRefusal("a batch must name distinct rollouts")
+                for name in event.rollouts:
+                    self._need(name, "ready")
+            case Version():
+                if event.version <= self.version:
+                    raise ReferenceRefusal(f"version {event.version} does not increase {self.version}")
+            case Paused():
+                if self.paused:
+                    raise ReferenceRefusal("already paused")
+            case Checkpoint():
+                if event.version > self.version:
+                    raise ReferenceRefusal("checkpoint ahead of the version")
 
-    @staticmethod
-    def _need(rollout: str | None, status: str | None, *allowed: str) -> None:
+    def _need(self, rollout: str, *allowed: str) -> None:
+        """Refuse unless ``rollout`` is known and its status is one of ``allowed``."""
+        status = self.status.get(rollout)
         if status not in allowed:
             raise ReferenceRefusal(f"rollout {rollout!r} is {status or 'unknown'}, needs {' or '.join(allowed)}")

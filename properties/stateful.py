@@ -406,6 +406,7 @@ class LedgerMachine(RuleBasedStateMachine):
         reference = self.references["never_count"]
         finished = [r for r, status in reference.status.items() if status not in LIVE_NAMES]
         version = self.state.version
+        event: Event
         for rollout in [*self.state.rollouts, *finished[-2:], "never-enqueued"]:
             for event in (
                 Submitted(rollout, version),

@@ -292,9 +292,9 @@ def _validate(scenario: Scenario) -> None:
         "training.recompute_per_token_s": scenario.training.recompute_per_token_s,
         "training.weight_sync_s": scenario.training.weight_sync_s,
     }
-    for name, value in non_negative.items():
-        if not value >= 0 or math.isinf(value):
-            raise ScenarioError(name, f"must be a finite number at least 0, got {value}")
+    for name, cost in non_negative.items():
+        if not cost >= 0 or math.isinf(cost):
+            raise ScenarioError(name, f"must be a finite number at least 0, got {cost}")
     generation = scenario.generation
     if generation.step_base_s + generation.step_per_seq_s + generation.step_per_kv_token_s <= 0:
         raise ScenarioError("generation.step_base_s", "a decode step must cost some time (all step costs are 0)")
@@ -351,12 +351,18 @@ def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Scena
 def _relative_paths(scenario: Scenario, base: Path) -> Scenario:
     """Empirical distribution paths in a file are relative to that file."""
     workload = scenario.workload
-    changes: dict[str, Distribution] = {}
-    for name in ("prompt_len", "response_len"):
-        dist = getattr(workload, name)
-        if dist.kind == "empirical" and not Path(dist.path).is_absolute():
-            changes[name] = replace(dist, path=str(base / dist.path))
-    return replace(scenario, workload=replace(workload, **changes)) if changes else scenario
+    prompt_len = _relative_to(workload.prompt_len, base)
+    response_len = _relative_to(workload.response_len, base)
+    if prompt_len is workload.prompt_len and response_len is workload.response_len:
+        return scenario
+    return replace(scenario, workload=replace(workload, prompt_len=prompt_len, response_len=response_len))
+
+
+def _relative_to(dist: Distribution, base: Path) -> Distribution:
+    """``dist`` with an empirical path that is relative taken under ``base``."""
+    if dist.kind == "empirical" and not Path(dist.path).is_absolute():
+        return replace(dist, path=str(base / dist.path))
+    return dist
 
 
 def field_docs() -> list[tuple[str, Any, str]]:

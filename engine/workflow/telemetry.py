@@ -5,12 +5,15 @@ and the bound run id), and exported to OpenTelemetry when it is importable."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from types import TracebackType
+from typing import Any, Protocol
 
 try:  # optional: export spans when OpenTelemetry is installed
-    from opentelemetry import trace as _otel_trace
+    from opentelemetry import trace as otel_trace
+
+    _OTEL = True
 except ImportError:  # pragma: no cover - depends on the environment
-    _otel_trace = None
+    _OTEL = False  # ``otel_trace`` is then unbound: every use is behind ``_OTEL``
 
 #: Outcomes a span ends with.
 OUTCOMES = ("ok", "failed", "skipped")
@@ -18,7 +21,17 @@ OUTCOMES = ("ok", "failed", "skipped")
 
 def otel_enabled() -> bool:
     """Whether spans are also exported to OpenTelemetry."""
-    return _otel_trace is not None
+    return _OTEL
+
+
+class SpanLogger(Protocol):
+    """What a span logs through: a structlog bound logger (or anything with its methods)."""
+
+    def debug(self, event: str, **fields: Any) -> object: ...
+
+    def info(self, event: str, **fields: Any) -> object: ...
+
+    def warning(self, event: str, **fields: Any) -> object: ...
 
 
 class Span:
@@ -27,7 +40,7 @@ class Span:
 
     __slots__ = ("logger", "kind", "name", "path", "parent", "fields", "outcome", "_t0", "_otel", "_ended")
 
-    def __init__(self, logger: Any, kind: str, name: str, path: str, parent: "Span | None" = None, **fields: Any) -> None:
+    def __init__(self, logger: SpanLogger, kind: str, name: str, path: str, parent: "Span | None" = None, **fields: Any) -> None:
         self.logger = logger
         self.parent = parent
         self.kind = kind
@@ -36,17 +49,17 @@ class Span:
         self.fields = {k: v for k, v in fields.items() if v is not None}
         self.outcome = "ok"
         self._t0 = 0.0
-        self._otel: Any = None
+        self._otel: otel_trace.Span | None = None
         self._ended = False
 
     def start(self) -> "Span":
         self._t0 = time.perf_counter()
-        if _otel_trace is not None:
-            attributes = {"workflow.kind": self.kind, "workflow.path": self.path}
+        if _OTEL:
+            attributes: dict[str, str | int | float | bool] = {"workflow.kind": self.kind, "workflow.path": self.path}
             attributes.update({f"workflow.{k}": v for k, v in self.fields.items() if isinstance(v, (str, int, float, bool))})
             parent = self.parent._otel if self.parent is not None else None
-            context = _otel_trace.set_span_in_context(parent) if parent is not None else None
-            tracer = _otel_trace.get_tracer("rollout_ledger.workflow")
+            context = otel_trace.set_span_in_context(parent) if parent is not None else None
+            tracer = otel_trace.get_tracer("rollout_ledger.workflow")
             self._otel = tracer.start_span(f"{self.kind} {self.name}", context=context, attributes=attributes)
         return self
 
@@ -69,13 +82,13 @@ class Span:
         if self._otel is not None:
             self._otel.set_attribute("workflow.outcome", self.outcome)
             if self.outcome == "failed":
-                self._otel.set_status(_otel_trace.Status(_otel_trace.StatusCode.ERROR, str(self.fields.get("error", ""))))
+                self._otel.set_status(otel_trace.Status(otel_trace.StatusCode.ERROR, str(self.fields.get("error", ""))))
             self._otel.end()
 
     def __enter__(self) -> "Span":
         return self.start()
 
-    def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None) -> None:
         if error is not None and not isinstance(error, GeneratorExit):
             self.end("failed" if self.outcome == "ok" else self.outcome, error=f"{type(error).__name__}: {error}")
         else:

@@ -50,4 +50,7 @@ def load_checkpoint(directory: str | Path, version: int, device: torch.device | 
     if not path.exists():
         have = ", ".join(map(str, checkpoints(directory))) or "none"
         raise FileNotFoundError(f"no checkpoint for version {version} at {path} (versions present: {have})")
-    return torch.load(path, map_location=device, weights_only=False)
+    saved = torch.load(path, map_location=device, weights_only=False)
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} does not hold a checkpoint (a dict of state), it holds a {type(saved).__name__}")
+    return saved

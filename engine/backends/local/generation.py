@@ -126,7 +126,7 @@ class TorchEngine:
         self.sampler = torch.Generator(device=self.device).manual_seed(seed)
         self._waiting: list[GenerationHandle] = []
         self._slots: list[GenerationHandle | None] = [None] * slots
-        self._needs_prefill: set[int] = set()
+        self._needs_prefill: set[int] = set()  # slots holding a sequence to prefill (freeing a slot drops it)
         self._last = torch.full((slots,), pad_id, dtype=torch.long, device=self.device)
         self._positions = torch.zeros(slots, dtype=torch.long, device=self.device)
         self._paused = False
@@ -177,6 +177,7 @@ class TorchEngine:
             handle._fail(asyncio.CancelledError("generation engine closed"))
         self._waiting.clear()
         self._slots = [None] * len(self._slots)
+        self._needs_prefill.clear()
 
     @property
     def busy(self) -> int:
@@ -258,8 +259,9 @@ class TorchEngine:
     def _prefill(self, slots: list[int]) -> None:
         contexts = []
         for slot in slots:
-            generation = self._slots[slot].generation  # type: ignore[union-attr]
-            contexts.append(generation.prompt + generation.tokens)
+            handle = self._slots[slot]
+            assert handle is not None  # a slot awaits prefill only while it holds a sequence
+            contexts.append(handle.generation.prompt + handle.generation.tokens)
         longest = max(len(c) for c in contexts)
         width = max(longest, min(self.max_len, -(-longest // 16) * 16))  # few distinct shapes for the kernels
         batch = torch.full((len(slots), width), self.pad_id, dtype=torch.long)

@@ -9,7 +9,7 @@ refill one slot while the others keep decoding).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -159,6 +159,10 @@ class Block(nn.Module):
 class Policy(nn.Module):
     """The decoder: token embedding, ``n_layers`` pre-norm blocks, tied output head."""
 
+    # rotary tables ``[max_seq_len, head_dim]``, registered as (non-persistent) buffers
+    cos: torch.Tensor
+    sin: torch.Tensor
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -175,6 +179,12 @@ class Policy(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
 
+    def layers(self) -> Iterator[Block]:
+        """The blocks in order (``nn.ModuleList`` itself yields them as plain modules)."""
+        for block in self.blocks:
+            assert isinstance(block, Block)  # __init__ fills ``blocks`` with Blocks only
+            yield block
+
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.norm(x), self.embed.weight)  # tied embeddings
 
@@ -188,7 +198,7 @@ class Policy(nn.Module):
         length = tokens.shape[1]
         cos, sin = self.cos[None, None, :length].to(self.embed.weight.dtype), self.sin[None, None, :length].to(self.embed.weight.dtype)
         x = self.embed(tokens)
-        for block in self.blocks:
+        for block in self.layers():
             attended, _, _ = block.attn(block.attn_norm(x), cos, sin)
             x = x + attended
             x = x + block.mlp(x)
@@ -208,7 +218,7 @@ class Policy(nn.Module):
         dtype = self.embed.weight.dtype
         cos, sin = self.cos[None, None, :length].to(dtype), self.sin[None, None, :length].to(dtype)
         x = self.embed(tokens)
-        for layer, block in enumerate(self.blocks):
+        for layer, block in enumerate(self.layers()):
             attended, keys, values = block.attn(block.attn_norm(x), cos, sin)
             cache.keys[layer, slots, :, :length] = keys.to(cache.keys.dtype)
             cache.values[layer, slots, :, :length] = values.to(cache.values.dtype)
@@ -224,7 +234,7 @@ class Policy(nn.Module):
         span = torch.arange(cache.max_len, device=tokens.device)
         mask = (span[None, :] <= positions[:, None])[:, None, None, :]
         x = self.embed(tokens[:, None])
-        for layer, block in enumerate(self.blocks):
+        for layer, block in enumerate(self.layers()):
             x = x + block.attn.decode(block.attn_norm(x), cos, sin, cache.keys[layer], cache.values[layer], positions, mask)
             x = x + block.mlp(x)
         return self._head(x)[:, 0]
