@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from engine.backends.local.checkpoint import (
+    checkpoint_path,
     checkpoints,
     load_checkpoint,
     save_checkpoint,
@@ -121,3 +122,9 @@ def test_checkpoints_round_trip_keep_the_newest_and_name_a_missing_one(tmp_path)
     assert other.version == 3 and torch.equal(other.model.embed.weight, trainer.model.embed.weight)
     with pytest.raises(FileNotFoundError, match="version 1 .*versions present: 2, 3"):
         load_checkpoint(tmp_path, 1)
+
+
+def test_a_checkpoint_file_that_holds_no_state_dict_is_refused_by_name(tmp_path):
+    torch.save([1, 2, 3], checkpoint_path(tmp_path, 4))
+    with pytest.raises(ValueError, match="ckpt-000004.pt does not hold a checkpoint.*list"):
+        load_checkpoint(tmp_path, 4)
