@@ -216,7 +216,7 @@ class Runner:
                     raise StageFailed(path, err, number) from err
                 if number > 1:
                     span.fields.update(attempts=number)
-                runtime.emit(path, "finished")
+                runtime.emit(path, "finished", durable=False)  # written with the next event
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -66,11 +66,16 @@ class Runtime:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="workflow-work")
         return self._executor.submit(fn, *args, **kwargs)
 
-    def emit(self, path: str, phase: str, detail: str | None = None) -> None:
-        """Write one stage event, durably (a run killed after it resumes past it)."""
+    def emit(self, path: str, phase: str, detail: str | None = None, *, durable: bool = True) -> None:
+        """Log one stage event.  ``durable`` writes it (and any queued before it) at once,
+        so a run killed inside the stage that follows shows where; otherwise it is
+        written with the next durable event (a stage's start, a checkpoint, the run's
+        end), which saves a log transaction per stage.  A resume reads only the run's
+        start and its checkpoints, which are always durable."""
         if self.ledger is not None:
             self.ledger.append(Stage(path, phase, detail, t=time.time()))
-            self.ledger.flush()
+            if durable:
+                self.ledger.flush()
 
     def save_checkpoint(self, ctx: Context, path: str) -> str | None:
         """Pickle the workflow state after stage ``path`` and log a ``Checkpoint``."""
