@@ -95,11 +95,13 @@ class _Updates:
                 self.active = False
             return record
 
-        RLRun.collect_batch, RLRun.finish_update = collect_batch, finish_update  # type: ignore[method-assign]
+        setattr(RLRun, "collect_batch", collect_batch)
+        setattr(RLRun, "finish_update", finish_update)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        RLRun.collect_batch, RLRun.finish_update = self._originals  # type: ignore[method-assign]
+        setattr(RLRun, "collect_batch", self._originals[0])
+        setattr(RLRun, "finish_update", self._originals[1])
 
 
 class _Attribution:
@@ -112,7 +114,7 @@ class _Attribution:
 
     def __init__(self, window: _Updates) -> None:
         self.window = window
-        self.seconds: collections.Counter[str] = collections.Counter()
+        self.seconds: collections.defaultdict[str, float] = collections.defaultdict(float)
         self.inside = False
         self._original = RolloutExecutor.timed
 
@@ -130,11 +132,11 @@ class _Attribution:
                 self.inside = False
                 seconds[COMPONENTS.get(function.__name__, "other")] += executor.ledger_seconds - before
 
-        RolloutExecutor.timed = timed  # type: ignore[method-assign]
+        setattr(RolloutExecutor, "timed", timed)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        RolloutExecutor.timed = self._original  # type: ignore[method-assign]
+        setattr(RolloutExecutor, "timed", self._original)
 
 
 class _CollectionsInLedger:

@@ -42,11 +42,13 @@ def profiling_updates(profile: cProfile.Profile) -> Iterator[None]:
         profile.disable()
         return summarize(self, ctx)
 
-    rl_stages.SetupRun.execute, rl_stages.Summarize.execute = setup_then_profile, stop_then_summarize  # type: ignore[method-assign]
+    setattr(rl_stages.SetupRun, "execute", setup_then_profile)
+    setattr(rl_stages.Summarize, "execute", stop_then_summarize)
     try:
         yield
     finally:
-        rl_stages.SetupRun.execute, rl_stages.Summarize.execute = setup, summarize  # type: ignore[method-assign]
+        setattr(rl_stages.SetupRun, "execute", setup)
+        setattr(rl_stages.Summarize, "execute", summarize)
 
 
 def main() -> None:

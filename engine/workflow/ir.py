@@ -170,7 +170,7 @@ class _Compiler:
             checkpoint = node.options.get("checkpoint", getattr(resolved, "checkpoint", False) is True)
             if not isinstance(checkpoint, bool):
                 self.problems.append(f"{where}: option 'checkpoint' must be True or False, got {checkpoint!r}")
-            keys = {}
+            keys: dict[str, tuple[str, ...]] = {}
             for attribute in ("requires", "provides"):
                 value = node.options[attribute] if attribute in node.options else stage_keys(resolved, attribute, own)
                 if isinstance(value, str) or not all(isinstance(k, str) for k in value):
@@ -178,7 +178,7 @@ class _Compiler:
                     value = ()
                 keys[attribute] = tuple(value)
             return replace(node, stage=resolved, options=immutables.Map(own), policy=self.policy(node.options, where),
-                           checkpoint=checkpoint is True, **keys)
+                           checkpoint=checkpoint is True, requires=keys["requires"], provides=keys["provides"])
         if isinstance(node, LoopNode):
             where = self.name("loop", node.name)
             if not callable(node.over) and (isinstance(node.over, (str, bytes)) or not isinstance(node.over, Iterable)):

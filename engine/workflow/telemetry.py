@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+_otel_trace: Any
 try:  # optional: export spans when OpenTelemetry is installed
     from opentelemetry import trace as _otel_trace
 except ImportError:  # pragma: no cover - depends on the environment
@@ -42,7 +43,7 @@ class Span:
     def start(self) -> "Span":
         self._t0 = time.perf_counter()
         if _otel_trace is not None:
-            attributes = {"workflow.kind": self.kind, "workflow.path": self.path}
+            attributes: dict[str, Any] = {"workflow.kind": self.kind, "workflow.path": self.path}
             attributes.update({f"workflow.{k}": v for k, v in self.fields.items() if isinstance(v, (str, int, float, bool))})
             parent = self.parent._otel if self.parent is not None else None
             context = _otel_trace.set_span_in_context(parent) if parent is not None else None
