@@ -14,7 +14,7 @@ benchmarks run through :func:`engine.workflows.reinforcement.train`.  They call
     run.finish_update(batch, steps, reward)   # version bump, checkpoint, weights to the engine, metrics
     run.evaluate(); run.summary(); run.close()
 
-A run directory holds ``run.json`` (the config), ``events.sqlite`` (the ledger's
+What a resume reads back is :mod:`engine.workflows.rl_resume`'s.  A run directory holds ``run.json`` (the config), ``events.sqlite`` (the ledger's
 log), ``samples.sqlite`` (completed rollouts' samples), ``metrics.jsonl`` (one line
 per update) and ``checkpoints/``.  Generation and training share one device: the
 trainer's weights become the engine's at each version bump.
@@ -33,12 +33,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from engine.backends.local.checkpoint import (
-    checkpoint_path,
-    checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-)
+from engine.backends.local.checkpoint import save_checkpoint
 from engine.backends.local.generation import TorchEngine
 from engine.backends.local.model import Policy, preset
 from engine.backends.local.tasks import Problem, Task, Tokenizer, get_task
@@ -48,12 +43,12 @@ from engine.backends.local.trainer import (
     completion_logprobs,
     mean_stats,
 )
-from engine.core.events import Checkpoint, Consumed, Enqueued, Version
+from engine.core.events import Checkpoint
 from engine.ledger import Ledger
-from engine.log import EventLog
 from engine.logconfig import get_logger
 from engine.runtime.collector import Collector
 from engine.runtime.executor import RolloutExecutor, TrajectoryStore
+from engine.workflows import rl_resume
 from engine.workflows.rl_config import RunConfig, refuse_existing_run
 
 #: The run writes the log itself, with each checkpoint (after committing the sample
@@ -127,9 +122,12 @@ class RLRun:
         self.ckpt_dir = self.run_dir / "checkpoints"
         events_path = self.run_dir / "events.sqlite"
         if self.resume:
-            self._scan_log(events_path)
+            found = rl_resume.scan(events_path, self.run_dir / "metrics.jsonl")
             self.ledger = Ledger.resume(events_path, requeue=config.requeue_lost, flush_every=FLUSH_EVERY)
-            self._restore()
+            loaded = rl_resume.restore(self.ledger, self.trainer, self.ckpt_dir, found, self.run_dir / "metrics.jsonl", self.device)
+            self._next_prompt, self._retrain, self.metrics = found.prompts, found.retrain, found.metrics
+            self._wall_offset = self.metrics[-1]["wall_s"] if self.metrics else 0.0
+            self._logger.info("resumed", version=self.ledger.state.version, checkpoint=loaded, retrain=len(self._retrain))
         else:
             refuse_existing_run(self.run_dir)
             (self.run_dir / "run.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
@@ -166,61 +164,6 @@ class RLRun:
         for _ in range(steps):
             losses.append(self.trainer.sft_step(self.task.supervised(rng, self.config.warmup_batch), self.tokenizer))
         return losses
-
-    def _scan_log(self, path: Path) -> None:
-        """What a resume needs from the log besides the state: how many prompts were
-        used, and the batch consumed after the last version bump, if any."""
-        if not path.exists():
-            raise FileNotFoundError(f"cannot resume: {path} does not exist")
-        with EventLog(path) as log:
-            since_version: list[str] = []
-            for event in log.events():
-                if isinstance(event, Enqueued) and event.attempt == 1:
-                    self._next_prompt += 1
-                elif isinstance(event, Consumed):
-                    since_version.extend(event.rollouts)
-                elif isinstance(event, Version):
-                    since_version = []
-        self._retrain = tuple(since_version)
-        metrics_path = self.run_dir / "metrics.jsonl"
-        lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
-        for line in lines:
-            try:
-                self.metrics.append(json.loads(line))
-            except json.JSONDecodeError:  # a line torn by the crash
-                continue
-
-    def _restore(self) -> None:
-        """Load the trainer's checkpoint for the ledger's version.  A checkpoint one
-        version ahead whose batch the log shows consumed means the process died between
-        saving it and logging the version bump: the update happened, so the bump is
-        logged now.  A checkpoint ahead of the log otherwise trained on a batch the log
-        never recorded as consumed: it is discarded.  A batch consumed after the last
-        version bump and never trained is the next one :meth:`collect_batch` returns."""
-        if self.ledger.state.paused:  # died during an update: generation resumes with the run
-            self.ledger.resume_generation()
-        version = self.ledger.state.version
-        have = checkpoints(self.ckpt_dir)
-        if version + 1 in have and self._retrain:
-            self._retrain = ()
-            self.ledger.advance_version()
-            version += 1
-        for ahead in (v for v in have if v > version):
-            checkpoint_path(self.ckpt_dir, ahead).unlink()
-        usable = [v for v in have if v <= version]
-        if not usable:
-            raise FileNotFoundError(f"cannot resume: no checkpoint at or before version {version} in {self.ckpt_dir}")
-        self.trainer.load_state_dict(load_checkpoint(self.ckpt_dir, usable[-1], self.device))
-        self.trainer.version = version
-        # metrics of updates the log never recorded (written after its last flush) are dropped
-        self.metrics = [m for m in self.metrics if m["step"] <= version]
-        lines = "".join(json.dumps(m) + "\n" for m in self.metrics)
-        (self.run_dir / "metrics.jsonl").write_text(lines)
-        self._wall_offset = self.metrics[-1]["wall_s"] if self.metrics else 0.0
-        if self.ledger.state.checkpoint is None or self.ledger.state.checkpoint.version != usable[-1]:
-            self.ledger.append(Checkpoint(usable[-1], str(checkpoint_path(self.ckpt_dir, usable[-1]))))
-        self.ledger.flush()
-        self._logger.info("resumed", version=version, checkpoint=usable[-1], retrain=len(self._retrain))
 
     def problem_of(self, key: str) -> Problem:
         """The problem a prompt key (``p<index>``) names."""
