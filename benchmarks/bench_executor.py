@@ -3,11 +3,13 @@
 Runs the GPU benchmark's pattern (``benchmarks/gpu_async.py``: task ``reverse``,
 16 prompts per update, groups of 8, ``max_concurrent = 64``, checkpoint and log
 flush every ``steps // 4`` updates) with the ``tiny`` model on the CPU, for each
-``max_staleness`` of the sweep, and reports the executor's ``ledger_seconds``
+``max_staleness`` of the sweep, through the ``train`` command's own function
+(:func:`engine.workflows.reinforcement.train`), and reports the executor's ``ledger_seconds``
 (every call into the ledger, its SQLite log and the staleness policies, the run's
 log flushes included) per update, the wall time of an update and the ledger's share
-of it, the events folded per update, the ledger time split by the call it was spent
-in, and the part of it the garbage collector took.  Each setting runs ``--repeats``
+of it (both from the run's ``metrics.jsonl``), the events folded per update (from
+its log), the ledger time split by the call it was spent in, and the part of it the
+garbage collector took.  Each setting runs ``--repeats``
 times and the fastest run is kept (the runs are deterministic: the events are the
 same each time, only the timing noise differs).  ``--clock thread`` times the ledger
 calls by the thread's CPU time instead of the wall clock: on a shared machine the
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import collections
 import gc
+import json
 import shutil
 import sys
 import tempfile
@@ -41,8 +44,10 @@ import torch  # noqa: E402
 
 import engine.runtime.executor  # noqa: E402
 from engine.runtime.collector import MODES as GC_MODES  # noqa: E402
-from engine.runtime.executor import RolloutExecutor  # noqa: E402
-from engine.workflows.rl_run import RLRun, RunConfig, train_loop  # noqa: E402
+from engine.runtime.executor import RolloutExecutor, TrajectoryStore  # noqa: E402
+from engine.workflows.reinforcement import train  # noqa: E402
+from engine.workflows.rl_config import RunConfig  # noqa: E402
+from engine.workflows.rl_run import RLRun  # noqa: E402
 
 #: How the ledger calls the executor and the run time are grouped in the breakdown,
 #: by the name of the function handed to ``RolloutExecutor.timed``.
@@ -60,34 +65,78 @@ COMPONENTS = {
 COLUMNS = ("top-up + batch", "start pending", "append", "complete", "version", "pause/resume", "flush")
 
 
+class _Updates:
+    """The measured window of a run: from its first batch (setup done) to the end of
+    its last update (before the workflow's summary and the run's close).
+
+    Wraps :meth:`RLRun.collect_batch` and :meth:`RLRun.finish_update` to read the
+    ledger's event count and the executor's ``ledger_seconds`` at both ends, as a
+    loop around the updates would; ``active`` is true inside the window."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.start: tuple[int, float] | None = None
+        self.end: tuple[int, float, int] | None = None
+        self._originals = (RLRun.collect_batch, RLRun.finish_update)
+
+    def __enter__(self) -> "_Updates":
+        collect, finish = self._originals
+
+        def collect_batch(run: RLRun) -> Any:
+            if self.start is None:
+                self.start = (run.ledger.state.events, run.executor.ledger_seconds)
+                self.active = True
+            return collect(run)
+
+        def finish_update(run: RLRun, *args: Any) -> Any:
+            record = finish(run, *args)
+            if run.done():
+                self.end = (run.ledger.state.events, run.executor.ledger_seconds, run.version)
+                self.active = False
+            return record
+
+        setattr(RLRun, "collect_batch", collect_batch)
+        setattr(RLRun, "finish_update", finish_update)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        setattr(RLRun, "collect_batch", self._originals[0])
+        setattr(RLRun, "finish_update", self._originals[1])
+
+
 class _Attribution:
     """Splits ``ledger_seconds`` by ledger call while a run is measured.
 
     Wraps :meth:`RolloutExecutor.timed` and books the change of ``ledger_seconds``
-    across each outermost call to the call's component, so the parts add up to the
-    executor's own total (its ``timed`` still does the timing)."""
+    across each outermost call inside the measured window to the call's component,
+    so the parts add up to the executor's own total (its ``timed`` still does the
+    timing).  ``inside`` tells whether such a call is under way."""
 
-    def __init__(self) -> None:
-        self.seconds: collections.Counter[str] = collections.Counter()
+    def __init__(self, window: _Updates) -> None:
+        self.window = window
+        self.seconds: collections.defaultdict[str, float] = collections.defaultdict(float)
+        self.inside = False
         self._original = RolloutExecutor.timed
 
     def __enter__(self) -> "_Attribution":
         original, seconds = self._original, self.seconds
 
         def timed(executor: RolloutExecutor, function: Callable[..., Any], *args: Any) -> Any:
-            if executor._timing:
-                return function(*args)
+            if self.inside or not self.window.active:
+                return original(executor, function, *args)
             before = executor.ledger_seconds
+            self.inside = True
             try:
                 return original(executor, function, *args)
             finally:
+                self.inside = False
                 seconds[COMPONENTS.get(function.__name__, "other")] += executor.ledger_seconds - before
 
-        RolloutExecutor.timed = timed  # type: ignore[method-assign]
+        setattr(RolloutExecutor, "timed", timed)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        RolloutExecutor.timed = self._original  # type: ignore[method-assign]
+        setattr(RolloutExecutor, "timed", self._original)
 
 
 class _CollectionsInLedger:
@@ -95,15 +144,13 @@ class _CollectionsInLedger:
     measured (part of ``ledger_seconds``: a collection runs in whichever call allocates
     when a generation fills, and a full one walks every object of the process)."""
 
-    def __init__(self, executor: RolloutExecutor, clock: Callable[[], float]) -> None:
-        self.executor, self.clock = executor, clock
+    def __init__(self, calls: _Attribution, clock: Callable[[], float]) -> None:
+        self.calls, self.clock = calls, clock
         self.seconds = 0.0
         self.full = 0  # full (generation 2) collections inside ledger calls
         self._start: float | None = None
         self._in_store = False  # the store's time inside a ledger call is taken back out of it: so is its gc
-        store = executor.store
-        for name in ("get", "put"):
-            setattr(store, name, self._outside(getattr(store, name)))
+        self._store = {name: getattr(TrajectoryStore, name) for name in ("get", "put")}
 
     def _outside(self, method: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any) -> Any:
@@ -116,7 +163,7 @@ class _CollectionsInLedger:
         return call
 
     def _callback(self, phase: str, info: dict[str, int]) -> None:
-        if not self.executor._timing or self._in_store:
+        if not self.calls.inside or self._in_store:
             self._start = None
         elif phase == "start":
             self._start = self.clock()
@@ -126,41 +173,36 @@ class _CollectionsInLedger:
             self._start = None
 
     def __enter__(self) -> "_CollectionsInLedger":
+        for name, method in self._store.items():
+            setattr(TrajectoryStore, name, self._outside(method))
         gc.callbacks.append(self._callback)
         return self
 
     def __exit__(self, *exc: object) -> None:
         gc.callbacks.remove(self._callback)
-        for name in ("get", "put"):
-            delattr(self.executor.store, name)
+        for name, method in self._store.items():
+            setattr(TrajectoryStore, name, method)
 
 
 def measure(config: RunConfig, root: Path) -> dict[str, Any]:
     """One run of ``config``: ledger ms/update, events/update and the breakdown (ms/update)."""
     run_dir = root / f"staleness{config.max_staleness}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    run = RLRun(config, run_dir)
-    run.setup()
-    try:
-        executor = run.executor
-        executor.ledger_seconds = 0.0  # setup's checkpoint is not part of an update
-        events = run.ledger.state.events
-        gc.collect()
-        with _Attribution() as parts, _CollectionsInLedger(executor, engine.runtime.executor.time.perf_counter) as collections:
-            start = time.perf_counter()
-            train_loop(run, progress=False)
-            wall = time.perf_counter() - start
-        steps = run.ledger.state.version
-        return {
-            "ms": 1000 * executor.ledger_seconds / steps,
-            "update_ms": 1000 * wall / steps,
-            "events": (run.ledger.state.events - events) / steps,
-            "parts": {name: 1000 * parts.seconds[name] / steps for name in (*COLUMNS, "other")},
-            "gc": 1000 * collections.seconds / steps,
-            "full_gc": collections.full,
-        }
-    finally:
-        run.close()
+    gc.collect()
+    with _Updates() as window, _Attribution(window) as parts, \
+            _CollectionsInLedger(parts, engine.runtime.executor.time.perf_counter) as collections:
+        train(config, run_dir, progress=False)
+    assert window.start is not None and window.end is not None, "the run made no update"
+    (events_start, ledger_start), (events_end, ledger_end, steps) = window.start, window.end
+    wall = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["wall_s"]  # setup to the last update
+    return {
+        "ms": 1000 * (ledger_end - ledger_start) / steps,
+        "update_ms": 1000 * wall / steps,
+        "events": (events_end - events_start) / steps,
+        "parts": {name: 1000 * parts.seconds[name] / steps for name in (*COLUMNS, "other")},
+        "gc": 1000 * collections.seconds / steps,
+        "full_gc": collections.full,
+    }
 
 
 def main() -> None:

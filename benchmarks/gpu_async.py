@@ -10,6 +10,11 @@ Then each run trains for ``--steps`` updates on the long-tailed ``reverse`` task
 - the ablation: plain PPO at the ``--ablation`` bounds (default 8), against the
   sweep's decoupled runs at the same bounds.
 
+Each run is the ``train`` command's own function
+(:func:`engine.workflows.reinforcement.train`, the reinforcement workflow) on a
+:class:`RunConfig`; its figures come from what that function returns (the summary,
+the held-out reward after the last update) and from the run's ``metrics.jsonl``.
+
 Prints a table (trained tokens/s, speed-up over synchronous, final reward, held-out
 reward, staleness, engine overhead, and the time the garbage collector took between
 updates: ``--gc``, ``engine.runtime.collector``) and writes ``results.json`` (every run's
@@ -31,21 +36,20 @@ from pathlib import Path
 import torch
 
 from engine.runtime.collector import MODES as GC_MODES
-from engine.workflows.rl_run import RLRun, RunConfig, train_loop
+from engine.workflows.reinforcement import train
+from engine.workflows.rl_config import RunConfig
+from engine.workflows.rl_run import RLRun
 
 
 def run_one(name: str, config: RunConfig, root: Path, eval_size: int, progress: bool) -> dict:
+    """One run of ``config`` through the ``train`` command's function: its summary (with
+    ``eval_reward``, the held-out reward of the final weights) and per-update metrics."""
     run_dir = root / name
     shutil.rmtree(run_dir, ignore_errors=True)
-    run = RLRun(config, run_dir)
-    run.setup()
-    try:
-        train_loop(run, progress=progress)
-        summary = run.summary()
-        summary["eval_reward"] = round(run.evaluate(eval_size), 4)
-        return {"name": name, "config": asdict(config), "summary": summary, "metrics": run.metrics}
-    finally:
-        run.close()
+    summary = train(config, run_dir, eval_size=eval_size, progress=progress)
+    summary["eval_reward"] = summary.get("eval_reward_after", float("nan"))
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {"name": name, "config": asdict(config), "summary": summary, "metrics": metrics}
 
 
 def main() -> None:
@@ -78,12 +82,13 @@ def main() -> None:
         checkpoint_every=max(1, args.steps // 4), seed=args.seed, gc=args.gc,
     )
     start = time.perf_counter()
+    # the shared warm-up: a run's setup (supervised steps), its weights saved, no update
     warm = RLRun(replace(base, steps=1), work / "warmup")
     shutil.rmtree(work / "warmup", ignore_errors=True)
     warm.setup()
     init = args.out / "init.pt"
     warm.save_weights(init)
-    warm_reward = warm.evaluate(args.eval_size)
+    warm_reward = warm.evaluate(args.eval_size) if args.eval_size > 0 else float("nan")
     warm.close()
     print(f"warm-up: {args.warmup_steps} steps in {time.perf_counter() - start:.1f}s, held-out reward {warm_reward:.3f}", flush=True)
     base = replace(base, init=str(init))

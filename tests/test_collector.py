@@ -6,7 +6,7 @@ import weakref
 import pytest
 
 from engine.runtime.collector import Collector
-from engine.workflows.rl_run import RunConfig
+from engine.workflows.rl_config import RunConfig
 
 
 class _Node:

@@ -1,11 +1,16 @@
 import gc
 import json
+import shutil
+import time
 
 import pytest
 
 from engine.cli import main
 from engine.log import replay
-from engine.workflows.rl_run import RLRun, RunConfig
+from engine.workflows import rl_stages
+from engine.workflows.reinforcement import train
+from engine.workflows.rl_config import RunConfig
+from engine.workflows.rl_run import RLRun
 
 TINY = ["--device", "cpu", "--model-size", "tiny", "--no-progress"]
 
@@ -55,36 +60,53 @@ def test_bad_arguments_exit_2_with_a_message_naming_them(tmp_path, capsys):
     assert "cannot resume" in capsys.readouterr().err
 
 
-def test_rl_run_steps_compose_for_a_workflow(tmp_path):
+def test_rl_run_steps_collect_evaluate_checkpoint_and_close(tmp_path):
     run = RLRun(RunConfig(task="copy", steps=2, batch_size=2, group_size=2, warmup_steps=2, max_staleness=1), tmp_path / "r")
     run.setup()
     try:
         assert not gc.isenabled()  # gc="update": collections happen between updates only
-        while not run.done():
-            batch = run.collect_batch()
-            assert len(batch.rollouts) == 2 and batch.tokens > 0
-            record = run.update(batch)
-        assert record["step"] == 2
+        batch = run.collect_batch()
+        assert len(batch.rollouts) == 2 and batch.tokens > 0 and run.ledger.state.consumed == 2
+        before, start = run.elapsed(), time.perf_counter()
         assert 0.0 <= run.evaluate(8) <= 1.0
+        spent = time.perf_counter() - start
+        assert run.elapsed() - before < spent / 2  # evaluation is not training time
         assert run.save_checkpoint().exists()
-        assert run.summary()["consumed"] == 4
+        assert run.summary()["consumed"] == 2
     finally:
         run.close()
     assert gc.isenabled()
 
 
-def test_gc_auto_leaves_the_collector_alone_and_times_it(tmp_path):
+def test_updates_compose_from_the_workflow_stages_and_write_one_metrics_line_each(tmp_path):
+    run_dir = tmp_path / "r"
+    summary = train(RunConfig(task="copy", steps=2, batch_size=2, group_size=2, warmup_steps=2, max_staleness=1), run_dir,
+                    progress=False)
+    assert summary["steps"] == 2 and summary["consumed"] == 4
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2] and all(m["trained_tokens"] > 0 for m in lines)
+    assert gc.isenabled()
+
+
+def test_gc_auto_leaves_the_collector_alone_and_times_it(tmp_path, monkeypatch):
     config = RunConfig(task="copy", steps=2, batch_size=2, group_size=2, warmup_steps=1, max_staleness=0, gc="auto")
-    run = RLRun(config, tmp_path / "r")
-    run.setup()
-    try:
-        assert gc.isenabled() and gc.get_freeze_count() == 0
-        while not run.done():
-            record = run.update(run.collect_batch())
-        assert record["gc_s"] == run.collector.seconds and 0 <= run.summary()["gc_overhead"] < 1
-        assert run.collector.collections == 0  # nothing called for: Python's own schedule
-    finally:
-        run.close()
+    seen = []
+    finish = rl_stages.FinishUpdate.execute
+
+    def checked(self, ctx):
+        result = finish(self, ctx)
+        collector = ctx.get("rl_run").collector
+        seen.append((gc.isenabled(), gc.get_freeze_count(), result.get("update_record")["gc_s"], collector.seconds, collector.collections))
+        return result
+
+    monkeypatch.setattr(rl_stages.FinishUpdate, "execute", checked)
+    summary = train(config, tmp_path / "r", progress=False)
+    assert len(seen) == 2
+    for enabled, frozen, gc_s, seconds, collections in seen:
+        assert enabled and frozen == 0  # Python's own schedule, nothing frozen
+        assert gc_s == seconds  # the metrics line reports the collector's time
+        assert collections == 0  # nothing called for
+    assert 0 <= summary["gc_overhead"] < 1
     assert gc.isenabled()
 
 
@@ -114,13 +136,9 @@ def test_train_runs_the_reinforcement_workflow_and_a_resume_keeps_its_ppo_epochs
 
 
 def test_resume_continues_a_run_that_has_no_workflow_checkpoint(tmp_path, capsys):
-    run = RLRun(RunConfig(task="copy", steps=2, batch_size=4, group_size=2, warmup_steps=2, max_staleness=1), tmp_path / "r")
-    run.setup()
-    try:
-        while not run.done():
-            run.update(run.collect_batch())
-    finally:
-        run.close()
+    train(RunConfig(task="copy", steps=2, batch_size=4, group_size=2, warmup_steps=2, max_staleness=1), tmp_path / "r", progress=False)
+    (tmp_path / "r" / "workflow.sqlite").unlink()  # as if the RL run had been made without the workflow
+    shutil.rmtree(tmp_path / "r" / "workflow.sqlite.checkpoints")
     assert main(["train", "--resume", "--steps", "4", "--run-dir", str(tmp_path / "r"), *TINY]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 4 and summary["consumed"] == 16

@@ -85,16 +85,18 @@ def test_sigkill_mid_run_then_resume_loses_and_double_counts_nothing(tmp_path):
 
 
 def test_a_checkpoint_ahead_of_the_log_is_discarded_unless_the_log_consumed_its_batch(tmp_path):
-    from engine.backends.local.checkpoint import checkpoints, save_checkpoint
-    from engine.workflows.rl_run import RLRun, RunConfig
+    from engine.backends.local.checkpoint import (
+        checkpoints,
+        load_checkpoint,
+        save_checkpoint,
+    )
+    from engine.workflows.reinforcement import train
+    from engine.workflows.rl_config import RunConfig
+    from engine.workflows.rl_run import RLRun
 
     run_dir = tmp_path / "run"
-    run = RLRun(RunConfig(task="copy", steps=2, batch_size=2, group_size=2, warmup_steps=1, max_staleness=1), run_dir)
-    run.setup()
-    while not run.done():
-        run.update(run.collect_batch())
-    state = run.trainer.state_dict()
-    run.close()
+    train(RunConfig(task="copy", steps=2, batch_size=2, group_size=2, warmup_steps=1, max_staleness=1), run_dir, progress=False)
+    state = load_checkpoint(run_dir / "checkpoints", 2)
     save_checkpoint(run_dir / "checkpoints", 3, {**state, "version": 3}, keep=5)  # trained on a batch the log never consumed
 
     resumed = RLRun.resumed(run_dir, steps=3)
@@ -102,7 +104,35 @@ def test_a_checkpoint_ahead_of_the_log_is_discarded_unless_the_log_consumed_its_
     try:
         assert resumed.ledger.state.version == 2 and resumed.trainer.version == 2
         assert 3 not in checkpoints(run_dir / "checkpoints")
-        resumed.update(resumed.collect_batch())  # the batch is consumed and trained now, once
-        assert resumed.ledger.state.version == 3 and resumed.ledger.state.consumed == 6
     finally:
         resumed.close()
+    summary = train(RunConfig.saved(run_dir, steps=3), run_dir, resume=True, progress=False)
+    assert summary["steps"] == 3 and summary["consumed"] == 6  # the batch is consumed and trained now, once
+    final = replay(run_dir / "events.sqlite")
+    assert final.version == 3 and final.consumed == 6 and final.checkpoint.version == 3
+
+
+def test_a_batch_consumed_but_never_trained_is_trained_once_by_the_next_update(tmp_path):
+    from engine.workflows.reinforcement import train
+    from engine.workflows.rl_config import RunConfig
+    from engine.workflows.rl_run import RLRun
+
+    run_dir = tmp_path / "run"
+    train(RunConfig(task="copy", steps=1, batch_size=2, group_size=2, warmup_steps=1, max_staleness=1), run_dir, progress=False)
+    run = RLRun.resumed(run_dir, steps=2)
+    run.setup()
+    batch = run.collect_batch()  # consumed (close writes the log), then the process stops before training it
+    run.close()
+
+    resumed = RLRun.resumed(run_dir, steps=2)
+    resumed.setup()
+    try:
+        again = resumed.collect_batch()  # the next update's batch is the one never trained
+        assert again.rollouts == batch.rollouts and again.tokens == batch.tokens
+        assert resumed.ledger.state.consumed == 4  # and it is not consumed a second time
+    finally:
+        resumed.close()
+    summary = train(RunConfig.saved(run_dir, steps=2), run_dir, resume=True, progress=False)
+    assert summary["steps"] == 2 and summary["consumed"] == 4  # trained by the workflow's update, once
+    final = replay(run_dir / "events.sqlite")
+    assert final.version == 2 and final.consumed == 4

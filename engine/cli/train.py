@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from engine.runtime.collector import MODES as GC_MODES
-from engine.workflows.rl_run import RunConfig
+from engine.workflows.rl_config import RunConfig
 
 
 def _staleness(text: str) -> int | None:

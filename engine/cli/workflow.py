@@ -15,9 +15,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.workflow import (
+    ParallelConflict,
+    ResumeError,
+    StageFailed,
+    WorkflowError,
+    compile_workflow,
+    describe,
+    run,
+    to_dict,
+)
 from engine.workflow.dsl import Workflow
-from engine.workflow.ir import WorkflowError, compile_workflow, describe, to_dict
-from engine.workflow.runner import ParallelConflict, ResumeError, StageFailed, run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

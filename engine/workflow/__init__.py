@@ -4,9 +4,16 @@ spans, error policies, futures and resumption from the run's event log.
 Write a workflow with :func:`workflow`, :func:`stage`, :func:`loop`,
 :func:`parallel`, :func:`conditional` and :func:`subworkflow`; check it with
 :func:`compile_workflow` / :func:`describe`; run it with :func:`run`.
+
+Modules, lowest layer first (each imports only those above it): ``errors``,
+``policy``, ``telemetry``, ``context``; ``dsl``; ``ir`` (compilation) and
+``describe``; ``checkpoint`` (checkpoint files); ``services`` (a run's
+``Runtime``); ``runner`` (walking the nodes); ``launch`` (``run``/``arun``);
+``stages`` (generic stages).
 """
 
 from engine.workflow.context import Context, MissingState
+from engine.workflow.describe import describe, to_dict
 from engine.workflow.dsl import (
     BranchNode,
     ConditionalNode,
@@ -23,24 +30,15 @@ from engine.workflow.dsl import (
     subworkflow,
     workflow,
 )
-from engine.workflow.ir import (
-    STAGES,
-    WorkflowError,
-    compile_workflow,
-    describe,
-    register_stage,
-    to_dict,
-)
-from engine.workflow.policy import ErrorPolicy, halt, retry, skip
-from engine.workflow.runner import (
+from engine.workflow.errors import (
     ParallelConflict,
     ResumeError,
-    RunResult,
     StageFailed,
     StageInvalid,
-    arun,
-    run,
 )
+from engine.workflow.ir import STAGES, WorkflowError, compile_workflow, register_stage
+from engine.workflow.launch import RunResult, arun, run
+from engine.workflow.policy import ErrorPolicy, halt, retry, skip
 from engine.workflow.stages import AwaitFuture
 
 __all__ = [

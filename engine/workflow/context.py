@@ -4,7 +4,9 @@ A stage never changes the context it is given: it returns a new one built with
 :meth:`Context.put` / :meth:`Context.record`.  ``state`` is what stages hand to
 each other (and what a checkpoint saves); ``config`` is the workflow's settings;
 ``runtime`` holds the run's services (event log, futures executor, logger) and is
-not part of the value.
+not part of the value; the context knows them only through :class:`Services`, the
+interface it declares here (the runner's :class:`~engine.workflow.services.Runtime`
+provides it), so this module imports nothing else of the package.
 """
 
 from __future__ import annotations
@@ -12,14 +14,23 @@ from __future__ import annotations
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 import immutables
 
-if TYPE_CHECKING:  # pragma: no cover
-    from engine.workflow.runner import Runtime
-
 _MISSING: Any = object()
+
+
+class Services(Protocol):
+    """What a context needs from the run that made it."""
+
+    logger: Any
+    ledger: Any
+
+    @property
+    def artifacts(self) -> Path: ...
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future: ...
 
 
 class MissingState(KeyError):
@@ -39,7 +50,7 @@ class Context:
     run_id: str = ""
     path: str = ""
     stage_opts: Mapping[str, Any] = field(default_factory=immutables.Map)
-    runtime: "Runtime | None" = field(default=None, repr=False)
+    runtime: Services | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.state, immutables.Map):

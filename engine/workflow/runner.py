@@ -1,46 +1,35 @@
-"""The runner: executes a compiled workflow on asyncio.
+"""The runner: walks a compiled workflow's nodes on asyncio.
 
 Each workflow, stage and loop iteration runs inside a :class:`Span`; every stage
 (and subworkflow) writes ``Stage(path, started|finished|failed|skipped)`` events to
-the run's ledger, and a stage with ``checkpoint=True`` saves the workflow state and
-appends a ``Checkpoint`` event.  ``run(..., resume=True)`` reads the log back,
-restores the last checkpoint and continues with the first stage after it.
+the run's ledger under its error policy (rollback, retry with backoff, skip or
+halt), and a stage with ``checkpoint=True`` saves the workflow state
+(:meth:`Runtime.save_checkpoint`).  While resuming, the runner seeks along the
+checkpointed path: stages before it only get their ``resume`` hook, the run goes on
+with the first stage after it.
 
 Parallel branches run as asyncio tasks bounded by a semaphore; a branch's
 synchronous stages run in worker threads so that they overlap too.  Merge rule:
 every branch starts from the same context; afterwards the state is the original
 plus each branch's writes (keys whose value it replaced or added), and metrics are
 appended in branch order.  A key written by two branches is a
-:class:`ParallelConflict`.
+:class:`ParallelConflict`.  Starting a run (config, log, resume point) is
+:mod:`engine.workflow.launch`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import inspect
-import json
-import os
-import pickle
 import sys
-import tempfile
-import time
-import uuid
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any, Awaitable, Callable, Mapping
 
 import immutables
 from tqdm import tqdm
 
-from engine.core.config import Config
-from engine.core.events import Checkpoint, Stage
-from engine.ledger import Ledger
-from engine.log import EventLog
-from engine.logconfig import get_logger
 from engine.workflow.context import Context
 from engine.workflow.dsl import (
     BranchNode,
@@ -52,176 +41,20 @@ from engine.workflow.dsl import (
     SubworkflowNode,
     Workflow,
 )
-from engine.workflow.ir import compile_workflow, split_point
+from engine.workflow.errors import (
+    ParallelConflict,
+    ResumeError,
+    StageFailed,
+    StageInvalid,
+)
+from engine.workflow.ir import split_point
 from engine.workflow.policy import ErrorPolicy
+from engine.workflow.services import IN_PARALLEL, Runtime
 from engine.workflow.telemetry import Span
 
-#: Ledger settings of a workflow whose config has no ``ledger`` section.
-DEFAULT_LEDGER_CONFIG = Config(max_concurrent=1, batch_size=1)
-CHECKPOINT_FORMAT = 1
-#: Workflow checkpoints kept on disk (older ones are deleted once a newer one is logged).
-KEEP_CHECKPOINTS = 2
+__all__ = ["ParallelConflict", "ResumeError", "Runner", "StageFailed", "StageInvalid", "configure"]
 
-_IN_PARALLEL: contextvars.ContextVar[bool] = contextvars.ContextVar("workflow_in_parallel", default=False)
 _MISSING: Any = object()
-
-
-class StageFailed(Exception):
-    """A stage (or subworkflow) failed and its policy halted the run."""
-
-    def __init__(self, path: str, error: BaseException, attempts: int = 1) -> None:
-        self.path = path
-        self.error = error
-        self.attempts = attempts
-        tries = f" after {attempts} attempts" if attempts > 1 else ""
-        super().__init__(f"stage {path!r} failed{tries}: {type(error).__name__}: {error}")
-
-
-class ParallelConflict(RuntimeError):
-    """Two parallel branches wrote the same state key."""
-
-
-class StageInvalid(RuntimeError):
-    """A stage's ``validate(ctx)`` refused the context."""
-
-
-class ResumeError(RuntimeError):
-    """A log that cannot be resumed (missing, or not a run of this workflow)."""
-
-
-@dataclass(frozen=True)
-class _DoneFuture:
-    """A finished future as saved in a checkpoint."""
-
-    value: Any
-
-
-@dataclass(frozen=True)
-class ResumePoint:
-    """Where a resumed run starts: right after stage ``path``, with ``state`` and ``metrics``."""
-
-    path: str
-    state: Mapping[str, Any]
-    metrics: tuple[Mapping[str, Any], ...]
-    checkpoint: str
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """A finished run: its final context, id and where it resumed from (if it did)."""
-
-    context: Context
-    run_id: str
-    resumed_from: str | None = None
-    log: str | None = None
-
-    @property
-    def state(self) -> immutables.Map:
-        return self.context.state
-
-
-class Runtime:
-    """The services of one run, reachable from every context it makes."""
-
-    def __init__(self, run_id: str, logger: Any, ledger: Ledger | None, log: Path | None, workflow: str) -> None:
-        self.run_id = run_id
-        self.logger = logger
-        self.ledger = ledger
-        self.checkpoint_dir = Path(f"{log}.checkpoints") if log is not None else None
-        self._artifacts = Path(f"{log}.artifacts") if log is not None else None
-        self.workflow = workflow
-        self.transient: set[str] = set()  # state keys of live resources, never checkpointed
-        self.live: dict[str, Any] = {}  # the latest value of each transient key
-        self._executor: ThreadPoolExecutor | None = None
-        self._stage_thread: ThreadPoolExecutor | None = None
-
-    @property
-    def artifacts(self) -> Path:
-        """A directory for the run's files (weights, sub-run logs); a fresh temporary one without a log."""
-        if self._artifacts is None:
-            self._artifacts = Path(tempfile.mkdtemp(prefix=f"{self.workflow}-{self.run_id}-"))
-        self._artifacts.mkdir(parents=True, exist_ok=True)
-        return self._artifacts
-
-    def stage_thread(self) -> ThreadPoolExecutor:
-        """The one thread that runs every ``blocking`` stage (their resources stay on one thread)."""
-        if self._stage_thread is None:
-            self._stage_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="workflow-stage")
-        return self._stage_thread
-
-    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
-        """Queue ``fn`` on the run's single work thread (FIFO, like a training server's queue)."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="workflow-work")
-        return self._executor.submit(fn, *args, **kwargs)
-
-    def emit(self, path: str, phase: str, detail: str | None = None) -> None:
-        """Write one stage event, durably (a run killed after it resumes past it)."""
-        if self.ledger is not None:
-            self.ledger.append(Stage(path, phase, detail, t=time.time()))
-            self.ledger.flush()
-
-    def save_checkpoint(self, ctx: Context, path: str) -> str | None:
-        """Pickle the workflow state after stage ``path`` and log a ``Checkpoint``."""
-        if _IN_PARALLEL.get():
-            raise RuntimeError(f"stage {path!r}: checkpoints cannot be taken inside a parallel branch")
-        if self.checkpoint_dir is None or self.ledger is None:
-            self.logger.info("checkpoint_not_written", path=path, reason="the run has no log")
-            return None
-        state: dict[str, Any] = {}
-        for key, value in ctx.state.items():
-            if key in self.transient:
-                continue
-            if isinstance(value, Future):
-                if not value.done():
-                    raise RuntimeError(f"stage {path!r}: cannot checkpoint while future {key!r} is pending; await it first")
-                value = _DoneFuture(value.result())
-            state[key] = value
-        payload = {"format": CHECKPOINT_FORMAT, "workflow": self.workflow, "run_id": self.run_id, "path": path,
-                   "state": state, "metrics": [dict(m) for m in ctx.metrics]}
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        target = self.checkpoint_dir / f"ckpt-{self.ledger.state.events:09d}.pkl"
-        partial = target.with_suffix(".partial")
-        try:
-            with open(partial, "wb") as handle:
-                pickle.dump(payload, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        except (pickle.PicklingError, TypeError, AttributeError) as err:
-            partial.unlink(missing_ok=True)
-            bad = [k for k, v in state.items() if not _picklable(v)]
-            raise RuntimeError(f"stage {path!r}: cannot checkpoint state key(s) {', '.join(bad) or '?'}: {err}") from err
-        os.replace(partial, target)
-        self.ledger.append(Checkpoint(self.ledger.state.version, str(target), t=time.time()))
-        self.ledger.flush()
-        for old in sorted(self.checkpoint_dir.glob("ckpt-*.pkl"))[:-KEEP_CHECKPOINTS]:
-            old.unlink(missing_ok=True)
-        self.logger.debug("checkpoint", path=path, file=str(target))
-        return str(target)
-
-    def release(self) -> None:
-        """After a halt: close the live resources stages made (those with a ``close()``)."""
-        for key, value in self.live.items():
-            close = getattr(value, "close", None)
-            if callable(close):
-                try:
-                    close()
-                except Exception as err:  # a resource broken by the failure: report, keep closing
-                    self.logger.warning("release_failed", key=key, error=f"{type(err).__name__}: {err}")
-        self.live.clear()
-
-    def close(self, wait: bool = True) -> None:
-        """Stop the work thread: after queued work when ``wait``, else drop queued work at once."""
-        for pool in (self._executor, self._stage_thread):
-            if pool is not None:
-                pool.shutdown(wait=wait, cancel_futures=True)
-        self._executor = self._stage_thread = None
-
-
-def _picklable(value: Any) -> bool:
-    try:
-        pickle.dumps(value)
-    except Exception:
-        return False
-    return True
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:
@@ -383,7 +216,7 @@ class Runner:
                     raise StageFailed(path, err, number) from err
                 if number > 1:
                     span.fields.update(attempts=number)
-                runtime.emit(path, "finished")
+                runtime.emit(path, "finished", durable=False)  # written with the next event
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -407,7 +240,7 @@ class Runner:
             return await fn(*args)
         if blocking:
             result = await asyncio.get_running_loop().run_in_executor(self.runtime.stage_thread(), functools.partial(fn, *args))
-        elif _IN_PARALLEL.get():
+        elif IN_PARALLEL.get():
             result = await asyncio.to_thread(fn, *args)
         else:
             result = fn(*args)
@@ -501,7 +334,7 @@ class Runner:
 
         async def run_branch(branch: Node) -> Context:
             async with gate:
-                _IN_PARALLEL.set(True)
+                IN_PARALLEL.set(True)
                 return await self.node(branch, ctx, prefix, wf, parent)
 
         try:
@@ -545,113 +378,3 @@ class Runner:
             raise KeyError(f"subworkflow {node.name!r} needs state {', '.join(map(repr, missing))}")
         result = await self.seq(sub.body, replace(ctx, config=config), path, sub, span)
         return replace(result, config=ctx.config)
-
-
-def read_resume_point(log: str | Path, workflow: str) -> tuple[dict[str, Any], ResumePoint | None]:
-    """The stored run header (``run_id``, ``config``) and the last checkpoint of ``workflow`` in ``log``."""
-    if not Path(log).exists():
-        raise ResumeError(f"no log to resume at {log}")
-    header: dict[str, Any] | None = None
-    checkpoints: list[str] = []
-    with EventLog(log) as events:
-        for event in events.events():
-            if isinstance(event, Stage) and event.path == workflow and event.phase == "started" and header is None:
-                header = json.loads(event.detail or "{}")
-            elif isinstance(event, Checkpoint):
-                checkpoints.append(event.path)
-    if header is None:
-        raise ResumeError(f"the log at {log} holds no run of workflow {workflow!r}")
-    for file in reversed(checkpoints):
-        try:
-            with open(file, "rb") as handle:
-                payload = pickle.load(handle)
-        except (OSError, pickle.UnpicklingError, EOFError):
-            continue
-        if isinstance(payload, dict) and payload.get("workflow") == workflow and payload.get("format") == CHECKPOINT_FORMAT:
-            state = {k: _restore(v) for k, v in payload["state"].items()}
-            point = ResumePoint(payload["path"], state, tuple(immutables.Map(m) for m in payload["metrics"]), file)
-            return header, point
-    return header, None
-
-
-def _restore(value: Any) -> Any:
-    if isinstance(value, _DoneFuture):
-        future: Future = Future()
-        future.set_result(value.value)
-        return future
-    return value
-
-
-async def arun(
-    wf: Workflow,
-    config: Mapping[str, Any] | None = None,
-    *,
-    state: Mapping[str, Any] | None = None,
-    log: str | Path | None = None,
-    ledger: Ledger | None = None,
-    resume: bool = False,
-    run_id: str | None = None,
-) -> RunResult:
-    """Validate and run ``wf``.  ``log`` names the run's SQLite log (stage and
-    checkpoint events); ``resume=True`` continues the run in ``log`` after its last
-    checkpoint (with its stored config unless ``config`` is given).  Raises
-    :class:`~engine.workflow.ir.WorkflowError` before running anything when the
-    workflow is invalid, :class:`StageFailed` when a stage halts it."""
-    wf = compile_workflow(wf)
-    if resume and log is None:
-        raise ResumeError("resume needs the log of the run to resume")
-    point: ResumePoint | None = None
-    if resume:
-        header, point = read_resume_point(log, wf.name)  # type: ignore[arg-type]
-        run_id = run_id or header.get("run_id")
-        if config is None:
-            config = header.get("config")
-    settings = configure(wf, config, f"workflow {wf.name!r}")
-    if ledger is None and log is not None:
-        Path(log).parent.mkdir(parents=True, exist_ok=True)
-        ledger_config = Config.from_json(settings["ledger"]) if "ledger" in settings else DEFAULT_LEDGER_CONFIG
-        ledger = Ledger(path=log) if resume else Ledger(ledger_config, path=log)
-        owns_ledger = True
-    else:
-        owns_ledger = False
-    run_id = run_id or uuid.uuid4().hex[:12]
-    logger = get_logger("rollout_ledger.workflow", run_id=run_id, workflow=wf.name)
-    runtime = Runtime(run_id, logger, ledger, Path(log) if log is not None else None, wf.name)
-    initial = dict(state or {})
-    metrics: tuple[Mapping[str, Any], ...] = ()
-    if point is not None:
-        initial = {**point.state, **initial}
-        metrics = point.metrics
-    missing = [k for k in wf.inputs if k not in initial]
-    if missing:
-        raise KeyError(f"workflow {wf.name!r} needs input state {', '.join(map(repr, missing))}")
-    ctx = Context(settings, immutables.Map(initial), metrics, run_id, wf.name, immutables.Map(), runtime)
-    header_json = json.dumps({"run_id": run_id, "config": dict(settings), "resumed_from": point.path if point else None}, default=repr)
-    runner = Runner(runtime, point.path if point else None)
-    if point is not None:
-        logger.info("resuming", after=point.path, checkpoint=point.checkpoint)
-    finished = False
-    try:
-        runtime.emit(wf.name, "started", header_json)
-        with Span(logger, "workflow", wf.name, wf.name, resumed_from=point.path if point else None) as span:
-            try:
-                ctx = await runner.seq(wf.body, ctx, wf.name, wf, span)
-            except Exception as err:
-                runtime.emit(wf.name, "failed", f"{type(err).__name__}: {err}"[:2000])
-                raise
-        runtime.emit(wf.name, "finished")
-        finished = True
-    finally:
-        if not finished:
-            await asyncio.get_running_loop().run_in_executor(runtime.stage_thread(), runtime.release)
-        runtime.close(wait=finished)
-        if owns_ledger and ledger is not None:
-            ledger.close()
-        elif ledger is not None:
-            ledger.flush()
-    return RunResult(replace(ctx, runtime=None), run_id, point.path if point else None, str(log) if log else None)
-
-
-def run(wf: Workflow, config: Mapping[str, Any] | None = None, **options: Any) -> RunResult:
-    """Run ``wf`` to the end on a fresh event loop (see :func:`arun` for the options)."""
-    return asyncio.run(arun(wf, config, **options))

@@ -1,19 +1,20 @@
-"""Asynchronous RL training driven by the ledger (the ``train`` command is :mod:`engine.cli.train`).
+"""One asynchronous RL run in its directory: the resources (model and trainer, the
+ledger, the generation engine, the executor, the sample store, the garbage
+collector), the resume after a crash, and the bookkeeping of an update.
 
-:class:`RLRun` is a set of composable steps that a plain loop (:func:`train_loop`)
-or a workflow's stages can call in order (the ``train`` command runs the
-reinforcement workflow, ``engine.workflows.reinforcement``, on them)::
+The update itself has one path: the stages of the reinforcement workflow
+(:mod:`engine.workflows.rl_stages`), which the ``train`` command and the GPU
+benchmarks run through :func:`engine.workflows.reinforcement.train`.  They call
+:class:`RLRun`'s public steps in this order::
 
-    run = RLRun(RunConfig(task="copy", steps=20), run_dir)
-    run.setup()                    # model, warm-up or resume, ledger, engine, executor
-    while not run.done():
-        batch = run.collect_batch()    # asynchronous rollouts until a batch is usable
-        run.update(batch)              # train, checkpoint, version bump, weights to the engine
-    run.evaluate()                 # mean reward on held-out problems
-    run.summary()                  # the run's figures
-    run.close()
+    run.setup()                  # model, warm-up or resume, ledger, engine, executor
+    batch = run.collect_batch()  # asynchronous rollouts until a batch is usable (consumed)
+    run.begin_update()           # generation pauses
+    ...                          # the trainer's steps (Trainer.prepare_update, forward_backward, optim_step)
+    run.finish_update(batch, steps, reward)   # version bump, checkpoint, weights to the engine, metrics
+    run.evaluate(); run.summary(); run.close()
 
-A run directory holds ``run.json`` (the config), ``events.sqlite`` (the ledger's
+What a resume reads back is :mod:`engine.workflows.rl_resume`'s.  A run directory holds ``run.json`` (the config), ``events.sqlite`` (the ledger's
 log), ``samples.sqlite`` (completed rollouts' samples), ``metrics.jsonl`` (one line
 per update) and ``checkpoints/``.  Generation and training share one device: the
 trainer's weights become the engine's at each version bump.
@@ -25,145 +26,53 @@ import asyncio
 import copy
 import json
 import random
-import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
-from engine.backends.local.checkpoint import (
-    checkpoint_path,
-    checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-)
+from engine.backends.local.checkpoint import save_checkpoint
 from engine.backends.local.generation import TorchEngine
 from engine.backends.local.model import Policy, preset
 from engine.backends.local.tasks import Problem, Task, Tokenizer, get_task
 from engine.backends.local.trainer import (
     Sample,
     Trainer,
-    TrainerConfig,
     completion_logprobs,
+    mean_stats,
 )
-from engine.core.config import Config
-from engine.core.events import Checkpoint, Consumed, Enqueued, Version
+from engine.core.events import Checkpoint
 from engine.ledger import Ledger
-from engine.log import EventLog
 from engine.logconfig import get_logger
-from engine.runtime.collector import MODES as GC_MODES
 from engine.runtime.collector import Collector
 from engine.runtime.executor import RolloutExecutor, TrajectoryStore
+from engine.workflows import rl_resume
+from engine.workflows.rl_config import RunConfig, refuse_existing_run
 
 #: The run writes the log itself, with each checkpoint (after committing the sample
 #: store), so the ledger never flushes on its own.
 FLUSH_EVERY = 1 << 62
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that defines an RL run (saved as ``run.json``; a resume reuses it).
-
-    ``batch_size`` counts rollouts (prompts) per update, each a group of
-    ``group_size`` samples; ``max_concurrent`` (rollouts in flight) defaults to
-    ``batch_size``; ``max_staleness = None`` is unbounded, 0 is synchronous.
-    ``gc = "update"`` runs Python's garbage collector between updates only
-    (:mod:`engine.runtime.collector`), ``"auto"`` leaves it to run whenever it would.
-    """
-
-    task: str = "copy"
-    model_size: str = "tiny"
-    steps: int = 20
-    batch_size: int = 8
-    group_size: int = 4
-    max_concurrent: int | None = None
-    max_staleness: int | None = 0
-    policy: str = "admission"
-    on_stale: str = "drop"
-    objective: str = "decoupled"
-    proximal: str | None = None
-    minibatches: int = 1
-    lr: float = 3e-4
-    sft_lr: float = 3e-3
-    warmup_steps: int = 100
-    warmup_batch: int = 64
-    temperature: float = 1.0
-    timeout_s: float | None = None
-    max_retries: int = 0
-    checkpoint_every: int = 1
-    requeue_lost: bool = False
-    init: str | None = None
-    seed: int = 0
-    device: str = "cpu"
-    gc: str = "update"
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "group_size", "checkpoint_every", "minibatches"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"run config field {name!r} must be a positive integer, got {value!r}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"run config field 'warmup_steps' must not be negative, got {self.warmup_steps}")
-        if self.gc not in GC_MODES:
-            raise ValueError(f"run config field 'gc' must be one of {', '.join(GC_MODES)}, got {self.gc!r}")
-
-    def ledger_config(self) -> Config:
-        return Config(
-            max_concurrent=self.max_concurrent or self.batch_size,
-            batch_size=self.batch_size,
-            max_staleness=self.max_staleness,
-            policy=self.policy,
-            on_stale=self.on_stale,
-        )
-
-    def trainer_config(self) -> TrainerConfig:
-        proximal = self.proximal or ("segment" if self.policy == "segment_wise" else "recompute")
-        return TrainerConfig(lr=self.lr, sft_lr=self.sft_lr, objective=self.objective, proximal=proximal, minibatches=self.minibatches)
-
-    @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "RunConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(obj) - known
-        if unknown:
-            raise ValueError(f"unknown run config key(s): {', '.join(sorted(unknown))}")
-        return cls(**obj)
-
-    @classmethod
-    def saved(
-        cls, run_dir: str | Path, *, steps: int | None = None, device: str | None = None, requeue_lost: bool | None = None
-    ) -> "RunConfig":
-        """The config saved in ``run_dir`` (its ``run.json``), for a resume: ``steps``,
-        ``device`` and ``requeue_lost`` may change, nothing else."""
-        saved = Path(run_dir) / "run.json"
-        if not saved.exists():
-            raise FileNotFoundError(f"cannot resume: {saved} does not exist")
-        config = cls.from_json(json.loads(saved.read_text()))
-        return replace(
-            config, steps=steps or config.steps, device=device or config.device,
-            requeue_lost=config.requeue_lost if requeue_lost is None else requeue_lost,
-        )
-
-
-def refuse_existing_run(run_dir: str | Path) -> None:
-    """Raise :class:`FileExistsError` when ``run_dir`` already holds a run's log (a new run would overwrite it)."""
-    events_path = Path(run_dir) / "events.sqlite"
-    if events_path.exists():
-        raise FileExistsError(f"{events_path} exists: pass --resume to continue that run, or use a new --run-dir")
-
-
 @dataclass
 class CollectedBatch:
-    """Rollouts consumed for one update: their ids and GRPO groups of samples."""
+    """Rollouts consumed for one update: their ids and GRPO groups of samples, how long
+    collecting them took and when it ended (``time.perf_counter``)."""
 
     rollouts: tuple[str, ...]
     groups: list[list[Sample]]
     wait_s: float = 0.0
+    collected_at: float = field(default_factory=time.perf_counter)
 
     @property
     def tokens(self) -> int:
         return sum(s.tokens for group in self.groups for s in group)
+
+    @property
+    def samples(self) -> list[Sample]:
+        return [s for group in self.groups for s in group]
 
 
 class RLRun:
@@ -185,6 +94,7 @@ class RLRun:
         self._next_prompt = 0
         self._started = 0.0
         self._wall_offset = 0.0
+        self._evaluation_s = 0.0
         self.collector = Collector(config.gc)  # started by setup(), stopped by close()
 
     @classmethod
@@ -212,9 +122,12 @@ class RLRun:
         self.ckpt_dir = self.run_dir / "checkpoints"
         events_path = self.run_dir / "events.sqlite"
         if self.resume:
-            self._scan_log(events_path)
+            found = rl_resume.scan(events_path, self.run_dir / "metrics.jsonl")
             self.ledger = Ledger.resume(events_path, requeue=config.requeue_lost, flush_every=FLUSH_EVERY)
-            self._restore()
+            loaded = rl_resume.restore(self.ledger, self.trainer, self.ckpt_dir, found, self.run_dir / "metrics.jsonl", self.device)
+            self._next_prompt, self._retrain, self.metrics = found.prompts, found.retrain, found.metrics
+            self._wall_offset = self.metrics[-1]["wall_s"] if self.metrics else 0.0
+            self._logger.info("resumed", version=self.ledger.state.version, checkpoint=loaded, retrain=len(self._retrain))
         else:
             refuse_existing_run(self.run_dir)
             (self.run_dir / "run.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
@@ -223,7 +136,7 @@ class RLRun:
             else:
                 self.warmup(config.warmup_steps)
             self.ledger = Ledger(config.ledger_config(), path=events_path, flush_every=FLUSH_EVERY)
-            self._checkpoint()
+            self.save_checkpoint()
         generator_model = copy.deepcopy(self.trainer.model)
         if self.device.type == "cuda":
             generator_model = generator_model.to(torch.bfloat16)
@@ -240,9 +153,6 @@ class RLRun:
         self.loop.run_until_complete(self._start())
         self.collector.start()
         self._started = time.perf_counter()
-        if self._retrain:  # the batch consumed just before the crash was never trained: train it now, once
-            rollouts, self._retrain = self._retrain, ()
-            self.update(CollectedBatch(rollouts, [self.executor.store.get(r) for r in rollouts]))
 
     async def _start(self) -> None:
         self.executor.start()
@@ -254,61 +164,6 @@ class RLRun:
         for _ in range(steps):
             losses.append(self.trainer.sft_step(self.task.supervised(rng, self.config.warmup_batch), self.tokenizer))
         return losses
-
-    def _scan_log(self, path: Path) -> None:
-        """What a resume needs from the log besides the state: how many prompts were
-        used, and the batch consumed after the last version bump, if any."""
-        if not path.exists():
-            raise FileNotFoundError(f"cannot resume: {path} does not exist")
-        with EventLog(path) as log:
-            since_version: list[str] = []
-            for event in log.events():
-                if isinstance(event, Enqueued) and event.attempt == 1:
-                    self._next_prompt += 1
-                elif isinstance(event, Consumed):
-                    since_version.extend(event.rollouts)
-                elif isinstance(event, Version):
-                    since_version = []
-        self._retrain = tuple(since_version)
-        metrics_path = self.run_dir / "metrics.jsonl"
-        lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
-        for line in lines:
-            try:
-                self.metrics.append(json.loads(line))
-            except json.JSONDecodeError:  # a line torn by the crash
-                continue
-
-    def _restore(self) -> None:
-        """Load the trainer's checkpoint for the ledger's version.  A checkpoint one
-        version ahead whose batch the log shows consumed means the process died between
-        saving it and logging the version bump: the update happened, so the bump is
-        logged now.  A checkpoint ahead of the log otherwise trained on a batch the log
-        never recorded as consumed: it is discarded, and those rollouts are trained once,
-        later."""
-        if self.ledger.state.paused:  # died during an update: generation resumes with the run
-            self.ledger.resume_generation()
-        version = self.ledger.state.version
-        have = checkpoints(self.ckpt_dir)
-        if version + 1 in have and self._retrain:
-            self._retrain = ()
-            self.ledger.advance_version()
-            version += 1
-        for ahead in (v for v in have if v > version):
-            checkpoint_path(self.ckpt_dir, ahead).unlink()
-        usable = [v for v in have if v <= version]
-        if not usable:
-            raise FileNotFoundError(f"cannot resume: no checkpoint at or before version {version} in {self.ckpt_dir}")
-        self.trainer.load_state_dict(load_checkpoint(self.ckpt_dir, usable[-1], self.device))
-        self.trainer.version = version
-        # metrics of updates the log never recorded (written after its last flush) are dropped
-        self.metrics = [m for m in self.metrics if m["step"] <= version]
-        lines = "".join(json.dumps(m) + "\n" for m in self.metrics)
-        (self.run_dir / "metrics.jsonl").write_text(lines)
-        self._wall_offset = self.metrics[-1]["wall_s"] if self.metrics else 0.0
-        if self.ledger.state.checkpoint is None or self.ledger.state.checkpoint.version != usable[-1]:
-            self.ledger.append(Checkpoint(usable[-1], str(checkpoint_path(self.ckpt_dir, usable[-1]))))
-        self.ledger.flush()
-        self._logger.info("resumed", version=version, checkpoint=usable[-1], retrain=len(self._retrain))
 
     def problem_of(self, key: str) -> Problem:
         """The problem a prompt key (``p<index>``) names."""
@@ -322,30 +177,55 @@ class RLRun:
             self._next_prompt += 1
             yield key
 
-    # -- the loop's steps ------------------------------------------------------------
+    # -- an update's steps ----------------------------------------------------------
+    @property
+    def version(self) -> int:
+        """The ledger's policy version: the number of updates made."""
+        return self.ledger.state.version
+
     def done(self) -> bool:
-        return self.ledger.state.version >= self.config.steps
+        """Whether the run has made ``config.steps`` updates."""
+        return self.version >= self.config.steps
 
     def collect_batch(self) -> CollectedBatch:
-        """Run rollouts until ``batch_size`` usable ones are ready; consume them."""
+        """The batch of the next update: after a resume, the one the log shows consumed
+        but never trained (from the sample store); else rollouts run until
+        ``batch_size`` usable ones are ready, which are consumed."""
+        if self._retrain:
+            rollouts, self._retrain = self._retrain, ()
+            return CollectedBatch(rollouts, [self.executor.store.get(r) for r in rollouts])
         start = time.perf_counter()
         rollouts, groups = self.loop.run_until_complete(self.executor.prepare_batch(self.config.batch_size, self._prompts()))
         return CollectedBatch(rollouts, groups, time.perf_counter() - start)
 
-    def update(self, batch: CollectedBatch) -> dict[str, Any]:
-        """Train on ``batch``, checkpoint, bump the version and hand the weights to the engine."""
+    def begin_update(self) -> Trainer:
+        """Pause generation (admissions and decoding) for the update; returns the trainer."""
+        self.executor.pause()
+        return self.trainer
+
+    def finish_update(self, batch: CollectedBatch, steps: Sequence[dict[str, float]], reward: float) -> dict[str, Any]:
+        """After the trainer's steps on ``batch`` (their statistics ``steps``; ``reward``
+        the batch's mean): bump the version, checkpoint when due, hand the weights to
+        the engine, resume generation, collect garbage, and append the update's
+        metrics line (returned).
+
+        Order, for a crash at any point: when the update checkpoints, samples and log
+        are written first (the batch's consumption is durable), then the checkpoint
+        file of the new version, then the version bump (through the executor, with
+        the segment-wise recomputation), the ``checkpoint`` event and the log again.
+        A resume that finds the checkpoint ahead of the log's version therefore finds
+        its batch consumed and rolls the version forward instead of training the
+        batch twice or losing it; one that finds no such checkpoint trains the
+        consumed batch once (:meth:`collect_batch`)."""
         executor, trainer = self.executor, self.trainer
-        start = time.perf_counter()
-        executor.pause()
         version = trainer.version
-        staleness = [version - min(s.versions) for g in batch.groups for s in g if s.versions]
-        exact = [s.reward == 1.0 for g in batch.groups for s in g]
-        stats = trainer.rl_step(batch.groups)
-        train_s = time.perf_counter() - start
-        if (version + 1) % self.config.checkpoint_every == 0 or version + 1 >= self.config.steps:
-            saved = save_checkpoint(self.ckpt_dir, version + 1, trainer.state_dict())
-        else:
-            saved = None
+        staleness = [version - min(s.versions) for s in batch.samples if s.versions]
+        exact = [s.reward == 1.0 for s in batch.samples]
+        trainer.version = version + 1
+        due = self.config.is_checkpoint(version + 1)
+        if due:
+            self._write()
+        saved = save_checkpoint(self.ckpt_dir, version + 1, trainer.state_dict()) if due else None
         executor.set_version(trainer.model.state_dict(), self._recompute)
         if saved is not None:  # samples, then the log, are made durable with each checkpoint
             executor.timed(self.ledger.append, Checkpoint(version + 1, str(saved)))
@@ -353,17 +233,16 @@ class RLRun:
         executor.resume()
         self.collector.collect()
         state = self.ledger.state
-        wall = self._wall_offset + time.perf_counter() - self._started
         record = {
             "step": state.version,
-            "reward": stats["reward"],
+            "reward": reward,
             "exact": sum(exact) / max(1, len(exact)),
             "staleness_mean": sum(staleness) / max(1, len(staleness)),
             "staleness_max": max(staleness, default=0),
             "trained_tokens": batch.tokens,
             "wait_s": batch.wait_s,
-            "train_s": train_s,
-            "wall_s": wall,
+            "train_s": time.perf_counter() - batch.collected_at,
+            "wall_s": self.elapsed(),
             "ledger_s": executor.ledger_seconds,
             "store_s": executor.store_seconds,
             "gc_s": self.collector.seconds,
@@ -371,7 +250,7 @@ class RLRun:
             "decode_steps": self.engine.steps,
             "rejected": state.rejected,
             "filtered": state.filtered,
-            **{k: v for k, v in stats.items() if k != "reward"},
+            **mean_stats(steps),
         }
         self.metrics.append(record)
         with open(self.run_dir / "metrics.jsonl", "a") as out:
@@ -390,9 +269,17 @@ class RLRun:
                 sample.proximal, sample.proximal_version = values, self.ledger.state.version
             store.put(rollout, samples)
 
+    # -- evaluation, files and figures ------------------------------------------------
+    def elapsed(self) -> float:
+        """Seconds of training so far: since setup, plus the time before a resume, less
+        the time spent evaluating (throughput is counted over the training loop)."""
+        return self._wall_offset + time.perf_counter() - self._started - self._evaluation_s
+
     def evaluate(self, count: int = 64) -> float:
         """Mean reward of the current weights on ``count`` held-out problems (sampled at
-        the run's temperature, on a private engine)."""
+        the run's temperature, on a private engine and event loop: the run's rollouts
+        do not advance meanwhile, and the time is left out of :meth:`elapsed`)."""
+        start = time.perf_counter()
         problems = [self.task.problem(self.config.seed + 10_000_019, i) for i in range(count)]
 
         async def generate() -> list[Any]:
@@ -408,16 +295,19 @@ class RLRun:
             return results
 
         training = self.trainer.model.training
-        results = self.loop.run_until_complete(generate())
+        loop = asyncio.new_event_loop()
+        try:
+            results = loop.run_until_complete(generate())
+        finally:
+            loop.close()
         self.trainer.model.train(training)
         rewards = [self.task.reward(p, self.tokenizer.decode(r.tokens)) for p, r in zip(problems, results)]
+        if self._started:
+            self._evaluation_s += time.perf_counter() - start
         return sum(rewards) / len(rewards)
 
     def save_checkpoint(self) -> Path:
-        """Checkpoint the trainer at the current version and log it."""
-        return self._checkpoint()
-
-    def _checkpoint(self) -> Path:
+        """Checkpoint the trainer at the current version, log it and write the log."""
         version = self.ledger.state.version
         path = save_checkpoint(self.ckpt_dir, version, self.trainer.state_dict())
         self.ledger.append(Checkpoint(version, str(path)))
@@ -442,7 +332,7 @@ class RLRun:
     def summary(self) -> dict[str, Any]:
         """Throughput, reward, staleness and the ledger's counters of the run so far."""
         state = self.ledger.state
-        wall = self._wall_offset + time.perf_counter() - self._started
+        wall = self.elapsed()
         trained = sum(m["trained_tokens"] for m in self.metrics)
         tail = self.metrics[-max(1, len(self.metrics) // 5):] if self.metrics else []
         return {
@@ -472,19 +362,3 @@ class RLRun:
             self.ledger.close()
         self.loop.close()
         self.collector.stop()
-
-
-def train_loop(run: RLRun, *, progress: bool = True) -> None:
-    """The plain loop over :class:`RLRun`'s steps, with a progress bar."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=run.config.steps, initial=run.ledger.state.version, desc="train", disable=not progress, file=sys.stderr)
-    while not run.done():
-        record = run.update(run.collect_batch())
-        bar.update(record["step"] - bar.n)
-        bar.set_postfix(
-            reward=f"{record['reward']:.3f}",
-            staleness=f"{record['staleness_mean']:.2f}",
-            tok_s=f"{sum(m['trained_tokens'] for m in run.metrics) / max(record['wall_s'], 1e-9):.0f}",
-        )
-    bar.close()

@@ -2,7 +2,10 @@
 
 An RL update takes GRPO groups of samples (one group per rollout), computes group
 advantages and minimises the chosen objective with AdamW and gradient clipping,
-under bf16 autocast on a GPU.  Proximal log-probs for the decoupled objective come
+under bf16 autocast on a GPU.  Its steps are public (:meth:`Trainer.prepare_update`,
+:meth:`Trainer.forward_backward`, :meth:`Trainer.optim_step`) so that the
+reinforcement workflow can run each as a stage; :meth:`Trainer.rl_step` takes them
+in order.  Proximal log-probs for the decoupled objective come
 from one of three sources (``TrainerConfig.proximal``):
 
 - ``recompute``: a forward pass of the weights before the update;
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -123,6 +126,23 @@ def pad_samples(samples: Sequence[Sample], pad_id: int, device: torch.device | s
     return Batch(*(t.to(device) for t in (tokens, mask, behaviour, versions, stored, has_stored)))
 
 
+@dataclass
+class PreparedUpdate:
+    """One RL update ready to run: the padded ``batch`` (advantages set), the proximal
+    log-probs recomputed under the pre-update weights (``None`` when not needed), the
+    rows of each minibatch and the number of passes (``epochs``) over them."""
+
+    batch: Batch
+    proximal: torch.Tensor | None
+    rows: list[list[int]]
+    epochs: int = 1
+
+
+def mean_stats(steps: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Per-step statistics of an update averaged over its steps (key by key)."""
+    return {key: sum(step[key] for step in steps) / len(steps) for key in steps[0]}
+
+
 class Trainer:
     """Owns the trainable policy and its optimiser; ``version`` counts RL updates."""
 
@@ -167,49 +187,85 @@ class Trainer:
         self.sft_steps += 1
         return float(loss.detach())
 
-    def _minibatches(self, count: int) -> Iterator[list[int]]:
+    def minibatch_rows(self, count: int) -> list[list[int]]:
+        """Rows of a batch of ``count`` samples for each of ``config.minibatches``
+        minibatches (at most ``count``), interleaved so that each sees every group."""
         parts = min(self.config.minibatches, count)
-        for part in range(parts):
-            yield list(range(part, count, parts))
+        return [list(range(part, count, parts)) for part in range(parts)]
 
-    def rl_step(self, groups: Sequence[Sequence[Sample]]) -> dict[str, float]:
-        """One RL update (version ``v`` to ``v + 1``) on GRPO groups; returns metrics."""
+    def needs_recompute(self, passes: int) -> bool:
+        """Whether an update of ``passes`` optimiser steps needs the proximal log-probs
+        recomputed by a forward pass of the pre-update weights before its first step.
+
+        Only the decoupled objective with the ``recompute`` or ``segment`` rule reads
+        them, and only when the update takes more than one step (minibatches times
+        epochs): a single step's own forward pass runs under the pre-update weights, so
+        it *is* that recomputation and a second pass would give the same numbers.  The
+        count is of steps actually taken (``minibatch_rows`` caps the minibatches at the
+        batch's size), so neither a surplus of minibatches nor the epochs are missed."""
         config = self.config
-        samples = [sample for group in groups for sample in group]
-        rewards = torch.tensor([[s.reward for s in group] for group in groups], dtype=torch.float32)
-        advantages = group_advantages(rewards).flatten().to(self.device)
-        batch = pad_samples(samples, self.pad_id, self.device, self.model.config.max_seq_len)
-        batch.advantages = advantages
-        self.model.train()
-        # The proximal policy is the weights before this update (version v).
-        recomputed = None
-        if config.objective == "decoupled" and config.proximal in ("recompute", "segment") and config.minibatches > 1:
-            with torch.no_grad():
-                recomputed = self._logprobs(batch.tokens).float()
-        metrics: dict[str, float] = {}
-        parts = list(self._minibatches(len(samples)))
-        for index, rows in enumerate(parts):
-            logprobs = self._logprobs(batch.tokens[rows]).float()
-            mask, behaviour, adv = batch.mask[rows], batch.behaviour[rows], batch.advantages[rows]
-            if config.objective == "ppo":
-                loss, info = ppo_loss(logprobs, behaviour, adv, mask, config.clip_eps)
-            else:
-                proximal = self._proximal(batch, rows, logprobs, recomputed, index / len(parts))
-                loss, info = decoupled_loss(logprobs, proximal, behaviour, adv, mask, config.clip_eps, config.behaviour_cap)
-            info["grad_norm"] = self._optimise(loss, config.lr)
-            info["loss"] = float(loss.detach())
-            for key, value in info.items():
-                metrics[key] = metrics.get(key, 0.0) + value / len(parts)
-        self.version += 1
-        metrics["reward"] = float(rewards.mean())
-        return metrics
+        return config.objective == "decoupled" and config.proximal in ("recompute", "segment") and passes > 1
 
-    def _proximal(
+    def prepare_update(self, samples: Sequence[Sample], advantages: torch.Tensor, *, epochs: int = 1) -> PreparedUpdate:
+        """The padded batch of one RL update (with ``advantages``, one per sample), the
+        proximal recomputation when :meth:`needs_recompute` asks for it, and the rows of
+        each minibatch; puts the model in training mode."""
+        batch = pad_samples(samples, self.pad_id, self.device, self.model.config.max_seq_len)
+        batch.advantages = advantages.to(self.device)
+        self.model.train()
+        rows = self.minibatch_rows(len(samples))
+        proximal = None
+        if self.needs_recompute(len(rows) * epochs):
+            with torch.no_grad():
+                proximal = self._logprobs(batch.tokens).float()
+        return PreparedUpdate(batch, proximal, rows, epochs)
+
+    def forward_backward(self, update: PreparedUpdate, epoch: int, part: int) -> dict[str, float]:
+        """The objective on minibatch ``part`` of pass ``epoch``, backpropagated into
+        fresh gradients; returns its statistics with ``loss``."""
+        config, batch = self.config, update.batch
+        rows = update.rows[part]
+        logprobs = self._logprobs(batch.tokens[rows]).float()
+        mask, behaviour, advantages = batch.mask[rows], batch.behaviour[rows], batch.advantages[rows]
+        if config.objective == "ppo":
+            loss, info = ppo_loss(logprobs, behaviour, advantages, mask, config.clip_eps)
+        else:
+            progress = (epoch * len(update.rows) + part) / (update.epochs * len(update.rows))
+            proximal = self.proximal_logprobs(batch, rows, logprobs, update.proximal, progress)
+            loss, info = decoupled_loss(logprobs, proximal, behaviour, advantages, mask, config.clip_eps, config.behaviour_cap)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return {**info, "loss": float(loss.detach())}
+
+    def optim_step(self) -> float:
+        """Clip the gradients and step the optimiser at the RL learning rate; returns the gradient norm."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        return float(norm)
+
+    def rl_step(self, groups: Sequence[Sequence[Sample]], *, epochs: int = 1) -> dict[str, float]:
+        """One RL update (version ``v`` to ``v + 1``) on GRPO groups, ``epochs`` passes over
+        its minibatches; returns the statistics averaged over the steps, and the reward.
+        The reinforcement workflow takes the same steps one stage at a time."""
+        rewards = torch.tensor([[s.reward for s in group] for group in groups], dtype=torch.float32)
+        update = self.prepare_update([s for group in groups for s in group], group_advantages(rewards).flatten(), epochs=epochs)
+        steps = []
+        for epoch in range(epochs):
+            for part in range(len(update.rows)):
+                info = self.forward_backward(update, epoch, part)
+                steps.append({**info, "grad_norm": self.optim_step()})
+        self.version += 1
+        return {**mean_stats(steps), "reward": float(rewards.mean())}
+
+    def proximal_logprobs(
         self, batch: Batch, rows: list[int], logprobs: torch.Tensor, recomputed: torch.Tensor | None, progress: float
     ) -> torch.Tensor:
-        """Proximal log-probs of the rows of this minibatch (see the module docstring).
-        With one minibatch the weights before the update are the current ones, so the
-        forward pass of the update is itself the recomputation."""
+        """Proximal log-probs of the rows of this minibatch (see the module docstring),
+        ``progress`` of the way (0 to 1) through the update's steps.  Without a
+        recomputation the weights before the update are the current ones (one step), so
+        the forward pass of the update is itself the recomputation."""
         current = recomputed[rows] if recomputed is not None else logprobs.detach()
         proximal_source = self.config.proximal
         if proximal_source == "interpolate":

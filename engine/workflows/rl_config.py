@@ -1,0 +1,122 @@
+"""What defines an asynchronous RL run: :class:`RunConfig` (saved as the run's
+``run.json``, reused by a resume) and the check that a new run does not overwrite
+an old one.
+
+It imports neither torch nor the run itself, so that a command can parse and check
+a config (``rollout-ledger train --help``, a bad option) without loading a model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.core.config import Config
+from engine.runtime.collector import MODES as GC_MODES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from engine.backends.local.trainer import TrainerConfig
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines an RL run (saved as ``run.json``; a resume reuses it).
+
+    ``batch_size`` counts rollouts (prompts) per update, each a group of
+    ``group_size`` samples; ``max_concurrent`` (rollouts in flight) defaults to
+    ``batch_size``; ``max_staleness = None`` is unbounded, 0 is synchronous.
+    ``gc = "update"`` runs Python's garbage collector between updates only
+    (:mod:`engine.runtime.collector`), ``"auto"`` leaves it to run whenever it would.
+    """
+
+    task: str = "copy"
+    model_size: str = "tiny"
+    steps: int = 20
+    batch_size: int = 8
+    group_size: int = 4
+    max_concurrent: int | None = None
+    max_staleness: int | None = 0
+    policy: str = "admission"
+    on_stale: str = "drop"
+    objective: str = "decoupled"
+    proximal: str | None = None
+    minibatches: int = 1
+    lr: float = 3e-4
+    sft_lr: float = 3e-3
+    warmup_steps: int = 100
+    warmup_batch: int = 64
+    temperature: float = 1.0
+    timeout_s: float | None = None
+    max_retries: int = 0
+    checkpoint_every: int = 1
+    requeue_lost: bool = False
+    init: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    gc: str = "update"
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "group_size", "checkpoint_every", "minibatches"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"run config field {name!r} must be a positive integer, got {value!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"run config field 'warmup_steps' must not be negative, got {self.warmup_steps}")
+        if self.gc not in GC_MODES:
+            raise ValueError(f"run config field 'gc' must be one of {', '.join(GC_MODES)}, got {self.gc!r}")
+
+    def ledger_config(self) -> Config:
+        """The ledger's settings of this run (capacity, batch size, staleness policy)."""
+        return Config(
+            max_concurrent=self.max_concurrent or self.batch_size,
+            batch_size=self.batch_size,
+            max_staleness=self.max_staleness,
+            policy=self.policy,
+            on_stale=self.on_stale,
+        )
+
+    def trainer_config(self) -> "TrainerConfig":
+        """The trainer's settings of this run (the proximal rule defaults to ``segment``
+        under the ``segment_wise`` policy, else ``recompute``); imports the torch backend."""
+        from engine.backends.local.trainer import TrainerConfig
+
+        proximal = self.proximal or ("segment" if self.policy == "segment_wise" else "recompute")
+        return TrainerConfig(lr=self.lr, sft_lr=self.sft_lr, objective=self.objective, proximal=proximal, minibatches=self.minibatches)
+
+    def is_checkpoint(self, version: int) -> bool:
+        """Whether the update that reaches ``version`` checkpoints the trainer (every
+        ``checkpoint_every`` versions, and the last one)."""
+        return version % self.checkpoint_every == 0 or version >= self.steps
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "RunConfig":
+        """The config of a JSON object (``run.json``); an unknown key is an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(obj) - known
+        if unknown:
+            raise ValueError(f"unknown run config key(s): {', '.join(sorted(unknown))}")
+        return cls(**obj)
+
+    @classmethod
+    def saved(
+        cls, run_dir: str | Path, *, steps: int | None = None, device: str | None = None, requeue_lost: bool | None = None
+    ) -> "RunConfig":
+        """The config saved in ``run_dir`` (its ``run.json``), for a resume: ``steps``,
+        ``device`` and ``requeue_lost`` may change, nothing else."""
+        saved = Path(run_dir) / "run.json"
+        if not saved.exists():
+            raise FileNotFoundError(f"cannot resume: {saved} does not exist")
+        config = cls.from_json(json.loads(saved.read_text()))
+        return replace(
+            config, steps=steps or config.steps, device=device or config.device,
+            requeue_lost=config.requeue_lost if requeue_lost is None else requeue_lost,
+        )
+
+
+def refuse_existing_run(run_dir: str | Path) -> None:
+    """Raise :class:`FileExistsError` when ``run_dir`` already holds a run's log (a new run would overwrite it)."""
+    events_path = Path(run_dir) / "events.sqlite"
+    if events_path.exists():
+        raise FileExistsError(f"{events_path} exists: pass --resume to continue that run, or use a new --run-dir")
