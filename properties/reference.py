@@ -116,10 +116,10 @@ class ReferenceLedger:
             self.tail_version[event.rollout] = event.version
         elif kind == "interrupted":
             self.status[event.rollout] = "interrupted"
-        elif kind == "resumed" and event.rollout is not None:
+        elif kind == "resumed":
             self.status[event.rollout] = "running"
             self.tail_version[event.rollout] = self.version if event.version is None else event.version
-        elif kind == "resumed":
+        elif kind == "unpaused":
             self.paused = False
         elif kind == "paused":
             self.paused = True
@@ -192,11 +192,10 @@ class ReferenceLedger:
                 raise ReferenceRefusal(f"bad segment {event!r}")
         elif kind == "interrupted":
             self._need(rollout, status, "running")
+        elif kind == "unpaused":
+            if not self.paused:
+                raise ReferenceRefusal("generation is not paused")
         elif kind == "resumed":
-            if rollout is None:
-                if not self.paused:
-                    raise ReferenceRefusal("generation is not paused")
-                return
             self._need(rollout, status, "interrupted")
             version = self.version if event.version is None else event.version
             if not self.tail_version[rollout] <= version <= self.version:
