@@ -35,6 +35,7 @@ from engine.core.events import (
     RunStarted,
     Segment,
     Submitted,
+    Unpaused,
     Version,
 )
 
@@ -134,10 +135,10 @@ class ReferenceLedger:
                 self.tail_version[event.rollout] = event.version
             case Interrupted():
                 self.status[event.rollout] = "interrupted"
-            case Resumed() if event.rollout is not None:
+            case Resumed():
                 self.status[event.rollout] = "running"
                 self.tail_version[event.rollout] = self.version if event.version is None else event.version
-            case Resumed():
+            case Unpaused():
                 self.paused = False
             case Paused():
                 self.paused = True
@@ -209,10 +210,10 @@ class ReferenceLedger:
                     raise ReferenceRefusal(f"bad segment {event!r}")
             case Interrupted():
                 self._need(event.rollout, "running")
-            case Resumed() if event.rollout is None:
+            case Unpaused():
                 if not self.paused:
                     raise ReferenceRefusal("generation is not paused")
-            case Resumed() if event.rollout is not None:
+            case Resumed():
                 self._need(event.rollout, "interrupted")
                 version = self.version if event.version is None else event.version
                 if not self.tail_version[event.rollout] <= version <= self.version:

@@ -1,6 +1,8 @@
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +104,81 @@ def test_replay_of_a_sqlite_log_written_by_the_ledger(tmp_path, capsys):
 def test_console_script_runs(jsonl):
     done = subprocess.run([sys.executable, "-m", "engine.cli", "replay", "--format", "json", str(jsonl)], capture_output=True, text=True)
     assert done.returncode == 0 and json.loads(done.stdout)["events"] == 12
+
+
+# -- logs written by the code before schema 3 (tests/fixtures/make_schema2_log.py, run at 10d5a40)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+#: What ``rollout-ledger replay --format json`` printed for both fixtures with that code.
+SCHEMA2_COUNTERS = {
+    "version": 7, "pending": 0, "running": 0, "ready": 1, "accepted": 25, "rejected": 8,
+    "filtered": 1, "consumed": 24, "submitted": 34, "capacity": 8, "events": 176,
+}
+
+
+@pytest.fixture
+def old_logs(tmp_path):
+    for name in ("schema2.sqlite", "schema2.jsonl"):
+        shutil.copyfile(FIXTURES / name, tmp_path / name)
+    return tmp_path / "schema2.sqlite", tmp_path / "schema2.jsonl"
+
+
+def replayed(path, capsys):
+    capsys.readouterr()
+    assert main(["replay", "--format", "json", str(path)]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_schema_2_logs_replay_to_the_counters_the_old_code_printed(old_logs, capsys):
+    sqlite, jsonl = old_logs
+    assert replayed(sqlite, capsys) == SCHEMA2_COUNTERS
+    assert replayed(jsonl, capsys) == SCHEMA2_COUNTERS
+
+
+def test_schema_2_logs_convert_to_the_current_schema(old_logs, tmp_path, capsys):
+    """Export and import convert an old log: the un-pause is written as ``unpaused``,
+    everything else as it was, and the converted logs replay to the same counters."""
+    sqlite, jsonl = old_logs
+    exported = tmp_path / "exported.jsonl"
+    assert main(["export", str(sqlite), "--jsonl", str(exported)]) == 0
+    old_lines = jsonl.read_text().splitlines()
+    new_lines = exported.read_text().splitlines()
+    assert json.loads(new_lines[0]) == {"schema": 3}
+    converted = [line.replace('"type": "resumed"', '"type": "unpaused"') if '"rollout"' not in line else line for line in old_lines[1:]]
+    assert new_lines[1:] == converted and sum('"unpaused"' in line for line in new_lines) == 7
+    assert replayed(exported, capsys) == SCHEMA2_COUNTERS
+
+    imported = tmp_path / "imported.sqlite"
+    assert main(["import", str(jsonl), str(imported)]) == 0
+    capsys.readouterr()
+    assert replayed(imported, capsys) == SCHEMA2_COUNTERS
+    again = tmp_path / "again.jsonl"
+    assert main(["export", str(imported), "--jsonl", str(again)]) == 0
+    assert again.read_text() == exported.read_text()
+    capsys.readouterr()
+    assert main(["inspect", str(imported), "x1"]) == 0
+    history = [json.loads(line[line.index("{"):])["type"] for line in capsys.readouterr().out.splitlines()]
+    assert history == ["enqueued", "submitted", "segment", "interrupted", "resumed", "segment", "accepted"]
+
+
+@pytest.mark.parametrize("form", ["sqlite", "jsonl"])
+def test_an_illegal_event_beyond_the_first_chunk_is_named_by_its_position(form, tmp_path, capsys):
+    """Logs are folded in chunks of thousands of events; the refusal still names the exact event."""
+    from benchmarks.mixed_log import mixed_log
+    from engine.core.events import Accepted
+    from engine.log import write_jsonl
+
+    events = mixed_log(6000, seed=2)
+    events.insert(5000, Accepted("ghost"))  # the 5001st event
+    if form == "sqlite":
+        path = tmp_path / "bad.sqlite"
+        with EventLog(path) as log:
+            log.append(events)
+        where = "event 5001"
+    else:
+        path = tmp_path / "bad.jsonl"
+        write_jsonl(events, path)
+        where = "line 5002"  # after the schema header
+    assert main(["replay", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{where}: " in err and "'ghost'" in err

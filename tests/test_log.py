@@ -1,11 +1,29 @@
 import json
+import shutil
 import sqlite3
+from pathlib import Path
+from typing import Annotated, NamedTuple
 
 import pytest
 
 from benchmarks.mixed_log import mixed_log
-from engine.core.events import SCHEMA_VERSION, Accepted, Enqueued
+from engine.core.events import (
+    EVENT_TYPES,
+    LEGACY,
+    SCHEMA_VERSION,
+    Accepted,
+    Enqueued,
+    Paused,
+    Resumed,
+    Segment,
+    Unpaused,
+    from_json,
+    to_json,
+)
 from engine.core.reducer import fold
+from engine.core.schema import Column
+from engine.log.codec import BATCH_TYPES, DECODE, ENCODE, RowCodec
+from engine.log.doc import documented_table, event_table
 from engine.log import (
     BadLine,
     EventLog,
@@ -103,7 +121,7 @@ def test_records_of_one_rollout_include_the_batch_events_that_name_it(tmp_log, e
     assert history == [e for e in events if rollout in (getattr(e, "rollout", None), *getattr(e, "rollouts", ()))]
 
 
-def test_a_schema_1_log_is_read_and_marked_schema_2_at_its_first_append(tmp_log, events):
+def test_a_schema_1_log_is_read_and_marked_current_at_its_first_append(tmp_log, events):
     old = [e for e in events[:400] if e.type not in ("interrupted_batch", "resumed_batch")]
     legal = fold(old)  # the schema 1 events alone
     write(tmp_log, old)
@@ -195,10 +213,8 @@ def test_enqueued_ids_lists_every_enqueued_id(tmp_log, events):
 
 def test_empty_columns_are_stored_as_null(tmp_log):
     """Empty columns are bound as NaN, which SQLite stores as NULL: check it on this SQLite."""
-    from engine.core.events import Resumed, Segment
-
     with EventLog(tmp_log) as log:
-        log.append([Enqueued("a"), Segment("a", 0, 3), Resumed(), Segment("a", 0, 4, t=float("nan")), Segment("a", 0, 5, t=1.5)])
+        log.append([Enqueued("a"), Segment("a", 0, 3), Unpaused(), Segment("a", 0, 4, t=float("nan")), Segment("a", 0, 5, t=1.5)])
         assert [event.t for event in log.events()] == [None, None, None, None, 1.5]
     db = sqlite3.connect(tmp_log)
     rows = db.execute("SELECT typeof(rollout), typeof(version), typeof(tokens), typeof(t), typeof(data) FROM events ORDER BY seq").fetchall()
@@ -210,3 +226,123 @@ def test_empty_columns_are_stored_as_null(tmp_log):
         ("text", "integer", "integer", "null", "null"),
         ("text", "integer", "integer", "real", "null"),
     ]
+
+
+# -- the schema 2 log written by the code before schema 3 (tests/fixtures/make_schema2_log.py)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def schema2(tmp_path):
+    """A copy of the schema 2 SQLite log (reading a log in WAL mode leaves files beside it)."""
+    path = tmp_path / "schema2.sqlite"
+    shutil.copyfile(FIXTURES / "schema2.sqlite", path)
+    return path
+
+
+def stored_rows(path):
+    db = sqlite3.connect(path)
+    rows = db.execute("SELECT * FROM events ORDER BY seq").fetchall()
+    db.close()
+    return rows
+
+
+def is_old_unpause(row):
+    return row[1] == "resumed" and row[2] is None
+
+
+def test_the_schema_2_log_reads_its_old_unpause_as_unpaused(schema2):
+    with EventLog(schema2) as log:
+        assert log.schema == 2
+        events = list(log.events())
+    rows = stored_rows(schema2)
+    old_unpauses = [i for i, row in enumerate(rows) if is_old_unpause(row)]
+    assert len(old_unpauses) == 7 and {type(events[i]) for i in old_unpauses} == {Unpaused}
+    assert [events[i].t for i in old_unpauses] == [row[5] for row in rows if is_old_unpause(row)]
+    assert all(e.rollout is not None for e in events if type(e) is Resumed)
+    assert {e.type for e in events} == {cls.type for cls in EVENT_TYPES}  # the fixture holds every type
+
+
+def test_the_row_layout_is_unchanged_for_every_type_of_schema_2(schema2):
+    """Encoding the decoded events gives back the stored rows, byte for byte, except that
+    the old un-pause is now written as ``unpaused``."""
+    rows = stored_rows(schema2)
+    with EventLog(schema2) as log:
+        events = list(log.events())
+    encoded = [ENCODE[type(e)](seq, e) for seq, e in enumerate(events, start=1)]
+    expected = [(row[0], "unpaused", *row[2:]) if is_old_unpause(row) else row for row in rows]
+    assert encoded == expected
+
+
+def test_the_json_form_is_unchanged_for_every_type_of_schema_2():
+    """The schema 2 export, read and written again, gives back every line but the old un-pause."""
+    lines = (FIXTURES / "schema2.jsonl").read_text().splitlines()
+    assert json.loads(lines[0]) == {"schema": 2}
+    for line in lines[1:]:
+        obj = json.loads(line)
+        written = json.dumps(to_json(from_json(obj)))
+        if obj["type"] == "resumed" and "rollout" not in obj:
+            assert json.loads(written) == {**obj, "type": "unpaused"}
+        else:
+            assert written == line
+
+
+def test_appending_to_a_schema_2_log_marks_it_current_and_both_spellings_read(schema2):
+    with EventLog(schema2) as log:
+        before = list(log.events())
+    assert not replay(schema2).paused
+    more = [Paused(t=1.0), Unpaused(t=2.0), Enqueued("after-upgrade")]
+    with EventLog(schema2) as log:
+        log.append(more)
+        assert log.schema == SCHEMA_VERSION
+        assert list(log.events()) == before + more
+    assert sqlite3.connect(schema2).execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (str(SCHEMA_VERSION),)
+    assert replay(schema2) == fold(before + more)
+
+
+def test_a_damaged_old_unpause_is_reported(schema2):
+    seq = next(row[0] for row in stored_rows(schema2) if is_old_unpause(row))
+    tamper(schema2, "UPDATE events SET version = 3 WHERE seq = ?", seq)
+    with pytest.raises(TornLog, match=f"event {seq} .*resumed without rollout has no version"):
+        replay(schema2)
+
+
+# -- the codec is derived from the event classes
+
+
+def test_the_event_table_in_the_docs_is_the_generated_one():
+    """docs/ledger.md carries the table rendered from the event classes: regenerate it
+    with ``python -m engine.log.doc --write`` after changing an event."""
+    text = (Path(__file__).parents[1] / "docs" / "ledger.md").read_text()
+    assert documented_table(text) == event_table()
+
+
+def test_every_event_type_has_a_row_codec_and_batch_types_name_their_rollouts():
+    assert set(ENCODE) == set(EVENT_TYPES)
+    assert set(DECODE) == {cls.type for cls in EVENT_TYPES} | set(LEGACY)
+    assert set(BATCH_TYPES) == {"consumed", "interrupted_batch", "resumed_batch"}
+
+
+def test_a_new_event_class_gets_its_row_codec_from_its_declaration():
+    class Note(NamedTuple):
+        rollout: Annotated[str, Column.ROLLOUT]
+        labels: Annotated[tuple[str, ...], Column.DATA]
+        weight: Annotated[int, Column.TOKENS] = 1
+        text: Annotated[str | None, Column.DATA] = None
+        t: Annotated[float | None, Column.T] = None
+        type = "note"
+
+    codec = RowCodec([Note], {})
+    note = Note("r1", ("a", "b"), 3, "hi", 2.5)
+    row = codec.encode[Note](7, note)
+    assert row == (7, "note", "r1", None, 3, 2.5, '[["a", "b"], "hi"]')
+    decoded = codec.decode["note"](*row[2:])
+    assert decoded == note and type(decoded) is Note
+
+
+def test_the_row_codec_is_generated_code_not_a_loop_over_fields():
+    from engine.log.codec import CODEC
+
+    assert "def encode_3(s, e):\n    return (s, 'segment', e[0], e[1], e[2], e[3], None)" in CODEC.source
+    assert "for " not in CODEC.source

@@ -1,21 +1,27 @@
-"""Ledger events: immutable records of everything that happens in a run.
+"""Ledger events: immutable records of everything that happens in a run, and the one
+declaration of the event schema.
 
-Every event is a small immutable tuple type (fast to build, cheap to fold) with an
-optional ``t`` (seconds, stamped by the shell that emits it; the core never reads a
-clock).  ``to_json``/``from_json`` give the JSON Lines exchange format of
-DESIGN.md and round-trip losslessly.
+Every event is a small immutable tuple type (fast to build, cheap to fold) whose last
+field is ``t`` (seconds, stamped by the shell that emits it; the core never reads a
+clock).  Each field is declared once, here, with its JSON kind and the SQLite column
+that stores it (see :mod:`engine.core.schema`); ``to_json``/``from_json`` (the JSON
+Lines exchange format of DESIGN.md, lossless both ways), the SQLite codec
+(:mod:`engine.log.codec`) and the event table of ``docs/ledger.md`` are all derived
+from these classes.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Union, get_args
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Mapping, NamedTuple, Union, get_args
 
 from engine.core.config import Config
+from engine.core.schema import Column, EventError, OneOf, build_json_codec
 
 #: Version of the event format.  Logs written by a newer format are refused.  Schema 2
-#: added the batch forms ``interrupted_batch`` and ``resumed_batch``; schema 1 logs
-#: read unchanged.
-SCHEMA_VERSION = 2
+#: added the batch forms ``interrupted_batch`` and ``resumed_batch``; schema 3 split
+#: the un-pause (``unpaused``) from ``resumed``, which now always names a rollout.
+#: Logs of schemas 1 and 2 read unchanged (see :data:`LEGACY`).
+SCHEMA_VERSION = 3
 
 #: Reasons a running rollout can be rejected.
 REJECT_REASONS = ("none", "should_accept", "error", "timeout", "lost")
@@ -24,152 +30,273 @@ FILTER_REASONS = ("stale",)
 #: Phases of a workflow stage event.
 STAGE_PHASES = ("started", "finished", "failed", "skipped")
 
-
-class EventError(ValueError):
-    """A JSON object that is not a valid event; the message names the field."""
-
-
-def _event_eq(self: tuple, other: object) -> bool:
-    return type(self) is type(other) and tuple.__eq__(self, other)
+ROLLOUT, VERSION, TOKENS, DATA = Column.ROLLOUT, Column.VERSION, Column.TOKENS, Column.DATA
+#: The time stamp every event ends with: seconds, optional, in column ``t``.
+Time = Annotated[float | None, Column.T]
 
 
-def _event_ne(self: tuple, other: object) -> bool:
-    return not _event_eq(self, other)
+class _Event(tuple[Any, ...]):
+    """What every event class adds to its fields: its ``type`` name, and equality that
+    includes the type (a NamedTuple alone compares as a plain tuple)."""
+
+    __slots__ = ()
+    type: ClassVar[str]
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(self)))
 
 
-def _event_hash(self: tuple) -> int:
-    return hash((type(self).__name__, tuple(self)))
+class _RunStartedFields(NamedTuple):
+    config: Annotated[Config, DATA]
+    t: Time = None
 
 
-class RunStarted(NamedTuple):
-    config: Config
-    t: float | None = None
+class RunStarted(_Event, _RunStartedFields):
+    """The run starts with ``config`` (the first event of a log, once)."""
+
+    __slots__ = ()
     type = "run_started"
 
 
-class Enqueued(NamedTuple):
-    rollout: str
-    prompt: str | None = None
-    attempt: int = 1
-    t: float | None = None
+class _EnqueuedFields(NamedTuple):
+    rollout: Annotated[str, ROLLOUT]
+    prompt: Annotated[str | None, DATA] = None
+    attempt: Annotated[int, TOKENS] = 1
+    t: Time = None
+
+
+class Enqueued(_Event, _EnqueuedFields):
+    """Rollout ``rollout`` joins the queue: attempt ``attempt`` of prompt ``prompt``."""
+
+    __slots__ = ()
     type = "enqueued"
 
 
-class Submitted(NamedTuple):
-    rollout: str
-    version: int
-    t: float | None = None
+class _SubmittedFields(NamedTuple):
+    rollout: Annotated[str, ROLLOUT]
+    version: Annotated[int, VERSION]
+    t: Time = None
+
+
+class Submitted(_Event, _SubmittedFields):
+    """A pending rollout starts generating under weights ``version``."""
+
+    __slots__ = ()
     type = "submitted"
 
 
-class Segment(NamedTuple):
-    rollout: str
-    version: int
-    tokens: int
-    t: float | None = None
+class _SegmentFields(NamedTuple):
+    rollout: Annotated[str, ROLLOUT]
+    version: Annotated[int, VERSION]
+    tokens: Annotated[int, TOKENS]
+    t: Time = None
+
+
+class Segment(_Event, _SegmentFields):
+    """A running rollout generated ``tokens`` tokens under weights ``version``."""
+
+    __slots__ = ()
     type = "segment"
 
 
-class Interrupted(NamedTuple):
-    rollout: str
-    t: float | None = None
+class _InterruptedFields(NamedTuple):
+    rollout: Annotated[str, ROLLOUT]
+    t: Time = None
+
+
+class Interrupted(_Event, _InterruptedFields):
+    """A running rollout stops at a weight update (it may be resumed)."""
+
+    __slots__ = ()
     type = "interrupted"
 
 
-class Accepted(NamedTuple):
-    rollout: str
-    t: float | None = None
+class _AcceptedFields(NamedTuple):
+    rollout: Annotated[str, ROLLOUT]
+    t: Time = None
+
+
+class Accepted(_Event, _AcceptedFields):
+    """A finished rollout joins the ready queue."""
+
+    __slots__ = ()
     type = "accepted"
 
 
-class Rejected(NamedTuple):
-    rollout: str
-    reason: str = "none"
-    t: float | None = None
+class _RejectedFields(NamedTuple):
+    rollout: Annotated[str, ROLLOUT]
+    reason: Annotated[str, DATA, OneOf(REJECT_REASONS)] = "none"
+    t: Time = None
+
+
+class Rejected(_Event, _RejectedFields):
+    """A running or interrupted rollout ends without a sample, for ``reason``."""
+
+    __slots__ = ()
     type = "rejected"
 
 
-class Filtered(NamedTuple):
-    rollout: str
-    reason: str = "stale"
-    t: float | None = None
+class _FilteredFields(NamedTuple):
+    rollout: Annotated[str, ROLLOUT]
+    reason: Annotated[str, DATA, OneOf(FILTER_REASONS)] = "stale"
+    t: Time = None
+
+
+class Filtered(_Event, _FilteredFields):
+    """A running or ready rollout is dropped as too stale."""
+
+    __slots__ = ()
     type = "filtered"
 
 
-class Consumed(NamedTuple):
-    rollouts: tuple[str, ...]
-    t: float | None = None
+class _ConsumedFields(NamedTuple):
+    rollouts: Annotated[tuple[str, ...], DATA]
+    t: Time = None
+
+
+class Consumed(_Event, _ConsumedFields):
+    """The trainer takes the ready ``rollouts`` as one batch."""
+
+    __slots__ = ()
     type = "consumed"
 
 
-class Version(NamedTuple):
-    version: int
-    t: float | None = None
+class _VersionFields(NamedTuple):
+    version: Annotated[int, VERSION]
+    t: Time = None
+
+
+class Version(_Event, _VersionFields):
+    """The policy's weights move to ``version``."""
+
+    __slots__ = ()
     type = "version"
 
 
-class Paused(NamedTuple):
-    t: float | None = None
+class _PausedFields(NamedTuple):
+    t: Time = None
+
+
+class Paused(_Event, _PausedFields):
+    """Generation pauses: no rollout is admitted until :class:`Unpaused`."""
+
+    __slots__ = ()
     type = "paused"
 
 
-class Resumed(NamedTuple):
-    """Without ``rollout``: generation resumes after a pause.  With ``rollout``: an
-    interrupted rollout continues under weights ``version`` (a new segment)."""
+class _UnpausedFields(NamedTuple):
+    t: Time = None
 
-    rollout: str | None = None
-    version: int | None = None
-    t: float | None = None
+
+class Unpaused(_Event, _UnpausedFields):
+    """Generation resumes after a pause (schemas 1 and 2 wrote it as a ``resumed``
+    without a rollout, which still reads as this event)."""
+
+    __slots__ = ()
+    type = "unpaused"
+
+
+class _ResumedFields(NamedTuple):
+    rollout: Annotated[str, ROLLOUT]
+    version: Annotated[int | None, VERSION] = None
+    t: Time = None
+
+
+class Resumed(_Event, _ResumedFields):
+    """Interrupted rollout ``rollout`` continues as a new segment under weights
+    ``version`` (the current version when not given)."""
+
+    __slots__ = ()
     type = "resumed"
 
+    if not TYPE_CHECKING:  # to a type checker, ``rollout`` is required
 
-class InterruptedBatch(NamedTuple):
+        def __new__(cls, rollout=None, version=None, t=None):
+            """``Resumed()`` without a rollout was the un-pause until schema 3: it still
+            builds :class:`Unpaused`, so that a caller written for schema 2 emits the new
+            event.  Spell it ``Unpaused(t)``: a :class:`Resumed` always names its rollout."""
+            if rollout is None:
+                if version is not None:
+                    raise TypeError(f"Resumed needs the rollout that resumes under version {version}")
+                return tuple.__new__(Unpaused, (t,))
+            return tuple.__new__(cls, (rollout, version, t))
+
+
+class _InterruptedBatchFields(NamedTuple):
+    rollouts: Annotated[tuple[str, ...], DATA]
+    tokens: Annotated[tuple[int, ...], DATA]
+    version: Annotated[int, VERSION]
+    t: Time = None
+
+
+class InterruptedBatch(_Event, _InterruptedBatchFields):
     """The rollouts generating at a weight update, interrupted at once: rollout
     ``rollouts[i]`` closes a segment of ``tokens[i]`` tokens under ``version`` and is
     interrupted.  The same as a ``segment`` then an ``interrupted`` for each, in one
     event (all or nothing)."""
 
-    rollouts: tuple[str, ...]
-    tokens: tuple[int, ...]
-    version: int
-    t: float | None = None
+    __slots__ = ()
     type = "interrupted_batch"
 
 
-class ResumedBatch(NamedTuple):
+class _ResumedBatchFields(NamedTuple):
+    rollouts: Annotated[tuple[str, ...], DATA]
+    version: Annotated[int, VERSION]
+    t: Time = None
+
+
+class ResumedBatch(_Event, _ResumedBatchFields):
     """Interrupted rollouts continuing under weights ``version`` as a new segment: the
     same as a ``resumed`` with ``rollout`` and ``version`` for each, in one event (all
     or nothing)."""
 
-    rollouts: tuple[str, ...]
-    version: int
-    t: float | None = None
+    __slots__ = ()
     type = "resumed_batch"
 
 
-class Recomputed(NamedTuple):
-    rollout: str
-    version: int
-    t: float | None = None
+class _RecomputedFields(NamedTuple):
+    rollout: Annotated[str, ROLLOUT]
+    version: Annotated[int, VERSION]
+    t: Time = None
+
+
+class Recomputed(_Event, _RecomputedFields):
+    """A ready rollout's proximal log-probabilities were recomputed under ``version``."""
+
+    __slots__ = ()
     type = "recomputed"
 
 
-class Checkpoint(NamedTuple):
+class _CheckpointFields(NamedTuple):
+    version: Annotated[int, VERSION]
+    path: Annotated[str, DATA]
+    t: Time = None
+
+
+class Checkpoint(_Event, _CheckpointFields):
     """The trainer saved its weights for ``version`` at ``path``."""
 
-    version: int
-    path: str
-    t: float | None = None
+    __slots__ = ()
     type = "checkpoint"
 
 
-class Stage(NamedTuple):
+class _StageFields(NamedTuple):
+    path: Annotated[str, DATA]
+    phase: Annotated[str, DATA, OneOf(STAGE_PHASES)]
+    detail: Annotated[str | None, DATA] = None
+    t: Time = None
+
+
+class Stage(_Event, _StageFields):
     """A workflow stage (``path`` like ``rlhf/sft/epochs[0]/train``) changed phase."""
 
-    path: str
-    phase: str
-    detail: str | None = None
-    t: float | None = None
+    __slots__ = ()
     type = "stage"
 
 
@@ -185,6 +312,7 @@ Event = Union[
     Consumed,
     Version,
     Paused,
+    Unpaused,
     Resumed,
     Recomputed,
     Checkpoint,
@@ -193,100 +321,35 @@ Event = Union[
     ResumedBatch,
 ]
 
-EVENT_TYPES: tuple[type, ...] = get_args(Event)
+EVENT_TYPES: tuple[type[Event], ...] = get_args(Event)
 
-# NamedTuple compares as a plain tuple; give every event type-aware equality.
-for _cls in EVENT_TYPES:
-    _cls.__eq__ = _event_eq  # type: ignore[method-assign,assignment]
-    _cls.__ne__ = _event_ne  # type: ignore[method-assign,assignment]
-    _cls.__hash__ = _event_hash  # type: ignore[method-assign,assignment]
+BY_TYPE: dict[str, type[Event]] = {cls.type: cls for cls in EVENT_TYPES}
 
-BY_TYPE: dict[str, type] = {cls.type: cls for cls in EVENT_TYPES}
+#: Old spellings that still read: a stored event of type ``key`` without the field
+#: ``value[0]`` is the event ``value[1]``.  Schemas 1 and 2 wrote the un-pause as a
+#: ``resumed`` without a rollout.  These forms are read (JSON Lines and SQLite), never written.
+LEGACY: dict[str, tuple[str, type[Event]]] = {"resumed": ("rollout", Unpaused)}
+
+_JSON = build_json_codec(EVENT_TYPES, LEGACY)
+_WRITE = _JSON.writers
+_READ = _JSON.readers
 
 
 def to_json(event: Event) -> dict[str, Any]:
     """The JSON object of ``event``: ``type`` first, optional fields left out when unset."""
-    out: dict[str, Any] = {"type": event.type}
-    defaults = type(event)._field_defaults
-    for name, value in zip(event._fields, event):
-        if name in defaults and value == defaults[name] and name != "reason":
-            continue
-        if name == "config":
-            value = value.to_json()
-        elif name == "rollouts" or name == "tokens" and type(event) is InterruptedBatch:
-            value = list(value)
-        out[name] = value
-    return out
-
-
-def _require(obj: Mapping[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if name not in obj:
-        raise EventError(f"{where}: missing field {name!r}")
-    value = obj[name]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise EventError(f"{where}: field {name!r} must be {_kind_name(kind)}, got {value!r}")
-    return value
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join({int: "an integer", str: "a string", float: "a number", list: "a list"}.get(k, k.__name__) for k in kinds)
-
-
-_FIELD_KINDS: dict[str, type | tuple[type, ...]] = {
-    "rollout": str,
-    "prompt": str,
-    "attempt": int,
-    "version": int,
-    "tokens": int,
-    "reason": str,
-    "path": str,
-    "phase": str,
-    "detail": str,
-    "t": (int, float),
-}
+    return _WRITE[type(event)](event)
 
 
 def from_json(obj: Mapping[str, Any]) -> Event:
-    """Build an event from its JSON object; raises :class:`EventError` naming the bad field."""
+    """Build an event from its JSON object; raises :class:`EventError` naming the bad field
+    (a bad ``config`` raises :class:`engine.core.config.ConfigError` naming its key)."""
     if not isinstance(obj, Mapping):
         raise EventError(f"an event must be a JSON object, got {obj!r}")
     kind = obj.get("type")
-    cls = BY_TYPE.get(kind) if isinstance(kind, str) else None
-    if cls is None:
+    read = _READ.get(kind) if isinstance(kind, str) else None
+    if read is None:
         raise EventError(f"unknown event type {kind!r}; expected one of {', '.join(BY_TYPE)}")
-    rollout = obj.get("rollout")
-    where = f"event {kind!r}" + (f" (rollout {rollout!r})" if isinstance(rollout, str) else "")
-    unknown = set(obj) - set(cls._fields) - {"type"}
-    if unknown:
-        raise EventError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-    values: dict[str, Any] = {}
-    for name in cls._fields:
-        optional = name in cls._field_defaults
-        if optional and obj.get(name) is None:
-            continue
-        if name == "config":
-            values[name] = Config.from_json(_require(obj, name, dict, where))
-        elif name == "rollouts":
-            ids = _require(obj, name, list, where)
-            if not all(isinstance(r, str) for r in ids):
-                raise EventError(f"{where}: field 'rollouts' must be a list of strings")
-            values[name] = tuple(ids)
-        elif name == "tokens" and cls is InterruptedBatch:
-            counts = _require(obj, name, list, where)
-            if not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
-                raise EventError(f"{where}: field 'tokens' must be a list of integers")
-            values[name] = tuple(counts)
-        else:
-            value = _require(obj, name, _FIELD_KINDS[name], where)
-            values[name] = float(value) if name == "t" else value
-    if kind == "rejected" and values.get("reason", "none") not in REJECT_REASONS:
-        raise EventError(f"{where}: reason must be one of {', '.join(REJECT_REASONS)}, got {values['reason']!r}")
-    if kind == "filtered" and values.get("reason", "stale") not in FILTER_REASONS:
-        raise EventError(f"{where}: reason must be one of {', '.join(FILTER_REASONS)}, got {values['reason']!r}")
-    if kind == "stage" and values["phase"] not in STAGE_PHASES:
-        raise EventError(f"{where}: phase must be one of {', '.join(STAGE_PHASES)}, got {values['phase']!r}")
-    return cls(**values)
+    return read(obj)  # type: ignore[no-any-return]
 
 
 def stamped(event: Event, t: float) -> Event:

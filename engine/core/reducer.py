@@ -38,6 +38,7 @@ from engine.core.events import (
     Segment,
     Stage,
     Submitted,
+    Unpaused,
     Version,
 )
 
@@ -308,11 +309,6 @@ def _interrupted(draft: _Draft, event: Interrupted) -> None:
 def _resumed(draft: _Draft, event: Resumed) -> None:
     if draft.config is None:
         raise _not_started(event)
-    if event.rollout is None:  # generation resumes after a pause
-        if not draft.paused:
-            raise IllegalTransition(event, "generation is not paused")
-        draft.paused = False
-        return
     rollout = event.rollout
     record, target = _lookup(draft, rollout, event)
     status, prompt, attempt, head, tail, recomputed, tokens, order = record
@@ -326,6 +322,14 @@ def _resumed(draft: _Draft, event: Resumed) -> None:
             "interrupted",
         )
     _move(draft, rollout, status, (target, prompt, attempt, head, version, recomputed, tokens, order))
+
+
+def _unpaused(draft: _Draft, event: Unpaused) -> None:
+    if draft.config is None:
+        raise _not_started(event)
+    if not draft.paused:
+        raise IllegalTransition(event, "generation is not paused")
+    draft.paused = False
 
 
 def _distinct(event: InterruptedBatch | ResumedBatch | Consumed, what: str) -> None:
@@ -456,6 +460,7 @@ _STEPS = {
     Consumed: _consumed,
     Version: _version,
     Paused: _paused,
+    Unpaused: _unpaused,
     Checkpoint: _checkpoint,
     Stage: _stage,
     InterruptedBatch: _interrupted_batch,

@@ -13,31 +13,11 @@ import itertools
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
-from engine.core.config import Config
-from engine.core.events import (
-    SCHEMA_VERSION,
-    Accepted,
-    Checkpoint,
-    Consumed,
-    Enqueued,
-    Event,
-    Filtered,
-    Interrupted,
-    InterruptedBatch,
-    Paused,
-    Recomputed,
-    Rejected,
-    Resumed,
-    ResumedBatch,
-    RunStarted,
-    Segment,
-    Stage,
-    Submitted,
-    Version,
-)
-from engine.core.reducer import EMPTY, State, fold
+from engine.core.events import SCHEMA_VERSION, Event
+from engine.core.reducer import State, fold
+from engine.log.codec import BATCH_TYPES, DECODE, ENCODE, Row
 
 
 class LogError(Exception):
@@ -81,30 +61,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE UNIQUE INDEX IF NOT EXISTS enqueued_once ON events (rollout) WHERE type = 'enqueued';
 """
 
-# Row columns: (seq, type, rollout, version, tokens, t, data).  One encoder and one
-# decoder per event type; rare fields go in ``data`` (text or JSON).  An encoder
-# builds the whole row from the sequence number and the event, in one tuple.
-Row = tuple[int, str, "str | None", "int | None", "int | None", "float | None", "str | None"]
-
-_ENCODE: dict[type, Callable[[int, Any], Row]] = {
-    RunStarted: lambda s, e: (s, "run_started", None, None, None, e.t, json.dumps(e.config.to_json())),
-    Enqueued: lambda s, e: (s, "enqueued", e.rollout, None, e.attempt, e.t, e.prompt),
-    Submitted: lambda s, e: (s, "submitted", e.rollout, e.version, None, e.t, None),
-    Segment: lambda s, e: (s, "segment", e.rollout, e.version, e.tokens, e.t, None),
-    Interrupted: lambda s, e: (s, "interrupted", e.rollout, None, None, e.t, None),
-    Accepted: lambda s, e: (s, "accepted", e.rollout, None, None, e.t, None),
-    Rejected: lambda s, e: (s, "rejected", e.rollout, None, None, e.t, e.reason),
-    Filtered: lambda s, e: (s, "filtered", e.rollout, None, None, e.t, e.reason),
-    Consumed: lambda s, e: (s, "consumed", None, None, None, e.t, json.dumps(e.rollouts)),
-    Version: lambda s, e: (s, "version", None, e.version, None, e.t, None),
-    Paused: lambda s, e: (s, "paused", None, None, None, e.t, None),
-    Resumed: lambda s, e: (s, "resumed", e.rollout, e.version, None, e.t, None),
-    Recomputed: lambda s, e: (s, "recomputed", e.rollout, e.version, None, e.t, None),
-    Checkpoint: lambda s, e: (s, "checkpoint", None, e.version, None, e.t, e.path),
-    Stage: lambda s, e: (s, "stage", None, None, None, e.t, json.dumps([e.path, e.phase, e.detail])),
-    InterruptedBatch: lambda s, e: (s, "interrupted_batch", None, e.version, None, e.t, json.dumps([e.rollouts, e.tokens])),
-    ResumedBatch: lambda s, e: (s, "resumed_batch", None, e.version, None, e.t, json.dumps(e.rollouts)),
-}
+#: Rows decoded at once when reading (:meth:`EventLog.chunks`).
+READ_CHUNK = 256
 
 #: Rows per INSERT statement: a batch is written in statements of ``_CHUNK`` rows, then
 #: of the powers of two below it (at most six more statements for the remainder), so a
@@ -122,33 +80,13 @@ _INSERT = {rows: "INSERT INTO events VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?
 #: in use); a NaN in an event was stored as NULL already.
 _NULL = float("nan")
 
-_DECODE: dict[str, Callable[[Any, Any, Any, Any, Any], Event]] = {
-    "run_started": lambda r, v, n, t, d: RunStarted(Config.from_json(json.loads(d)), t),
-    "enqueued": lambda r, v, n, t, d: Enqueued(r, d, n, t),
-    "submitted": lambda r, v, n, t, d: Submitted(r, v, t),
-    "segment": lambda r, v, n, t, d: Segment(r, v, n, t),
-    "interrupted": lambda r, v, n, t, d: Interrupted(r, t),
-    "accepted": lambda r, v, n, t, d: Accepted(r, t),
-    "rejected": lambda r, v, n, t, d: Rejected(r, d, t),
-    "filtered": lambda r, v, n, t, d: Filtered(r, d, t),
-    "consumed": lambda r, v, n, t, d: Consumed(tuple(json.loads(d)), t),
-    "version": lambda r, v, n, t, d: Version(v, t),
-    "paused": lambda r, v, n, t, d: Paused(t),
-    "resumed": lambda r, v, n, t, d: Resumed(r, v, t),
-    "recomputed": lambda r, v, n, t, d: Recomputed(r, v, t),
-    "checkpoint": lambda r, v, n, t, d: Checkpoint(v, d, t),
-    "stage": lambda r, v, n, t, d: Stage(*json.loads(d), t),
-    "interrupted_batch": lambda r, v, n, t, d: InterruptedBatch(*map(tuple, json.loads(d)), v, t),
-    "resumed_batch": lambda r, v, n, t, d: ResumedBatch(tuple(json.loads(d)), v, t),
-}
-
 #: The event types whose ``data`` lists the rollouts they name, as SQL (``records(rollout=...)`` searches it).
-_BATCH_TYPES = "('consumed', 'interrupted_batch', 'resumed_batch')"
+_BATCH_TYPES = "(" + ", ".join(f"'{kind}'" for kind in BATCH_TYPES) + ")"
 
 
 def _decode_row(seq: int, kind: str, rollout: Any, version: Any, tokens: Any, t: Any, data: Any) -> Event:
     try:
-        return _DECODE[kind](rollout, version, tokens, t, data)
+        return DECODE[kind](rollout, version, tokens, t, data)
     except Exception as err:  # an unknown type or a damaged row: name it, never skip it
         raise TornLog(f"event {seq} ({kind!r}, rollout {rollout!r}) is damaged: {err!r}", seq) from err
 
@@ -206,7 +144,7 @@ class EventLog:
         if not events:
             return self.last_seq
         first = self.last_seq + 1
-        encode = _ENCODE
+        encode = ENCODE
         rows = [encode[type(event)](seq, event) for seq, event in zip(itertools.count(first), events)]
         last = first + len(rows) - 1
         db = self._db
@@ -238,48 +176,72 @@ class EventLog:
         return (row[0] for row in self._db.execute("SELECT rollout FROM events WHERE type = 'enqueued'"))
 
     def records(self, start: int = 1, rollout: str | None = None) -> Iterator[tuple[int, Event]]:
-        """``(seq, event)`` pairs from ``start`` on (only ``rollout``'s when given).
-
-        Raises :class:`TornLog` at a gap in the sequence or a tail that does not
-        match the committed last sequence number.  Events committed by another
-        writer after the read began are left for the next read."""
+        """``(seq, event)`` pairs from ``start`` on (only ``rollout``'s when given),
+        checked as :meth:`chunks` checks them."""
         if rollout is not None:
-            query = f"SELECT * FROM events WHERE seq >= ? AND (rollout = ? OR (type IN {_BATCH_TYPES} AND data LIKE ?)) ORDER BY seq"
-            rows = self._db.execute(query, (start, rollout, f"%{json.dumps(rollout)}%"))
-            for seq, *columns in rows:
-                event = _decode_row(seq, *columns)
-                if rollout == getattr(event, "rollout", None) or rollout in getattr(event, "rollouts", ()):
-                    yield seq, event
-            return
+            return self._history(start, rollout)
+        return itertools.chain.from_iterable(zip(itertools.count(first), events) for first, events in self.chunks(start))
+
+    def events(self, start: int = 1) -> Iterator[Event]:
+        """The events from ``start`` on, in order (checked as :meth:`records` checks them)."""
+        return itertools.chain.from_iterable(events for _, events in self.chunks(start))
+
+    def _history(self, start: int, rollout: str) -> Iterator[tuple[int, Event]]:
+        """The records that name ``rollout`` (the row's column, or the rollouts a batch event lists)."""
+        query = f"SELECT * FROM events WHERE seq >= ? AND (rollout = ? OR (type IN {_BATCH_TYPES} AND data LIKE ?)) ORDER BY seq"
+        for seq, *columns in self._db.execute(query, (start, rollout, f"%{json.dumps(rollout)}%")):
+            event = _decode_row(seq, *columns)
+            if rollout == getattr(event, "rollout", None) or rollout in getattr(event, "rollouts", ()):
+                yield seq, event
+
+    def chunks(self, start: int = 1) -> Iterator[tuple[int, list[Event]]]:
+        """The events from ``start`` on as ``(first seq, events)`` chunks of up to
+        :data:`READ_CHUNK`, each decoded in one pass: the fastest way to read a log.
+
+        Raises :class:`TornLog` at a gap in the sequence, at a damaged row (after a
+        chunk of the events before it) or at a tail that does not match the committed
+        last sequence number.  Events committed by another writer after the read began
+        are left for the next read."""
         expected = start
         try:
             # Read the committed tail first, then only rows up to it: rows appended by a
             # writer while we read are not ours, and rows missing below it are damage.
             committed = int(self._meta("last_seq", "0"))
             cursor = self._db.execute("SELECT * FROM events WHERE seq >= ? AND seq <= ? ORDER BY seq", (start, committed))
-            cursor.arraysize = 4096
-            decode = _DECODE
-            while True:
-                rows = cursor.fetchmany()
-                if not rows:
-                    break
-                for seq, kind, rollout_id, version, tokens, t, data in rows:
-                    if seq != expected:
-                        raise TornLog(f"{self.path}: event {expected} is missing (next stored is {seq})", expected)
+            decode = DECODE
+            while rows := cursor.fetchmany(READ_CHUNK):
+                events = None
+                # seq is the primary key, so the rows are distinct and ascending: the
+                # chunk is contiguous exactly when its first and last rows are in place.
+                if rows[0][0] == expected and rows[-1][0] == expected + len(rows) - 1:
                     try:
-                        event = decode[kind](rollout_id, version, tokens, t, data)
-                    except Exception:
-                        event = _decode_row(seq, kind, rollout_id, version, tokens, t, data)
-                    yield seq, event
-                    expected += 1
+                        events = [decode[kind](r, v, n, t, d) for _, kind, r, v, n, t, d in rows]
+                    except Exception:  # a damaged row: found and named below
+                        events = None
+                if events is None:
+                    good, error = self._salvage(rows, expected)
+                    if good:
+                        yield expected, good
+                    raise error
+                yield expected, events
+                expected += len(rows)
         except sqlite3.DatabaseError as err:
             raise TornLog(f"{self.path}: damaged after event {expected - 1}: {err}", expected) from err
         if expected <= committed:
             raise TornLog(f"{self.path}: the log ends at event {expected - 1} but {committed} were committed", expected)
 
-    def events(self, start: int = 1) -> Iterator[Event]:
-        """The events from ``start`` on, in order."""
-        return (event for _, event in self.records(start))
+    def _salvage(self, rows: list[Any], expected: int) -> tuple[list[Event], TornLog]:
+        """The events of ``rows`` before the first missing or damaged one, and the error naming it."""
+        good: list[Event] = []
+        for seq, kind, rollout, version, tokens, t, data in rows:
+            if seq != expected:
+                return good, TornLog(f"{self.path}: event {expected} is missing (next stored is {seq})", expected)
+            try:
+                good.append(_decode_row(seq, kind, rollout, version, tokens, t, data))
+            except TornLog as err:
+                return good, err
+            expected += 1
+        raise AssertionError("a chunk that failed to decode decoded row by row")  # pragma: no cover
 
     def close(self) -> None:
         self._db.close()
@@ -298,7 +260,7 @@ def replay(path: str | Path) -> State:
 
         return fold(read_jsonl(path))
     with EventLog(_existing(path)) as log:
-        return fold(log.events(), EMPTY)
+        return fold(log.events())
 
 
 def _existing(path: str | Path) -> Path:
