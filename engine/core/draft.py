@@ -3,10 +3,11 @@
 A :class:`Draft` starts from a frozen :class:`~engine.core.state.State` and records
 what the events change on top of it, in plain dicts (cheaper to read and write than
 a persistent map's mutation); :meth:`Draft.freeze` builds the next immutable state
-from the frozen one and those changes, in time proportional to the changes.  The
-ready queue is edited the same way: rollouts accepted and rollouts gone since the
-frozen queue, applied at freeze, so a rollout accepted and consumed between two
-freezes never touches the persistent queue at all.
+from the frozen one and those changes, in time proportional to the changes, and
+goes on from it.  The ready queue is edited the same way: the rollouts accepted and
+the rollouts gone since the last freeze become one layer of edits over the frozen
+queue (see :mod:`engine.core.ready`), so a rollout accepted and consumed between
+two freezes never touches the persistent queue at all.
 
 Only :mod:`engine.core.reducer` uses drafts; nothing here checks a rule.
 """
@@ -17,7 +18,8 @@ import immutables
 
 from engine.core.config import Config
 from engine.core.events import Checkpoint
-from engine.core.state import NEW, ReadyQueue, Record, Rollout, State
+from engine.core.ready import ReadyQueue, layered
+from engine.core.state import NEW, Record, Rollout, State
 
 #: The record a draft reads for an id that is not live: status NEW, so the table
 #: refuses every event about it but ``enqueued``.
@@ -58,9 +60,9 @@ class Draft:
         return self.top.get(rollout) or self.base.get(rollout) or ABSENT
 
     def freeze(self) -> State:
-        """The immutable state this draft holds now (the draft stays usable)."""
-        top = self.top
-        rollouts = self.base
+        """The immutable state this draft holds now; the draft then goes on from it
+        (the changes folded so far now live in the frozen state, not in the draft)."""
+        rollouts, top = self.base, self.top
         if top:
             changed = rollouts.mutate()
             for rollout, record in top.items():
@@ -68,20 +70,10 @@ class Draft:
                     del changed[rollout]
                 else:
                     changed[rollout] = _new_record(Rollout, record)
-            rollouts = changed.finish()
-        queue = self.queue
-        if self.added or self.removed:
-            queue = queue.edited(self.removed, self.added)
-        fields = (self.config, self.version, self.paused, rollouts, tuple(self.counts), self.events, self.checkpoint, queue)
-        return _new_record(State, fields)
-
-    def snapshot(self) -> State:
-        """Freeze, then keep drafting on top of the frozen state (the changes folded so
-        far are not applied again at the next freeze)."""
-        state = self.freeze()
-        self.base, self.queue = state.rollouts, state.queue
-        if self.top:
+            self.base = rollouts = changed.finish()
             self.top = {}
-        if self.added or self.removed:
+        queue = self.queue
+        if self.added or self.removed:  # one layer of edits; the queue keeps the two dicts
+            self.queue = queue = layered(queue, self.removed, self.added)
             self.added, self.removed = {}, {}
-        return state
+        return _new_record(State, (self.config, self.version, self.paused, rollouts, tuple(self.counts), self.events, self.checkpoint, queue))

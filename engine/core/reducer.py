@@ -44,6 +44,7 @@ from engine.core.events import (
     Submitted,
     Version,
 )
+from engine.core.ready import ReadyQueue
 from engine.core.state import (
     CONSUMED,
     EMPTY,
@@ -57,7 +58,6 @@ from engine.core.state import (
     RUNNING,
     STATUS_NAMES,
     TERMINAL,
-    ReadyQueue,
     Record,
     Rollout,
     State,
@@ -340,7 +340,7 @@ class Folder:
     def state(self) -> State:
         """The current state (cached until the next event; costs the changes since the last one)."""
         if self._state is None:
-            self._state = self._draft.snapshot()
+            self._state = self._draft.freeze()
         return self._state
 
     # Reads of the current state that take no snapshot.

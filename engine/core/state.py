@@ -1,5 +1,5 @@
 """What the ledger knows at one moment: statuses, a rollout's record, the immutable
-:class:`State`, its ready queue and the capacity rule.
+:class:`State` (with its ready queue, :mod:`engine.core.ready`) and the capacity rule.
 
 Nothing here changes a state: :mod:`engine.core.table` says which moves are legal,
 :mod:`engine.core.reducer` makes them.  The ready queue lives in the state (kept by
@@ -9,13 +9,14 @@ rollouts without scanning every live one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple, Protocol
 
 import immutables
 
 from engine.core.config import Config
 from engine.core.events import Checkpoint
+from engine.core.ready import EMPTY_QUEUE, ReadyQueue
 
 # Rollout statuses.  NEW is the pseudo-status of an id the ledger has not seen;
 # the finished statuses (consumed, rejected, filtered) are numbered last.
@@ -46,71 +47,6 @@ class Rollout(NamedTuple):
 #: A rollout's record as a plain tuple (the fields of :class:`Rollout`, in order): what
 #: the reducer builds while it folds; a :class:`Rollout` is one too.
 Record = tuple[int, str, int, int, int, int | None, int, int]
-
-
-class ReadyQueue(NamedTuple):
-    """The ready rollouts in the order batches take them: lowest ``head_version``
-    first, then earliest accepted.
-
-    One doubly linked list per head version, in acceptance order: ``heads`` are the
-    head versions with a ready rollout (ascending), ``groups`` maps each to its
-    (first, last) rollout, ``links`` maps each ready rollout to its (previous, next)
-    one in its group.  Adding or removing a rollout touches O(1) entries of the two
-    persistent maps (O(log n) each), so taking a batch of ``k`` costs O(k log n).
-    """
-
-    heads: tuple[int, ...]
-    groups: immutables.Map[int, tuple[str, str]]  # head version -> (first rollout, last rollout)
-    links: immutables.Map[str, tuple[str | None, str | None]]  # rollout -> (previous, next) in its group
-
-    def rollouts(self) -> Iterator[str]:
-        """The ready rollouts, oldest first, lazily."""
-        for head in self.heads:
-            yield from self.group(head)
-
-    def group(self, head: int) -> Iterator[str]:
-        """The ready rollouts that started under version ``head``, earliest accepted first."""
-        links = self.links
-        rollout: str | None = self.groups[head][0]
-        while rollout is not None:
-            yield rollout
-            rollout = links[rollout][1]
-
-    def edited(self, removed: Mapping[str, int], added: Mapping[str, int]) -> ReadyQueue:
-        """The queue without the ``removed`` rollouts and with the ``added`` ones put at
-        the end of their head version's group, in the order given (rollout -> head
-        version in both).  ``self`` is left as it is."""
-        heads = self.heads
-        groups, links = self.groups.mutate(), self.links.mutate()
-        for rollout, head in removed.items():
-            previous, following = links.pop(rollout)
-            if previous is not None:
-                links[previous] = (links[previous][0], following)
-            if following is not None:
-                links[following] = (previous, links[following][1])
-            if previous is None:
-                if following is None:  # it was alone in its group
-                    del groups[head]
-                    heads = tuple(h for h in heads if h != head)
-                else:  # it was the first
-                    groups[head] = (following, groups[head][1])
-            elif following is None:  # it was the last
-                groups[head] = (groups[head][0], previous)
-        for rollout, head in added.items():
-            group = groups.get(head)
-            if group is None:  # a new group, in head order
-                groups[head] = (rollout, rollout)
-                links[rollout] = (None, None)
-                heads = tuple(sorted((*heads, head))) if heads and heads[-1] > head else (*heads, head)
-            else:
-                first, last = group
-                links[last] = (links[last][0], rollout)
-                links[rollout] = (last, None)
-                groups[head] = (first, rollout)
-        return ReadyQueue(heads, groups.finish(), links.finish())
-
-
-EMPTY_QUEUE = ReadyQueue((), immutables.Map(), immutables.Map())
 
 
 class State(NamedTuple):
