@@ -1,9 +1,11 @@
-"""Ledger core benchmarks: fold rate against SimPy's raw event rate, SQLite append
-and replay, and folded-state memory as rollouts finish.
+"""Ledger core benchmarks: fold rate against the frozen baseline reducer
+(benchmarks/baseline_reducer.py) and SimPy's raw event rate, SQLite append and
+replay, and folded-state memory as rollouts finish.
 
     python benchmarks/bench_ledger.py [--events 1000000]
 
-Prints one table; every figure is measured in this run, on one core.
+Prints one table; every figure is measured in this run, on one core.  The fold and
+the baseline fold are timed in turns (best of five each), so a busy machine slows both.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import simpy  # noqa: E402
 
+from benchmarks import baseline_reducer  # noqa: E402
 from benchmarks.mixed_log import _generate, mixed_log  # noqa: E402
 from engine.core.reducer import EMPTY, Folder, apply, fold  # noqa: E402
 from engine.log import EventLog, replay  # noqa: E402
@@ -37,6 +40,18 @@ def best_of(runs: int, work: Callable[[], object]) -> float:
         work()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def in_turns(runs: int, first: Callable[[], object], second: Callable[[], object]) -> tuple[float, float]:
+    """Fastest of ``runs`` timings of each, in seconds, the two run in turns."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(runs):
+        for work, spent in ((first, times[0]), (second, times[1])):
+            gc.collect()
+            start = time.perf_counter()
+            work()
+            spent.append(time.perf_counter() - start)
+    return min(times[0]), min(times[1])
 
 
 def simpy_timeouts(n: int) -> float:
@@ -101,15 +116,27 @@ def main() -> None:
 
     events = mixed_log(args.events)
     n = len(events)
-    fold_rate = n / best_of(3, lambda: fold(events))
+    fold_s, baseline_s = in_turns(5, lambda: fold(events), lambda: baseline_reducer.fold(events))
+    fold_rate, baseline_rate = n / fold_s, n / baseline_s
+    new, old = fold(events), baseline_reducer.fold(events)
+    assert (new.counts, new.version, new.events, dict(new.rollouts)) == (old.counts, old.version, old.events, dict(old.rollouts))
     rows.append(("fold (mixed log, 256 in flight)", f"{fold_rate:,.0f} events/s", ">= 1,000,000"))
+    rows.append(("baseline fold (benchmarks/baseline_reducer.py)", f"{baseline_rate:,.0f} events/s", ""))
+    rows.append(("fold vs baseline fold", f"{fold_rate / baseline_rate:.2f}x", ">= 1.5x"))
 
-    folder_rate = n / best_of(1, lambda: _fold_with_folder(events))
-    rows.append(("Folder.apply, one event at a time", f"{folder_rate:,.0f} events/s", ""))
+    folder_s, baseline_folder_s = in_turns(3, lambda: _fold_with_folder(events, Folder), lambda: _fold_with_folder(events, baseline_reducer.Folder))
+    rows.append(("Folder.apply, one event at a time", f"{n / folder_s:,.0f} events/s", ""))
+    rows.append(("Folder.apply vs baseline Folder.apply", f"{baseline_folder_s / folder_s:.2f}x", ""))
+    snapshots_s, baseline_snapshots_s = in_turns(
+        3, lambda: _fold_with_folder(events, Folder, snapshot=True), lambda: _fold_with_folder(events, baseline_reducer.Folder, snapshot=True)
+    )
+    rows.append(("Folder.apply + Folder.state after each event", f"{n / snapshots_s:,.0f} events/s", ""))
+    rows.append(("  the same vs baseline", f"{baseline_snapshots_s / snapshots_s:.2f}x", ""))
 
     sample = events[: min(n, 200_000)]
-    apply_rate = len(sample) / best_of(1, lambda: _apply_each(sample))
-    rows.append(("apply (new immutable state per event)", f"{apply_rate:,.0f} events/s", ""))
+    apply_s, baseline_apply_s = in_turns(1, lambda: _apply_each(sample, apply, EMPTY), lambda: _apply_each(sample, baseline_reducer.apply, baseline_reducer.EMPTY))
+    rows.append(("apply (new immutable state per event)", f"{len(sample) / apply_s:,.0f} events/s", ""))
+    rows.append(("apply vs baseline apply", f"{baseline_apply_s / apply_s:.2f}x", ""))
 
     cluster = simpy_cluster()
     bare = simpy_timeouts(1_000_000)
@@ -146,16 +173,21 @@ def main() -> None:
         print(f"{name:<{width}}  {value:>{value_width}}  {target}")
 
 
-def _fold_with_folder(events: list) -> None:
-    folder = Folder()
-    for event in events:
-        folder.apply(event)
+def _fold_with_folder(events: list, folder_class: Callable[[], Any], snapshot: bool = False) -> None:
+    folder = folder_class()
+    if snapshot:
+        for event in events:
+            folder.apply(event)
+            folder.state  # noqa: B018  (a shell that reads the state after every event)
+    else:
+        for event in events:
+            folder.apply(event)
 
 
-def _apply_each(events: list) -> None:
-    state = EMPTY
+def _apply_each(events: list, apply_one: Callable[[Any, Any], Any], empty: Any) -> None:
+    state = empty
     for event in events:
-        state = apply(state, event)
+        state = apply_one(state, event)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,26 @@
+from dataclasses import MISSING, fields
+
 import pytest
 
 from engine.core.config import Config, ConfigError
 
+# The defaults the design documents for a run's config (DESIGN.md: "config fields not
+# given take documented defaults (policy = "admission", max_staleness = null, dp_size =
+# 1)"; the Config docstring: on_stale drops), stated here apart from the code.
+DOCUMENTED_DEFAULTS = {"max_staleness": None, "policy": "admission", "on_stale": "drop", "dp_size": 1}
 
-def test_defaults():
+
+def test_fields_not_given_take_the_documented_defaults():
     config = Config.from_json({"max_concurrent": 8, "batch_size": 4})
-    assert (config.max_staleness, config.policy, config.on_stale, config.dp_size) == (None, "admission", "drop", 1)
+    assert config.to_json() == {"max_concurrent": 8, "batch_size": 4, **DOCUMENTED_DEFAULTS}
+    optional = {f.name for f in fields(Config) if f.default is not MISSING or f.default_factory is not MISSING}
+    assert optional == set(DOCUMENTED_DEFAULTS)  # a new optional field needs a documented default
+
+
+def test_given_values_replace_every_default():
+    given = {"max_concurrent": 8, "batch_size": 4, "max_staleness": 3, "policy": "strict", "on_stale": "requeue", "dp_size": 2}
+    assert all(given[name] != default for name, default in DOCUMENTED_DEFAULTS.items())
+    assert Config.from_json(given).to_json() == given
 
 
 @pytest.mark.parametrize(

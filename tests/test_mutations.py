@@ -4,14 +4,14 @@ counterexample naming the broken invariant."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 from hypothesis import Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 import properties.profiles  # noqa: F401  (registers and loads the Hypothesis profile)
-from engine.core import policies, reducer
+from engine.core import policies, reducer, table
 from engine.core.events import Accepted, Enqueued
 from engine.core.reducer import (
     CONSUMED,
@@ -51,6 +51,14 @@ def _capacity_with(accepted_extra: Callable, version_shift: int = 0) -> Callable
     return capacity
 
 
+def _plant_capacity(mp: pytest.MonkeyPatch, rule: Callable) -> None:
+    """Replace the capacity rule wherever it is looked up by name at run time: the
+    reducer's admission guard (engine.core.table) and the reducer module, whose
+    ``capacity`` the invariants, the liveness check and ``Folder.capacity`` call."""
+    mp.setattr(table, "capacity", rule)
+    mp.setattr(reducer, "capacity", rule)
+
+
 def _double_decrement_on_reject(original: Callable) -> Callable:
     def move(draft, rollout, status, record):
         original(draft, rollout, status, record)
@@ -63,13 +71,13 @@ def _double_decrement_on_reject(original: Callable) -> Callable:
 #: name -> (plant(monkeypatch), invariants allowed to catch it, policy whose machine hunts it)
 MUTATIONS: dict[str, tuple[Callable, set[str], str | None]] = {
     "filter without capacity recovery": (
-        lambda mp: mp.setattr(reducer, "capacity", _capacity_with(lambda counts: counts[FILTERED])),
+        lambda mp: _plant_capacity(mp, _capacity_with(lambda counts: counts[FILTERED])),
         {"capacity_rule", "capacity_recovered", "capacity_recovery", "differential", "liveness"},
         "strict",
     ),
     "filter without capacity recovery, formula check off": (
         lambda mp: (
-            mp.setattr(reducer, "capacity", _capacity_with(lambda counts: counts[FILTERED])),
+            _plant_capacity(mp, _capacity_with(lambda counts: counts[FILTERED])),
             mp.setattr(invariants, "capacity_rule", lambda state: None),
         ),
         {"capacity_recovered", "capacity_recovery", "differential", "liveness"},
@@ -86,13 +94,13 @@ MUTATIONS: dict[str, tuple[Callable, set[str], str | None]] = {
         None,
     ),
     "version recovery off by one": (
-        lambda mp: mp.setattr(reducer, "capacity", _capacity_with(lambda counts: 0, version_shift=-1)),
+        lambda mp: _plant_capacity(mp, _capacity_with(lambda counts: 0, version_shift=-1)),
         {"capacity_rule", "differential", "liveness", "capacity_recovery"},
         None,
     ),
     "version recovery off by one, formula check off": (
         lambda mp: (
-            mp.setattr(reducer, "capacity", _capacity_with(lambda counts: 0, version_shift=-1)),
+            _plant_capacity(mp, _capacity_with(lambda counts: 0, version_shift=-1)),
             mp.setattr(invariants, "capacity_rule", lambda state: None),
         ),
         {"differential", "liveness", "capacity_recovery"},

@@ -1,18 +1,22 @@
+import random
+
 import pytest
 from conftest import admitted, started
 
 from engine.core import policies
 from engine.core.events import (
     Accepted,
+    Consumed,
     Enqueued,
     Filtered,
     Interrupted,
     Recomputed,
     Resumed,
     Segment,
+    Submitted,
     Version,
 )
-from engine.core.reducer import apply, fold
+from engine.core.reducer import READY, RUNNING, Folder, apply, capacity, fold
 
 
 def test_admission_never_filters():
@@ -113,3 +117,81 @@ def test_admission_batches_are_oldest_first_and_never_skip():
     state = fold([Accepted("new1"), Accepted("old"), Accepted("new2"), Version(9)], state)
     assert policies.select_batch(state, 2) == ("old", "new1")
     assert policies.select_batch(state, 5) == ("old", "new1", "new2")
+
+
+# --- the ready queue the policies read, against a scan of every live rollout ----------
+
+
+def _by_scan(state):
+    """Ready rollouts and records, oldest first, found by scanning and sorting every live
+    record (what the policies did before the state kept a ready queue)."""
+    ready = [(rollout, record) for rollout, record in state.rollouts.items() if record.status == READY]
+    return sorted(ready, key=lambda item: (item[1].head_version, item[1].order))
+
+
+def _select_by_scan(state, size):
+    return tuple(rollout for rollout, record in _by_scan(state) if not policies.is_stale(state, record))[:size]
+
+
+def _on_version_by_scan(state):
+    events = []
+    for rollout, record in _by_scan(state):
+        if state.config.policy != "admission" and policies.is_stale(state, record):
+            events.append(Filtered(rollout, "stale"))
+            if state.config.on_stale == "requeue":
+                events.append(policies.retry(rollout, record))
+    return tuple(events)
+
+
+def _recompute_by_scan(state):
+    if state.config.policy != "segment_wise":
+        return ()
+    v = state.version
+    return tuple(Recomputed(r, v) for r, rec in _by_scan(state) if rec.recomputed_version is None and rec.tail_version == v - 1)
+
+
+def _random_run(config, seed, steps):
+    """States of a pseudo-random run driven by the policies, with rollouts taken out of
+    the middle of the ready queue too (filtered directly, consumed out of order)."""
+    rng = random.Random(seed)
+    folder = Folder(started(**config))
+    born = 0
+    for _ in range(steps):
+        state = folder.state
+        yield state
+        running = sorted(r for r, rec in state.rollouts.items() if rec.status == RUNNING)  # sorted: the map's order
+        ready = sorted(r for r, rec in state.rollouts.items() if rec.status == READY)  # depends on string hashes
+        roll = rng.random()
+        if roll < 0.35 and capacity(state) > 0:
+            born += 1
+            folder.extend([Enqueued(f"r{born}"), Submitted(f"r{born}", rng.randint(max(0, state.version - 2), state.version))])
+        elif roll < 0.7 and running:
+            rollout = rng.choice(running)
+            folder.apply(Segment(rollout, state.version, rng.randint(1, 9)))
+            folder.extend(policies.on_complete(folder.state, rollout))
+        elif roll < 0.75 and ready:
+            folder.apply(Filtered(rng.choice(ready)))
+        elif roll < 0.8 and ready:
+            folder.apply(Consumed(tuple(rng.sample(ready, rng.randint(1, len(ready))))))
+        elif roll < 0.93:
+            batch = policies.select_batch(state, rng.randint(1, 4))
+            if batch:
+                folder.apply(Consumed(batch))
+        else:
+            folder.extend(policies.recompute_requests(state))
+            folder.apply(Version(folder.state.version + 1))
+            folder.extend(policies.on_version(folder.state))
+
+
+@pytest.mark.parametrize("policy", ["admission", "strict", "segment_wise"])
+@pytest.mark.parametrize("max_staleness", [0, 2, None])
+def test_policies_read_the_ready_queue_in_the_order_of_a_full_scan(policy, max_staleness):
+    config = {"max_concurrent": 12, "batch_size": 3, "max_staleness": max_staleness, "policy": policy, "on_stale": "requeue"}
+    states = 0
+    for state in _random_run(config, seed=len(policy) * 10 + (max_staleness or 7), steps=500):
+        for size in (1, 3, 50):
+            assert policies.select_batch(state, size) == _select_by_scan(state, size)
+        assert policies.on_version(state) == _on_version_by_scan(state)
+        assert policies.recompute_requests(state) == _recompute_by_scan(state)
+        states += state.ready > 1
+    assert states > 10  # the queue held several rollouts often enough to order them

@@ -3,9 +3,12 @@ import itertools
 import pytest
 from conftest import admitted, started
 
+from benchmarks.mixed_log import mixed_log
 from engine.core.config import Config
 from engine.core.events import (
+    EVENT_TYPES,
     Accepted,
+    Checkpoint,
     Consumed,
     Enqueued,
     Filtered,
@@ -23,7 +26,8 @@ from engine.core.events import (
 )
 from engine.core.reducer import (
     EMPTY,
-    NEW,
+    GUARDS,
+    READY,
     STATUS_NAMES,
     TRANSITIONS,
     Folder,
@@ -31,8 +35,10 @@ from engine.core.reducer import (
     apply,
     capacity,
     fold,
+    ready_rollouts,
     status_name,
 )
+from engine.core.state import queue_of
 
 # --- AReaL StalenessManager's documented examples -------------------------------------------------
 
@@ -128,31 +134,109 @@ EVENT_FOR = {
 }
 
 REACH = {  # events that bring a fresh rollout "x" to each live status
-    NEW: [],
-    0: [Enqueued("x")],
-    1: [Enqueued("x"), Submitted("x", 0)],
-    2: [Enqueued("x"), Submitted("x", 0), Interrupted("x")],
-    3: [Enqueued("x"), Submitted("x", 0), Accepted("x")],
+    "unknown": [],
+    "pending": [Enqueued("x")],
+    "running": [Enqueued("x"), Submitted("x", 0)],
+    "interrupted": [Enqueued("x"), Submitted("x", 0), Interrupted("x")],
+    "ready": [Enqueued("x"), Submitted("x", 0), Accepted("x")],
+}
+
+# The lifecycle of DESIGN.md and docs/ledger.md, written out here by status name and
+# independently of engine.core.table: event -> {from: to} ("unknown" is an id not live).
+LIFECYCLE = {
+    "enqueued": {"unknown": "pending"},
+    "submitted": {"pending": "running"},
+    "segment": {"running": "running"},
+    "interrupted": {"running": "interrupted"},
+    "resumed": {"interrupted": "running"},
+    "interrupted_batch": {"running": "interrupted"},
+    "resumed_batch": {"interrupted": "running"},
+    "accepted": {"running": "ready"},
+    "rejected": {"running": "rejected", "interrupted": "rejected"},
+    "filtered": {"running": "filtered", "ready": "filtered"},
+    "recomputed": {"ready": "ready"},
+    "consumed": {"ready": "consumed"},
 }
 
 
-def test_table_covers_every_rollout_event():
-    assert set(TRANSITIONS) == set(EVENT_FOR)
+def test_the_table_is_the_documented_lifecycle():
+    table = {kind: {status_name(s): STATUS_NAMES[t] for s, t in row.items()} for kind, row in TRANSITIONS.items()}
+    assert table == LIFECYCLE
+
+
+def test_the_table_has_a_row_for_every_event_about_rollouts_and_guards_for_every_event():
+    about_rollouts = {cls.type for cls in EVENT_TYPES if {"rollout", "rollouts"} & set(cls._fields)}
+    assert set(TRANSITIONS) == about_rollouts == set(EVENT_FOR)
+    assert set(GUARDS) == {cls.type for cls in EVENT_TYPES}
 
 
 @pytest.mark.parametrize("status, kind", list(itertools.product(REACH, EVENT_FOR)))
-def test_every_pair_follows_the_table(status, kind):
+def test_every_pair_follows_the_lifecycle(status, kind):
     state = fold(REACH[status], started())
     event = EVENT_FOR[kind]("x")
-    target = TRANSITIONS[kind].get(status)
+    target = LIFECYCLE[kind].get(status)
     if target is None:
         with pytest.raises(IllegalTransition) as info:
             apply(state, event)
-        assert "'x'" in str(info.value) and status_name(status) in str(info.value) and kind in str(info.value)
+        assert "'x'" in str(info.value) and f"({status})" in str(info.value) and repr(kind) in str(info.value)
     else:
         after = apply(state, event)
-        assert after.status_of("x") == (STATUS_NAMES[target] if target < 4 else "unknown")
-        assert after.counts[target] == state.counts[target] + (0 if target == status else 1)
+        assert after.status_of("x") == (target if target in ("pending", "running", "interrupted", "ready") else "unknown")
+        index = STATUS_NAMES.index(target)
+        assert after.counts[index] == state.counts[index] + (0 if target == status else 1)
+
+
+def _at(*events, **config):
+    """A started run (``config``) after ``events``, with "a" running and "b" interrupted."""
+    return fold([*events], fold([Enqueued("a"), Enqueued("b"), Submitted("a", 0), Submitted("b", 0), Interrupted("b")], started(**config)))
+
+
+# Every guard of engine.core.table's GUARDS, tripped once: (guard, state, event, the
+# refusal's reason, the rollout it names or None for the ledger, that rollout's status).
+GUARD_CASES = [
+    ("first_start", started(), RunStarted(Config(1, 1)), "the run has already started", None, None),
+    ("config_is_a_config", EMPTY, RunStarted({"max_concurrent": 1}), "config must be a Config", None, None),  # type: ignore[arg-type]
+    ("started", EMPTY, Enqueued("a"), "the run has not started", None, None),
+    ("started", EMPTY, Submitted("a", 0), "the run has not started", None, None),
+    ("started", EMPTY, Version(1), "the run has not started", None, None),
+    ("unpause_only_when_paused", _at(), Resumed(), "generation is not paused", None, None),
+    ("not_paused_yet", _at(Paused()), Paused(), "generation is already paused", None, None),
+    ("version_increases", _at(Version(2)), Version(1), "version must increase: 1 after 2", None, None),
+    ("checkpoint_not_ahead", _at(), Checkpoint(1, "w.pt"), "checkpoint version 1 is ahead of the current version 0", None, None),
+    ("names_each_once", _at(), ResumedBatch((), 0), "a batch resumption must name at least one rollout", None, None),
+    ("one_count_per_rollout", _at(), InterruptedBatch(("a",), (1, 2), 0), "1 rollouts but 2 token counts", None, None),
+    ("retry_ids", _at(), Enqueued("q#2"), "reserved for retries", "q#2", "unknown"),
+    ("retry_ids", _at(), Enqueued("q", "q", 0), "attempt must be at least 1, got 0", "q", "unknown"),
+    ("may_start", _at(Enqueued("c"), Paused()), Submitted("c", 0), "generation is paused", "c", "pending"),
+    ("may_start", _at(Enqueued("c")), Submitted("c", 1), "version 1 is not between 0 and the current version 0", "c", "pending"),
+    ("may_start", _at(Enqueued("c"), max_concurrent=2), Submitted("c", 0), "no capacity", "c", "pending"),
+    ("segment_in_window", _at(), Segment("a", 1, 5), "segment version 1 must be between the rollout's last version 0", "a", "running"),
+    ("segment_in_window", _at(), Segment("a", 0, -5), "tokens must not be negative, got -5", "a", "running"),
+    ("resume_in_window", _at(), Resumed("b", 3), "resume version 3 must be between the rollout's last version 0", "b", "interrupted"),
+    (
+        "recomputed_in_window",
+        _at(Accepted("a"), Version(1)),
+        Recomputed("a", 2),
+        "recomputed version 2 must be between the rollout's version 0 and the current version 1",
+        "a",
+        "ready",
+    ),
+]
+
+
+@pytest.mark.parametrize("guard, state, event, reason, rollout, status", GUARD_CASES)
+def test_every_guard_refuses_with_its_reason(guard, state, event, reason, rollout, status):
+    with pytest.raises(IllegalTransition) as info:
+        apply(state, event)
+    assert reason in info.value.reason
+    assert (info.value.rollout, info.value.status) == (rollout, status)
+    where = "ledger" if rollout is None else f"rollout {rollout!r} ({status})"
+    assert str(info.value).startswith(f"illegal {event.type!r} for {where}: ")
+
+
+def test_every_guard_of_the_table_is_tripped_above():
+    named = {guard.__name__ for rules in GUARDS.values() for guard in (*rules.ledger, rules.rollout) if guard is not None}
+    assert named == {case[0] for case in GUARD_CASES}
 
 
 def test_an_illegal_event_leaves_the_state_unchanged():
@@ -322,3 +406,39 @@ def test_retry_ids_are_reserved():
         apply(started(), Enqueued("q", "q", 2))
     assert apply(started(), Enqueued("q#1")).pending == 1
     assert apply(started(), Enqueued("q#3", "q", 3)).pending == 1
+
+
+# --- the ready queue ------------------------------------------------------------------
+
+
+def _queue_by_scan(state):
+    """The ready rollouts in batch order, found the slow way: every live record, sorted."""
+    ready = [(record.head_version, record.order, rollout) for rollout, record in state.rollouts.items() if record.status == READY]
+    return [rollout for _, _, rollout in sorted(ready)]
+
+
+def test_the_ready_queue_orders_by_start_version_then_acceptance():
+    state = admitted(started(max_concurrent=8), "old")
+    state = fold([Version(1)], state)
+    state = admitted(state, "new1", "new2", "new3")
+    state = fold([Accepted("new2"), Accepted("old"), Accepted("new1"), Accepted("new3"), Filtered("new1")], state)
+    assert list(state.queue.rollouts()) == ["old", "new2", "new3"] == _queue_by_scan(state)
+    assert state.queue.heads == (0, 1) and list(state.queue.group(1)) == ["new2", "new3"]
+    assert [rollout for rollout, _ in ready_rollouts(state)] == ["old", "new2", "new3"]
+    later = fold([Consumed(("old", "new3"))], state)
+    assert list(later.queue.rollouts()) == ["new2"] and later.queue.heads == (1,)
+    assert list(state.queue.rollouts()) == ["old", "new2", "new3"]  # the earlier state's queue is its own
+
+
+def test_the_ready_queue_matches_a_scan_after_every_event_of_a_mixed_run():
+    events = mixed_log(6000, seed=3, in_flight=32, batch_size=8)
+    folder, state = Folder(), EMPTY
+    for i, event in enumerate(events):
+        folder.apply(event)
+        state = apply(state, event)
+        if i % 7 == 0:  # a snapshot now and then, as a shell takes them
+            assert list(folder.state.queue.rollouts()) == _queue_by_scan(folder.state)
+        assert list(state.queue.rollouts()) == _queue_by_scan(state)
+    assert folder.state == state == fold(events)
+    assert fold(events[3000:], fold(events[:3000])) == state
+    assert state.queue == queue_of(state.rollouts.items())

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 POLICIES = ("admission", "strict", "segment_wise")
 ON_STALE = ("drop", "requeue")
@@ -66,7 +67,7 @@ class Config:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> "Config":
+    def from_json(cls, obj: Mapping[str, Any]) -> Config:
         """Build from a JSON object; unknown keys and bad values raise :class:`ConfigError`."""
         known = {f.name for f in fields(cls)}
         for key in obj:

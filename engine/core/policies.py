@@ -15,13 +15,18 @@ what they return; nothing here changes a state.
   (so they survive the bump); the ready queue is purged when the version moves.
 
 ``on_stale = requeue`` turns a filtered rollout's prompt into a new attempt (:func:`retry`).
+
+Ready rollouts are read from the state's ready queue (oldest first), never by
+scanning every live rollout: a batch of ``k`` costs O(k log n).
 """
 
 from __future__ import annotations
 
+from itertools import islice
+
 from engine.core.config import Config
 from engine.core.events import Accepted, Enqueued, Event, Filtered, Recomputed
-from engine.core.reducer import READY, Rollout, State
+from engine.core.state import Rollout, State, ready_rollouts
 
 
 def _config(state: State) -> Config:
@@ -106,13 +111,16 @@ def completion(config: Config | None, version: int, rollout: str, record: Rollou
 def on_version(state: State) -> tuple[Event, ...]:
     """After the version moved: purge the ready rollouts the policy finds stale."""
     config = _config(state)
-    events: tuple[Event, ...] = ()
     if config.policy == "admission":  # no bound after admission (allowed_staleness is None)
-        return events
-    for rollout, record in _ready(state):
-        if _is_stale(config, state.version, record):
+        return ()
+    version = state.version
+    events: list[Event] = []
+    for rollout, record in ready_rollouts(state):
+        if _is_stale(config, version, record):
             events += _filter(config, rollout, record)
-    return events
+        elif config.policy == "strict":  # measured from the head: every later rollout is fresh too
+            break
+    return tuple(events)
 
 
 def recompute_requests(state: State) -> tuple[Recomputed, ...]:
@@ -124,16 +132,9 @@ def recompute_requests(state: State) -> tuple[Recomputed, ...]:
         return ()
     return tuple(
         Recomputed(rollout, state.version)
-        for rollout, record in _ready(state)
+        for rollout, record in ready_rollouts(state)
         if record.recomputed_version is None and record.tail_version == state.version - 1
     )
-
-
-def _ready(state: State) -> list[tuple[str, Rollout]]:
-    """Ready rollouts, oldest first: lowest start version, then earliest accepted."""
-    ready = [(rollout, record) for rollout, record in state.rollouts.items() if record.status == READY]
-    ready.sort(key=lambda item: (item[1].head_version, item[1].order))
-    return ready
 
 
 def select_batch(state: State, size: int) -> tuple[str, ...]:
@@ -142,9 +143,9 @@ def select_batch(state: State, size: int) -> tuple[str, ...]:
         raise ValueError(f"batch size must be at least 1, got {size}")
     config, version = _config(state), state.version
     if config.policy == "admission":  # never stale after admission (allowed_staleness is None)
-        return tuple(rollout for rollout, _ in _ready(state)[:size])
-    batch = [rollout for rollout, record in _ready(state) if not _is_stale(config, version, record)]
-    return tuple(batch[:size])
+        return tuple(islice(state.queue.rollouts(), size))
+    fresh = (rollout for rollout, record in ready_rollouts(state) if not _is_stale(config, version, record))
+    return tuple(islice(fresh, size))
 
 
 def pending_limit(config: Config) -> int | None:

@@ -1,26 +1,30 @@
-"""The pure reducer: every lifecycle rule of the ledger lives in this file.
+"""The pure reducer: the moves each event makes, and folding events into states.
 
-``apply(state, event) -> state`` folds one event; ``fold(events)`` folds many.
-Neither reads a clock, draws a random number, does I/O or mutates its inputs.
-``TRANSITIONS`` below is the whole lifecycle table of DESIGN.md: an event whose
-(status, event) pair is not in it raises :class:`IllegalTransition` and leaves the
-state as it was.  The guards next to the table (capacity, versions, pause) are the
-only other rules.
+``apply(state, event) -> state`` folds one event; ``fold(events)`` folds many;
+:class:`Folder` folds one at a time for a shell that reads the state between
+events.  None of them reads a clock, draws a random number, does I/O or mutates
+its inputs.  Which moves are legal is not decided here: every rule (the
+transition table and the guards beside it) is in :mod:`engine.core.table`, and
+each step below checks its event against that module before it changes anything,
+so an illegal event raises :class:`IllegalTransition` and leaves the state as it
+was.  The steps only apply moves.
 
 States hold live rollouts only (pending, running, interrupted, ready); finished
 ones (consumed, rejected, filtered) survive as counters, so the folded state's
-memory does not grow with the number of rollouts that finished.
+memory does not grow with the number of rollouts that finished.  The names of
+:mod:`engine.core.state` and :mod:`engine.core.table` are importable from here too.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Iterable, NamedTuple
-
-import immutables
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from engine.core.config import Config
+from engine.core.draft import ABSENT, Draft
 from engine.core.events import (
+    BY_TYPE,
     Accepted,
     Checkpoint,
     Consumed,
@@ -41,421 +45,232 @@ from engine.core.events import (
     Unpaused,
     Version,
 )
+from engine.core.ready import ReadyQueue
+from engine.core.state import (
+    CONSUMED,
+    EMPTY,
+    FILTERED,
+    INTERRUPTED,
+    LIVE,
+    NEW,
+    PENDING,
+    READY,
+    REJECTED,
+    RUNNING,
+    STATUS_NAMES,
+    TERMINAL,
+    Record,
+    Rollout,
+    State,
+    capacity,
+    ready_rollouts,
+    status_name,
+)
+from engine.core.table import (
+    GUARDS,
+    TRANSITIONS,
+    Guards,
+    IllegalTransition,
+    RolloutGuard,
+    refusal,
+)
 
-# Rollout statuses.  NEW is the pseudo-status of an id the ledger has not seen;
-# the finished statuses (consumed, rejected, filtered) are numbered last.
-NEW, PENDING, RUNNING, INTERRUPTED, READY, CONSUMED, REJECTED, FILTERED = -1, 0, 1, 2, 3, 4, 5, 6
-STATUS_NAMES = ("pending", "running", "interrupted", "ready", "consumed", "rejected", "filtered")
-LIVE = frozenset({PENDING, RUNNING, INTERRUPTED, READY})
-TERMINAL = frozenset({CONSUMED, REJECTED, FILTERED})
+# The names callers import from here: the reducer's own and those of engine.core.state
+# and engine.core.table.
+__all__ = [
+    "CONSUMED", "EMPTY", "FILTERED", "GUARDS", "INTERRUPTED", "LIVE", "NEW", "PENDING", "READY",
+    "REJECTED", "RUNNING", "STATUS_NAMES", "TERMINAL", "TRANSITIONS", "Folder", "Guards",
+    "IllegalTransition", "ReadyQueue", "Record", "Rollout", "State", "apply", "capacity", "fold",
+    "ready_rollouts", "status_name",
+]  # fmt: skip
 
-# The lifecycle: for each event type, the statuses it may start from and where it leads.
-TRANSITIONS: dict[str, dict[int, int]] = {
-    "enqueued": {NEW: PENDING},
-    "submitted": {PENDING: RUNNING},
-    "segment": {RUNNING: RUNNING},
-    "interrupted": {RUNNING: INTERRUPTED},
-    "resumed": {INTERRUPTED: RUNNING},
-    "interrupted_batch": {RUNNING: INTERRUPTED},  # segment + interrupted, for each rollout named
-    "resumed_batch": {INTERRUPTED: RUNNING},  # resumed, for each rollout named
-    "accepted": {RUNNING: READY},
-    "rejected": {RUNNING: REJECTED, INTERRUPTED: REJECTED},
-    "filtered": {RUNNING: FILTERED, READY: FILTERED},
-    "recomputed": {READY: READY},
-    "consumed": {READY: CONSUMED},
-}
+_new_record = tuple.__new__  # builds a Rollout from a plain tuple, skipping NamedTuple's slower paths
 
-
-def status_name(status: int) -> str:
-    """``'running'`` for ``RUNNING``; ``'unknown'`` for an id never seen."""
-    return "unknown" if status == NEW else STATUS_NAMES[status]
-
-
-class IllegalTransition(Exception):
-    """An event the lifecycle does not allow; names the rollout, its status and the event."""
-
-    def __init__(self, event: Event, reason: str, rollout: str | None = None, status: str | None = None) -> None:
-        self.event = event
-        self.rollout = rollout
-        self.status = status
-        self.reason = reason
-        where = f"rollout {rollout!r} ({status})" if rollout is not None else "ledger"
-        super().__init__(f"illegal {event.type!r} for {where}: {reason}")
-
-
-class Rollout(NamedTuple):
-    """What the ledger knows of one live rollout."""
-
-    status: int
-    prompt: str
-    attempt: int
-    head_version: int  # policy version the rollout started under (first segment)
-    tail_version: int  # policy version of its newest segment
-    recomputed_version: int | None  # version of recomputed proximal log-probs, if any
-    tokens: int
-    order: int  # event count when it was enqueued or accepted: orders the ready queue
+#: event type -> its rollout guard, for the event types that have one
+_GUARD: dict[str, RolloutGuard] = {kind: guards.rollout for kind, guards in GUARDS.items() if guards.rollout is not None}
 
 
-class State(NamedTuple):
-    """An immutable snapshot of the ledger.  ``counts`` is indexed by status."""
-
-    config: Config | None
-    version: int
-    paused: bool
-    rollouts: immutables.Map  # rollout id -> Rollout, live rollouts only
-    counts: tuple[int, ...]
-    events: int
-    checkpoint: Checkpoint | None
-
-    @property
-    def pending(self) -> int:
-        return self.counts[PENDING]
-
-    @property
-    def running(self) -> int:
-        """In flight: running or interrupted (both hold a generation slot)."""
-        return self.counts[RUNNING] + self.counts[INTERRUPTED]
-
-    @property
-    def interrupted(self) -> int:
-        return self.counts[INTERRUPTED]
-
-    @property
-    def ready(self) -> int:
-        return self.counts[READY]
-
-    @property
-    def consumed(self) -> int:
-        return self.counts[CONSUMED]
-
-    @property
-    def rejected(self) -> int:
-        return self.counts[REJECTED]
-
-    @property
-    def filtered(self) -> int:
-        return self.counts[FILTERED]
-
-    @property
-    def accepted(self) -> int:
-        """Accepted and not filtered afterwards; consumed ones still count (AReaL's ``accepted``)."""
-        return self.counts[READY] + self.counts[CONSUMED]
-
-    @property
-    def submitted(self) -> int:
-        """Every rollout that ever left ``pending``."""
-        return sum(self.counts) - self.counts[PENDING]
-
-    def status_of(self, rollout: str) -> str:
-        """Status name of a live rollout, ``'unknown'`` otherwise."""
-        record = self.rollouts.get(rollout)
-        return status_name(NEW if record is None else record.status)
+def _refused(draft: Draft, event: Any, rollout: str, record: Record, version: int, tokens: int) -> IllegalTransition:
+    """Why the table or the rollout guard refuses ``event`` for ``rollout`` (whose
+    record is ``record``; ``version`` and ``tokens`` are what the event gives it)."""
+    status = record[0]
+    if TRANSITIONS[event.type].get(status) is None:
+        return refusal(event, rollout, status)
+    guard = _GUARD.get(event.type)
+    reason = guard(draft, event, record, version, tokens) if guard is not None else None
+    return IllegalTransition(event, str(reason), rollout, status_name(status))
 
 
-EMPTY = State(None, 0, False, immutables.Map(), (0,) * len(STATUS_NAMES), 0, None)
-
-
-def capacity(state: State) -> int:
-    """How many more rollouts may start now (DESIGN.md's rule; never negative).
-
-    ``min(max_concurrent - running, (max_staleness + version + 1) * batch_size -
-    (accepted + running))`` with per-rank limits, 0 while paused or before the run.
-    """
-    config = state.config
-    if config is None or state.paused:
-        return 0
-    running = state.counts[RUNNING] + state.counts[INTERRUPTED]
-    room = config.rank_max_concurrent - running
-    if config.max_staleness is not None:
-        accepted = state.counts[READY] + state.counts[CONSUMED]
-        staleness_room = (config.max_staleness + state.version + 1) * config.rank_batch_size - (accepted + running)
-        room = min(room, staleness_room)
-    return max(0, room)
-
-
-_new_record = tuple.__new__  # builds a Rollout or a State from a plain tuple, skipping NamedTuple's slower paths
-
-
-class _Draft:
-    """A private, mutable working copy used while folding; never escapes this module."""
-
-    __slots__ = ("config", "version", "paused", "rollouts", "counts", "events", "checkpoint")
-
-    def __init__(self, state: State) -> None:
-        self.config = state.config
-        self.version = state.version
-        self.paused = state.paused
-        self.rollouts = state.rollouts.mutate()
-        self.counts = list(state.counts)
-        self.events = state.events
-        self.checkpoint = state.checkpoint
-
-    def freeze(self) -> State:
-        fields = (self.config, self.version, self.paused, self.rollouts.finish(), tuple(self.counts), self.events, self.checkpoint)
-        return _new_record(State, fields)
-
-    def snapshot(self) -> State:
-        """Freeze, then keep drafting on top of the frozen copy (O(1))."""
-        state = self.freeze()
-        self.rollouts = state.rollouts.mutate()
-        return state
-
-
-def _lookup(draft: _Draft, rollout: str, event: Event) -> tuple[Rollout, int]:
-    """The rollout's record and the status the table says ``event`` moves it to."""
-    record = draft.rollouts.get(rollout)
-    if record is not None:
-        target = TRANSITIONS[event.type].get(record[0])
-        if target is not None:
-            return record, target
-    raise _refusal(event, rollout, NEW if record is None else record[0])
-
-
-def _refusal(event: Event, rollout: str, status: int) -> IllegalTransition:
-    if status == NEW:
-        reason = "unknown rollout (never enqueued, or already finished)"
-    elif event.type == "enqueued":
-        reason = "duplicate rollout id"
-    else:
-        reason = "allowed only from " + ", ".join(status_name(s) for s in TRANSITIONS[event.type])
-    return IllegalTransition(event, reason, rollout, status_name(status))
-
-
-def _move(draft: _Draft, rollout: str, status: int, record: tuple) -> None:
-    """Count the rollout's move from ``status`` to ``record[0]`` and store ``record``
-    (the new :class:`Rollout`'s fields, as a plain tuple), or drop it for a finished
-    status: only the counters remember a finished rollout."""
+def _move(draft: Draft, rollout: str, status: int, record: Record) -> None:
+    """Count the rollout's move from ``status`` to another, ``record[0]``, and store
+    ``record`` (the new :class:`Rollout`'s fields, as a plain tuple), or drop it for a
+    finished status: only the counters remember a finished rollout.  Keeps the ready
+    queue.  (A step whose move keeps the status stores the new record itself.)"""
     target = record[0]
     counts = draft.counts
     counts[status] -= 1
     counts[target] += 1
-    if target >= CONSUMED:
-        del draft.rollouts[rollout]
+    if target < CONSUMED:
+        draft.top[rollout] = record
+    elif rollout in draft.base:
+        draft.top[rollout] = ABSENT
     else:
-        draft.rollouts[rollout] = _new_record(Rollout, record)
+        del draft.top[rollout]
+    if target == READY:
+        draft.added[rollout] = record[3]  # joins the end of its head version's group
+    elif status == READY and draft.added.pop(rollout, None) is None:
+        draft.removed[rollout] = record[3]
 
 
-def _not_started(event: Event) -> IllegalTransition:
-    """The refusal of an event that needs a started run (steps check ``draft.config is None``)."""
-    return IllegalTransition(event, "the run has not started (no run_started event yet)")
+# --- the steps: one per event type, each applying the moves its event makes ----------
+# Each rollout step asks the table (TRANSITIONS) for the status its event leads to and
+# the event's rollout guard (GUARDS) whether the move is allowed, then moves; a batch
+# step asks for every rollout it names before it moves any.
 
 
-def _run_started(draft: _Draft, event: RunStarted) -> None:
-    if draft.config is not None:
-        raise IllegalTransition(event, "the run has already started")
-    if not isinstance(event.config, Config):
-        raise IllegalTransition(event, f"config must be a Config, got {event.config!r}")
+def _run_started(draft: Draft, event: RunStarted) -> None:
     draft.config = event.config
 
 
-def _enqueued(draft: _Draft, event: Enqueued) -> None:
-    if draft.config is None:
-        raise _not_started(event)
-    record = draft.rollouts.get(event.rollout)
-    if record is not None:
-        raise _refusal(event, event.rollout, record[0])
-    if event.attempt < 1:
-        raise IllegalTransition(event, f"attempt must be at least 1, got {event.attempt}", event.rollout, "unknown")
-    _, hash_sign, number = event.rollout.rpartition("#")
-    retry_like = hash_sign and number.isdigit() and int(number) >= 2
-    if event.attempt == 1 and retry_like:
-        raise IllegalTransition(event, "ids ending in '#<n>' (n >= 2) are reserved for retries", event.rollout, "unknown")
-    if event.attempt > 1 and not event.rollout.endswith(f"#{event.attempt}"):
-        raise IllegalTransition(event, f"attempt {event.attempt} must be named '<root>#{event.attempt}'", event.rollout, "unknown")
-    target = TRANSITIONS["enqueued"][NEW]
-    prompt = event.rollout if event.prompt is None else event.prompt
-    draft.rollouts[event.rollout] = _new_record(Rollout, (target, prompt, event.attempt, -1, -1, None, 0, draft.events))
+def _enqueued(draft: Draft, event: Enqueued) -> None:
+    rollout = event.rollout
+    record = draft.top.get(rollout) or draft.base.get(rollout) or ABSENT
+    target = TRANSITIONS["enqueued"].get(record[0])
+    if target is None or _GUARD["enqueued"](draft, event, record, 0, 0):
+        raise _refused(draft, event, rollout, record, 0, 0)
+    prompt = rollout if event.prompt is None else event.prompt
+    draft.top[rollout] = (target, prompt, event.attempt, -1, -1, None, 0, draft.events)
     draft.counts[target] += 1
 
 
-def _submitted(draft: _Draft, event: Submitted) -> None:
-    if draft.config is None:
-        raise _not_started(event)
-    record, target = _lookup(draft, event.rollout, event)
-    if draft.paused:
-        raise IllegalTransition(event, "generation is paused", event.rollout, "pending")
-    if not 0 <= event.version <= draft.version:
-        raise IllegalTransition(
-            event, f"version {event.version} is not between 0 and the current version {draft.version}", event.rollout, "pending"
-        )
-    if capacity(draft) <= 0:  # type: ignore[arg-type]  # _Draft has State's fields
-        raise IllegalTransition(event, "no capacity (the capacity rule allows no more rollouts now)", event.rollout, "pending")
-    version = event.version
-    _move(draft, event.rollout, record[0], (target, record.prompt, record.attempt, version, version, None, 0, record.order))
-
-
-def _segment(draft: _Draft, event: Segment) -> None:
+def _submitted(draft: Draft, event: Submitted) -> None:
     rollout, version = event.rollout, event.version
-    record, target = _lookup(draft, rollout, event)
-    status, prompt, attempt, head, tail, recomputed, tokens, order = record
-    if not tail <= version <= draft.version:
-        raise IllegalTransition(
-            event,
-            f"segment version {version} must be between the rollout's last version {tail} "
-            f"and the current version {draft.version}",
-            rollout,
-            "running",
-        )
-    if event.tokens < 0:
-        raise IllegalTransition(event, f"tokens must not be negative, got {event.tokens}", rollout, "running")
-    _move(draft, rollout, status, (target, prompt, attempt, head, version, recomputed, tokens + event.tokens, order))
+    record = draft.top.get(rollout) or draft.base.get(rollout) or ABSENT
+    target = TRANSITIONS["submitted"].get(record[0])
+    if target is None or _GUARD["submitted"](draft, event, record, version, 0):
+        raise _refused(draft, event, rollout, record, version, 0)
+    _move(draft, rollout, record[0], (target, record[1], record[2], version, version, None, 0, record[7]))
 
 
-def _interrupted(draft: _Draft, event: Interrupted) -> None:
-    record, target = _lookup(draft, event.rollout, event)
-    _move(draft, event.rollout, record[0], (target, *record[1:]))
+def _segment(draft: Draft, event: Segment) -> None:
+    rollout, version, tokens = event.rollout, event.version, event.tokens
+    record = draft.top.get(rollout) or draft.base.get(rollout) or ABSENT
+    target = TRANSITIONS["segment"].get(record[0])
+    if target is None or _GUARD["segment"](draft, event, record, version, tokens):
+        raise _refused(draft, event, rollout, record, version, tokens)
+    moved = (target, record[1], record[2], record[3], version, record[5], record[6] + tokens, record[7])
+    if target == record[0]:  # the table keeps the status: only the record changes
+        draft.top[rollout] = moved
+    else:
+        _move(draft, rollout, record[0], moved)
 
 
-def _resumed(draft: _Draft, event: Resumed) -> None:
-    if draft.config is None:
-        raise _not_started(event)
+def _status_only(draft: Draft, event: Interrupted | Rejected | Filtered) -> None:
+    """``interrupted``, ``rejected``, ``filtered`` (no rollout guard): the status changes, nothing else."""
     rollout = event.rollout
-    record, target = _lookup(draft, rollout, event)
-    status, prompt, attempt, head, tail, recomputed, tokens, order = record
+    record = draft.top.get(rollout) or draft.base.get(rollout) or ABSENT
+    target = TRANSITIONS[event.type].get(record[0])
+    if target is None:
+        raise refusal(event, rollout, record[0])
+    _move(draft, rollout, record[0], (target, *record[1:]))
+
+
+def _resumed(draft: Draft, event: Resumed) -> None:
+    rollout = event.rollout
     version = draft.version if event.version is None else event.version
-    if not tail <= version <= draft.version:
-        raise IllegalTransition(
-            event,
-            f"resume version {version} must be between the rollout's last version {tail} "
-            f"and the current version {draft.version}",
-            rollout,
-            "interrupted",
-        )
-    _move(draft, rollout, status, (target, prompt, attempt, head, version, recomputed, tokens, order))
+    record = draft.top.get(rollout) or draft.base.get(rollout) or ABSENT
+    target = TRANSITIONS["resumed"].get(record[0])
+    if target is None or _GUARD["resumed"](draft, event, record, version, 0):
+        raise _refused(draft, event, rollout, record, version, 0)
+    _move(draft, rollout, record[0], (target, record[1], record[2], record[3], version, record[5], record[6], record[7]))
 
 
-def _unpaused(draft: _Draft, event: Unpaused) -> None:
-    if draft.config is None:
-        raise _not_started(event)
-    if not draft.paused:
-        raise IllegalTransition(event, "generation is not paused")
-    draft.paused = False
+def _accepted(draft: Draft, event: Accepted) -> None:
+    rollout = event.rollout
+    record = draft.top.get(rollout) or draft.base.get(rollout) or ABSENT
+    target = TRANSITIONS["accepted"].get(record[0])
+    if target is None:
+        raise refusal(event, rollout, record[0])
+    _move(draft, rollout, record[0], (target, record[1], record[2], record[3], record[4], record[5], record[6], draft.events))  # events: its place in the ready queue
 
 
-def _distinct(event: InterruptedBatch | ResumedBatch | Consumed, what: str) -> None:
-    """A batch event names at least one rollout, each once."""
-    if not event.rollouts:
-        raise IllegalTransition(event, f"a {what} must name at least one rollout")
-    if len(set(event.rollouts)) != len(event.rollouts):
-        raise IllegalTransition(event, f"a {what} names a rollout twice")
+def _recomputed(draft: Draft, event: Recomputed) -> None:
+    rollout, version = event.rollout, event.version
+    record = draft.top.get(rollout) or draft.base.get(rollout) or ABSENT
+    target = TRANSITIONS["recomputed"].get(record[0])
+    if target is None or _GUARD["recomputed"](draft, event, record, version, 0):
+        raise _refused(draft, event, rollout, record, version, 0)
+    moved = (target, record[1], record[2], record[3], record[4], version, record[6], record[7])
+    if target == record[0]:  # the table keeps the status: only the record changes
+        draft.top[rollout] = moved
+    else:
+        _move(draft, rollout, record[0], moved)
 
 
-def _interrupted_batch(draft: _Draft, event: InterruptedBatch) -> None:
-    _distinct(event, "batch interruption")
-    if len(event.tokens) != len(event.rollouts):
-        raise IllegalTransition(event, f"{len(event.rollouts)} rollouts but {len(event.tokens)} token counts")
-    _fold_batch(draft, event, event.tokens, "segment")
+def _checked(draft: Draft, event: Consumed | InterruptedBatch | ResumedBatch, tokens: Iterable[int]) -> list[tuple[str, Record, int, int]]:
+    """(rollout, record, target, tokens) for each rollout a batch event names, once the
+    table and the rollout guard allow every move (all or nothing)."""
+    row, guard, version = TRANSITIONS[event.type], _GUARD.get(event.type), getattr(event, "version", 0)
+    get, base_get = draft.top.get, draft.base.get
+    checked = []
+    for rollout, added in zip(event.rollouts, tokens):
+        record = get(rollout) or base_get(rollout) or ABSENT
+        target = row.get(record[0])
+        if target is None or guard is not None and guard(draft, event, record, version, added):
+            raise _refused(draft, event, rollout, record, version, added)
+        checked.append((rollout, record, target, added))
+    return checked
 
 
-def _resumed_batch(draft: _Draft, event: ResumedBatch) -> None:
-    _distinct(event, "batch resumption")
-    _fold_batch(draft, event, itertools.repeat(0), "resume")
-
-
-def _fold_batch(draft: _Draft, event: InterruptedBatch | ResumedBatch, added: Iterable[int], word: str) -> None:
-    """Move every rollout a batch event names along the event's one row of the table,
-    its tail version set to ``event.version`` and ``added`` tokens counted; all or
-    nothing: every rollout is checked (status, version range, tokens) before any moves.
-    ``word`` names the version in a refusal."""
-    ((source, target),) = TRANSITIONS[event.type].items()
-    version, current, get = event.version, draft.version, draft.rollouts.get
-    records = []
-    for rollout, tokens in zip(event.rollouts, added):
-        record = get(rollout)
-        if record is None or record[0] != source:
-            raise _refusal(event, rollout, NEW if record is None else record[0])
-        _, prompt, attempt, head, tail, recomputed, total, order = record
-        if not tail <= version <= current:
-            raise IllegalTransition(
-                event,
-                f"{word} version {version} must be between the rollout's last version {tail} and the current version {current}",
-                rollout,
-                status_name(source),
-            )
-        if tokens < 0:
-            raise IllegalTransition(event, f"tokens must not be negative, got {tokens}", rollout, status_name(source))
-        records.append((target, prompt, attempt, head, version, recomputed, total + tokens, order))
-    store = draft.rollouts.set
-    for rollout, record in zip(event.rollouts, records):
-        store(rollout, _new_record(Rollout, record))
-    draft.counts[source] -= len(records)
-    draft.counts[target] += len(records)
-
-
-def _accepted(draft: _Draft, event: Accepted) -> None:
-    record, target = _lookup(draft, event.rollout, event)
-    _move(draft, event.rollout, record[0], (target, *record[1:7], draft.events))
-
-
-def _rejected(draft: _Draft, event: Rejected) -> None:
-    record, target = _lookup(draft, event.rollout, event)
-    _move(draft, event.rollout, record[0], (target, *record[1:]))
-
-
-def _filtered(draft: _Draft, event: Filtered) -> None:
-    record, target = _lookup(draft, event.rollout, event)
-    _move(draft, event.rollout, record[0], (target, *record[1:]))
-
-
-def _recomputed(draft: _Draft, event: Recomputed) -> None:
-    record, target = _lookup(draft, event.rollout, event)
-    if not record.tail_version <= event.version <= draft.version:
-        raise IllegalTransition(
-            event,
-            f"recomputed version {event.version} must be between the rollout's version {record.tail_version} "
-            f"and the current version {draft.version}",
-            event.rollout,
-            "ready",
-        )
-    status, prompt, attempt, head, tail, _, tokens, order = record
-    _move(draft, event.rollout, status, (target, prompt, attempt, head, tail, event.version, tokens, order))
-
-
-def _consumed(draft: _Draft, event: Consumed) -> None:
-    _distinct(event, "consumed batch")
-    checked = [(rollout, *_lookup(draft, rollout, event)) for rollout in event.rollouts]  # all or nothing
-    for rollout, record, target in checked:
+def _consumed(draft: Draft, event: Consumed) -> None:
+    for rollout, record, target, _ in _checked(draft, event, itertools.repeat(0)):
         _move(draft, rollout, record[0], (target, *record[1:]))
 
 
-def _version(draft: _Draft, event: Version) -> None:
-    if draft.config is None:
-        raise _not_started(event)
-    if event.version <= draft.version:
-        raise IllegalTransition(event, f"version must increase: {event.version} after {draft.version}")
+def _interrupted_batch(draft: Draft, event: InterruptedBatch) -> None:
+    """A ``segment`` of ``tokens[i]`` under ``version``, then ``interrupted``, for each rollout."""
+    version = event.version
+    for rollout, record, target, added in _checked(draft, event, event.tokens):
+        _move(draft, rollout, record[0], (target, record[1], record[2], record[3], version, record[5], record[6] + added, record[7]))
+
+
+def _resumed_batch(draft: Draft, event: ResumedBatch) -> None:
+    """A ``resumed`` under ``version`` for each rollout."""
+    version = event.version
+    for rollout, record, target, _ in _checked(draft, event, itertools.repeat(0)):
+        _move(draft, rollout, record[0], (target, record[1], record[2], record[3], version, record[5], record[6], record[7]))
+
+
+def _version(draft: Draft, event: Version) -> None:
     draft.version = event.version
 
 
-def _paused(draft: _Draft, event: Paused) -> None:
-    if draft.config is None:
-        raise _not_started(event)
-    if draft.paused:
-        raise IllegalTransition(event, "generation is already paused")
+def _paused(draft: Draft, event: Paused) -> None:
     draft.paused = True
 
 
-def _checkpoint(draft: _Draft, event: Checkpoint) -> None:
-    if draft.config is None:
-        raise _not_started(event)
-    if event.version > draft.version:
-        raise IllegalTransition(event, f"checkpoint version {event.version} is ahead of the current version {draft.version}")
+def _unpaused(draft: Draft, event: Unpaused) -> None:
+    draft.paused = False
+
+
+def _checkpoint(draft: Draft, event: Checkpoint) -> None:
     draft.checkpoint = event
 
 
-def _stage(draft: _Draft, event: Stage) -> None:
+def _stage(draft: Draft, event: Stage) -> None:
     """Workflow progress lives in the log (see engine.workflow); the ledger only counts it."""
 
 
-_STEPS = {
+_STEPS: dict[type, Callable[[Draft, Any], None]] = {
     RunStarted: _run_started,
     Enqueued: _enqueued,
     Submitted: _submitted,
     Segment: _segment,
-    Interrupted: _interrupted,
+    Interrupted: _status_only,
     Resumed: _resumed,
     Accepted: _accepted,
-    Rejected: _rejected,
-    Filtered: _filtered,
+    Rejected: _status_only,
+    Filtered: _status_only,
     Recomputed: _recomputed,
     Consumed: _consumed,
     Version: _version,
@@ -467,30 +282,49 @@ _STEPS = {
     ResumedBatch: _resumed_batch,
 }
 
+#: event class -> (its step, its ledger guards from the table)
+_PLAN = {cls: (_STEPS[cls], GUARDS[kind].ledger) for kind, cls in BY_TYPE.items()}
 
-def _step(draft: _Draft, event: Event) -> None:
-    """Fold one event into ``draft``.  Each step validates before it changes anything,
-    so a raised :class:`IllegalTransition` leaves the draft as it was."""
+
+def _step(draft: Draft, event: Event) -> None:
+    """Fold one event into ``draft``: the event's ledger guards, then its step (which
+    checks the table and the rollout guard before it moves anything), so a raised
+    :class:`IllegalTransition` leaves the draft as it was."""
     try:
-        step = _STEPS[type(event)]
+        step, guards = _PLAN[type(event)]
     except KeyError:
         raise TypeError(f"not a ledger event: {event!r}") from None
+    for guard in guards:
+        reason = guard(draft, event)
+        if reason is not None:
+            raise IllegalTransition(event, reason)
     step(draft, event)
     draft.events += 1
 
 
 def apply(state: State, event: Event) -> State:
     """The state after ``event``; raises :class:`IllegalTransition` (``state`` untouched)."""
-    draft = _Draft(state)
+    draft = Draft(state)
     _step(draft, event)
     return draft.freeze()
 
 
 def fold(events: Iterable[Event], state: State = EMPTY) -> State:
     """Fold ``events`` onto ``state`` (the empty ledger by default)."""
-    draft = _Draft(state)
+    draft = Draft(state)
+    plan = _PLAN
     for event in events:
-        _step(draft, event)
+        try:
+            step, guards = plan[type(event)]
+        except KeyError:
+            raise TypeError(f"not a ledger event: {event!r}") from None
+        if guards:
+            for guard in guards:
+                reason = guard(draft, event)
+                if reason is not None:
+                    raise IllegalTransition(event, reason)
+        step(draft, event)
+        draft.events += 1
     return draft.freeze()
 
 
@@ -502,22 +336,21 @@ class Folder:
     __slots__ = ("_draft", "_state")
 
     def __init__(self, state: State = EMPTY) -> None:
-        self._state = state
-        self._draft = _Draft(state)
+        self._state: State | None = state
+        self._draft = Draft(state)
 
     @property
     def state(self) -> State:
-        """The current state (cached until the next event)."""
+        """The current state (cached until the next event; costs the changes since the last one)."""
         if self._state is None:
-            self._state = self._draft.snapshot()
+            self._state = self._draft.freeze()
         return self._state
 
-    # Reads of the current state that take no snapshot: a snapshot is cheap, but the
-    # next events then copy the parts of the rollout map they change.
+    # Reads of the current state that take no snapshot.
     @property
     def capacity(self) -> int:
         """:func:`capacity` of the current state (no snapshot taken)."""
-        return capacity(self._draft)  # type: ignore[arg-type]  # a draft has the fields capacity reads
+        return capacity(self._draft)
 
     @property
     def config(self) -> Config | None:
@@ -540,11 +373,12 @@ class Folder:
 
     def record(self, rollout: str) -> Rollout | None:
         """The record of a live rollout, ``None`` otherwise (records are immutable; no snapshot taken)."""
-        return self._draft.rollouts.get(rollout)
+        record = self._draft.get(rollout)
+        return None if record is ABSENT else _new_record(Rollout, record)
 
     def is_live(self, rollout: str) -> bool:
         """Whether ``rollout`` is pending, running, interrupted or ready (no snapshot taken)."""
-        return rollout in self._draft.rollouts
+        return self._draft.get(rollout) is not ABSENT
 
     def apply(self, event: Event) -> None:
         """Fold one event, atomically (every step checks before it changes anything)."""

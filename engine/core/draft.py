@@ -1,0 +1,79 @@
+"""The reducer's private working copy of a state while it folds events.
+
+A :class:`Draft` starts from a frozen :class:`~engine.core.state.State` and records
+what the events change on top of it, in plain dicts (cheaper to read and write than
+a persistent map's mutation); :meth:`Draft.freeze` builds the next immutable state
+from the frozen one and those changes, in time proportional to the changes, and
+goes on from it.  The ready queue is edited the same way: the rollouts accepted and
+the rollouts gone since the last freeze become one layer of edits over the frozen
+queue (see :mod:`engine.core.ready`), so a rollout accepted and consumed between
+two freezes never touches the persistent queue at all.
+
+Only :mod:`engine.core.reducer` uses drafts; nothing here checks a rule.
+"""
+
+from __future__ import annotations
+
+import immutables
+
+from engine.core.config import Config
+from engine.core.events import Checkpoint
+from engine.core.ready import ReadyQueue, layered
+from engine.core.state import NEW, Record, Rollout, State
+
+#: The record a draft reads for an id that is not live: status NEW, so the table
+#: refuses every event about it but ``enqueued``.
+ABSENT = Rollout(NEW, "", 0, -1, -1, None, 0, -1)
+
+_new_record = tuple.__new__  # builds a State or a Rollout from a plain tuple, skipping NamedTuple's slower paths
+
+
+class Draft:
+    """A mutable copy of a state: the fields of :class:`State` that events change
+    (``config``, ``version``, ``paused``, ``counts`` as a list, ``events``,
+    ``checkpoint``), and the live rollouts and the ready queue as a frozen part plus
+    the changes since."""
+
+    __slots__ = ("added", "base", "checkpoint", "config", "counts", "events", "paused", "queue", "removed", "top", "version")
+
+    def __init__(self, state: State) -> None:
+        self.config: Config | None = state.config
+        self.version: int = state.version
+        self.paused: bool = state.paused
+        self.counts: list[int] = list(state.counts)
+        self.events: int = state.events
+        self.checkpoint: Checkpoint | None = state.checkpoint
+        #: the live rollouts as of the last freeze
+        self.base: immutables.Map[str, Rollout] = state.rollouts
+        #: rollout -> its record now (a Rollout's fields as a plain tuple), or ABSENT
+        #: for one of ``base`` that finished since
+        self.top: dict[str, Record] = {}
+        #: the ready queue as of the last freeze
+        self.queue: ReadyQueue = state.queue
+        #: rollout -> head version: accepted since ``queue``, in acceptance order
+        self.added: dict[str, int] = {}
+        #: rollout -> head version: in ``queue`` and no longer ready
+        self.removed: dict[str, int] = {}
+
+    def get(self, rollout: str) -> Record:
+        """The live record of ``rollout`` (a Rollout's fields), or :data:`ABSENT`."""
+        return self.top.get(rollout) or self.base.get(rollout) or ABSENT
+
+    def freeze(self) -> State:
+        """The immutable state this draft holds now; the draft then goes on from it
+        (the changes folded so far now live in the frozen state, not in the draft)."""
+        rollouts, top = self.base, self.top
+        if top:
+            changed = rollouts.mutate()
+            for rollout, record in top.items():
+                if record is ABSENT:
+                    del changed[rollout]
+                else:
+                    changed[rollout] = _new_record(Rollout, record)
+            self.base = rollouts = changed.finish()
+            self.top = {}
+        queue = self.queue
+        if self.added or self.removed:  # one layer of edits; the queue keeps the two dicts
+            self.queue = queue = layered(queue, self.removed, self.added)
+            self.added, self.removed = {}, {}
+        return _new_record(State, (self.config, self.version, self.paused, rollouts, tuple(self.counts), self.events, self.checkpoint, queue))

@@ -1,0 +1,163 @@
+"""What the ledger knows at one moment: statuses, a rollout's record, the immutable
+:class:`State` (with its ready queue, :mod:`engine.core.ready`) and the capacity rule.
+
+Nothing here changes a state: :mod:`engine.core.table` says which moves are legal,
+:mod:`engine.core.reducer` makes them.  The ready queue lives in the state (kept by
+the reducer, persistent like the rest) so that a policy finds the oldest ready
+rollouts without scanning every live one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple, Protocol
+
+import immutables
+
+from engine.core.config import Config
+from engine.core.events import Checkpoint
+from engine.core.ready import EMPTY_QUEUE, ReadyQueue
+
+# Rollout statuses.  NEW is the pseudo-status of an id the ledger has not seen;
+# the finished statuses (consumed, rejected, filtered) are numbered last.
+NEW, PENDING, RUNNING, INTERRUPTED, READY, CONSUMED, REJECTED, FILTERED = -1, 0, 1, 2, 3, 4, 5, 6
+STATUS_NAMES = ("pending", "running", "interrupted", "ready", "consumed", "rejected", "filtered")
+LIVE = frozenset({PENDING, RUNNING, INTERRUPTED, READY})
+TERMINAL = frozenset({CONSUMED, REJECTED, FILTERED})
+
+
+def status_name(status: int) -> str:
+    """``'running'`` for ``RUNNING``; ``'unknown'`` for an id never seen."""
+    return "unknown" if status == NEW else STATUS_NAMES[status]
+
+
+class Rollout(NamedTuple):
+    """What the ledger knows of one live rollout."""
+
+    status: int
+    prompt: str
+    attempt: int
+    head_version: int  # policy version the rollout started under (first segment)
+    tail_version: int  # policy version of its newest segment
+    recomputed_version: int | None  # version of recomputed proximal log-probs, if any
+    tokens: int
+    order: int  # event count when it was enqueued or accepted: orders the ready queue
+
+
+#: A rollout's record as a plain tuple (the fields of :class:`Rollout`, in order): what
+#: the reducer builds while it folds; a :class:`Rollout` is one too.
+Record = tuple[int, str, int, int, int, int | None, int, int]
+
+
+class State(NamedTuple):
+    """An immutable snapshot of the ledger.  ``counts`` is indexed by status;
+    ``queue`` holds the ready rollouts in batch order."""
+
+    config: Config | None
+    version: int
+    paused: bool
+    rollouts: immutables.Map[str, Rollout]  # rollout id -> Rollout, live rollouts only
+    counts: tuple[int, ...]
+    events: int
+    checkpoint: Checkpoint | None
+    queue: ReadyQueue = EMPTY_QUEUE
+
+    @property
+    def pending(self) -> int:
+        return self.counts[PENDING]
+
+    @property
+    def running(self) -> int:
+        """In flight: running or interrupted (both hold a generation slot)."""
+        return self.counts[RUNNING] + self.counts[INTERRUPTED]
+
+    @property
+    def interrupted(self) -> int:
+        return self.counts[INTERRUPTED]
+
+    @property
+    def ready(self) -> int:
+        return self.counts[READY]
+
+    @property
+    def consumed(self) -> int:
+        return self.counts[CONSUMED]
+
+    @property
+    def rejected(self) -> int:
+        return self.counts[REJECTED]
+
+    @property
+    def filtered(self) -> int:
+        return self.counts[FILTERED]
+
+    @property
+    def accepted(self) -> int:
+        """Accepted and not filtered afterwards; consumed ones still count (AReaL's ``accepted``)."""
+        return self.counts[READY] + self.counts[CONSUMED]
+
+    @property
+    def submitted(self) -> int:
+        """Every rollout that ever left ``pending``."""
+        return sum(self.counts) - self.counts[PENDING]
+
+    def status_of(self, rollout: str) -> str:
+        """Status name of a live rollout, ``'unknown'`` otherwise."""
+        record = self.rollouts.get(rollout)
+        return status_name(NEW if record is None else record.status)
+
+
+EMPTY = State(None, 0, False, immutables.Map(), (0,) * len(STATUS_NAMES), 0, None, EMPTY_QUEUE)
+
+
+def ready_rollouts(state: State) -> Iterator[tuple[str, Rollout]]:
+    """The ready rollouts with their records, oldest first (lowest start version, then
+    earliest accepted), lazily: taking the first ``k`` costs O(k log n)."""
+    get = state.rollouts.__getitem__
+    for rollout in state.queue.rollouts():
+        yield rollout, get(rollout)
+
+
+def queue_of(rollouts: Iterable[tuple[str, Rollout]]) -> ReadyQueue:
+    """The ready queue of these live records, built from scratch (for a state made
+    without the reducer, and to check the reducer's queue against)."""
+    ready = sorted((record.head_version, record.order, rollout) for rollout, record in rollouts if record.status == READY)
+    return EMPTY_QUEUE.edited({}, {rollout: head for head, _, rollout in ready})
+
+
+class RunView(Protocol):
+    """The parts of a ledger the capacity rule and the guards read: a :class:`State`,
+    or the reducer's working copy while it folds."""
+
+    @property
+    def config(self) -> Config | None: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def paused(self) -> bool: ...
+
+    @property
+    def counts(self) -> tuple[int, ...] | list[int]: ...
+
+
+def capacity(state: RunView) -> int:
+    """How many more rollouts may start now (DESIGN.md's rule; never negative).
+
+    ``min(max_concurrent - running, (max_staleness + version + 1) * batch_size -
+    (accepted + running))`` with per-rank limits, 0 while paused or before the run.
+    """
+    config = state.config
+    if config is None or state.paused:
+        return 0
+    counts = state.counts
+    running = counts[RUNNING] + counts[INTERRUPTED]
+    dp_size = config.dp_size
+    room = (config.max_concurrent // dp_size or 1) - running  # max(1, x // n): x // n is never negative
+    if config.max_staleness is not None:
+        accepted = counts[READY] + counts[CONSUMED]
+        staleness_room = (config.max_staleness + state.version + 1) * (config.batch_size // dp_size or 1) - (accepted + running)
+        if staleness_room < room:  # noqa: PLR1730  (see below)
+            room = staleness_room
+    return room if room > 0 else 0  # noqa: FURB136  (min and max calls cost more on this hot path)
