@@ -22,6 +22,7 @@ from engine.core.events import (
     RunStarted,
     Segment,
     Submitted,
+    Unpaused,
     Version,
 )
 from engine.core.reducer import (
@@ -199,7 +200,7 @@ GUARD_CASES = [
     ("started", EMPTY, Enqueued("a"), "the run has not started", None, None),
     ("started", EMPTY, Submitted("a", 0), "the run has not started", None, None),
     ("started", EMPTY, Version(1), "the run has not started", None, None),
-    ("unpause_only_when_paused", _at(), Resumed(), "generation is not paused", None, None),
+    ("unpause_only_when_paused", _at(), Unpaused(), "generation is not paused", None, None),
     ("not_paused_yet", _at(Paused()), Paused(), "generation is already paused", None, None),
     ("version_increases", _at(Version(2)), Version(1), "version must increase: 1 after 2", None, None),
     ("checkpoint_not_ahead", _at(), Checkpoint(1, "w.pt"), "checkpoint version 1 is ahead of the current version 0", None, None),
