@@ -74,10 +74,11 @@ INTERRUPTIONS = ("partial", "restart", "none")
 
 def enqueue(keys: Iterable[str], t: float | None = None) -> tuple[Enqueued, ...]:
     """First attempts at the prompts ``keys``, each named by its key (its retries are
-    ``<key>#2``, ``<key>#3``, ...), stamped ``t`` (the shell's time, if it has one)."""
+    ``<key>#2``, ``<key>#3``, ...) and naming its prompt, stamped ``t`` (the shell's
+    time, if it has one)."""
     events = []
     for key in keys:  # a loop, not a comprehension: one Python frame less on a hot path
-        events.append(Enqueued(key, None, 1, t))
+        events.append(Enqueued(key, key, 1, t))
     return tuple(events)
 
 
@@ -96,7 +97,7 @@ def admit(keys: Iterable[str], version: int, t: float | None = None) -> tuple[Ev
     ``submitted`` for each, stamped ``t``."""
     events: list[Event] = []
     for key in keys:
-        events.append(Enqueued(key, None, 1, t))
+        events.append(Enqueued(key, key, 1, t))
         events.append(Submitted(key, version, t))
     return tuple(events)
 
