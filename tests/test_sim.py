@@ -127,7 +127,7 @@ def test_replaying_the_log_gives_the_live_state(tmp_path) -> None:
     simulation = Simulation(small("generation.on_update=partial"), log=tmp_path / "run.db")
     summary = simulation.run()
     replayed = replay(tmp_path / "run.db")
-    assert replayed == simulation.folder.state
+    assert replayed == simulation.ledger.state
     assert replayed.consumed == summary.trained_rollouts
 
 
@@ -197,9 +197,31 @@ def test_drain_finishes_in_flight_rollouts_before_each_update(tmp_path) -> None:
     assert summary.rollouts_per_s < simulate(small("generation.on_update=partial", "ledger.max_staleness=2")).rollouts_per_s
 
 
-def test_colocated_generation_and_training_do_not_overlap() -> None:
-    summary = simulate(small("training.colocated=true", "generation.servers=1", "generation.slots=64"))
-    assert summary.generator_utilisation + summary.trainer_utilisation <= 1.0 + 1e-9
+def _paused_seconds(path) -> float:
+    """Seconds the log shows generation paused: from each ``paused`` to the un-pause after it."""
+    paused_at, total = None, 0.0
+    with EventLog(path) as log:
+        for event in log.events():
+            if event.type == "paused":
+                paused_at = event.t
+            elif event.type == "resumed" and event.rollout is None:
+                total += event.t - paused_at
+                paused_at = None
+    return total
+
+
+@pytest.mark.parametrize("colocated", [True, False])
+def test_colocated_generation_and_training_do_not_overlap(tmp_path, colocated: bool) -> None:
+    """Colocated, the trainer trains only while the log shows generation paused, and the
+    servers are busy only while it does not; apart, training overlaps generation."""
+    path = tmp_path / "run.db"
+    summary = simulate(small(f"training.colocated={str(colocated).lower()}", "generation.servers=1", "generation.slots=64"), log=path)
+    paused = _paused_seconds(path)
+    trainer_busy = summary.trainer_utilisation * summary.sim_time_s
+    generator_busy = summary.generator_utilisation * summary.sim_time_s  # one server
+    assert paused > 0 and trainer_busy > 0 and generator_busy > 0
+    within = trainer_busy <= paused + 1e-6 and generator_busy <= summary.sim_time_s - paused + 1e-6
+    assert within == colocated
 
 
 def test_sweep_gives_the_same_results_with_one_or_two_workers() -> None:
