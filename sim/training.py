@@ -11,6 +11,7 @@ before training (generation and training share the devices), otherwise after it.
 
 from __future__ import annotations
 
+import gc
 from collections import deque
 from typing import TYPE_CHECKING, Callable, Generator
 
@@ -27,6 +28,10 @@ from sim.summary import SummaryBuilder
 
 if TYPE_CHECKING:
     from sim.simulator import _Live
+
+#: A weight update collects the young generations once this many more container objects
+#: were allocated than freed since the last collection (see ``Simulation.run``).
+YOUNG_OBJECTS = 10_000
 
 
 class Training:
@@ -124,6 +129,8 @@ class Training:
                 self._live[rollout].tail = version
             self._pool.reprefill()
         self._pool.thaw(now)
+        if gc.get_count()[0] >= YOUNG_OBJECTS:  # the run turned automatic collection off
+            gc.collect(1)
 
     # -- training ----------------------------------------------------------------------
 
