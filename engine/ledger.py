@@ -21,7 +21,6 @@ from engine.core.events import (
     Enqueued,
     Event,
     Recomputed,
-    RunStarted,
     Segment,
     stamped,
     to_json,
@@ -267,7 +266,7 @@ class Ledger:
     def start(self, config: Config, *, t: float | None = None) -> None:
         """Start the run with ``config`` (``run_started``; a ledger given a config at
         construction has done this already)."""
-        self._append((RunStarted(config, t),))
+        self._append(protocol.start(config, t))
 
     def enqueue(self, *keys: str, t: float | None = None) -> tuple[Event, ...]:
         """First attempts at the prompts ``keys``, named by the keys (:func:`~engine.core.protocol.enqueue`)."""

@@ -39,7 +39,7 @@ A pause that ends without a bump (an update abandoned halfway) is :func:`end_pau
 ``resumed_batch`` under the current version for the interrupted rollouts, then the
 un-pause.
 
-The other steps: :func:`enqueue`, :func:`submit` and :func:`admit` (both at once),
+The other steps: :func:`start`, :func:`enqueue`, :func:`submit` and :func:`admit` (both at once),
 :func:`complete` (the last segment, then accept, or filter and maybe
 requeue), :func:`fail` (rejected with a reason, then maybe a retry), :func:`consume`
 (select a batch and consume it), :func:`recover` (after a crash: every rollout in flight
@@ -62,6 +62,7 @@ from engine.core.events import (
     Rejected,
     Resumed,
     ResumedBatch,
+    RunStarted,
     Segment,
     Submitted,
     Version,
@@ -70,6 +71,11 @@ from engine.core.reducer import INTERRUPTED, RUNNING, Rollout, State, apply
 
 #: What a weight update does to the rollouts still generating (see :func:`begin_update`).
 INTERRUPTIONS = ("partial", "restart", "none")
+
+
+def start(config: Config, t: float | None = None) -> tuple[RunStarted]:
+    """The run starts with ``config`` (stamped ``t``)."""
+    return (RunStarted(config, t),)
 
 
 def enqueue(keys: Iterable[str], t: float | None = None) -> tuple[Enqueued, ...]:
