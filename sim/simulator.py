@@ -87,11 +87,11 @@ class Simulation(Training):
     ) -> None:
         self.scenario = scenario
         self.config = scenario.ledger_config()
-        start = 0.0
+        start, prompts = 0.0, 0
         if resume:
             if log is None or not Path(log).exists():
                 raise FileNotFoundError(f"cannot resume: no event log at {log}")
-            start = _last_time(log)
+            start, prompts = _position(log)
             self.ledger = Ledger.resume(log, requeue=True, flush_every=flush_every, check=check)
             if self.ledger.config != self.config:
                 self.ledger.close()
@@ -116,7 +116,7 @@ class Simulation(Training):
         self._pending: deque[str] = deque()
         self._pending_prompt: dict[str, int] = {}
         self._live: dict[str, _Live] = {}
-        self._prompts = 0
+        self._prompts = prompts  # drawn prompts so far, named p1, p2, ...
         self._batch_wanted: simpy.Event | None = None
         self._drained: simpy.Event | None = None
         self._done = self.env.event()
@@ -307,10 +307,17 @@ class Simulation(Training):
         return self.stats.build(env.now, self.ledger.state)
 
 
-def _last_time(log: str | Path) -> float:
-    """The time of the log's last stamped event (0 if none): a resumed run's clock starts there."""
+def _position(log: str | Path) -> tuple[float, int]:
+    """Where a resumed run picks up: the time of the log's last stamped event (its clock
+    starts there) and the number of the last drawn prompt (``p<n>``; the next is n+1)."""
+    last, prompts = 0.0, 0
     with EventLog(log) as events:
-        return max((event.t for event in events.events() if event.t is not None), default=0.0)
+        for event in events.events():
+            if event.t is not None:
+                last = max(last, event.t)
+            if type(event) is Enqueued and event.attempt == 1 and event.rollout[:1] == "p" and event.rollout[1:].isdigit():
+                prompts = max(prompts, int(event.rollout[1:]))
+    return last, prompts
 
 
 def simulate(

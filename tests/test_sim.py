@@ -278,3 +278,26 @@ def test_max_time_stops_the_clock() -> None:
     summary = simulate(small("run.rollouts=1000000", "run.max_time_s=120"))
     assert summary.sim_time_s == 120
     assert 0 < summary.trained_rollouts < 1000000
+
+
+def test_a_run_stopped_by_its_clock_resumes_from_its_log(tmp_path) -> None:
+    path = tmp_path / "run.db"
+    Simulation(small("run.max_time_s=30.5"), log=path).run()
+    stopped = replay(path)
+    assert stopped.running > 0 and 0 < stopped.consumed < 800
+    with EventLog(path) as log:
+        stopped_at = max(event.t for event in log.events() if event.t is not None)
+    resumed = Simulation(small(), log=path, resume=True)
+    resumed.run()
+    final = replay(path)
+    assert final == resumed.ledger.state and final.consumed >= 800
+    with EventLog(path) as log:
+        events = list(log.events(stopped.events + 1))
+    lost = [e for e in events if e.type == "rejected" and e.reason == "lost"]
+    assert len(lost) == stopped.running  # every rollout in flight at the stop, closed once ...
+    assert {e.rollout + "#2" for e in lost} <= {e.rollout for e in events if e.type == "enqueued"}  # ... and requeued
+    assert min(e.t for e in events if e.t is not None) >= stopped_at  # the clock goes on from the log
+    with pytest.raises(ValueError, match="was started with"):
+        Simulation(small("ledger.batch_size=8"), log=path, resume=True)
+    with pytest.raises(FileNotFoundError, match="no event log"):
+        Simulation(small(), log=tmp_path / "missing.db", resume=True)
