@@ -1,13 +1,26 @@
 """Simulator speed and memory: rollouts simulated per second, with and without the
-SQLite event log, on one core.
+SQLite event log, on one core; and partial mode's cost per event by rollouts in flight.
 
 Each row runs in its own process (so its peak resident memory is its own) and
 prints: rollouts, seconds, rollouts/s, events/s, and memory (peak RSS, and its
 growth over the process's size after imports).  Memory that stays flat from
 100,000 to 1,000,000 rollouts shows nothing grows with finished rollouts.
 
-    python benchmarks/bench_sim.py                  # the full table (1,000,000 rollouts)
-    python benchmarks/bench_sim.py --sizes 100000   # quicker
+The second table runs partial mode (every rollout in flight interrupted and resumed
+at each weight update) with N = 64, 256, 1,024 and 4,096 rollouts in flight: N
+concurrent rollouts on N / 64 servers of 64 slots, batches of N / 4 (so a rollout
+lives through about four updates whatever N), a trainer that keeps up (1 s a step,
+0.5 s weight sync), 20,480 rollouts (80 updates at N = 4,096, 5,120 at N = 64: about
+the same number of events in every row).  The cost per event should not grow with N;
+the last column is each row's cost over the first row's.
+
+``--against DIR`` runs every row a second time with the code of another checkout
+(e.g. ``git archive <commit> | tar -x -C /tmp/before``), alternating, so the two are compared in
+one run on one machine; ``--repeats`` keeps the fastest of several runs of each row.
+
+    python benchmarks/bench_sim.py                          # the full tables (1,000,000 rollouts)
+    python benchmarks/bench_sim.py --sizes 100000           # quicker
+    python benchmarks/bench_sim.py --sizes 100000 --against /tmp/before --repeats 3
 """
 
 from __future__ import annotations
@@ -25,20 +38,39 @@ from pathlib import Path
 from tqdm import tqdm
 
 #: Workloads: the default scenario, with in-flight rollouts left to run on at a
-#: weight update, or split into segments (partial rollouts: 3 more events per
-#: in-flight rollout per version).
+#: weight update, or split into segments (partial rollouts: an interrupted_batch and a
+#: resumed_batch per update naming every rollout in flight).
 WORKLOADS = {
     "run_on": ["generation.on_update=run_on"],
     "partial": ["generation.on_update=partial"],
 }
 
+#: Rollouts simulated per in-flight row.
+INFLIGHT_ROLLOUTS = 20_480
 
-def child(workload: str, rollouts: int, with_log: bool) -> dict[str, float]:
+
+def inflight_overrides(in_flight: int) -> list[str]:
+    """The partial-mode scenario with ``in_flight`` rollouts in flight (see the module docstring)."""
+    batch = max(1, in_flight // 4)
+    return [
+        "generation.on_update=partial",
+        f"ledger.max_concurrent={in_flight}",
+        f"ledger.batch_size={batch}",
+        f"generation.servers={max(1, in_flight // 64)}",
+        "generation.slots=64",
+        f"run.rollouts={max(INFLIGHT_ROLLOUTS, 20 * batch)}",
+        "training.step_base_s=1.0",
+        "training.step_per_token_s=0",
+        "training.weight_sync_s=0.5",
+    ]
+
+
+def child(overrides: list[str], with_log: bool) -> dict[str, float]:
     """Run one simulation in this process and measure it."""
     from sim.config import Scenario
     from sim.simulator import Simulation
 
-    scenario = Scenario().with_overrides([*WORKLOADS[workload], f"run.rollouts={rollouts}"])
+    scenario = Scenario().with_overrides(overrides)
     baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with tempfile.TemporaryDirectory() as folder:
         log = Path(folder) / "bench.db" if with_log else None
@@ -57,39 +89,77 @@ def child(workload: str, rollouts: int, with_log: bool) -> dict[str, float]:
     }
 
 
+def measure(root: str, overrides: list[str], with_log: bool, repeats: int) -> dict[str, float]:
+    """The fastest of ``repeats`` runs, each in a fresh process on one core, of the code under ``root``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
+    command = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(overrides), "log" if with_log else "none"]
+    if sys.platform.startswith("linux"):
+        command = ["taskset", "-c", "0", *command]  # one core
+    runs = []
+    for _ in range(repeats):
+        out = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+    return min(runs, key=lambda r: r["seconds"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="100000,1000000", help="rollout counts (comma-separated)")
+    parser.add_argument("--sizes", default="100000,1000000", help="rollout counts (comma-separated); 'none' skips the table")
     parser.add_argument("--workloads", default="run_on,partial", help=f"of {', '.join(WORKLOADS)}")
-    parser.add_argument("--child", nargs=3, metavar=("WORKLOAD", "ROLLOUTS", "LOG"), help=argparse.SUPPRESS)
+    parser.add_argument("--inflight", default="64,256,1024,4096", help="rollouts in flight of the partial-mode table; 'none' skips it")
+    parser.add_argument("--against", metavar="DIR", help="another checkout to compare with, row by row")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per row; the fastest counts (default 1)")
+    parser.add_argument("--child", nargs=2, metavar=("OVERRIDES", "LOG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        workload, rollouts, with_log = args.child
-        print(json.dumps(child(workload, int(rollouts), with_log == "log")))
+        overrides, with_log = args.child
+        print(json.dumps(child(json.loads(overrides), with_log == "log")))
         return
-    sizes = [int(s) for s in args.sizes.split(",")]
     workloads = args.workloads.split(",")
     for name in workloads:
         if name not in WORKLOADS:
             parser.error(f"unknown workload {name!r}; known are {', '.join(WORKLOADS)}")
-    rows = [(w, n, log) for w in workloads for log in ("log", "no log") for n in sizes]
-    root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
-    results = []
-    for workload, size, log in tqdm(rows, desc="benchmark runs", unit="run"):
-        command = [sys.executable, __file__, "--child", workload, str(size), "log" if log == "log" else "none"]
-        if sys.platform.startswith("linux"):
-            command = ["taskset", "-c", "0", *command]  # one core
-        out = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
-        results.append((workload, log, json.loads(out.strip().splitlines()[-1])))
-    header = f"{'workload':>8}  {'event log':>9}  {'rollouts':>9}  {'seconds':>8}  {'rollouts/s':>10}  {'events/s':>9}  {'peak MB':>8}  {'growth MB':>9}  {'log MB':>7}"
-    print(header)
-    print("-" * len(header))
-    for workload, log, r in results:
-        print(
-            f"{workload:>8}  {log:>9}  {r['rollouts']:>9,}  {r['seconds']:>8.1f}  {r['rollouts'] / r['seconds']:>10,.0f}  "
-            f"{r['events'] / r['seconds']:>9,.0f}  {r['peak_mb']:>8.1f}  {r['growth_mb']:>9.1f}  {r['log_mb']:>7.0f}"
-        )
+    sizes = [] if args.sizes == "none" else [int(s) for s in args.sizes.split(",")]
+    inflight = [] if args.inflight == "none" else [int(n) for n in args.inflight.split(",")]
+    here = str(Path(__file__).resolve().parent.parent)
+    trees = [("this", here)] + ([("against", str(Path(args.against).resolve()))] if args.against else [])
+    rows = [("size", w, n, log) for w in workloads for log in ("log", "no log") for n in sizes]
+    rows += [("inflight", "partial", n, "no log") for n in inflight]
+    results: dict[tuple[str, str, str, int, str], dict[str, float]] = {}
+    for kind, workload, n, log in tqdm(rows, desc="benchmark rows", unit="row"):
+        overrides = [*WORKLOADS[workload], f"run.rollouts={n}"] if kind == "size" else inflight_overrides(n)
+        for label, root in trees:
+            results[(label, kind, workload, n, log)] = measure(root, overrides, log == "log", args.repeats)
+    if sizes:
+        header = f"{'code':>7}  {'workload':>8}  {'event log':>9}  {'rollouts':>9}  {'seconds':>8}  {'rollouts/s':>10}  {'events/s':>9}  {'peak MB':>8}  {'growth MB':>9}  {'log MB':>7}"
+        if args.against:
+            header += f"  {'this/against':>12}"
+        print(header)
+        print("-" * len(header))
+        for _, workload, n, log in (row for row in rows if row[0] == "size"):
+            for label, _ in trees:
+                r = results[(label, "size", workload, n, log)]
+                line = (
+                    f"{label:>7}  {workload:>8}  {log:>9}  {r['rollouts']:>9,}  {r['seconds']:>8.2f}  {r['rollouts'] / r['seconds']:>10,.0f}  "
+                    f"{r['events'] / r['seconds']:>9,.0f}  {r['peak_mb']:>8.1f}  {r['growth_mb']:>9.1f}  {r['log_mb']:>7.0f}"
+                )
+                if args.against and label == "against":
+                    this = results[("this", "size", workload, n, log)]
+                    line += f"  {this['seconds'] / r['seconds']:>11.2f}x"
+                print(line)
+        print()
+    if inflight:
+        header = f"{'code':>7}  {'in flight':>9}  {'events':>8}  {'seconds':>8}  {'us/event':>8}  {'x first':>7}"
+        print("partial mode: cost per event by rollouts in flight")
+        print(header)
+        print("-" * len(header))
+        for label, _ in trees:
+            first = None
+            for n in inflight:
+                r = results[(label, "inflight", "partial", n, "no log")]
+                per_event = 1e6 * r["seconds"] / r["events"]
+                first = first or per_event
+                print(f"{label:>7}  {n:>9,}  {r['events']:>8,}  {r['seconds']:>8.2f}  {per_event:>8.2f}  {per_event / first:>6.2f}x")
 
 
 if __name__ == "__main__":

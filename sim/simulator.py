@@ -1,52 +1,42 @@
-"""The SimPy model of an asynchronous RL cluster, driven by the ledger.
+"""The SimPy model of an asynchronous RL cluster, driven through the ledger.
 
-Generation servers and the trainer only wait (SimPy timeouts) and emit ledger
-events; every lifecycle decision comes from the engine: admission from
-``reducer.capacity``, accept-or-filter from ``policies.on_complete``, batches from
-``policies.select_batch``, purges and recomputation from ``policies.on_version``
-and ``policies.recompute_requests``.  Events are folded by a ``reducer.Folder``
-and written in batches to the same SQLite log a real run writes.
+Generation servers (:mod:`sim.servers`) and the trainer only wait (SimPy timeouts)
+and ask the :class:`~engine.ledger.Ledger` to append what a step is made of; every
+lifecycle decision and every event sequence comes from the core: admission from the
+capacity rule, accept-or-filter, failures, batches and the weight update from
+:mod:`engine.core.protocol` (the order is documented there).  The ledger folds the
+events and writes them to the same SQLite log a real run writes, with the simulated
+time as ``t``.
 
-A server does continuous batching: a decode step costs ``base + per_seq * active +
-per_kv_token * kv_tokens`` and advances every active sequence by one token.
-Between two events the set of sequences is fixed, so after ``n`` steps the kv
-cache has grown by ``active * n`` tokens and the time taken is the closed form
-``T(n) = n * c0 + per_kv_token * active * n * (n - 1) / 2``; progress is advanced
-analytically with it (and its inverse), never token by token.
+This module owns the run and its generation side: dispatching rollouts to servers and
+finishing them (the trainer's loop and the weight updates are :mod:`sim.training`'s,
+the servers' arithmetic and timers :mod:`sim.servers`').  Options: a scripted workload
+(:mod:`sim.script`) instead of drawn prompts and lengths, and ``resume`` to continue
+the run of an existing log after a crash (:meth:`engine.ledger.Ledger.resume`).
 """
 
 from __future__ import annotations
 
-import heapq
+import gc
 import math
 import random
 from collections import deque
 from functools import partial
 from pathlib import Path
-from typing import Callable, Generator
+from typing import Callable
 
 import simpy
 
 from engine.core import policies
-from engine.core.events import (
-    Consumed,
-    Enqueued,
-    Event,
-    InterruptedBatch,
-    Paused,
-    Rejected,
-    Resumed,
-    ResumedBatch,
-    RunStarted,
-    Segment,
-    Submitted,
-    Version,
-    stamped,
-)
-from engine.core.reducer import Folder, State, capacity
+from engine.core.events import Accepted, Enqueued, Event, Filtered, Rejected
+from engine.core.reducer import INTERRUPTED, PENDING, READY, RUNNING, State
+from engine.ledger import Ledger
 from engine.log import EventLog
 from sim.config import Scenario
+from sim.script import Script
+from sim.servers import Pool, Server
 from sim.summary import Summary, SummaryBuilder
+from sim.training import Training
 from sim.workload import sampler
 
 #: A debug-mode check run after every event: ``check(state, event)``.
@@ -62,8 +52,8 @@ class _Live:
 
     __slots__ = ("server", "left", "prompt", "done", "segmented", "head", "tail", "start")
 
-    def __init__(self, server: "_Server", left: int, prompt: int, head: int, start: float) -> None:
-        self.server: _Server | None = server
+    def __init__(self, server: Server | None, left: int, prompt: int, head: int, start: float) -> None:
+        self.server = server
         self.left = left  # samples still generating
         self.prompt = prompt  # prompt tokens (per sample)
         self.done = 0  # response tokens of finished samples
@@ -73,29 +63,15 @@ class _Live:
         self.start = start  # submission time
 
 
-class _Server:
-    """One generation server's analytical continuous-batching state."""
-
-    __slots__ = ("index", "heap", "steps", "kv_offset", "active", "stall", "last", "epoch", "busy")
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        # (finish step, sequence number, rollout, admission step, kv tokens at admission)
-        self.heap: list[tuple[float, int, str, float, int]] = []
-        self.steps = 0.0  # decode steps done since the start (fractional between events)
-        self.kv_offset = 0.0  # sum of (kv0 - admission step): kv tokens = kv_offset + active * steps
-        self.active = 0
-        self.stall = 0.0  # prefill seconds to spend before decoding resumes
-        self.last = 0.0  # simulated time up to which progress is accounted
-        self.epoch = 0  # bumps on every re-plan; a timer of an older epoch is ignored
-        self.busy = 0.0  # seconds spent prefilling or decoding
-
-
-class Simulation:
+class Simulation(Training):
     """One simulated run of ``scenario``; :meth:`run` returns its :class:`Summary`.
 
     ``log`` names the SQLite event log to write (none when ``None``); ``progress``
-    is called with the number of rollouts trained at each training step.
+    is called with the number of rollouts trained at each training step; ``check``
+    runs after every event (debug mode).  ``script`` replaces the drawn workload by a
+    scripted one (:mod:`sim.script`).  ``resume`` continues the run in the existing
+    ``log``: rollouts in flight at the crash are rejected as lost and requeued, the
+    clock starts at the log's last time, and the summary covers the continuation.
     """
 
     def __init__(
@@ -106,417 +82,242 @@ class Simulation:
         flush_every: int = 4096,
         progress: Callable[[int], None] | None = None,
         check: Check | None = None,
+        script: Script | None = None,
+        resume: bool = False,
     ) -> None:
         self.scenario = scenario
         self.config = scenario.ledger_config()
-        self.env = simpy.Environment()
+        start, prompts = 0.0, 0
+        if resume:
+            if log is None or not Path(log).exists():
+                raise FileNotFoundError(f"cannot resume: no event log at {log}")
+            start, prompts = _position(log)
+            self.ledger = Ledger.resume(log, requeue=True, flush_every=flush_every, check=check)
+            if self.ledger.config != self.config:
+                self.ledger.close()
+                raise ValueError(f"the log at {log} was started with {self.ledger.config}, not this scenario's {self.config}")
+        else:
+            if log is not None and Path(log).exists():
+                raise FileExistsError(f"{log} already exists: a simulation writes a new event log")
+            self.ledger = Ledger(path=log, flush_every=flush_every, check=check)
+        self._resumed = resume
+        self.env = simpy.Environment(initial_time=start)
         self.rng = random.Random(scenario.run.seed)
-        self.folder = Folder()
-        if log is not None and Path(log).exists():
-            raise FileExistsError(f"{log} already exists: a simulation writes a new event log")
-        self._log = EventLog(log) if log is not None else None
-        self._flush_every = flush_every
-        self._unwritten: list[Event] = []
         self._progress = progress
-        self._check = check
+        self._script = script
         workload = scenario.workload
         self._prompt_len = sampler(workload.prompt_len, "workload.prompt_len")
-        self._response_len = sampler(workload.response_len, "workload.response_len")
+        self._response_len = partial(sampler(workload.response_len, "workload.response_len"), self.rng)
         self._group = workload.group_size
         generation = scenario.generation
-        self._servers = [_Server(i) for i in range(generation.servers)]
-        self._slots = generation.slots
-        self._base = generation.step_base_s
-        self._per_seq = generation.step_per_seq_s
-        self._per_kv = generation.step_per_kv_token_s
-        self._prefill = generation.prefill_per_token_s
+        self._pool = Pool(generation, self.env, self._finished)
         self._on_update = generation.on_update
-        self._paused = False
+        self._interrupted: tuple[str, ...] = ()
         self._pending: deque[str] = deque()
         self._pending_prompt: dict[str, int] = {}
         self._live: dict[str, _Live] = {}
-        self._prompts = 0
-        self._sequences = 0
+        self._prompts = prompts  # drawn prompts so far, named p1, p2, ...
         self._batch_wanted: simpy.Event | None = None
         self._drained: simpy.Event | None = None
         self._done = self.env.event()
         self.stats = SummaryBuilder(scenario, generation.servers)
-        self._emit = self._emitter()
 
-    # -- the ledger ------------------------------------------------------------------
+    @property
+    def state(self) -> State:
+        """The ledger's current state."""
+        return self.ledger.state
 
-    def _emitter(self) -> Callable[[Event], None]:
-        """The function that folds one event and queues it for the log (the hot path:
-        built once, with only the steps this run needs)."""
-        apply = self.folder.apply
-        check = self._check
-        if self._log is None and check is None:
-            return apply
-        unwritten = self._unwritten
-        limit = self._flush_every
-        folder = self.folder
-
-        def emit(event: Event) -> None:
-            apply(event)
-            if check is not None:
-                check(folder.state, event)
-            if self._log is not None:
-                unwritten.append(event)
-                if len(unwritten) >= limit:
-                    self._flush()
-
-        return emit
-
-    def _flush(self) -> None:
-        if self._log is not None and self._unwritten:
-            self._log.append(self._unwritten)
-            self._unwritten.clear()
-
-    def _policy_events(self, events: tuple[Event, ...], now: float) -> None:
-        """Emit what a policy returned, and keep the shell's books on each event.
-
-        A requeued prompt (``enqueued`` after ``filtered``) keeps the filtered rollout's prompt length."""
-        prompt = 0
+    def _books(self, events: tuple[Event, ...], prompt: int = 0) -> None:
+        """Keep the shell's books on events the ledger appended for the protocol: an
+        accepted rollout may complete a batch, a filtered or rejected one's work is
+        wasted, an enqueued attempt joins the pending queue with the prompt length of
+        the rollout it replaces (``prompt`` when none does)."""
+        stats = self.stats
         for event in events:
-            self._emit(stamped(event, now))
-            kind = event.type
-            if kind == "accepted":
-                self.stats.accepted += 1
+            if type(event) is Accepted:
+                stats.accepted += 1
                 self._wake_trainer()
-            elif kind == "filtered":
+            elif type(event) is Filtered or type(event) is Rejected:
                 live = self._live.pop(event.rollout)
                 prompt = live.prompt
-                self.stats.filtered += 1
-                self.stats.wasted_tokens += live.done
-            elif kind == "enqueued":
+                stats.wasted_tokens += live.done
+                if type(event) is Filtered:
+                    stats.filtered += 1
+            elif type(event) is Enqueued:
                 self._pending.append(event.rollout)
                 self._pending_prompt[event.rollout] = prompt
 
     # -- generation ------------------------------------------------------------------
 
-    def _advance(self, server: _Server, now: float) -> None:
-        """Account the server's progress from ``server.last`` to ``now`` (same sequences)."""
-        elapsed = now - server.last
-        server.last = now
-        if elapsed <= 0 or server.active == 0 or self._paused:
-            return
-        server.busy += elapsed
-        if server.stall > 0:
-            used = min(server.stall, elapsed)
-            server.stall -= used
-            elapsed -= used
-            if elapsed <= 0:
-                return
-        active = server.active
-        c0 = self._base + self._per_seq * active + self._per_kv * (server.kv_offset + active * server.steps)
-        q = self._per_kv * active / 2  # T(n) = q n^2 + (c0 - q) n
-        b = c0 - q
-        server.steps += elapsed / c0 if q == 0 else 2 * elapsed / (b + math.sqrt(b * b + 4 * q * elapsed))
-
-    def _plan(self, server: _Server) -> None:
-        """Schedule the server's next sequence completion (cancelling any earlier timer)."""
-        server.epoch += 1
-        if self._paused or server.active == 0:
-            return
-        steps = max(0.0, server.heap[0][0] - server.steps)
-        active = server.active
-        c0 = self._base + self._per_seq * active + self._per_kv * (server.kv_offset + active * server.steps)
-        q = self._per_kv * active / 2
-        delay = server.stall + q * steps * steps + (c0 - q) * steps
-        timer = self.env.timeout(delay)
-        timer.callbacks.append(partial(self._on_timer, server, server.epoch))
-
-    def _on_timer(self, server: _Server, epoch: int, _event: simpy.Event) -> None:
-        """A server's timer fired: finish the sequences due now, then refill free slots."""
-        if epoch != server.epoch:
-            return
-        now = self.env.now
-        self._advance(server, now)
-        heap = server.heap
-        server.steps = max(server.steps, heap[0][0])  # land exactly on the finishing step
+    def _finished(self, server: Server, now: float, done: list[tuple[str, int]]) -> None:
+        """Sequences finished on ``server`` (the pool re-plans it afterwards): complete the
+        rollouts whose last sample this was, then refill free slots."""
         finished: list[str] = []
         live_of = self._live
-        while heap and heap[0][0] <= server.steps + 1e-9:
-            finish, _, rollout, admitted, kv0 = heapq.heappop(heap)
-            server.active -= 1
-            server.kv_offset -= kv0 - admitted
+        for rollout, tokens in done:
             live = live_of[rollout]
-            live.done += int(round(finish - admitted))
+            live.done += tokens
             live.left -= 1
             if live.left == 0:
                 finished.append(rollout)
         for rollout in finished:
             self._complete(rollout, now)
-        if self._drained is not None and self.folder.state.running == 0:
+        if self._drained is not None and self.ledger.count(RUNNING) + self.ledger.count(INTERRUPTED) == 0:
             self._drained.succeed()
             self._drained = None
         self._dispatch(now, server)
-        self._plan(server)
 
     def _complete(self, rollout: str, now: float) -> None:
-        """A rollout's last sample finished: report its segment, then ask the policy."""
+        """A rollout's last sample finished: it closes its segment and the policy decides
+        (a scripted failure is rejected instead, and maybe retried)."""
         live = self._live[rollout]
         live.server = None
-        self._emit(Segment(rollout, live.tail, live.done - live.segmented, now))
-        live.segmented = live.done
         stats = self.stats
         stats.generated_tokens += live.done
         stats.latency_sum += now - live.start
         stats.latency_count += 1
-        self._policy_events(policies.on_complete(self.folder.state, rollout), now)
+        script = self._script
+        if script is not None and (outcome := script.attempt(rollout).outcome) != "accept":
+            self._books(self.ledger.fail(rollout, outcome, max_retries=script.max_retries, t=now))
+            return
+        events = self.ledger.complete(rollout, tokens=live.done - live.segmented, t=now)
+        live.segmented = live.done
+        self._books(events)
 
-    def _dispatch(self, now: float, planning: _Server | None = None) -> None:
+    def _dispatch(self, now: float, planning: Server | None = None) -> None:
         """Start as many rollouts as the capacity rule and the free slots allow.
 
         ``planning`` is a server whose caller re-plans it anyway (it is up to date)."""
-        if self._paused:
+        pool = self._pool
+        if pool.paused:
             return
-        state = self.folder.state
-        room = capacity(state)
+        ledger = self.ledger
+        room = ledger.capacity
         if room <= 0:
             return
         # Each prompt enqueued here is submitted at once, so the pending queue's room
-        # (policies.enqueue_room) stays what it is now for the whole dispatch.
-        enqueue_room = policies.enqueue_room(state)
+        # (policies.room_to_enqueue) stays what it is now for the whole dispatch.
+        enqueue_room = 0 if self._script is not None else policies.room_to_enqueue(ledger.config, ledger.count(PENDING))  # type: ignore[arg-type]
         group = self._group
-        slots = self._slots
-        servers = self._servers
+        slots = pool.slots
         pending = self._pending
-        emit = self._emit
-        touched: list[_Server] = []
-        version = state.version
+        version = ledger.version
+        touched: dict[Server, None] = {}
         while room > 0:
-            server = min(servers, key=_load)
+            server = pool.least_loaded()
             if slots - server.active < group:
                 break
-            if not pending:
+            if pending:
+                rollout = pending.popleft()
+                prompt = self._pending_prompt.pop(rollout)
+                ledger.submit((rollout,), t=now)
+            else:  # a fresh prompt, enqueued and started at once
                 if enqueue_room == 0:
                     break
-                self._enqueue(now)
-            rollout = pending.popleft()
-            prompt = self._pending_prompt.pop(rollout)
-            emit(Submitted(rollout, version, now))
+                self._prompts += 1
+                rollout = f"p{self._prompts}"
+                prompt = self._prompt_len(self.rng)
+                ledger.admit(rollout, t=now)
             room -= 1
             if server is not planning and server not in touched:
-                self._advance(server, now)
-                touched.append(server)
+                pool.advance(server, now)
+                touched[server] = None
             self._start(server, rollout, prompt, version, now)
         for server in touched:
-            self._plan(server)
+            pool.plan(server)
 
-    def _enqueue(self, now: float) -> None:
-        self._prompts += 1
-        rollout = f"p{self._prompts}"
-        self._emit(Enqueued(rollout, None, 1, now))
-        self._pending.append(rollout)
-        self._pending_prompt[rollout] = self._prompt_len(self.rng)
-
-    def _start(self, server: _Server, rollout: str, prompt: int, version: int, now: float) -> None:
-        """Put a rollout's samples on ``server`` (already advanced to ``now``)."""
+    def _start(self, server: Server, rollout: str, prompt: int, version: int, now: float) -> None:
+        """Put a rollout's samples on ``server`` (already advanced to ``now``), submitted under ``version``."""
         self._live[rollout] = _Live(server, self._group, prompt, version, now)
-        steps = server.steps
-        draw = self._response_len
-        rng = self.rng
-        for _ in range(self._group):
-            self._sequences += 1
-            heapq.heappush(server.heap, (steps + draw(rng), self._sequences, rollout, steps, prompt))
-            server.kv_offset += prompt - steps
-        server.active += self._group
-        server.stall += self._prefill * prompt  # the group shares its prompt's prefill
-
-    # -- weight updates ----------------------------------------------------------------
-
-    def _pause(self) -> Generator[simpy.Event, object, None]:
-        """Stop generation: capacity drops to 0 and every server freezes.  In ``drain``
-        mode admissions stop first and the in-flight rollouts finish before the freeze."""
-        if self._on_update == "drain":
-            self._emit(Paused(self.env.now))
-            while self.folder.state.running:
-                self._drained = self.env.event()
-                yield self._drained
-        now = self.env.now
-        for server in self._servers:
-            self._advance(server, now)
-            server.epoch += 1
-        self._paused = True
-        if self._on_update != "drain":
-            self._emit(Paused(now))
-
-    def _resume(self, now: float) -> None:
-        self._paused = False
-        self._emit(Resumed(None, None, now))
-        for server in self._servers:
-            server.last = now
-            self._plan(server)
-
-    def _generated(self, server: _Server) -> dict[str, int]:
-        """Response tokens generated so far by each unfinished rollout on ``server``."""
-        tokens: dict[str, int] = {}
-        steps = server.steps
-        for _, _, rollout, admitted, _ in server.heap:
-            tokens[rollout] = tokens.get(rollout, 0) + int(steps - admitted)
-        return tokens
-
-    def _interrupt(self, now: float) -> list[str]:
-        """Partial rollouts: close every in-flight rollout's segment before the update, in
-        one ``interrupted_batch`` per segment version (all share the current one)."""
-        by_version: dict[int, tuple[list[str], list[int]]] = {}
-        for server in self._servers:
-            for rollout, tokens in self._generated(server).items():
-                live = self._live[rollout]
-                reached = live.done + tokens
-                rollouts, segments = by_version.setdefault(live.tail, ([], []))
-                rollouts.append(rollout)
-                segments.append(reached - live.segmented)
-                live.segmented = reached
-        interrupted: list[str] = []
-        for version, (rollouts, segments) in by_version.items():
-            self._emit(InterruptedBatch(tuple(rollouts), tuple(segments), version, now))
-            interrupted += rollouts
-        return interrupted
-
-    def _continue(self, interrupted: list[str], now: float) -> None:
-        """Partial rollouts continue under the new version after re-prefilling their kv cache."""
-        version = self.folder.state.version
-        for rollout in interrupted:
-            self._live[rollout].tail = version
-        if interrupted:
-            self._emit(ResumedBatch(tuple(interrupted), version, now))
-        for server in self._servers:
-            if server.active:
-                kv_tokens = server.kv_offset + server.active * server.steps
-                server.stall += self._prefill * kv_tokens
-
-    def _restart(self, now: float) -> None:
-        """Restart mode: drop every in-flight rollout's progress and requeue its prompt first."""
-        state = self.folder.state
-        retries: list[str] = []
-        for server in self._servers:
-            if not server.heap:
-                continue
-            for rollout, tokens in self._generated(server).items():
-                live = self._live.pop(rollout)
-                self.stats.wasted_tokens += live.done + tokens
-                self.stats.generated_tokens += live.done + tokens
-                self.stats.restarted += 1
-                self.stats.latency_sum += now - live.start
-                self.stats.latency_count += 1
-                self._emit(Rejected(rollout, "none", now))
-                retry = policies.retry(rollout, state.rollouts[rollout])
-                self._emit(stamped(retry, now))
-                self._pending_prompt[retry.rollout] = live.prompt
-                retries.append(retry.rollout)
-            server.heap.clear()
-            server.active = 0
-            server.kv_offset = 0.0
-            server.stall = 0.0
-        self._pending.extendleft(reversed(retries))
-
-    # -- training ----------------------------------------------------------------------
-
-    def _wake_trainer(self) -> None:
-        wanted = self._batch_wanted
-        if wanted is not None and self.folder.state.ready >= self.config.batch_size:
-            self._batch_wanted = None
-            wanted.succeed()
-
-    def _trainer(self) -> Generator[simpy.Event, object, None]:
-        """The trainer process: wait for a batch, train, recompute, update the weights."""
-        env = self.env
-        scenario = self.scenario
-        training = scenario.training
-        size = self.config.batch_size
-        group = self._group
-        stats = self.stats
-        goal = scenario.run.rollouts
-        while True:
-            batch: tuple[str, ...] = ()
-            while True:
-                state = self.folder.state
-                if state.ready >= size:
-                    batch = policies.select_batch(state, size)
-                    if len(batch) == size:
-                        break
-                self._batch_wanted = env.event()
-                waited_from = env.now
-                yield self._batch_wanted
-                stats.trainer_idle_s += env.now - waited_from
-            now = env.now
-            version = state.version
-            self._emit(Consumed(batch, now))
-            tokens = 0
-            for rollout in batch:
-                live = self._live.pop(rollout)
-                tokens += group * live.prompt + live.done
-                stats.staleness(version - live.head)
-            stats.consumed += size
-            stats.trained_tokens += tokens
-            if training.colocated:
-                yield from self._pause()
-            busy_from = env.now
-            yield env.timeout(training.step_base_s + training.step_per_token_s * tokens)
-            requests = policies.recompute_requests(self.folder.state)
-            if requests:
-                recompute_tokens = sum(group * self._live[r.rollout].prompt + self._live[r.rollout].done for r in requests)
-                yield env.timeout(training.recompute_per_token_s * recompute_tokens)
-                for request in requests:
-                    self._emit(stamped(request, env.now))
-            stats.trainer_busy_s += env.now - busy_from
-            if not training.colocated:
-                yield from self._pause()
-            interrupted: list[str] = []
-            if self._on_update == "partial":
-                interrupted = self._interrupt(env.now)
-            elif self._on_update == "restart":
-                self._restart(env.now)
-            yield env.timeout(training.weight_sync_s)
-            now = env.now
-            self._emit(Version(self.folder.state.version + 1, now))
-            self._policy_events(policies.on_version(self.folder.state), now)
-            if interrupted:
-                self._continue(interrupted, now)
-            self._resume(now)
-            self._dispatch(now)
-            if self._progress is not None:
-                self._progress(stats.consumed)
-            if stats.consumed >= goal:
-                self._done.succeed()
-                return
+        if self._script is not None:
+            tokens = self._script.attempt(rollout).tokens
+            self._pool.start(server, rollout, prompt, lambda: tokens, self._group)
+        else:
+            self._pool.start(server, rollout, prompt, self._response_len, self._group)
 
     # -- running -------------------------------------------------------------------------
 
+    def _prepare(self) -> None:
+        """Start the run (or pick up a resumed one) and fill the pending queue."""
+        ledger, now = self.ledger, self.env.now
+        if not self._resumed:
+            ledger.start(self.config, t=now)
+        else:
+            if ledger.paused:  # died during a weight update: it is abandoned
+                ledger.end_pause(t=now)
+            state = ledger.state
+            for _, rollout, record in sorted((record.order, rollout, record) for rollout, record in state.rollouts.items()):
+                prompt = self._script.prompt_tokens if self._script is not None else self._prompt_len(self.rng)
+                if record.status == PENDING:
+                    self._pending.append(rollout)
+                    self._pending_prompt[rollout] = prompt
+                elif record.status == READY:
+                    live = self._live[rollout] = _Live(None, 0, prompt, record.head_version, now)
+                    live.done = live.segmented = record.tokens
+        if self._script is not None and not self._resumed:
+            keys = self._script.prompts
+            ledger.enqueue(*keys, t=now)
+            self._pending.extend(keys)
+            self._pending_prompt.update((key, self._script.prompt_tokens) for key in keys)
+
+    def _stop(self, _event: simpy.Event) -> None:
+        """The clock passed ``run.max_time_s``: the run ends (unless its goal ended it first)."""
+        if not self._done.triggered:
+            self._done.succeed()
+
     def run(self) -> Summary:
-        """Simulate until the scenario's goal (trained rollouts or time); returns the summary."""
+        """Simulate until the scenario's goal (trained rollouts or time); returns the summary.
+
+        Python's cyclic garbage collector is off while the clock runs; a weight update
+        collects the young generations instead, once enough objects piled up
+        (``sim.training.YOUNG_OBJECTS``): on its own schedule the collector would walk
+        every rollout in flight again and again (each lives through many collections
+        when thousands are in flight), a cost per event that grows with the number in
+        flight.  The simulation makes almost no reference cycles, so memory does not
+        grow meanwhile; the collector is restored after."""
         env = self.env
-        self._emit(RunStarted(self.config, 0.0))
-        env.process(self._trainer())
-        self._dispatch(0.0)
-        max_time = self.scenario.run.max_time_s
-        if math.isfinite(max_time):
-            env.timeout(max_time).callbacks.append(lambda _: self._done.succeed() if not self._done.triggered else None)
+        collecting = gc.isenabled()
+        gc.disable()
         try:
-            env.run(until=self._done)
-        except RuntimeError as err:
-            if self._done.triggered:
-                raise
-            state = self.folder.state
-            raise SimulationStalled(
-                f"the simulation stalled at t={env.now:.3f}s after {self.stats.consumed} trained rollouts: "
-                f"capacity {capacity(state)}, running {state.running}, ready {state.ready}, version {state.version}"
-            ) from err
+            self._prepare()
+            env.process(self._trainer())
+            self._dispatch(env.now)
+            max_time = self.scenario.run.max_time_s
+            if math.isfinite(max_time):
+                stop = env.timeout(max(0.0, max_time - env.now))
+                stop.callbacks.append(self._stop)
+            try:
+                env.run(until=self._done)
+            except RuntimeError as err:
+                if self._done.triggered:
+                    raise
+                ledger = self.ledger
+                raise SimulationStalled(
+                    f"the simulation stalled at t={env.now:.3f}s after {self.stats.consumed} trained rollouts: "
+                    f"capacity {ledger.capacity}, running {ledger.count(RUNNING) + ledger.count(INTERRUPTED)}, "
+                    f"ready {ledger.count(READY)}, version {ledger.version}"
+                ) from err
         finally:
-            self._flush()
-            if self._log is not None:
-                self._log.close()
-        for server in self._servers:
-            self._advance(server, env.now)
-        self.stats.generator_busy_s = sum(server.busy for server in self._servers)
-        return self.stats.build(env.now, self.folder.state)
+            if collecting:
+                gc.enable()
+            self.ledger.close()
+        for server in self._pool:
+            self._pool.advance(server, env.now)
+        self.stats.generator_busy_s = sum(server.busy for server in self._pool)
+        return self.stats.build(env.now, self.ledger.state)
 
 
-def _load(server: _Server) -> int:
-    """Active sequences: new rollouts go to the least loaded server (the first of equals)."""
-    return server.active
+def _position(log: str | Path) -> tuple[float, int]:
+    """Where a resumed run picks up: the time of the log's last stamped event (its clock
+    starts there) and the number of the last drawn prompt (``p<n>``; the next is n+1)."""
+    last, prompts = 0.0, 0
+    with EventLog(log) as events:
+        for event in events.events():
+            if event.t is not None:
+                last = max(last, event.t)
+            if type(event) is Enqueued and event.attempt == 1 and event.rollout[:1] == "p" and event.rollout[1:].isdigit():
+                prompts = max(prompts, int(event.rollout[1:]))
+    return last, prompts
 
 
 def simulate(

@@ -93,11 +93,11 @@ def test_a_failing_rollout_is_rejected_retried_once_and_gives_capacity_back(tmp_
         return ids
 
     ids = asyncio.run(scenario())
-    assert "p0#1" not in ids and "p0#1#2" not in ids
+    assert "p0" not in ids and "p0#2" not in ids
     with EventLog(tmp_path / "events.sqlite") as log:
         ledger.flush()
         rejected = [e for e in log.events() if isinstance(e, Rejected)]
-    assert [(e.rollout, e.reason) for e in rejected] == [("p0#1", "error"), ("p0#1#2", "error")]  # one retry, no more
+    assert [(e.rollout, e.reason) for e in rejected] == [("p0", "error"), ("p0#2", "error")]  # one retry, no more
     assert ledger.state.rejected == 2 and ledger.state.consumed == 2
     # capacity as if the failed attempts had never been admitted: one synchronous batch, all consumed
     assert capacity(ledger.state) == 0 and ledger.state.running == 0
@@ -155,7 +155,7 @@ def test_a_weight_update_interrupts_rollouts_in_flight_and_they_resume_as_a_new_
     # one event closes both segments under version 0, one resumes both under version 1
     assert [type(e).__name__ for e in events[:3]] == ["InterruptedBatch", "Version", "ResumedBatch"]
     interruption, resumption = events[0], events[2]
-    assert sorted(interruption.rollouts) == ["p0#1", "p1#1"] and interruption.version == 0
+    assert sorted(interruption.rollouts) == ["p0", "p1"] and interruption.version == 0
     assert all(tokens > 0 for tokens in interruption.tokens)  # both were generating
     assert resumption == ResumedBatch(interruption.rollouts, 1, resumption.t)
     # a rollout's two segments add up to the tokens its samples hold
@@ -209,7 +209,7 @@ def test_segment_wise_asks_for_recomputation_of_ready_rollouts_before_the_versio
         return ids
 
     consumed = asyncio.run(scenario())
-    left = {"p0#1", "p1#1", "p2#1", "p3#1"} - set(consumed)
+    left = {"p0", "p1", "p2", "p3"} - set(consumed)
     # at the first bump (0 to 1) they are fresh; before the second (1 to 2) their tail is one behind
     assert len(asked) == 1 and set(asked[0]) == left
     assert all(ledger.state.rollouts[r].recomputed_version == 1 for r in left)  # so they survive the purge

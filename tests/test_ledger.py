@@ -131,6 +131,17 @@ def test_a_ledger_with_a_log_refuses_the_id_of_a_finished_rollout(tmp_log):
     assert Ledger.resume(tmp_log).state.rejected == 1
 
 
+def test_an_id_finished_and_enqueued_again_within_one_append_is_refused(tmp_log):
+    from engine.core.events import Rejected
+
+    with Ledger(CONFIG, path=tmp_log) as ledger:
+        with pytest.raises(IllegalTransition, match="finished rollout already used it"):
+            ledger.append(Enqueued("a"), Submitted("a", 0), Rejected("a", "error"), Enqueued("a"))
+        assert ledger.state.pending == ledger.state.rejected == 0
+        ledger.append(Enqueued("b"), Submitted("b", 0), Rejected("b", "error"), Enqueued("c"))  # distinct ids go in
+        assert ledger.state.rejected == 1 and ledger.state.pending == 1
+
+
 def test_requeued_attempts_of_a_shared_prompt_do_not_collide(tmp_log):
     config = Config(max_concurrent=4, batch_size=2, max_staleness=0, policy="strict", on_stale="requeue")
     with Ledger(config, path=tmp_log) as ledger:

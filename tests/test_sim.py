@@ -127,7 +127,7 @@ def test_replaying_the_log_gives_the_live_state(tmp_path) -> None:
     simulation = Simulation(small("generation.on_update=partial"), log=tmp_path / "run.db")
     summary = simulation.run()
     replayed = replay(tmp_path / "run.db")
-    assert replayed == simulation.folder.state
+    assert replayed == simulation.ledger.state
     assert replayed.consumed == summary.trained_rollouts
 
 
@@ -197,9 +197,31 @@ def test_drain_finishes_in_flight_rollouts_before_each_update(tmp_path) -> None:
     assert summary.rollouts_per_s < simulate(small("generation.on_update=partial", "ledger.max_staleness=2")).rollouts_per_s
 
 
-def test_colocated_generation_and_training_do_not_overlap() -> None:
-    summary = simulate(small("training.colocated=true", "generation.servers=1", "generation.slots=64"))
-    assert summary.generator_utilisation + summary.trainer_utilisation <= 1.0 + 1e-9
+def _paused_seconds(path) -> float:
+    """Seconds the log shows generation paused: from each ``paused`` to the un-pause after it."""
+    paused_at, total = None, 0.0
+    with EventLog(path) as log:
+        for event in log.events():
+            if event.type == "paused":
+                paused_at = event.t
+            elif event.type == "resumed" and event.rollout is None:
+                total += event.t - paused_at
+                paused_at = None
+    return total
+
+
+@pytest.mark.parametrize("colocated", [True, False])
+def test_colocated_generation_and_training_do_not_overlap(tmp_path, colocated: bool) -> None:
+    """Colocated, the trainer trains only while the log shows generation paused, and the
+    servers are busy only while it does not; apart, training overlaps generation."""
+    path = tmp_path / "run.db"
+    summary = simulate(small(f"training.colocated={str(colocated).lower()}", "generation.servers=1", "generation.slots=64"), log=path)
+    paused = _paused_seconds(path)
+    trainer_busy = summary.trainer_utilisation * summary.sim_time_s
+    generator_busy = summary.generator_utilisation * summary.sim_time_s  # one server
+    assert paused > 0 and trainer_busy > 0 and generator_busy > 0
+    within = trainer_busy <= paused + 1e-6 and generator_busy <= summary.sim_time_s - paused + 1e-6
+    assert within == colocated
 
 
 def test_sweep_gives_the_same_results_with_one_or_two_workers() -> None:
@@ -256,3 +278,26 @@ def test_max_time_stops_the_clock() -> None:
     summary = simulate(small("run.rollouts=1000000", "run.max_time_s=120"))
     assert summary.sim_time_s == 120
     assert 0 < summary.trained_rollouts < 1000000
+
+
+def test_a_run_stopped_by_its_clock_resumes_from_its_log(tmp_path) -> None:
+    path = tmp_path / "run.db"
+    Simulation(small("run.max_time_s=30.5"), log=path).run()
+    stopped = replay(path)
+    assert stopped.running > 0 and 0 < stopped.consumed < 800
+    with EventLog(path) as log:
+        stopped_at = max(event.t for event in log.events() if event.t is not None)
+    resumed = Simulation(small(), log=path, resume=True)
+    resumed.run()
+    final = replay(path)
+    assert final == resumed.ledger.state and final.consumed >= 800
+    with EventLog(path) as log:
+        events = list(log.events(stopped.events + 1))
+    lost = [e for e in events if e.type == "rejected" and e.reason == "lost"]
+    assert len(lost) == stopped.running  # every rollout in flight at the stop, closed once ...
+    assert {e.rollout + "#2" for e in lost} <= {e.rollout for e in events if e.type == "enqueued"}  # ... and requeued
+    assert min(e.t for e in events if e.t is not None) >= stopped_at  # the clock goes on from the log
+    with pytest.raises(ValueError, match="was started with"):
+        Simulation(small("ledger.batch_size=8"), log=path, resume=True)
+    with pytest.raises(FileNotFoundError, match="no event log"):
+        Simulation(small(), log=tmp_path / "missing.db", resume=True)

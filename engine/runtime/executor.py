@@ -6,12 +6,16 @@ ledger's capacity allows; each rollout samples a GRPO group of completions from 
 task's verifier and asks the staleness policy to accept or filter it.  A rollout
 that raises or times out is ``rejected(reason=error|timeout)`` (capacity comes back
 through the reducer) and retried up to ``max_retries`` times as a new attempt.
-``prepare_batch`` returns the oldest usable rollouts; ``pause``/``resume`` and
-``set_version`` bracket a weight update, at which rollouts in flight are
-interrupted and continue under the new weights as a new segment.
+``prepare_batch`` returns the oldest usable rollouts; ``pause``, ``set_version`` and
+``resume`` are a weight update: ``pause`` interrupts the rollouts still generating,
+``set_version`` bumps the version and resumes them as a new segment under the new
+weights, ``resume`` admits again.
 
-The executor keeps no lifecycle rule of its own: capacity, staleness, batch
-selection and retries are the reducer's and :mod:`engine.core.policies`'.  Completed
+The executor keeps no lifecycle rule and spells no event sequence of its own:
+capacity, staleness, batch selection and retries are the reducer's and
+:mod:`engine.core.policies`', and every step goes through a ledger verb that appends
+what :mod:`engine.core.protocol` says it is made of.  A prompt's first attempt is
+named by its key, retries ``<key>#<n>``.  Completed
 samples go to a :class:`TrajectoryStore` before the ledger accepts them, so that a
 resumed run finds the data of every ready rollout.
 """
@@ -31,16 +35,8 @@ from typing import Any, Callable, Iterator, Sequence
 from engine.backends.local.generation import GenerationEngine, GenerationHandle
 from engine.backends.local.tasks import Problem, Task, Tokenizer
 from engine.backends.local.trainer import Sample
-from engine.core import policies
-from engine.core.events import (
-    Enqueued,
-    Event,
-    InterruptedBatch,
-    Rejected,
-    ResumedBatch,
-    Segment,
-    Submitted,
-)
+from engine.core import policies, protocol
+from engine.core.events import Enqueued, Event
 from engine.core.reducer import PENDING, READY
 from engine.ledger import Ledger
 from engine.logconfig import get_logger
@@ -95,18 +91,18 @@ class TrajectoryStore:
 
 @dataclass
 class _Flight:
-    """A rollout whose completions are being generated."""
+    """A rollout whose completions are being generated (its versions are in the ledger's record)."""
 
     rollout: str
     handles: list[GenerationHandle] = field(default_factory=list)
-    segment_version: int = 0
     segment_start: int = 0  # tokens generated before the current segment began
 
     def tokens(self) -> int:
         return sum(len(h.generation.tokens) for h in self.handles)
 
     def generating(self) -> bool:
-        return any(not h.done.done() for h in self.handles)
+        """Not every completion is done yet (a flight whose task has not submitted them yet is generating)."""
+        return not self.handles or any(not h.done.done() for h in self.handles)
 
 
 class RolloutExecutor:
@@ -156,6 +152,8 @@ class RolloutExecutor:
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
+        self._updating = False  # between pause() and resume()
+        self._interrupted: tuple[str, ...] = ()  # interrupted by pause(), not yet resumed
         self._logger = get_logger("rollout_ledger.executor")
 
     # -- plumbing --------------------------------------------------------------
@@ -207,11 +205,10 @@ class RolloutExecutor:
 
     # -- AReaL's verbs ---------------------------------------------------------
     def submit(self, key: str) -> str:
-        """Enqueue the prompt ``key`` as a new rollout (attempt 1); returns its id."""
-        rollout = f"{key}#1"
-        self.timed(self._append, Enqueued(rollout, key, 1))
+        """Enqueue the prompt ``key`` as a new rollout (attempt 1, named ``key``); returns its id."""
+        (event,) = self.timed(self._enqueue, key)
         self._notify()
-        return rollout
+        return event.rollout
 
     def ready(self) -> int:
         """Ready rollouts the policy would let a batch use now."""
@@ -254,38 +251,46 @@ class RolloutExecutor:
         return None
 
     def pause(self) -> None:
-        """Stop admissions and generation (a weight update is coming)."""
-        self.timed(self.ledger.pause)
+        """Begin a weight update: stop admissions and generation, and interrupt the
+        rollouts still generating (each closes its segment under the current version)."""
+        generating = {flight.rollout: flight.tokens() for flight in self._flights.values() if flight.generating()}
+        segments = {rollout: tokens - self._flights[rollout].segment_start for rollout, tokens in generating.items()}
+        events = self.timed(self.ledger.begin_update, segments)
+        for rollout, tokens in generating.items():
+            self._flights[rollout].segment_start = tokens
+        self._updating = True
+        self._interrupted = protocol.interrupted(events)
         self.engine.pause()
 
     def resume(self) -> None:
-        """Admit and generate again."""
-        self.timed(self.ledger.resume_generation)
+        """End the weight update: admit and generate again.  (Rollouts that
+        :meth:`pause` interrupted and no :meth:`set_version` resumed continue under the
+        current version.)"""
+        if self._interrupted:
+            self._note(self.timed(self.ledger.end_pause, self._interrupted))
+        else:
+            self.timed(self.ledger.unpause)
+        self._updating, self._interrupted = False, ()
         self.engine.resume()
         self._notify()
 
     def set_version(self, weights: dict[str, Any], recompute: Callable[[tuple[str, ...]], None] | None = None) -> int:
-        """Move to the next policy version with ``weights``: rollouts still generating are
-        interrupted (their segment closed under the old version), the ledger advances
-        (``recompute`` first, under ``segment_wise``), the engine loads the weights and
-        the interrupted rollouts resume as a new segment.  Returns the new version."""
-        old = self.ledger.version
-        interrupted = [f for f in self._flights.values() if f.generating()]
-        rollouts = tuple(flight.rollout for flight in interrupted)
-        if interrupted:  # one event closes every segment in flight, one resumes them all
-            segments = []
-            for flight in interrupted:
-                tokens = flight.tokens()
-                segments.append(tokens - flight.segment_start)
-                flight.segment_start = tokens
-            self.timed(self.ledger.append, InterruptedBatch(rollouts, tuple(segments), old))
-        self._note(self.timed(self.ledger.advance_version, None if recompute is None else self._untimed(recompute)))
+        """Move to the next policy version with ``weights``: under ``segment_wise``,
+        ``recompute`` first computes the proximal log-probs the policy asks for; then the
+        ledger bumps the version and purges, the rollouts :meth:`pause` interrupted
+        resume under the new version as a new segment, and the engine loads the
+        weights.  Without a :meth:`pause` first, the whole update (pause to resume)
+        happens here.  Returns the new version."""
+        implicit = not self._updating
+        if implicit:
+            self.pause()
+        self.timed(self.ledger.recompute, None if recompute is None else self._untimed(recompute))
+        self._note(self.timed(self.ledger.advance, self._interrupted))
+        self._interrupted = ()
         version = self.ledger.version
         self.engine.load_weights(weights, version)
-        if interrupted:
-            self.timed(self.ledger.append, ResumedBatch(rollouts, version))
-        for flight in interrupted:
-            flight.segment_version = version
+        if implicit:
+            self.resume()
         self._notify()
         return version
 
@@ -301,7 +306,7 @@ class RolloutExecutor:
             return
         keys = list(itertools.islice(prompts, room))
         if keys:
-            self._append(*(Enqueued(f"{key}#1", key, 1) for key in keys))
+            self._enqueue(*keys)
             self._notify()
 
     def _check_progress(self, wanted: int) -> None:
@@ -331,9 +336,10 @@ class RolloutExecutor:
             else:
                 await asyncio.sleep(0)
 
-    def _append(self, *events: Event) -> None:
-        self.ledger.append(*events)
+    def _enqueue(self, *keys: str) -> tuple[Event, ...]:
+        events = self.ledger.enqueue(*keys)
         self._note(events)
+        return events
 
     def _note(self, events: Sequence[Event]) -> None:
         """Remember enqueued rollouts in order: a cache of the ledger's pending queue."""
@@ -355,9 +361,8 @@ class RolloutExecutor:
             record = ledger.record(rollout)
             if record is not None and record.status == PENDING:
                 chosen.append(rollout)
-        version = ledger.version
-        ledger.append(*(Submitted(rollout, version) for rollout in chosen))
-        started = [_Flight(rollout, segment_version=version) for rollout in chosen]
+        ledger.submit(chosen)
+        started = [_Flight(rollout) for rollout in chosen]
         for flight in started:
             self._flights[flight.rollout] = flight
         return started
@@ -388,16 +393,19 @@ class RolloutExecutor:
             reason = "timeout" if isinstance(error, TimeoutError) else "error"
             self._logger.warning("rollout failed", rollout=rollout, reason=reason, error=repr(error))
             del self._flights[rollout]
-            events: tuple = (Rejected(rollout, reason),)
-            if record.attempt <= self.max_retries:
-                events += (policies.retry(rollout, record),)
-            self.timed(self._append, *events)
+            self._note(self.timed(self._fail, rollout, reason))
             self._notify()
             return
         del self._flights[rollout]
         start = time.perf_counter()
         self.store.put(rollout, samples)
         self.store_seconds += time.perf_counter() - start
-        last_segment = Segment(rollout, flight.segment_version, flight.tokens() - flight.segment_start)
-        self._note(self.timed(self.ledger.complete, rollout, last_segment))
+        self._note(self.timed(self._complete, rollout, flight.tokens() - flight.segment_start))
         self._notify()
+
+    def _fail(self, rollout: str, reason: str) -> tuple[Event, ...]:
+        return self.ledger.fail(rollout, reason, max_retries=self.max_retries)
+
+    def _complete(self, rollout: str, tokens: int) -> tuple[Event, ...]:
+        """Close the rollout's last segment; the policy accepts or filters it."""
+        return self.ledger.complete(rollout, tokens=tokens)

@@ -1,0 +1,204 @@
+"""Generation servers: the analytical continuous-batching model and the least-loaded pick.
+
+A server does continuous batching: a decode step costs ``base + per_seq * active +
+per_kv_token * kv_tokens`` and advances every active sequence by one token.
+Between two events the set of sequences is fixed, so after ``n`` steps the kv
+cache has grown by ``active * n`` tokens and the time taken is the closed form
+``T(n) = n * c0 + per_kv_token * active * n * (n - 1) / 2``; progress is advanced
+analytically with it (and its inverse), never token by token.
+
+This module owns the servers' arithmetic and their timers (a SimPy timeout per server
+for its next finishing sequence), and knows nothing of the ledger: it hands the
+finished sequences to a callback of :mod:`sim.simulator`, which emits the events.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from functools import partial
+from operator import attrgetter
+from typing import Callable, Iterator
+
+import simpy
+
+from sim.config import GenerationSection
+
+#: Called when sequences finish: ``finished(server, now, [(rollout, tokens), ...])``.
+Finished = Callable[["Server", float, list[tuple[str, int]]], None]
+
+
+class Server:
+    """One generation server's analytical continuous-batching state."""
+
+    __slots__ = ("index", "heap", "steps", "kv_offset", "active", "stall", "last", "epoch", "busy")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        # (finish step, sequence number, rollout, admission step, kv tokens at admission)
+        self.heap: list[tuple[float, int, str, float, int]] = []
+        self.steps = 0.0  # decode steps done since the start (fractional between events)
+        self.kv_offset = 0.0  # sum of (kv0 - admission step): kv tokens = kv_offset + active * steps
+        self.active = 0
+        self.stall = 0.0  # prefill seconds to spend before decoding resumes
+        self.last = 0.0  # simulated time up to which progress is accounted
+        self.epoch = 0  # bumps on every re-plan; a timer of an older epoch is ignored
+        self.busy = 0.0  # seconds spent prefilling or decoding
+
+
+#: Up to this many servers, :meth:`Pool.least_loaded` scans them (in C); beyond, it keeps a heap.
+SCAN_SERVERS = 16
+
+
+class Pool:
+    """The servers of a run with their cost model.  :meth:`least_loaded` finds the server
+    with the fewest active sequences (the first of equals): a scan of a few servers, or
+    for many in O(log servers) from a heap of ``(active, index)`` entries, one pushed
+    whenever a server's load changes (:meth:`loaded`), stale ones dropped when they
+    reach the top."""
+
+    def __init__(self, generation: GenerationSection, env: simpy.Environment, finished: Finished) -> None:
+        self.servers = [Server(i) for i in range(generation.servers)]
+        for server in self.servers:
+            server.last = env.now
+        self.env = env
+        self.finished = finished
+        self.paused = False  # every server frozen (a weight update)
+        self.slots = generation.slots
+        self.base = generation.step_base_s
+        self.per_seq = generation.step_per_seq_s
+        self.per_kv = generation.step_per_kv_token_s
+        self.prefill = generation.prefill_per_token_s
+        self._sequences = 0
+        self._loads = [(0, i) for i in range(len(self.servers))]
+        self._heaped = len(self.servers) > SCAN_SERVERS
+        if not self._heaped:  # a scan, with no bookkeeping
+            self.least_loaded = partial(min, self.servers, key=attrgetter("active"))  # type: ignore[method-assign]
+
+    def __iter__(self) -> Iterator[Server]:
+        return iter(self.servers)
+
+    # -- load ------------------------------------------------------------------------
+    def least_loaded(self) -> Server:
+        """The server with the fewest active sequences; the lowest index among equals.
+        (For a few servers an instance attribute replaces this method by a scan.)"""
+        loads, servers = self._loads, self.servers
+        while True:
+            active, index = loads[0]
+            server = servers[index]
+            if server.active == active:
+                return server
+            heapq.heappop(loads)
+
+    def loaded(self, server: Server) -> None:
+        """Note that ``server.active`` changed."""
+        loads = self._loads
+        if len(loads) > 4 * len(self.servers) + 64:  # mostly stale entries: rebuild
+            loads[:] = [(s.active, s.index) for s in self.servers]
+            heapq.heapify(loads)
+        else:
+            heapq.heappush(loads, (server.active, server.index))
+
+    # -- progress --------------------------------------------------------------------
+    def advance(self, server: Server, now: float) -> None:
+        """Account the server's progress from ``server.last`` to ``now`` (same sequences)."""
+        elapsed = now - server.last
+        server.last = now
+        if elapsed <= 0 or server.active == 0 or self.paused:
+            return
+        server.busy += elapsed
+        if server.stall > 0:
+            used = min(server.stall, elapsed)
+            server.stall -= used
+            elapsed -= used
+            if elapsed <= 0:
+                return
+        active = server.active
+        c0 = self.base + self.per_seq * active + self.per_kv * (server.kv_offset + active * server.steps)
+        q = self.per_kv * active / 2  # T(n) = q n^2 + (c0 - q) n
+        b = c0 - q
+        server.steps += elapsed / c0 if q == 0 else 2 * elapsed / (b + math.sqrt(b * b + 4 * q * elapsed))
+
+    def plan(self, server: Server) -> None:
+        """Schedule the server's next sequence completion (cancelling any earlier timer)."""
+        server.epoch += 1
+        if self.paused or server.active == 0:
+            return
+        steps = max(0.0, server.heap[0][0] - server.steps)
+        active = server.active
+        c0 = self.base + self.per_seq * active + self.per_kv * (server.kv_offset + active * server.steps)
+        q = self.per_kv * active / 2
+        timer = self.env.timeout(server.stall + q * steps * steps + (c0 - q) * steps)
+        timer.callbacks.append(partial(self._on_timer, server, server.epoch))
+
+    def _on_timer(self, server: Server, epoch: int, _event: simpy.Event) -> None:
+        """A server's timer fired: land on the finishing step, pop every sequence done by
+        then and hand them over (``(rollout, response tokens)`` in finishing order);
+        then plan the next."""
+        if epoch != server.epoch:
+            return
+        now = self.env.now
+        self.advance(server, now)
+        heap = server.heap
+        server.steps = max(server.steps, heap[0][0])  # land exactly on the finishing step
+        done: list[tuple[str, int]] = []
+        while heap and heap[0][0] <= server.steps + 1e-9:
+            finish, _, rollout, admitted, kv0 = heapq.heappop(heap)
+            server.active -= 1
+            server.kv_offset -= kv0 - admitted
+            done.append((rollout, int(round(finish - admitted))))
+        if self._heaped:
+            self.loaded(server)
+        self.finished(server, now, done)
+        self.plan(server)
+
+    def freeze(self, now: float) -> None:
+        """Stop every server at ``now`` (their timers are dropped)."""
+        for server in self.servers:
+            self.advance(server, now)
+            server.epoch += 1
+        self.paused = True
+
+    def thaw(self, now: float) -> None:
+        """Start every server again at ``now``."""
+        self.paused = False
+        for server in self.servers:
+            server.last = now
+            self.plan(server)
+
+    def start(self, server: Server, rollout: str, prompt: int, lengths: Callable[[], int], group: int) -> None:
+        """Put ``group`` samples of a rollout on ``server`` (advanced to now), each
+        ``lengths()`` tokens long; the group shares its prompt's prefill."""
+        steps = server.steps
+        for _ in range(group):
+            self._sequences += 1
+            heapq.heappush(server.heap, (steps + lengths(), self._sequences, rollout, steps, prompt))
+            server.kv_offset += prompt - steps
+        server.active += group
+        server.stall += self.prefill * prompt
+        if self._heaped:
+            self.loaded(server)
+
+    def generated(self, server: Server) -> dict[str, int]:
+        """Response tokens generated so far by each unfinished rollout on ``server``."""
+        tokens: dict[str, int] = {}
+        steps = server.steps
+        for _, _, rollout, admitted, _ in server.heap:
+            tokens[rollout] = tokens.get(rollout, 0) + int(steps - admitted)
+        return tokens
+
+    def reprefill(self) -> None:
+        """After a weight update, every busy server prefills its whole kv cache again."""
+        for server in self.servers:
+            if server.active:
+                kv_tokens = server.kv_offset + server.active * server.steps
+                server.stall += self.prefill * kv_tokens
+
+    def clear(self, server: Server) -> None:
+        """Drop every sequence on ``server`` (a restart)."""
+        server.heap.clear()
+        server.active = 0
+        server.kv_offset = 0.0
+        server.stall = 0.0
+        if self._heaped:
+            self.loaded(server)
