@@ -13,7 +13,7 @@ and the real policies.
 from __future__ import annotations
 
 from engine.core import policies, reducer
-from engine.core.events import Consumed, Enqueued, Event, Resumed, Submitted, Version
+from engine.core.events import Consumed, Enqueued, Event, Resumed, Submitted, Unpaused, Version
 from engine.core.reducer import INTERRUPTED, PENDING, RUNNING, IllegalTransition, State
 from properties.invariants import InvariantViolation
 
@@ -40,7 +40,7 @@ def _next_events(state: State, prompt_id: str) -> tuple[Event, ...] | None:
         elif record.status == PENDING and pending is None:
             pending = rollout
     if state.paused:
-        return (Resumed(),)
+        return (Unpaused(),)
     if interrupted is not None:
         return (Resumed(interrupted, state.version),)
     if running is not None:

@@ -44,7 +44,6 @@ from hypothesis.stateful import (
 from engine.core import policies, reducer
 from engine.core.config import POLICIES, Config
 from engine.core.events import (
-    REJECT_REASONS,
     Accepted,
     Consumed,
     Enqueued,
@@ -53,6 +52,7 @@ from engine.core.events import (
     Interrupted,
     InterruptedBatch,
     Paused,
+    REJECT_REASONS,
     Recomputed,
     Rejected,
     Resumed,
@@ -60,6 +60,7 @@ from engine.core.events import (
     RunStarted,
     Segment,
     Submitted,
+    Unpaused,
     Version,
 )
 from engine.core.reducer import (
@@ -316,7 +317,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule()
     def resume_generation(self) -> None:
         """Generation resumes after a weight sync."""
-        self.commit(Resumed())
+        self.commit(Unpaused())
 
     @precondition(lambda self: self.crashes < MAX_CRASHES and self.state.running + self.state.ready > 0)
     @rule(requeue=st.booleans())
@@ -423,7 +424,7 @@ class LedgerMachine(RuleBasedStateMachine):
             ):
                 if not reference.is_legal(event):
                     self._refused(event)
-        for event in (Version(version), Paused(), Resumed()):
+        for event in (Version(version), Paused(), Unpaused()):
             if not reference.is_legal(event):
                 self._refused(event)
 

@@ -82,7 +82,7 @@ def _simulate(tmp_path) -> list[Event]:
     after the update that precedes it), then resumed from its log."""
     reference = tmp_path / "reference.db"
     Simulation(_scenario(f"run.rollouts={CRASH_AFTER}"), log=reference, script=SCRIPT).run()
-    unpauses = [e.t for e in _events(reference) if e.type == "resumed" and e.rollout is None]
+    unpauses = [e.t for e in _events(reference) if e.type == "unpaused"]
     crash_at = unpauses[CRASH_AFTER - 1] + 0.5  # the next event is a whole step later
     path = tmp_path / "sim.db"
     Simulation(_scenario(f"run.max_time_s={crash_at}"), log=path, script=SCRIPT).run()

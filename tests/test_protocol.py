@@ -18,9 +18,9 @@ from engine.core.events import (
     Paused,
     Recomputed,
     Rejected,
-    Resumed,
     ResumedBatch,
     Segment,
+    Unpaused,
     Version,
 )
 from engine.core.reducer import IllegalTransition, apply, fold
@@ -33,7 +33,7 @@ def test_a_partial_update_pauses_interrupts_bumps_purges_resumes_and_unpauses_in
     state = fold(begin, state)
     finish = protocol.finish_update(state, protocol.interrupted(begin))
     # c (ready, started at 0) is stale at version 1 under strict staleness 0: purged after the bump
-    assert finish == (Version(1), Filtered("c"), ResumedBatch(("a", "b"), 1), Resumed())
+    assert finish == (Version(1), Filtered("c"), ResumedBatch(("a", "b"), 1), Unpaused())
     state = fold(finish, state)
     assert not state.paused and state.version == 1 and state.filtered == 1
     assert [state.status_of(r) for r in "ab"] == ["running", "running"]
@@ -63,7 +63,7 @@ def test_a_rollout_closed_during_the_update_is_not_resumed() -> None:
     state = fold(protocol.begin_update(admitted(started(), "a", "b"), {"a": 1, "b": 2}), admitted(started(), "a", "b"))
     state = apply(state, Rejected("a", "timeout"))  # timed out while interrupted
     events = protocol.finish_update(state, ("a", "b"))
-    assert events == (Version(1), ResumedBatch(("b",), 1), Resumed())
+    assert events == (Version(1), ResumedBatch(("b",), 1), Unpaused())
     assert fold(events, state).running == 1
 
 
@@ -71,8 +71,8 @@ def test_a_pause_ended_without_a_bump_resumes_under_the_current_version() -> Non
     begun = admitted(started(), "a")
     events = protocol.begin_update(begun, {"a": 4})
     state = fold(events, begun)
-    assert protocol.end_pause(state, protocol.interrupted(events)) == (ResumedBatch(("a",), 0), Resumed())
-    assert protocol.end_pause(state) == (Resumed(),)
+    assert protocol.end_pause(state, protocol.interrupted(events)) == (ResumedBatch(("a",), 0), Unpaused())
+    assert protocol.end_pause(state) == (Unpaused(),)
     assert fold(protocol.end_pause(state, ("a",)), state).status_of("a") == "running"
 
 

@@ -85,7 +85,7 @@ def test_pause_means_zero_and_refuses_submissions():
     assert capacity(state) == 0
     with pytest.raises(IllegalTransition, match="paused"):
         apply(state, Submitted("a", 0))
-    assert capacity(apply(state, Resumed())) == 8
+    assert capacity(apply(state, Unpaused())) == 8
 
 
 def test_dp_size_divides_the_limits():

@@ -11,7 +11,6 @@ import properties.profiles  # noqa: F401  (registers and loads the Hypothesis pr
 from engine.core import policies, reducer
 from engine.core.config import Config
 from engine.core.events import (
-    REJECT_REASONS,
     Accepted,
     Consumed,
     Enqueued,
@@ -19,10 +18,12 @@ from engine.core.events import (
     Filtered,
     Interrupted,
     Paused,
+    REJECT_REASONS,
     Rejected,
     Resumed,
     RunStarted,
     Submitted,
+    Unpaused,
     Version,
 )
 from engine.core.reducer import EMPTY, INTERRUPTED, PENDING, RUNNING
@@ -65,7 +66,7 @@ def test_pause_zeroes_capacity_and_dp_divides_the_limits() -> None:
     assert model.get_capacity() == 3
     model.observe(Paused())
     assert model.get_capacity() == 0
-    model.observe(Resumed())
+    model.observe(Unpaused())
     assert model.get_capacity() == 3
 
 
@@ -132,7 +133,7 @@ def script_event(state: reducer.State, action: str, index: int, reason: str, fre
         return (Enqueued(fresh),)
     if action == "submit":
         if state.paused and index % 2 == 0:  # generation resumes, or the submission is refused
-            return (Resumed(),)
+            return (Unpaused(),)
         return (Submitted(rollout, state.version),)
     if action == "complete":
         record = state.rollouts.get(rollout)
@@ -152,7 +153,7 @@ def script_event(state: reducer.State, action: str, index: int, reason: str, fre
         return (*policies.recompute_requests(state), Version(state.version + 1))
     if action == "purge":
         return policies.on_version(state)
-    return (Resumed() if state.paused else Paused(),)
+    return (Unpaused() if state.paused else Paused(),)
 
 
 @given(config=configs(), script=st.lists(actions, min_size=20, max_size=80))

@@ -204,7 +204,7 @@ def _paused_seconds(path) -> float:
         for event in log.events():
             if event.type == "paused":
                 paused_at = event.t
-            elif event.type == "resumed" and event.rollout is None:
+            elif event.type == "unpaused":
                 total += event.t - paused_at
                 paused_at = None
     return total

@@ -12,7 +12,7 @@ from these classes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Mapping, NamedTuple, Union, get_args
+from typing import Annotated, Any, ClassVar, Mapping, NamedTuple, Union, get_args
 
 from engine.core.config import Config
 from engine.core.schema import Column, EventError, OneOf, build_json_codec
@@ -214,18 +214,6 @@ class Resumed(_Event, _ResumedFields):
 
     __slots__ = ()
     type = "resumed"
-
-    if not TYPE_CHECKING:  # to a type checker, ``rollout`` is required
-
-        def __new__(cls, rollout=None, version=None, t=None):
-            """``Resumed()`` without a rollout was the un-pause until schema 3: it still
-            builds :class:`Unpaused`, so that a caller written for schema 2 emits the new
-            event.  Spell it ``Unpaused(t)``: a :class:`Resumed` always names its rollout."""
-            if rollout is None:
-                if version is not None:
-                    raise TypeError(f"Resumed needs the rollout that resumes under version {version}")
-                return tuple.__new__(Unpaused, (t,))
-            return tuple.__new__(cls, (rollout, version, t))
 
 
 class _InterruptedBatchFields(NamedTuple):

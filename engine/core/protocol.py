@@ -60,11 +60,11 @@ from engine.core.events import (
     Paused,
     Recomputed,
     Rejected,
-    Resumed,
     ResumedBatch,
     RunStarted,
     Segment,
     Submitted,
+    Unpaused,
     Version,
 )
 from engine.core.reducer import INTERRUPTED, RUNNING, Rollout, State, apply
@@ -192,7 +192,7 @@ def advance(state: State, interrupted: Iterable[str] = ()) -> tuple[Event, ...]:
 
 def unpause(state: State) -> tuple[Event, ...]:
     """Generation resumes after a pause (the only place the un-pause event is built)."""
-    return (Resumed(),)
+    return (Unpaused(),)
 
 
 def finish_update(state: State, interrupted: Iterable[str] = ()) -> tuple[Event, ...]:
