@@ -44,7 +44,8 @@ import torch  # noqa: E402
 
 import engine.runtime.executor  # noqa: E402
 from engine.runtime.collector import MODES as GC_MODES  # noqa: E402
-from engine.runtime.executor import RolloutExecutor, TrajectoryStore  # noqa: E402
+from engine.runtime.executor import RolloutExecutor  # noqa: E402
+from engine.runtime.store import TrajectoryStore
 from engine.workflows.reinforcement import train  # noqa: E402
 from engine.workflows.rl_config import RunConfig  # noqa: E402
 from engine.workflows.rl_run import RLRun  # noqa: E402

@@ -202,3 +202,19 @@ class Pool:
         server.stall = 0.0
         if self._heaped:
             self.loaded(server)
+
+
+class LiveRollout:
+    """What the simulator (the shell) tracks of one submitted rollout until it is trained or dropped."""
+
+    __slots__ = ("server", "left", "prompt", "done", "segmented", "head", "tail", "start")
+
+    def __init__(self, server: Server | None, left: int, prompt: int, head: int, start: float) -> None:
+        self.server = server
+        self.left = left  # samples still generating
+        self.prompt = prompt  # prompt tokens (per sample)
+        self.done = 0  # response tokens of finished samples
+        self.segmented = 0  # response tokens already reported in segment events
+        self.head = head  # version at submission
+        self.tail = head  # version of the current segment
+        self.start = start  # submission time

@@ -34,7 +34,7 @@ from engine.ledger import Ledger
 from engine.log import EventLog
 from sim.config import Scenario
 from sim.script import Script
-from sim.servers import Pool, Server
+from sim.servers import LiveRollout, Pool, Server
 from sim.summary import Summary, SummaryBuilder
 from sim.training import Training
 from sim.workload import sampler
@@ -45,22 +45,6 @@ Check = Callable[[State, Event], None]
 
 class SimulationStalled(RuntimeError):
     """Nothing can happen any more (no event scheduled) before the run's goal was reached."""
-
-
-class _Live:
-    """What the simulator (the shell) tracks of one submitted rollout until it is trained or dropped."""
-
-    __slots__ = ("server", "left", "prompt", "done", "segmented", "head", "tail", "start")
-
-    def __init__(self, server: Server | None, left: int, prompt: int, head: int, start: float) -> None:
-        self.server = server
-        self.left = left  # samples still generating
-        self.prompt = prompt  # prompt tokens (per sample)
-        self.done = 0  # response tokens of finished samples
-        self.segmented = 0  # response tokens already reported in segment events
-        self.head = head  # version at submission
-        self.tail = head  # version of the current segment
-        self.start = start  # submission time
 
 
 class Simulation(Training):
@@ -115,7 +99,7 @@ class Simulation(Training):
         self._interrupted: tuple[str, ...] = ()
         self._pending: deque[str] = deque()
         self._pending_prompt: dict[str, int] = {}
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, LiveRollout] = {}
         self._prompts = prompts  # drawn prompts so far, named p1, p2, ...
         self._batch_wanted: simpy.Event | None = None
         self._drained: simpy.Event | None = None
@@ -228,7 +212,7 @@ class Simulation(Training):
 
     def _start(self, server: Server, rollout: str, prompt: int, version: int, now: float) -> None:
         """Put a rollout's samples on ``server`` (already advanced to ``now``), submitted under ``version``."""
-        self._live[rollout] = _Live(server, self._group, prompt, version, now)
+        self._live[rollout] = LiveRollout(server, self._group, prompt, version, now)
         if self._script is not None:
             tokens = self._script.attempt(rollout).tokens
             self._pool.start(server, rollout, prompt, lambda: tokens, self._group)
@@ -252,7 +236,7 @@ class Simulation(Training):
                     self._pending.append(rollout)
                     self._pending_prompt[rollout] = prompt
                 elif record.status == READY:
-                    live = self._live[rollout] = _Live(None, 0, prompt, record.head_version, now)
+                    live = self._live[rollout] = LiveRollout(None, 0, prompt, record.head_version, now)
                     live.done = live.segmented = record.tokens
         if self._script is not None and not self._resumed:
             keys = self._script.prompts

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gc
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Generator
+from typing import Callable, Generator
 
 import simpy
 
@@ -23,11 +23,8 @@ from engine.core.events import Enqueued, Event, stamped
 from engine.core.reducer import CONSUMED, INTERRUPTED, READY, RUNNING
 from engine.ledger import Ledger
 from sim.config import Scenario
-from sim.servers import Pool, Server
+from sim.servers import LiveRollout, Pool, Server
 from sim.summary import SummaryBuilder
-
-if TYPE_CHECKING:
-    from sim.simulator import _Live
 
 #: A weight update collects the young generations once this many more container objects
 #: were allocated than freed since the last collection (see ``Simulation.run``).
@@ -47,7 +44,7 @@ class Training:
     _on_update: str
     _group: int
     _interrupted: tuple[str, ...]
-    _live: dict[str, _Live]
+    _live: dict[str, LiveRollout]
     _pending: deque[str]
     _pending_prompt: dict[str, int]
     _batch_wanted: simpy.Event | None

@@ -16,12 +16,12 @@ import asyncio
 import collections
 from dataclasses import dataclass
 
-from engine.backends.local.generation import GenerationHandle
 from engine.core.config import Config
 from engine.core.events import Event, InterruptedBatch, Rejected, ResumedBatch, stamped
 from engine.ledger import Ledger
 from engine.log import EventLog
 from engine.runtime.executor import RolloutExecutor
+from engine.runtime.ports import GenerationHandle
 from sim.config import Scenario
 from sim.script import Attempt, Script
 from sim.simulator import Simulation

@@ -18,7 +18,8 @@ from engine.core.events import (
 from engine.core.reducer import capacity
 from engine.ledger import Ledger
 from engine.log import EventLog, replay
-from engine.runtime.executor import RolloutExecutor, TrajectoryStore
+from engine.runtime.executor import RolloutExecutor
+from engine.runtime.store import TrajectoryStore
 
 NEVER = 99  # an end-of-sequence id never sampled: every completion runs to max_new_tokens
 

@@ -5,7 +5,8 @@ import torch
 
 from engine.backends.local.generation import TorchEngine
 from engine.backends.local.model import ModelConfig, Policy
-from engine.backends.local.trainer import Sample, completion_logprobs
+from engine.backends.local.trainer import completion_logprobs
+from engine.runtime.ports import Sample
 
 EOS = 2
 NEVER = 99  # an end-of-sequence id the model cannot sample: sequences run to max_new_tokens

@@ -3,6 +3,7 @@
 events and checks the log's integrity; it decides nothing about the lifecycle."""
 
 from engine.log.jsonl import jsonl_records, read_jsonl, write_jsonl
-from engine.log.store import BadLine, EventLog, LogError, SchemaTooNew, TornLog, replay
+from engine.log.replay import replay
+from engine.log.store import BadLine, EventLog, LogError, SchemaTooNew, TornLog
 
 __all__ = ["BadLine", "EventLog", "LogError", "SchemaTooNew", "TornLog", "jsonl_records", "read_jsonl", "replay", "write_jsonl"]

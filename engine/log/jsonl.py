@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from engine.core.events import SCHEMA_VERSION, Event, EventError, from_json, to_json
-from engine.log.store import BadLine, SchemaTooNew, TornLog, _existing
+from engine.log.store import BadLine, SchemaTooNew, TornLog, existing
 
 
 def read_jsonl(path: str | Path) -> Iterator[Event]:
@@ -22,7 +22,7 @@ def jsonl_records(path: str | Path) -> Iterator[tuple[int, Event]]:
 
     A first line ``{"schema": N}`` is a header: a newer schema is refused.  An
     unparseable last line without a newline is a torn tail (:class:`TornLog`)."""
-    with open(_existing(path), encoding="utf-8") as lines:
+    with open(existing(path), encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from engine.core.events import SCHEMA_VERSION, Event
-from engine.core.reducer import State, fold
 from engine.log.codec import BATCH_TYPES, DECODE, ENCODE, Row
 
 
@@ -253,17 +252,7 @@ class EventLog:
         self.close()
 
 
-def replay(path: str | Path) -> State:
-    """Fold the whole log at ``path`` (SQLite, or JSON Lines if it ends in ``.jsonl``)."""
-    if Path(path).suffix == ".jsonl":
-        from engine.log.jsonl import read_jsonl
-
-        return fold(read_jsonl(path))
-    with EventLog(_existing(path)) as log:
-        return fold(log.events())
-
-
-def _existing(path: str | Path) -> Path:
+def existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise LogError(f"no log at {path}")

@@ -2,7 +2,7 @@
 
 ``submit`` enqueues a prompt; a dispatcher starts pending rollouts only while the
 ledger's capacity allows; each rollout samples a GRPO group of completions from a
-:class:`~engine.backends.local.generation.GenerationEngine`, scores them with the
+:class:`~engine.runtime.ports.GenerationEngine`, scores them with the
 task's verifier and asks the staleness policy to accept or filter it.  A rollout
 that raises or times out is ``rejected(reason=error|timeout)`` (capacity comes back
 through the reducer) and retried up to ``max_retries`` times as a new attempt.
@@ -25,68 +25,24 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-import pickle
-import sqlite3
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from engine.backends.local.generation import GenerationEngine, GenerationHandle
-from engine.backends.local.tasks import Problem, Task, Tokenizer
-from engine.backends.local.trainer import Sample
 from engine.core import policies, protocol
 from engine.core.events import Enqueued, Event
 from engine.core.reducer import PENDING, READY
 from engine.ledger import Ledger
 from engine.logconfig import get_logger
-
-
-class TrajectoryStore:
-    """Samples of completed rollouts, by rollout id: SQLite (WAL) at ``path``, or in memory.
-    Rows are pickles written and read by this run only (a run directory is trusted).
-    Writes are durable after :meth:`commit`; the run commits before it writes the
-    ledger's log, so the log never names an accepted rollout whose samples are lost."""
-
-    def __init__(self, path: str | Path | None = None) -> None:
-        self._memory: dict[str, bytes] = {}
-        self._db: sqlite3.Connection | None = None
-        if path is not None:
-            self._db = sqlite3.connect(path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS samples (rollout TEXT PRIMARY KEY, data BLOB NOT NULL)")
-
-    def put(self, rollout: str, samples: Sequence[Sample]) -> None:
-        data = pickle.dumps([s.to_json() for s in samples], protocol=pickle.HIGHEST_PROTOCOL)
-        if self._db is None:
-            self._memory[rollout] = data
-            return
-        if not self._db.in_transaction:
-            self._db.execute("BEGIN")
-        self._db.execute("INSERT OR REPLACE INTO samples VALUES (?, ?)", (rollout, data))
-
-    def commit(self) -> None:
-        """Make the samples written so far durable."""
-        if self._db is not None and self._db.in_transaction:
-            self._db.execute("COMMIT")
-
-    def get(self, rollout: str) -> list[Sample]:
-        """The samples of ``rollout``; a missing one raises ``KeyError`` naming it."""
-        if self._db is None:
-            data = self._memory.get(rollout)
-        else:
-            row = self._db.execute("SELECT data FROM samples WHERE rollout = ?", (rollout,)).fetchone()
-            data = None if row is None else row[0]
-        if data is None:
-            raise KeyError(f"no stored samples for rollout {rollout!r}")
-        return [Sample.from_json(obj) for obj in pickle.loads(data)]
-
-    def close(self) -> None:
-        """Commit and close."""
-        if self._db is not None:
-            self.commit()
-            self._db.close()
+from engine.runtime.ports import (
+    GenerationEngine,
+    GenerationHandle,
+    ProblemLike,
+    Sample,
+    TaskLike,
+    TokenizerLike,
+)
+from engine.runtime.store import TrajectoryStore
 
 
 @dataclass
@@ -109,7 +65,7 @@ class RolloutExecutor:
     """Runs rollouts on ``engine`` for prompts of ``task``, driven by ``ledger``.
 
     Prompts are named by keys (``p<index>``) that ``problem_of`` turns back into a
-    :class:`Problem`, so a resumed run rebuilds any prompt from the log alone.
+    :class:`ProblemLike`, so a resumed run rebuilds any prompt from the log alone.
     ``timeout_s`` bounds one rollout; ``max_retries`` bounds new attempts after an
     error or a timeout.  ``ledger_seconds`` accumulates the time spent in the ledger,
     its log and the policies (the engine's overhead), ``store_seconds`` the time spent
@@ -120,9 +76,9 @@ class RolloutExecutor:
         self,
         ledger: Ledger,
         engine: GenerationEngine,
-        task: Task,
-        tokenizer: Tokenizer,
-        problem_of: Callable[[str], Problem],
+        task: TaskLike,
+        tokenizer: TokenizerLike,
+        problem_of: Callable[[str], ProblemLike],
         *,
         group_size: int,
         store: TrajectoryStore | None = None,
@@ -150,8 +106,8 @@ class RolloutExecutor:
         self._flights: dict[str, _Flight] = {}
         self._pending: collections.deque[str] = collections.deque()
         self._changed = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._background: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.TaskLike[None]] = set()
+        self._background: list[asyncio.TaskLike[None]] = []
         self._updating = False  # between pause() and resume()
         self._interrupted: tuple[str, ...] = ()  # interrupted by pause(), not yet resumed
         self._logger = get_logger("rollout_ledger.executor")

@@ -10,7 +10,8 @@ import torch
 
 from engine.backends.local.model import Policy, preset
 from engine.backends.local.tasks import Problem, Task, Tokenizer, get_task
-from engine.backends.local.trainer import Sample, pad_samples
+from engine.backends.local.trainer import pad_samples
+from engine.runtime.ports import Sample
 from engine.workflow import Context
 
 #: Config every torch workflow understands.

@@ -47,7 +47,8 @@ from engine.core.events import Checkpoint
 from engine.ledger import Ledger
 from engine.logconfig import get_logger
 from engine.runtime.collector import Collector
-from engine.runtime.executor import RolloutExecutor, TrajectoryStore
+from engine.runtime.executor import RolloutExecutor
+from engine.runtime.store import TrajectoryStore
 from engine.workflows import rl_resume
 from engine.workflows.rl_config import RunConfig, refuse_existing_run
 

@@ -1,6 +1,6 @@
 """Generation behind a small interface, and a torch engine with continuous batching.
 
-:class:`GenerationEngine` is what the executor needs from any engine: ``submit`` a
+:class:`~engine.runtime.ports.GenerationEngine` (the runtime's port) is what the executor needs from any engine: ``submit`` a
 prompt and get a :class:`GenerationHandle` (await its result or stream its tokens,
 each with the policy version that produced it), ``pause``, ``resume`` and
 ``load_weights``.  :class:`TorchEngine` implements it on one device: a fixed pool
@@ -13,91 +13,12 @@ under the new weights and it goes on as a new segment (partial rollout).
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from typing import AsyncIterator, Mapping, Protocol
+from typing import Mapping
 
 import torch
 
 from engine.backends.local.model import KVCache, Policy
-
-
-@dataclass
-class Generation:
-    """A finished (or, while running, growing) completion: per generated token its id,
-    behaviour log-probability and the policy version that sampled it."""
-
-    prompt: list[int]
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    versions: list[int] = field(default_factory=list)
-    interruptions: int = 0
-
-
-class GenerationHandle:
-    """One submitted prompt: ``await handle.result()`` or ``async for`` over ``stream()``."""
-
-    def __init__(self, prompt: list[int], max_new_tokens: int, stream: bool) -> None:
-        self.generation = Generation(list(prompt))
-        self.max_new_tokens = max_new_tokens
-        self.done: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
-        self._queue: asyncio.Queue[tuple[int, float, int] | None] | None = asyncio.Queue() if stream else None
-        self.cancelled = False
-
-    def _emit(self, token: int, logprob: float, version: int) -> None:
-        generation = self.generation
-        generation.tokens.append(token)
-        generation.logprobs.append(logprob)
-        generation.versions.append(version)
-        if self._queue is not None:
-            self._queue.put_nowait((token, logprob, version))
-
-    def _finish(self) -> None:
-        if self._queue is not None:
-            self._queue.put_nowait(None)
-        if not self.done.done():
-            self.done.set_result(self.generation)
-
-    def _fail(self, error: BaseException) -> None:
-        if self._queue is not None:
-            self._queue.put_nowait(None)
-        if self.done.done():
-            return
-        if isinstance(error, asyncio.CancelledError):
-            self.done.cancel()
-        else:
-            self.done.set_exception(error)
-
-    def cancel(self) -> None:
-        """Stop generating this sequence; its slot is freed at the next step."""
-        self.cancelled = True
-
-    async def result(self) -> Generation:
-        return await self.done
-
-    async def stream(self) -> AsyncIterator[tuple[int, float, int]]:
-        """``(token, logprob, version)`` as they are sampled (needs ``submit(stream=True)``)."""
-        if self._queue is None:
-            raise RuntimeError("this handle was submitted without stream=True")
-        while (item := await self._queue.get()) is not None:
-            yield item
-
-
-class GenerationEngine(Protocol):
-    """What the rollout executor needs from a generation engine."""
-
-    version: int
-
-    def submit(self, prompt: list[int], max_new_tokens: int, *, stream: bool = False) -> GenerationHandle: ...
-
-    def pause(self) -> None: ...
-
-    def resume(self) -> None: ...
-
-    def load_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> None: ...
-
-    async def run(self) -> None: ...
-
-    def close(self) -> None: ...
+from engine.runtime.ports import GenerationHandle
 
 
 class TorchEngine:

@@ -20,7 +20,7 @@ from one of three sources (``TrainerConfig.proximal``):
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -33,36 +33,10 @@ from engine.backends.local.objectives import (
     ppo_loss,
 )
 from engine.backends.local.tasks import Problem, Tokenizer
+from engine.runtime.ports import Sample
 
 OBJECTIVES = ("decoupled", "ppo")
 PROXIMAL = ("recompute", "interpolate", "segment")
-
-
-@dataclass
-class Sample:
-    """One sampled completion of a prompt, with what the objectives need per token."""
-
-    prompt: list[int]
-    completion: list[int]
-    behaviour: list[float]
-    versions: list[int]
-    reward: float
-    proximal: list[float] | None = None  # stored recomputation (segment-wise), if any
-    proximal_version: int | None = None
-
-    @property
-    def tokens(self) -> int:
-        return len(self.completion)
-
-    def to_json(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in _SAMPLE_FIELDS}
-
-    @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "Sample":
-        return cls(**obj)
-
-
-_SAMPLE_FIELDS = tuple(f.name for f in fields(Sample))
 
 
 @dataclass(frozen=True)
