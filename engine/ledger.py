@@ -18,9 +18,9 @@ from typing import Callable, Iterable, Mapping
 from engine.core import protocol
 from engine.core.config import Config
 from engine.core.events import (
+    Consumed,
     Enqueued,
     Event,
-    Recomputed,
     Segment,
     stamped,
     to_json,
@@ -242,19 +242,22 @@ class Ledger:
         others are looked up in the unwritten batch (its ids gathered at the first such
         lookup since the last flush, then kept up to date) and the log.  (An id of a
         refused append stays in the filter: it only costs that id a lookup later.)"""
+        log = self._log
+        if log is None:  # without a log the folded state is the whole record: its own check suffices
+            return
         if self._used_ids is None:
-            self._used_ids = _IdFilter(self._log.enqueued_ids())  # type: ignore[union-attr]
+            self._used_ids = _IdFilter(log.enqueued_ids())
         seen, live = self._used_ids.add, self._folder.is_live
         maybe: list[tuple[int, Enqueued]] = []
         for index, event in enumerate(events):  # a loop, not a comprehension: the common case finds nothing
             if type(event) is Enqueued and seen(event.rollout) and not live(event.rollout):
-                maybe.append((index, event))  # type: ignore[arg-type]
+                maybe.append((index, event))
         if not maybe:
             return
         if self._unwritten_ids is None:
-            self._unwritten_ids = {event.rollout for event in self._unwritten if type(event) is Enqueued}  # type: ignore[union-attr]
+            self._unwritten_ids = {event.rollout for event in self._unwritten if type(event) is Enqueued}
         unwritten = self._unwritten_ids
-        logged = self._log.enqueued_among([e.rollout for _, e in maybe if e.rollout not in unwritten])  # type: ignore[union-attr]
+        logged = log.enqueued_among([e.rollout for _, e in maybe if e.rollout not in unwritten])
         for index, event in maybe:
             earlier = any(type(e) is Enqueued and e.rollout == event.rollout for e in events[:index])  # reused within this append
             if event.rollout in unwritten or event.rollout in logged or earlier:
@@ -314,7 +317,7 @@ class Ledger:
     def prepare_batch(self, size: int, *, t: float | None = None) -> tuple[str, ...] | None:
         """Consume ``size`` ready rollouts, oldest first, if that many are usable now."""
         events = self._add(protocol.consume(self.state, size), t)
-        return events[0].rollouts if events else None  # type: ignore[union-attr]
+        return next((event.rollouts for event in events if isinstance(event, Consumed)), None)
 
     def begin_update(
         self, generating: Mapping[str, int] | None = None, interrupt: str = "partial", *, t: float | None = None
@@ -323,14 +326,14 @@ class Ledger:
         paused, then the rollouts still ``generating`` interrupted (or restarted).  Returns them."""
         return self._add(protocol.begin_update(self.state, generating, interrupt), t)
 
-    def recompute(self, recompute: Callable[[tuple[str, ...]], None] | None = None, *, t: float | None = None) -> tuple[Recomputed, ...]:
+    def recompute(self, recompute: Callable[[tuple[str, ...]], None] | None = None, *, t: float | None = None) -> tuple[Event, ...]:
         """Under ``segment_wise``, before a version bump: call ``recompute(rollout_ids)`` for
         the ready rollouts the policy wants recomputed, then append their ``recomputed``
         events.  Returns them."""
         requests = protocol.recompute_requests(self.state)
         if requests and recompute is not None:
             recompute(tuple(event.rollout for event in requests))
-        return self._add(requests, t)  # type: ignore[return-value]
+        return self._add(requests, t)
 
     def advance(self, interrupted: Iterable[str] = (), *, t: float | None = None) -> tuple[Event, ...]:
         """The version bump, the policy's purge and the ``interrupted`` rollouts resumed

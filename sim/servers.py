@@ -72,8 +72,6 @@ class Pool:
         self._sequences = 0
         self._loads = [(0, i) for i in range(len(self.servers))]
         self._heaped = len(self.servers) > SCAN_SERVERS
-        if not self._heaped:  # a scan, with no bookkeeping
-            self.least_loaded = partial(min, self.servers, key=attrgetter("active"))  # type: ignore[method-assign]
 
     def __iter__(self) -> Iterator[Server]:
         return iter(self.servers)
@@ -81,7 +79,9 @@ class Pool:
     # -- load ------------------------------------------------------------------------
     def least_loaded(self) -> Server:
         """The server with the fewest active sequences; the lowest index among equals.
-        (For a few servers an instance attribute replaces this method by a scan.)"""
+        (For a few servers a scan, with no bookkeeping; for many a heap of loads.)"""
+        if not self._heaped:
+            return min(self.servers, key=_active)
         loads, servers = self._loads, self.servers
         while True:
             active, index = loads[0]
@@ -218,3 +218,6 @@ class LiveRollout:
         self.head = head  # version at submission
         self.tail = head  # version of the current segment
         self.start = start  # submission time
+
+
+_active = attrgetter("active")

@@ -181,7 +181,7 @@ class Simulation(Training):
             return
         # Each prompt enqueued here is submitted at once, so the pending queue's room
         # (policies.room_to_enqueue) stays what it is now for the whole dispatch.
-        enqueue_room = 0 if self._script is not None else policies.room_to_enqueue(ledger.config, ledger.count(PENDING))  # type: ignore[arg-type]
+        enqueue_room = 0 if self._script is not None else policies.room_to_enqueue(self.config, ledger.count(PENDING))
         group = self._group
         slots = pool.slots
         pending = self._pending

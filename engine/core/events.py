@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar, Mapping, NamedTuple, Union, get_args
 
 from engine.core.config import Config
-from engine.core.schema import Column, EventError, OneOf, build_json_codec
+from engine.core.schema import Column, OneOf, build_json_codec
+from engine.core.schema import EventError as EventError
 
 #: Version of the event format.  Logs written by a newer format are refused.  Schema 2
 #: added the batch forms ``interrupted_batch`` and ``resumed_batch``; schema 3 split
@@ -337,7 +338,8 @@ def from_json(obj: Mapping[str, Any]) -> Event:
     read = _READ.get(kind) if isinstance(kind, str) else None
     if read is None:
         raise EventError(f"unknown event type {kind!r}; expected one of {', '.join(BY_TYPE)}")
-    return read(obj)  # type: ignore[no-any-return]
+    event: Event = read(obj)
+    return event
 
 
 def stamped(event: Event, t: float) -> Event:

@@ -18,7 +18,17 @@ function's, and nothing spells a field twice.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, Callable, Iterable, Mapping, NamedTuple, get_args, get_origin, get_type_hints
+from typing import (
+    Annotated,
+    Any,
+    Callable,
+    Iterable,
+    Mapping,
+    NamedTuple,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 from engine.core.config import Config
 

@@ -106,8 +106,8 @@ class RolloutExecutor:
         self._flights: dict[str, _Flight] = {}
         self._pending: collections.deque[str] = collections.deque()
         self._changed = asyncio.Event()
-        self._tasks: set[asyncio.TaskLike[None]] = set()
-        self._background: list[asyncio.TaskLike[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._background: list[asyncio.Task[None]] = []
         self._updating = False  # between pause() and resume()
         self._interrupted: tuple[str, ...] = ()  # interrupted by pause(), not yet resumed
         self._logger = get_logger("rollout_ledger.executor")

@@ -62,11 +62,11 @@ async def arun(
     :class:`~engine.workflow.ir.WorkflowError` before running anything when the
     workflow is invalid, :class:`StageFailed` when a stage halts it."""
     wf = compile_workflow(wf)
-    if resume and log is None:
-        raise ResumeError("resume needs the log of the run to resume")
     point: ResumePoint | None = None
     if resume:
-        header, point = read_resume_point(log, wf.name)  # type: ignore[arg-type]
+        if log is None:
+            raise ResumeError("resume needs the log of the run to resume")
+        header, point = read_resume_point(log, wf.name)
         run_id = run_id or header.get("run_id")
         if config is None:
             config = header.get("config")

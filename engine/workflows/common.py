@@ -4,7 +4,7 @@ fresh or inherited policy, padded sequence batches and the optimiser step."""
 from __future__ import annotations
 
 import random
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -124,7 +124,7 @@ class SaveWeights:
         return ctx.put_all({f"{key}_weights": str(path)}).record(saved=str(path))
 
 
-def every(config_key: str, step_key: str):
+def every(config_key: str, step_key: str) -> Callable[[Context], bool]:
     """A predicate: true when ``config[config_key]`` is set and ``state[step_key] + 1`` is a multiple of it."""
 
     def predicate(ctx: Context) -> bool:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import copy
 import random
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from engine.backends.local.tasks import Task, char_reward
+from engine.backends.local.model import Policy
+from engine.backends.local.tasks import Task, Tokenizer, char_reward
 from engine.workflow import Context, conditional, loop, stage, workflow
 from engine.workflows.common import (
     MODEL_DEFAULTS,
@@ -87,7 +89,11 @@ class SetEpoch:
         return ctx.put(batches=chunks(ctx.get("pairs"), ctx.setting("batch_size"), f"dpo:{ctx.setting('seed')}:{ctx.get('epochs_index')}"))
 
 
-def pair_tensors(tokenizer, pairs, width):
+#: Padded chosen and rejected sequences of a batch of pairs, each ``(tokens, mask)``.
+PairTensors = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def pair_tensors(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str, str]], width: int) -> PairTensors:
     """Chosen and rejected sequences of ``pairs`` (each ``(tokens, mask)``)."""
     chosen = sequences(tokenizer, [(p, c) for p, c, _ in pairs], width)
     rejected = sequences(tokenizer, [(p, r) for p, _, r in pairs], width)
@@ -105,7 +111,7 @@ class GetPreferenceBatch:
         return ctx.put(preference_batch=pair_tensors(ctx.get("tokenizer"), ctx.get("batches_current"), width))
 
 
-def dpo_terms(model, reference, batch) -> tuple[torch.Tensor, torch.Tensor]:
+def dpo_terms(model: Policy, reference: Policy, batch: PairTensors) -> tuple[torch.Tensor, torch.Tensor]:
     """Implicit reward margins ``(log pi - log ref)(chosen) - (...)(rejected)`` per pair, and the
     chosen-minus-rejected policy log-ratio alone (for monitoring)."""
     (chosen, chosen_mask), (rejected, rejected_mask) = batch

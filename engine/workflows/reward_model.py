@@ -23,7 +23,12 @@ from engine.workflows.common import (
     new_policy,
     sequences,
 )
-from engine.workflows.preference import LoadPreferenceData, SetEpoch, pair_tensors
+from engine.workflows.preference import (
+    LoadPreferenceData,
+    PairTensors,
+    SetEpoch,
+    pair_tensors,
+)
 
 
 class RewardModel(nn.Module):
@@ -71,7 +76,7 @@ class InitRewardModel:
         return ctx.put(reward_model=model, rm_optimizer=torch.optim.AdamW(model.parameters(), lr=ctx.setting("lr")), global_step=0)
 
 
-def reward_margins(model: RewardModel, batch) -> torch.Tensor:
+def reward_margins(model: RewardModel, batch: PairTensors) -> torch.Tensor:
     """``r(chosen) - r(rejected)`` per pair."""
     (chosen, chosen_mask), (rejected, rejected_mask) = batch
     return model(chosen, chosen_mask) - model(rejected, rejected_mask)

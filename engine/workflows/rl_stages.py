@@ -42,7 +42,9 @@ class LearnedRewardTask(Task):
     verifier: Task | None = None
 
     def reward(self, problem: Problem, completion: str) -> float:
-        return self.scorer(problem.prompt, completion)  # type: ignore[misc]
+        if self.scorer is None:
+            raise ValueError("a LearnedRewardTask needs a scorer (the reward model's scoring function)")
+        return self.scorer(problem.prompt, completion)
 
 
 @contextlib.contextmanager
