@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Iterable, NamedTuple
 
-from engine.core.events import Event
+from engine.core.events import Accepted, Event, Filtered, Rejected, Submitted
 
 
 class LittleLaw(NamedTuple):
@@ -35,7 +35,8 @@ def little(events: Iterable[Event]) -> LittleLaw:
     started: dict[str, float] = {}
     area = 0.0
     in_flight = 0
-    last = start = None
+    start: float | None = None
+    last = 0.0
     departures = 0
     latency_sum = 0.0
     for number, event in enumerate(events, start=1):
@@ -46,17 +47,16 @@ def little(events: Iterable[Event]) -> LittleLaw:
             start = last = t
         area += in_flight * (t - last)
         last = t
-        kind = event.type
-        if kind == "submitted":
+        if isinstance(event, Submitted):
             started[event.rollout] = t
             in_flight += 1
-        elif kind in ("accepted", "filtered", "rejected"):
+        elif isinstance(event, (Accepted, Filtered, Rejected)):
             submitted = started.pop(event.rollout, None)
             if submitted is not None:  # a filtered ready rollout already left generation
                 in_flight -= 1
                 departures += 1
                 latency_sum += t - submitted
-    if start is None or last is None or last <= start or departures == 0:
+    if start is None or last <= start or departures == 0:
         raise ValueError("the log has no completed generation over a positive time span")
     span = last - start
     return LittleLaw(area / span, departures / span, latency_sum / departures, departures, start, last)

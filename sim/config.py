@@ -292,9 +292,9 @@ def _validate(scenario: Scenario) -> None:
         "training.recompute_per_token_s": scenario.training.recompute_per_token_s,
         "training.weight_sync_s": scenario.training.weight_sync_s,
     }
-    for name, value in non_negative.items():
-        if not value >= 0 or math.isinf(value):
-            raise ScenarioError(name, f"must be a finite number at least 0, got {value}")
+    for name, cost in non_negative.items():
+        if not cost >= 0 or math.isinf(cost):
+            raise ScenarioError(name, f"must be a finite number at least 0, got {cost}")
     generation = scenario.generation
     if generation.step_base_s + generation.step_per_seq_s + generation.step_per_kv_token_s <= 0:
         raise ScenarioError("generation.step_base_s", "a decode step must cost some time (all step costs are 0)")
@@ -351,12 +351,12 @@ def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Scena
 def _relative_paths(scenario: Scenario, base: Path) -> Scenario:
     """Empirical distribution paths in a file are relative to that file."""
     workload = scenario.workload
-    changes: dict[str, Distribution] = {}
-    for name in ("prompt_len", "response_len"):
-        dist = getattr(workload, name)
-        if dist.kind == "empirical" and not Path(dist.path).is_absolute():
-            changes[name] = replace(dist, path=str(base / dist.path))
-    return replace(scenario, workload=replace(workload, **changes)) if changes else scenario
+    dists = {name: getattr(workload, name) for name in ("prompt_len", "response_len")}
+    relative = {name: dist for name, dist in dists.items() if dist.kind == "empirical" and not Path(dist.path).is_absolute()}
+    if not relative:
+        return scenario
+    prompt_len, response_len = (replace(d, path=str(base / d.path)) if n in relative else d for n, d in dists.items())
+    return replace(scenario, workload=replace(workload, prompt_len=prompt_len, response_len=response_len))
 
 
 def field_docs() -> list[tuple[str, Any, str]]:

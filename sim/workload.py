@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 from typing import Callable, Iterable
 
-from engine.core.events import Event
+from engine.core.events import Accepted, Event, Filtered, InterruptedBatch, Rejected, Segment
 from sim.config import Distribution, ScenarioError
 
 #: A sampler: draws one length (at least 1 token) from the given generator.
@@ -107,15 +107,14 @@ def _log_lengths(path: Path, field_name: str) -> list[int]:
 def _collect(events: Iterable[Event], tokens: dict[str, int], lengths: list[int]) -> None:
     """Append to ``lengths`` the response tokens of each rollout accepted in ``events``."""
     for event in events:
-        kind = event.type
-        if kind == "segment":
+        if isinstance(event, Segment):
             tokens[event.rollout] = tokens.get(event.rollout, 0) + event.tokens
-        elif kind == "interrupted_batch":
+        elif isinstance(event, InterruptedBatch):
             for rollout, count in zip(event.rollouts, event.tokens):
                 tokens[rollout] = tokens.get(rollout, 0) + count
-        elif kind == "accepted":
+        elif isinstance(event, Accepted):
             count = tokens.pop(event.rollout, 0)
             if count > 0:
                 lengths.append(count)
-        elif kind in ("rejected", "filtered"):
+        elif isinstance(event, (Rejected, Filtered)):
             tokens.pop(event.rollout, None)
