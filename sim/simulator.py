@@ -48,18 +48,17 @@ class SimulationStalled(RuntimeError):
 
 
 class _Live:
-    """What the simulator (the shell) tracks of one submitted rollout until it is trained or dropped."""
+    """What the simulator (the shell) tracks of one submitted rollout until it is trained or
+    dropped, besides the ledger's record (which holds its versions)."""
 
-    __slots__ = ("server", "left", "prompt", "done", "segmented", "head", "tail", "start")
+    __slots__ = ("left", "prompt", "done", "segmented", "head", "start")
 
-    def __init__(self, server: Server | None, left: int, prompt: int, head: int, start: float) -> None:
-        self.server = server
+    def __init__(self, left: int, prompt: int, head: int, start: float) -> None:
         self.left = left  # samples still generating
         self.prompt = prompt  # prompt tokens (per sample)
         self.done = 0  # response tokens of finished samples
         self.segmented = 0  # response tokens already reported in segment events
-        self.head = head  # version at submission
-        self.tail = head  # version of the current segment
+        self.head = head  # version at submission (for the staleness histogram)
         self.start = start  # submission time
 
 
@@ -171,7 +170,6 @@ class Simulation(Training):
         """A rollout's last sample finished: it closes its segment and the policy decides
         (a scripted failure is rejected instead, and maybe retried)."""
         live = self._live[rollout]
-        live.server = None
         stats = self.stats
         stats.generated_tokens += live.done
         stats.latency_sum += now - live.start
@@ -228,7 +226,7 @@ class Simulation(Training):
 
     def _start(self, server: Server, rollout: str, prompt: int, version: int, now: float) -> None:
         """Put a rollout's samples on ``server`` (already advanced to ``now``), submitted under ``version``."""
-        self._live[rollout] = _Live(server, self._group, prompt, version, now)
+        self._live[rollout] = _Live(self._group, prompt, version, now)
         if self._script is not None:
             tokens = self._script.attempt(rollout).tokens
             self._pool.start(server, rollout, prompt, lambda: tokens, self._group)
@@ -252,7 +250,7 @@ class Simulation(Training):
                     self._pending.append(rollout)
                     self._pending_prompt[rollout] = prompt
                 elif record.status == READY:
-                    live = self._live[rollout] = _Live(None, 0, prompt, record.head_version, now)
+                    live = self._live[rollout] = _Live(0, prompt, record.head_version, now)
                     live.done = live.segmented = record.tokens
         if self._script is not None and not self._resumed:
             keys = self._script.prompts
