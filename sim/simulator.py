@@ -23,7 +23,7 @@ import random
 from collections import deque
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Generator
 
 import simpy
 
@@ -119,6 +119,7 @@ class Simulation(Training):
         self._batch_wanted: simpy.Event | None = None
         self._drained: simpy.Event | None = None
         self._done = self.env.event()
+        self._failure: Exception | None = None  # an error of the trainer process, raised by run()
         self.stats = SummaryBuilder(scenario, generation.servers)
 
     @property
@@ -258,6 +259,17 @@ class Simulation(Training):
             self._pending.extend(keys)
             self._pending_prompt.update((key, self._script.prompt_tokens) for key in keys)
 
+    def _surfacing(self, process: Generator[simpy.Event, object, None]) -> Generator[simpy.Event, object, None]:
+        """``process``, whose error ends the run and is raised by :meth:`run` as itself
+        (SimPy would raise a copy built from the error's arguments, which an
+        ``IllegalTransition`` cannot be built from)."""
+        try:
+            yield from process
+        except Exception as err:  # noqa: BLE001 - re-raised by run()
+            self._failure = err
+            if not self._done.triggered:
+                self._done.succeed()
+
     def _stop(self, _event: simpy.Event) -> None:
         """The clock passed ``run.max_time_s``: the run ends (unless its goal ended it first)."""
         if not self._done.triggered:
@@ -278,7 +290,7 @@ class Simulation(Training):
         gc.disable()
         try:
             self._prepare()
-            env.process(self._trainer())
+            env.process(self._surfacing(self._trainer()))
             self._dispatch(env.now)
             max_time = self.scenario.run.max_time_s
             if math.isfinite(max_time):
@@ -286,6 +298,8 @@ class Simulation(Training):
                 stop.callbacks.append(self._stop)
             try:
                 env.run(until=self._done)
+                if self._failure is not None:
+                    raise self._failure
             except RuntimeError as err:
                 if self._done.triggered:
                     raise
