@@ -23,7 +23,7 @@ import random
 from collections import deque
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Generator
 
 import simpy
 
@@ -104,6 +104,7 @@ class Simulation(Training):
         self._batch_wanted: simpy.Event | None = None
         self._drained: simpy.Event | None = None
         self._done = self.env.event()
+        self._failure: Exception | None = None  # an error of the trainer process, raised by run()
         self.stats = SummaryBuilder(scenario, generation.servers)
 
     @property
@@ -155,7 +156,6 @@ class Simulation(Training):
         """A rollout's last sample finished: it closes its segment and the policy decides
         (a scripted failure is rejected instead, and maybe retried)."""
         live = self._live[rollout]
-        live.server = None
         stats = self.stats
         stats.generated_tokens += live.done
         stats.latency_sum += now - live.start
@@ -181,7 +181,7 @@ class Simulation(Training):
             return
         # Each prompt enqueued here is submitted at once, so the pending queue's room
         # (policies.room_to_enqueue) stays what it is now for the whole dispatch.
-        enqueue_room = 0 if self._script is not None else policies.room_to_enqueue(self.config, ledger.count(PENDING))
+        enqueue_room = 0 if self._script is not None else policies.room_to_enqueue(ledger.config, ledger.count(PENDING))  # type: ignore[arg-type]
         group = self._group
         slots = pool.slots
         pending = self._pending
@@ -212,7 +212,7 @@ class Simulation(Training):
 
     def _start(self, server: Server, rollout: str, prompt: int, version: int, now: float) -> None:
         """Put a rollout's samples on ``server`` (already advanced to ``now``), submitted under ``version``."""
-        self._live[rollout] = LiveRollout(server, self._group, prompt, version, now)
+        self._live[rollout] = LiveRollout(self._group, prompt, version, now)
         if self._script is not None:
             tokens = self._script.attempt(rollout).tokens
             self._pool.start(server, rollout, prompt, lambda: tokens, self._group)
@@ -236,13 +236,24 @@ class Simulation(Training):
                     self._pending.append(rollout)
                     self._pending_prompt[rollout] = prompt
                 elif record.status == READY:
-                    live = self._live[rollout] = LiveRollout(None, 0, prompt, record.head_version, now)
+                    live = self._live[rollout] = LiveRollout(0, prompt, record.head_version, now)
                     live.done = live.segmented = record.tokens
         if self._script is not None and not self._resumed:
             keys = self._script.prompts
             ledger.enqueue(*keys, t=now)
             self._pending.extend(keys)
             self._pending_prompt.update((key, self._script.prompt_tokens) for key in keys)
+
+    def _surfacing(self, process: Generator[simpy.Event, object, None]) -> Generator[simpy.Event, object, None]:
+        """``process``, whose error ends the run and is raised by :meth:`run` as itself
+        (SimPy would raise a copy built from the error's arguments, which an
+        ``IllegalTransition`` cannot be built from)."""
+        try:
+            yield from process
+        except Exception as err:  # noqa: BLE001 - re-raised by run()
+            self._failure = err
+            if not self._done.triggered:
+                self._done.succeed()
 
     def _stop(self, _event: simpy.Event) -> None:
         """The clock passed ``run.max_time_s``: the run ends (unless its goal ended it first)."""
@@ -264,7 +275,7 @@ class Simulation(Training):
         gc.disable()
         try:
             self._prepare()
-            env.process(self._trainer())
+            env.process(self._surfacing(self._trainer()))
             self._dispatch(env.now)
             max_time = self.scenario.run.max_time_s
             if math.isfinite(max_time):
@@ -272,6 +283,8 @@ class Simulation(Training):
                 stop.callbacks.append(self._stop)
             try:
                 env.run(until=self._done)
+                if self._failure is not None:
+                    raise self._failure
             except RuntimeError as err:
                 if self._done.triggered:
                     raise

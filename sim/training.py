@@ -121,9 +121,6 @@ class Training:
         interrupted, self._interrupted = self._interrupted, ()
         self._books(self.ledger.finish_update(interrupted, t=now))
         if interrupted:
-            version = self.ledger.version
-            for rollout in interrupted:
-                self._live[rollout].tail = version
             self._pool.reprefill()
         self._pool.thaw(now)
         if gc.get_count()[0] >= YOUNG_OBJECTS:  # the run turned automatic collection off

@@ -15,14 +15,7 @@ import random
 from pathlib import Path
 from typing import Callable, Iterable
 
-from engine.core.events import (
-    Accepted,
-    Event,
-    Filtered,
-    InterruptedBatch,
-    Rejected,
-    Segment,
-)
+from engine.core.events import Accepted, Event, Filtered, InterruptedBatch, Rejected, Segment
 from sim.config import Distribution, ScenarioError
 
 #: A sampler: draws one length (at least 1 token) from the given generator.

@@ -301,3 +301,13 @@ def test_a_run_stopped_by_its_clock_resumes_from_its_log(tmp_path) -> None:
         Simulation(small("ledger.batch_size=8"), log=path, resume=True)
     with pytest.raises(FileNotFoundError, match="no event log"):
         Simulation(small(), log=tmp_path / "missing.db", resume=True)
+
+
+def test_an_illegal_event_in_the_trainer_surfaces_as_itself(monkeypatch) -> None:
+    from engine.core.events import Resumed
+    from engine.core.reducer import IllegalTransition
+    from engine.ledger import Ledger
+
+    monkeypatch.setattr(Ledger, "finish_update", lambda self, interrupted=(), *, t=None: self.append(Resumed("nobody")))
+    with pytest.raises(IllegalTransition, match="'nobody'"):
+        Simulation(small("run.rollouts=32")).run()

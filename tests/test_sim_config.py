@@ -123,3 +123,13 @@ def test_fixed_distribution_is_constant() -> None:
     draw = sampler(Distribution(kind="fixed", value=7))
     assert {draw(random.Random(s)) for s in range(10)} == {7}
     assert math.isinf(Scenario().run.max_time_s)
+
+
+def test_an_empirical_path_in_a_file_is_relative_to_the_file(tmp_path) -> None:
+    from sim.config import load
+
+    (tmp_path / "lengths.csv").write_text("10\n20\n")
+    (tmp_path / "scenario.toml").write_text('[workload]\nresponse_len = { kind = "empirical", path = "lengths.csv" }\n')
+    scenario = load(tmp_path / "scenario.toml")
+    assert scenario.workload.response_len.path == str(tmp_path / "lengths.csv")
+    assert scenario.workload.prompt_len == Scenario().workload.prompt_len  # the other distribution is left as it was
