@@ -12,17 +12,21 @@ Builds a mixed log (benchmarks/mixed_log.py) as SQLite, then times, best of ``--
   module), and in this process the library ``replay``, decoding alone and folding a
   decoded list (the fold's share of the library replay).
 
-Wall-clock seconds and each child's peak memory (max RSS).  Every figure is measured
+For each command: wall-clock seconds and CPU seconds (user + system, which vary less on
+a machine shared with other work), best of ``--runs`` with the commands run in turn, and
+its peak memory (VmHWM, from one more run of the same code).  Every figure is measured
 in this run; the commands must print the library's counters or the script fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import io
 import json
 import os
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -48,38 +52,73 @@ ALONE = (
 )
 #: Library replay in a fresh interpreter, printing its seconds (for the baseline tree).
 LIBRARY = (
-    "import sys, time; from engine.log import replay; t = time.perf_counter(); replay(sys.argv[1]); "
-    "print(time.perf_counter() - t)"
+    "import sys, time; from engine.log import replay; t, c = time.perf_counter(), time.process_time(); "
+    "replay(sys.argv[1]); print(time.perf_counter() - t, time.process_time() - c)"
 )
 
 
 def child(command: list[str], tree: Path) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MiB, stdout) of ``command`` run with ``tree`` first on the path."""
+    """(wall seconds, CPU seconds, stdout) of ``command`` run with ``tree`` first on the path.
+
+    CPU time (user + system) is what the command itself spent: on a machine shared with
+    other work it varies less than wall time."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = process.stdout.read(), process.stderr.read()  # type: ignore[union-attr]
-    _, status, usage = os.wait4(process.pid, 0)
+    done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise SystemExit(f"{' '.join(command)} failed ({process.returncode}): {err.decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024, out.decode()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, cpu, done.stdout
 
 
-def best_child(runs: int, command: list[str], tree: Path) -> tuple[float, float, str]:
-    results = [child(command, tree) for _ in range(runs)]
-    return min(r[0] for r in results), max(r[1] for r in results), results[0][2]
+#: Runs a command's code, then prints the process's peak resident memory (VmHWM, which
+#: a new program image starts afresh, unlike the max RSS of rusage) on stderr.
+PEAK = (
+    "import atexit, sys; "
+    "atexit.register(lambda: print('VmHWM', open('/proc/self/status').read().split('VmHWM:')[1].split()[0], file=sys.stderr)); "
+    "code = sys.argv.pop(1); exec(compile(code, '<command>', 'exec'))"
+)
+CLI_CODE = "import runpy; runpy.run_module('engine.cli', run_name='__main__', alter_sys=True)"
 
 
-def best_of(runs: int, work: Callable[[], object]) -> float:
-    times = []
+def peak_mib(code: str, args: list[str], tree: Path) -> str:
+    """The peak memory of running ``code`` with ``args`` (``sys.argv[1:]``), or '' where
+    the system does not report it."""
+    if not Path("/proc/self/status").exists():
+        return ""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run([sys.executable, "-c", PEAK, code, *args], cwd=tree, env=env, capture_output=True, text=True)
+    marks = [line.split()[1] for line in done.stderr.splitlines() if line.startswith("VmHWM ")]
+    return f"{int(marks[-1]) / 1024:.0f} MiB" if marks else ""
+
+
+def interleaved(runs: int, commands: list[tuple[list[str], Path]]) -> list[tuple[float, float, str]]:
+    """Best wall time, best CPU time and the output of each command, run in turn ``runs``
+    times (so that a slow spell of a shared machine hits them alike)."""
+    results: list[list[tuple[float, float, str]]] = [[] for _ in commands]
+    for _ in range(runs):
+        for slot, (command, tree) in zip(results, commands):
+            slot.append(child(command, tree))
+    return [(min(r[0] for r in slot), min(r[1] for r in slot), slot[0][2]) for slot in results]
+
+
+def timing(wall: float, cpu: float) -> str:
+    return f"{wall:.2f} s  {cpu:6.2f} s"
+
+
+def best_of(runs: int, work: Callable[[], object]) -> tuple[float, float]:
+    """Best wall and best CPU seconds of ``runs`` calls of ``work`` in this process."""
+    walls, cpus = [], []
     for _ in range(runs):
         gc.collect()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         work()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    return min(walls), min(cpus)
 
 
 def extract(revision: str, into: Path) -> Path:
@@ -119,35 +158,38 @@ def main() -> None:
                 store.append(events[start : start + 10_000])
         n = len(events)
         expected = counters(fold(events))
-        folded = best_of(args.runs, lambda: fold(events))
-        del events  # the children's peak memory must not include this process's copy
+        folded = best_of(args.runs, functools.partial(fold, events))
+        del events  # a million events need not sit in memory while the commands run
         gc.collect()
         cli = [python, "-m", "engine.cli", "replay", "--format", "json", str(log)]
-
-        seconds, rss, out = best_child(args.runs, cli, ROOT)
-        assert json.loads(out) == expected, "the command printed other counters than the library"
-        rows.append((f"CLI replay of {n:,} events (this tree)", f"{seconds:.2f} s", f"{rss:.0f} MiB"))
-        cli_seconds = seconds
+        alone = [python, "-c", ALONE, "replay", "--format", "json", str(log)]
+        commands = [(cli, ROOT), (alone, ROOT)]
         if args.baseline:
             old_tree = extract(args.baseline, Path(tmp))
             old_log = as_schema(log, Path(tmp) / "mixed-old.sqlite", 2)
-            seconds, rss, out = best_child(args.runs, [*cli[:-1], str(old_log)], old_tree)
-            assert json.loads(out) == expected, "the baseline printed other counters"
-            rows.append((f"CLI replay, baseline {args.baseline}", f"{seconds:.2f} s", f"{rss:.0f} MiB"))
-            rows.append(("  speed-up over the baseline", f"{seconds / cli_seconds:.2f}x", ""))
-            library_old = min(float(child([python, "-c", LIBRARY, str(old_log)], old_tree)[2]) for _ in range(args.runs))
-        seconds, rss, out = best_child(args.runs, [python, "-c", ALONE, "replay", "--format", "json", str(log)], ROOT)
-        assert json.loads(out) == expected
-        rows.append(("replay command alone (its own parser only)", f"{seconds:.2f} s", f"{rss:.0f} MiB"))
-        seconds, rss, _ = best_child(args.runs, [python, "-c", "import engine.cli; engine.cli.build_parser()"], ROOT)
-        rows.append(("  of the CLI: build the full parser (imports)", f"{seconds:.2f} s", f"{rss:.0f} MiB"))
-        seconds, rss, _ = best_child(args.runs, [python, "-c", "pass"], ROOT)
-        rows.append(("  of the CLI: start the interpreter", f"{seconds:.2f} s", f"{rss:.0f} MiB"))
+            commands.append(([*cli[:-1], str(old_log)], old_tree))
+        timed = interleaved(args.runs, commands)
+        for _, _, out in timed:
+            assert json.loads(out) == expected, "a command printed other counters than the library"
+        replay_args = ["replay", "--format", "json"]
+        rows.append((f"CLI replay of {n:,} events (this tree)", timing(*timed[0][:2]), peak_mib(CLI_CODE, [*replay_args, str(log)], ROOT)))
+        if args.baseline:
+            rows.append((f"CLI replay, baseline {args.baseline}", timing(*timed[2][:2]), peak_mib(CLI_CODE, [*replay_args, str(old_log)], old_tree)))
+            speedup = f"{timed[2][0] / timed[0][0]:.2f}x  {timed[2][1] / timed[0][1]:5.2f}x"
+            rows.append(("  speed-up over the baseline", speedup, ""))
+        rows.append(("replay command alone (its own parser only)", timing(*timed[1][:2]), peak_mib(ALONE, [*replay_args, str(log)], ROOT)))
+        for name, code in (("  of the CLI: build the full parser (imports)", "import engine.cli; engine.cli.build_parser()"),
+                           ("  of the CLI: start the interpreter", "pass")):
+            runs = [child([python, "-c", code], ROOT) for _ in range(args.runs)]
+            rows.append((name, timing(min(r[0] for r in runs), min(r[1] for r in runs)), peak_mib(code, [], ROOT)))
+        if args.baseline:
+            old_runs = [[float(x) for x in child([python, "-c", LIBRARY, str(old_log)], old_tree)[2].split()] for _ in range(args.runs)]
+            library_old = (min(r[0] for r in old_runs), min(r[1] for r in old_runs))
 
         library = best_of(args.runs, lambda: replay(log))
-        rows.append(("library replay (this process)", f"{library:.2f} s", ""))
+        rows.append(("library replay (this process)", timing(*library), ""))
         if args.baseline:
-            rows.append((f"library replay, baseline {args.baseline}", f"{library_old:.2f} s", ""))
+            rows.append((f"library replay, baseline {args.baseline} (fresh process)", timing(*library_old), ""))
 
         def decode() -> None:
             with EventLog(log) as store:
@@ -155,12 +197,12 @@ def main() -> None:
                     pass
 
         decoded = best_of(args.runs, decode)
-        rows.append(("  of which: read and decode the log", f"{decoded:.2f} s", ""))
-        rows.append(("  of which: fold (a decoded list)", f"{folded:.2f} s", f"{folded / library:.0%} of library replay"))
+        rows.append(("  of which: read and decode the log", timing(*decoded), ""))
+        rows.append(("  of which: fold (a decoded list)", timing(*folded), f"{folded[1] / library[1]:.0%} of library replay (CPU)"))
 
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
-    print(f"{'measurement':<{width}}  {'seconds':>{value_width}}  peak RSS / note")
+    print(f"{'measurement':<{width}}  {'wall, CPU':>{value_width}}  peak memory / note")
     for name, value, note in rows:
         print(f"{name:<{width}}  {value:>{value_width}}  {note}")
 
