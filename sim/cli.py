@@ -171,12 +171,17 @@ def run_sweep(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(table, out / "summaries.csv")
-    plot(axes, table, out / "sweep.png")
+    written = [out / "summaries.csv"]
+    try:
+        plot(axes, table, out / "sweep.png")
+        written.append(out / "sweep.png")
+    except ImportError:  # matplotlib is the optional [plot] extra
+        print("rollout-ledger sweep: no sweep.png: matplotlib is not installed (pip install 'rollout-ledger[plot]')", file=sys.stderr)
     if args.format == "json":
         print(json.dumps(table, indent=2))
     else:
         labels = [{key: value for key, _, value in (item.partition("=") for item in point.overrides)} for point, _ in results]
         print(format_table([summary for _, summary in results], labels))
-        print(f"wrote {out / 'summaries.csv'} and {out / 'sweep.png'}")
+        print("wrote " + " and ".join(map(str, written)))
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import tomllib
 
 from engine.cli import main
@@ -90,3 +91,12 @@ def test_sweep_writes_csv_and_plot(tmp_path, capsys) -> None:
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["sweep", "default", "--no-progress", "--out", str(out)]) == 2
     assert "--grid" in capsys.readouterr().err
+
+
+def test_sweep_without_matplotlib_writes_the_csv_and_says_how_to_get_the_plot(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # an import of it now raises ImportError
+    out = tmp_path / "out"
+    assert main(["sweep", "default", *SMALL, "--grid", "ledger.max_staleness=0,2", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert (out / "summaries.csv").exists() and not (out / "sweep.png").exists()
+    assert "rollout-ledger[plot]" in captured.err and "sweep.png" not in captured.out
