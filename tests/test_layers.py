@@ -85,3 +85,17 @@ def test_the_core_imports_only_the_standard_library_and_immutables() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
     assert done.stdout.split() == []
+
+
+def test_every_command_has_one_owner_that_registers_it() -> None:
+    import argparse
+
+    from engine.cli import COMMAND_MODULES, OWNER, build_parser
+
+    full = build_parser()
+    (subparsers,) = [action for action in full._actions if isinstance(action, argparse._SubParsersAction)]
+    assert set(subparsers.choices) == set(OWNER)
+    assert set(OWNER.values()) == set(COMMAND_MODULES)
+    for command in OWNER:
+        (only,) = [a for a in build_parser(command)._actions if isinstance(a, argparse._SubParsersAction)]
+        assert command in only.choices
