@@ -14,16 +14,13 @@ Only :mod:`engine.core.reducer` uses drafts; nothing here checks a rule.
 
 from __future__ import annotations
 
-import immutables
+from typing import cast
 
 from engine.core.config import Config
 from engine.core.events import Checkpoint
+from engine.core.overlay import Overlay
 from engine.core.ready import ReadyQueue, layered
-from engine.core.state import NEW, Record, Rollout, State
-
-#: The record a draft reads for an id that is not live: status NEW, so the table
-#: refuses every event about it but ``enqueued``.
-ABSENT = Rollout(NEW, "", 0, -1, -1, None, 0, -1)
+from engine.core.state import ABSENT, Record, Rollout, State
 
 _new_record = tuple.__new__  # builds a State or a Rollout from a plain tuple, skipping NamedTuple's slower paths
 
@@ -34,7 +31,7 @@ class Draft:
     ``checkpoint``), and the live rollouts and the ready queue as a frozen part plus
     the changes since."""
 
-    __slots__ = ("added", "base", "checkpoint", "config", "counts", "events", "paused", "queue", "removed", "top", "version")
+    __slots__ = ("added", "base", "checkpoint", "config", "counts", "delta", "events", "paused", "queue", "removed", "rollouts", "top", "version")
 
     def __init__(self, state: State) -> None:
         self.config: Config | None = state.config
@@ -43,8 +40,11 @@ class Draft:
         self.counts: list[int] = list(state.counts)
         self.events: int = state.events
         self.checkpoint: Checkpoint | None = state.checkpoint
-        #: the live rollouts as of the last freeze
-        self.base: immutables.Map[str, Rollout] = state.rollouts
+        #: the live rollouts as of the last freeze, and its two dicts (read directly:
+        #: ``top``, then ``delta``, then ``base``; ``delta`` maps a removed one to ABSENT)
+        self.rollouts: Overlay[str, Rollout] = state.rollouts
+        self.base: dict[str, Rollout] = state.rollouts.base
+        self.delta: dict[str, Rollout] = state.rollouts.delta
         #: rollout -> its record now (a Rollout's fields as a plain tuple), or ABSENT
         #: for one of ``base`` that finished since
         self.top: dict[str, Record] = {}
@@ -57,21 +57,19 @@ class Draft:
 
     def get(self, rollout: str) -> Record:
         """The live record of ``rollout`` (a Rollout's fields), or :data:`ABSENT`."""
-        return self.top.get(rollout) or self.base.get(rollout) or ABSENT
+        return self.top.get(rollout) or self.delta.get(rollout) or self.base.get(rollout) or ABSENT
 
     def freeze(self) -> State:
         """The immutable state this draft holds now; the draft then goes on from it
         (the changes folded so far now live in the frozen state, not in the draft)."""
-        rollouts, top = self.base, self.top
+        rollouts, top = self.rollouts, self.top
         if top:
-            changed = rollouts.mutate()
             for rollout, record in top.items():
-                if record is ABSENT:
-                    del changed[rollout]
-                else:
-                    changed[rollout] = _new_record(Rollout, record)
-            self.base = rollouts = changed.finish()
-            self.top = {}
+                if record is not ABSENT:
+                    top[rollout] = _new_record(Rollout, record)
+            # every record of ``top`` is now a Rollout, or ABSENT (the map's gone marker)
+            self.rollouts = rollouts = rollouts.updated(cast("dict[str, Rollout]", top))
+            self.base, self.delta, self.top = rollouts.base, rollouts.delta, {}
         queue = self.queue
         if self.added or self.removed:  # one layer of edits; the queue keeps the two dicts
             self.queue = queue = layered(queue, self.removed, self.added)

@@ -22,11 +22,16 @@ from typing import Any
 
 import immutables
 
+from engine.core.overlay import Overlay
+
 #: Pending layers a queue may stack before they are applied.
 MAX_LAYERS = 32
 
 _NO_GROUPS: immutables.Map[int, tuple[str, str]] = immutables.Map()
-_NO_LINKS: immutables.Map[str, tuple[str | None, str | None]] = immutables.Map()
+#: The marker of a removed rollout in a links map.
+_UNLINKED: Any = object()
+_NO_LINKS: Overlay[str, tuple[str | None, str | None]] = Overlay(gone=_UNLINKED)
+_MISSING: Any = object()
 _NO_EDITS: Mapping[str, int] = {}
 
 
@@ -44,8 +49,10 @@ class ReadyQueue:
         self,
         heads: tuple[int, ...] = (),
         groups: immutables.Map[int, tuple[str, str]] = _NO_GROUPS,
-        links: immutables.Map[str, tuple[str | None, str | None]] = _NO_LINKS,
+        links: Mapping[str, tuple[str | None, str | None]] = _NO_LINKS,
     ) -> None:
+        if not isinstance(links, Overlay):
+            links = Overlay(links, gone=_UNLINKED)
         self._heads, self._groups, self._links = heads, groups, links
         self._parent: ReadyQueue | None = None  # the queue this one's pending edits apply to
         self._removed: Mapping[str, int] = _NO_EDITS
@@ -65,7 +72,7 @@ class ReadyQueue:
         return self._groups
 
     @property
-    def links(self) -> immutables.Map[str, tuple[str | None, str | None]]:
+    def links(self) -> Overlay[str, tuple[str | None, str | None]]:
         self._settle()
         return self._links
 
@@ -117,10 +124,10 @@ class ReadyQueue:
             layers.append(queue)
             queue = queue._parent
         heads = queue._heads
-        groups, links = queue._groups.mutate(), queue._links.mutate()
+        groups, links = queue._groups.mutate(), _Edits(queue._links)
         for layer in reversed(layers):
             heads = _apply(heads, groups, links, layer._removed, layer._added)
-        self._heads, self._groups, self._links = heads, groups.finish(), links.finish()
+        self._heads, self._groups, self._links = heads, groups.finish(), queue._links.updated(links.changes)
         self._parent, self._removed, self._added, self._layers = None, _NO_EDITS, _NO_EDITS, 0
 
 
@@ -135,10 +142,37 @@ def layered(queue: ReadyQueue, removed: Mapping[str, int], added: Mapping[str, i
     return edited
 
 
+class _Edits:
+    """Changes to a links map, read through to the map (the map itself is immutable)."""
+
+    __slots__ = ("changes", "links")
+
+    def __init__(self, links: Overlay[str, tuple[str | None, str | None]]) -> None:
+        self.links = links
+        self.changes: dict[str, tuple[str | None, str | None]] = {}
+
+    def __getitem__(self, rollout: str) -> tuple[str | None, str | None]:
+        link = self.changes.get(rollout, _MISSING)
+        if link is _MISSING:
+            return self.links[rollout]
+        if link is _UNLINKED:
+            raise KeyError(rollout)
+        found: tuple[str | None, str | None] = link
+        return found
+
+    def __setitem__(self, rollout: str, link: tuple[str | None, str | None]) -> None:
+        self.changes[rollout] = link
+
+    def pop(self, rollout: str) -> tuple[str | None, str | None]:
+        link = self[rollout]
+        self.changes[rollout] = _UNLINKED
+        return link
+
+
 def _apply(
     heads: tuple[int, ...],
     groups: immutables.MapMutation[int, tuple[str, str]],
-    links: immutables.MapMutation[str, tuple[str | None, str | None]],
+    links: _Edits,
     removed: Mapping[str, int],
     added: Mapping[str, int],
 ) -> tuple[int, ...]:

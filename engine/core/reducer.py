@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from engine.core.config import Config
-from engine.core.draft import ABSENT, Draft
+from engine.core.draft import Draft
 from engine.core.events import (
     BY_TYPE,
     Accepted,
@@ -47,6 +47,7 @@ from engine.core.events import (
 )
 from engine.core.ready import ReadyQueue
 from engine.core.state import (
+    ABSENT,
     CONSUMED,
     EMPTY,
     FILTERED,
@@ -112,7 +113,7 @@ def _move(draft: Draft, rollout: str, status: int, record: Record) -> None:
     counts[target] += 1
     if target < CONSUMED:
         draft.top[rollout] = record
-    elif rollout in draft.base:
+    elif rollout in draft.delta or rollout in draft.base:
         draft.top[rollout] = ABSENT
     else:
         del draft.top[rollout]
@@ -134,7 +135,7 @@ def _run_started(draft: Draft, event: RunStarted) -> None:
 
 def _enqueued(draft: Draft, event: Enqueued) -> None:
     rollout = event.rollout
-    record = draft.top.get(rollout) or draft.base.get(rollout) or ABSENT
+    record = draft.top.get(rollout) or draft.delta.get(rollout) or draft.base.get(rollout) or ABSENT
     target = TRANSITIONS["enqueued"].get(record[0])
     if target is None or _GUARD["enqueued"](draft, event, record, 0, 0):
         raise _refused(draft, event, rollout, record, 0, 0)
@@ -145,7 +146,7 @@ def _enqueued(draft: Draft, event: Enqueued) -> None:
 
 def _submitted(draft: Draft, event: Submitted) -> None:
     rollout, version = event.rollout, event.version
-    record = draft.top.get(rollout) or draft.base.get(rollout) or ABSENT
+    record = draft.top.get(rollout) or draft.delta.get(rollout) or draft.base.get(rollout) or ABSENT
     target = TRANSITIONS["submitted"].get(record[0])
     if target is None or _GUARD["submitted"](draft, event, record, version, 0):
         raise _refused(draft, event, rollout, record, version, 0)
@@ -154,7 +155,7 @@ def _submitted(draft: Draft, event: Submitted) -> None:
 
 def _segment(draft: Draft, event: Segment) -> None:
     rollout, version, tokens = event.rollout, event.version, event.tokens
-    record = draft.top.get(rollout) or draft.base.get(rollout) or ABSENT
+    record = draft.top.get(rollout) or draft.delta.get(rollout) or draft.base.get(rollout) or ABSENT
     target = TRANSITIONS["segment"].get(record[0])
     if target is None or _GUARD["segment"](draft, event, record, version, tokens):
         raise _refused(draft, event, rollout, record, version, tokens)
@@ -168,7 +169,7 @@ def _segment(draft: Draft, event: Segment) -> None:
 def _status_only(draft: Draft, event: Interrupted | Rejected | Filtered) -> None:
     """``interrupted``, ``rejected``, ``filtered`` (no rollout guard): the status changes, nothing else."""
     rollout = event.rollout
-    record = draft.top.get(rollout) or draft.base.get(rollout) or ABSENT
+    record = draft.top.get(rollout) or draft.delta.get(rollout) or draft.base.get(rollout) or ABSENT
     target = TRANSITIONS[event.type].get(record[0])
     if target is None:
         raise refusal(event, rollout, record[0])
@@ -178,7 +179,7 @@ def _status_only(draft: Draft, event: Interrupted | Rejected | Filtered) -> None
 def _resumed(draft: Draft, event: Resumed) -> None:
     rollout = event.rollout
     version = draft.version if event.version is None else event.version
-    record = draft.top.get(rollout) or draft.base.get(rollout) or ABSENT
+    record = draft.top.get(rollout) or draft.delta.get(rollout) or draft.base.get(rollout) or ABSENT
     target = TRANSITIONS["resumed"].get(record[0])
     if target is None or _GUARD["resumed"](draft, event, record, version, 0):
         raise _refused(draft, event, rollout, record, version, 0)
@@ -187,7 +188,7 @@ def _resumed(draft: Draft, event: Resumed) -> None:
 
 def _accepted(draft: Draft, event: Accepted) -> None:
     rollout = event.rollout
-    record = draft.top.get(rollout) or draft.base.get(rollout) or ABSENT
+    record = draft.top.get(rollout) or draft.delta.get(rollout) or draft.base.get(rollout) or ABSENT
     target = TRANSITIONS["accepted"].get(record[0])
     if target is None:
         raise refusal(event, rollout, record[0])
@@ -196,7 +197,7 @@ def _accepted(draft: Draft, event: Accepted) -> None:
 
 def _recomputed(draft: Draft, event: Recomputed) -> None:
     rollout, version = event.rollout, event.version
-    record = draft.top.get(rollout) or draft.base.get(rollout) or ABSENT
+    record = draft.top.get(rollout) or draft.delta.get(rollout) or draft.base.get(rollout) or ABSENT
     target = TRANSITIONS["recomputed"].get(record[0])
     if target is None or _GUARD["recomputed"](draft, event, record, version, 0):
         raise _refused(draft, event, rollout, record, version, 0)
@@ -211,10 +212,10 @@ def _checked(draft: Draft, event: Consumed | InterruptedBatch | ResumedBatch, to
     """(rollout, record, target, tokens) for each rollout a batch event names, once the
     table and the rollout guard allow every move (all or nothing)."""
     row, guard, version = TRANSITIONS[event.type], _GUARD.get(event.type), getattr(event, "version", 0)
-    get, base_get = draft.top.get, draft.base.get
+    get, delta_get, base_get = draft.top.get, draft.delta.get, draft.base.get
     checked = []
     for rollout, added in zip(event.rollouts, tokens):
-        record = get(rollout) or base_get(rollout) or ABSENT
+        record = get(rollout) or delta_get(rollout) or base_get(rollout) or ABSENT
         target = row.get(record[0])
         if target is None or guard is not None and guard(draft, event, record, version, added):
             raise _refused(draft, event, rollout, record, version, added)

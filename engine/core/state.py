@@ -9,13 +9,12 @@ rollouts without scanning every live one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple, Protocol
-
-import immutables
 
 from engine.core.config import Config
 from engine.core.events import Checkpoint
+from engine.core.overlay import Overlay
 from engine.core.ready import EMPTY_QUEUE, ReadyQueue
 
 # Rollout statuses.  NEW is the pseudo-status of an id the ledger has not seen;
@@ -56,7 +55,7 @@ class State(NamedTuple):
     config: Config | None
     version: int
     paused: bool
-    rollouts: immutables.Map[str, Rollout]  # rollout id -> Rollout, live rollouts only
+    rollouts: Overlay[str, Rollout]  # rollout id -> Rollout, live rollouts only
     counts: tuple[int, ...]
     events: int
     checkpoint: Checkpoint | None
@@ -107,7 +106,18 @@ class State(NamedTuple):
         return status_name(NEW if record is None else record.status)
 
 
-EMPTY = State(None, 0, False, immutables.Map(), (0,) * len(STATUS_NAMES), 0, None, EMPTY_QUEUE)
+#: The record the reducer reads for an id that is not live (status NEW, so the table
+#: refuses every event about it but ``enqueued``), and the marker of a removed rollout
+#: in a state's map of live rollouts.
+ABSENT = Rollout(NEW, "", 0, -1, -1, None, 0, -1)
+
+
+def rollout_map(records: Mapping[str, Rollout] | Iterable[tuple[str, Rollout]] = ()) -> Overlay[str, Rollout]:
+    """A state's map of live rollouts holding ``records`` (for a state made without the reducer)."""
+    return Overlay(records, gone=ABSENT)
+
+
+EMPTY = State(None, 0, False, rollout_map(), (0,) * len(STATUS_NAMES), 0, None, EMPTY_QUEUE)
 
 
 def ready_rollouts(state: State) -> Iterator[tuple[str, Rollout]]:
