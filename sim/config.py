@@ -35,6 +35,15 @@ class ScenarioError(ValueError):
         return (type(self), (self.field, self.message))
 
 
+class ScenarioFileError(ScenarioError):
+    """A scenario file that cannot be read as TOML; ``field`` is its path."""
+
+    def __init__(self, path: str, message: str) -> None:
+        ValueError.__init__(self, f"{path}: {message}")
+        self.field = str(path)
+        self.message = message
+
+
 def _doc(text: str) -> dict[str, str]:
     return {"doc": text}
 
@@ -340,9 +349,15 @@ def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Scena
             with open(path, "rb") as handle:
                 data = tomllib.load(handle)
         except FileNotFoundError:
-            raise ScenarioError("<file>", f"no scenario file at {path}") from None
+            raise ScenarioFileError(str(path), "no such scenario file") from None
+        except IsADirectoryError:
+            raise ScenarioFileError(str(path), "is a directory, not a scenario file") from None
+        except OSError as err:
+            raise ScenarioFileError(str(path), f"cannot be read: {err.strerror or err}") from None
+        except UnicodeDecodeError as err:
+            raise ScenarioFileError(str(path), f"is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
         except tomllib.TOMLDecodeError as err:
-            raise ScenarioError("<file>", f"{path} is not valid TOML: {err}") from err
+            raise ScenarioFileError(str(path), f"is not valid TOML: {err}") from err
         scenario = from_dict(data)
         scenario = _relative_paths(scenario, Path(path).parent)
     return scenario.with_overrides(overrides)

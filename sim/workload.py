@@ -59,10 +59,15 @@ def load_lengths(path: str | Path, field_name: str = "distribution") -> list[int
     path = Path(path)
     if not path.is_file():
         raise ScenarioError(f"{field_name}.path", f"no file at {path}")
-    if path.suffix in (".csv", ".txt"):
-        lengths = _csv_lengths(path, field_name)
-    else:
-        lengths = _log_lengths(path, field_name)
+    try:
+        if path.suffix in (".csv", ".txt"):
+            lengths = _csv_lengths(path, field_name)
+        else:
+            lengths = _log_lengths(path, field_name)
+    except UnicodeDecodeError as err:
+        raise ScenarioError(f"{field_name}.path", f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
+    except csv.Error as err:
+        raise ScenarioError(f"{field_name}.path", f"{path} is not a CSV file: {err}") from None
     if not lengths:
         raise ScenarioError(f"{field_name}.path", f"{path} holds no lengths")
     return lengths
@@ -99,7 +104,9 @@ def _log_lengths(path: Path, field_name: str) -> list[int]:
         else:
             with EventLog(path) as log:
                 _collect(log.events(), tokens, lengths)
-    except LogError as err:
+    except UnicodeDecodeError:
+        raise  # named by load_lengths
+    except (LogError, ValueError) as err:  # ValueError: a stored value that is not what the log says it is
         raise ScenarioError(f"{field_name}.path", f"{path}: {err}") from err
     return lengths
 

@@ -3,6 +3,7 @@ checked, and never over one of its inputs (engine.log.files)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 
@@ -11,6 +12,9 @@ import pytest
 from engine.cli import main
 from engine.log import EventLog
 from tests.test_ledger_cli import DESIGN_LOG
+
+SMALL = ["--no-progress", "--set", "run.rollouts=16", "--set", "ledger.batch_size=4", "--set", "generation.servers=1"]
+
 
 def status(argv: list[str]) -> int:
     """``main``'s exit status, also when the parser exits (bad arguments)."""
@@ -129,6 +133,65 @@ def test_import_refuses_an_existing_or_unwritable_target_before_reading(tmp_path
     assert main(["import", str(source), str(tmp_path / "no" / "x.db")]) == 2
     assert "does not exist" in one_line(capsys)
     assert source.read_text() == DESIGN_LOG and files(tmp_path) == ["in.jsonl"]
+
+
+def test_sweep_checks_its_output_folder_before_the_first_run(tmp_path, capsys, monkeypatch):
+    import sim.sweep
+
+    def no_runs(*args, **kwargs):
+        raise AssertionError("a run started before the output was checked")
+
+    monkeypatch.setattr(sim.sweep, "run_point", no_runs)
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    for out in (not_a_folder, not_a_folder / "sub"):
+        assert main(["sweep", "default", *SMALL, "--workers", "1", "--grid", "ledger.max_staleness=0,1", "--out", str(out)]) == 2
+        assert str(out) in one_line(capsys)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "summaries.csv").mkdir()
+    assert main(["sweep", "default", *SMALL, "--workers", "1", "--grid", "ledger.max_staleness=0,1", "--out", str(tmp_path / "out")]) == 2
+    assert "summaries.csv" in one_line(capsys)
+
+
+def test_sweep_results_are_written_whole(tmp_path, capsys, monkeypatch):
+    import sim.sweep
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summaries.csv").write_text("old\n")
+
+    def broken_plot(*args, **kwargs):
+        raise ImportError("no matplotlib")
+
+    monkeypatch.setattr("sim.cli.plot", broken_plot)
+    real_writer = csv.DictWriter
+
+    class FailingWriter(real_writer):  # type: ignore[misc, valid-type]
+        def writerows(self, rows):
+            super().writerows(rows[:1])
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sim.sweep.csv, "DictWriter", FailingWriter)
+    with pytest.raises(OSError):
+        main(["sweep", "default", *SMALL, "--workers", "1", "--grid", "ledger.max_staleness=0,1", "--out", str(out)])
+    assert (out / "summaries.csv").read_text() == "old\n" and files(out) == ["summaries.csv"]
+
+
+def test_simulate_refuses_an_unwritable_log_before_running(tmp_path, capsys, monkeypatch):
+    import sim.cli
+
+    monkeypatch.setattr(sim.cli, "Simulation", None)  # any run would fail with a TypeError
+    for log in (tmp_path / "missing" / "run.db", tmp_path, tmp_path / "file" / "run.db"):
+        (tmp_path / "file").write_text("x")
+        assert main(["simulate", *SMALL, "--compare", "1", "--log", str(log)]) == 2
+        assert str(log) in one_line(capsys)
+    assert files(tmp_path) == ["file"]
+
+
+def test_simulate_refuses_a_bound_given_twice_before_running(tmp_path, capsys):
+    assert status(["simulate", *SMALL, "--compare", "1,1", "--log", str(tmp_path / "run.db")]) == 2
+    assert "--compare" in one_line(capsys)
+    assert files(tmp_path) == []
 
 
 def test_outputs_get_the_usual_file_mode(log, tmp_path, capsys):

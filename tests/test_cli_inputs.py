@@ -1,0 +1,62 @@
+"""Bad input to any command: exit status 2 and one line, ``rollout-ledger: <input>:
+<what is wrong>``, never a traceback; nonsense values are refused, not run."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_cli_outputs import SMALL, one_line, status
+
+
+@pytest.fixture
+def not_utf8(tmp_path):
+    path = tmp_path / "latin1"
+    path.write_bytes(b"[run]\nseed = 1 # caf\xe9\n")
+    return path
+
+
+def test_a_log_that_is_not_utf8_is_named(tmp_path, capsys):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'\xff\xfe{"type": "paused"}\n')
+    for argv in (["replay", str(path)], ["inspect", str(path), "r1"], ["import", str(path), str(tmp_path / "x.db")]):
+        assert status(argv) == 2
+        assert one_line(capsys).startswith(f"rollout-ledger: {path}: not UTF-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+
+
+@pytest.mark.parametrize("command", ["simulate", "sweep"])
+def test_a_scenario_that_cannot_be_read_is_named(tmp_path, capsys, not_utf8, command):
+    grid = ["--grid", "run.seed=1,2"] if command == "sweep" else []
+    for scenario, problem in ((not_utf8, "not UTF-8"), (tmp_path, "is a directory"), (tmp_path / "no.toml", "no such scenario")):
+        assert status([command, str(scenario), *SMALL, *grid, "--out" if grid else "--format", str(tmp_path / "out") if grid else "json"]) == 2
+        line = one_line(capsys)
+        assert line.startswith(f"rollout-ledger: {scenario}: ") and problem in line
+
+
+def test_an_empirical_length_file_that_is_not_utf8_is_named(capsys, not_utf8):
+    lengths = not_utf8.rename(not_utf8.with_suffix(".csv"))
+    override = f"workload.response_len={{kind='empirical', path='{lengths}'}}"
+    assert status(["simulate", *SMALL, "--compare", "1", "--set", override]) == 2
+    line = one_line(capsys)
+    assert "workload.response_len.path" in line and "not UTF-8" in line
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--grid", "run.seed=1,2", "--grid", "run.seed=3"], "'run.seed'"),
+        (["--grid", "run.seed=1,1"], "'run.seed'"),
+        (["--grid", "run.seed=1", "--workers", "0"], "--workers"),
+        (["--grid", "run.seed=1", "--workers", "-3"], "--workers"),
+    ],
+)
+def test_sweep_refuses_a_bad_grid_before_any_run(tmp_path, capsys, argv, named):
+    assert status(["sweep", "default", *SMALL, "--out", str(tmp_path / "out"), *argv]) == 2
+    assert named in one_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("compare", ["1,1", "1,01", "inf,unbounded", "-1", "x", ","])
+def test_simulate_refuses_bad_bounds(capsys, compare):
+    assert status(["simulate", *SMALL, "--compare", compare]) == 2
+    assert "--compare" in one_line(capsys)
