@@ -11,6 +11,7 @@ import torch
 from engine.backends.local.model import Policy, preset
 from engine.backends.local.tasks import Problem, Task, Tokenizer, get_task
 from engine.backends.local.trainer import pad_samples
+from engine.log.files import atomic_path
 from engine.runtime.ports import Sample
 from engine.workflow import Context
 
@@ -120,7 +121,8 @@ class SaveWeights:
     def execute(self, ctx: Context) -> Context:
         key = ctx.stage_opts.get("key", "model")
         path = ctx.artifacts / f"{ctx.path.split('/')[-2] if '/' in ctx.path else 'run'}-{key}.pt"
-        torch.save(ctx.get(key).state_dict(), path)
+        with atomic_path(path) as partial:
+            torch.save(ctx.get(key).state_dict(), partial)
         return ctx.put_all({f"{key}_weights": str(path)}).record(saved=str(path))
 
 

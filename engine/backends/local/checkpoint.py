@@ -1,7 +1,8 @@
 """Trainer checkpoints: one file per policy version, written atomically.
 
-A checkpoint is written to a temporary name and renamed into place, so a process
-killed mid-write leaves the previous checkpoint intact and never a torn one.
+A checkpoint is written to a temporary name beside it, fsynced and renamed into
+place (:func:`engine.log.files.atomic_path`), so a process killed mid-write leaves
+the previous checkpoint intact and never a torn one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from engine.log.files import atomic_path
 
 _NAME = re.compile(r"^ckpt-(\d{6})\.pt$")
 
@@ -25,12 +28,11 @@ def save_checkpoint(directory: str | Path, version: int, state: dict[str, Any], 
     """Write ``state`` as the checkpoint of ``version``; keep the newest ``keep`` files."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if version < 0:
+        raise ValueError(f"a checkpoint's version must not be negative, got {version}")
     path = checkpoint_path(directory, version)
-    partial = path.with_suffix(".partial")
-    torch.save(state, partial)
-    with open(partial, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        torch.save(state, partial)
     for old in sorted(checkpoints(directory))[:-keep]:
         checkpoint_path(directory, old).unlink(missing_ok=True)
     return path
