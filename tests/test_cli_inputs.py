@@ -60,3 +60,12 @@ def test_sweep_refuses_a_bad_grid_before_any_run(tmp_path, capsys, argv, named):
 def test_simulate_refuses_bad_bounds(capsys, compare):
     assert status(["simulate", *SMALL, "--compare", compare]) == 2
     assert "--compare" in one_line(capsys)
+
+
+def test_a_negative_checkpoint_version_is_refused_by_replay(tmp_path, capsys):
+    path = tmp_path / "neg.jsonl"
+    path.write_text('{"type": "run_started", "config": {"max_concurrent": 4, "batch_size": 2}}\n'
+                    '{"type": "checkpoint", "version": -1, "path": "w.pt"}\n')
+    assert status(["replay", str(path)]) == 2
+    line = one_line(capsys)
+    assert str(path) in line and "line 2" in line and "negative" in line
