@@ -107,10 +107,15 @@ def describe_error(error: BaseException, args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns (and, as a console script, exits with) its status."""
+    """Run one command; returns (and, as a console script, exits with) its status, the
+    parser's too (2 for a bad argument, 0 after ``--help``) rather than raising
+    :class:`SystemExit`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv[0] if argv and argv[0] in OWNER else None)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:
+        return exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 2
     try:
         return int(args.run(args) or 0)
     except BAD_INPUT as error:
