@@ -69,3 +69,50 @@ def test_a_negative_checkpoint_version_is_refused_by_replay(tmp_path, capsys):
     assert status(["replay", str(path)]) == 2
     line = one_line(capsys)
     assert str(path) in line and "line 2" in line and "negative" in line
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("--max-concurrent", "0"), ("--steps", "0"), ("--batch-size", "-1"), ("--group-size", "0"), ("--minibatches", "0"),
+     ("--lr", "nan"), ("--sft-lr", "0"), ("--temperature", "inf"), ("--timeout", "-1"), ("--seed", "-1"), ("--seed", str(2**64)),
+     ("--threads", "0"), ("--eval-size", "-1"), ("--ppo-epochs", "0"), ("--warmup-steps", "-1"), ("--max-retries", "-1"),
+     ("--checkpoint-every", "0"), ("--max-staleness", "-2"), ("--steps", "many")],
+)
+def test_train_refuses_nonsense_numbers_before_loading_a_model(tmp_path, capsys, option, value):
+    assert status(["train", option, value, "--run-dir", str(tmp_path / "run")]) == 2
+    assert f"argument {option}:" in one_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_refuses_an_init_file_that_is_not_weights(tmp_path, capsys):
+    bad = tmp_path / "weights.pt"
+    bad.write_text('{"schema": 3}\n')
+    run = tmp_path / "run"
+    assert status(["train", "--init", str(bad), "--steps", "1", "--warmup-steps", "0", "--no-progress", "--run-dir", str(run)]) == 2
+    assert one_line(capsys).startswith(f"rollout-ledger: {bad}: not a file of model weights")
+    assert not run.exists()
+    assert status(["train", "--init", str(tmp_path), "--run-dir", str(run)]) == 2
+    assert "--init" in one_line(capsys)
+
+
+def test_train_refuses_a_run_dir_that_is_a_file_or_a_broken_run_config(tmp_path, capsys):
+    file = tmp_path / "file"
+    file.write_text("x")
+    for run_dir in (file, file / "run"):
+        assert status(["train", "--run-dir", str(run_dir)]) == 2
+        assert str(run_dir) in one_line(capsys)
+    saved = tmp_path / "old"
+    saved.mkdir()
+    for content in (b"\xff\xfe", b"[1, 2]", b"{\"steps\": -1}", b"{\"nonsense\": 1}"):
+        (saved / "run.json").write_bytes(content)
+        assert status(["train", "--resume", "--run-dir", str(saved)]) == 2
+        assert one_line(capsys).startswith(f"rollout-ledger: {saved / 'run.json'}: not a run's config")
+
+
+def test_a_run_config_refuses_what_no_run_can_use():
+    from engine.workflows.rl_config import RunConfig
+
+    for bad in ({"max_concurrent": 0}, {"max_staleness": -1}, {"lr": float("nan")}, {"seed": -1}, {"timeout_s": 0.0},
+                {"warmup_batch": 0}, {"steps": True}, {"task": 3}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            RunConfig(**bad)  # type: ignore[arg-type]

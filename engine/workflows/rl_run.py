@@ -81,6 +81,25 @@ class CollectedBatch:
         return [s for group in self.groups for s in group]
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0].split(". ")[0] if text else type(error).__name__
+
+
+def read_weights(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The dict of tensors in the file of model weights at ``path`` (an ``--init`` file);
+    a file that holds none raises ValueError naming it."""
+    try:
+        weights = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch raises many kinds for a file that is not its own (pickle, zip, EOF)
+        raise ValueError(f"{path}: not a file of model weights ({_first_line(err)})") from err
+    if not isinstance(weights, dict):
+        raise ValueError(f"{path}: not a file of model weights (it holds a {type(weights).__name__})")
+    return weights
+
+
 class RLRun:
     """One asynchronous RL run in ``run_dir``; ``resume=True`` continues a killed one."""
 
@@ -138,7 +157,7 @@ class RLRun:
             refuse_existing_run(self.run_dir)
             write_atomic(self.run_dir / "run.json", json.dumps(asdict(config), indent=2) + "\n")
             if config.init:
-                self.trainer.model.load_state_dict(torch.load(config.init, map_location=self.device, weights_only=True))
+                self.load_weights(config.init)
             else:
                 self.warmup(config.warmup_steps)
             self.ledger = Ledger(config.ledger_config(), path=events_path, flush_every=FLUSH_EVERY)
@@ -162,6 +181,16 @@ class RLRun:
 
     async def _start(self) -> None:
         self.executor.start()
+
+    def load_weights(self, path: str | Path) -> None:
+        """Start from the model weights at ``path`` (a ``--init`` file, as :meth:`save_weights`
+        writes); a file that does not hold this model's weights raises ValueError naming it."""
+        weights = read_weights(path, self.device)
+        try:
+            self.trainer.model.load_state_dict(weights)
+        except RuntimeError as err:  # other shapes or names: another model's weights
+            detail = " ".join(line.strip() for line in str(err).splitlines()[1:])
+            raise ValueError(f"{path}: holds another model's weights ({detail[:200] or _first_line(err)})") from err
 
     def warmup(self, steps: int) -> list[float]:
         """Supervised warm-up on fresh problems, so RL starts from a non-trivial reward."""
