@@ -149,7 +149,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     from engine.workflow import StageFailed
     from engine.workflows import reinforcement
-    from engine.workflows.rl_run import read_weights
+    from engine.backends.local.checkpoint import read_weights
 
     try:
         if args.init is not None:  # what the file holds, before the run starts

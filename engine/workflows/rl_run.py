@@ -37,7 +37,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from engine.backends.local.checkpoint import save_checkpoint
+from engine.backends.local.checkpoint import read_weights, save_checkpoint
 from engine.backends.local.generation import TorchEngine
 from engine.backends.local.model import Policy, preset
 from engine.backends.local.tasks import Problem, Task, Tokenizer, get_task
@@ -79,25 +79,6 @@ class CollectedBatch:
     @property
     def samples(self) -> list[Sample]:
         return [s for group in self.groups for s in group]
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0].split(". ")[0] if text else type(error).__name__
-
-
-def read_weights(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """The dict of tensors in the file of model weights at ``path`` (an ``--init`` file);
-    a file that holds none raises ValueError naming it."""
-    try:
-        weights = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # torch raises many kinds for a file that is not its own (pickle, zip, EOF)
-        raise ValueError(f"{path}: not a file of model weights ({_first_line(err)})") from err
-    if not isinstance(weights, dict):
-        raise ValueError(f"{path}: not a file of model weights (it holds a {type(weights).__name__})")
-    return weights
 
 
 class RLRun:
@@ -190,7 +171,7 @@ class RLRun:
             self.trainer.model.load_state_dict(weights)
         except RuntimeError as err:  # other shapes or names: another model's weights
             detail = " ".join(line.strip() for line in str(err).splitlines()[1:])
-            raise ValueError(f"{path}: holds another model's weights ({detail[:200] or _first_line(err)})") from err
+            raise ValueError(f"{path}: holds another model's weights ({detail[:200] or err})") from err
 
     def warmup(self, steps: int) -> list[float]:
         """Supervised warm-up on fresh problems, so RL starts from a non-trivial reward."""

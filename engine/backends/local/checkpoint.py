@@ -1,4 +1,5 @@
-"""Trainer checkpoints: one file per policy version, written atomically.
+"""Trainer checkpoints: one file per policy version, written atomically; and reading a
+file of model weights alone (an ``--init`` file).
 
 A checkpoint is written to a temporary name beside it, fsynced and renamed into
 place (:func:`engine.log.files.atomic_path`), so a process killed mid-write leaves
@@ -56,3 +57,22 @@ def load_checkpoint(directory: str | Path, version: int, device: torch.device | 
     if not isinstance(saved, dict):
         raise ValueError(f"{path} does not hold a checkpoint (a dict of state), it holds a {type(saved).__name__}")
     return saved
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0].split(". ")[0] if text else type(error).__name__
+
+
+def read_weights(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The dict of tensors in the file of model weights at ``path`` (an ``--init`` file);
+    a file that holds none raises ValueError naming it."""
+    try:
+        weights = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch raises many kinds for a file that is not its own (pickle, zip, EOF)
+        raise ValueError(f"{path}: not a file of model weights ({_first_line(err)})") from err
+    if not isinstance(weights, dict):
+        raise ValueError(f"{path}: not a file of model weights (it holds a {type(weights).__name__})")
+    return weights
