@@ -116,3 +116,55 @@ def test_a_run_config_refuses_what_no_run_can_use():
                 {"warmup_batch": 0}, {"steps": True}, {"task": 3}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             RunConfig(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["supervised", "--set", "num_epochs=-1"], "'num_epochs'"),
+        (["supervised", "--set", "batch_size=0"], "'batch_size'"),
+        (["preference", "--set", "beta=0"], "'beta'"),
+        (["reward_model", "--set", "eval_size=0"], "'eval_size'"),
+        (["reinforcement", "--set", "max_concurrent=0"], "'max_concurrent'"),
+        (["reinforcement", "--set", "ppo_epochs=0"], "'ppo_epochs'"),
+        (["rlhf", "--set", "sft.num_epochs=-1"], "'num_epochs'"),
+        (["rlhf", "--set", "rl.steps=0"], "'steps'"),
+        (["rlhf", "--set", "seed=-1"], "'seed'"),
+        (["rlhf", "--set", "reward=3"], "'reward'"),
+    ],
+)
+def test_run_refuses_a_config_value_no_run_can_use_before_it_starts(tmp_path, capsys, argv, named):
+    log = tmp_path / "run.db"
+    assert status(["run", *argv, "--log", str(log)]) == 2
+    assert named in one_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_refuses_a_log_it_cannot_write_before_it_starts(tmp_path, capsys):
+    file = tmp_path / "file"
+    file.write_text("x")
+    for log in (file / "run.db", tmp_path / "file" / "deeper" / "run.db"):
+        assert status(["run", "supervised", "--log", str(log)]) == 2
+        assert one_line(capsys).startswith(f"rollout-ledger: {log}: cannot be written")
+    (tmp_path / "run.db.artifacts").write_text("x")  # where the run's files would go
+    assert status(["run", "supervised", "--log", str(tmp_path / "run.db")]) == 2
+    assert "run.db.artifacts" in one_line(capsys)
+    assert status(["run", "supervised", "--resume", "--log", str(tmp_path)]) == 2
+    assert "no run's log to resume" in one_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "run.db.artifacts"]
+
+
+@pytest.mark.parametrize("content", [b"def (:\n", b"\xff\xfe\x00", b"raise RuntimeError('boom')\n", b"x = 1\n"])
+def test_a_workflow_file_that_cannot_be_loaded_is_named(tmp_path, capsys, content):
+    path = tmp_path / "flow.py"
+    path.write_bytes(content)
+    for command in ("run", "describe"):
+        assert status([command, str(path)]) == 2
+        assert one_line(capsys).startswith(f"rollout-ledger: {path}")
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_bytes(b'{"lr": "caf\xe9"}')
+    assert status(["run", "supervised", "--config", str(config)]) == 2
+    assert one_line(capsys).startswith(f"rollout-ledger: {config}: not UTF-8")
