@@ -29,10 +29,13 @@ def sampler(dist: Distribution, field_name: str = "distribution") -> Sampler:
         return lambda rng: value
     if dist.kind == "lognormal":
         mu, sigma, cap = math.log(dist.median), dist.sigma, dist.cap
-        ceil, draw = math.ceil, random.Random.lognormvariate
+        ceil, exp, draw, top = math.ceil, math.exp, random.Random.normalvariate, math.log(cap)
 
         def lognormal(rng: random.Random) -> int:
-            return min(cap, max(1, ceil(draw(rng, mu, sigma))))
+            # random.lognormvariate is exp(normalvariate): the same draw, clipped at the
+            # cap before exp, which a wide sigma would overflow.
+            exponent = draw(rng, mu, sigma)
+            return cap if exponent >= top else min(cap, max(1, ceil(exp(exponent))))
 
         return lognormal
     if dist.kind == "empirical":

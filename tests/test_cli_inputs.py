@@ -168,3 +168,43 @@ def test_a_config_file_that_is_not_utf8_is_named(tmp_path, capsys):
     config.write_bytes(b'{"lr": "caf\xe9"}')
     assert status(["run", "supervised", "--config", str(config)]) == 2
     assert one_line(capsys).startswith(f"rollout-ledger: {config}: not UTF-8")
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("generation.prefill_per_token_s=1e308", "generation.prefill_per_token_s"),  # the clock overflowed and never stopped
+        ("generation.step_base_s=nan", "generation.step_base_s"),
+        ("workload.response_len={kind='lognormal', median=10.0, sigma=inf, cap=10}", "workload.response_len.sigma"),
+        ("workload.response_len={kind='lognormal', median=inf, sigma=1.0, cap=10}", "workload.response_len.median"),
+        ("workload.prompt_len={kind='fixed', value=100000000000000000000000}", "workload.prompt_len.value"),
+        ("ledger.max_concurrent=0", "ledger.max_concurrent"),
+        ("run.rollouts=-1", "run.rollouts"),
+    ],
+)
+def test_simulate_refuses_values_no_simulation_can_use(capsys, override, field):
+    assert status(["simulate", *SMALL, "--compare", "1", "--set", override]) == 2
+    assert repr(field) in one_line(capsys)
+
+
+def test_a_wide_lognormal_is_clipped_at_its_cap_instead_of_overflowing(capsys):
+    wide = "workload.response_len={kind='lognormal', median=10.0, sigma=1e300, cap=10}"  # OverflowError before
+    assert status(["simulate", *SMALL, "--compare", "1", "--format", "json", "--set", wide]) == 0
+
+
+def test_a_malformed_meta_value_in_a_log_is_one_line(tmp_path, capsys):
+    import sqlite3
+
+    log = tmp_path / "run.db"
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"type": "run_started", "config": {"max_concurrent": 4, "batch_size": 2}}\n')
+    assert status(["import", str(source), str(log)]) == 0
+    db = sqlite3.connect(log)
+    db.execute("UPDATE meta SET value = 'abc' WHERE key = 'last_seq'")
+    db.commit()
+    db.close()
+    capsys.readouterr()
+    for argv in (["replay", str(log)], ["inspect", str(log), "r1"], ["export", str(log), "--jsonl", str(tmp_path / "out.jsonl")]):
+        assert status(argv) == 2
+        assert one_line(capsys).startswith(f"rollout-ledger: {log}")
+    assert not (tmp_path / "out.jsonl").exists()
