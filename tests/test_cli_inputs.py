@@ -208,3 +208,16 @@ def test_a_malformed_meta_value_in_a_log_is_one_line(tmp_path, capsys):
         assert status(argv) == 2
         assert one_line(capsys).startswith(f"rollout-ledger: {log}")
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_the_console_command_exits_2_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b"\xff\n")
+    for argv in (["replay", str(bad)], ["train", "--max-concurrent", "0"], ["export", str(bad), "--jsonl", str(bad)]):
+        done = subprocess.run([sys.executable, "-m", "engine.cli", *argv], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("rollout-ledger: "), done.stderr
+    assert bad.read_bytes() == b"\xff\n"
