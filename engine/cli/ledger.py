@@ -233,8 +233,8 @@ def _import(args: argparse.Namespace) -> int:
             with atomic_path(target) as partial:
                 partial.unlink()  # SQLite creates the database file itself
                 last = _store(source, partial)
-        finally:  # SQLite's side files of a database that was not completed
-            for side in ("-wal", "-shm", "-journal"):
+        finally:  # side files of a database that was not completed: SQLite's, a writer's lock
+            for side in ("-wal", "-shm", "-journal", ".lock"):
                 if partial is not None:
                     with contextlib.suppress(OSError):
                         Path(f"{partial}{side}").unlink()
