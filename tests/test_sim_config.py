@@ -74,7 +74,7 @@ def test_bad_values_name_the_field(override: str, field: str) -> None:
 
 
 def test_bad_files_are_refused(tmp_path) -> None:
-    with pytest.raises(ScenarioError, match="no scenario file"):
+    with pytest.raises(ScenarioError, match="no such scenario file"):
         load(tmp_path / "missing.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[ledger\n")

@@ -28,6 +28,7 @@ from engine.backends.local.trainer import Trainer
 from engine.core.events import Checkpoint, Consumed, Enqueued, Version
 from engine.ledger import Ledger
 from engine.log import EventLog
+from engine.log.files import write_atomic
 
 
 @dataclass
@@ -85,7 +86,7 @@ def restore(ledger: Ledger, trainer: Trainer, ckpt_dir: Path, found: LogScan, me
     trainer.load_state_dict(load_checkpoint(ckpt_dir, usable[-1], device))
     trainer.version = version
     found.metrics = [m for m in found.metrics if m["step"] <= version]
-    metrics_path.write_text("".join(json.dumps(m) + "\n" for m in found.metrics))
+    write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in found.metrics))
     if ledger.state.checkpoint is None or ledger.state.checkpoint.version != usable[-1]:
         ledger.append(Checkpoint(usable[-1], str(checkpoint_path(ckpt_dir, usable[-1]))))
     ledger.flush()

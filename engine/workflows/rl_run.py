@@ -17,7 +17,11 @@ benchmarks run through :func:`engine.workflows.reinforcement.train`.  They call
 What a resume reads back is :mod:`engine.workflows.rl_resume`'s.  A run directory holds ``run.json`` (the config), ``events.sqlite`` (the ledger's
 log), ``samples.sqlite`` (completed rollouts' samples), ``metrics.jsonl`` (one line
 per update) and ``checkpoints/``.  Generation and training share one device: the
-trainer's weights become the engine's at each version bump.
+trainer's weights become the engine's at each version bump.  ``run.json``, the
+checkpoints and saved weights are written whole or not at all
+(:mod:`engine.log.files`); the two SQLite logs and ``metrics.jsonl`` are appended to
+as the run goes (a torn last metrics line is skipped by a resume, which rewrites the
+file whole).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from engine.backends.local.checkpoint import save_checkpoint
+from engine.backends.local.checkpoint import read_weights, save_checkpoint
 from engine.backends.local.generation import TorchEngine
 from engine.backends.local.model import Policy, preset
 from engine.backends.local.tasks import Problem, Task, Tokenizer, get_task
@@ -45,6 +49,7 @@ from engine.backends.local.trainer import (
 )
 from engine.core.events import Checkpoint
 from engine.ledger import Ledger
+from engine.log.files import atomic_path, write_atomic
 from engine.logconfig import get_logger
 from engine.runtime.collector import Collector
 from engine.runtime.executor import RolloutExecutor
@@ -131,9 +136,9 @@ class RLRun:
             self._logger.info("resumed", version=self.ledger.state.version, checkpoint=loaded, retrain=len(self._retrain))
         else:
             refuse_existing_run(self.run_dir)
-            (self.run_dir / "run.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+            write_atomic(self.run_dir / "run.json", json.dumps(asdict(config), indent=2) + "\n")
             if config.init:
-                self.trainer.model.load_state_dict(torch.load(config.init, map_location=self.device, weights_only=True))
+                self.load_weights(config.init)
             else:
                 self.warmup(config.warmup_steps)
             self.ledger = Ledger(config.ledger_config(), path=events_path, flush_every=FLUSH_EVERY)
@@ -157,6 +162,16 @@ class RLRun:
 
     async def _start(self) -> None:
         self.executor.start()
+
+    def load_weights(self, path: str | Path) -> None:
+        """Start from the model weights at ``path`` (a ``--init`` file, as :meth:`save_weights`
+        writes); a file that does not hold this model's weights raises ValueError naming it."""
+        weights = read_weights(path, self.device)
+        try:
+            self.trainer.model.load_state_dict(weights)
+        except RuntimeError as err:  # other shapes or names: another model's weights
+            detail = " ".join(line.strip() for line in str(err).splitlines()[1:])
+            raise ValueError(f"{path}: holds another model's weights ({detail[:200] or err})") from err
 
     def warmup(self, steps: int) -> list[float]:
         """Supervised warm-up on fresh problems, so RL starts from a non-trivial reward."""
@@ -328,7 +343,8 @@ class RLRun:
 
     def save_weights(self, path: str | Path) -> None:
         """The model's weights alone (a ``--init`` file for other runs)."""
-        torch.save(self.trainer.model.state_dict(), path)
+        with atomic_path(path) as partial:
+            torch.save(self.trainer.model.state_dict(), partial)
 
     def summary(self) -> dict[str, Any]:
         """Throughput, reward, staleness and the ledger's counters of the run so far."""
