@@ -3,7 +3,8 @@
 A scenario is read with stdlib ``tomllib``; any field can be overridden with
 ``section.key=value`` strings (the CLI's ``--set``), whose values are parsed as
 TOML (``4``, ``1.5``, ``true``, ``"partial"``) or taken as a bare string.  A bad
-field is refused with a :class:`ScenarioError` that names it.
+field is refused with a :class:`ScenarioError` that names it.  A scenario is
+written by :func:`to_toml` and :func:`save` alone, through :mod:`sim.tomlfile`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from engine.core.config import ON_STALE, POLICIES, Config, ConfigError
+from engine.log.files import write_atomic
+from sim import tomlfile
 
 #: What in-flight rollouts do when the weights change.
 ON_UPDATE = ("partial", "restart", "run_on", "drain")
@@ -254,6 +257,10 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         return value
     if isinstance(default, Distribution):
         return _distribution(name, value)
+    if isinstance(default, tuple):  # written as a TOML array, read back as a list
+        if not isinstance(value, (list, tuple)):
+            raise ScenarioError(name, f"must be an array, got {value!r}")
+        return tuple(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ScenarioError(name, f"must be true or false, got {value!r}")
@@ -396,25 +403,19 @@ def field_docs() -> list[tuple[str, Any, str]]:
 
 
 def to_toml(scenario: Scenario) -> str:
-    """The scenario as a TOML document, each field preceded by its doc as a comment."""
-    docs = {name: doc for name, _, doc in field_docs()}
-    lines: list[str] = []
-    for section, values in scenario.to_dict().items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            lines.append(f"# {docs[f'{section}.{key}']}")
-            lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
+    """The scenario as a TOML document (:func:`sim.tomlfile.dumps`), each field preceded by
+    its doc as a comment; a value with no TOML form (an integer beyond 64 bits) is a
+    :class:`ScenarioError` naming its field."""
+    try:
+        return tomlfile.dumps(scenario.to_dict(), {name: doc for name, _, doc in field_docs()})
+    except tomlfile.TomlValueError as err:
+        raise ScenarioError(err.key, err.message) from err
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    return repr(value)
+def save(scenario: Scenario, path: str | Path) -> Path:
+    """Replace the file at ``path`` with :func:`to_toml` of ``scenario``, whole, so that
+    :func:`load` reads it back equal; an empirical path relative to the current directory
+    is written absolute (a file's relative paths are taken relative to the file)."""
+    cwd, workload = Path.cwd(), scenario.workload
+    prompt_len, response_len = _relative_to(workload.prompt_len, cwd), _relative_to(workload.response_len, cwd)
+    return write_atomic(path, to_toml(replace(scenario, workload=replace(workload, prompt_len=prompt_len, response_len=response_len))))

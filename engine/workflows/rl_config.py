@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.core.config import Config
+from engine.log import EventLog, LogError
 from engine.runtime.collector import MODES as GC_MODES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -145,7 +146,18 @@ class RunConfig:
 
 
 def refuse_existing_run(run_dir: str | Path) -> None:
-    """Raise :class:`FileExistsError` when ``run_dir`` already holds a run's log (a new run would overwrite it)."""
+    """Raise :class:`FileExistsError` when ``run_dir`` already holds a run's log (a new run
+    would overwrite it); a log with no event, left by a run killed before its first
+    checkpoint, holds nothing to overwrite."""
     events_path = Path(run_dir) / "events.sqlite"
-    if events_path.exists():
+    if events_path.exists() and not _empty_log(events_path):
         raise FileExistsError(f"{events_path} exists: pass --resume to continue that run, or use a new --run-dir")
+
+
+def _empty_log(events_path: Path) -> bool:
+    """Whether ``events_path`` is a log with no event (a file that is no log is not empty)."""
+    try:
+        with EventLog(events_path) as log:
+            return log.last_seq == 0
+    except LogError:
+        return False

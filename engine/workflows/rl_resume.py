@@ -1,6 +1,8 @@
 """What a resumed RL run takes from its directory after a crash: the prompts already
 used and the batch consumed but never trained (from the ledger's log), the metrics
-lines (from ``metrics.jsonl``), and the trainer checkpoint that matches the log.
+lines (from ``metrics.jsonl``), and the trainer checkpoint that matches the log; or,
+for a run killed before its first checkpoint was logged (during warm-up), that it
+has nothing to take and starts again (:func:`killed_before_start`).
 
 The rule for a checkpoint ahead of the log: one version ahead, with the log showing
 its batch consumed after the last version bump, means the process died between
@@ -91,3 +93,24 @@ def restore(ledger: Ledger, trainer: Trainer, ckpt_dir: Path, found: LogScan, me
         ledger.append(Checkpoint(usable[-1], str(checkpoint_path(ckpt_dir, usable[-1]))))
     ledger.flush()
     return usable[-1]
+
+
+def killed_before_start(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` was killed before its log was first written (in
+    warm-up, or writing the first checkpoint): its ``events.sqlite`` is missing or holds
+    no event.  The run start, the first checkpoint and every later event are written
+    after warm-up, so such a run has nothing to keep (no rollout, sample or metrics
+    line) and a resume starts it again from its seed.  A missing or empty log beside
+    files only a started run writes (metrics, samples, a checkpoint past version 0)
+    means the log was lost, not unwritten: :class:`FileNotFoundError`, nothing touched."""
+    events_path = run_dir / "events.sqlite"
+    if events_path.exists():
+        with EventLog(events_path) as log:
+            if log.last_seq > 0:
+                return False
+    later = [str(path) for path in (run_dir / "metrics.jsonl", run_dir / "samples.sqlite") if path.exists()]
+    later += [str(checkpoint_path(run_dir / "checkpoints", v)) for v in checkpoints(run_dir / "checkpoints") if v > 0]
+    if later:
+        raise FileNotFoundError(f"cannot resume: {events_path} is missing or empty, yet the run got past its warm-up "
+                                f"({', '.join(later)}); its log was lost")
+    return True

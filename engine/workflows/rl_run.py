@@ -127,6 +127,9 @@ class RLRun:
         self.trainer = Trainer(Policy(model_config).to(self.device), config.trainer_config(), pad_id=self.tokenizer.pad_id, device=self.device)
         self.ckpt_dir = self.run_dir / "checkpoints"
         events_path = self.run_dir / "events.sqlite"
+        if self.resume and rl_resume.killed_before_start(self.run_dir):  # nothing was logged: warm up again from the seed
+            self._logger.warning("resume_restarts_warmup", reason="killed before its first checkpoint (in warm-up), the run starts again")
+            self.resume = False
         if self.resume:
             found = rl_resume.scan(events_path, self.run_dir / "metrics.jsonl")
             self.ledger = Ledger.resume(events_path, requeue=config.requeue_lost, flush_every=FLUSH_EVERY)
@@ -176,6 +179,7 @@ class RLRun:
     def warmup(self, steps: int) -> list[float]:
         """Supervised warm-up on fresh problems, so RL starts from a non-trivial reward."""
         rng = random.Random(f"warmup:{self.config.seed}")
+        self._logger.info("warmup", steps=steps)
         losses = []
         for _ in range(steps):
             losses.append(self.trainer.sft_step(self.task.supervised(rng, self.config.warmup_batch), self.tokenizer))
