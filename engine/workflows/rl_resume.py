@@ -46,7 +46,7 @@ def scan(events_path: Path, metrics_path: Path) -> LogScan:
         raise FileNotFoundError(f"cannot resume: {events_path} does not exist")
     found = LogScan()
     since_version: list[str] = []
-    with EventLog(events_path) as log:
+    with EventLog(events_path, mode="r") as log:
         for event in log.events():
             if isinstance(event, Enqueued) and event.attempt == 1:
                 found.prompts += 1
