@@ -34,6 +34,7 @@ from engine.core.reducer import (
     fold,
 )
 from engine.log import EventLog
+from engine.log.values import check_events
 from engine.logconfig import get_logger
 
 #: A debug-mode check run after every event (e.g. ``properties.invariants.check_state``).
@@ -198,8 +199,11 @@ class Ledger:
         """Fold ``events`` and queue them for the log, all or nothing (read :attr:`state`
         afterwards; taking a snapshot costs time, so ``append`` does not).
 
-        An illegal event raises :class:`IllegalTransition` (logged as a warning), and
-        none of ``events`` is folded or written."""
+        An illegal event raises :class:`IllegalTransition` (logged as a warning), and an
+        event holding a value the log cannot store faithfully (an integer beyond 64
+        bits, text that is not UTF-8, a NaN time ...) raises
+        :class:`~engine.log.values.InvalidValue` naming the event and the field; either
+        way none of ``events`` is folded or written."""
         self._append(events)
 
     def _append(self, events: tuple[Event, ...]) -> None:
@@ -207,6 +211,7 @@ class Ledger:
         if self._clock is not None:
             now = self._clock()
             events = tuple([e if e[-1] is not None else stamped(e, now) for e in events])  # ``t`` is every event's last field
+        check_events(events)  # before the fold: a value the log cannot hold changes nothing
         log = self._log
         if log is not None and Enqueued in map(type, events):
             self._refuse_reused_ids(events)
@@ -393,7 +398,7 @@ class Ledger:
         """Write the queued events to the log in one transaction."""
         if self._unwritten:
             if self._log is not None:
-                self._log.append(self._unwritten)
+                self._log.append(self._unwritten, checked=True)  # checked by :meth:`_append`
             self._unwritten = []
             self._unwritten_ids = None
             self._mark = self._folder.state
