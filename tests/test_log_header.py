@@ -115,7 +115,7 @@ def test_files_that_are_not_logs_are_refused_and_left_byte_for_byte(tmp_path, op
         assert (digest(path), listing(tmp_path)) == before[name], f"{name}: {opener} changed the file or left files beside it"
 
 
-@pytest.mark.parametrize("command", [["replay"], ["inspect", "{}", "a"], ["export", "{}", "--jsonl", "{out}"]])
+@pytest.mark.parametrize("command", [["replay"], ["inspect", "{}", "a"], ["export", "{}", "--jsonl", "{out}"], ["verify"]])
 def test_commands_refuse_files_that_are_not_logs_in_one_line(tmp_path, capsys, command):
     out = tmp_path / "exported" / "out.jsonl"
     out.parent.mkdir()
@@ -160,7 +160,7 @@ def test_reading_a_closed_log_writes_nothing_and_creates_no_file(tmp_path, capsy
     assert replay(path).events == 3
     with EventLog(path, mode="r") as log:
         assert len(list(log.records())) == 3 and [seq for seq, _ in log.records(rollout="a")] == [2, 3]
-    for argv in (["replay", str(path)], ["inspect", str(path), "a"], ["export", str(path), "--jsonl", str(out / "x.jsonl")]):
+    for argv in (["replay", str(path)], ["inspect", str(path), "a"], ["verify", str(path)], ["export", str(path), "--jsonl", str(out / "x.jsonl")]):
         assert main(argv) == 0
     capsys.readouterr()
     assert (digest(path), listing(logs)) == before
@@ -172,7 +172,8 @@ def test_the_committed_old_format_fixture_replays_read_only(capsys):
     path = FIXTURES / "schema2.sqlite"
     before = (digest(path), listing(FIXTURES))
     assert replay(path).events > 0
-    assert main(["replay", str(path)]) == 0
+    assert main(["replay", str(path)]) == 0 and main(["verify", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("OK: ")
     assert (digest(path), listing(FIXTURES)) == before
 
 
