@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from engine.log import LogError
 from engine.runtime.collector import MODES as GC_MODES
 from engine.workflows.rl_config import RunConfig
 
@@ -78,8 +79,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     )
 
 
-#: Errors of a bad command line or run directory: the command exits 2 with their message.
-SETUP_ERRORS = (ValueError, FileNotFoundError, FileExistsError, RuntimeError)
+#: Errors of a bad command line or run directory (a log another process is writing, or
+#: that is no log): the command exits 2 with their message.
+SETUP_ERRORS = (ValueError, FileNotFoundError, FileExistsError, RuntimeError, LogError)
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.log import LogError
 from engine.workflow import (
     ParallelConflict,
     ResumeError,
@@ -138,7 +139,7 @@ def run_command(args: argparse.Namespace) -> int:
         result = run(wf, config, log=args.log, resume=args.resume, run_id=args.run_id)
     except (StageFailed, ParallelConflict) as err:
         return _fail(str(err), 1)
-    except (WorkflowError, ResumeError, LookupError, ValueError, KeyError) as err:
+    except (WorkflowError, ResumeError, LookupError, ValueError, KeyError, LogError) as err:  # LogError: a held log, or no log
         return _fail(str(err))
     latest: dict[str, Any] = {}
     for record in result.context.metrics:  # the latest value of every metric
