@@ -105,7 +105,7 @@ def _log_lengths(path: Path, field_name: str) -> list[int]:
             events = read_jsonl(path)
             _collect(events, tokens, lengths)
         else:
-            with EventLog(path) as log:
+            with EventLog(path, mode="r") as log:
                 _collect(log.events(), tokens, lengths)
     except UnicodeDecodeError:
         raise  # named by load_lengths

@@ -225,22 +225,6 @@ def command_lines(draw: st.DrawFn, paths: list[str]) -> tuple[str, list[str], di
     return command, argv, outputs
 
 
-#: Until the log layer's change (branch i14-log: logs opened read-only, an empty or
-#: foreign file refused) is merged, ``EventLog`` creates its tables in an empty file
-#: it is given to read (``replay empty.db`` exits 0 and the file becomes a database).
-#: That one change to an input is counted as an event here instead of failing;
-#: :func:`test_reading_an_empty_file_as_a_log_leaves_it_empty` is a strict xfail that
-#: fails once the fix is in, to say that this exemption is to be removed.
-LOG_LAYER_PENDING = True
-
-
-def _made_a_log(before: bytes, after: bytes | None) -> bool:
-    """Whether a file that held no rollout-ledger log (empty, a few bytes SQLite takes
-    for an empty database, another program's database) now holds one's tables."""
-    return after is not None and after.startswith(b"SQLite format 3\x00") and b"CREATE TABLE events" not in before \
-        and b"CREATE TABLE events" in after
-
-
 def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -301,9 +285,6 @@ def check(inputs: dict[str, bytes], command: str, argv: list[str], outputs: dict
     for name, content in before.items():
         if name in written or any(name.startswith(f"{w}/") for w in written):
             continue
-        if LOG_LAYER_PENDING and _made_a_log(content, after.get(name)):
-            event("log layer pending: an input that was not a log was made one")
-            continue
         assert after.get(name) == content, (argv, name, "changed" if name in after else "removed", stderr[-1000:])
     return status
 
@@ -316,13 +297,6 @@ def test_any_command_line_exits_0_1_or_2_without_a_traceback_and_leaves_its_inpu
     event(f"{command} exit {check(inputs, command, argv, outputs)}")  # pytest --hypothesis-show-statistics shows the mix
 
 
-@pytest.mark.xfail(strict=True, reason="the log layer's read-only opening (branch i14-log) is not merged yet; "
-                                       "once it is, remove this mark and LOG_LAYER_PENDING")
 @pytest.mark.parametrize("argv", [["replay", "in0.db"], ["inspect", "in0.db", "r1"], ["export", "in0.db", "--jsonl", "out.jsonl"]])
 def test_reading_an_empty_file_as_a_log_leaves_it_empty(argv) -> None:
-    global LOG_LAYER_PENDING
-    pending, LOG_LAYER_PENDING = LOG_LAYER_PENDING, False
-    try:
-        check({"in0.db": b""}, argv[0], argv, {"jsonl": "out.jsonl"})
-    finally:
-        LOG_LAYER_PENDING = pending
+    assert check({"in0.db": b""}, argv[0], argv, {"jsonl": "out.jsonl"}) == 2

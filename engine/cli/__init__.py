@@ -30,6 +30,7 @@ from engine.log.files import OutputError
 #: Modules that contribute commands, in the order ``--help`` lists them.
 COMMAND_MODULES = (
     "engine.cli.ledger",
+    "engine.cli.verify",
     "sim.cli",
     "engine.cli.workflow",
     "engine.cli.train",
@@ -42,6 +43,7 @@ OWNER = {
     "inspect": "engine.cli.ledger",
     "export": "engine.cli.ledger",
     "import": "engine.cli.ledger",
+    "verify": "engine.cli.verify",
     "simulate": "sim.cli",
     "sweep": "sim.cli",
     "run": "engine.cli.workflow",

@@ -67,7 +67,7 @@ def _records(path: Path, jsonl: bool) -> Iterator[tuple[int, Event]]:
         return
     if not path.is_file():
         raise LogError(f"no log at {path}")
-    with EventLog(path) as log:
+    with EventLog(path, mode="r") as log:
         yield from log.records()
 
 
@@ -83,7 +83,7 @@ def _chunks(path: Path, jsonl: bool) -> Iterator[tuple[Sequence[int], list[Event
         return
     if not path.is_file():
         raise LogError(f"no log at {path}")
-    with EventLog(path) as log:
+    with EventLog(path, mode="r") as log:
         for first, events in log.chunks():
             yield range(first, first + len(events)), events
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from engine.log import LogError
 from engine.log.files import OutputError, check_directory
 from engine.runtime.collector import MODES as GC_MODES
 from engine.workflows.rl_config import MAX_SEED, RunConfig
@@ -127,8 +128,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     )
 
 
-#: Errors of a bad command line or run directory: the command exits 2 with their message.
-SETUP_ERRORS = (ValueError, FileNotFoundError, FileExistsError, RuntimeError)
+#: Errors of a bad command line or run directory (a log another process is writing, or
+#: that is no log): the command exits 2 with their message.
+SETUP_ERRORS = (ValueError, FileNotFoundError, FileExistsError, RuntimeError, LogError)
 
 
 def _fail(message: object) -> int:

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.log import LogError
 from engine.log.files import OutputError, check_directory, check_output
 from engine.workflow import (
     ParallelConflict,
@@ -169,7 +170,7 @@ def run_command(args: argparse.Namespace) -> int:
         result = run(wf, config, log=args.log, resume=args.resume, run_id=args.run_id)
     except (StageFailed, ParallelConflict) as err:
         return _fail(str(err), 1)
-    except (WorkflowError, ResumeError, LookupError, ValueError, KeyError, OutputError) as err:
+    except (WorkflowError, ResumeError, LookupError, ValueError, KeyError, OutputError, LogError) as err:  # LogError: a held log, or no log
         return _fail(str(err))
     latest: dict[str, Any] = {}
     for record in result.context.metrics:  # the latest value of every metric

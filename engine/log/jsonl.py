@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from engine.core.events import SCHEMA_VERSION, Event, EventError, from_json, to_json
-from engine.log.store import BadLine, SchemaTooNew, TornLog, existing
+from engine.log.errors import BadLine, SchemaTooNew, TornLog
+from engine.log.store import existing
 
 
 def read_jsonl(path: str | Path) -> Iterator[Event]:

@@ -96,7 +96,7 @@ def read_resume_point(log: str | Path, workflow: str) -> tuple[dict[str, Any], R
         raise ResumeError(f"no log to resume at {log}")
     header: dict[str, Any] | None = None
     checkpoints: list[str] = []
-    with EventLog(log) as events:
+    with EventLog(log, mode="r") as events:
         for event in events.events():
             if isinstance(event, Stage) and event.path == workflow and event.phase == "started" and header is None:
                 header = json.loads(event.detail or "{}")

@@ -99,7 +99,7 @@ WORKFLOW = workflow(
 def _latest_setting(log: Path, key: str) -> Any:
     """Config value ``key`` of the latest start or resume of the workflow recorded in ``log``."""
     value = DEFAULTS[key]
-    with EventLog(log) as events:
+    with EventLog(log, mode="r") as events:
         for event in events.events():
             if isinstance(event, Stage) and event.path == WORKFLOW.name and event.phase == "started":
                 value = json.loads(event.detail or "{}").get("config", {}).get(key, value)

@@ -49,7 +49,7 @@ def scan(events_path: Path, metrics_path: Path) -> LogScan:
         raise FileNotFoundError(f"cannot resume: {events_path} does not exist")
     found = LogScan()
     since_version: list[str] = []
-    with EventLog(events_path) as log:
+    with EventLog(events_path, mode="r") as log:
         for event in log.events():
             if isinstance(event, Enqueued) and event.attempt == 1:
                 found.prompts += 1
@@ -104,8 +104,8 @@ def killed_before_start(run_dir: Path) -> bool:
     files only a started run writes (metrics, samples, a checkpoint past version 0)
     means the log was lost, not unwritten: :class:`FileNotFoundError`, nothing touched."""
     events_path = run_dir / "events.sqlite"
-    if events_path.exists():
-        with EventLog(events_path) as log:
+    if events_path.exists() and events_path.stat().st_size:  # a zero-byte file: created, never written
+        with EventLog(events_path, "r") as log:
             if log.last_seq > 0:
                 return False
     later = [str(path) for path in (run_dir / "metrics.jsonl", run_dir / "samples.sqlite") if path.exists()]

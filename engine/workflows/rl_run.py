@@ -123,16 +123,21 @@ class RLRun:
         random.seed(config.seed)
         torch.manual_seed(config.seed)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        model_config = preset(config.model_size, self.tokenizer.vocab_size, self.task.max_seq_len)
-        self.trainer = Trainer(Policy(model_config).to(self.device), config.trainer_config(), pad_id=self.tokenizer.pad_id, device=self.device)
-        self.ckpt_dir = self.run_dir / "checkpoints"
         events_path = self.run_dir / "events.sqlite"
         if self.resume and rl_resume.killed_before_start(self.run_dir):  # nothing was logged: warm up again from the seed
             self._logger.warning("resume_restarts_warmup", reason="killed before its first checkpoint (in warm-up), the run starts again")
             self.resume = False
         if self.resume:
-            found = rl_resume.scan(events_path, self.run_dir / "metrics.jsonl")
+            # The log's writer lock first: a second resume of this run is refused before
+            # the log advances, a model is built or a checkpoint is loaded.
+            if not events_path.exists():
+                raise FileNotFoundError(f"cannot resume: {events_path} does not exist")
             self.ledger = Ledger.resume(events_path, requeue=config.requeue_lost, flush_every=FLUSH_EVERY)
+            found = rl_resume.scan(events_path, self.run_dir / "metrics.jsonl")
+        model_config = preset(config.model_size, self.tokenizer.vocab_size, self.task.max_seq_len)
+        self.trainer = Trainer(Policy(model_config).to(self.device), config.trainer_config(), pad_id=self.tokenizer.pad_id, device=self.device)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        if self.resume:
             loaded = rl_resume.restore(self.ledger, self.trainer, self.ckpt_dir, found, self.run_dir / "metrics.jsonl", self.device)
             self._next_prompt, self._retrain, self.metrics = found.prompts, found.retrain, found.metrics
             self._wall_offset = self.metrics[-1]["wall_s"] if self.metrics else 0.0
