@@ -369,3 +369,15 @@ def test_the_row_codec_is_generated_code_not_a_loop_over_fields():
 
     assert "def encode_3(s, e):\n    return (s, 'segment', e[0], e[1], e[2], e[3], None)" in CODEC.source
     assert "for " not in CODEC.source
+
+
+def test_an_empty_json_lines_file_is_damage_not_an_empty_run(tmp_path):
+    from engine.cli import main as cli_main
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    with pytest.raises(TornLog, match="empty"):
+        list(read_jsonl(empty))
+    assert cli_main(["replay", str(empty)]) == 2
+    assert cli_main(["import", str(empty), str(tmp_path / "x.db")]) == 2
+    assert not (tmp_path / "x.db").exists() and empty.read_bytes() == b""
