@@ -116,3 +116,23 @@ class WriterLock:
             if self._pid == os.getpid() and self._names(fd):
                 os.unlink(self.path)
         os.close(fd)  # closing the last descriptor drops the flock
+
+
+def check_unlocked(log: str | Path) -> None:
+    """Raise :class:`LogLocked` naming the holder when a writer has the log at ``log``
+    open now; nothing is taken or changed (no lock file is created)."""
+    path = lock_path(log)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            raise LogLocked(
+                f"{log} is open for writing by {describe(_read(fd))} (lock {path}); close that writer first", _read(fd)
+            ) from None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

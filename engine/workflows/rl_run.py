@@ -50,6 +50,7 @@ from engine.backends.local.trainer import (
 from engine.core.events import Checkpoint
 from engine.ledger import Ledger
 from engine.log.files import atomic_path, write_atomic
+from engine.log.lock import check_unlocked
 from engine.logconfig import get_logger
 from engine.runtime.collector import Collector
 from engine.runtime.executor import RolloutExecutor
@@ -124,6 +125,8 @@ class RLRun:
         torch.manual_seed(config.seed)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         events_path = self.run_dir / "events.sqlite"
+        if self.resume:  # a run another process is writing is refused before anything else is read
+            check_unlocked(events_path)
         if self.resume and rl_resume.killed_before_start(self.run_dir):  # nothing was logged: warm up again from the seed
             self._logger.warning("resume_restarts_warmup", reason="killed before its first checkpoint (in warm-up), the run starts again")
             self.resume = False
