@@ -78,15 +78,21 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _positive(text: str) -> int:
-    """An integer of at least 1 (``--workers``)."""
+def _whole(text: str, minimum: int, wrong: str, low: str) -> int:
+    """``text`` as a whole number of at least ``minimum``; ``wrong`` and ``low`` are the
+    messages (formatted with ``text`` and ``value``) when it is not one, or is less."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(wrong.format(text=text)) from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(low.format(value=value))
     return value
+
+
+def _positive(text: str) -> int:
+    """An integer of at least 1 (``--workers``)."""
+    return _whole(text, 1, "expected a whole number, got {text!r}", "must be at least 1, got {value}")
 
 
 #: Words ``--compare`` reads as an unbounded staleness.
@@ -105,12 +111,8 @@ def _bounds(text: str) -> list[str] | None:
         if item.lower() in _UNBOUNDED:
             bound = "inf"
         else:
-            try:
-                number = int(item)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"{item!r} is not a staleness bound (a whole number of at least 0, or inf)") from None
-            if number < 0:
-                raise argparse.ArgumentTypeError(f"staleness bound {number} is negative")
+            number = _whole(item, 0, "{text!r} is not a staleness bound (a whole number of at least 0, or inf)",
+                            "staleness bound {value} is negative")
             bound = str(number)
         if bound in bounds:
             raise argparse.ArgumentTypeError(f"staleness bound {item!r} is given twice")
