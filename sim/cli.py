@@ -23,7 +23,8 @@ from sim.config import Scenario, ScenarioError, ScenarioFileError, load, to_toml
 from sim.scenarios import BUILTIN, builtin
 from sim.simulator import Simulation, SimulationStalled
 from sim.summary import Summary, format_table, to_json
-from sim.sweep import parse_grid, plot, rows, sweep, write_csv
+from sim.raysweep import BackendError
+from sim.sweep import BACKENDS, parse_grid, plot, rows, sweep, write_csv
 
 #: The staleness bounds the bare ``simulate`` compares.
 DEFAULT_COMPARE = "0,1,2,4,8,inf"
@@ -65,6 +66,14 @@ def register(subparsers: Any) -> None:
     grid.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="an axis to sweep (repeatable)")
     grid.add_argument(
         "--workers", type=_positive, default=os.cpu_count() or 1, help="worker processes (default: one per CPU; results do not depend on it)"
+    )
+    grid.add_argument(
+        "--backend", choices=BACKENDS, default="local",
+        help="where the runs go: local worker processes (default), or Ray tasks (the [ray] extra)",
+    )
+    grid.add_argument(
+        "--address", metavar="ADDR",
+        help="with --backend ray: the Ray cluster to join (e.g. ray://head:10001, or auto); default: start a local Ray of --workers CPUs",
     )
     grid.add_argument("--out", default="sweep", metavar="DIR", help="folder for summaries.csv and sweep.png (default: sweep)")
     grid.set_defaults(run=run_sweep, inputs=("scenario",))
@@ -207,6 +216,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     the first run; the CSV and the PNG are each written whole or not at all."""
     out = Path(args.out)
     try:
+        if args.address is not None and args.backend != "ray":
+            raise BackendError(f"--address {args.address}: names a Ray cluster, so it needs --backend ray")
         scenario = _scenario(args.scenario, args.overrides)
         axes = parse_grid(args.grid)
         check_directory(out)
@@ -218,8 +229,10 @@ def run_sweep(args: argparse.Namespace) -> int:
         for _, values in axes:
             total *= len(values)
         with tqdm(total=total, unit="run", desc="sweeping", disable=args.no_progress, file=sys.stderr) as bar:
-            results = sweep(scenario, axes, workers=args.workers, on_result=lambda: bar.update(1))
-    except (ScenarioError, OutputError) as err:
+            results = sweep(
+                scenario, axes, workers=args.workers, on_result=lambda: bar.update(1), backend=args.backend, address=args.address
+            )
+    except (ScenarioError, OutputError, BackendError) as err:
         return _fail(str(err))
     except SimulationStalled as err:
         return _fail(str(err), 1)

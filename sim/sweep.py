@@ -1,8 +1,9 @@
 """Parameter sweeps: one simulation per grid point, in parallel over processes.
 
-Each grid point's seed is derived from the scenario's seed and the point's own
+Runs go to a local process pool, or to Ray tasks (:mod:`sim.raysweep`, the ``[ray]``
+extra) with ``backend="ray"``.  Each grid point's seed is derived from the scenario's seed and the point's own
 overrides (a stable hash), never from the worker that runs it, so a sweep gives
-the same results with 1 or N workers.  Results go to a CSV of summaries and a
+the same results with 1 or N workers, on either backend.  Results go to a CSV of summaries and a
 PNG plot of throughput and staleness against the first swept key, each written
 whole or not at all (:mod:`engine.log.files`).
 """
@@ -21,6 +22,10 @@ from engine.log.files import atomic_output
 from sim.config import Scenario, ScenarioError
 from sim.simulator import simulate
 from sim.summary import Summary
+
+
+#: Where a sweep's runs go: ``local`` (processes on this machine) or ``ray``.
+BACKENDS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -76,15 +81,25 @@ def sweep(
     *,
     workers: int = 1,
     on_result: Callable[[], None] | None = None,
+    backend: str = "local",
+    address: str | None = None,
 ) -> list[tuple[Point, Summary]]:
-    """Run the grid; results in grid order whatever the number of ``workers``."""
+    """Run the grid; results in grid order whatever the number of ``workers`` and the
+    ``backend`` (``local``: this process or a process pool; ``ray``: Ray tasks, on a
+    local Ray of ``workers`` CPUs or the cluster at ``address``)."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     points = grid_points(scenario, axes)
     for point in points:  # refuse a bad value before starting any process
         scenario.with_overrides(point.overrides)
     summaries: list[Summary] = []
-    if workers == 1:
+    if backend == "ray":
+        from sim.raysweep import run_on_ray
+
+        summaries = run_on_ray(run_point, scenario, points, address=address, cpus=workers, on_result=on_result)
+    elif workers == 1:
         for point in points:
             summaries.append(run_point(scenario, point))
             if on_result is not None:

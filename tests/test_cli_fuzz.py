@@ -19,7 +19,8 @@ minutes):
   refuses (a bad value or an unknown key) before its run starts; a workflow named by
   module is one of ours that does not exist, never an arbitrary importable module.
 - ``simulate`` and ``sweep`` end with ``--set`` overrides that keep the simulated
-  cluster tiny (16 rollouts, short fixed lengths) and ``sweep`` with ``--workers 1``;
+  cluster tiny (16 rollouts, short fixed lengths) and ``sweep`` with ``--workers 1
+  --backend local``;
   every other scenario key is drawn.
 
 Outputs are allowed to change (the file ``export --jsonl`` names, the log
@@ -211,7 +212,9 @@ def command_lines(draw: st.DrawFn, paths: list[str]) -> tuple[str, list[str], di
         argv.append(f"{flag}={value}")
         given[action.dest] = value
     if command in ("simulate", "sweep"):
-        argv += TINY + (["--workers", "1", "--out", given.get("out", "sweep-out")] if command == "sweep" else [])
+        # sweep stays on local processes: a drawn --backend ray would start a Ray per
+        # example (tests/test_sweep_ray.py covers that backend and its errors).
+        argv += TINY + (["--workers", "1", "--backend", "local", "--out", given.get("out", "sweep-out")] if command == "sweep" else [])
         if command == "sweep":
             given["out"] = argv[-1]
     elif command == "train":
