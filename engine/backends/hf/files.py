@@ -126,6 +126,14 @@ def import_gguf(gguf: str | Path, out_dir: str | Path) -> Path:
         except (ValueError, KeyError, RuntimeError) as err:
             text = str(err).strip()
             raise ValueError(f"{gguf}: cannot import ({text.splitlines()[0] if text else type(err).__name__})") from None
+        # The weights are de-quantised already: the GGUF "quantizer" transformers attaches
+        # is a marker only, and save_pretrained refuses a model that carries one.
+        model.hf_quantizer = None
+        for holder in (model, model.config):
+            if hasattr(holder, "quantization_config"):
+                delattr(holder, "quantization_config")
+        if hasattr(model, "is_quantized"):
+            model.is_quantized = False
         model.save_pretrained(str(partial), safe_serialization=True)
         tokenizer.save_pretrained(str(partial))
     return out_dir
