@@ -35,6 +35,9 @@ from engine.backends.local.tasks import Problem, Task, get_task
 DEFAULT_MAX_NEW_TOKENS = 32
 #: Characters of prompt an external task allows for (sequence length bound only).
 MAX_PROMPT = 1024
+#: The seed of the problems the supervised warm-up draws (apart from a run's own and its
+#: held-out problems; one procedural dataset serves every warm-up batch).
+SUPERVISED_SEED = 7_777_777
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class ExternalTask:
         return self._problem(seed, index)
 
     def sample(self, rng: random.Random) -> ScoredProblem:
-        return self._problem(rng.randrange(1 << 30), rng.randrange(1 << 30))
+        return self._problem(SUPERVISED_SEED, rng.randrange(1 << 30))
 
     def reward(self, problem: ScoredProblem, completion: str) -> float:
         return self._score(problem, completion)
