@@ -149,6 +149,12 @@ def test_train_a_hugging_face_model_on_a_reasoning_gym_task_then_resume(model_di
     assert [m["step"] for m in lines] == [1, 2, 3]
     assert all(0.0 <= m["reward"] <= 1.0 and m["trained_tokens"] > 0 for m in lines)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-000002.safetensors", "ckpt-000003.safetensors"]
+    damaged = run_dir / "checkpoints" / "ckpt-000003.safetensors"
+    damaged.write_bytes(b"not a checkpoint at all")
+    log_before = (run_dir / "events.sqlite").read_bytes()
+    assert main(["train", "--resume", "--steps", "4", *common]) == 2  # refused in one line, nothing touched
+    assert one_line(capsys).startswith(f"rollout-ledger: {damaged}: not a checkpoint")
+    assert (run_dir / "events.sqlite").read_bytes() == log_before
 
 
 def test_a_jsonl_task_with_a_users_reward(model_dir, tmp_path, capsys, monkeypatch):

@@ -180,7 +180,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     from engine.workflow import StageFailed
     from engine.workflows import reinforcement
-    from engine.backends.local.checkpoint import read_weights
+    from engine.backends.local.checkpoint import check_checkpoint, checkpoint_file, checkpoints, read_weights
     from engine.backends.task_sources import resolve_task
 
     try:
@@ -188,6 +188,8 @@ def run_command(args: argparse.Namespace) -> int:
             read_weights(args.init)
         if config is None:
             config = RunConfig.saved(args.run_dir, steps=args.steps, device=args.device, requeue_lost=args.requeue_lost or None)
+            for version in checkpoints(args.run_dir / "checkpoints"):  # what a resume may load, before it starts
+                check_checkpoint(checkpoint_file(args.run_dir / "checkpoints", version) or "")
         # the task, the user's reward and the model's tokenizer, before the run starts
         resolve_task(config.task, reward=config.reward_fn, max_new_tokens=config.max_new_tokens)
         if config.model_dir is not None:

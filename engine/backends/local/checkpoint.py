@@ -105,6 +105,23 @@ def read_state(path: str | Path, device: torch.device | str = "cpu") -> Any:
     return _unflatten(skeleton, load_file(str(path), device=str(device)))
 
 
+def check_checkpoint(path: str | Path) -> None:
+    """Raise ``ValueError`` naming ``path`` unless it holds a checkpoint (for safetensors,
+    its header alone is read; a file of the older format is read whole)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as opened:
+                metadata = opened.metadata() or {}
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"{path}: not a checkpoint ({_first_line(err)})") from None
+        if METADATA_KEY not in metadata:
+            raise ValueError(f"{path}: not a checkpoint (a safetensors file without rollout-ledger's metadata)")
+        return
+    if not isinstance(_read_legacy(path, "cpu", "a checkpoint"), dict):
+        raise ValueError(f"{path}: not a checkpoint (it holds no dict of state)")
+
+
 def save_checkpoint(directory: str | Path, version: int, state: dict[str, Any], keep: int = 2) -> Path:
     """Write ``state`` as the checkpoint of ``version``; keep the newest ``keep`` files."""
     directory = Path(directory)
