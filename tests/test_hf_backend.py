@@ -220,3 +220,18 @@ def test_import_model_turns_smollm2_gguf_into_a_safetensors_directory_that_gener
     results = asyncio.run(_generate(engine, [tokenizer.prompt_ids("What is 2 + 2?"), tokenizer.prompt_ids("Hi")], 4))
     trainer, behaviour, mask = _trainer_logprobs(policy, results, tokenizer.pad_id)
     assert ((trainer - behaviour).abs() * mask).max().item() < 1e-4
+
+
+def test_the_trainers_forward_pass_has_no_dropout_even_in_training_mode(tmp_path):
+    out = tmp_path / "dropout"
+    from engine.backends.hf.files import init_model
+
+    init_model("llama", 1, 32, out)
+    config = json.loads((out / "config.json").read_text())
+    config["attention_dropout"] = 0.5
+    (out / "config.json").write_text(json.dumps(config))
+    policy = load_policy(out)
+    policy.train()
+    tokens = torch.tensor([[3, 40, 41, 42, 43, 44, 45]])
+    assert policy.training and not policy.lm.training
+    assert torch.equal(policy.logprobs(tokens), policy.logprobs(tokens))

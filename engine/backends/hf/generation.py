@@ -162,7 +162,9 @@ class HFEngine:
         if self._needs_rebuild():
             self._prefill()
             return
-        positions = self._mask.sum(-1, keepdim=True)
+        # a finished row still in the batch keeps decoding (its tokens are dropped); its
+        # position is held inside the model's table
+        positions = self._mask.sum(-1, keepdim=True).clamp(max=self.max_len - 1)
         self._mask = torch.cat([self._mask, torch.ones_like(self._last)[:, None]], dim=1)
         output = self.model.lm(
             input_ids=self._last[:, None], attention_mask=self._mask, position_ids=positions,

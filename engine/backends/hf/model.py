@@ -1,7 +1,7 @@
 """A local Hugging Face causal LM as the trainer's policy, and its tokenizer as the run's.
 
 :class:`HFPolicy` wraps ``AutoModelForCausalLM`` loaded offline from a directory
-(``local_files_only``) with the interface the trainer uses: ``logprobs(tokens)`` of
+(``local_files_only``) with the interface the trainer uses (dropout always off): ``logprobs(tokens)`` of
 right-padded sequences at the run's sampling ``temperature`` (the generation engine
 samples and records behaviour log-probs at the same temperature, so the two agree
 token for token), ``max_seq_len``, and a ``state_dict`` the engine takes as new
@@ -56,6 +56,14 @@ class HFPolicy(PolicyModule):
     @property
     def max_seq_len(self) -> int:
         return self._max_seq_len
+
+    def train(self, mode: bool = True) -> "HFPolicy":
+        """Training mode for the wrapper, never for the model inside: dropout stays off, so
+        the trainer's forward pass is the one generation sampled from (gradients flow
+        either way)."""
+        super().train(mode)
+        self.lm.eval()
+        return self
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, T, vocab]`` of right-padded ``tokens`` (causal: padding after a
