@@ -46,7 +46,15 @@ def _directory_into_place(out_dir: Path) -> Iterator[Path]:
     partial = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
     try:
         yield partial
+        for written in partial.iterdir():  # on disk before the folder takes its name
+            with open(written, "rb") as handle:
+                os.fsync(handle.fileno())
         os.replace(partial, out_dir)
+        directory = os.open(parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
     finally:
         if partial.exists():
             shutil.rmtree(partial, ignore_errors=True)
