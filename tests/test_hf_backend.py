@@ -164,7 +164,8 @@ def test_a_jsonl_task_with_a_users_reward(model_dir, tmp_path, capsys, monkeypat
         "def quarter(prompt, completion, answer):\n    return 0.25 if answer in ('4', '6') and prompt.startswith('What') else -1.0\n"
         "def wrong(completion):\n    return 1.0\n"
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])  # as the console script
+    monkeypatch.chdir(tmp_path)  # the user's module is found in the current directory
     run_dir = tmp_path / "run"
     args = ["train", "--model", str(model_dir), "--task", f"jsonl:{problems}", "--steps", "1", "--batch-size", "2", "--group-size", "2",
             "--warmup-steps", "0", "--max-new-tokens", "4", "--no-progress", "--run-dir"]

@@ -7,7 +7,8 @@
 - ``jsonl:FILE``: one JSON object per line with ``prompt`` and ``answer`` (strings);
   problem ``i`` is line ``i`` modulo the file's length, scored by exact match of the
   stripped completion (1.0 or 0.0).
-- ``--reward module:function``: a user's reward replaces the task's.  Signature::
+- ``--reward module:function``: a user's reward replaces the task's (the module is
+  imported from ``sys.path`` and the current directory).  Signature::
 
       def reward(prompt: str, completion: str, answer: str) -> float
 
@@ -24,7 +25,9 @@ import importlib
 import inspect
 import json
 import math
+import os
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -150,6 +153,8 @@ def load_reward(spec: str) -> Callable[[str, str, str], float]:
     module_name, _, function_name = spec.partition(":")
     if not module_name or not function_name:
         raise ValueError(f"--reward {spec}: expected module:function")
+    if os.getcwd() not in sys.path and "" not in sys.path:  # the console script's path lacks it
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # the user's module may raise anything as it loads

@@ -131,6 +131,8 @@ def import_gguf(gguf: str | Path, out_dir: str | Path) -> Path:
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True, dtype=torch.float32)
+        except ImportError as err:  # gguf (and accelerate) are needed to read the file
+            raise ValueError(f"{gguf}: reading GGUF needs {err.name or 'gguf and accelerate'}: pip install 'rollout-ledger[hf]'") from None
         except (ValueError, KeyError, RuntimeError) as err:
             text = str(err).strip()
             raise ValueError(f"{gguf}: cannot import ({text.splitlines()[0] if text else type(err).__name__})") from None

@@ -25,10 +25,14 @@ MAX_SEQ_LEN = 8192
 
 
 def _offline() -> None:
-    """No hub: every load reads the local directory only."""
+    """No hub: every load reads the local directory only.  Without the ``[hf]`` extra,
+    ``ValueError`` says which to install (the commands report it in one line)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from transformers.utils import logging
+    try:
+        from transformers.utils import logging
+    except ImportError:
+        raise ValueError("Hugging Face models need transformers: pip install 'rollout-ledger[hf]'") from None
 
     logging.disable_progress_bar()
 
