@@ -233,7 +233,7 @@ def main() -> None:
         root = Path(tmp)
         warm = RLRun(replace(base, steps=1), root / "warmup")
         warm.setup()
-        init = root / "init.pt"
+        init = root / "init.safetensors"
         warm.save_weights(init)
         warm.close()
         base = replace(base, init=str(init))

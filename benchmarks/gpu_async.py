@@ -86,7 +86,7 @@ def main() -> None:
     warm = RLRun(replace(base, steps=1), work / "warmup")
     shutil.rmtree(work / "warmup", ignore_errors=True)
     warm.setup()
-    init = args.out / "init.pt"
+    init = args.out / "init.safetensors"
     warm.save_weights(init)
     warm_reward = warm.evaluate(args.eval_size) if args.eval_size > 0 else float("nan")
     warm.close()

@@ -15,19 +15,19 @@ from engine.workflow.checkpoint import write_checkpoint
 
 def test_a_trainer_checkpoint_that_fails_mid_write_leaves_the_previous_one(tmp_path, monkeypatch):
     save_checkpoint(tmp_path, 1, {"weights": torch.ones(3)})
-    real_save = torch.save
+    real_save = trainer_checkpoint.save_file
 
-    def save_then_fail(state, path):
-        real_save(state, path)
+    def save_then_fail(tensors, path, metadata=None):
+        real_save(tensors, path, metadata=metadata)
         with open(path, "ab") as handle:
             handle.write(b"torn")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(trainer_checkpoint.torch, "save", save_then_fail)
+    monkeypatch.setattr(trainer_checkpoint, "save_file", save_then_fail)
     with pytest.raises(OSError):
         save_checkpoint(tmp_path, 2, {"weights": torch.zeros(3)})
     assert checkpoints(tmp_path) == [1]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000001.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000001.safetensors"]
     assert torch.equal(load_checkpoint(tmp_path, 1)["weights"], torch.ones(3))
 
 

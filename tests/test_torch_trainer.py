@@ -125,6 +125,55 @@ def test_checkpoints_round_trip_keep_the_newest_and_name_a_missing_one(tmp_path)
 
 
 def test_a_checkpoint_file_that_holds_no_state_dict_is_refused_by_name(tmp_path):
-    torch.save([1, 2, 3], checkpoint_path(tmp_path, 4))
+    torch.save([1, 2, 3], tmp_path / "ckpt-000004.pt")  # the older format, read without a pickle
     with pytest.raises(ValueError, match="ckpt-000004.pt does not hold a checkpoint.*list"):
         load_checkpoint(tmp_path, 4)
+
+
+def test_a_file_that_is_no_checkpoint_is_refused_in_one_line_naming_it(tmp_path):
+    checkpoint_path(tmp_path, 5).write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match=r"ckpt-000005.safetensors: not a checkpoint") as raised:
+        load_checkpoint(tmp_path, 5)
+    assert "\n" not in str(raised.value)
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(2)}, str(checkpoint_path(tmp_path, 6)))  # safetensors, but not rollout-ledger's
+    with pytest.raises(ValueError, match="ckpt-000006.safetensors: not a checkpoint.*metadata"):
+        load_checkpoint(tmp_path, 6)
+
+
+def test_a_pickle_in_a_checkpoint_of_the_older_format_is_refused_not_run(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    torch.save({"model": Payload()}, tmp_path / "ckpt-000007.pt")
+    with pytest.raises(ValueError, match="ckpt-000007.pt: not a checkpoint"):
+        load_checkpoint(tmp_path, 7)
+
+
+def test_a_checkpoint_of_the_older_format_still_loads(tmp_path):
+    trainer, _ = _trainer()
+    torch.save(trainer.state_dict(), tmp_path / "ckpt-000003.pt")
+    assert checkpoints(tmp_path) == [3]
+    other, _ = _trainer()
+    torch.nn.init.zeros_(other.model.embed.weight)
+    other.load_state_dict(load_checkpoint(tmp_path, 3))
+    assert torch.equal(other.model.embed.weight, trainer.model.embed.weight)
+
+
+def test_a_checkpoint_is_safetensors_and_round_trips_the_optimiser(tmp_path):
+    trainer, tokenizer = _trainer()
+    from engine.backends.local.tasks import copy_task
+    import random
+
+    trainer.sft_step(copy_task().supervised(random.Random(0), 4), tokenizer)  # the optimiser has state
+    path = save_checkpoint(tmp_path, 1, trainer.state_dict())
+    assert path.name == "ckpt-000001.safetensors"
+    assert path.read_bytes()[8:9] == b"{"  # a safetensors header, no pickle
+    other, _ = _trainer()
+    other.load_state_dict(load_checkpoint(tmp_path, 1))
+    saved, loaded = trainer.optimizer.state_dict(), other.optimizer.state_dict()
+    assert loaded["param_groups"][0]["betas"] == list(saved["param_groups"][0]["betas"])
+    for key, state in saved["state"].items():
+        assert torch.equal(loaded["state"][key]["exp_avg"], state["exp_avg"])

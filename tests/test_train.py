@@ -30,7 +30,7 @@ def test_train_command_runs_on_cpu_and_writes_metrics_log_checkpoints_and_a_summ
     assert all(m["staleness_max"] <= 2 + 1 for m in lines)  # admission bounds staleness at the start (plus the in-flight update)
     state = replay(run_dir / "events.sqlite")
     assert state.version == 4 and state.consumed == 16 and state.checkpoint.version == 4
-    assert (run_dir / "checkpoints" / "ckpt-000004.pt").exists()
+    assert (run_dir / "checkpoints" / "ckpt-000004.safetensors").exists()
 
 
 @pytest.mark.parametrize("policy", ["strict", "segment_wise"])

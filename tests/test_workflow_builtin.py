@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine.backends.local.checkpoint import read_weights
 from engine.core.events import Stage
 from engine.log import EventLog
 from engine.workflow import StageFailed, run
@@ -30,7 +31,7 @@ def test_supervised_loss_falls_and_checkpoints_each_epoch(tmp_path):
     evals = metric(result, "eval_loss")
     assert len(evals) == 2 and evals[1] < evals[0]
     assert len(list((tmp_path / "sft.sqlite.checkpoints").glob("ckpt-*.pkl"))) == 2
-    assert torch.load(result.state["model_weights"], weights_only=True).keys() == result.state["model"].state_dict().keys()
+    assert read_weights(result.state["model_weights"]).keys() == result.state["model"].state_dict().keys()
 
 
 def test_preference_dpo_learns_the_verifiers_preferences():
@@ -107,5 +108,5 @@ def test_rlhf_chains_sft_reward_model_and_rl_against_the_learned_reward(tmp_path
     assert sft[-1] < sft[0] - 0.3  # the SFT phase learned
     rl = result.state["rl_run"]
     assert isinstance(rl.task, reinforcement.LearnedRewardTask)  # RL scored by the reward model
-    assert rl.config.init is not None and rl.config.init.endswith("init.pt")  # and started from the SFT policy
+    assert rl.config.init is not None and rl.config.init.endswith("init.safetensors")  # and started from the SFT policy
     assert result.state["rl_summary"]["steps"] == 2

@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "sim.cli",
     "engine.cli.workflow",
     "engine.cli.train",
+    "engine.cli.models",
 )
 
 
@@ -49,6 +50,8 @@ OWNER = {
     "run": "engine.cli.workflow",
     "describe": "engine.cli.workflow",
     "train": "engine.cli.train",
+    "init-model": "engine.cli.models",
+    "import-model": "engine.cli.models",
 }
 
 #: Errors that describe a command's input rather than a fault of the program: a log

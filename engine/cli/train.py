@@ -77,17 +77,41 @@ def _weights_file(text: str) -> str:
     return text
 
 
+#: ``--model`` values that name the built-in policy's sizes (anything else is a model directory).
+BUILT_IN_MODELS = ("tiny", "small", "base")
+
+
+def _model(text: str) -> str:
+    """``--model``: a built-in size, or a Hugging Face model directory (``config.json``
+    inside), made absolute so that a resume from elsewhere finds it."""
+    if text in BUILT_IN_MODELS:
+        return text
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: not {', '.join(BUILT_IN_MODELS)} nor a model directory")
+    if not (path / "config.json").is_file():
+        raise argparse.ArgumentTypeError(f"{text}: not a Hugging Face model directory (no config.json)")
+    return str(path.resolve())
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     defaults = RunConfig()
     parser = subparsers.add_parser("train", help="train a policy with asynchronous rollouts driven by the ledger")
-    parser.add_argument("--task", default=defaults.task, help="built-in task: copy, reverse or repeat")
+    parser.add_argument("--task", default=defaults.task,
+                        help="built-in task (copy, reverse, repeat), rg:NAME (reasoning-gym) or jsonl:FILE (prompt/answer lines)")
+    parser.add_argument("--model", type=_model, default=None,
+                        help="the built-in policy (tiny, small, base; default tiny) or a local Hugging Face model directory (needs [hf])")
+    parser.add_argument("--reward", default=None, metavar="MODULE:FUNCTION",
+                        help="a reward(prompt, completion, answer) -> float to score completions instead of the task's verifier")
+    parser.add_argument("--max-new-tokens", type=_at_least(1), default=None,
+                        help="tokens a completion may take (rg: and jsonl: tasks; default 32)")
     parser.add_argument("--max-staleness", type=_staleness, default=defaults.max_staleness, help="0 = synchronous; 'none' = unbounded")
     parser.add_argument("--policy", default=defaults.policy, choices=("admission", "strict", "segment_wise"))
     parser.add_argument("--on-stale", default=defaults.on_stale, choices=("drop", "requeue"))
     parser.add_argument("--objective", default=defaults.objective, choices=("decoupled", "ppo"))
     parser.add_argument("--proximal", default=None, choices=("recompute", "interpolate", "segment"))
     parser.add_argument("--device", default=None, choices=("cuda", "cpu"), help=f"default {defaults.device}")
-    parser.add_argument("--model-size", default=defaults.model_size, help="tiny, small or base")
+    parser.add_argument("--model-size", default=None, help="tiny, small or base (the same as --model SIZE)")
     parser.add_argument("--steps", type=_at_least(1), default=None, help=f"policy versions (updates) to reach (default {defaults.steps})")
     parser.add_argument("--batch-size", type=_at_least(1), default=defaults.batch_size, help="rollouts (prompts) per update")
     parser.add_argument("--group-size", type=_at_least(1), default=defaults.group_size, help="samples per prompt (GRPO group)")
@@ -118,8 +142,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The :class:`RunConfig` of parsed ``train`` arguments."""
     defaults = RunConfig()
+    model = args.model or args.model_size or defaults.model_size
+    if args.model and args.model_size:
+        raise ValueError("--model and --model-size: give one of them")
+    built_in = model in BUILT_IN_MODELS or args.model is None
     return RunConfig(
-        task=args.task, model_size=args.model_size, steps=args.steps or defaults.steps, batch_size=args.batch_size, group_size=args.group_size,
+        task=args.task, model_size=model if built_in else defaults.model_size, model_dir=None if built_in else model,
+        reward_fn=args.reward, max_new_tokens=args.max_new_tokens, steps=args.steps or defaults.steps, batch_size=args.batch_size, group_size=args.group_size,
         max_concurrent=args.max_concurrent, max_staleness=args.max_staleness, policy=args.policy, on_stale=args.on_stale,
         objective=args.objective, proximal=args.proximal, minibatches=args.minibatches, lr=args.lr, sft_lr=args.sft_lr,
         warmup_steps=args.warmup_steps, temperature=args.temperature, timeout_s=args.timeout, max_retries=args.max_retries,
@@ -151,13 +180,22 @@ def run_command(args: argparse.Namespace) -> int:
 
     from engine.workflow import StageFailed
     from engine.workflows import reinforcement
-    from engine.backends.local.checkpoint import read_weights
+    from engine.backends.local.checkpoint import check_checkpoint, checkpoint_file, checkpoints, read_weights
+    from engine.backends.task_sources import resolve_task
 
     try:
         if args.init is not None:  # what the file holds, before the run starts
             read_weights(args.init)
         if config is None:
             config = RunConfig.saved(args.run_dir, steps=args.steps, device=args.device, requeue_lost=args.requeue_lost or None)
+            for version in checkpoints(args.run_dir / "checkpoints"):  # what a resume may load, before it starts
+                check_checkpoint(checkpoint_file(args.run_dir / "checkpoints", version) or "")
+        # the task, the user's reward and the model's tokenizer, before the run starts
+        resolve_task(config.task, reward=config.reward_fn, max_new_tokens=config.max_new_tokens)
+        if config.model_dir is not None:
+            from engine.backends.hf.model import load_tokenizer
+
+            load_tokenizer(config.model_dir)
         if config.device == "cpu":
             torch.set_num_threads(max(1, args.threads))
         summary = reinforcement.train(config, args.run_dir, resume=args.resume, ppo_epochs=args.ppo_epochs,

@@ -10,10 +10,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from engine.backends.local.checkpoint import save_weights
 from engine.backends.local.model import SIZES, Policy, preset
 from engine.backends.local.tasks import TASKS, Problem, Task, Tokenizer, get_task
 from engine.backends.local.trainer import pad_samples
-from engine.log.files import atomic_path
 from engine.runtime.ports import Sample
 from engine.workflow import Context
 from engine.workflows.rl_config import MAX_SEED
@@ -141,7 +141,7 @@ class SaveCheckpoint:
 
 class SaveWeights:
     """Save option ``key``'s (default ``model``) weights under the run's artifacts as
-    ``<workflow>-<key>.pt`` and put the path in ``<key>_weights``."""
+    ``<workflow>-<key>.safetensors`` and put the path in ``<key>_weights``."""
 
     options = {"key": str}
 
@@ -155,9 +155,8 @@ class SaveWeights:
 
     def execute(self, ctx: Context) -> Context:
         key = ctx.stage_opts.get("key", "model")
-        path = ctx.artifacts / f"{ctx.path.split('/')[-2] if '/' in ctx.path else 'run'}-{key}.pt"
-        with atomic_path(path) as partial:
-            torch.save(ctx.get(key).state_dict(), partial)
+        path = ctx.artifacts / f"{ctx.path.split('/')[-2] if '/' in ctx.path else 'run'}-{key}.safetensors"
+        save_weights(path, ctx.get(key).state_dict())
         return ctx.put_all({f"{key}_weights": str(path)}).record(saved=str(path))
 
 

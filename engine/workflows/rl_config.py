@@ -40,6 +40,9 @@ class RunConfig:
 
     task: str = "copy"
     model_size: str = "tiny"
+    model_dir: str | None = None  # a Hugging Face model directory; None: the built-in policy of ``model_size``
+    reward_fn: str | None = None  # a user's reward, ``module:function``
+    max_new_tokens: int | None = None  # tokens a completion may take (external tasks; default 32)
     steps: int = 20
     batch_size: int = 8
     group_size: int = 4
@@ -69,10 +72,10 @@ class RunConfig:
         (0 rollouts in flight, a negative number of retries), rates that are not
         finite and positive, a seed outside ``[0, MAX_SEED]``."""
         least = {"steps": 1, "batch_size": 1, "group_size": 1, "checkpoint_every": 1, "minibatches": 1, "warmup_batch": 1,
-                 "warmup_steps": 0, "max_retries": 0, "seed": 0, "max_concurrent": 1, "max_staleness": 0}
+                 "warmup_steps": 0, "max_retries": 0, "seed": 0, "max_concurrent": 1, "max_staleness": 0, "max_new_tokens": 1}
         for name, minimum in least.items():
             value = getattr(self, name)
-            if value is None and name in ("max_concurrent", "max_staleness"):
+            if value is None and name in ("max_concurrent", "max_staleness", "max_new_tokens"):
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ValueError(f"run config field {name!r} must be a whole number of at least {minimum}, got {value!r}")
@@ -87,8 +90,12 @@ class RunConfig:
         for name in ("task", "model_size", "policy", "on_stale", "objective", "device"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"run config field {name!r} must be a string, got {getattr(self, name)!r}")
-        if self.init is not None and not isinstance(self.init, str):
-            raise ValueError(f"run config field 'init' must be a path, got {self.init!r}")
+        for name in ("init", "model_dir", "reward_fn"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"run config field {name!r} must be a string, got {getattr(self, name)!r}")
+        if self.model_dir is None and self.task.startswith(("rg:", "jsonl:")):
+            raise ValueError(f"task {self.task} needs a Hugging Face model (--model DIR): the built-in policy's "
+                             "character vocabulary cannot spell its prompts")
         if self.gc not in GC_MODES:
             raise ValueError(f"run config field 'gc' must be one of {', '.join(GC_MODES)}, got {self.gc!r}")
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from engine.backends.local.checkpoint import (
+    checkpoint_file,
     checkpoint_path,
     checkpoints,
     load_checkpoint,
@@ -81,7 +82,8 @@ def restore(ledger: Ledger, trainer: Trainer, ckpt_dir: Path, found: LogScan, me
         ledger.advance_version()
         version += 1
     for ahead in (v for v in have if v > version):
-        checkpoint_path(ckpt_dir, ahead).unlink()
+        if (stale := checkpoint_file(ckpt_dir, ahead)) is not None:
+            stale.unlink()
     usable = [v for v in have if v <= version]
     if not usable:
         raise FileNotFoundError(f"cannot resume: no checkpoint at or before version {version} in {ckpt_dir}")
@@ -90,7 +92,7 @@ def restore(ledger: Ledger, trainer: Trainer, ckpt_dir: Path, found: LogScan, me
     found.metrics = [m for m in found.metrics if m["step"] <= version]
     write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in found.metrics))
     if ledger.state.checkpoint is None or ledger.state.checkpoint.version != usable[-1]:
-        ledger.append(Checkpoint(usable[-1], str(checkpoint_path(ckpt_dir, usable[-1]))))
+        ledger.append(Checkpoint(usable[-1], str(checkpoint_file(ckpt_dir, usable[-1]) or checkpoint_path(ckpt_dir, usable[-1]))))
     ledger.flush()
     return usable[-1]
 
@@ -109,7 +111,7 @@ def killed_before_start(run_dir: Path) -> bool:
             if log.last_seq > 0:
                 return False
     later = [str(path) for path in (run_dir / "metrics.jsonl", run_dir / "samples.sqlite") if path.exists()]
-    later += [str(checkpoint_path(run_dir / "checkpoints", v)) for v in checkpoints(run_dir / "checkpoints") if v > 0]
+    later += [str(checkpoint_file(run_dir / "checkpoints", v)) for v in checkpoints(run_dir / "checkpoints") if v > 0]
     if later:
         raise FileNotFoundError(f"cannot resume: {events_path} is missing or empty, yet the run got past its warm-up "
                                 f"({', '.join(later)}); its log was lost")

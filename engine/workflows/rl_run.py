@@ -38,9 +38,11 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from engine.backends.local.checkpoint import read_weights, save_checkpoint
+from engine.backends.local.checkpoint import save_weights as write_weights
 from engine.backends.local.generation import TorchEngine
-from engine.backends.local.model import Policy, preset
-from engine.backends.local.tasks import Problem, Task, Tokenizer, get_task
+from engine.backends.local.model import Policy, PolicyModule, preset
+from engine.backends.local.tasks import Tokenizer
+from engine.backends.task_sources import resolve_task
 from engine.backends.local.trainer import (
     Sample,
     Trainer,
@@ -49,7 +51,7 @@ from engine.backends.local.trainer import (
 )
 from engine.core.events import Checkpoint
 from engine.ledger import Ledger
-from engine.log.files import atomic_path, write_atomic
+from engine.log.files import write_atomic
 from engine.log.lock import check_unlocked
 from engine.logconfig import get_logger
 from engine.runtime.collector import Collector
@@ -91,8 +93,16 @@ class RLRun:
         self.config = config
         config.ledger_config()  # validate early: a bad policy or size raises ConfigError naming it
         config.trainer_config()
-        self.task: Task = get_task(config.task)
-        self.tokenizer = Tokenizer()
+        # the task (a built-in, rg:NAME or jsonl:FILE, with the user's reward if any) and the
+        # tokenizer (the model directory's, or the built-in character one)
+        self.task: Any = resolve_task(config.task, reward=config.reward_fn, max_new_tokens=config.max_new_tokens)
+        self.tokenizer: Any
+        if config.model_dir is not None:
+            from engine.backends.hf.model import load_tokenizer
+
+            self.tokenizer = load_tokenizer(config.model_dir)
+        else:
+            self.tokenizer = Tokenizer()
         self.device = torch.device(config.device)
         self.loop = asyncio.new_event_loop()
         self.metrics: list[dict[str, Any]] = []
@@ -137,8 +147,7 @@ class RLRun:
                 raise FileNotFoundError(f"cannot resume: {events_path} does not exist")
             self.ledger = Ledger.resume(events_path, requeue=config.requeue_lost, flush_every=FLUSH_EVERY)
             found = rl_resume.scan(events_path, self.run_dir / "metrics.jsonl")
-        model_config = preset(config.model_size, self.tokenizer.vocab_size, self.task.max_seq_len)
-        self.trainer = Trainer(Policy(model_config).to(self.device), config.trainer_config(), pad_id=self.tokenizer.pad_id, device=self.device)
+        self.trainer = Trainer(self._policy(), config.trainer_config(), pad_id=self.tokenizer.pad_id, device=self.device)
         self.ckpt_dir = self.run_dir / "checkpoints"
         if self.resume:
             loaded = rl_resume.restore(self.ledger, self.trainer, self.ckpt_dir, found, self.run_dir / "metrics.jsonl", self.device)
@@ -158,10 +167,7 @@ class RLRun:
         if self.device.type == "cuda":
             generator_model = generator_model.to(torch.bfloat16)
         slots = self.ledger.state.config.rank_max_concurrent * config.group_size  # type: ignore[union-attr]
-        self.engine = TorchEngine(
-            generator_model, slots=slots, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
-            temperature=config.temperature, seed=config.seed + 1000 * self.ledger.state.version,
-        )
+        self.engine = self._engine(generator_model, slots, config.seed + 1000 * self.ledger.state.version)
         self.engine.version = self.ledger.state.version
         self.executor = RolloutExecutor(
             self.ledger, self.engine, self.task, self.tokenizer, self.problem_of, group_size=config.group_size,
@@ -170,6 +176,34 @@ class RLRun:
         self.loop.run_until_complete(self._start())
         self.collector.start()
         self._started = time.perf_counter()
+
+    def _policy(self) -> PolicyModule:
+        """The trainable policy on the run's device: the Hugging Face model in ``config.model_dir``,
+        or the built-in one of ``config.model_size``; either computes log-probs at the run's
+        temperature, the one generation samples at."""
+        config = self.config
+        policy: PolicyModule
+        if config.model_dir is not None:
+            from engine.backends.hf.model import load_policy
+
+            policy = load_policy(config.model_dir, self.device, config.temperature)
+        else:
+            policy = Policy(preset(config.model_size, self.tokenizer.vocab_size, self.task.max_seq_len)).to(self.device)
+            policy.temperature = config.temperature
+        return policy
+
+    def _engine(self, model: PolicyModule, slots: int, seed: int) -> Any:
+        """A generation engine for ``model``: batched KV-cached Hugging Face generation, or
+        the built-in continuous-batching one."""
+        common = dict(slots=slots, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id, temperature=self.config.temperature, seed=seed)
+        if self.config.model_dir is not None:
+            from engine.backends.hf.generation import HFEngine
+            from engine.backends.hf.model import HFPolicy
+
+            assert isinstance(model, HFPolicy)  # config.model_dir makes the policy an HFPolicy
+            return HFEngine(model, **common)
+        assert isinstance(model, Policy)
+        return TorchEngine(model, **common)
 
     async def _start(self) -> None:
         self.executor.start()
@@ -193,7 +227,7 @@ class RLRun:
             losses.append(self.trainer.sft_step(self.task.supervised(rng, self.config.warmup_batch), self.tokenizer))
         return losses
 
-    def problem_of(self, key: str) -> Problem:
+    def problem_of(self, key: str) -> Any:
         """The problem a prompt key (``p<index>``) names."""
         if not key.startswith("p") or not key[1:].isdigit():
             raise ValueError(f"not a prompt key: {key!r} (expected p<index>)")
@@ -311,10 +345,7 @@ class RLRun:
         problems = [self.task.problem(self.config.seed + 10_000_019, i) for i in range(count)]
 
         async def generate() -> list[Any]:
-            engine = TorchEngine(
-                self.trainer.model, slots=min(count, 64), eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
-                temperature=self.config.temperature, seed=self.config.seed,
-            )
+            engine = self._engine(self.trainer.model, min(count, 64), self.config.seed)
             loop_task = asyncio.create_task(engine.run())
             handles = [engine.submit(self.tokenizer.prompt_ids(p.prompt), self.task.max_new_tokens) for p in problems]
             results = await asyncio.gather(*(h.result() for h in handles))
@@ -355,8 +386,7 @@ class RLRun:
 
     def save_weights(self, path: str | Path) -> None:
         """The model's weights alone (a ``--init`` file for other runs)."""
-        with atomic_path(path) as partial:
-            torch.save(self.trainer.model.state_dict(), partial)
+        write_weights(path, self.trainer.model.state_dict())
 
     def summary(self) -> dict[str, Any]:
         """Throughput, reward, staleness and the ledger's counters of the run so far."""

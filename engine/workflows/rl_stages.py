@@ -25,9 +25,9 @@ from typing import Callable, Iterator
 import torch
 from tqdm import tqdm
 
+from engine.backends.local.checkpoint import save_weights
 from engine.backends.local.objectives import group_advantages
 from engine.backends.local.tasks import Problem, Task
-from engine.log.files import atomic_path
 from engine.workflow import Context
 from engine.workflows.rl_config import RunConfig
 from engine.workflows.rl_run import RLRun
@@ -76,10 +76,9 @@ class SetupRun:
         policy = ctx.get("model", None)
         if policy is not None and settings.get("init") is None:  # start RL from the policy trained before (RLHF)
             run_dir.mkdir(parents=True, exist_ok=True)
-            settings["init"] = str(run_dir / "init.pt")
+            settings["init"] = str(run_dir / "init.safetensors")
             if not resume:
-                with atomic_path(settings["init"]) as partial:
-                    torch.save(policy.state_dict(), partial)
+                save_weights(settings["init"], policy.state_dict())
         rl = RLRun(RunConfig.from_json(settings), run_dir, resume=resume)
         if ctx.setting("reward") == "model":
             scorer, tokenizer = ctx.get("reward_model"), ctx.get("tokenizer")
@@ -237,7 +236,7 @@ class SaveFinal:
 
     def execute(self, ctx: Context) -> Context:
         rl = ctx.get("rl_run")
-        path = rl.run_dir / "final.pt"
+        path = rl.run_dir / "final.safetensors"
         rl.save_weights(path)
         rl.close()
         return ctx.put(policy_weights=str(path))

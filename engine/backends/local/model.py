@@ -156,7 +156,24 @@ class Block(nn.Module):
         return self.down(F.silu(gate) * up)  # SwiGLU
 
 
-class Policy(nn.Module):
+class PolicyModule(nn.Module):
+    """What the trainer needs of a policy, whatever its architecture: ``logprobs`` of
+    right-padded sequences at the policy's sampling ``temperature`` (the generation engine
+    records behaviour log-probs at the same one) and ``max_seq_len``.  :class:`Policy` is
+    the built-in one; ``engine.backends.hf.model.HFPolicy`` wraps a Hugging Face model."""
+
+    temperature: float = 1.0
+
+    @property
+    def max_seq_len(self) -> int:
+        raise NotImplementedError
+
+    def logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, T-1]``: log-probability of each token after the first given its prefix."""
+        raise NotImplementedError
+
+
+class Policy(PolicyModule):
     """The decoder: token embedding, ``n_layers`` pre-norm blocks, tied output head."""
 
     # rotary tables ``[max_seq_len, head_dim]``, registered as (non-persistent) buffers
@@ -204,9 +221,14 @@ class Policy(nn.Module):
             x = x + block.mlp(x)
         return self._head(x)
 
+    @property
+    def max_seq_len(self) -> int:
+        return self.config.max_seq_len
+
     def logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[B, T-1]``: log-probability of each token after the first given its prefix."""
-        logits = self(tokens[:, :-1]).float()
+        """``[B, T-1]``: log-probability of each token after the first given its prefix,
+        at the policy's ``temperature`` (1 unless the run samples at another)."""
+        logits = self(tokens[:, :-1]).float() / self.temperature
         return torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
 
     def prefill(self, tokens: torch.Tensor, slots: torch.Tensor, cache: KVCache) -> torch.Tensor:

@@ -21,19 +21,32 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import torch
 
-from engine.backends.local.model import Policy
+from engine.backends.local.model import PolicyModule
 from engine.backends.local.objectives import (
     decoupled_loss,
     group_advantages,
     interpolate_proximal,
     ppo_loss,
 )
-from engine.backends.local.tasks import Problem, Tokenizer
 from engine.runtime.ports import Sample
+
+class ProblemWithAnswer(Protocol):
+    @property
+    def prompt(self) -> str: ...
+
+    @property
+    def answer(self) -> str: ...
+
+
+class SupervisedTokenizer(Protocol):
+    def prompt_ids(self, prompt: str) -> list[int]: ...
+
+    def answer_ids(self, answer: str) -> list[int]: ...
+
 
 OBJECTIVES = ("decoupled", "ppo")
 PROXIMAL = ("recompute", "interpolate", "segment")
@@ -120,7 +133,7 @@ def mean_stats(steps: Sequence[dict[str, float]]) -> dict[str, float]:
 class Trainer:
     """Owns the trainable policy and its optimiser; ``version`` counts RL updates."""
 
-    def __init__(self, model: Policy, config: TrainerConfig, *, pad_id: int, device: torch.device | str) -> None:
+    def __init__(self, model: PolicyModule, config: TrainerConfig, *, pad_id: int, device: torch.device | str) -> None:
         self.model = model
         self.config = config
         self.pad_id = pad_id
@@ -148,13 +161,13 @@ class Trainer:
         self.optimizer.step()
         return float(norm)
 
-    def sft_step(self, problems: Sequence[Problem], tokenizer: Tokenizer) -> float:
+    def sft_step(self, problems: Sequence[ProblemWithAnswer], tokenizer: SupervisedTokenizer) -> float:
         """One supervised step on ``problems`` (cross-entropy of the answers); returns the loss."""
-        samples = [
-            Sample(tokenizer.prompt_ids(p.prompt), tokenizer.answer_ids(p.answer), [0.0] * (len(p.answer) + 1), [0] * (len(p.answer) + 1), 0.0)
-            for p in problems
-        ]
-        batch = pad_samples(samples, self.pad_id, self.device, self.model.config.max_seq_len)
+        samples = []
+        for problem in problems:
+            answer = tokenizer.answer_ids(problem.answer)
+            samples.append(Sample(tokenizer.prompt_ids(problem.prompt), answer, [0.0] * len(answer), [0] * len(answer), 0.0))
+        batch = pad_samples(samples, self.pad_id, self.device, self.model.max_seq_len)
         self.model.train()
         loss = -(self._logprobs(batch.tokens) * batch.mask).sum() / batch.mask.sum()
         self._optimise(loss, self.config.sft_lr)
@@ -184,7 +197,7 @@ class Trainer:
         """The padded batch of one RL update (with ``advantages``, one per sample), the
         proximal recomputation when :meth:`needs_recompute` asks for it, and the rows of
         each minibatch; puts the model in training mode."""
-        batch = pad_samples(samples, self.pad_id, self.device, self.model.config.max_seq_len)
+        batch = pad_samples(samples, self.pad_id, self.device, self.model.max_seq_len)
         batch.advantages = advantages.to(self.device)
         self.model.train()
         rows = self.minibatch_rows(len(samples))
@@ -267,7 +280,7 @@ class Trainer:
 
 
 @torch.no_grad()
-def completion_logprobs(model: Policy, samples: Sequence[Sample], pad_id: int) -> list[list[float]]:
+def completion_logprobs(model: PolicyModule, samples: Sequence[Sample], pad_id: int) -> list[list[float]]:
     """Log-probs of each sample's completion under ``model`` (a recomputation)."""
     device = next(model.parameters()).device
     batch = pad_samples(samples, pad_id, device)

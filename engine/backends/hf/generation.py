@@ -1,0 +1,213 @@
+"""A generation engine for a Hugging Face causal LM: batched, KV-cached, in process
+(CPU or GPU), implementing the runtime's :class:`~engine.runtime.ports.GenerationEngine`.
+
+The engine holds a batch of up to ``slots`` sequences in one key/value cache (left
+padded, with an attention mask and explicit positions).  Each step decodes one token
+for every row at the run's temperature and records, per token, its id, its behaviour
+log-probability (``log_softmax(logits / temperature)``, the trainer's formula) and the
+policy version that sampled it.  The batch is rebuilt (every live sequence's prompt and
+tokens prefilled again) when a waiting prompt can take a slot, when half the rows have
+finished, and after new weights (``load_weights``): a sequence in flight is then
+interrupted at a token boundary and goes on under the new version as a new segment
+(partial rollout), its earlier tokens keeping the versions that sampled them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Mapping
+
+import torch
+
+from engine.backends.hf.model import HFPolicy
+from engine.runtime.ports import GenerationHandle
+
+
+class HFEngine:
+    """Batched generation over ``slots`` rows for an :class:`HFPolicy` (module docstring)."""
+
+    def __init__(
+        self, model: HFPolicy, *, slots: int, eos_id: int, pad_id: int = 0, temperature: float = 1.0, seed: int = 0,
+    ) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be at least 1, got {slots}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.max_len = model.max_seq_len
+        self.slots = slots
+        self.eos_id, self.pad_id, self.temperature = eos_id, pad_id, temperature
+        self.version = 0
+        self.sampler = torch.Generator(device=self.device).manual_seed(seed)
+        self._waiting: list[GenerationHandle] = []
+        self._rows: list[GenerationHandle | None] = []  # the cached batch; None: a finished row
+        self._cache: object | None = None
+        self._mask = torch.zeros(0, 0, dtype=torch.long)
+        self._last = torch.zeros(0, dtype=torch.long)
+        self._rebuild = False
+        self._paused = False
+        self._closed = False
+        self._wake = asyncio.Event()
+        self.steps = 0
+        self.decoded_tokens = 0
+        self.prefills = 0
+        # transformers renamed ``past_key_values`` to ``cache`` (5.2x); take whichever this one has
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.lm.forward).parameters else "past_key_values"
+
+    # -- the port --------------------------------------------------------------
+    def submit(self, prompt: list[int], max_new_tokens: int, *, stream: bool = False) -> GenerationHandle:
+        """Queue ``prompt`` for up to ``max_new_tokens`` tokens."""
+        if not prompt:
+            raise ValueError("prompt must hold at least one token")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if len(prompt) + max_new_tokens > self.max_len:
+            raise ValueError(f"prompt of {len(prompt)} tokens plus {max_new_tokens} new ones exceeds max_seq_len {self.max_len}")
+        handle = GenerationHandle(prompt, max_new_tokens, stream)
+        self._waiting.append(handle)
+        self._wake.set()
+        return handle
+
+    def pause(self) -> None:
+        """Stop stepping after the current step; sequences keep their rows."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self._wake.set()
+
+    def load_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> None:
+        """Take the trainer's weights as ``version``: sequences in flight are interrupted
+        and prefilled again under the new weights at the next step."""
+        with torch.no_grad():
+            for name, tensor in self.model.state_dict().items():
+                tensor.copy_(state_dict[name])
+        self.version = version
+        for handle in self._rows:
+            if handle is not None:
+                handle.generation.interruptions += 1
+        self._rebuild = True
+
+    def close(self) -> None:
+        """End ``run()``; sequences still in flight fail with ``CancelledError``."""
+        self._closed = True
+        self._wake.set()
+        for handle in [*self._waiting, *(h for h in self._rows if h is not None)]:
+            handle._fail(asyncio.CancelledError("generation engine closed"))
+        self._waiting.clear()
+        self._drop_batch()
+
+    @property
+    def busy(self) -> int:
+        """Rows holding a live sequence."""
+        return sum(handle is not None for handle in self._rows)
+
+    async def run(self) -> None:
+        """The engine loop; returns after :meth:`close`."""
+        while not self._closed:
+            if self._paused or not (self._waiting or self.busy):
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                self.step()
+            except Exception as error:  # a failed step fails the sequences in it, not the loop
+                for handle in self._rows:
+                    if handle is not None:
+                        handle._fail(error)
+                self._drop_batch()
+            await asyncio.sleep(0)
+
+    # -- one step ----------------------------------------------------------------
+    def _drop_batch(self) -> None:
+        self._rows, self._cache, self._rebuild = [], None, False
+
+    def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logp = torch.log_softmax(logits.float() / self.temperature, dim=-1)
+        tokens = torch.multinomial(logp.exp(), 1, generator=self.sampler).squeeze(-1)
+        return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+    def _record(self, tokens: list[int], logprobs: list[float]) -> None:
+        for row, (token, logprob) in enumerate(zip(tokens, logprobs)):
+            handle = self._rows[row]
+            if handle is None:
+                continue
+            handle._emit(token, logprob, self.version)
+            generation = handle.generation
+            if (
+                token == self.eos_id
+                or len(generation.tokens) >= handle.max_new_tokens
+                or len(generation.prompt) + len(generation.tokens) >= self.max_len
+            ):
+                handle._finish()
+                self._rows[row] = None
+
+    def _needs_rebuild(self) -> bool:
+        if self._rebuild or self._cache is None:
+            return True
+        live = self.busy
+        if self._waiting and live < self.slots:
+            return True
+        return live <= len(self._rows) // 2  # half the rows finished: shrink the batch
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Rebuild the batch when due, else decode one token for every row."""
+        for row, handle in enumerate(self._rows):
+            if handle is not None and handle.cancelled:
+                handle._fail(asyncio.CancelledError("generation cancelled"))
+                self._rows[row] = None
+        if self._needs_rebuild():
+            self._prefill()
+            return
+        # a finished row still in the batch keeps decoding (its tokens are dropped); its
+        # position is held inside the model's table
+        positions = self._mask.sum(-1, keepdim=True).clamp(max=self.max_len - 1)
+        self._mask = torch.cat([self._mask, torch.ones_like(self._last)[:, None]], dim=1)
+        output = self.model.lm(
+            input_ids=self._last[:, None], attention_mask=self._mask, position_ids=positions,
+            use_cache=True, **{self._cache_arg: self._cache},
+        )
+        self._cache = _cache_of(output)
+        tokens, logprobs = self._sample(output.logits[:, -1])
+        self._last = tokens
+        self.steps += 1
+        self.decoded_tokens += self.busy
+        self._record(tokens.tolist(), logprobs.tolist())
+
+    def _prefill(self) -> None:
+        """Prefill every live sequence (and waiting ones, up to ``slots``) into a fresh
+        left-padded batch, and sample each one's next token."""
+        live = [handle for handle in self._rows if handle is not None]
+        while self._waiting and len(live) < self.slots:
+            live.append(self._waiting.pop(0))
+        self._rows = list(live)
+        self._rebuild = False
+        if not live:
+            self._cache = None
+            return
+        contexts = [handle.generation.prompt + handle.generation.tokens for handle in live]
+        width = max(len(c) for c in contexts)
+        ids = torch.full((len(live), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(live), width), dtype=torch.long)
+        for row, context in enumerate(contexts):
+            ids[row, width - len(context):] = torch.tensor(context)
+            mask[row, width - len(context):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        output = self.model.lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        self._cache, self._mask = _cache_of(output), mask
+        tokens, logprobs = self._sample(output.logits[:, -1])
+        self._last = tokens
+        self.steps += 1
+        self.prefills += 1
+        self.decoded_tokens += len(live)
+        self._record(tokens.tolist(), logprobs.tolist())
+
+
+def _cache_of(output: object) -> object:
+    """The key/value cache a forward pass returned (``cache`` or ``past_key_values``)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values")

