@@ -18,7 +18,8 @@ from typing import Callable
 from engine.log import LogError
 from engine.log.files import OutputError, check_directory
 from engine.runtime.collector import MODES as GC_MODES
-from engine.workflows.rl_config import MAX_SEED, RunConfig
+from engine.backends.local.schedule import LR_SCHEDULES
+from engine.workflows.rl_config import MAX_SEED, METRIC_SINKS, RunConfig
 
 
 def _staleness(text: str) -> int | None:
@@ -65,6 +66,27 @@ def _positive_number(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
     return value
+
+
+def _non_negative_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
+    return value
+
+
+def _sinks(text: str) -> tuple[str, ...]:
+    """``--metrics``: a comma-separated list of sinks, each known and given once."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in METRIC_SINKS + ("jsonl",)]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown sink {unknown[0]!r}; known are jsonl, {', '.join(METRIC_SINKS)}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"a sink is named twice in {text!r}")
+    return tuple(name for name in names if name != "jsonl")  # metrics.jsonl is always written
 
 
 def _weights_file(text: str) -> str:
@@ -119,6 +141,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--minibatches", type=_at_least(1), default=defaults.minibatches)
     parser.add_argument("--lr", type=_positive_number, default=defaults.lr)
     parser.add_argument("--sft-lr", type=_positive_number, default=defaults.sft_lr)
+    parser.add_argument("--lr-warmup", type=_at_least(0), default=defaults.lr_warmup, help="RL updates of linear learning-rate warm-up")
+    parser.add_argument("--lr-schedule", default=defaults.lr_schedule, choices=LR_SCHEDULES,
+                        help="after warm-up: constant, or cosine down to a tenth of --lr by the last update")
+    parser.add_argument("--kl-coef", type=_non_negative_number, default=defaults.kl_coef,
+                        help="weight of the KL penalty to the policy RL starts from (0: none)")
+    parser.add_argument("--entropy-coef", type=_non_negative_number, default=defaults.entropy_coef,
+                        help="weight of the entropy bonus (0: entropy only measured)")
+    parser.add_argument("--metrics", type=_sinks, default=defaults.metrics, metavar="SINK[,SINK]",
+                        help="where metrics go besides RUN_DIR/metrics.jsonl: tensorboard, wandb (offline) ([metrics] extra)")
     parser.add_argument("--warmup-steps", type=_at_least(0), default=defaults.warmup_steps, help="supervised warm-up steps")
     parser.add_argument("--init", type=_weights_file, default=None, help="start from these weights instead of a warm-up")
     parser.add_argument("--temperature", type=_positive_number, default=defaults.temperature)
@@ -153,7 +184,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         objective=args.objective, proximal=args.proximal, minibatches=args.minibatches, lr=args.lr, sft_lr=args.sft_lr,
         warmup_steps=args.warmup_steps, temperature=args.temperature, timeout_s=args.timeout, max_retries=args.max_retries,
         checkpoint_every=args.checkpoint_every, requeue_lost=args.requeue_lost, init=args.init, seed=args.seed,
-        device=args.device or defaults.device, gc=args.gc,
+        device=args.device or defaults.device, gc=args.gc, kl_coef=args.kl_coef, entropy_coef=args.entropy_coef,
+        lr_warmup=args.lr_warmup, lr_schedule=args.lr_schedule, metrics=args.metrics,
     )
 
 
@@ -182,6 +214,7 @@ def run_command(args: argparse.Namespace) -> int:
     from engine.workflows import reinforcement
     from engine.backends.local.checkpoint import check_checkpoint, checkpoint_file, checkpoints, read_weights
     from engine.backends.task_sources import resolve_task
+    from engine.workflows.sinks import check_sinks
 
     try:
         if args.init is not None:  # what the file holds, before the run starts
@@ -192,6 +225,7 @@ def run_command(args: argparse.Namespace) -> int:
                 check_checkpoint(checkpoint_file(args.run_dir / "checkpoints", version) or "")
         # the task, the user's reward and the model's tokenizer, before the run starts
         resolve_task(config.task, reward=config.reward_fn, max_new_tokens=config.max_new_tokens)
+        check_sinks(config.metrics)
         if config.model_dir is not None:
             from engine.backends.hf.model import load_tokenizer
 

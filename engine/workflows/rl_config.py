@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.backends.local.schedule import LR_SCHEDULES
 from engine.core.config import Config
 from engine.log import EventLog, LogError
 from engine.runtime.collector import MODES as GC_MODES
@@ -25,6 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
 #: The largest seed a run takes (torch seeds its generators with 64-bit integers, and
 #: the engine's seed grows by 1000 per version).
 MAX_SEED = 2**32 - 1
+#: Where a run's metrics go besides its ``metrics.jsonl`` (``--metrics``).
+METRIC_SINKS = ("tensorboard", "wandb")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,11 @@ class RunConfig:
     minibatches: int = 1
     lr: float = 3e-4
     sft_lr: float = 3e-3
+    kl_coef: float = 0.0  # KL penalty to the policy RL started from; 0: none
+    entropy_coef: float = 0.0  # entropy bonus; 0: entropy only measured
+    lr_warmup: int = 0  # RL updates of linear learning-rate warm-up
+    lr_schedule: str = "constant"  # after warm-up: constant, or cosine down to a tenth by the last update
+    metrics: tuple[str, ...] = ()  # sinks beside metrics.jsonl: tensorboard, wandb (offline)
     warmup_steps: int = 100
     warmup_batch: int = 64
     temperature: float = 1.0
@@ -72,7 +80,8 @@ class RunConfig:
         (0 rollouts in flight, a negative number of retries), rates that are not
         finite and positive, a seed outside ``[0, MAX_SEED]``."""
         least = {"steps": 1, "batch_size": 1, "group_size": 1, "checkpoint_every": 1, "minibatches": 1, "warmup_batch": 1,
-                 "warmup_steps": 0, "max_retries": 0, "seed": 0, "max_concurrent": 1, "max_staleness": 0, "max_new_tokens": 1}
+                 "warmup_steps": 0, "max_retries": 0, "seed": 0, "max_concurrent": 1, "max_staleness": 0, "max_new_tokens": 1,
+                 "lr_warmup": 0}
         for name, minimum in least.items():
             value = getattr(self, name)
             if value is None and name in ("max_concurrent", "max_staleness", "max_new_tokens"):
@@ -87,6 +96,17 @@ class RunConfig:
                 continue
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"run config field {name!r} must be a finite number above 0, got {value!r}")
+        for name in ("kl_coef", "entropy_coef"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"run config field {name!r} must be a finite number of at least 0, got {value!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"run config field 'lr_schedule' must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if isinstance(self.metrics, list):  # from run.json
+            object.__setattr__(self, "metrics", tuple(self.metrics))
+        unknown = [sink for sink in self.metrics if sink not in METRIC_SINKS]
+        if not isinstance(self.metrics, tuple) or unknown:
+            raise ValueError(f"run config field 'metrics' takes {', '.join(METRIC_SINKS)}, got {self.metrics!r}")
         for name in ("task", "model_size", "policy", "on_stale", "objective", "device"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"run config field {name!r} must be a string, got {getattr(self, name)!r}")
@@ -115,7 +135,11 @@ class RunConfig:
         from engine.backends.local.trainer import TrainerConfig
 
         proximal = self.proximal or ("segment" if self.policy == "segment_wise" else "recompute")
-        return TrainerConfig(lr=self.lr, sft_lr=self.sft_lr, objective=self.objective, proximal=proximal, minibatches=self.minibatches)
+        return TrainerConfig(
+            lr=self.lr, sft_lr=self.sft_lr, objective=self.objective, proximal=proximal, minibatches=self.minibatches,
+            kl_coef=self.kl_coef, entropy_coef=self.entropy_coef, lr_warmup=self.lr_warmup, lr_schedule=self.lr_schedule,
+            total_updates=self.steps,
+        )
 
     def is_checkpoint(self, version: int) -> bool:
         """Whether the update that reaches ``version`` checkpoints the trainer (every

@@ -58,6 +58,7 @@ from engine.runtime.collector import Collector
 from engine.runtime.executor import RolloutExecutor
 from engine.runtime.store import TrajectoryStore
 from engine.workflows import rl_resume
+from engine.workflows.sinks import open_sinks
 from engine.workflows.rl_config import RunConfig, refuse_existing_run
 
 #: The run writes the log itself, with each checkpoint (after committing the sample
@@ -82,6 +83,10 @@ class CollectedBatch:
     @property
     def samples(self) -> list[Sample]:
         return [s for group in self.groups for s in group]
+
+
+#: The KL penalty's reference weights in a run directory (with ``kl_coef`` > 0).
+REFERENCE_FILE = "reference.safetensors"
 
 
 class RLRun:
@@ -149,7 +154,12 @@ class RLRun:
             found = rl_resume.scan(events_path, self.run_dir / "metrics.jsonl")
         self.trainer = Trainer(self._policy(), config.trainer_config(), pad_id=self.tokenizer.pad_id, device=self.device)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        reference_path = self.run_dir / REFERENCE_FILE
         if self.resume:
+            if config.kl_coef:
+                if not reference_path.exists():
+                    raise FileNotFoundError(f"cannot resume: {reference_path} (the KL penalty's reference weights) is missing")
+                self.trainer.set_reference(read_weights(reference_path, self.device))
             loaded = rl_resume.restore(self.ledger, self.trainer, self.ckpt_dir, found, self.run_dir / "metrics.jsonl", self.device)
             self._next_prompt, self._retrain, self.metrics = found.prompts, found.retrain, found.metrics
             self._wall_offset = self.metrics[-1]["wall_s"] if self.metrics else 0.0
@@ -161,6 +171,9 @@ class RLRun:
                 self.load_weights(config.init)
             else:
                 self.warmup(config.warmup_steps)
+            if config.kl_coef:  # the policy RL starts from, kept for the KL penalty (and a resume)
+                self.trainer.set_reference()
+                write_weights(reference_path, self.trainer.model.state_dict())
             self.ledger = Ledger(config.ledger_config(), path=events_path, flush_every=FLUSH_EVERY)
             self.save_checkpoint()
         generator_model = copy.deepcopy(self.trainer.model)
@@ -173,6 +186,7 @@ class RLRun:
             self.ledger, self.engine, self.task, self.tokenizer, self.problem_of, group_size=config.group_size,
             store=TrajectoryStore(self.run_dir / "samples.sqlite"), timeout_s=config.timeout_s, max_retries=config.max_retries,
         )
+        self.sinks = open_sinks(self.config.metrics, self.run_dir, asdict(config))
         self.loop.run_until_complete(self._start())
         self.collector.start()
         self._started = time.perf_counter()
@@ -317,6 +331,7 @@ class RLRun:
         self.metrics.append(record)
         with open(self.run_dir / "metrics.jsonl", "a") as out:
             out.write(json.dumps(record) + "\n")
+        self.sinks.write(record)
         return record
 
     def _recompute(self, rollouts: tuple[str, ...]) -> None:
@@ -419,5 +434,7 @@ class RLRun:
             self.executor.store.close()  # commits before the log is written below
         if hasattr(self, "ledger"):
             self.ledger.close()
+        if hasattr(self, "sinks"):
+            self.sinks.close()
         self.loop.close()
         self.collector.stop()

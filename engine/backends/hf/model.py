@@ -74,12 +74,6 @@ class HFPolicy(PolicyModule):
         sequence never reaches its positions)."""
         return self.lm(input_ids=tokens, use_cache=False).logits
 
-    def logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[B, T-1]``: log-probability of each token after the first given its prefix,
-        at the policy's temperature."""
-        logits = self(tokens[:, :-1]).float() / self.temperature
-        return torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
-
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

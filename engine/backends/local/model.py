@@ -169,8 +169,19 @@ class PolicyModule(nn.Module):
         raise NotImplementedError
 
     def logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[B, T-1]``: log-probability of each token after the first given its prefix."""
-        raise NotImplementedError
+        """``[B, T-1]``: log-probability of each token after the first given its prefix,
+        at the policy's sampling ``temperature``."""
+        return self.token_stats(tokens, entropy=False)[0]
+
+    def token_stats(self, tokens: torch.Tensor, *, entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``[B, T-1]`` log-probabilities of each token after the first (as :meth:`logprobs`)
+        and, with ``entropy``, ``[B, T-1]`` the entropy of the distribution each was drawn
+        from, both at the sampling temperature; from one forward pass (``self(tokens)``
+        is the logits ``[B, T, vocab]``)."""
+        logits = self(tokens[:, :-1]).float() / self.temperature
+        logp = torch.log_softmax(logits, dim=-1)
+        chosen = logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+        return chosen, (-(logp.exp() * logp).sum(-1) if entropy else None)
 
 
 class Policy(PolicyModule):
@@ -224,12 +235,6 @@ class Policy(PolicyModule):
     @property
     def max_seq_len(self) -> int:
         return self.config.max_seq_len
-
-    def logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[B, T-1]``: log-probability of each token after the first given its prefix,
-        at the policy's ``temperature`` (1 unless the run samples at another)."""
-        logits = self(tokens[:, :-1]).float() / self.temperature
-        return torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
 
     def prefill(self, tokens: torch.Tensor, slots: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Run right-padded prefixes ``[n, T]`` and store their keys and values in ``slots``

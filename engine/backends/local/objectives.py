@@ -12,6 +12,8 @@ Shapes: per-token tensors are ``[B, T]`` with a ``mask`` of the completion token
 - :func:`interpolate_proximal`: proximal log-probs without a forward pass, by
   log-linear interpolation between the behaviour and the current policy according
   to the versions involved.
+- :func:`kl_estimate`: the per-token KL between the current policy and another one
+  (a frozen reference, or the behaviour policy), from sampled tokens' log-probs.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (rewards - mean) / (std + eps)
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over the tokens where ``mask`` is 1 (0 with none)."""
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
@@ -44,8 +47,8 @@ def ppo_loss(
     """Plain PPO: ``-min(r A, clip(r) A)`` with ``r = pi / pi_behav``."""
     ratio = (logprobs - behaviour).exp()
     surrogate, clipped = _clipped_surrogate(ratio, advantages, clip_eps)
-    loss = -_masked_mean(surrogate, mask)
-    return loss, {"clip_fraction": _masked_mean(clipped, mask).item()}
+    loss = -masked_mean(surrogate, mask)
+    return loss, {"clip_fraction": masked_mean(clipped, mask).item()}
 
 
 def decoupled_loss(
@@ -65,11 +68,11 @@ def decoupled_loss(
     capped = (weight > cap).float()
     weight = weight * (1 - capped)
     surrogate, clipped = _clipped_surrogate(ratio, advantages, clip_eps)
-    loss = -_masked_mean(weight * surrogate, mask)
+    loss = -masked_mean(weight * surrogate, mask)
     return loss, {
-        "clip_fraction": _masked_mean(clipped, mask).item(),
-        "capped_fraction": _masked_mean(capped, mask).item(),
-        "behaviour_weight": _masked_mean(weight, mask).item(),
+        "clip_fraction": masked_mean(clipped, mask).item(),
+        "capped_fraction": masked_mean(capped, mask).item(),
+        "behaviour_weight": masked_mean(weight, mask).item(),
     }
 
 
@@ -89,3 +92,12 @@ def interpolate_proximal(
     span = current_version - versions
     alpha = torch.where(span > 0, (proximal_version - versions) / span.clamp(min=1e-9), torch.zeros_like(span))
     return behaviour + alpha.clamp(0, 1) * (current.detach() - behaviour)
+
+
+def kl_estimate(logprobs: torch.Tensor, other: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean of ``KL(pi || pi_other)`` per token from the sampled tokens'
+    log-probs, by the unbiased, non-negative estimator ``exp(d) - d - 1`` with
+    ``d = log pi_other - log pi`` (Schulman's k3); differentiable in ``logprobs``."""
+    delta = other.detach() - logprobs
+    return masked_mean(delta.exp() - delta - 1, mask)
+

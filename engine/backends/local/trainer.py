@@ -2,7 +2,11 @@
 
 An RL update takes GRPO groups of samples (one group per rollout), computes group
 advantages and minimises the chosen objective with AdamW and gradient clipping,
-under bf16 autocast on a GPU.  Its steps are public (:meth:`Trainer.prepare_update`,
+under bf16 autocast on a GPU; optionally with a KL penalty to a frozen reference
+policy and an entropy bonus, at a learning rate with linear warm-up and constant or
+cosine decay (``TrainerConfig``).  Every step reports the entropy, the KL to the
+behaviour policy (and to the reference when there is one), the clip fraction and
+the learning rate.  Its steps are public (:meth:`Trainer.prepare_update`,
 :meth:`Trainer.forward_backward`, :meth:`Trainer.optim_step`) so that the
 reinforcement workflow can run each as a stage; :meth:`Trainer.rl_step` takes them
 in order.  Proximal log-probs for the decoupled objective come
@@ -20,6 +24,8 @@ from one of three sources (``TrainerConfig.proximal``):
 from __future__ import annotations
 
 import contextlib
+import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
@@ -30,8 +36,11 @@ from engine.backends.local.objectives import (
     decoupled_loss,
     group_advantages,
     interpolate_proximal,
+    kl_estimate,
+    masked_mean,
     ppo_loss,
 )
+from engine.backends.local.schedule import LR_SCHEDULES, learning_rate
 from engine.runtime.ports import Sample
 
 class ProblemWithAnswer(Protocol):
@@ -65,6 +74,15 @@ class TrainerConfig:
     proximal: str = "recompute"
     minibatches: int = 1
     sft_lr: float = 3e-3
+    #: Weight of ``KL(pi || pi_ref)`` in the loss, against a frozen copy of the weights
+    #: the RL phase started from (:meth:`Trainer.set_reference`); 0: no reference kept.
+    kl_coef: float = 0.0
+    #: Weight of the entropy bonus (subtracted from the loss); 0: entropy only measured.
+    entropy_coef: float = 0.0
+    #: RL updates of linear learning-rate warm-up, then ``lr_schedule`` until ``total_updates``.
+    lr_warmup: int = 0
+    lr_schedule: str = "constant"
+    total_updates: int = 0
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -76,6 +94,14 @@ class TrainerConfig:
         for name in ("lr", "sft_lr", "grad_clip", "clip_eps", "behaviour_cap"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("kl_coef", "entropy_coef"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise ValueError(f"{name} must be a finite number of at least 0, got {getattr(self, name)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        for name in ("lr_warmup", "total_updates"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -141,6 +167,25 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.version = 0
         self.sft_steps = 0
+        #: The frozen policy of the KL penalty (``config.kl_coef > 0``), set by :meth:`set_reference`.
+        self.reference: PolicyModule | None = None
+
+    def set_reference(self, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """Keep a frozen copy of the policy (with ``weights``, else the current ones) as
+        the KL penalty's reference; nothing when ``config.kl_coef`` is 0."""
+        if self.config.kl_coef == 0:
+            return
+        reference = copy.deepcopy(self.model)
+        if weights is not None:
+            reference.load_state_dict(weights)
+        reference.eval()
+        reference.requires_grad_(False)
+        self.reference = reference
+
+    def rl_lr(self) -> float:
+        """The learning rate of the update from ``version`` (warm-up, then the schedule)."""
+        config = self.config
+        return learning_rate(config.lr, self.version, warmup=config.lr_warmup, schedule=config.lr_schedule, total=config.total_updates)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast on a GPU, nothing on the CPU."""
@@ -151,6 +196,12 @@ class Trainer:
     def _logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
         with self.autocast():
             return self.model.logprobs(tokens)
+
+    def _token_stats(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.autocast():
+            logprobs, entropy = self.model.token_stats(tokens)
+        assert entropy is not None
+        return logprobs.float(), entropy.float()
 
     def _optimise(self, loss: torch.Tensor, lr: float) -> float:
         for group in self.optimizer.param_groups:
@@ -212,7 +263,8 @@ class Trainer:
         fresh gradients; returns its statistics with ``loss``."""
         config, batch = self.config, update.batch
         rows = update.rows[part]
-        logprobs = self._logprobs(batch.tokens[rows]).float()
+        tokens = batch.tokens[rows]
+        logprobs, entropy_per_token = self._token_stats(tokens)
         mask, behaviour, advantages = batch.mask[rows], batch.behaviour[rows], batch.advantages[rows]
         if config.objective == "ppo":
             loss, info = ppo_loss(logprobs, behaviour, advantages, mask, config.clip_eps)
@@ -220,14 +272,28 @@ class Trainer:
             progress = (epoch * len(update.rows) + part) / (update.epochs * len(update.rows))
             proximal = self.proximal_logprobs(batch, rows, logprobs, update.proximal, progress)
             loss, info = decoupled_loss(logprobs, proximal, behaviour, advantages, mask, config.clip_eps, config.behaviour_cap)
+        info["policy_loss"] = float(loss.detach())
+        entropy = masked_mean(entropy_per_token if config.entropy_coef else entropy_per_token.detach(), mask)
+        info["entropy"] = float(entropy.detach())
+        if config.entropy_coef:
+            loss = loss - config.entropy_coef * entropy
+        info["kl_behaviour"] = float(kl_estimate(logprobs.detach(), behaviour, mask))
+        if self.reference is not None:
+            with torch.no_grad(), self.autocast():
+                reference = self.reference.logprobs(tokens).float()
+            kl = kl_estimate(logprobs, reference, mask)
+            info["kl_ref"] = float(kl.detach())
+            loss = loss + config.kl_coef * kl
+        info["lr"] = self.rl_lr()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         return {**info, "loss": float(loss.detach())}
 
     def optim_step(self) -> float:
-        """Clip the gradients and step the optimiser at the RL learning rate; returns the gradient norm."""
+        """Clip the gradients and step the optimiser at the RL learning rate of this
+        update (:meth:`rl_lr`); returns the gradient norm."""
         for group in self.optimizer.param_groups:
-            group["lr"] = self.config.lr
+            group["lr"] = self.rl_lr()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         return float(norm)
