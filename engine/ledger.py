@@ -355,10 +355,12 @@ class Ledger:
     def recompute(self, recompute: Callable[[tuple[str, ...]], None] | None = None, *, t: float | None = None) -> tuple[Event, ...]:
         """Under ``segment_wise``, before a version bump: call ``recompute(rollout_ids)`` for
         the ready rollouts the policy wants recomputed, then append their ``recomputed``
-        events.  Returns them."""
+        events.  Returns them.  Without a ``recompute`` nothing was recomputed, so
+        nothing is logged as if it had been (the update recomputes those tokens itself)."""
         requests = protocol.recompute_requests(self.state)
-        if requests and recompute is not None:
-            recompute(tuple(event.rollout for event in requests))
+        if not requests or recompute is None:
+            return ()
+        recompute(tuple(event.rollout for event in requests))
         return self._add(requests, t)
 
     def advance(self, interrupted: Iterable[str] = (), *, t: float | None = None) -> tuple[Event, ...]:

@@ -335,16 +335,25 @@ class RLRun:
         return record
 
     def _recompute(self, rollouts: tuple[str, ...]) -> None:
-        """Segment-wise: store proximal log-probs of ``rollouts`` under the engine's
-        (pre-update) weights, before the version moves."""
-        store, model = self.executor.store, self.engine.model
+        """Segment-wise, at the bump to the trainer's new version ``v+1``: store the
+        proximal log-probs of ``rollouts`` (ready, to be trained by the update that
+        starts at ``v+1``) under ``v+1``'s weights, the trainer's own, tagged ``v+1``.
+        The proximal policy of an update is the one it starts from; the engine still
+        holds ``v``'s weights at this point, which would be one version behind."""
+        store, trainer = self.executor.store, self.trainer
         pad = self.tokenizer.pad_id
-        for rollout in rollouts:
-            samples = store.get(rollout)
-            logprobs = completion_logprobs(model, samples, pad)
-            for sample, values in zip(samples, logprobs):
-                sample.proximal, sample.proximal_version = values, self.ledger.state.version
-            store.put(rollout, samples)
+        was_training = trainer.model.training
+        trainer.model.eval()
+        try:
+            for rollout in rollouts:
+                samples = store.get(rollout)
+                with trainer.autocast():
+                    logprobs = completion_logprobs(trainer.model, samples, pad)
+                for sample, values in zip(samples, logprobs):
+                    sample.proximal, sample.proximal_version = values, trainer.version
+                store.put(rollout, samples)
+        finally:
+            trainer.model.train(was_training)
 
     # -- evaluation, files and figures ------------------------------------------------
     def elapsed(self) -> float:

@@ -117,9 +117,14 @@ class Batch:
     advantages: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
 
 
-def pad_samples(samples: Sequence[Sample], pad_id: int, device: torch.device | str, max_width: int | None = None) -> Batch:
+def pad_samples(
+    samples: Sequence[Sample], pad_id: int, device: torch.device | str, max_width: int | None = None, *, version: int | None = None
+) -> Batch:
     """Right-pad ``samples`` into one :class:`Batch`; with ``max_width``, the width is
-    rounded up to a multiple of 16 (at most ``max_width``) so that kernels see few shapes."""
+    rounded up to a multiple of 16 (at most ``max_width``) so that kernels see few shapes.
+    With ``version`` (the update's starting version), a stored proximal recomputation
+    counts only when it was made under that version's weights (else it is stale and
+    the update recomputes those tokens)."""
     longest = max(len(s.prompt) + len(s.completion) for s in samples)
     width = max(longest, min(max_width, -(-longest // 16) * 16)) if max_width else longest  # few distinct shapes
     size = (len(samples), width - 1)
@@ -133,7 +138,7 @@ def pad_samples(samples: Sequence[Sample], pad_id: int, device: torch.device | s
         mask[row, start:end] = 1
         behaviour[row, start:end] = torch.tensor(sample.behaviour)
         versions[row, start:end] = torch.tensor(sample.versions)
-        if sample.proximal is not None:
+        if sample.proximal is not None and (version is None or sample.proximal_version == version):
             stored[row, start:end] = torch.tensor(sample.proximal)
             has_stored[row, start:end] = 1
     return Batch(*(t.to(device) for t in (tokens, mask, behaviour, versions, stored, has_stored)))
@@ -248,7 +253,7 @@ class Trainer:
         """The padded batch of one RL update (with ``advantages``, one per sample), the
         proximal recomputation when :meth:`needs_recompute` asks for it, and the rows of
         each minibatch; puts the model in training mode."""
-        batch = pad_samples(samples, self.pad_id, self.device, self.model.max_seq_len)
+        batch = pad_samples(samples, self.pad_id, self.device, self.model.max_seq_len, version=self.version)
         batch.advantages = advantages.to(self.device)
         self.model.train()
         rows = self.minibatch_rows(len(samples))
