@@ -9,6 +9,7 @@ before torch is loaded."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import sys
@@ -19,7 +20,7 @@ from engine.log import LogError
 from engine.log.files import OutputError, check_directory
 from engine.runtime.collector import MODES as GC_MODES
 from engine.backends.local.schedule import LR_SCHEDULES
-from engine.workflows.rl_config import MAX_SEED, METRIC_SINKS, RunConfig
+from engine.workflows.rl_config import ENGINES, MAX_SEED, METRIC_SINKS, RunConfig
 
 
 def _staleness(text: str) -> int | None:
@@ -148,6 +149,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="weight of the KL penalty to the policy RL starts from (0: none)")
     parser.add_argument("--entropy-coef", type=_non_negative_number, default=defaults.entropy_coef,
                         help="weight of the entropy bonus (0: entropy only measured)")
+    parser.add_argument("--engine", default=defaults.engine, choices=ENGINES,
+                        help="generation engine: auto (in process), or vllm for a --model DIR ([vllm] extra)")
+    parser.add_argument("--vllm-memory", type=_positive_number, default=None, metavar="FRACTION",
+                        help="vLLM's share of GPU memory (host memory on a CPU); default 0.3 on a GPU, 0.05 on a CPU")
     parser.add_argument("--metrics", type=_sinks, default=defaults.metrics, metavar="SINK[,SINK]",
                         help="where metrics go besides RUN_DIR/metrics.jsonl: tensorboard, wandb (offline) ([metrics] extra)")
     parser.add_argument("--warmup-steps", type=_at_least(0), default=defaults.warmup_steps, help="supervised warm-up steps")
@@ -185,7 +190,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         warmup_steps=args.warmup_steps, temperature=args.temperature, timeout_s=args.timeout, max_retries=args.max_retries,
         checkpoint_every=args.checkpoint_every, requeue_lost=args.requeue_lost, init=args.init, seed=args.seed,
         device=args.device or defaults.device, gc=args.gc, kl_coef=args.kl_coef, entropy_coef=args.entropy_coef,
-        lr_warmup=args.lr_warmup, lr_schedule=args.lr_schedule, metrics=args.metrics,
+        lr_warmup=args.lr_warmup, lr_schedule=args.lr_schedule, metrics=args.metrics, engine=args.engine,
+        vllm_memory=args.vllm_memory,
     )
 
 
@@ -226,6 +232,8 @@ def run_command(args: argparse.Namespace) -> int:
         # the task, the user's reward and the model's tokenizer, before the run starts
         resolve_task(config.task, reward=config.reward_fn, max_new_tokens=config.max_new_tokens)
         check_sinks(config.metrics)
+        if config.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise RuntimeError("--engine vllm needs vLLM: pip install 'rollout-ledger[vllm]'")
         if config.model_dir is not None:
             from engine.backends.hf.model import load_tokenizer
 

@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover
 MAX_SEED = 2**32 - 1
 #: Where a run's metrics go besides its ``metrics.jsonl`` (``--metrics``).
 METRIC_SINKS = ("tensorboard", "wandb")
+#: Generation engines a run may use (``--engine``).
+ENGINES = ("auto", "vllm")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class RunConfig:
     lr_warmup: int = 0  # RL updates of linear learning-rate warm-up
     lr_schedule: str = "constant"  # after warm-up: constant, or cosine down to a tenth by the last update
     metrics: tuple[str, ...] = ()  # sinks beside metrics.jsonl: tensorboard, wandb (offline)
+    engine: str = "auto"  # generation: auto (in process: built-in or Hugging Face), or vllm (a model directory)
+    vllm_memory: float | None = None  # vLLM's share of GPU (or host) memory; default 0.3 on a GPU, 0.05 on the CPU
     warmup_steps: int = 100
     warmup_batch: int = 64
     temperature: float = 1.0
@@ -116,6 +120,12 @@ class RunConfig:
         if self.model_dir is None and self.task.startswith(("rg:", "jsonl:")):
             raise ValueError(f"task {self.task} needs a Hugging Face model (--model DIR): the built-in policy's "
                              "character vocabulary cannot spell its prompts")
+        if self.engine not in ENGINES:
+            raise ValueError(f"run config field 'engine' must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine == "vllm" and self.model_dir is None:
+            raise ValueError("--engine vllm serves a Hugging Face model: give --model DIR")
+        if self.vllm_memory is not None and not (isinstance(self.vllm_memory, (int, float)) and 0 < self.vllm_memory <= 1):
+            raise ValueError(f"run config field 'vllm_memory' must be a fraction in (0, 1], got {self.vllm_memory!r}")
         if self.gc not in GC_MODES:
             raise ValueError(f"run config field 'gc' must be one of {', '.join(GC_MODES)}, got {self.gc!r}")
 

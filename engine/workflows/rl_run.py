@@ -176,12 +176,17 @@ class RLRun:
                 write_weights(reference_path, self.trainer.model.state_dict())
             self.ledger = Ledger(config.ledger_config(), path=events_path, flush_every=FLUSH_EVERY)
             self.save_checkpoint()
-        generator_model = copy.deepcopy(self.trainer.model)
-        if self.device.type == "cuda":
-            generator_model = generator_model.to(torch.bfloat16)
         slots = self.ledger.state.config.rank_max_concurrent * config.group_size  # type: ignore[union-attr]
-        self.engine = self._engine(generator_model, slots, config.seed + 1000 * self.ledger.state.version)
-        self.engine.version = self.ledger.state.version
+        seed = config.seed + 1000 * self.ledger.state.version
+        if config.engine == "vllm":  # vLLM loads the model directory; the trainer's weights replace it first
+            self.engine = self._vllm_engine(slots, seed)
+            self.engine.load_weights(self.trainer.model.state_dict(), self.ledger.state.version)
+        else:
+            generator_model = copy.deepcopy(self.trainer.model)
+            if self.device.type == "cuda":
+                generator_model = generator_model.to(torch.bfloat16)
+            self.engine = self._engine(generator_model, slots, seed)
+            self.engine.version = self.ledger.state.version
         self.executor = RolloutExecutor(
             self.ledger, self.engine, self.task, self.tokenizer, self.problem_of, group_size=config.group_size,
             store=TrajectoryStore(self.run_dir / "samples.sqlite"), timeout_s=config.timeout_s, max_retries=config.max_retries,
@@ -207,8 +212,10 @@ class RLRun:
         return policy
 
     def _engine(self, model: PolicyModule, slots: int, seed: int) -> Any:
-        """A generation engine for ``model``: batched KV-cached Hugging Face generation, or
-        the built-in continuous-batching one."""
+        """An in-process generation engine for ``model``: batched KV-cached Hugging Face
+        generation, or the built-in continuous-batching one (held-out evaluation uses
+        one of these under ``--engine vllm`` too: the same sampling formula, no second
+        vLLM)."""
         common = dict(slots=slots, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id, temperature=self.config.temperature, seed=seed)
         if self.config.model_dir is not None:
             from engine.backends.hf.generation import HFEngine
@@ -218,6 +225,20 @@ class RLRun:
             return HFEngine(model, **common)
         assert isinstance(model, Policy)
         return TorchEngine(model, **common)
+
+    def _vllm_engine(self, slots: int, seed: int) -> Any:
+        """vLLM serving the run's Hugging Face model (``--engine vllm``): bf16 on a GPU,
+        float32 on the CPU, with the trainer's temperature, end token and length limit."""
+        from engine.backends.vllm.engine import VLLMEngine
+
+        config = self.config
+        assert config.model_dir is not None  # RunConfig refuses --engine vllm without a model directory
+        cuda = self.device.type == "cuda"
+        return VLLMEngine(
+            config.model_dir, slots=slots, eos_id=self.tokenizer.eos_id, temperature=config.temperature, seed=seed,
+            dtype="bfloat16" if cuda else "float32", max_model_len=self.trainer.model.max_seq_len,
+            memory_fraction=config.vllm_memory if config.vllm_memory is not None else (0.3 if cuda else 0.05),
+        )
 
     async def _start(self) -> None:
         self.executor.start()
