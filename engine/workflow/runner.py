@@ -47,7 +47,7 @@ from engine.workflow.errors import (
     StageFailed,
     StageInvalid,
 )
-from engine.workflow.ir import split_point
+from engine.workflow.ir import FunctionStage, split_point
 from engine.workflow.policy import ErrorPolicy
 from engine.workflow.services import IN_PARALLEL, Runtime
 from engine.workflow.settings import configure, subworkflow_config
@@ -56,6 +56,14 @@ from engine.workflow.telemetry import Span
 __all__ = ["ParallelConflict", "ResumeError", "Runner", "StageFailed", "StageInvalid", "configure"]
 
 _MISSING: Any = object()
+
+
+def implementation(stage: Any) -> str:
+    """Where a stage is implemented, ``package.module.Name``: the class of a stage object,
+    or the function or class itself (a plain function stage names its function)."""
+    stage = getattr(stage, "fn", stage) if isinstance(stage, FunctionStage) else stage
+    owner = stage if isinstance(stage, type) or callable(stage) and hasattr(stage, "__qualname__") else type(stage)
+    return f"{owner.__module__}.{owner.__qualname__}"
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:
@@ -115,7 +123,7 @@ class Runner:
                 self.seek = None
                 return ctx
             return await self.guarded(path, node.name, "stage", node.policy or wf.on_error, ctx, span,
-                                      lambda c, sp: self.stage(node, c, path), node)
+                                      lambda c, sp: self.stage(node, c, path), node, module=implementation(node.stage))
         if isinstance(node, LoopNode):
             return await self.loop(node, ctx, prefix, wf, span)
         if isinstance(node, ParallelNode):
@@ -169,11 +177,13 @@ class Runner:
 
     # -- error policy ---------------------------------------------------------
     async def guarded(self, path: str, name: str, kind: str, policy: ErrorPolicy, ctx: Context, parent: Span | None,
-                      attempt: Callable[[Context, Span], Awaitable[Context]], node: StageNode | None) -> Context:
-        """Run ``attempt`` under ``policy``: events, span, rollback, retry with backoff, skip or halt."""
+                      attempt: Callable[[Context, Span], Awaitable[Context]], node: StageNode | None,
+                      module: str | None = None) -> Context:
+        """Run ``attempt`` under ``policy``: events, span, rollback, retry with backoff, skip or halt.
+        ``module`` (a stage's implementation, ``package.module.Name``) goes into the span."""
         runtime = self.runtime
         tries = policy.max_attempts if policy.kind == "retry" else 1
-        with Span(runtime.logger, kind, name, path, parent) as span:
+        with Span(runtime.logger, kind, name, path, parent, module=module) as span:
             for number in range(1, tries + 1):
                 runtime.emit(path, "started", f"attempt {number}/{tries}" if number > 1 else None)
                 try:
