@@ -94,8 +94,11 @@ def _writes(base: immutables.Map, after: immutables.Map) -> dict[str, Any]:
 class Runner:
     """Executes one compiled workflow; build with :func:`run` / :func:`arun`."""
 
-    def __init__(self, runtime: Runtime, seek: str | None) -> None:
+    def __init__(self, runtime: Runtime, seek: str | None, overrides: Mapping[str, ErrorPolicy] | None = None) -> None:
         self.runtime = runtime
+        #: The run config's ``on_error`` (:mod:`engine.workflow.overrides`): a stage's
+        #: own entry beats its declared policy; ``"*"`` beats the workflow's default.
+        self.overrides = dict(overrides or {})
         self.seek = seek  # path of the checkpointed stage while resuming, else None
 
     # -- sequences and nodes --------------------------------------------------
@@ -122,7 +125,7 @@ class Runner:
             if self.seek == path:  # the checkpointed stage: done before the crash
                 self.seek = None
                 return ctx
-            return await self.guarded(path, node.name, "stage", node.policy or wf.on_error, ctx, span,
+            return await self.guarded(path, node.name, "stage", self.policy(node.name, node.policy, wf), ctx, span,
                                       lambda c, sp: self.stage(node, c, path), node, module=implementation(node.stage))
         if isinstance(node, LoopNode):
             return await self.loop(node, ctx, prefix, wf, span)
@@ -141,8 +144,15 @@ class Runner:
                     raise StageFailed(f"{prefix}/<conditional {node.name or getattr(node.predicate, '__name__', '?')}>", err) from err
             return await self.seq(node.body if taken else node.otherwise, ctx, prefix, wf, span)
         path = f"{prefix}/{node.name}"
-        return await self.guarded(path, node.name, "workflow", node.policy or wf.on_error, ctx, span,
+        return await self.guarded(path, node.name, "workflow", self.policy(node.name, node.policy, wf), ctx, span,
                                   lambda c, sp: self.subworkflow(node, c, path, sp), None)
+
+    def policy(self, name: str, declared: ErrorPolicy | None, wf: Workflow) -> ErrorPolicy:
+        """The error policy of stage ``name``: the run's entry for it, what it declared,
+        the run's default, the workflow's default, in that order."""
+        found = self.overrides.get(name) or declared or self.overrides.get("*") or wf.on_error
+        assert isinstance(found, ErrorPolicy)
+        return found
 
     async def reacquire(self, node: Node, ctx: Context, prefix: str) -> Context:
         """While resuming, give a stage that finished before the checkpoint the chance to

@@ -1,0 +1,50 @@
+"""A run's config sets the error policies: ``on_error`` per stage or for the run."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.workflow import Context, StageFailed, run, skip, stage, workflow
+
+
+class Failing:
+    """Fails its first ``failures`` calls, then puts ``done``."""
+
+    provides = ("done",)
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    def execute(self, ctx: Context) -> Context:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RuntimeError(f"boom {self.calls}")
+        return ctx.put(done=self.calls)
+
+
+def test_a_stage_policy_from_the_config_retries_what_the_workflow_would_halt_on():
+    with pytest.raises(StageFailed):
+        run(workflow("w", stage("flaky", Failing(1))))
+    flaky = Failing(2)
+    result = run(workflow("w", stage("flaky", flaky)), {"on_error": {"flaky": "retry(3)"}})
+    assert result.state["done"] == 3 and flaky.calls == 3
+
+
+def test_the_config_default_applies_to_stages_that_declare_none_and_a_stage_entry_beats_the_declared_one():
+    quiet = Failing(5)
+    declared = Failing(5)
+    result = run(workflow("w", stage("quiet", quiet), stage("declared", declared, on_error=skip)), {"on_error": "skip"})
+    assert "done" not in result.state and quiet.calls == 1  # skipped, not halted
+    with pytest.raises(StageFailed, match="declared"):
+        run(workflow("w", stage("declared", Failing(5), on_error=skip)), {"on_error": {"declared": "halt"}})
+    with pytest.raises(StageFailed, match="strict"):  # a declared policy beats the run's default
+        run(workflow("w", stage("strict", Failing(5), on_error="halt")), {"on_error": {"*": "skip"}})
+
+
+def test_unknown_stages_and_bad_policies_are_refused_naming_the_known_ones():
+    wf = workflow("w", stage("alpha", Failing(0)), stage("beta", Failing(0), provides=[]))
+    with pytest.raises(ValueError, match=r"unknown stage\(s\) 'gamma'; known: alpha, beta"):
+        run(wf, {"on_error": {"gamma": "skip"}})
+    with pytest.raises(ValueError, match=r"on_error.alpha: bad error policy 'sometimes'"):
+        run(wf, {"on_error": {"alpha": "sometimes"}})
