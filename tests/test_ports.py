@@ -61,7 +61,7 @@ def _remote_client() -> TrainingClient:
     return client
 
 
-TRAINERS = ["local", "hf"]
+TRAINERS = ["local", "hf", "remote"]
 
 
 @pytest.fixture(params=TRAINERS)
