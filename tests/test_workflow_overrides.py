@@ -48,3 +48,39 @@ def test_unknown_stages_and_bad_policies_are_refused_naming_the_known_ones():
         run(wf, {"on_error": {"gamma": "skip"}})
     with pytest.raises(ValueError, match=r"on_error.alpha: bad error policy 'sometimes'"):
         run(wf, {"on_error": {"alpha": "sometimes"}})
+
+
+class Record:
+    """Appends its name to a shared list (``provides`` nothing)."""
+
+    provides = ()
+
+    def __init__(self, seen: list[str], name: str, fail: bool = False) -> None:
+        self.seen, self.name, self.fail = seen, name, fail
+
+    def execute(self, ctx: Context) -> Context:
+        self.seen.append(self.name)
+        if self.fail:
+            raise RuntimeError(f"{self.name} failed")
+        return ctx
+
+
+def test_a_cleanup_stage_runs_after_a_failure_and_the_first_failure_is_what_the_run_raises():
+    seen: list[str] = []
+    wf = workflow("w", stage("work", Record(seen, "work", fail=True)), stage("skipped", Record(seen, "skipped")),
+                  stage("cleanup", Record(seen, "cleanup"), always=True),
+                  stage("cleanup2", Record(seen, "cleanup2", fail=True), always=True),
+                  stage("cleanup3", Record(seen, "cleanup3"), always=True))
+    with pytest.raises(StageFailed, match="work failed"):
+        run(wf)
+    assert seen == ["work", "cleanup", "cleanup2", "cleanup3"]
+    seen.clear()
+    run(workflow("w", stage("work", Record(seen, "work")), stage("cleanup", Record(seen, "cleanup"), always=True)))
+    assert seen == ["work", "cleanup"]  # and once on success
+
+
+def test_always_must_be_a_boolean():
+    from engine.workflow import WorkflowError
+
+    with pytest.raises(WorkflowError, match="option 'always' must be True or False"):
+        run(workflow("w", stage("cleanup", Record([], "c"), always="yes")))

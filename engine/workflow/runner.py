@@ -115,9 +115,24 @@ class Runner:
             start = next((i for i, n in enumerate(nodes) if head in _heads(n)), len(nodes))
             for node in nodes[:start]:
                 ctx = await self.reacquire(node, ctx, prefix)
-        for node in nodes[start:]:
-            ctx = await self.node(node, ctx, prefix, wf, span)
+        rest = nodes[start:]
+        for i, node in enumerate(rest):
+            try:
+                ctx = await self.node(node, ctx, prefix, wf, span)
+            except Exception:
+                await self.cleanup(rest[i + 1:], ctx, prefix, wf, span)
+                raise
         return ctx
+
+    async def cleanup(self, nodes: tuple[Node, ...], ctx: Context, prefix: str, wf: Workflow, span: Span | None) -> None:
+        """After a failure, the ``always`` stages of the rest of the sequence (``cleanup``)
+        still run, in order; a failure of theirs is logged and does not hide the first."""
+        for node in nodes:
+            if isinstance(node, StageNode) and node.always:
+                try:
+                    ctx = await self.node(node, ctx, prefix, wf, span)
+                except Exception as err:
+                    self.runtime.logger.warning("cleanup_failed", path=f"{prefix}/{node.name}", error=f"{type(err).__name__}: {err}")
 
     async def node(self, node: Node, ctx: Context, prefix: str, wf: Workflow, span: Span | None) -> Context:
         if isinstance(node, StageNode):
