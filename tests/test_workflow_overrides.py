@@ -84,3 +84,15 @@ def test_always_must_be_a_boolean():
 
     with pytest.raises(WorkflowError, match="option 'always' must be True or False"):
         run(workflow("w", stage("cleanup", Record([], "c"), always="yes")))
+
+
+def test_cleanup_runs_at_every_level_a_failure_inside_a_loop_passes_through():
+    from engine.workflow import loop
+
+    seen: list[str] = []
+    wf = workflow("w", loop("l", stage("work", Record(seen, "work", fail=True)), stage("inner", Record(seen, "inner"), always=True),
+                            over=range(3)),
+                  stage("after", Record(seen, "after")), stage("outer", Record(seen, "outer"), always=True))
+    with pytest.raises(StageFailed):
+        run(wf)
+    assert seen == ["work", "inner", "outer"]  # the loop stops at its first failed iteration
