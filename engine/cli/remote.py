@@ -57,6 +57,8 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"serving the trainer at {url_of(sock)}", flush=True)
     try:
         serve(client, sock)
+    except KeyboardInterrupt:  # Ctrl-C (SIGINT) is how a served trainer is stopped
+        pass
     finally:
         client.close()
     return 0
