@@ -11,7 +11,10 @@ Stages, as the seed's lifecycle has them: ``init_session`` (the training client,
 generator's policy, the tokenizer, the generator synced to the trainer's weights),
 ``load_envs`` (``group_size`` environments), then per step ``get_batch`` (one episode
 per environment, every turn one sample of its own, sampled under the version it
-carries; the episode's GRPO advantage on each of its turns), ``forward_backward`` and
+carries; the episode's GRPO advantage on each of its turns; each episode is a rollout
+of the run's ledger, ``events.sqlite`` in the artifacts, with one ``Segment`` per turn
+under that turn's version, then consumed by the update, whose version bump the
+ledger records too), ``forward_backward`` and
 ``optim_step`` submitted as futures and awaited, ``sync_weights`` (the trainer's
 weights to the generator through ``save_weights``), and ``cleanup`` (closes the
 client; it runs after a failure too).
@@ -25,6 +28,9 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from engine.core.config import Config
+from engine.core.events import Enqueued, Segment, Submitted
+from engine.ledger import Ledger
 from engine.backends.local.checkpoint import read_state
 from engine.backends.local.client import LocalTrainingClient
 from engine.backends.local.generation import TorchEngine
@@ -98,7 +104,7 @@ class InitSession:
 
 
 class LoadEnvs:
-    provides = ("envs",)
+    provides = ("envs", "ledger")
 
     def execute(self, ctx: Context) -> Context:
         make: Callable[[], Environment]
@@ -108,7 +114,9 @@ class LoadEnvs:
             task = get_task(ctx.setting("task"))
             pool = problems(task, ctx.setting("seed"), 0, 64)
             make = lambda: TaskEnvironment(task, pool)  # noqa: E731
-        return ctx.put(envs=[make() for _ in range(ctx.setting("group_size"))])
+        size = ctx.setting("group_size")
+        ledger = Ledger(Config(max_concurrent=size, batch_size=size), path=ctx.artifacts / "events.sqlite")
+        return ctx.put(envs=[make() for _ in range(size)], ledger=ledger)
 
 
 async def _episode(engine: TorchEngine, env: Environment, tokenizer: Tokenizer, seed: int, limit: int) -> tuple[list[Sample], float]:
@@ -133,7 +141,7 @@ async def _episode(engine: TorchEngine, env: Environment, tokenizer: Tokenizer, 
 class GetBatch:
     """One episode per environment, all from the same seed (a GRPO group)."""
 
-    requires = ("generator", "tokenizer", "envs", "version")
+    requires = ("generator", "tokenizer", "envs", "version", "ledger")
     provides = ("samples", "advantages", "mean_return", "turns")
 
     async def execute(self, ctx: Context) -> Context:
@@ -148,6 +156,14 @@ class GetBatch:
         finally:
             engine.close()
             await runner
+        ledger, step = ctx.get("ledger"), ctx.get("steps_index")
+        for index, (turns, _) in enumerate(episodes):
+            rollout = f"s{step}e{index}"
+            ledger.append(Enqueued(rollout), Submitted(rollout, ledger.state.version))
+            ledger.append(*(Segment(rollout, turn.versions[0], len(turn.completion)) for turn in turns if turn.completion))
+            ledger.complete(rollout)
+        if ledger.prepare_batch(len(episodes)) is None:
+            raise RuntimeError(f"the ledger holds no batch of {len(episodes)} after step {step}'s episodes")
         returns = [r for _, r in episodes]
         mean = sum(returns) / len(returns)
         samples, advantages = [], []
@@ -174,11 +190,12 @@ class SubmitOptimStep:
 
 
 class SyncWeights:
-    requires = ("client", "generator", "fb_future_result", "optim_future_result", "mean_return", "turns")
+    requires = ("client", "generator", "fb_future_result", "optim_future_result", "mean_return", "turns", "ledger")
     provides = ("version",)
 
     def execute(self, ctx: Context) -> Context:
         version = _sync(ctx, ctx.get("client"), ctx.get("generator"))
+        ctx.get("ledger").advance_version()
         return ctx.put(version=version).record(step=version, loss=ctx.get("fb_future_result")["loss"],
                                                grad_norm=ctx.get("optim_future_result")["grad_norm"],
                                                mean_return=ctx.get("mean_return"), turns=ctx.get("turns"))
@@ -186,9 +203,11 @@ class SyncWeights:
 
 class Cleanup:
     def execute(self, ctx: Context) -> Context:
-        client = ctx.get("client", None)
+        client, ledger = ctx.get("client", None), ctx.get("ledger", None)
         if client is not None:
             client.close()
+        if ledger is not None:
+            ledger.close()
         return ctx
 
 
