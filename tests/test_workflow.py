@@ -488,3 +488,16 @@ def test_a_workflow_check_refuses_a_config_before_any_stage_runs_and_reaches_sub
     assert ran == [] and not tmp_log.exists()
     run(outer, {"inner": {"n": 2}})
     assert ran == ["first", 2, 2]
+
+
+def test_stage_spans_name_the_module_that_implements_the_stage(debug_logging):
+    def noop(ctx):
+        return ctx
+
+    wf = workflow("w", stage("start", Put("total", 0)), stage("plain", noop, provides=[]))
+    with capture_logs() as logs:
+        run(wf)
+    modules = {e["path"]: e.get("module") for e in logs if e["event"] == "span"}
+    assert modules["w/start"].endswith("test_workflow.Put")
+    assert modules["w/plain"].endswith("test_workflow.test_stage_spans_name_the_module_that_implements_the_stage.<locals>.noop")
+    assert modules["w"] is None  # a workflow span names no stage module

@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import tomlkit
+import tomlkit.exceptions
+
 from engine.log import LogError
 from engine.log.files import OutputError, check_directory, check_output
 from engine.workflow import (
@@ -31,12 +34,14 @@ from engine.workflow import (
     to_dict,
 )
 from engine.workflow.dsl import Workflow
+from engine.workflow.overrides import error_overrides
+from engine.workflow.settings import check_config, configure
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     runner = subparsers.add_parser("run", help="run a workflow (built-in or from a module)")
     runner.add_argument("workflow", help="built-in name, module:attribute or file.py[:attribute]")
-    runner.add_argument("--config", help="JSON object, or a path to a JSON file, with the workflow's config")
+    runner.add_argument("--config", help="JSON object, or a path to a JSON or TOML (.toml) file, with the workflow's config")
     runner.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value (dotted keys reach into sections; VALUE is JSON or a string)")
     runner.add_argument("--log", type=Path, help="the run's SQLite log (stage and checkpoint events)")
@@ -47,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     describer = subparsers.add_parser("describe", help="print a workflow's structure")
     describer.add_argument("workflow", help="built-in name, module:attribute or file.py[:attribute]")
     describer.add_argument("--json", action="store_true", help="print the compiled IR as JSON")
-    describer.set_defaults(run=describe_command, inputs=("workflow",))
+    describer.add_argument("--config", help="a run's config (as for run): print the resolved plan with it")
+    describer.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config value (as for run)")
+    describer.set_defaults(run=describe_command, inputs=("workflow", "config"))
 
 
 def _from_module(module: Any, attribute: str | None, spec: str) -> Workflow:
@@ -112,10 +119,16 @@ def build_config(config: str | None, overrides: list[str]) -> dict[str, Any] | N
             text = path.read_text(encoding="utf-8") if path.is_file() else config
         except UnicodeDecodeError as err:
             raise ValueError(f"{config}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--config: {config!r} is neither a file nor valid JSON ({err})") from None
+        if path.is_file() and path.suffix == ".toml":
+            try:
+                values = tomlkit.parse(text).unwrap()
+            except tomlkit.exceptions.ParseError as err:
+                raise ValueError(f"{config}: not valid TOML ({err})") from None
+        else:
+            try:
+                values = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"--config: {config!r} is neither a file nor valid JSON ({err})") from None
         if not isinstance(values, dict):
             raise ValueError(f"--config: expected a JSON object, got {type(values).__name__}")
     for item in overrides:
@@ -185,7 +198,32 @@ def describe_command(args: argparse.Namespace) -> int:
     """``rollout-ledger describe``: print the outline (or JSON IR) of a workflow."""
     try:
         wf = load_workflow(args.workflow)
-        print(json.dumps(to_dict(compile_workflow(wf)), indent=2, default=repr) if args.json else describe(wf))
-    except (WorkflowError, LookupError) as err:
+        plan = resolved_plan(wf, build_config(args.config, args.set)) if args.config is not None or args.set else None
+        if args.json:
+            out = to_dict(compile_workflow(wf))
+            if plan is not None:
+                out["resolved"] = plan
+            print(json.dumps(out, indent=2, default=repr))
+        else:
+            print(describe(wf))
+            if plan is not None:
+                print("resolved config:")
+                for key, value in sorted(plan["config"].items()):
+                    print(f"  {key} = {json.dumps(value, default=repr)}")
+                if plan["on_error"]:
+                    print("error policies from the config:")
+                    for name, policy in sorted(plan["on_error"].items()):
+                        print(f"  {name}: {policy}")
+    except (WorkflowError, LookupError, ValueError) as err:
         return _fail(str(err))
     return 0
+
+
+def resolved_plan(wf: Workflow, config: dict[str, Any] | None) -> dict[str, Any]:
+    """What a run of ``wf`` with ``config`` would use: the merged config (defaults and
+    the given values, checked) and the error policies the config sets."""
+    compiled = compile_workflow(wf)
+    settings = configure(compiled, config, f"workflow {wf.name!r}")
+    check_config(compiled, settings)
+    policies = error_overrides(compiled, settings.get("on_error"))
+    return {"config": {k: v for k, v in settings.items() if k != "on_error"}, "on_error": {k: str(v) for k, v in policies.items()}}

@@ -8,6 +8,14 @@ it hands back, so that the runtime never imports a backend (or torch).
   becomes token ids and a completion becomes a reward.
 - :class:`Sample`: one scored completion with its per-token behaviour log-probs and
   versions, as the trainer consumes it and the trajectory store keeps it.
+- :class:`TrainingClient`: ``forward_backward``, ``optim_step``, ``save_weights`` and
+  ``load_weights``, each returning a :class:`concurrent.futures.Future` at once, so a
+  caller may submit the next call before the last one finished (pipelining); calls run
+  in the order they were submitted.
+- :class:`Environment`: ``reset`` to a first observation, ``step`` with the policy's
+  text to the next observation, its reward and whether the episode is over (one step for
+  a single-turn task, several for a multi-turn one).
+- :class:`MetricsSink`: where a run's metric records go (``write`` and ``close``).
 
 A backend (``engine.backends.local``, the torch engine and trainer) implements these.
 """
@@ -15,8 +23,9 @@ A backend (``engine.backends.local``, the torch engine and trainer) implements t
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
-from typing import Any, AsyncIterator, Mapping, Protocol, Sequence
+from typing import Any, AsyncIterator, Mapping, Protocol, Sequence, runtime_checkable
 
 
 @dataclass
@@ -80,6 +89,7 @@ class GenerationHandle:
             yield item
 
 
+@runtime_checkable
 class GenerationEngine(Protocol):
     """What the rollout executor needs from a generation engine: submit prompts, pause and
     resume, take new weights (``state_dict``, in the engine's own tensor type) under a
@@ -96,6 +106,76 @@ class GenerationEngine(Protocol):
     def load_weights(self, state_dict: Mapping[str, Any], version: int) -> None: ...
 
     async def run(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+async def generate(engine: GenerationEngine, prompt: list[int], max_new_tokens: int) -> Generation:
+    """Submit ``prompt`` to ``engine`` and await its completion: per generated token its id,
+    behaviour log-prob and the policy version that sampled it."""
+    return await engine.submit(prompt, max_new_tokens).result()
+
+
+@runtime_checkable
+class TrainingClient(Protocol):
+    """What a workflow needs from a trainer, local or remote.  Every call returns a
+    :class:`~concurrent.futures.Future` at once and the calls run in submission order,
+    so ``forward_backward`` of the next batch may be submitted before the last
+    ``optim_step`` finished.  A failure (a dead remote trainer included) is the
+    future's exception, with a one-line message.
+
+    - ``forward_backward(samples, advantages)``: the objective on the samples (one
+      advantage each), backpropagated into fresh gradients; its statistics with ``loss``.
+    - ``optim_step()``: one optimiser step on those gradients; ``grad_norm`` and the new
+      policy ``version``.
+    - ``save_weights(path)``: the trainer's state (weights, optimiser, version) to
+      ``path`` atomically; the path written.
+    - ``load_weights(path)``: the state back from ``path``; the version it holds.
+    """
+
+    def forward_backward(self, samples: Sequence[Sample], advantages: Sequence[float]) -> Future[dict[str, float]]: ...
+
+    def optim_step(self) -> Future[dict[str, float]]: ...
+
+    def save_weights(self, path: str) -> Future[str]: ...
+
+    def load_weights(self, path: str) -> Future[int]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class StepResult:
+    """What an environment answers to one action: the next observation (``""`` when
+    the episode is over), the action's reward and whether the episode is over."""
+
+    observation: str
+    reward: float
+    done: bool
+
+
+@runtime_checkable
+class Environment(Protocol):
+    """An episode of one or several turns: ``reset(seed)`` gives the first prompt text,
+    ``step(action)`` takes the policy's completion and answers a :class:`StepResult`.
+    ``reward`` is the episode's return so far (the sum of its steps' rewards)."""
+
+    @property
+    def max_new_tokens(self) -> int: ...
+
+    def reset(self, seed: int) -> str: ...
+
+    def step(self, action: str) -> StepResult: ...
+
+    def reward(self) -> float: ...
+
+
+@runtime_checkable
+class MetricsSink(Protocol):
+    """Where metric records go: ``write`` one record (a ``step`` and named numbers);
+    ``close`` flushes and releases the sink."""
+
+    def write(self, record: Mapping[str, Any]) -> None: ...
 
     def close(self) -> None: ...
 

@@ -38,6 +38,7 @@ class StageNode:
     checkpoint: bool = False  # set by compilation
     requires: tuple[str, ...] = ()  # set by compilation
     provides: tuple[str, ...] = ()  # set by compilation
+    always: bool = False  # set by compilation: runs after a failure earlier in its sequence too
     kind = "stage"
 
 
@@ -119,7 +120,9 @@ def stage(name: str, stage_obj: Any, **opts: Any) -> StageNode:
     """A stage: ``stage_obj`` is an object with ``execute(ctx)``, a class of one, a
     plain function of the context, or the name of a registered stage.  Engine
     options: ``on_error`` (``halt``/``skip``/``retry(...)``), ``checkpoint=True``
-    (save a resumable checkpoint after it) and ``requires``/``provides`` (state
+    (save a resumable checkpoint after it), ``always=True`` (a cleanup stage: it runs
+    even when a stage before it in its sequence failed, then the failure goes on)
+    and ``requires``/``provides`` (state
     keys it reads/writes, overriding the stage's own declaration); any other
     option must be declared by the stage's ``options`` and reaches it as
     ``ctx.stage_opts``."""

@@ -34,7 +34,7 @@ from engine.workflow.policy import parse_policy
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 #: Stage options the engine itself understands (all others belong to the stage).
-ENGINE_OPTIONS = ("on_error", "checkpoint", "requires", "provides")
+ENGINE_OPTIONS = ("on_error", "checkpoint", "requires", "provides", "always")
 
 #: Stages known by name: ``stage("x", "await_future")``.
 STAGES: dict[str, Callable[[], Any]] = {}
@@ -170,6 +170,9 @@ class _Compiler:
             checkpoint = node.options.get("checkpoint", getattr(resolved, "checkpoint", False) is True)
             if not isinstance(checkpoint, bool):
                 self.problems.append(f"{where}: option 'checkpoint' must be True or False, got {checkpoint!r}")
+            always = node.options.get("always", getattr(resolved, "always", False) is True)
+            if not isinstance(always, bool):
+                self.problems.append(f"{where}: option 'always' must be True or False, got {always!r}")
             keys: dict[str, tuple[str, ...]] = {}
             for attribute in ("requires", "provides"):
                 value = node.options[attribute] if attribute in node.options else stage_keys(resolved, attribute, own)
@@ -178,7 +181,8 @@ class _Compiler:
                     value = ()
                 keys[attribute] = tuple(value)
             return replace(node, stage=resolved, options=immutables.Map(own), policy=self.policy(node.options, where),
-                           checkpoint=checkpoint is True, requires=keys["requires"], provides=keys["provides"])
+                           checkpoint=checkpoint is True, requires=keys["requires"], provides=keys["provides"],
+                           always=always is True)
         if isinstance(node, LoopNode):
             where = self.name("loop", node.name)
             if not callable(node.over) and (isinstance(node.over, (str, bytes)) or not isinstance(node.over, Iterable)):

@@ -24,6 +24,7 @@ from engine.workflow.context import Context
 from engine.workflow.dsl import Workflow
 from engine.workflow.errors import ResumeError
 from engine.workflow.ir import compile_workflow
+from engine.workflow.overrides import error_overrides
 from engine.workflow.runner import Runner
 from engine.workflow.settings import check_config, configure
 from engine.workflow.services import Runtime
@@ -73,6 +74,7 @@ async def arun(
             config = header.get("config")
     settings = configure(wf, config, f"workflow {wf.name!r}")
     check_config(wf, settings)
+    error_overrides(wf, settings.get("on_error"))  # refused before the log is opened
     if ledger is None and log is not None:
         Path(log).parent.mkdir(parents=True, exist_ok=True)
         ledger_config = Config.from_json(settings["ledger"]) if "ledger" in settings else DEFAULT_LEDGER_CONFIG
@@ -93,7 +95,7 @@ async def arun(
         raise KeyError(f"workflow {wf.name!r} needs input state {', '.join(map(repr, missing))}")
     ctx = Context(settings, immutables.Map(initial), metrics, run_id, wf.name, immutables.Map(), runtime)
     header_json = json.dumps({"run_id": run_id, "config": dict(settings), "resumed_from": point.path if point else None}, default=repr)
-    runner = Runner(runtime, point.path if point else None)
+    runner = Runner(runtime, point.path if point else None, error_overrides(wf, settings.get("on_error")))
     if point is not None:
         logger.info("resuming", after=point.path, checkpoint=point.checkpoint)
     finished = False

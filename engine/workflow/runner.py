@@ -47,7 +47,7 @@ from engine.workflow.errors import (
     StageFailed,
     StageInvalid,
 )
-from engine.workflow.ir import split_point
+from engine.workflow.ir import FunctionStage, split_point
 from engine.workflow.policy import ErrorPolicy
 from engine.workflow.services import IN_PARALLEL, Runtime
 from engine.workflow.settings import configure, subworkflow_config
@@ -56,6 +56,14 @@ from engine.workflow.telemetry import Span
 __all__ = ["ParallelConflict", "ResumeError", "Runner", "StageFailed", "StageInvalid", "configure"]
 
 _MISSING: Any = object()
+
+
+def implementation(stage: Any) -> str:
+    """Where a stage is implemented, ``package.module.Name``: the class of a stage object,
+    or the function or class itself (a plain function stage names its function)."""
+    stage = getattr(stage, "fn", stage) if isinstance(stage, FunctionStage) else stage
+    owner = stage if isinstance(stage, type) or callable(stage) and hasattr(stage, "__qualname__") else type(stage)
+    return f"{owner.__module__}.{owner.__qualname__}"
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:
@@ -86,8 +94,11 @@ def _writes(base: immutables.Map, after: immutables.Map) -> dict[str, Any]:
 class Runner:
     """Executes one compiled workflow; build with :func:`run` / :func:`arun`."""
 
-    def __init__(self, runtime: Runtime, seek: str | None) -> None:
+    def __init__(self, runtime: Runtime, seek: str | None, overrides: Mapping[str, ErrorPolicy] | None = None) -> None:
         self.runtime = runtime
+        #: The run config's ``on_error`` (:mod:`engine.workflow.overrides`): a stage's
+        #: own entry beats its declared policy; ``"*"`` beats the workflow's default.
+        self.overrides = dict(overrides or {})
         self.seek = seek  # path of the checkpointed stage while resuming, else None
 
     # -- sequences and nodes --------------------------------------------------
@@ -104,9 +115,24 @@ class Runner:
             start = next((i for i, n in enumerate(nodes) if head in _heads(n)), len(nodes))
             for node in nodes[:start]:
                 ctx = await self.reacquire(node, ctx, prefix)
-        for node in nodes[start:]:
-            ctx = await self.node(node, ctx, prefix, wf, span)
+        rest = nodes[start:]
+        for i, node in enumerate(rest):
+            try:
+                ctx = await self.node(node, ctx, prefix, wf, span)
+            except Exception:
+                await self.cleanup(rest[i + 1:], ctx, prefix, wf, span)
+                raise
         return ctx
+
+    async def cleanup(self, nodes: tuple[Node, ...], ctx: Context, prefix: str, wf: Workflow, span: Span | None) -> None:
+        """After a failure, the ``always`` stages of the rest of the sequence (``cleanup``)
+        still run, in order; a failure of theirs is logged and does not hide the first."""
+        for node in nodes:
+            if isinstance(node, StageNode) and node.always:
+                try:
+                    ctx = await self.node(node, ctx, prefix, wf, span)
+                except Exception as err:
+                    self.runtime.logger.warning("cleanup_failed", path=f"{prefix}/{node.name}", error=f"{type(err).__name__}: {err}")
 
     async def node(self, node: Node, ctx: Context, prefix: str, wf: Workflow, span: Span | None) -> Context:
         if isinstance(node, StageNode):
@@ -114,8 +140,8 @@ class Runner:
             if self.seek == path:  # the checkpointed stage: done before the crash
                 self.seek = None
                 return ctx
-            return await self.guarded(path, node.name, "stage", node.policy or wf.on_error, ctx, span,
-                                      lambda c, sp: self.stage(node, c, path), node)
+            return await self.guarded(path, node.name, "stage", self.policy(node.name, node.policy, wf), ctx, span,
+                                      lambda c, sp: self.stage(node, c, path), node, module=implementation(node.stage))
         if isinstance(node, LoopNode):
             return await self.loop(node, ctx, prefix, wf, span)
         if isinstance(node, ParallelNode):
@@ -133,8 +159,15 @@ class Runner:
                     raise StageFailed(f"{prefix}/<conditional {node.name or getattr(node.predicate, '__name__', '?')}>", err) from err
             return await self.seq(node.body if taken else node.otherwise, ctx, prefix, wf, span)
         path = f"{prefix}/{node.name}"
-        return await self.guarded(path, node.name, "workflow", node.policy or wf.on_error, ctx, span,
+        return await self.guarded(path, node.name, "workflow", self.policy(node.name, node.policy, wf), ctx, span,
                                   lambda c, sp: self.subworkflow(node, c, path, sp), None)
+
+    def policy(self, name: str, declared: ErrorPolicy | None, wf: Workflow) -> ErrorPolicy:
+        """The error policy of stage ``name``: the run's entry for it, what it declared,
+        the run's default, the workflow's default, in that order."""
+        found = self.overrides.get(name) or declared or self.overrides.get("*") or wf.on_error
+        assert isinstance(found, ErrorPolicy)
+        return found
 
     async def reacquire(self, node: Node, ctx: Context, prefix: str) -> Context:
         """While resuming, give a stage that finished before the checkpoint the chance to
@@ -169,11 +202,13 @@ class Runner:
 
     # -- error policy ---------------------------------------------------------
     async def guarded(self, path: str, name: str, kind: str, policy: ErrorPolicy, ctx: Context, parent: Span | None,
-                      attempt: Callable[[Context, Span], Awaitable[Context]], node: StageNode | None) -> Context:
-        """Run ``attempt`` under ``policy``: events, span, rollback, retry with backoff, skip or halt."""
+                      attempt: Callable[[Context, Span], Awaitable[Context]], node: StageNode | None,
+                      module: str | None = None) -> Context:
+        """Run ``attempt`` under ``policy``: events, span, rollback, retry with backoff, skip or halt.
+        ``module`` (a stage's implementation, ``package.module.Name``) goes into the span."""
         runtime = self.runtime
         tries = policy.max_attempts if policy.kind == "retry" else 1
-        with Span(runtime.logger, kind, name, path, parent) as span:
+        with Span(runtime.logger, kind, name, path, parent, module=module) as span:
             for number in range(1, tries + 1):
                 runtime.emit(path, "started", f"attempt {number}/{tries}" if number > 1 else None)
                 try:

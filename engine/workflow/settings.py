@@ -31,7 +31,7 @@ def configure(wf: Workflow, given: Mapping[str, Any] | None, where: str) -> immu
     value ``wf.check`` refuses."""
     given = dict(given or {})
     if wf.defaults:
-        unknown = sorted(set(given) - set(wf.defaults) - {"ledger"})
+        unknown = sorted(set(given) - set(wf.defaults) - {"ledger", "on_error"})
         if unknown:
             raise ValueError(f"{where}: unknown config key(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(wf.defaults))}")
     merged = dict(wf.defaults)
@@ -52,7 +52,7 @@ def subworkflow_config(node: SubworkflowNode, config: Mapping[str, Any]) -> immu
     """A subworkflow's config: its defaults, overlaid with the parent's values of the
     keys it knows (shared settings), overlaid with the section ``config[config_key]``."""
     sub = node.workflow
-    given: dict[str, Any] = {k: v for k, v in config.items() if not sub.defaults or k in sub.defaults}
+    given: dict[str, Any] = {k: v for k, v in config.items() if (not sub.defaults or k in sub.defaults) and k != "on_error"}
     if node.config_key is not None:
         section = config.get(node.config_key, {})
         if not isinstance(section, Mapping):

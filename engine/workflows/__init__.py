@@ -25,5 +25,5 @@ def _lazy(module: str) -> Callable[[], Workflow]:
 
 #: Built-in workflows by name.
 BUILTIN: dict[str, Callable[[], Workflow]] = {
-    name: _lazy(name) for name in ("supervised", "preference", "reward_model", "reinforcement", "rlhf")
+    name: _lazy(name) for name in ("supervised", "preference", "reward_model", "reinforcement", "rlhf", "environments")
 }
