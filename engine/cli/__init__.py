@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "engine.cli.ledger",
     "engine.cli.verify",
     "sim.cli",
+    "sim.calibrate_cli",
     "engine.cli.workflow",
     "engine.cli.train",
 )
@@ -46,6 +47,7 @@ OWNER = {
     "verify": "engine.cli.verify",
     "simulate": "sim.cli",
     "sweep": "sim.cli",
+    "calibrate": "sim.calibrate_cli",
     "run": "engine.cli.workflow",
     "describe": "engine.cli.workflow",
     "train": "engine.cli.train",
