@@ -61,16 +61,20 @@ class Fit:
         return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99)}
 
 
-def least_squares(name: str, xs: list[float], ys: list[float]) -> Fit:
-    """Ordinary least squares of ``ys`` on ``xs`` (a constant when ``xs`` do not vary)."""
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
+def least_squares(name: str, xs: list[float], ys: list[float], weights: list[float] | None = None) -> Fit:
+    """Weighted least squares of ``ys`` on ``xs``; a (weighted mean) constant when the
+    ``xs`` do not vary or the slope comes out negative (a cost never falls with load)."""
+    w = weights or [1.0] * len(xs)
+    total = sum(w)
+    mx, my = sum(wi * x for wi, x in zip(w, xs)) / total, sum(wi * y for wi, y in zip(w, ys)) / total
+    sxx = sum(wi * (x - mx) ** 2 for wi, x in zip(w, xs))
+    slope = sum(wi * (x - mx) * (y - my) for wi, x, y in zip(w, xs, ys)) / sxx if sxx > 0 else 0.0
+    if slope < 0:
+        slope = 0.0
     intercept = my - slope * mx
     predicted = [intercept + slope * x for x in xs]
-    ss_res = sum((y - p) ** 2 for y, p in zip(ys, predicted))
-    ss_tot = sum((y - my) ** 2 for y in ys)
+    ss_res = sum(wi * (y - p) ** 2 for wi, y, p in zip(w, ys, predicted))
+    ss_tot = sum(wi * (y - my) ** 2 for wi, y in zip(w, ys))
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
     residuals = [abs(y - p) / abs(y) for y, p in zip(ys, predicted) if y != 0]
     return Fit(name, intercept, slope, r2, residuals)
@@ -84,8 +88,11 @@ class Observations:
     train: list[tuple[float, float]] = field(default_factory=list)  # (tokens, seconds)
     sync: list[float] = field(default_factory=list)
     decode: list[tuple[float, float]] = field(default_factory=list)  # (active per server, seconds per token)
+    decode_weights: list[float] = field(default_factory=list)  # decode steps behind each observation (real runs)
     config: dict[str, Any] = field(default_factory=dict)
     real: bool = False
+    group_size: int = 1
+    trained_per_rollout: list[float] = field(default_factory=list)  # a real run's trained tokens per rollout
 
 
 def _events(path: Path) -> Iterable[Event]:
@@ -113,6 +120,13 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
     """Add what the log at ``path`` (a log file or a run directory) says to ``obs``."""
     obs = obs or Observations()
     log = _log_path(Path(path))
+    run_json = log.parent / "run.json"
+    if run_json.is_file():
+        try:
+            obs.group_size = max(1, int(json.loads(run_json.read_text()).get("group_size", 1)))
+        except (ValueError, TypeError, AttributeError) as err:
+            raise CalibrationError(f"{run_json}: not a run's config ({err})") from None
+    group = obs.group_size
     tokens: dict[str, int] = {}
     started: dict[str, tuple[float, float, float]] = {}
     interrupted: set[str] = set()
@@ -158,13 +172,14 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
             count = tokens.pop(event.rollout, 0)
             begun = started.pop(event.rollout, None)
             if count > 0:
-                obs.lengths.append(count)
+                # a rollout is a group of samples decoded side by side: its length per sample
+                obs.lengths.extend([max(1, round(count / group))] * group)
                 done_tokens[event.rollout] = count
                 if begun is not None and t is not None and event.rollout not in interrupted:
                     busy = (t - begun[0]) - (paused_total - begun[2])
                     if busy > 0:
-                        active = (area - begun[1]) / busy
-                        obs.decode.append((active / max(1, servers), busy / count))
+                        active = (area - begun[1]) / busy * group
+                        obs.decode.append((active / max(1, servers), busy / max(1.0, count / group)))
             interrupted.discard(event.rollout)
         elif isinstance(event, (Rejected, Filtered)):
             if event.rollout in started or event.rollout in tokens:
@@ -199,7 +214,21 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
         if usable:
             obs.real = True
             obs.train = [(float(r["trained_tokens"]), float(r["train_s"])) for r in usable]
+            size = int(obs.config.get("batch_size", 1)) or 1
+            obs.trained_per_rollout.extend(float(r["trained_tokens"]) / size for r in usable)
             obs.sync = []  # a real run's pause spans the training: the sync is version -> unpaused
+            steps = [r for r in usable if "decode_steps" in r and "generated_tokens" in r and "wall_s" in r]
+            if len(steps) > 1:
+                # the engine's own counters: between two updates generation ran for the
+                # wall time less the training, over that many decode steps of that many tokens
+                obs.decode, obs.decode_weights = [], []
+                for before, row in zip(steps, steps[1:]):
+                    count = row["decode_steps"] - before["decode_steps"]
+                    seconds = row["wall_s"] - before["wall_s"] - row["train_s"]
+                    if count > 0 and seconds > 0:
+                        batch = (row["generated_tokens"] - before["generated_tokens"]) / count
+                        obs.decode.append((batch / max(1, servers), seconds / count))
+                        obs.decode_weights.append(float(count))
             return _resync(log, obs)
     return obs
 
@@ -251,8 +280,8 @@ def calibrate(paths: list[str | Path], base: Scenario | None = None, servers: in
         missing.append(f"{len(obs.lengths)} accepted rollouts with tokens (need {MIN_ROLLOUTS})")
     if len(obs.train) < MIN_UPDATES:
         missing.append(f"{len(obs.train)} timed training steps (need {MIN_UPDATES})")
-    if len(obs.decode) < MIN_ROLLOUTS:
-        missing.append(f"{len(obs.decode)} timed uninterrupted rollouts (need {MIN_ROLLOUTS})")
+    if len(obs.decode) < (MIN_UPDATES if obs.real else MIN_ROLLOUTS):
+        missing.append(f"{len(obs.decode)} timed decode observations (need {MIN_UPDATES if obs.real else MIN_ROLLOUTS})")
     if missing:
         raise CalibrationError(f"{paths[0]}: too little to calibrate from: " + "; ".join(missing))
     logs = [math.log(n) for n in obs.lengths]
@@ -260,26 +289,39 @@ def calibrate(paths: list[str | Path], base: Scenario | None = None, servers: in
         kind="lognormal", median=round(math.exp(statistics.fmean(logs)), 3), sigma=round(statistics.pstdev(logs), 4), cap=max(obs.lengths)
     )
     train = least_squares("train step", [x for x, _ in obs.train], [y for _, y in obs.train])
-    decode = least_squares("decode s/token", [x for x, _ in obs.decode], [y for _, y in obs.decode])
+    decode = least_squares("decode s/token", [x for x, _ in obs.decode], [y for _, y in obs.decode], obs.decode_weights or None)
     sync_s = statistics.median(obs.sync) if obs.sync else 0.0
     scenario = base or Scenario()
     response = replace(lognormal, kind="empirical", path=str(Path(paths[0]).resolve())) if empirical else lognormal
     cfg = obs.config
     ledger = scenario.ledger
+    group = obs.group_size
+    workload = replace(scenario.workload, response_len=response, group_size=group)
+    if obs.real:
+        # the simulator trains group * prompt + response tokens per rollout: the prompt
+        # length that makes its count the real trainer's (1 when that counts completions only)
+        extra = statistics.fmean(obs.trained_per_rollout) - statistics.fmean(obs.lengths) * group
+        workload = replace(workload, prompt_len=Distribution(kind="fixed", value=max(1, round(extra / group))))
     for key in ("max_concurrent", "batch_size", "max_staleness", "policy"):
         if key in cfg:
             ledger = replace(ledger, **{key: cfg[key]})
     scenario = replace(
         scenario,
         ledger=ledger,
-        workload=replace(scenario.workload, response_len=response),
+        workload=workload,
         generation=replace(
             scenario.generation,
             servers=servers,
-            slots=max(1, ledger.max_concurrent // max(1, servers)),
+            slots=max(1, ledger.max_concurrent * group // max(1, servers)),
+            # a real engine's prefill is part of its loop steps, which the decode fit measured
+            prefill_per_token_s=0.0 if obs.real else scenario.generation.prefill_per_token_s,
             step_base_s=max(0.0, decode.intercept), step_per_seq_s=max(0.0, decode.slope), step_per_kv_token_s=0.0
         ),
-        training=replace(scenario.training, step_base_s=max(0.0, train.intercept), step_per_token_s=max(0.0, train.slope), weight_sync_s=max(0.0, sync_s)),
+        training=replace(
+            scenario.training,
+            step_base_s=max(0.0, train.intercept), step_per_token_s=max(0.0, train.slope), weight_sync_s=max(0.0, sync_s),
+            colocated=obs.real or scenario.training.colocated,  # a real run pauses generation to train
+        ),
     )
     counts = {"rollouts": len(obs.lengths), "updates": len(obs.train), "timed rollouts": len(obs.decode), "syncs": len(obs.sync)}
     return Calibration(scenario, [train, decode], lognormal, sync_s, counts)

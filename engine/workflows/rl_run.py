@@ -135,7 +135,7 @@ class RLRun:
             # the log advances, a model is built or a checkpoint is loaded.
             if not events_path.exists():
                 raise FileNotFoundError(f"cannot resume: {events_path} does not exist")
-            self.ledger = Ledger.resume(events_path, requeue=config.requeue_lost, flush_every=FLUSH_EVERY)
+            self.ledger = Ledger.resume(events_path, requeue=config.requeue_lost, flush_every=FLUSH_EVERY, clock=self._log_clock)
             found = rl_resume.scan(events_path, self.run_dir / "metrics.jsonl")
         model_config = preset(config.model_size, self.tokenizer.vocab_size, self.task.max_seq_len)
         self.trainer = Trainer(Policy(model_config).to(self.device), config.trainer_config(), pad_id=self.tokenizer.pad_id, device=self.device)
@@ -152,7 +152,7 @@ class RLRun:
                 self.load_weights(config.init)
             else:
                 self.warmup(config.warmup_steps)
-            self.ledger = Ledger(config.ledger_config(), path=events_path, flush_every=FLUSH_EVERY)
+            self.ledger = Ledger(config.ledger_config(), path=events_path, flush_every=FLUSH_EVERY, clock=self._log_clock)
             self.save_checkpoint()
         generator_model = copy.deepcopy(self.trainer.model)
         if self.device.type == "cuda":
@@ -298,6 +298,11 @@ class RLRun:
             store.put(rollout, samples)
 
     # -- evaluation, files and figures ------------------------------------------------
+    def _log_clock(self) -> float:
+        """The ``t`` of the run's events: :meth:`elapsed` once the loop's clock runs (the
+        run's start before that), so ``calibrate`` can time segments, steps and syncs."""
+        return self.elapsed() if self._started else self._wall_offset
+
     def elapsed(self) -> float:
         """Seconds of training so far: since setup, plus the time before a resume, less
         the time spent evaluating (throughput is counted over the training loop)."""
