@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from engine.cli import main
@@ -58,3 +60,33 @@ def test_a_too_short_log_says_what_is_missing(tmp_path, capsys):
     assert err.count("\n") == 1 and "short.db" in err and "need" in err
     assert (tmp_path / "short.db").read_bytes() == before and not (tmp_path / "x.toml").exists()
     assert main(["calibrate", str(tmp_path / "missing"), "-o", str(tmp_path / "x.toml")]) == 2
+
+
+def test_calibrate_on_a_cpu_run_and_predict_a_second(tmp_path, capsys):
+    """A short CPU ``train`` run calibrates the simulator, which predicts a second run's
+    trained tokens/s; the error is printed, not held to a bound (a shared CI machine)."""
+    pytest.importorskip("torch")
+    from benchmarks.fidelity import measured, predict
+    from engine.workflows.reinforcement import train
+    from engine.workflows.rl_config import RunConfig
+
+    base = RunConfig(task="reverse", model_size="tiny", steps=10, batch_size=4, group_size=2, max_concurrent=8,
+                     max_staleness=2, warmup_steps=3, device="cpu")
+    train(base, tmp_path / "first", eval_size=0, progress=False)
+    fit = calibrate([tmp_path / "first"])
+    assert fit.scenario.training.colocated and fit.scenario.workload.group_size == 2
+    assert fit.scenario.training.step_base_s + fit.scenario.training.step_per_token_s > 0
+    assert fit.scenario.generation.step_base_s + fit.scenario.generation.step_per_seq_s > 0
+    out = tmp_path / "cal.toml"
+    from sim.config import save
+
+    save(fit.scenario, out)
+    import argparse
+
+    predicted = predict(out, 4, 4, 10, argparse.Namespace(concurrency=2, group_size=2, seed=0))
+    train(RunConfig(**{**base.__dict__, "max_staleness": 4}), tmp_path / "second", eval_size=0, progress=False)
+    actual = measured(tmp_path / "second")
+    error = 100 * (predicted["tokens_per_s"] - actual["tokens_per_s"]) / actual["tokens_per_s"]
+    with capsys.disabled():
+        print(f"\npredicted {predicted['tokens_per_s']:.0f} tokens/s, measured {actual['tokens_per_s']:.0f}: error {error:+.1f}%")
+    assert predicted["tokens_per_s"] > 0 and math.isfinite(error)
