@@ -207,6 +207,11 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
             gen_paused = False
     if timed == 0:
         raise CalibrationError(f"{log}: its events carry no times (t); calibration needs a timed log")
+    samples = _sample_lengths(log.parent / "samples.sqlite")
+    if samples and group > 1:
+        # a real run's log sums a rollout's tokens over its group; its sample store has
+        # each sample, whose spread (not the group means') sets when a group finishes
+        obs.lengths = obs.lengths[: len(obs.lengths) - len(samples)] + samples if len(samples) <= len(obs.lengths) else samples
     metrics = log.parent / "metrics.jsonl"
     if metrics.is_file():
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
@@ -231,6 +236,25 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
                         obs.decode_weights.append(float(count))
             return _resync(log, obs)
     return obs
+
+
+def _sample_lengths(path: Path) -> list[int]:
+    """Completion lengths of every stored sample of a real run (its ``samples.sqlite``:
+    rows of pickled plain dicts the run wrote itself; a run directory is trusted)."""
+    import pickle
+    import sqlite3
+
+    if not path.is_file():
+        return []
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT data FROM samples").fetchall()
+        finally:
+            db.close()
+        return [len(sample["completion"]) for (data,) in rows for sample in pickle.loads(data) if sample.get("completion")]
+    except (sqlite3.Error, pickle.UnpicklingError, KeyError, TypeError, EOFError) as err:
+        raise CalibrationError(f"{path}: not a run's sample store ({err})") from None
 
 
 def _resync(log: Path, obs: Observations) -> Observations:
