@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +46,7 @@ def train(args: argparse.Namespace, run_dir: Path, staleness: int, batch: int, s
         "--group-size", str(args.group_size), "--max-concurrent", str(args.concurrency * batch),
         "--max-staleness", str(staleness), "--seed", str(args.seed), "--run-dir", str(run_dir), "--no-progress", *extra,
     ]
+    shutil.rmtree(run_dir, ignore_errors=True)  # only the run directories this script names
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
@@ -122,11 +124,6 @@ def main() -> None:
     args = parser.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*"):
-        if old.is_dir():
-            import shutil
-
-            shutil.rmtree(old)
     start = time.perf_counter()
 
     print("warm-up", flush=True)
