@@ -150,7 +150,7 @@ class RLRun:
             # the log advances, a model is built or a checkpoint is loaded.
             if not events_path.exists():
                 raise FileNotFoundError(f"cannot resume: {events_path} does not exist")
-            self.ledger = Ledger.resume(events_path, requeue=config.requeue_lost, flush_every=FLUSH_EVERY)
+            self.ledger = Ledger.resume(events_path, requeue=config.requeue_lost, flush_every=FLUSH_EVERY, clock=self._log_clock)
             found = rl_resume.scan(events_path, self.run_dir / "metrics.jsonl")
         self.trainer = Trainer(self._policy(), config.trainer_config(), pad_id=self.tokenizer.pad_id, device=self.device)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -174,7 +174,7 @@ class RLRun:
             if config.kl_coef:  # the policy RL starts from, kept for the KL penalty (and a resume)
                 self.trainer.set_reference()
                 write_weights(reference_path, self.trainer.model.state_dict())
-            self.ledger = Ledger(config.ledger_config(), path=events_path, flush_every=FLUSH_EVERY)
+            self.ledger = Ledger(config.ledger_config(), path=events_path, flush_every=FLUSH_EVERY, clock=self._log_clock)
             self.save_checkpoint()
         slots = self.ledger.state.config.rank_max_concurrent * config.group_size  # type: ignore[union-attr]
         seed = config.seed + 1000 * self.ledger.state.version
@@ -377,6 +377,11 @@ class RLRun:
             trainer.model.train(was_training)
 
     # -- evaluation, files and figures ------------------------------------------------
+    def _log_clock(self) -> float:
+        """The ``t`` of the run's events: :meth:`elapsed` once the loop's clock runs (the
+        run's start before that), so ``calibrate`` can time segments, steps and syncs."""
+        return self.elapsed() if self._started else self._wall_offset
+
     def elapsed(self) -> float:
         """Seconds of training so far: since setup, plus the time before a resume, less
         the time spent evaluating (throughput is counted over the training loop)."""

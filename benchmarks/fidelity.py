@@ -1,0 +1,181 @@
+"""Sim-to-real fidelity: calibrate the simulator on one real run, predict others, then run them.
+
+1. a shared warm-up (``train --steps 1``), whose final weights every run starts from;
+2. the calibration run: ``rollout-ledger train`` at ``max_staleness`` 2;
+3. ``rollout-ledger calibrate`` on it, then the simulator's predictions for runs at
+   ``max_staleness`` 0, 4 and 8 and one at another batch size, written to
+   ``predictions.json`` *before* any of those runs starts;
+4. the runs themselves, and a predicted-against-measured table (trained tokens/s, mean
+   and p99 staleness at consumption, trainer idle fraction, error %) printed and
+   written to ``table.md`` and ``results.json``.
+
+Everything goes under ``--out``.  On an H200 (about 4-6 minutes)::
+
+    python benchmarks/fidelity.py --device cuda --out $OUT
+
+Tiny on a CPU (a minute or two)::
+
+    python benchmarks/fidelity.py --device cpu --model-size tiny --steps 12 --batch-size 4 \\
+        --concurrency 2 --warmup-steps 5 --other-batch-size 8 --out /tmp/fidelity
+
+Measured staleness is read from the run's log (version at ``consumed`` minus the version
+the rollout was submitted under, the simulator's definition); the trainer's idle fraction
+is the time it waited for a batch (``wait_s``) over the run's wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = ("tokens_per_s", "staleness_mean", "staleness_p99", "trainer_idle")
+
+
+def train(args: argparse.Namespace, run_dir: Path, staleness: int, batch: int, steps: int, extra: list[str]) -> None:
+    command = [
+        sys.executable, "-m", "engine.cli", "train", "--task", args.task, "--model-size", args.model_size,
+        "--device", args.device, "--steps", str(steps), "--batch-size", str(batch),
+        "--group-size", str(args.group_size), "--max-concurrent", str(args.concurrency * batch),
+        "--max-staleness", str(staleness), "--seed", str(args.seed), "--run-dir", str(run_dir), "--no-progress", *extra,
+    ]
+    shutil.rmtree(run_dir, ignore_errors=True)  # only the run directories this script names
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"fidelity: {' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    print(f"  {run_dir.name}: {time.perf_counter() - started:.1f}s", flush=True)
+
+
+def measured(run_dir: Path) -> dict[str, float]:
+    """The run's figures, from its metrics.jsonl and its log."""
+    from engine.core.events import Consumed, Submitted, Version
+    from engine.log import EventLog
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    wall = rows[-1]["wall_s"]
+    head: dict[str, int] = {}
+    version = 0
+    staleness: list[int] = []
+    with EventLog(run_dir / "events.sqlite", mode="r") as log:
+        for event in log.events():
+            if isinstance(event, Submitted):
+                head.setdefault(event.rollout, event.version)
+            elif isinstance(event, Version):
+                version = event.version
+            elif isinstance(event, Consumed):
+                staleness.extend(version - head.get(r, version) for r in event.rollouts)
+    staleness.sort()
+    return {
+        "tokens_per_s": sum(r["trained_tokens"] for r in rows) / wall,
+        "staleness_mean": sum(staleness) / max(1, len(staleness)),
+        "staleness_p99": float(staleness[min(len(staleness) - 1, math.ceil(0.99 * len(staleness)) - 1)]) if staleness else 0.0,
+        "trainer_idle": sum(r["wait_s"] for r in rows) / wall,
+    }
+
+
+def predict(scenario_path: Path, staleness: int, batch: int, steps: int, args: argparse.Namespace) -> dict[str, float]:
+    from sim.config import load
+    from sim.simulator import simulate
+
+    scenario = load(scenario_path, [
+        f"ledger.max_staleness={staleness}", f"ledger.batch_size={batch}",
+        f"ledger.max_concurrent={args.concurrency * batch}",
+        f"generation.slots={args.concurrency * batch * args.group_size}",
+        f"run.rollouts={steps * batch}", f"run.seed={args.seed}",
+    ])
+    s = simulate(scenario)
+    return {
+        "tokens_per_s": s.trained_tokens_per_s,
+        "staleness_mean": s.staleness_mean,
+        "staleness_p99": float(s.staleness_p99),
+        "trainer_idle": s.trainer_idle_s / s.sim_time_s if s.sim_time_s > 0 else 0.0,
+    }
+
+
+def error(predicted: float, actual: float) -> float:
+    if actual == 0:
+        return 0.0 if predicted == 0 else math.inf
+    return 100.0 * (predicted - actual) / abs(actual)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--task", default="reverse")
+    parser.add_argument("--model-size", default="small")
+    parser.add_argument("--steps", type=int, default=150, help="updates per run")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--other-batch-size", type=int, default=32, help="batch size of the extra run (at staleness 2)")
+    parser.add_argument("--group-size", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=4, help="max_concurrent = concurrency * batch size")
+    parser.add_argument("--warmup-steps", type=int, default=300)
+    parser.add_argument("--calibrate-at", type=int, default=2)
+    parser.add_argument("--staleness", default="0,4,8", help="bounds to predict and run")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    print("warm-up", flush=True)
+    train(args, out / "warmup", 0, args.batch_size, 1, ["--warmup-steps", str(args.warmup_steps)])
+    init = ["--init", str(out / "warmup" / "final.pt"), "--warmup-steps", "0"]
+
+    print(f"calibration run at max_staleness {args.calibrate_at}", flush=True)
+    train(args, out / "calibration", args.calibrate_at, args.batch_size, args.steps, init)
+    scenario = out / "calibrated.toml"
+    fit = subprocess.run([sys.executable, "-m", "engine.cli", "calibrate", str(out / "calibration"), "-o", str(scenario)],
+                         cwd=ROOT, capture_output=True, text=True)
+    if fit.returncode != 0:
+        sys.exit(f"fidelity: calibrate failed: {fit.stderr}")
+    print(fit.stdout, flush=True)
+    (out / "calibration_fit.txt").write_text(fit.stdout)
+
+    plan = [(f"staleness{k}", int(k), args.batch_size) for k in args.staleness.split(",")]
+    plan.append((f"staleness{args.calibrate_at}-batch{args.other_batch_size}", args.calibrate_at, args.other_batch_size))
+    plan.insert(0, (f"staleness{args.calibrate_at}-calibration", args.calibrate_at, args.batch_size))
+    predictions = {name: predict(scenario, k, batch, args.steps, args) for name, k, batch in plan}
+    (out / "predictions.json").write_text(json.dumps(predictions, indent=1))  # before any predicted run starts
+    print(f"predictions written to {out / 'predictions.json'}", flush=True)
+
+    results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": {}}
+    for name, k, batch in plan:
+        if name.endswith("-calibration"):
+            run_dir = out / "calibration"
+        else:
+            run_dir = out / name
+            train(args, run_dir, k, batch, args.steps, init)
+        results["runs"][name] = {"predicted": predictions[name], "measured": measured(run_dir)}
+
+    header = "| run | " + " | ".join(f"{m} pred | meas | err %" for m in METRICS) + " |"
+    lines = [header, "|" + "---|" * (1 + 3 * len(METRICS))]
+    worst = 0.0
+    for name, row in results["runs"].items():
+        cells = []
+        for m in METRICS:
+            p, a = row["predicted"][m], row["measured"][m]
+            e = error(p, a)
+            if not name.endswith("-calibration") and m in ("tokens_per_s", "staleness_mean", "trainer_idle"):
+                worst = max(worst, abs(e))
+            cells.append(f"{p:.3g} | {a:.3g} | {e:+.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    results["worst_error_pct"] = worst
+    results["total_s"] = time.perf_counter() - start
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "table.md").write_text(table + "\n")
+    print(table)
+    print(f"worst |error| (tokens/s, mean staleness, idle; predicted runs): {worst:.1f}%  total {results['total_s']:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
