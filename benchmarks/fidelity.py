@@ -128,7 +128,7 @@ def main() -> None:
 
     print("warm-up", flush=True)
     train(args, out / "warmup", 0, args.batch_size, 1, ["--warmup-steps", str(args.warmup_steps)])
-    init = ["--init", str(out / "warmup" / "final.pt"), "--warmup-steps", "0"]
+    init = ["--init", str(out / "warmup" / "final.safetensors"), "--warmup-steps", "0"]
 
     print(f"calibration run at max_staleness {args.calibrate_at}", flush=True)
     train(args, out / "calibration", args.calibrate_at, args.batch_size, args.steps, init)

@@ -64,6 +64,7 @@ def test_vllm_log_probs_equal_the_trainers_across_an_update_that_interrupts_at_a
         cancelled = engine.submit(tokenizer.prompt_ids("x"), 24)
         cancelled.cancel()
         while min(len(h.generation.tokens) for h in handles) < 2:
+            assert not runner.done(), runner.exception()  # vLLM failed to start
             await asyncio.sleep(0.005)
         engine.pause()
         engine.load_weights(after.state_dict(), 1)
@@ -75,7 +76,7 @@ def test_vllm_log_probs_equal_the_trainers_across_an_update_that_interrupts_at_a
         await runner
         return results
 
-    results = asyncio.run(scenario())
+    results = asyncio.run(asyncio.wait_for(scenario(), timeout=600))
     assert engine.weight_updates == 1
     for result in results:
         assert len(result.tokens) == 24 and result.interruptions == 1

@@ -112,8 +112,16 @@ class VLLMEngine:
         self._commands.put_nowait(("close",))
 
     async def run(self) -> None:
-        """Start vLLM, then carry out the port's calls in order until :meth:`close`."""
-        self._llm = self._start()
+        """Start vLLM, then carry out the port's calls in order until :meth:`close`;
+        when vLLM fails to start, every sequence submitted fails with its error."""
+        try:
+            self._llm = self._start()
+        except Exception as error:
+            while not self._commands.empty():
+                command = self._commands.get_nowait()
+                if command[0] == "submit":
+                    command[1]._fail(error)
+            raise
         try:
             while True:
                 command = await self._commands.get()
@@ -191,7 +199,8 @@ class VLLMEngine:
         version = self._serving
         params = SamplingParams(
             max_tokens=handle.max_new_tokens - len(generation.tokens), temperature=self.temperature, logprobs=0,
-            output_kind=RequestOutputKind.DELTA, stop_token_ids=[self.eos_id], seed=self.seed + int(request[1:]),
+            output_kind=RequestOutputKind.DELTA, stop_token_ids=[self.eos_id] if self.eos_id >= 0 else None,
+            ignore_eos=self.eos_id < 0, seed=self.seed + int(request[1:]),
         )
         finished = False
         try:
