@@ -131,12 +131,18 @@ def extract(revision: str, into: Path) -> Path:
 
 
 def as_schema(path: Path, copy: Path, schema: int) -> Path:
-    """A copy of the log at ``path`` marked with event ``schema`` (for an older reader;
-    the mixed log holds no type newer than schema 2)."""
+    """A copy of the log at ``path`` as an older reader expects it: marked with event
+    ``schema`` (the mixed log holds no type newer than schema 2), without the checksum
+    column and the header of log schema 4."""
     shutil.copyfile(path, copy)
     db = sqlite3.connect(copy)
     with db:
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(schema),))
+        db.execute("DELETE FROM meta WHERE key NOT IN ('schema', 'last_seq')")
+        db.execute("DROP INDEX enqueued_once")
+        db.execute("ALTER TABLE events DROP COLUMN crc")
+        db.execute("CREATE UNIQUE INDEX enqueued_once ON events (rollout) WHERE type = 'enqueued'")
+    db.execute("VACUUM")
     db.close()
     return copy
 
@@ -192,7 +198,7 @@ def main() -> None:
             rows.append((f"library replay, baseline {args.baseline} (fresh process)", timing(*library_old), ""))
 
         def decode() -> None:
-            with EventLog(log) as store:
+            with EventLog(log, mode="r") as store:
                 for _ in store.events():
                     pass
 

@@ -34,6 +34,7 @@ from engine.core.reducer import (
     fold,
 )
 from engine.log import EventLog
+from engine.log.values import check_events
 from engine.logconfig import get_logger
 
 #: A debug-mode check run after every event (e.g. ``properties.invariants.check_state``).
@@ -86,6 +87,10 @@ class Ledger:
     must match ``config`` when both are given).  Events are written in batches of
     ``flush_every``; ``clock``, when given, stamps events that carry no ``t``;
     ``check`` (debug mode) runs after every event and may refuse it by raising.
+
+    The ledger is its log's one writer: it holds the log's lock until :meth:`close`,
+    and a second writer of the same log is refused (:class:`~engine.log.LogLocked`,
+    naming this process).
     """
 
     def __init__(
@@ -111,6 +116,19 @@ class Ledger:
         self._used_ids: _IdFilter | None = None  # ids the log may hold: built on the first enqueue
         self._logger = get_logger("rollout_ledger.ledger", log=str(path) if path else None)
         self._debug = self._logger.is_enabled_for(logging.DEBUG)  # a bound logger's level is fixed
+        try:
+            self._open(config, path)
+        except BaseException:  # a damaged log or another run's config: let go of the log and its lock
+            if self._log is not None:
+                self._log.close()
+            raise
+
+    def _open(self, config: Config | None, path: str | Path | None) -> None:
+        """Replay the log (if any), then start the run with ``config`` or check it against the log's."""
+        lock = self._log.lock if self._log is not None else None
+        if lock is not None and lock.stale:
+            stale = {f"dead_{key}": value for key, value in lock.stale.items()}
+            self._logger.warning("took over the lock of a writer that died", lock=str(lock.path), **stale)
         replayed = fold(self._log.events()) if self._log is not None and self._log.last_seq else EMPTY
         self._mark = replayed
         self._folder = Folder(replayed)
@@ -130,10 +148,14 @@ class Ledger:
         prompt again as a new attempt), so that nothing is lost or counted twice
         (:func:`engine.core.protocol.recover`)."""
         ledger = cls(path=path, **options)  # type: ignore[arg-type]
-        if ledger.config is None:
-            raise ValueError(f"the log at {path} has no run to resume (no run_started event)")
-        ledger.append(*protocol.recover(ledger.state, requeue))
-        ledger.flush()
+        try:
+            if ledger.config is None:
+                raise ValueError(f"the log at {path} has no run to resume (no run_started event)")
+            ledger.append(*protocol.recover(ledger.state, requeue))
+            ledger.flush()
+        except BaseException:
+            ledger._close_log()
+            raise
         return ledger
 
     @property
@@ -177,8 +199,11 @@ class Ledger:
         """Fold ``events`` and queue them for the log, all or nothing (read :attr:`state`
         afterwards; taking a snapshot costs time, so ``append`` does not).
 
-        An illegal event raises :class:`IllegalTransition` (logged as a warning), and
-        none of ``events`` is folded or written."""
+        An illegal event raises :class:`IllegalTransition` (logged as a warning), and an
+        event holding a value the log cannot store faithfully (an integer beyond 64
+        bits, text that is not UTF-8, a NaN time ...) raises
+        :class:`~engine.log.values.InvalidValue` naming the event and the field; either
+        way none of ``events`` is folded or written."""
         self._append(events)
 
     def _append(self, events: tuple[Event, ...]) -> None:
@@ -186,6 +211,7 @@ class Ledger:
         if self._clock is not None:
             now = self._clock()
             events = tuple([e if e[-1] is not None else stamped(e, now) for e in events])  # ``t`` is every event's last field
+        check_events(events)  # before the fold: a value the log cannot hold changes nothing
         log = self._log
         if log is not None and Enqueued in map(type, events):
             self._refuse_reused_ids(events)
@@ -372,14 +398,20 @@ class Ledger:
         """Write the queued events to the log in one transaction."""
         if self._unwritten:
             if self._log is not None:
-                self._log.append(self._unwritten)
+                self._log.append(self._unwritten, checked=True)  # checked by :meth:`_append`
             self._unwritten = []
             self._unwritten_ids = None
             self._mark = self._folder.state
 
     def close(self) -> None:
-        """Flush and close the log."""
-        self.flush()
+        """Flush and close the log (which releases its writer lock)."""
+        try:
+            self.flush()
+        finally:
+            self._close_log()
+
+    def _close_log(self) -> None:
+        """Close the log without writing what is queued (what a crash would leave)."""
         if self._log is not None:
             self._log.close()
 

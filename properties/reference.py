@@ -240,6 +240,8 @@ class ReferenceLedger:
                 if self.paused:
                     raise ReferenceRefusal("already paused")
             case Checkpoint():
+                if event.version < 0:
+                    raise ReferenceRefusal("checkpoint version negative")
                 if event.version > self.version:
                     raise ReferenceRefusal("checkpoint ahead of the version")
 

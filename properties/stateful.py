@@ -349,7 +349,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self._reuse_is_refused(ledger)
         finally:
             ledger.close()
-        with EventLog(path) as log:
+        with EventLog(path, mode="r") as log:
             closing = list(log.events(len(self.history) + 1))
         if any(isinstance(event, Rejected) for event in closing):
             _statistic("in-flight rollouts closed by a crash")

@@ -18,7 +18,8 @@ from typing import Any
 from tqdm import tqdm
 
 from engine.log import LogError
-from sim.config import Scenario, ScenarioError, load, to_toml
+from engine.log.files import OutputError, check_directory, check_output
+from sim.config import Scenario, ScenarioError, ScenarioFileError, load, to_toml
 from sim.scenarios import BUILTIN, builtin
 from sim.simulator import Simulation, SimulationStalled
 from sim.summary import Summary, format_table, to_json
@@ -43,6 +44,7 @@ def register(subparsers: Any) -> None:
     _common(simulate)
     simulate.add_argument(
         "--compare",
+        type=_bounds,
         default=DEFAULT_COMPARE,
         metavar="LIST",
         help=f"max_staleness values to compare (default {DEFAULT_COMPARE}); 'none' runs the scenario's own value",
@@ -51,7 +53,7 @@ def register(subparsers: Any) -> None:
         "--log", metavar="PATH", help="write each run's SQLite event log (PATH, or PATH-staleness<k>.db when comparing)"
     )
     simulate.add_argument("--show-config", action="store_true", help="print the scenario as TOML (every field documented) and exit")
-    simulate.set_defaults(run=run_simulate)
+    simulate.set_defaults(run=run_simulate, inputs=("scenario",))
 
     grid = subparsers.add_parser(
         "sweep",
@@ -62,10 +64,10 @@ def register(subparsers: Any) -> None:
     _common(grid)
     grid.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="an axis to sweep (repeatable)")
     grid.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: one per CPU; results do not depend on it)"
+        "--workers", type=_positive, default=os.cpu_count() or 1, help="worker processes (default: one per CPU; results do not depend on it)"
     )
     grid.add_argument("--out", default="sweep", metavar="DIR", help="folder for summaries.csv and sweep.png (default: sweep)")
-    grid.set_defaults(run=run_sweep)
+    grid.set_defaults(run=run_sweep, inputs=("scenario",))
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -76,32 +78,78 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _positive(text: str) -> int:
+    """An integer of at least 1 (``--workers``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+#: Words ``--compare`` reads as an unbounded staleness.
+_UNBOUNDED = ("inf", "infinity", "unbounded")
+
+
+def _bounds(text: str) -> list[str] | None:
+    """``--compare``: staleness bounds (whole numbers of at least 0, or ``inf``), each
+    once; ``none`` runs the scenario's own bound.  The default is parsed too."""
+    if text.strip().lower() == "none":
+        return None
+    bounds: list[str] = []
+    for item in (v.strip() for v in text.split(",")):
+        if not item:
+            continue
+        if item.lower() in _UNBOUNDED:
+            bound = "inf"
+        else:
+            try:
+                number = int(item)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{item!r} is not a staleness bound (a whole number of at least 0, or inf)") from None
+            if number < 0:
+                raise argparse.ArgumentTypeError(f"staleness bound {number} is negative")
+            bound = str(number)
+        if bound in bounds:
+            raise argparse.ArgumentTypeError(f"staleness bound {item!r} is given twice")
+        bounds.append(bound)
+    if not bounds:
+        raise argparse.ArgumentTypeError("give staleness bounds like 0,1,2,inf, or 'none'")
+    return bounds
+
+
 def _scenario(name: str | None, overrides: list[str]) -> Scenario:
     if name is not None and not Path(name).exists() and name in BUILTIN:
         return builtin(name).with_overrides(overrides)
     if name is not None and not Path(name).exists():
-        raise ScenarioError("<file>", f"no scenario file at {name} (built-in scenarios: {', '.join(BUILTIN)})")
+        raise ScenarioFileError(name, f"no such scenario file, nor a built-in scenario ({', '.join(BUILTIN)})")
     return load(name, overrides) if name is not None else builtin("default").with_overrides(overrides)
 
 
-def _bounds(text: str) -> list[str] | None:
-    if text.strip().lower() == "none":
-        return None
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    if not values:
-        raise ScenarioError("--compare", "give staleness values like 0,1,2,inf or 'none'")
-    return values
+def _inputs(name: str | None, scenario: Scenario) -> list[Path]:
+    """The files a run reads: the scenario file and any empirical length files."""
+    found = [Path(name)] if name is not None and Path(name).exists() else []
+    for dist in (scenario.workload.prompt_len, scenario.workload.response_len):
+        if dist.kind == "empirical":
+            found.append(Path(dist.path))
+    return found
 
 
-def _log_path(base: str | None, bound: str, many: bool) -> Path | None:
+def _log_path(base: str | None, bound: str, many: bool, inputs: list[Path]) -> Path | None:
+    """Where the run with staleness ``bound`` writes its event log: a new file,
+    checked now, before any run."""
     if base is None:
         return None
     path = Path(base)
+    if path.is_dir() or not path.name:
+        raise OutputError(f"{base}: is a directory; give --log a file name")
     if many:
         path = path.with_name(f"{path.stem}-staleness{bound}{path.suffix or '.db'}")
-    if path.exists():
-        raise ScenarioError("--log", f"{path} already exists; remove it or choose another path")
-    return path
+    if path.exists() or path.is_symlink():
+        raise OutputError(f"{path}: already exists; remove it or choose another --log path")
+    return check_output(path, *inputs)
 
 
 def run_simulate(args: argparse.Namespace) -> int:
@@ -111,15 +159,15 @@ def run_simulate(args: argparse.Namespace) -> int:
         if args.show_config:
             print(to_toml(scenario))
             return 0
-        bounds = _bounds(args.compare)
+        bounds: list[str] | None = args.compare  # parsed by _bounds, the default too
         own = scenario.ledger.max_staleness
         runs = [("inf" if own is None else str(own), scenario)]
         if bounds is not None:
             runs = [(b, scenario.with_overrides([f"ledger.max_staleness={b}"])) for b in bounds]
-        logs = [_log_path(args.log, bound, len(runs) > 1) for bound, _ in runs]
-    except ScenarioError as err:
-        print(f"rollout-ledger simulate: {err}", file=sys.stderr)
-        return 2
+        inputs = _inputs(args.scenario, scenario)
+        logs = [_log_path(args.log, bound, len(runs) > 1, inputs) for bound, _ in runs]
+    except (ScenarioError, OutputError) as err:
+        return _fail(str(err))
     total = sum(s.run.rollouts for _, s in runs)
     summaries: list[Summary] = []
     with tqdm(total=total, unit="rollout", desc="simulating", disable=args.no_progress, file=sys.stderr) as bar:
@@ -135,12 +183,10 @@ def run_simulate(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"max_staleness={bound}")
             try:
                 summaries.append(Simulation(run, log=log, progress=advance).run())
-            except (ScenarioError, LogError) as err:  # e.g. an empirical distribution's file, a log path
-                print(f"rollout-ledger simulate: {err}", file=sys.stderr)
-                return 2
+            except (ScenarioError, LogError) as err:  # e.g. an empirical distribution's file
+                return _fail(str(err))
             except SimulationStalled as err:
-                print(f"rollout-ledger simulate: {err}", file=sys.stderr)
-                return 1
+                return _fail(str(err), 1)
             bar.update(run.run.rollouts - done)
     if args.format == "json":
         print(to_json(summaries))
@@ -149,34 +195,44 @@ def run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fail(message: str, status: int = 2) -> int:
+    print(f"rollout-ledger: {message}", file=sys.stderr)
+    return status
+
+
 def run_sweep(args: argparse.Namespace) -> int:
-    """The ``sweep`` command."""
+    """The ``sweep`` command: the scenario, the axes and the outputs are checked before
+    the first run; the CSV and the PNG are each written whole or not at all."""
+    out = Path(args.out)
     try:
         scenario = _scenario(args.scenario, args.overrides)
         axes = parse_grid(args.grid)
-        if args.workers < 1:
-            raise ScenarioError("--workers", f"must be at least 1, got {args.workers}")
+        check_directory(out)
+        inputs = _inputs(args.scenario, scenario)
+        if out.exists():
+            for name in ("summaries.csv", "sweep.png"):
+                check_output(out / name, *inputs)
         total = 1
         for _, values in axes:
             total *= len(values)
         with tqdm(total=total, unit="run", desc="sweeping", disable=args.no_progress, file=sys.stderr) as bar:
             results = sweep(scenario, axes, workers=args.workers, on_result=lambda: bar.update(1))
-    except ScenarioError as err:
-        print(f"rollout-ledger sweep: {err}", file=sys.stderr)
-        return 2
+    except (ScenarioError, OutputError) as err:
+        return _fail(str(err))
     except SimulationStalled as err:
-        print(f"rollout-ledger sweep: {err}", file=sys.stderr)
-        return 1
+        return _fail(str(err), 1)
     table = rows(axes, results)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return _fail(f"{out}: cannot be made: {err.strerror or err}")
     write_csv(table, out / "summaries.csv")
     written = [out / "summaries.csv"]
     try:
         plot(axes, table, out / "sweep.png")
         written.append(out / "sweep.png")
     except ImportError:  # matplotlib is the optional [plot] extra
-        print("rollout-ledger sweep: no sweep.png: matplotlib is not installed (pip install 'rollout-ledger[plot]')", file=sys.stderr)
+        print("rollout-ledger: no sweep.png: matplotlib is not installed (pip install 'rollout-ledger[plot]')", file=sys.stderr)
     if args.format == "json":
         print(json.dumps(table, indent=2))
     else:
@@ -184,4 +240,3 @@ def run_sweep(args: argparse.Namespace) -> int:
         print(format_table([summary for _, summary in results], labels))
         print("wrote " + " and ".join(map(str, written)))
     return 0
-

@@ -3,7 +3,8 @@
 A scenario is read with stdlib ``tomllib``; any field can be overridden with
 ``section.key=value`` strings (the CLI's ``--set``), whose values are parsed as
 TOML (``4``, ``1.5``, ``true``, ``"partial"``) or taken as a bare string.  A bad
-field is refused with a :class:`ScenarioError` that names it.
+field is refused with a :class:`ScenarioError` that names it.  A scenario is
+written by :func:`to_toml` and :func:`save` alone, through :mod:`sim.tomlfile`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,18 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from engine.core.config import ON_STALE, POLICIES, Config, ConfigError
+from engine.log.files import write_atomic
+from sim import tomlfile
 
 #: What in-flight rollouts do when the weights change.
 ON_UPDATE = ("partial", "restart", "run_on", "drain")
 #: Names of the length distributions.
 DISTRIBUTIONS = ("fixed", "lognormal", "empirical")
+#: The most seconds one cost may be: a larger one (1e308) overflows the simulated clock
+#: to infinity, where the simulation never ends.
+MAX_COST_S = 1e6
+#: The most tokens a length may be (a fixed value, a cap, a median).
+MAX_LENGTH = 2**40
 
 
 class ScenarioError(ValueError):
@@ -33,6 +41,15 @@ class ScenarioError(ValueError):
     def __reduce__(self) -> tuple[type, tuple[str, str]]:
         """Pickle by (field, message), so the error crosses from a sweep's worker process."""
         return (type(self), (self.field, self.message))
+
+
+class ScenarioFileError(ScenarioError):
+    """A scenario file that cannot be read as TOML; ``field`` is its path."""
+
+    def __init__(self, path: str, message: str) -> None:
+        ValueError.__init__(self, f"{path}: {message}")
+        self.field = str(path)
+        self.message = message
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -240,6 +257,10 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         return value
     if isinstance(default, Distribution):
         return _distribution(name, value)
+    if isinstance(default, tuple):  # written as a TOML array, read back as a list
+        if not isinstance(value, (list, tuple)):
+            raise ScenarioError(name, f"must be an array, got {value!r}")
+        return tuple(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ScenarioError(name, f"must be true or false, got {value!r}")
@@ -293,8 +314,8 @@ def _validate(scenario: Scenario) -> None:
         "training.weight_sync_s": scenario.training.weight_sync_s,
     }
     for name, cost in non_negative.items():
-        if not cost >= 0 or math.isinf(cost):
-            raise ScenarioError(name, f"must be a finite number at least 0, got {cost}")
+        if not 0 <= cost <= MAX_COST_S:
+            raise ScenarioError(name, f"must be between 0 and {MAX_COST_S:g} seconds, got {cost}")
     generation = scenario.generation
     if generation.step_base_s + generation.step_per_seq_s + generation.step_per_kv_token_s <= 0:
         raise ScenarioError("generation.step_base_s", "a decode step must cost some time (all step costs are 0)")
@@ -318,15 +339,15 @@ def _validate(scenario: Scenario) -> None:
 def _validate_distribution(name: str, dist: Distribution) -> None:
     if dist.kind not in DISTRIBUTIONS:
         raise ScenarioError(f"{name}.kind", f"must be one of {', '.join(DISTRIBUTIONS)}, got {dist.kind!r}")
-    if dist.kind == "fixed" and dist.value < 1:
-        raise ScenarioError(f"{name}.value", f"must be at least 1, got {dist.value}")
+    if dist.kind == "fixed" and not 1 <= dist.value <= MAX_LENGTH:
+        raise ScenarioError(f"{name}.value", f"must be between 1 and {MAX_LENGTH} tokens, got {dist.value}")
     if dist.kind == "lognormal":
-        if not dist.median >= 1:
-            raise ScenarioError(f"{name}.median", f"must be at least 1, got {dist.median}")
-        if not dist.sigma >= 0:
-            raise ScenarioError(f"{name}.sigma", f"must be at least 0, got {dist.sigma}")
-        if dist.cap < 1:
-            raise ScenarioError(f"{name}.cap", f"must be at least 1, got {dist.cap}")
+        if not 1 <= dist.median <= MAX_LENGTH:
+            raise ScenarioError(f"{name}.median", f"must be between 1 and {MAX_LENGTH} tokens, got {dist.median}")
+        if not (dist.sigma >= 0 and math.isfinite(dist.sigma)):
+            raise ScenarioError(f"{name}.sigma", f"must be a finite number at least 0, got {dist.sigma}")
+        if not 1 <= dist.cap <= MAX_LENGTH:
+            raise ScenarioError(f"{name}.cap", f"must be between 1 and {MAX_LENGTH} tokens, got {dist.cap}")
     if dist.kind == "empirical" and not dist.path:
         raise ScenarioError(f"{name}.path", "an empirical distribution needs the path of an event log or a CSV")
 
@@ -340,9 +361,15 @@ def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Scena
             with open(path, "rb") as handle:
                 data = tomllib.load(handle)
         except FileNotFoundError:
-            raise ScenarioError("<file>", f"no scenario file at {path}") from None
+            raise ScenarioFileError(str(path), "no such scenario file") from None
+        except IsADirectoryError:
+            raise ScenarioFileError(str(path), "is a directory, not a scenario file") from None
+        except OSError as err:
+            raise ScenarioFileError(str(path), f"cannot be read: {err.strerror or err}") from None
+        except UnicodeDecodeError as err:
+            raise ScenarioFileError(str(path), f"is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
         except tomllib.TOMLDecodeError as err:
-            raise ScenarioError("<file>", f"{path} is not valid TOML: {err}") from err
+            raise ScenarioFileError(str(path), f"is not valid TOML: {err}") from err
         scenario = from_dict(data)
         scenario = _relative_paths(scenario, Path(path).parent)
     return scenario.with_overrides(overrides)
@@ -376,25 +403,19 @@ def field_docs() -> list[tuple[str, Any, str]]:
 
 
 def to_toml(scenario: Scenario) -> str:
-    """The scenario as a TOML document, each field preceded by its doc as a comment."""
-    docs = {name: doc for name, _, doc in field_docs()}
-    lines: list[str] = []
-    for section, values in scenario.to_dict().items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            lines.append(f"# {docs[f'{section}.{key}']}")
-            lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
+    """The scenario as a TOML document (:func:`sim.tomlfile.dumps`), each field preceded by
+    its doc as a comment; a value with no TOML form (an integer beyond 64 bits) is a
+    :class:`ScenarioError` naming its field."""
+    try:
+        return tomlfile.dumps(scenario.to_dict(), {name: doc for name, _, doc in field_docs()})
+    except tomlfile.TomlValueError as err:
+        raise ScenarioError(err.key, err.message) from err
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    return repr(value)
+def save(scenario: Scenario, path: str | Path) -> Path:
+    """Replace the file at ``path`` with :func:`to_toml` of ``scenario``, whole, so that
+    :func:`load` reads it back equal; an empirical path relative to the current directory
+    is written absolute (a file's relative paths are taken relative to the file)."""
+    cwd, workload = Path.cwd(), scenario.workload
+    prompt_len, response_len = _relative_to(workload.prompt_len, cwd), _relative_to(workload.response_len, cwd)
+    return write_atomic(path, to_toml(replace(scenario, workload=replace(workload, prompt_len=prompt_len, response_len=response_len))))

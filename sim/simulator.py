@@ -308,7 +308,7 @@ def _position(log: str | Path) -> tuple[float, int]:
     """Where a resumed run picks up: the time of the log's last stamped event (its clock
     starts there) and the number of the last drawn prompt (``p<n>``; the next is n+1)."""
     last, prompts = 0.0, 0
-    with EventLog(log) as events:
+    with EventLog(log, mode="r") as events:
         for event in events.events():
             if event.t is not None:
                 last = max(last, event.t)

@@ -3,7 +3,8 @@
 Each grid point's seed is derived from the scenario's seed and the point's own
 overrides (a stable hash), never from the worker that runs it, so a sweep gives
 the same results with 1 or N workers.  Results go to a CSV of summaries and a
-PNG plot of throughput and staleness against the first swept key.
+PNG plot of throughput and staleness against the first swept key, each written
+whole or not at all (:mod:`engine.log.files`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from engine.log.files import atomic_output
 from sim.config import Scenario, ScenarioError
 from sim.simulator import simulate
 from sim.summary import Summary
@@ -30,7 +32,9 @@ class Point:
 
 
 def parse_grid(items: Iterable[str]) -> list[tuple[str, list[str]]]:
-    """``key=v1,v2,...`` strings as ``(key, [v1, v2, ...])``; refuses an empty axis."""
+    """``key=v1,v2,...`` strings as ``(key, [v1, v2, ...])``; refuses an empty axis, a
+    key swept by two axes and a value given twice (each would repeat runs, and the
+    plot has one position per value)."""
     axes: list[tuple[str, list[str]]] = []
     for item in items:
         key, sep, values = item.partition("=")
@@ -40,6 +44,11 @@ def parse_grid(items: Iterable[str]) -> list[tuple[str, list[str]]]:
         choices = [v.strip() for v in values.split(",") if v.strip()]
         if not choices:
             raise ScenarioError(key, "a grid axis needs at least one value")
+        if any(key == other for other, _ in axes):
+            raise ScenarioError(key, "is swept by two --grid axes; give it one axis with all its values")
+        repeated = next((value for i, value in enumerate(choices) if value in choices[:i]), None)
+        if repeated is not None:
+            raise ScenarioError(key, f"the value {repeated!r} is given twice")
         axes.append((key, choices))
     if not axes:
         raise ScenarioError("--grid", "a sweep needs at least one --grid axis")
@@ -128,8 +137,8 @@ def rows(axes: Sequence[tuple[str, Sequence[str]]], results: Sequence[tuple[Poin
 
 
 def write_csv(table: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """Write the rows of :func:`rows` as CSV."""
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    """Write the rows of :func:`rows` as CSV (whole or not at all)."""
+    with atomic_output(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
@@ -166,6 +175,9 @@ def plot(axes: Sequence[tuple[str, Sequence[str]]], table: Sequence[dict[str, An
     top.grid(alpha=0.3)
     bottom.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_output(path, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=110)
+    finally:
+        plt.close(fig)
 

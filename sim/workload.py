@@ -29,10 +29,13 @@ def sampler(dist: Distribution, field_name: str = "distribution") -> Sampler:
         return lambda rng: value
     if dist.kind == "lognormal":
         mu, sigma, cap = math.log(dist.median), dist.sigma, dist.cap
-        ceil, draw = math.ceil, random.Random.lognormvariate
+        ceil, exp, draw, top = math.ceil, math.exp, random.Random.normalvariate, math.log(cap)
 
         def lognormal(rng: random.Random) -> int:
-            return min(cap, max(1, ceil(draw(rng, mu, sigma))))
+            # random.lognormvariate is exp(normalvariate): the same draw, clipped at the
+            # cap before exp, which a wide sigma would overflow.
+            exponent = draw(rng, mu, sigma)
+            return cap if exponent >= top else min(cap, max(1, ceil(exp(exponent))))
 
         return lognormal
     if dist.kind == "empirical":
@@ -59,10 +62,15 @@ def load_lengths(path: str | Path, field_name: str = "distribution") -> list[int
     path = Path(path)
     if not path.is_file():
         raise ScenarioError(f"{field_name}.path", f"no file at {path}")
-    if path.suffix in (".csv", ".txt"):
-        lengths = _csv_lengths(path, field_name)
-    else:
-        lengths = _log_lengths(path, field_name)
+    try:
+        if path.suffix in (".csv", ".txt"):
+            lengths = _csv_lengths(path, field_name)
+        else:
+            lengths = _log_lengths(path, field_name)
+    except UnicodeDecodeError as err:
+        raise ScenarioError(f"{field_name}.path", f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
+    except csv.Error as err:
+        raise ScenarioError(f"{field_name}.path", f"{path} is not a CSV file: {err}") from None
     if not lengths:
         raise ScenarioError(f"{field_name}.path", f"{path} holds no lengths")
     return lengths
@@ -97,9 +105,11 @@ def _log_lengths(path: Path, field_name: str) -> list[int]:
             events = read_jsonl(path)
             _collect(events, tokens, lengths)
         else:
-            with EventLog(path) as log:
+            with EventLog(path, mode="r") as log:
                 _collect(log.events(), tokens, lengths)
-    except LogError as err:
+    except UnicodeDecodeError:
+        raise  # named by load_lengths
+    except (LogError, ValueError) as err:  # ValueError: a stored value that is not what the log says it is
         raise ScenarioError(f"{field_name}.path", f"{path}: {err}") from err
     return lengths
 

@@ -95,7 +95,7 @@ def test_a_failing_rollout_is_rejected_retried_once_and_gives_capacity_back(tmp_
 
     ids = asyncio.run(scenario())
     assert "p0" not in ids and "p0#2" not in ids
-    with EventLog(tmp_path / "events.sqlite") as log:
+    with EventLog(tmp_path / "events.sqlite", mode="r") as log:
         ledger.flush()
         rejected = [e for e in log.events() if isinstance(e, Rejected)]
     assert [(e.rollout, e.reason) for e in rejected] == [("p0", "error"), ("p0#2", "error")]  # one retry, no more
@@ -122,7 +122,7 @@ def test_a_rollout_that_times_out_is_rejected_with_reason_timeout(tmp_path):
     asyncio.run(scenario())
     assert ledger.state.rejected == 1 and ledger.state.running == 0 and capacity(ledger.state) == 1
     ledger.flush()
-    with EventLog(tmp_path / "events.sqlite") as log:
+    with EventLog(tmp_path / "events.sqlite", mode="r") as log:
         assert [e.reason for e in log.events() if isinstance(e, Rejected)] == ["timeout"]
     ledger.close()
 
@@ -151,7 +151,7 @@ def test_a_weight_update_interrupts_rollouts_in_flight_and_they_resume_as_a_new_
             assert sample.versions[0] == 0 and sample.versions[-1] == 1
             assert sample.versions == sorted(sample.versions)
     ledger.flush()
-    with EventLog(tmp_path / "events.sqlite") as log:
+    with EventLog(tmp_path / "events.sqlite", mode="r") as log:
         events = [e for e in log.events() if isinstance(e, (Segment, InterruptedBatch, ResumedBatch, Version))]
     # one event closes both segments under version 0, one resumes both under version 1
     assert [type(e).__name__ for e in events[:3]] == ["InterruptedBatch", "Version", "ResumedBatch"]
@@ -172,7 +172,8 @@ def test_bad_executor_options_are_named(tmp_path):
     with pytest.raises(ValueError, match="group_size must be at least 1, got 0"):
         _executor(tmp_path, Config(max_concurrent=1, batch_size=1), group_size=0)
     with pytest.raises(ValueError, match="timeout_s must be positive"):
-        _executor(tmp_path, Config(max_concurrent=1, batch_size=1), timeout_s=0)
+        (tmp_path / "second").mkdir()  # the first ledger was never closed: it still holds its log
+        _executor(tmp_path / "second", Config(max_concurrent=1, batch_size=1), timeout_s=0)
 
 
 def test_wait_returns_once_enough_rollouts_are_ready(tmp_path):

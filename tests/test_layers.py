@@ -61,6 +61,7 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["inspect", "run.sqlite", "a"],
         ["export", "run.sqlite", "--jsonl", "out.jsonl"],
         ["import", "out.jsonl", "imported.sqlite"],
+        ["verify", "run.sqlite", "--salvage", "salvaged.sqlite"],
         ["simulate", *SMALL_SIM, "--compare", "0,2"],
         ["sweep", "default", *SMALL_SIM, "--grid", "ledger.max_staleness=0,1", "--workers", "1", "--out", "grid"],
     ],

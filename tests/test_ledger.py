@@ -50,7 +50,8 @@ def test_resume_closes_in_flight_rollouts_as_lost(tmp_log):
     admit(ledger, "a", "b")
     ledger.append(Segment("b", 0, 5), Interrupted("b"))
     ledger.complete("a")
-    ledger.flush()  # the process dies here without closing
+    ledger.flush()
+    ledger._close_log()  # the process dies here without closing: the system lets go of its lock
     resumed = Ledger.resume(tmp_log)
     assert resumed.state.running == 0 and resumed.state.ready == 1 and resumed.state.rejected == 1
     assert resumed.capacity == Ledger(CONFIG).capacity - 1  # only the accepted one still counts
@@ -61,6 +62,7 @@ def test_resume_can_requeue(tmp_log):
     ledger = Ledger(CONFIG, path=tmp_log, flush_every=1)
     admit(ledger, "a")
     ledger.flush()
+    ledger._close_log()  # the process dies
     resumed = Ledger.resume(tmp_log, requeue=True)
     assert resumed.state.status_of("a#2") == "pending" and resumed.state.rejected == 1
     resumed.close()

@@ -24,9 +24,11 @@ from engine.core.reducer import fold
 from engine.core.schema import Column
 from engine.log.codec import BATCH_TYPES, DECODE, ENCODE, RowCodec
 from engine.log.doc import documented_table, event_table
+from engine.log.header import LOG_SCHEMA
 from engine.log import (
     BadLine,
     EventLog,
+    InvalidValue,
     LogError,
     SchemaTooNew,
     TornLog,
@@ -45,6 +47,19 @@ def tamper(path, sql, *params):
     db = sqlite3.connect(path)
     db.execute(sql, params)
     db.commit()
+    db.close()
+
+
+def as_old(path, schema):
+    """Make the log at ``path`` one the code before log schema 4 wrote: no checksum
+    column and no header but ``schema`` and ``last_seq``."""
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("DROP INDEX enqueued_once")
+        db.execute("ALTER TABLE events DROP COLUMN crc")
+        db.execute("CREATE UNIQUE INDEX enqueued_once ON events (rollout) WHERE type = 'enqueued'")
+        db.execute("DELETE FROM meta WHERE key NOT IN ('schema', 'last_seq')")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(schema),))
     db.close()
 
 
@@ -125,21 +140,25 @@ def test_a_schema_1_log_is_read_and_marked_current_at_its_first_append(tmp_log, 
     old = [e for e in events[:400] if e.type not in ("interrupted_batch", "resumed_batch")]
     legal = fold(old)  # the schema 1 events alone
     write(tmp_log, old)
-    tamper(tmp_log, "UPDATE meta SET value = '1' WHERE key = 'schema'")
-    with EventLog(tmp_log) as log:
+    as_old(tmp_log, 1)
+    with EventLog(tmp_log, mode="r") as log:
         assert log.schema == 1 and list(log.events()) == old
     assert replay(tmp_log) == legal
     assert sqlite3.connect(tmp_log).execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("1",)  # reading changes nothing
     with EventLog(tmp_log) as log:
         log.append([Accepted("r-new")])
-    assert sqlite3.connect(tmp_log).execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (str(SCHEMA_VERSION),)
+    assert sqlite3.connect(tmp_log).execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (str(LOG_SCHEMA),)
+    with EventLog(tmp_log, mode="r") as log:  # the old rows read as before, the new one with its checksum
+        assert log.schema == LOG_SCHEMA and list(log.events()) == [*old, Accepted("r-new")]
 
 
 def test_newer_schema_is_refused(tmp_log):
     EventLog(tmp_log).close()
-    tamper(tmp_log, "UPDATE meta SET value = ? WHERE key = 'schema'", str(SCHEMA_VERSION + 1))
-    with pytest.raises(SchemaTooNew, match=f"schema {SCHEMA_VERSION + 1}.*Upgrade"):
+    tamper(tmp_log, "UPDATE meta SET value = ? WHERE key = 'schema'", str(LOG_SCHEMA + 1))
+    with pytest.raises(SchemaTooNew, match=f"schema {LOG_SCHEMA + 1}.*Upgrade"):
         EventLog(tmp_log)
+    with pytest.raises(SchemaTooNew, match=f"{tmp_log} .*schema {LOG_SCHEMA + 1}"):
+        EventLog(tmp_log, mode="r")
 
 
 def test_jsonl_round_trip(tmp_path, events):
@@ -178,15 +197,17 @@ def test_missing_log(tmp_path):
 def test_failed_append_writes_nothing(tmp_log):
     with EventLog(tmp_log) as log:
         log.append([Enqueued("a")])
-        with pytest.raises(KeyError):
+        with pytest.raises(InvalidValue, match="not an event"):
             log.append([Accepted("a"), ("not", "an", "event")])  # type: ignore[list-item]
+        with pytest.raises(InvalidValue, match="'version'"):
+            log.append([Accepted("a"), Segment("a", 1 << 63, 3)])
         assert log.last_seq == 1
         assert [seq for seq, _ in log.records()] == [1]
 
 
 def test_reading_while_another_writer_appends_sees_a_consistent_prefix(tmp_log, events):
     write(tmp_log, events[:100])
-    with EventLog(tmp_log) as reader, EventLog(tmp_log) as writer:
+    with EventLog(tmp_log) as writer, EventLog(tmp_log, mode="r") as reader:
         records = reader.records()
         first = [next(records) for _ in range(10)]
         writer.append(events[100:200])
@@ -214,8 +235,10 @@ def test_enqueued_ids_lists_every_enqueued_id(tmp_log, events):
 def test_empty_columns_are_stored_as_null(tmp_log):
     """Empty columns are bound as NaN, which SQLite stores as NULL: check it on this SQLite."""
     with EventLog(tmp_log) as log:
-        log.append([Enqueued("a"), Segment("a", 0, 3), Unpaused(), Segment("a", 0, 4, t=float("nan")), Segment("a", 0, 5, t=1.5)])
+        log.append([Enqueued("a"), Segment("a", 0, 3), Unpaused(), Segment("a", 0, 4, t=None), Segment("a", 0, 5, t=1.5)])
         assert [event.t for event in log.events()] == [None, None, None, None, 1.5]
+        with pytest.raises(InvalidValue, match="'t'.*nan"):  # it would read back as None
+            log.append([Segment("a", 0, 4, t=float("nan"))])
     db = sqlite3.connect(tmp_log)
     rows = db.execute("SELECT typeof(rollout), typeof(version), typeof(tokens), typeof(t), typeof(data) FROM events ORDER BY seq").fetchall()
     db.close()
@@ -295,9 +318,9 @@ def test_appending_to_a_schema_2_log_marks_it_current_and_both_spellings_read(sc
     more = [Paused(t=1.0), Unpaused(t=2.0), Enqueued("after-upgrade")]
     with EventLog(schema2) as log:
         log.append(more)
-        assert log.schema == SCHEMA_VERSION
+        assert log.schema == LOG_SCHEMA
         assert list(log.events()) == before + more
-    assert sqlite3.connect(schema2).execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (str(SCHEMA_VERSION),)
+    assert sqlite3.connect(schema2).execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (str(LOG_SCHEMA),)
     assert replay(schema2) == fold(before + more)
 
 
@@ -346,3 +369,15 @@ def test_the_row_codec_is_generated_code_not_a_loop_over_fields():
 
     assert "def encode_3(s, e):\n    return (s, 'segment', e[0], e[1], e[2], e[3], None)" in CODEC.source
     assert "for " not in CODEC.source
+
+
+def test_an_empty_json_lines_file_is_damage_not_an_empty_run(tmp_path):
+    from engine.cli import main as cli_main
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    with pytest.raises(TornLog, match="empty"):
+        list(read_jsonl(empty))
+    assert cli_main(["replay", str(empty)]) == 2
+    assert cli_main(["import", str(empty), str(tmp_path / "x.db")]) == 2
+    assert not (tmp_path / "x.db").exists() and empty.read_bytes() == b""

@@ -204,6 +204,7 @@ GUARD_CASES = [
     ("not_paused_yet", _at(Paused()), Paused(), "generation is already paused", None, None),
     ("version_increases", _at(Version(2)), Version(1), "version must increase: 1 after 2", None, None),
     ("checkpoint_not_ahead", _at(), Checkpoint(1, "w.pt"), "checkpoint version 1 is ahead of the current version 0", None, None),
+    ("checkpoint_not_ahead", _at(), Checkpoint(-1, "w.pt"), "checkpoint version -1 is negative", None, None),
     ("names_each_once", _at(), ResumedBatch((), 0), "a batch resumption must name at least one rollout", None, None),
     ("one_count_per_rollout", _at(), InterruptedBatch(("a",), (1, 2), 0), "1 rollouts but 2 token counts", None, None),
     ("retry_ids", _at(), Enqueued("q#2"), "reserved for retries", "q#2", "unknown"),

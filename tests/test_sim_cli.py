@@ -61,7 +61,7 @@ def test_bad_override_exits_2_naming_the_field(capsys) -> None:
     assert main(["simulate", "--no-progress", "--set", "generation.slots=-3"]) == 2
     assert "'generation.slots'" in capsys.readouterr().err
     assert main(["simulate", "no-such-scenario.toml"]) == 2
-    assert "no scenario file" in capsys.readouterr().err
+    assert "no such scenario file" in capsys.readouterr().err
     missing = "workload.response_len={kind='empirical', path='no-such-lengths.csv'}"
     assert main(["simulate", "--no-progress", "--set", missing]) == 2
     assert "'workload.response_len.path'" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from sim.config import (
     field_docs,
     from_dict,
     load,
-    to_toml,
+    save,
 )
 from sim.scenarios import BUILTIN, builtin
 from sim.workload import load_lengths, lognormal_cdf, sampler
@@ -30,8 +30,7 @@ def test_every_field_is_documented_and_defaulted() -> None:
 
 def test_toml_round_trip_keeps_every_field(tmp_path) -> None:
     scenario = Scenario().with_overrides(["ledger.max_staleness=inf", "generation.on_update=restart", "training.colocated=true"])
-    path = tmp_path / "scenario.toml"
-    path.write_text(to_toml(scenario))
+    path = save(scenario, tmp_path / "scenario.toml")
     assert load(path) == scenario
     assert load(path).ledger.max_staleness is None
 
@@ -74,7 +73,7 @@ def test_bad_values_name_the_field(override: str, field: str) -> None:
 
 
 def test_bad_files_are_refused(tmp_path) -> None:
-    with pytest.raises(ScenarioError, match="no scenario file"):
+    with pytest.raises(ScenarioError, match="no such scenario file"):
         load(tmp_path / "missing.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[ledger\n")

@@ -55,7 +55,7 @@ def test_bad_arguments_exit_2_with_a_message_naming_them(tmp_path, capsys):
     assert main(["train", "--task", "nope", "--run-dir", str(tmp_path / "a"), *TINY]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
     assert main(["train", "--policy", "admission", "--batch-size", "0", "--run-dir", str(tmp_path / "b"), *TINY]) == 2
-    assert "batch_size" in capsys.readouterr().err
+    assert "--batch-size" in capsys.readouterr().err
     assert main(["train", "--resume", "--run-dir", str(tmp_path / "missing"), *TINY]) == 2
     assert "cannot resume" in capsys.readouterr().err
 

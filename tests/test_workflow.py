@@ -468,3 +468,23 @@ def test_stage_policy_overrides_the_workflow_default():
     flaky = Flaky(failures=1)
     result = run(workflow("w", stage("flaky", flaky, on_error=retry(2)), stage("after", Put("after", 1)), on_error="skip"))
     assert result.state["flaky"] == 2 and flaky.calls == 2
+
+
+def test_a_workflow_check_refuses_a_config_before_any_stage_runs_and_reaches_subworkflows(tmp_log):
+    from engine.workflow import subworkflow
+
+    ran = []
+
+    def positive(settings):
+        if settings["n"] < 1:
+            raise ValueError(f"'n' must be at least 1, got {settings['n']}")
+
+    inner = workflow("inner", stage("work", lambda ctx: ran.append(ctx.setting("n")) or ctx), defaults={"n": 1}, check=positive)
+    outer = workflow("outer", stage("first", lambda ctx: ran.append("first") or ctx),
+                     loop("again", subworkflow(inner, config_key="inner", name="inner"), over=lambda ctx: range(2)),
+                     defaults={"inner": {}})
+    with pytest.raises(ValueError, match="subworkflow 'inner': 'n' must be at least 1, got 0"):
+        run(outer, {"inner": {"n": 0}}, log=tmp_log)
+    assert ran == [] and not tmp_log.exists()
+    run(outer, {"inner": {"n": 2}})
+    assert ran == ["first", 2, 2]

@@ -60,7 +60,7 @@ WORKFLOW_FILE = textwrap.dedent(
 
 
 def _events(log: Path) -> list:
-    with EventLog(log) as events:
+    with EventLog(log, mode="r") as events:
         return list(events.events())
 
 

@@ -6,7 +6,11 @@ fold each chunk in one call, so a replay costs little more than decoding and fol
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
+import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -14,6 +18,7 @@ from typing import Iterable, Iterator, Sequence
 from engine.core.events import Event, to_json
 from engine.core.reducer import Folder, IllegalTransition, State, capacity
 from engine.log import EventLog, LogError, jsonl_records, write_jsonl
+from engine.log.files import OutputError, atomic_path, check_output
 
 #: The counters ``replay`` prints, in order.
 COUNTERS = ("version", "pending", "running", "ready", "accepted", "rejected", "filtered", "consumed", "submitted", "capacity", "events")
@@ -24,23 +29,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     replay.add_argument("log", type=Path, help="SQLite log, or JSON Lines with --jsonl or a .jsonl name")
     replay.add_argument("--jsonl", action="store_true", help="read LOG as JSON Lines")
     replay.add_argument("--format", choices=("table", "json"), default="table")
-    replay.set_defaults(run=_replay)
+    replay.set_defaults(run=_replay, inputs=("log",))
 
     inspect = subparsers.add_parser("inspect", help="print one rollout's history")
     inspect.add_argument("log", type=Path)
     inspect.add_argument("rollout")
     inspect.add_argument("--jsonl", action="store_true", help="read LOG as JSON Lines")
-    inspect.set_defaults(run=_inspect)
+    inspect.set_defaults(run=_inspect, inputs=("log",))
 
     export = subparsers.add_parser("export", help="write a SQLite log as JSON Lines")
     export.add_argument("log", type=Path)
     export.add_argument("--jsonl", type=Path, required=True, metavar="OUT", help="the JSON Lines file to write")
-    export.set_defaults(run=_export)
+    export.set_defaults(run=_export, inputs=("log",))
 
     load = subparsers.add_parser("import", help="check a JSON Lines log and write it as a SQLite log")
     load.add_argument("jsonl", type=Path)
     load.add_argument("log", type=Path, help="the SQLite log to create (must not exist)")
-    load.set_defaults(run=_import)
+    load.set_defaults(run=_import, inputs=("jsonl",))
 
 
 def counters(state: State) -> dict[str, int]:
@@ -62,7 +67,7 @@ def _records(path: Path, jsonl: bool) -> Iterator[tuple[int, Event]]:
         return
     if not path.is_file():
         raise LogError(f"no log at {path}")
-    with EventLog(path) as log:
+    with EventLog(path, mode="r") as log:
         yield from log.records()
 
 
@@ -78,7 +83,7 @@ def _chunks(path: Path, jsonl: bool) -> Iterator[tuple[Sequence[int], list[Event
         return
     if not path.is_file():
         raise LogError(f"no log at {path}")
-    with EventLog(path) as log:
+    with EventLog(path, mode="r") as log:
         for first, events in log.chunks():
             yield range(first, first + len(events)), events
 
@@ -150,29 +155,90 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unreadable(path: Path) -> str | None:
+    """What makes ``path`` unusable as an input file, or ``None``."""
+    if not path.exists():
+        return "no such file"
+    if path.is_dir():
+        return "is a directory, not a log"
+    if not path.is_file():
+        return "is not a regular file"
+    if not os.access(path, os.R_OK):
+        return "cannot be read (permission denied)"
+    return None
+
+
 def _export(args: argparse.Namespace) -> int:
+    """The log at LOG as JSON Lines at OUT, whole or not at all: LOG is checked and
+    opened before OUT is touched, OUT may not be LOG, and the lines go to a temporary
+    file beside OUT that replaces it only once every event is written."""
+    source, out = args.log, args.jsonl
+    problem = _unreadable(source)
+    if problem is not None:
+        return _fail(f"{source}: {problem}")
     try:
-        count = write_jsonl((event for _, event in _records(args.log, False)), args.jsonl)
-    except LogError as err:
+        check_output(out, source)
+        records = _records(source, False)
+        first = next(records, None)  # opens and checks the log before any output exists
+        events = (event for _, event in itertools.chain(() if first is None else (first,), records))
+        with atomic_path(out) as partial:
+            count = write_jsonl(events, partial)
+    except (LogError, OutputError) as err:
         return _fail(str(err))
-    print(f"wrote {count} events to {args.jsonl}")
+    print(f"wrote {count} events to {out}")
     return 0
 
 
+#: Events written per transaction by ``import``.
+_IMPORT_BATCH = 10_000
+
+#: What SQLite refuses to store: a value out of its integer range, a string that is
+#: not valid Unicode, a constraint (an id enqueued twice), or any other database error.
+_UNSTORABLE = (sqlite3.Error, OverflowError, UnicodeEncodeError, ValueError)
+
+
+def _store(source: Path, target: Path) -> int:
+    """Append the events of the JSON Lines ``source`` to a new SQLite log at ``target``;
+    an event SQLite refuses raises :class:`LogError` naming its line."""
+    with EventLog(target) as log:
+        records = jsonl_records(source)
+        while batch := list(itertools.islice(records, _IMPORT_BATCH)):
+            try:
+                log.append([event for _, event in batch])
+            except _UNSTORABLE:  # the batch was rolled back: find its first event that cannot be stored
+                for line, event in batch:
+                    try:
+                        log.append([event])
+                    except _UNSTORABLE as err:
+                        raise LogError(f"{source}: line {line}: cannot be stored: {type(err).__name__}: {err}") from err
+                raise
+        return log.last_seq
+
+
 def _import(args: argparse.Namespace) -> int:
-    if args.log.exists():
-        return _fail(f"{args.log} exists; choose a new path")
+    """JSON Lines at JSONL as a new SQLite log at LOG, every event or none: the history
+    is folded (refusing an illegal event) before LOG is touched, and the database is
+    built at a temporary path beside LOG that is renamed to LOG once it is complete."""
+    source, target = args.jsonl, args.log
+    problem = _unreadable(source)
+    if problem is not None:
+        return _fail(f"{source}: {problem}")
+    if target.exists() or target.is_symlink():
+        return _fail(f"{target}: exists; choose a new path for the log")
     try:
-        _fold(args.jsonl, True)  # refuse an illegal history before writing anything
-        with EventLog(args.log) as log:
-            batch: list[Event] = []
-            for _, event in jsonl_records(args.jsonl):
-                batch.append(event)
-                if len(batch) == 10_000:
-                    log.append(batch)
-                    batch = []
-            last = log.append(batch)
-    except LogError as err:
+        check_output(target, source)
+        _fold(source, True)  # refuse an illegal history before writing anything
+        partial: Path | None = None
+        try:
+            with atomic_path(target) as partial:
+                partial.unlink()  # SQLite creates the database file itself
+                last = _store(source, partial)
+        finally:  # side files of a database that was not completed: SQLite's, a writer's lock
+            for side in ("-wal", "-shm", "-journal", ".lock"):
+                if partial is not None:
+                    with contextlib.suppress(OSError):
+                        Path(f"{partial}{side}").unlink()
+    except (LogError, OutputError) as err:
         return _fail(str(err))
-    print(f"wrote {last} events to {args.log}")
+    print(f"wrote {last} events to {target}")
     return 0

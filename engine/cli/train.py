@@ -1,26 +1,80 @@
 """``rollout-ledger train``: asynchronous RL through the reinforcement workflow.
 
 torch and the workflow are imported when the command runs, not when its parser is
-built, so ``rollout-ledger --help`` stays light."""
+built, so ``rollout-ledger --help`` stays light.  Every number is checked as it is
+parsed (a count of at least 1 or 0, a finite positive rate), ``--init`` must be a
+file and ``--run-dir`` a folder that can be written, so a bad value is refused
+before torch is loaded."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+from typing import Callable
 
+from engine.log import LogError
+from engine.log.files import OutputError, check_directory
 from engine.runtime.collector import MODES as GC_MODES
-from engine.workflows.rl_config import RunConfig
+from engine.workflows.rl_config import MAX_SEED, RunConfig
 
 
 def _staleness(text: str) -> int | None:
     if text.lower() in ("none", "inf", "null"):
         return None
-    value = int(text)
+    value = _whole(text)
     if value < 0:
-        raise argparse.ArgumentTypeError(f"--max-staleness must be at least 0 or 'none', got {value}")
+        raise argparse.ArgumentTypeError(f"must be at least 0 or 'none', got {value}")
     return value
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _at_least(least: int) -> Callable[[str], int]:
+    """An argument type: a whole number of at least ``least``."""
+
+    def parse(text: str) -> int:
+        value = _whole(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+
+    parse.__name__ = f"whole number >= {least}"
+    return parse
+
+
+def _seed(text: str) -> int:
+    value = _whole(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_SEED}, got {value}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+def _weights_file(text: str) -> str:
+    """``--init``: an existing file (what it holds is checked when the run loads it)."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: not a file of model weights")
+    return text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,40 +88,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--proximal", default=None, choices=("recompute", "interpolate", "segment"))
     parser.add_argument("--device", default=None, choices=("cuda", "cpu"), help=f"default {defaults.device}")
     parser.add_argument("--model-size", default=defaults.model_size, help="tiny, small or base")
-    parser.add_argument("--steps", type=int, default=None, help=f"policy versions (updates) to reach (default {defaults.steps})")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="rollouts (prompts) per update")
-    parser.add_argument("--group-size", type=int, default=defaults.group_size, help="samples per prompt (GRPO group)")
-    parser.add_argument("--max-concurrent", type=int, default=None, help="rollouts in flight (default: batch size)")
-    parser.add_argument("--minibatches", type=int, default=defaults.minibatches)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--sft-lr", type=float, default=defaults.sft_lr)
-    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="supervised warm-up steps")
-    parser.add_argument("--init", default=None, help="start from these weights instead of a warm-up")
-    parser.add_argument("--temperature", type=float, default=defaults.temperature)
-    parser.add_argument("--timeout", type=float, default=None, help="seconds a rollout may take")
-    parser.add_argument("--max-retries", type=int, default=defaults.max_retries)
-    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--steps", type=_at_least(1), default=None, help=f"policy versions (updates) to reach (default {defaults.steps})")
+    parser.add_argument("--batch-size", type=_at_least(1), default=defaults.batch_size, help="rollouts (prompts) per update")
+    parser.add_argument("--group-size", type=_at_least(1), default=defaults.group_size, help="samples per prompt (GRPO group)")
+    parser.add_argument("--max-concurrent", type=_at_least(1), default=None, help="rollouts in flight (default: batch size)")
+    parser.add_argument("--minibatches", type=_at_least(1), default=defaults.minibatches)
+    parser.add_argument("--lr", type=_positive_number, default=defaults.lr)
+    parser.add_argument("--sft-lr", type=_positive_number, default=defaults.sft_lr)
+    parser.add_argument("--warmup-steps", type=_at_least(0), default=defaults.warmup_steps, help="supervised warm-up steps")
+    parser.add_argument("--init", type=_weights_file, default=None, help="start from these weights instead of a warm-up")
+    parser.add_argument("--temperature", type=_positive_number, default=defaults.temperature)
+    parser.add_argument("--timeout", type=_positive_number, default=None, help="seconds a rollout may take")
+    parser.add_argument("--max-retries", type=_at_least(0), default=defaults.max_retries)
+    parser.add_argument("--checkpoint-every", type=_at_least(1), default=defaults.checkpoint_every)
+    parser.add_argument("--seed", type=_seed, default=defaults.seed)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/train"))
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its log and checkpoint")
     parser.add_argument("--requeue-lost", action="store_true", help="on resume, requeue rollouts that were running")
-    parser.add_argument("--eval-size", type=int, default=0, help="held-out problems to evaluate before and after")
-    parser.add_argument("--ppo-epochs", type=int, default=None,
+    parser.add_argument("--eval-size", type=_at_least(0), default=0, help="held-out problems to evaluate before and after")
+    parser.add_argument("--ppo-epochs", type=_at_least(1), default=None,
                         help="passes over the batch per update (default 1; on resume, the run's own)")
     parser.add_argument("--gc", default=defaults.gc, choices=GC_MODES,
                         help="when Python's garbage collector runs: between updates (default) or whenever it would (auto)")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch with --device cpu (small models run best on one)")
+    parser.add_argument("--threads", type=_at_least(1), default=1, help="CPU threads for torch with --device cpu (small models run best on one)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(run=run_command)
+    parser.set_defaults(run=run_command, inputs=("run_dir",))
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The :class:`RunConfig` of parsed ``train`` arguments."""
     defaults = RunConfig()
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps must be at least 1, got {args.steps}")
-    if args.checkpoint_every < 1:
-        raise ValueError(f"--checkpoint-every must be at least 1, got {args.checkpoint_every}")
     return RunConfig(
         task=args.task, model_size=args.model_size, steps=args.steps or defaults.steps, batch_size=args.batch_size, group_size=args.group_size,
         max_concurrent=args.max_concurrent, max_staleness=args.max_staleness, policy=args.policy, on_stale=args.on_stale,
@@ -78,26 +128,36 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     )
 
 
-#: Errors of a bad command line or run directory: the command exits 2 with their message.
-SETUP_ERRORS = (ValueError, FileNotFoundError, FileExistsError, RuntimeError)
+#: Errors of a bad command line or run directory (a log another process is writing, or
+#: that is no log): the command exits 2 with their message.
+SETUP_ERRORS = (ValueError, FileNotFoundError, FileExistsError, RuntimeError, LogError)
+
+
+def _fail(message: object) -> int:
+    print(f"rollout-ledger: {message}", file=sys.stderr)
+    return 2
 
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the reinforcement workflow (``engine.workflows.reinforcement``) in ``--run-dir``;
     the last line on stdout is the run's JSON summary."""
+    try:
+        check_directory(args.run_dir)
+        config = None if args.resume else config_from_args(args)  # refused here, before torch loads
+    except (OutputError, ValueError) as error:
+        return _fail(error)
+
     import torch
 
     from engine.workflow import StageFailed
     from engine.workflows import reinforcement
+    from engine.backends.local.checkpoint import read_weights
 
-    if args.ppo_epochs is not None and args.ppo_epochs < 1:
-        print(f"rollout-ledger train: --ppo-epochs must be at least 1, got {args.ppo_epochs}", file=sys.stderr)
-        return 2
     try:
-        if args.resume:
+        if args.init is not None:  # what the file holds, before the run starts
+            read_weights(args.init)
+        if config is None:
             config = RunConfig.saved(args.run_dir, steps=args.steps, device=args.device, requeue_lost=args.requeue_lost or None)
-        else:
-            config = config_from_args(args)
         if config.device == "cpu":
             torch.set_num_threads(max(1, args.threads))
         summary = reinforcement.train(config, args.run_dir, resume=args.resume, ppo_epochs=args.ppo_epochs,
@@ -105,10 +165,8 @@ def run_command(args: argparse.Namespace) -> int:
     except StageFailed as failure:
         if failure.path != f"{reinforcement.WORKFLOW.name}/setup" or not isinstance(failure.error, SETUP_ERRORS):
             raise
-        print(f"rollout-ledger train: {failure.error}", file=sys.stderr)
-        return 2
+        return _fail(failure.error)
     except SETUP_ERRORS as error:
-        print(f"rollout-ledger train: {error}", file=sys.stderr)
-        return 2
+        return _fail(error)
     print(json.dumps(summary))
     return 0

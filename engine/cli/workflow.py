@@ -2,7 +2,10 @@
 
 WORKFLOW is a built-in name (see ``engine.workflows.BUILTIN``), ``module:attribute``,
 or a Python file (``path.py`` or ``path.py:attribute``); without an attribute the
-module's ``WORKFLOW`` (or its only workflow) is used.
+module's ``WORKFLOW`` (or its only workflow) is used.  A workflow file that cannot
+be loaded, a ``--config`` that is not a JSON object, a config value the workflow's
+check refuses and a ``--log`` that cannot be written are each refused, as one line,
+before the run starts.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.log import LogError
+from engine.log.files import OutputError, check_directory, check_output
 from engine.workflow import (
     ParallelConflict,
     ResumeError,
@@ -37,12 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     runner.add_argument("--log", type=Path, help="the run's SQLite log (stage and checkpoint events)")
     runner.add_argument("--resume", action="store_true", help="continue the run in --log after its last checkpoint")
     runner.add_argument("--run-id", help="id bound to every span (default: random, or the resumed run's)")
-    runner.set_defaults(run=run_command)
+    runner.set_defaults(run=run_command, inputs=("workflow", "log", "config"))
 
     describer = subparsers.add_parser("describe", help="print a workflow's structure")
     describer.add_argument("workflow", help="built-in name, module:attribute or file.py[:attribute]")
     describer.add_argument("--json", action="store_true", help="print the compiled IR as JSON")
-    describer.set_defaults(run=describe_command)
+    describer.set_defaults(run=describe_command, inputs=("workflow",))
 
 
 def _from_module(module: Any, attribute: str | None, spec: str) -> Workflow:
@@ -74,11 +79,15 @@ def load_workflow(spec: str) -> Workflow:
     if target.endswith(".py"):
         path = Path(target)
         if not path.is_file():
-            raise LookupError(f"no workflow file at {path}")
+            raise LookupError(f"{path}: no such workflow file" + (" (it is a directory)" if path.is_dir() else ""))
         module_spec = importlib.util.spec_from_file_location(f"workflow_{path.stem}", path)
         module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
         sys.modules[module_spec.name] = module  # type: ignore[union-attr]
-        module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        try:
+            module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        except Exception as err:  # the user's file: a syntax error, bytes that are not text, an error it raises
+            sys.modules.pop(module_spec.name, None)  # type: ignore[union-attr]
+            raise LookupError(f"{path}: cannot be loaded as a workflow file: {type(err).__name__}: {err}") from err
     else:
         try:
             module = importlib.import_module(target)
@@ -99,7 +108,10 @@ def build_config(config: str | None, overrides: list[str]) -> dict[str, Any] | N
     values: dict[str, Any] | None = None
     if config is not None:
         path = Path(config)
-        text = path.read_text() if path.is_file() else config
+        try:
+            text = path.read_text(encoding="utf-8") if path.is_file() else config
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{config}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
         try:
             values = json.loads(text)
         except json.JSONDecodeError as err:
@@ -126,6 +138,26 @@ def _fail(message: str, status: int = 2) -> int:
     return status
 
 
+def _check_log(log: Path, resume: bool, *inputs: str | None) -> None:
+    """Refuse, before the run, a ``--log`` that cannot serve: to resume, an existing
+    file; else a new file in a folder that exists or can be made, not one of the
+    inputs, with its checkpoint and artifact folders usable."""
+    if resume:
+        if not log.is_file():
+            raise ValueError(f"{log}: no run's log to resume" + (" (it is a directory)" if log.is_dir() else ""))
+        return
+    if log.exists() or log.is_symlink():
+        raise ValueError(f"{log} exists; pass --resume to continue it or choose a new --log")
+    try:
+        check_directory(log.parent if str(log.parent) else Path("."))
+    except OutputError as err:
+        raise OutputError(f"{log}: cannot be written: {err}") from None
+    if log.parent.is_dir():
+        check_output(log, *(name for name in inputs if name is not None and Path(name).exists()))
+    for side in (f"{log}.checkpoints", f"{log}.artifacts"):
+        check_directory(side)
+
+
 def run_command(args: argparse.Namespace) -> int:
     """``rollout-ledger run``: 0 when the workflow finishes, 1 when a stage halts it, 2 on bad input."""
     try:
@@ -133,12 +165,12 @@ def run_command(args: argparse.Namespace) -> int:
         config = build_config(args.config, args.set)
         if args.resume and args.log is None:
             raise ValueError("--resume needs --log")
-        if args.log is not None and args.log.exists() and not args.resume:
-            raise ValueError(f"{args.log} exists; pass --resume to continue it or choose a new --log")
+        if args.log is not None:
+            _check_log(args.log, args.resume, args.workflow.partition(":")[0], args.config)
         result = run(wf, config, log=args.log, resume=args.resume, run_id=args.run_id)
     except (StageFailed, ParallelConflict) as err:
         return _fail(str(err), 1)
-    except (WorkflowError, ResumeError, LookupError, ValueError, KeyError) as err:
+    except (WorkflowError, ResumeError, LookupError, ValueError, KeyError, OutputError, LogError) as err:  # LogError: a held log, or no log
         return _fail(str(err))
     latest: dict[str, Any] = {}
     for record in result.context.metrics:  # the latest value of every metric

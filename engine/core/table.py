@@ -99,6 +99,8 @@ def version_increases(run: RunView, event: Version) -> str | None:
 
 
 def checkpoint_not_ahead(run: RunView, event: Checkpoint) -> str | None:
+    if event.version < 0:
+        return f"checkpoint version {event.version} is negative"
     if event.version <= run.version:
         return None
     return f"checkpoint version {event.version} is ahead of the current version {run.version}"

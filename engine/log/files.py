@@ -38,16 +38,37 @@ def check_output(path: str | Path, *inputs: str | Path) -> Path:
     path = Path(path)
     for given in inputs:
         if same_file(path, given):
-            raise OutputError(f"{path} is also an input; write the output to another path")
+            raise OutputError(f"{path}: is also an input; write the output to another path")
     if path.is_dir():
-        raise OutputError(f"{path} is a directory; give a file name")
+        raise OutputError(f"{path}: is a directory; give a file name")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise OutputError(f"cannot write {path}: the directory {parent} does not exist")
+        raise OutputError(f"{path}: cannot be written: the directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {path}: the directory {parent} is not writable")
+        raise OutputError(f"{path}: cannot be written: the directory {parent} is not writable")
     if path.exists() and not os.access(path, os.W_OK):
-        raise OutputError(f"cannot write {path}: the file is read-only")
+        raise OutputError(f"{path}: cannot be written: the file is read-only")
+    return path
+
+
+def check_directory(path: str | Path) -> Path:
+    """``path`` as a Path, once it is known to be a writable directory or one that can
+    be made (its nearest existing ancestor is a writable directory); else
+    :class:`OutputError` naming it.  Nothing is created."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise OutputError(f"{path}: is not a directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise OutputError(f"{path}: the directory is not writable")
+        return path
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{path}: cannot be made: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot be made: the directory {ancestor} is not writable")
     return path
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from engine.core.events import SCHEMA_VERSION, Event, EventError, from_json, to_json
-from engine.log.store import BadLine, SchemaTooNew, TornLog, existing
+from engine.log.errors import BadLine, SchemaTooNew, TornLog
+from engine.log.store import existing
 
 
 def read_jsonl(path: str | Path) -> Iterator[Event]:
@@ -21,11 +22,15 @@ def jsonl_records(path: str | Path) -> Iterator[tuple[int, Event]]:
     naming the line and rollout.
 
     A first line ``{"schema": N}`` is a header: a newer schema is refused.  An
-    unparseable last line without a newline is a torn tail (:class:`TornLog`)."""
+    unparseable last line without a newline is a torn tail (:class:`TornLog`); a file
+    with no line at all (every export writes its header) is damage too, never an
+    empty run."""
+    seen = False
     with open(existing(path), encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
+            seen = True
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
@@ -45,6 +50,8 @@ def jsonl_records(path: str | Path) -> Iterator[tuple[int, Event]]:
                 rollout = obj.get("rollout") if isinstance(obj, dict) else None
                 raise BadLine(number, str(err), rollout if isinstance(rollout, str) else None) from err
             yield number, event
+    if not seen:
+        raise TornLog(f"{path}: the file is empty; a JSON Lines log holds at least its schema header", 1)
 
 
 def write_jsonl(events: Iterable[Event], path: str | Path) -> int:

@@ -13,5 +13,5 @@ def replay(path: str | Path) -> State:
     """Fold the whole log at ``path`` (SQLite, or JSON Lines if it ends in ``.jsonl``)."""
     if Path(path).suffix == ".jsonl":
         return fold(read_jsonl(path))
-    with EventLog(existing(path)) as log:
+    with EventLog(existing(path), mode="r") as log:
         return fold(log.events())

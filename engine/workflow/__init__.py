@@ -8,7 +8,8 @@ Write a workflow with :func:`workflow`, :func:`stage`, :func:`loop`,
 Modules, lowest layer first (each imports only those above it): ``errors``,
 ``policy``, ``telemetry``, ``context``; ``dsl``; ``ir`` (compilation) and
 ``describe``; ``checkpoint`` (checkpoint files); ``services`` (a run's
-``Runtime``); ``runner`` (walking the nodes); ``launch`` (``run``/``arun``);
+``Runtime``); ``settings`` (a run's config and its checks); ``runner`` (walking
+the nodes); ``launch`` (``run``/``arun``);
 ``stages`` (generic stages).
 """
 

@@ -5,13 +5,13 @@ A checkpoint file ``ckpt-<events>.pkl`` holds ``format``, ``workflow``, ``run_id
 ``path`` (the checkpointed stage), ``state`` (live resources and pending futures
 left out: a finished future is saved as its value) and ``metrics``; it is written to
 a temporary file and renamed, then logged as a ``Checkpoint`` event.  Only the
-newest :data:`KEEP_CHECKPOINTS` files are kept.
+newest :data:`KEEP_CHECKPOINTS` files are kept.  The file is written whole or not at
+all (:func:`engine.log.files.atomic_output`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -22,6 +22,7 @@ import immutables
 
 from engine.core.events import Checkpoint, Stage
 from engine.log import EventLog
+from engine.log.files import atomic_output
 from engine.workflow.errors import ResumeError
 
 CHECKPOINT_FORMAT = 1
@@ -62,19 +63,16 @@ def saved_state(state: Mapping[str, Any], transient: set[str], path: str) -> dic
 
 
 def write_checkpoint(directory: Path, name: str, payload: dict[str, Any], path: str) -> Path:
-    """Pickle ``payload`` to ``directory/name`` atomically (temporary file, then rename);
-    a state that cannot be pickled raises naming its keys."""
+    """Pickle ``payload`` to ``directory/name`` whole or not at all (temporary file,
+    fsync, rename); a state that cannot be pickled raises naming its keys."""
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / name
-    partial = target.with_suffix(".partial")
     try:
-        with open(partial, "wb") as handle:
+        with atomic_output(target, "wb") as handle:
             pickle.dump(payload, handle, protocol=pickle.HIGHEST_PROTOCOL)
     except (pickle.PicklingError, TypeError, AttributeError) as err:
-        partial.unlink(missing_ok=True)
         bad = [k for k, v in payload["state"].items() if not _picklable(v)]
         raise RuntimeError(f"stage {path!r}: cannot checkpoint state key(s) {', '.join(bad) or '?'}: {err}") from err
-    os.replace(partial, target)
     return target
 
 
@@ -98,7 +96,7 @@ def read_resume_point(log: str | Path, workflow: str) -> tuple[dict[str, Any], R
         raise ResumeError(f"no log to resume at {log}")
     header: dict[str, Any] | None = None
     checkpoints: list[str] = []
-    with EventLog(log) as events:
+    with EventLog(log, mode="r") as events:
         for event in events.events():
             if isinstance(event, Stage) and event.path == workflow and event.phase == "started" and header is None:
                 header = json.loads(event.detail or "{}")

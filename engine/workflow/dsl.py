@@ -98,7 +98,8 @@ class SubworkflowNode:
 @dataclass(frozen=True)
 class Workflow:
     """A named tree of nodes with its default error policy, required ``inputs``
-    (state keys the caller must give) and ``defaults`` (config values)."""
+    (state keys the caller must give), ``defaults`` (config values) and ``check``
+    (``None``, or a function of the merged config raising ValueError at a bad value)."""
 
     name: str
     body: tuple["Node", ...]
@@ -107,6 +108,7 @@ class Workflow:
     defaults: Mapping[str, Any] = field(default_factory=immutables.Map)
     description: str = ""
     compiled: bool = False
+    check: Callable[[Mapping[str, Any]], None] | None = None
     kind = "workflow"
 
 
@@ -164,8 +166,11 @@ def workflow(
     inputs: Iterable[str] = (),
     defaults: Mapping[str, Any] | None = None,
     description: str = "",
+    check: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> Workflow:
     """A workflow named ``name`` running ``body`` in order.  ``on_error`` is the policy
     of stages that set none; ``inputs`` are state keys the caller must supply;
-    ``defaults`` are its config values (a run may override only these keys)."""
-    return Workflow(name, tuple(body), on_error, tuple(inputs), immutables.Map(defaults or {}), description)
+    ``defaults`` are its config values (a run may override only these keys); ``check``
+    refuses a config no run can use, before the run starts (it raises ValueError
+    naming the value)."""
+    return Workflow(name, tuple(body), on_error, tuple(inputs), immutables.Map(defaults or {}), description, check=check)

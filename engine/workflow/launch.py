@@ -24,7 +24,8 @@ from engine.workflow.context import Context
 from engine.workflow.dsl import Workflow
 from engine.workflow.errors import ResumeError
 from engine.workflow.ir import compile_workflow
-from engine.workflow.runner import Runner, configure
+from engine.workflow.runner import Runner
+from engine.workflow.settings import check_config, configure
 from engine.workflow.services import Runtime
 from engine.workflow.telemetry import Span
 
@@ -71,6 +72,7 @@ async def arun(
         if config is None:
             config = header.get("config")
     settings = configure(wf, config, f"workflow {wf.name!r}")
+    check_config(wf, settings)
     if ledger is None and log is not None:
         Path(log).parent.mkdir(parents=True, exist_ok=True)
         ledger_config = Config.from_json(settings["ledger"]) if "ledger" in settings else DEFAULT_LEDGER_CONFIG

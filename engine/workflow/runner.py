@@ -50,6 +50,7 @@ from engine.workflow.errors import (
 from engine.workflow.ir import split_point
 from engine.workflow.policy import ErrorPolicy
 from engine.workflow.services import IN_PARALLEL, Runtime
+from engine.workflow.settings import configure, subworkflow_config
 from engine.workflow.telemetry import Span
 
 __all__ = ["ParallelConflict", "ResumeError", "Runner", "StageFailed", "StageInvalid", "configure"]
@@ -80,23 +81,6 @@ def _writes(base: immutables.Map, after: immutables.Map) -> dict[str, Any]:
     if after is base:
         return {}
     return {k: v for k, v in after.items() if base.get(k, _MISSING) is not v}
-
-
-def configure(wf: Workflow, given: Mapping[str, Any] | None, where: str) -> immutables.Map:
-    """``wf``'s defaults overlaid with ``given`` (a section whose default is a mapping is
-    merged key by key); with defaults declared, an unknown key is an error."""
-    given = dict(given or {})
-    if wf.defaults:
-        unknown = sorted(set(given) - set(wf.defaults) - {"ledger"})
-        if unknown:
-            raise ValueError(f"{where}: unknown config key(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(wf.defaults))}")
-    merged = dict(wf.defaults)
-    for key, value in given.items():
-        default = merged.get(key)
-        if isinstance(default, Mapping) and isinstance(value, Mapping):
-            value = {**default, **value}
-        merged[key] = value
-    return immutables.Map(merged)
 
 
 class Runner:
@@ -358,17 +342,8 @@ class Runner:
 
     @staticmethod
     def sub_config(node: SubworkflowNode, ctx: Context) -> immutables.Map:
-        """A subworkflow's config: its defaults, overlaid with the parent's values of the
-        keys it knows (shared settings), overlaid with the section ``config[config_key]``."""
-        sub = node.workflow
-        given: dict[str, Any] = {k: v for k, v in ctx.config.items() if not sub.defaults or k in sub.defaults}
-        if node.config_key is not None:
-            section = ctx.config.get(node.config_key, {})
-            if not isinstance(section, Mapping):
-                raise TypeError(f"subworkflow {node.name!r}: config[{node.config_key!r}] must be a mapping, got {section!r}")
-            given.pop(node.config_key, None)
-            given.update(section)
-        return configure(sub, given, f"subworkflow {node.name!r}")
+        """A subworkflow's config (:func:`engine.workflow.settings.subworkflow_config`)."""
+        return subworkflow_config(node, ctx.config)
 
     async def subworkflow(self, node: SubworkflowNode, ctx: Context, path: str, span: Span) -> Context:
         sub = node.workflow

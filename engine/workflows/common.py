@@ -1,21 +1,57 @@
-"""Stages and helpers shared by the built-in workflows: the task, the tokenizer, a
-fresh or inherited policy, padded sequence batches and the optimiser step."""
+"""Stages and helpers shared by the built-in workflows: the check of their config, the
+task, the tokenizer, a fresh or inherited policy, padded sequence batches and the
+optimiser step."""
 
 from __future__ import annotations
 
+import math
 import random
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from engine.backends.local.model import Policy, preset
-from engine.backends.local.tasks import Problem, Task, Tokenizer, get_task
+from engine.backends.local.model import SIZES, Policy, preset
+from engine.backends.local.tasks import TASKS, Problem, Task, Tokenizer, get_task
 from engine.backends.local.trainer import pad_samples
+from engine.log.files import atomic_path
 from engine.runtime.ports import Sample
 from engine.workflow import Context
+from engine.workflows.rl_config import MAX_SEED
 
 #: Config every torch workflow understands.
 MODEL_DEFAULTS: dict[str, Any] = {"task": "copy", "model_size": "tiny", "seed": 0, "lr": 3e-3, "grad_clip": 1.0}
+
+
+def _whole(name: str, value: Any, least: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ValueError(f"{name!r} must be a whole number of at least {least}, got {value!r}")
+
+
+def settings_check(least: Mapping[str, int] | None = None, positive: Sequence[str] = ()) -> Callable[[Mapping[str, Any]], None]:
+    """A built-in workflow's ``check``: the model settings it has (a known ``task`` and
+    ``model_size``, a ``seed`` in ``[0, MAX_SEED]``, finite ``lr`` and ``grad_clip``
+    above 0), each of ``least``'s settings a whole number of at least its value, and
+    each of ``positive`` a finite number above 0."""
+    least = dict(least or {})
+    rates = ("lr", "grad_clip", *positive)
+
+    def check(settings: Mapping[str, Any]) -> None:
+        if "task" in settings and settings["task"] not in TASKS:
+            raise ValueError(f"'task' must be one of {', '.join(TASKS)}, got {settings['task']!r}")
+        if "model_size" in settings and settings["model_size"] not in SIZES:
+            raise ValueError(f"'model_size' must be one of {', '.join(SIZES)}, got {settings['model_size']!r}")
+        if "seed" in settings:
+            _whole("seed", settings["seed"], 0)
+            if settings["seed"] > MAX_SEED:
+                raise ValueError(f"'seed' must be at most {MAX_SEED}, got {settings['seed']}")
+        for name, minimum in least.items():
+            _whole(name, settings.get(name), minimum)
+        for name in (r for r in rates if r in settings):
+            value = settings[name]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name!r} must be a finite number above 0, got {value!r}")
+
+    return check
 
 
 def sequences(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], max_width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +156,8 @@ class SaveWeights:
     def execute(self, ctx: Context) -> Context:
         key = ctx.stage_opts.get("key", "model")
         path = ctx.artifacts / f"{ctx.path.split('/')[-2] if '/' in ctx.path else 'run'}-{key}.pt"
-        torch.save(ctx.get(key).state_dict(), path)
+        with atomic_path(path) as partial:
+            torch.save(ctx.get(key).state_dict(), partial)
         return ctx.put_all({f"{key}_weights": str(path)}).record(saved=str(path))
 
 

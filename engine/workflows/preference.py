@@ -19,6 +19,7 @@ from engine.backends.local.tasks import Task, Tokenizer, char_reward
 from engine.workflow import Context, conditional, loop, stage, workflow
 from engine.workflows.common import (
     MODEL_DEFAULTS,
+    settings_check,
     InitPolicy,
     LoadTask,
     LogStepStats,
@@ -180,5 +181,6 @@ WORKFLOW = workflow(
     ),
     stage("save_final", SaveWeights()),
     defaults={**MODEL_DEFAULTS, "lr": 1e-3, "beta": 0.5, "num_pairs": 128, "batch_size": 16, "num_epochs": 2, "eval_every": 1, "eval_size": 64},
+    check=settings_check({"num_pairs": 1, "batch_size": 1, "num_epochs": 1, "eval_every": 0, "eval_size": 1}, positive=("beta",)),
     description="Direct Preference Optimisation against a frozen reference.",
 )

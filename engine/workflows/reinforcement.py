@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from engine.core.events import Stage
 from engine.log import EventLog
 from engine.workflow import conditional, loop, run, stage, workflow
-from engine.workflows.common import SaveCheckpoint, every
+from engine.workflows.common import SaveCheckpoint, every, settings_check
 from engine.workflows.rl_config import RunConfig, refuse_existing_run
 from engine.workflows.rl_stages import (
     RUN_FIELDS,
@@ -53,6 +53,16 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """The reinforcement workflow's ``check``: the run's fields as :class:`RunConfig`
+    checks them, whole ``ppo_epochs`` (at least 1) and ``eval_size`` (at least 0),
+    and a known ``reward``."""
+    settings_check({"ppo_epochs": 1, "eval_size": 0})({k: v for k, v in settings.items() if k not in RUN_FIELDS})
+    RunConfig.from_json({k: v for k, v in settings.items() if k in RUN_FIELDS})
+    if settings.get("reward") not in ("task", "model"):
+        raise ValueError(f"'reward' must be 'task' or 'model', got {settings.get('reward')!r}")
+
+
 WORKFLOW = workflow(
     "reinforcement",
     stage("setup", SetupRun()),
@@ -81,6 +91,7 @@ WORKFLOW = workflow(
     conditional(evaluating, stage("evaluate_after", Evaluate(), metric="eval_reward_after"), name="evaluate_last"),
     stage("save_final", SaveFinal()),
     defaults=DEFAULTS,
+    check=check_settings,
     description="Asynchronous RL through the executor and the ledger, with PPO epochs over minibatches.",
 )
 
@@ -88,7 +99,7 @@ WORKFLOW = workflow(
 def _latest_setting(log: Path, key: str) -> Any:
     """Config value ``key`` of the latest start or resume of the workflow recorded in ``log``."""
     value = DEFAULTS[key]
-    with EventLog(log) as events:
+    with EventLog(log, mode="r") as events:
         for event in events.events():
             if isinstance(event, Stage) and event.path == WORKFLOW.name and event.phase == "started":
                 value = json.loads(event.detail or "{}").get("config", {}).get(key, value)

@@ -15,6 +15,7 @@ from engine.backends.local.tasks import Tokenizer
 from engine.workflow import Context, conditional, loop, stage, workflow
 from engine.workflows.common import (
     MODEL_DEFAULTS,
+    settings_check,
     LoadTask,
     LogStepStats,
     OptimStep,
@@ -145,5 +146,6 @@ WORKFLOW = workflow(
     ),
     stage("save_final", SaveWeights(), key="reward_model"),
     defaults={**MODEL_DEFAULTS, "lr": 1e-3, "num_pairs": 128, "batch_size": 16, "num_epochs": 2, "eval_every": 1, "eval_size": 64},
+    check=settings_check({"num_pairs": 1, "batch_size": 1, "num_epochs": 1, "eval_every": 0, "eval_size": 1}),
     description="Bradley-Terry reward model on verifier-ranked preference pairs.",
 )

@@ -1,6 +1,8 @@
 """What a resumed RL run takes from its directory after a crash: the prompts already
 used and the batch consumed but never trained (from the ledger's log), the metrics
-lines (from ``metrics.jsonl``), and the trainer checkpoint that matches the log.
+lines (from ``metrics.jsonl``), and the trainer checkpoint that matches the log; or,
+for a run killed before its first checkpoint was logged (during warm-up), that it
+has nothing to take and starts again (:func:`killed_before_start`).
 
 The rule for a checkpoint ahead of the log: one version ahead, with the log showing
 its batch consumed after the last version bump, means the process died between
@@ -28,6 +30,7 @@ from engine.backends.local.trainer import Trainer
 from engine.core.events import Checkpoint, Consumed, Enqueued, Version
 from engine.ledger import Ledger
 from engine.log import EventLog
+from engine.log.files import write_atomic
 
 
 @dataclass
@@ -46,7 +49,7 @@ def scan(events_path: Path, metrics_path: Path) -> LogScan:
         raise FileNotFoundError(f"cannot resume: {events_path} does not exist")
     found = LogScan()
     since_version: list[str] = []
-    with EventLog(events_path) as log:
+    with EventLog(events_path, mode="r") as log:
         for event in log.events():
             if isinstance(event, Enqueued) and event.attempt == 1:
                 found.prompts += 1
@@ -85,8 +88,29 @@ def restore(ledger: Ledger, trainer: Trainer, ckpt_dir: Path, found: LogScan, me
     trainer.load_state_dict(load_checkpoint(ckpt_dir, usable[-1], device))
     trainer.version = version
     found.metrics = [m for m in found.metrics if m["step"] <= version]
-    metrics_path.write_text("".join(json.dumps(m) + "\n" for m in found.metrics))
+    write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in found.metrics))
     if ledger.state.checkpoint is None or ledger.state.checkpoint.version != usable[-1]:
         ledger.append(Checkpoint(usable[-1], str(checkpoint_path(ckpt_dir, usable[-1]))))
     ledger.flush()
     return usable[-1]
+
+
+def killed_before_start(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` was killed before its log was first written (in
+    warm-up, or writing the first checkpoint): its ``events.sqlite`` is missing or holds
+    no event.  The run start, the first checkpoint and every later event are written
+    after warm-up, so such a run has nothing to keep (no rollout, sample or metrics
+    line) and a resume starts it again from its seed.  A missing or empty log beside
+    files only a started run writes (metrics, samples, a checkpoint past version 0)
+    means the log was lost, not unwritten: :class:`FileNotFoundError`, nothing touched."""
+    events_path = run_dir / "events.sqlite"
+    if events_path.exists() and events_path.stat().st_size:  # a zero-byte file: created, never written
+        with EventLog(events_path, "r") as log:
+            if log.last_seq > 0:
+                return False
+    later = [str(path) for path in (run_dir / "metrics.jsonl", run_dir / "samples.sqlite") if path.exists()]
+    later += [str(checkpoint_path(run_dir / "checkpoints", v)) for v in checkpoints(run_dir / "checkpoints") if v > 0]
+    if later:
+        raise FileNotFoundError(f"cannot resume: {events_path} is missing or empty, yet the run got past its warm-up "
+                                f"({', '.join(later)}); its log was lost")
+    return True

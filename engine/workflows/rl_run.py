@@ -17,7 +17,11 @@ benchmarks run through :func:`engine.workflows.reinforcement.train`.  They call
 What a resume reads back is :mod:`engine.workflows.rl_resume`'s.  A run directory holds ``run.json`` (the config), ``events.sqlite`` (the ledger's
 log), ``samples.sqlite`` (completed rollouts' samples), ``metrics.jsonl`` (one line
 per update) and ``checkpoints/``.  Generation and training share one device: the
-trainer's weights become the engine's at each version bump.
+trainer's weights become the engine's at each version bump.  ``run.json``, the
+checkpoints and saved weights are written whole or not at all
+(:mod:`engine.log.files`); the two SQLite logs and ``metrics.jsonl`` are appended to
+as the run goes (a torn last metrics line is skipped by a resume, which rewrites the
+file whole).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from engine.backends.local.checkpoint import save_checkpoint
+from engine.backends.local.checkpoint import read_weights, save_checkpoint
 from engine.backends.local.generation import TorchEngine
 from engine.backends.local.model import Policy, preset
 from engine.backends.local.tasks import Problem, Task, Tokenizer, get_task
@@ -45,6 +49,8 @@ from engine.backends.local.trainer import (
 )
 from engine.core.events import Checkpoint
 from engine.ledger import Ledger
+from engine.log.files import atomic_path, write_atomic
+from engine.log.lock import check_unlocked
 from engine.logconfig import get_logger
 from engine.runtime.collector import Collector
 from engine.runtime.executor import RolloutExecutor
@@ -118,22 +124,32 @@ class RLRun:
         random.seed(config.seed)
         torch.manual_seed(config.seed)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        events_path = self.run_dir / "events.sqlite"
+        if self.resume:  # a run another process is writing is refused before anything else is read
+            check_unlocked(events_path)
+        if self.resume and rl_resume.killed_before_start(self.run_dir):  # nothing was logged: warm up again from the seed
+            self._logger.warning("resume_restarts_warmup", reason="killed before its first checkpoint (in warm-up), the run starts again")
+            self.resume = False
+        if self.resume:
+            # The log's writer lock first: a second resume of this run is refused before
+            # the log advances, a model is built or a checkpoint is loaded.
+            if not events_path.exists():
+                raise FileNotFoundError(f"cannot resume: {events_path} does not exist")
+            self.ledger = Ledger.resume(events_path, requeue=config.requeue_lost, flush_every=FLUSH_EVERY)
+            found = rl_resume.scan(events_path, self.run_dir / "metrics.jsonl")
         model_config = preset(config.model_size, self.tokenizer.vocab_size, self.task.max_seq_len)
         self.trainer = Trainer(Policy(model_config).to(self.device), config.trainer_config(), pad_id=self.tokenizer.pad_id, device=self.device)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        events_path = self.run_dir / "events.sqlite"
         if self.resume:
-            found = rl_resume.scan(events_path, self.run_dir / "metrics.jsonl")
-            self.ledger = Ledger.resume(events_path, requeue=config.requeue_lost, flush_every=FLUSH_EVERY)
             loaded = rl_resume.restore(self.ledger, self.trainer, self.ckpt_dir, found, self.run_dir / "metrics.jsonl", self.device)
             self._next_prompt, self._retrain, self.metrics = found.prompts, found.retrain, found.metrics
             self._wall_offset = self.metrics[-1]["wall_s"] if self.metrics else 0.0
             self._logger.info("resumed", version=self.ledger.state.version, checkpoint=loaded, retrain=len(self._retrain))
         else:
             refuse_existing_run(self.run_dir)
-            (self.run_dir / "run.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+            write_atomic(self.run_dir / "run.json", json.dumps(asdict(config), indent=2) + "\n")
             if config.init:
-                self.trainer.model.load_state_dict(torch.load(config.init, map_location=self.device, weights_only=True))
+                self.load_weights(config.init)
             else:
                 self.warmup(config.warmup_steps)
             self.ledger = Ledger(config.ledger_config(), path=events_path, flush_every=FLUSH_EVERY)
@@ -158,9 +174,20 @@ class RLRun:
     async def _start(self) -> None:
         self.executor.start()
 
+    def load_weights(self, path: str | Path) -> None:
+        """Start from the model weights at ``path`` (a ``--init`` file, as :meth:`save_weights`
+        writes); a file that does not hold this model's weights raises ValueError naming it."""
+        weights = read_weights(path, self.device)
+        try:
+            self.trainer.model.load_state_dict(weights)
+        except RuntimeError as err:  # other shapes or names: another model's weights
+            detail = " ".join(line.strip() for line in str(err).splitlines()[1:])
+            raise ValueError(f"{path}: holds another model's weights ({detail[:200] or err})") from err
+
     def warmup(self, steps: int) -> list[float]:
         """Supervised warm-up on fresh problems, so RL starts from a non-trivial reward."""
         rng = random.Random(f"warmup:{self.config.seed}")
+        self._logger.info("warmup", steps=steps)
         losses = []
         for _ in range(steps):
             losses.append(self.trainer.sft_step(self.task.supervised(rng, self.config.warmup_batch), self.tokenizer))
@@ -328,7 +355,8 @@ class RLRun:
 
     def save_weights(self, path: str | Path) -> None:
         """The model's weights alone (a ``--init`` file for other runs)."""
-        torch.save(self.trainer.model.state_dict(), path)
+        with atomic_path(path) as partial:
+            torch.save(self.trainer.model.state_dict(), partial)
 
     def summary(self) -> dict[str, Any]:
         """Throughput, reward, staleness and the ledger's counters of the run so far."""

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from engine.backends.local.objectives import group_advantages
 from engine.backends.local.tasks import Problem, Task
+from engine.log.files import atomic_path
 from engine.workflow import Context
 from engine.workflows.rl_config import RunConfig
 from engine.workflows.rl_run import RLRun
@@ -77,7 +78,8 @@ class SetupRun:
             run_dir.mkdir(parents=True, exist_ok=True)
             settings["init"] = str(run_dir / "init.pt")
             if not resume:
-                torch.save(policy.state_dict(), settings["init"])
+                with atomic_path(settings["init"]) as partial:
+                    torch.save(policy.state_dict(), partial)
         rl = RLRun(RunConfig.from_json(settings), run_dir, resume=resume)
         if ctx.setting("reward") == "model":
             scorer, tokenizer = ctx.get("reward_model"), ctx.get("tokenizer")

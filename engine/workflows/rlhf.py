@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from engine.workflow import subworkflow, workflow
 from engine.workflows import reinforcement, reward_model, supervised
+from engine.workflows.common import settings_check
 
 WORKFLOW = workflow(
     "rlhf",
@@ -15,4 +16,5 @@ WORKFLOW = workflow(
     subworkflow(reinforcement.WORKFLOW, config_key="rl", name="rl"),
     defaults={"task": "copy", "model_size": "tiny", "seed": 0, "sft": {}, "reward": {}, "rl": {"reward": "model"}},
     description="Supervised fine-tuning, then a reward model, then RL against it.",
+    check=settings_check(),
 )

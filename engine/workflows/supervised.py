@@ -11,6 +11,7 @@ import torch
 from engine.workflow import AwaitFuture, Context, conditional, loop, stage, workflow
 from engine.workflows.common import (
     MODEL_DEFAULTS,
+    settings_check,
     InitPolicy,
     LoadTask,
     SaveCheckpoint,
@@ -151,5 +152,6 @@ WORKFLOW = workflow(
     ),
     stage("save_final", SaveWeights()),
     defaults={**MODEL_DEFAULTS, "num_examples": 256, "batch_size": 32, "num_epochs": 2, "save_every": 1, "eval_every": 1, "eval_size": 64},
+    check=settings_check({"num_examples": 1, "batch_size": 1, "num_epochs": 1, "save_every": 0, "eval_every": 0, "eval_size": 0}),
     description="Supervised fine-tuning with pipelined forward-backward and optimiser steps.",
 )
