@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "sim.cli",
     "engine.cli.workflow",
     "engine.cli.train",
+    "engine.cli.report",
 )
 
 
@@ -49,6 +50,7 @@ OWNER = {
     "run": "engine.cli.workflow",
     "describe": "engine.cli.workflow",
     "train": "engine.cli.train",
+    "report": "engine.cli.report",
 }
 
 #: Errors that describe a command's input rather than a fault of the program: a log
