@@ -38,7 +38,7 @@ class LogData:
     label: str
     state: State
     lives: dict[str, Life]
-    gauges: list[tuple[float, int, int, int]]  # (t, capacity, in flight, ready)
+    gauges: list[tuple[float, int, int, int]]  # (t, capacity bound = in flight + free capacity, in flight, ready)
     versions: list[tuple[float, int]]  # weight updates (t, new version)
     pauses: list[tuple[float, float]]  # (from, to)
     staleness: list[int]  # per consumed rollout: version at consumption - submit version
@@ -86,7 +86,7 @@ def extract(path: Path, label: str | None = None) -> LogData:
         folder.extend(batch)
         batch.clear()
         s = folder.state
-        gauges.append((t, folder.capacity, s.running, s.ready))
+        gauges.append((t, s.running + folder.capacity, s.running, s.ready))
 
     for event in _events(events_path):
         if event.t is not None:
