@@ -45,6 +45,7 @@ class LogData:
     consumed_at: list[tuple[float, int, int]]  # (t, rollouts, tokens) per Consumed
     metrics: list[dict[str, Any]]  # metrics.jsonl of a train run, else empty
     config: dict[str, Any]
+    clock: str = "time (s)"  # or "event number" for a log whose events carry no time
 
     @property
     def end(self) -> float:
@@ -88,9 +89,12 @@ def extract(path: Path, label: str | None = None) -> LogData:
         s = folder.state
         gauges.append((t, s.running + folder.capacity, s.running, s.ready))
 
-    for event in _events(events_path):
+    timed = False
+    for position, event in enumerate(_events(events_path), 1):
         if event.t is not None:
-            t = event.t
+            t, timed = event.t, True
+        elif not timed:
+            t = float(position)  # a log without times (a train run's): the event number is the clock
         if isinstance(event, Submitted):
             lives[event.rollout] = Life(t, [(t, event.version)])
         elif isinstance(event, Segment):
@@ -137,4 +141,4 @@ def extract(path: Path, label: str | None = None) -> LogData:
                 continue  # a torn last line
     state = folder.state
     config = asdict(state.config) if state.config is not None else {}
-    return LogData(label or str(path), state, lives, gauges, versions, pauses, staleness, consumed_at, metrics, config)
+    return LogData(label or str(path), state, lives, gauges, versions, pauses, staleness, consumed_at, metrics, config, "time (s)" if timed else "event number")
