@@ -75,3 +75,13 @@ def test_report_names_a_bad_input_before_writing(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.sqlite" in err
     assert not out.exists()
+
+
+def test_a_damaged_log_is_one_line_and_leaves_no_output(tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    out = tmp_path / "out"
+    assert main(["report", str(bad), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.jsonl" in err and "line 1" in err
+    assert not out.exists()
