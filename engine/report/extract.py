@@ -13,11 +13,12 @@ from typing import Any, Iterator
 
 from engine.core.events import Accepted, Consumed, Event, Filtered, Paused, Rejected, Segment, Submitted, Unpaused, Version
 from engine.core.reducer import Folder, State
+from engine.core.state import INTERRUPTED, READY, RUNNING
 from engine.log.jsonl import read_jsonl
 from engine.log.store import EventLog, existing
 
-#: Events folded between two samples of the gauges (capacity, in flight, ready).
-SAMPLE_EVERY = 64
+#: Most points kept of the gauges (capacity bound, in flight, ready) over time.
+GAUGE_POINTS = 20_000
 
 
 @dataclass
@@ -80,14 +81,26 @@ def extract(path: Path, label: str | None = None) -> LogData:
     staleness: list[int] = []
     consumed_at: list[tuple[float, int, int]] = []
     paused_at: float | None = None
-    batch: list[Event] = []
     t = 0.0
 
-    def flush() -> None:
-        folder.extend(batch)
-        batch.clear()
-        s = folder.state
-        gauges.append((t, s.running + folder.capacity, s.running, s.ready))
+    stride, changes = 1, 0
+    last: tuple[int, int, int] | None = None
+
+    def sample() -> None:
+        # the gauges when they change; past GAUGE_POINTS, every other point is dropped
+        # and only every stride-th change kept, so a long log keeps a bounded series
+        nonlocal stride, changes, last
+        running = folder.count(RUNNING) + folder.count(INTERRUPTED)
+        now = (running + folder.capacity, running, folder.count(READY))
+        if now == last:
+            return
+        last = now
+        changes += 1
+        if changes % stride == 0:
+            gauges.append((t, *now))
+            if len(gauges) > GAUGE_POINTS:
+                del gauges[1::2]
+                stride *= 2
 
     timed = False
     for position, event in enumerate(_events(events_path), 1):
@@ -107,8 +120,8 @@ def extract(path: Path, label: str | None = None) -> LogData:
             if life is not None:
                 life.outcome, life.end = event.type, t
         elif isinstance(event, Consumed):
-            batch.append(event)
-            flush()
+            folder.apply(event)
+            sample()
             now = folder.version
             tokens = 0
             for rid in event.rollouts:
@@ -126,10 +139,9 @@ def extract(path: Path, label: str | None = None) -> LogData:
         elif isinstance(event, Unpaused) and paused_at is not None:
             pauses.append((paused_at, t))
             paused_at = None
-        batch.append(event)
-        if len(batch) >= SAMPLE_EVERY:
-            flush()
-    flush()
+        folder.apply(event)
+        sample()
+    gauges.append((t, *(last or (0, 0, 0))))
     if paused_at is not None:
         pauses.append((paused_at, t))
     metrics: list[dict[str, Any]] = []
