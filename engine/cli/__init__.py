@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "engine.cli.train",
     "engine.cli.models",
     "engine.cli.remote",
+    "engine.cli.report",
 )
 
 
@@ -56,6 +57,7 @@ OWNER = {
     "init-model": "engine.cli.models",
     "import-model": "engine.cli.models",
     "serve-trainer": "engine.cli.remote",
+    "report": "engine.cli.report",
 }
 
 #: Errors that describe a command's input rather than a fault of the program: a log
