@@ -167,28 +167,16 @@ def plot(axes: Sequence[tuple[str, Sequence[str]]], table: Sequence[dict[str, An
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from engine.report.plots import draw_sweep
+
     key = axes[0][0]
     others = [name for name, _ in axes[1:]]
-    xs = list(axes[0][1])
-    positions = {value: i for i, value in enumerate(xs)}
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in table:
         label = ", ".join(f"{name}={row[name]}" for name in others) or "run"
         groups.setdefault(label, []).append(row)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True)
-    for label, members in groups.items():
-        at = [positions[row[key]] for row in members]
-        top.plot(at, [row["trained_tokens_per_s"] / 1000 for row in members], marker="o", label=label)
-        bottom.plot(at, [row["staleness_mean"] for row in members], marker="o", label=f"{label} mean")
-        bottom.plot(at, [row["staleness_p99"] for row in members], marker="x", linestyle="--", label=f"{label} p99")
-    top.set_ylabel("trained k tokens/s")
-    bottom.set_ylabel("staleness at consumption (versions)")
-    bottom.set_xticks(range(len(xs)), xs)
-    bottom.set_xlabel(key)
-    top.legend(fontsize="small")
-    bottom.legend(fontsize="small")
-    top.grid(alpha=0.3)
-    bottom.grid(alpha=0.3)
+    draw_sweep(top, bottom, key, list(axes[0][1]), groups)
     fig.tight_layout()
     try:
         with atomic_output(path, "wb") as handle:

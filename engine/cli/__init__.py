@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "engine.cli.workflow",
     "engine.cli.train",
     "engine.cli.models",
+    "engine.cli.report",
 )
 
 
@@ -52,6 +53,7 @@ OWNER = {
     "train": "engine.cli.train",
     "init-model": "engine.cli.models",
     "import-model": "engine.cli.models",
+    "report": "engine.cli.report",
 }
 
 #: Errors that describe a command's input rather than a fault of the program: a log
