@@ -48,7 +48,7 @@ FILTERED_KEEP_CAPACITY: Rule = capacity_with(lambda counts: int(counts[FILTERED]
 @contextmanager
 def planted_capacity(rule: Rule = FILTERED_KEEP_CAPACITY) -> Iterator[Rule]:
     """Swap the capacity rule for ``rule`` inside the block; the real rule is back after."""
-    saved = (table.capacity, reducer.capacity)
+    saved = (getattr(table, "capacity"), reducer.capacity)
     setattr(table, "capacity", rule)
     setattr(reducer, "capacity", rule)
     try:
