@@ -53,8 +53,8 @@ def _report(args: argparse.Namespace) -> int:
     from engine.report.extract import extract, locate
     from engine.report.html import page
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = check_output(args.out / "report.html", *(locate(p)[0] for p in args.logs))
+    if args.out.exists() and not args.out.is_dir():
+        return fail(f"{args.out}: is not a directory")
     runs = []
     with tqdm(total=len(args.logs), unit="log", desc="reading", disable=args.no_progress, file=sys.stderr) as bar:
         for path in args.logs:
@@ -65,6 +65,8 @@ def _report(args: argparse.Namespace) -> int:
             bar.update()
     with tqdm(unit="figure", desc="drawing", disable=args.no_progress, file=sys.stderr) as bar:
         text = page(runs, progress=lambda: bar.update())
+    args.out.mkdir(parents=True, exist_ok=True)  # only once every log has been read
+    out = check_output(args.out / "report.html", *(locate(p)[0] for p in args.logs))
     with atomic_output(out, "w") as handle:
         handle.write(text)
     print(out)

@@ -13,11 +13,12 @@ from typing import Any, Iterator
 
 from engine.core.events import Accepted, Consumed, Event, Filtered, Paused, Rejected, Segment, Submitted, Unpaused, Version
 from engine.core.reducer import Folder, State
+from engine.core.state import INTERRUPTED, READY, RUNNING
 from engine.log.jsonl import read_jsonl
 from engine.log.store import EventLog, existing
 
-#: Events folded between two samples of the gauges (capacity, in flight, ready).
-SAMPLE_EVERY = 64
+#: Most points kept of the gauges (capacity bound, in flight, ready) over time.
+GAUGE_POINTS = 20_000
 
 
 @dataclass
@@ -38,13 +39,14 @@ class LogData:
     label: str
     state: State
     lives: dict[str, Life]
-    gauges: list[tuple[float, int, int, int]]  # (t, capacity, in flight, ready)
+    gauges: list[tuple[float, int, int, int]]  # (t, capacity bound = in flight + free capacity, in flight, ready)
     versions: list[tuple[float, int]]  # weight updates (t, new version)
     pauses: list[tuple[float, float]]  # (from, to)
     staleness: list[int]  # per consumed rollout: version at consumption - submit version
     consumed_at: list[tuple[float, int, int]]  # (t, rollouts, tokens) per Consumed
     metrics: list[dict[str, Any]]  # metrics.jsonl of a train run, else empty
     config: dict[str, Any]
+    clock: str = "time (s)"  # or "event number" for a log whose events carry no time
 
     @property
     def end(self) -> float:
@@ -79,18 +81,33 @@ def extract(path: Path, label: str | None = None) -> LogData:
     staleness: list[int] = []
     consumed_at: list[tuple[float, int, int]] = []
     paused_at: float | None = None
-    batch: list[Event] = []
     t = 0.0
 
-    def flush() -> None:
-        folder.extend(batch)
-        batch.clear()
-        s = folder.state
-        gauges.append((t, folder.capacity, s.running, s.ready))
+    stride, changes = 1, 0
+    last: tuple[int, int, int] | None = None
 
-    for event in _events(events_path):
+    def sample() -> None:
+        # the gauges when they change; past GAUGE_POINTS, every other point is dropped
+        # and only every stride-th change kept, so a long log keeps a bounded series
+        nonlocal stride, changes, last
+        running = folder.count(RUNNING) + folder.count(INTERRUPTED)
+        now = (running + folder.capacity, running, folder.count(READY))
+        if now == last:
+            return
+        last = now
+        changes += 1
+        if changes % stride == 0:
+            gauges.append((t, *now))
+            if len(gauges) > GAUGE_POINTS:
+                del gauges[1::2]
+                stride *= 2
+
+    timed = False
+    for position, event in enumerate(_events(events_path), 1):
         if event.t is not None:
-            t = event.t
+            t, timed = event.t, True
+        elif not timed:
+            t = float(position)  # a log without times (a train run's): the event number is the clock
         if isinstance(event, Submitted):
             lives[event.rollout] = Life(t, [(t, event.version)])
         elif isinstance(event, Segment):
@@ -103,8 +120,8 @@ def extract(path: Path, label: str | None = None) -> LogData:
             if life is not None:
                 life.outcome, life.end = event.type, t
         elif isinstance(event, Consumed):
-            batch.append(event)
-            flush()
+            folder.apply(event)
+            sample()
             now = folder.version
             tokens = 0
             for rid in event.rollouts:
@@ -122,10 +139,9 @@ def extract(path: Path, label: str | None = None) -> LogData:
         elif isinstance(event, Unpaused) and paused_at is not None:
             pauses.append((paused_at, t))
             paused_at = None
-        batch.append(event)
-        if len(batch) >= SAMPLE_EVERY:
-            flush()
-    flush()
+        folder.apply(event)
+        sample()
+    gauges.append((t, *(last or (0, 0, 0))))
     if paused_at is not None:
         pauses.append((paused_at, t))
     metrics: list[dict[str, Any]] = []
@@ -137,4 +153,4 @@ def extract(path: Path, label: str | None = None) -> LogData:
                 continue  # a torn last line
     state = folder.state
     config = asdict(state.config) if state.config is not None else {}
-    return LogData(label or str(path), state, lives, gauges, versions, pauses, staleness, consumed_at, metrics, config)
+    return LogData(label or str(path), state, lives, gauges, versions, pauses, staleness, consumed_at, metrics, config, "time (s)" if timed else "event number")

@@ -46,7 +46,7 @@ def _table(runs: Sequence[LogData]) -> str:
     for name, fn in (("staleness mean", lambda d: f"{sum(d.staleness) / len(d.staleness):.3f}" if d.staleness else "-"),
                      ("staleness p99", lambda d: f"{plots.quantile(d.staleness, 0.99):.0f}"),
                      ("trainer idle", lambda d: f"{plots.idle_fraction(d):.1%}"),
-                     ("span (s)", lambda d: f"{d.end:.2f}")):
+                     ("span", lambda d: f"{d.end:.2f} s" if d.clock == "time (s)" else f"{d.end:.0f} events")):
         rows.append(f"<tr><th>{name}</th>{''.join(f'<td>{fn(d)}</td>' for d in runs)}</tr>")
     return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
 

@@ -39,10 +39,10 @@ def draw_timeline(ax: Any, data: LogData) -> str:
         ax.axvline(t, color="black", linewidth=0.4, alpha=0.4)
     for start, stop in data.pauses:
         ax.axvspan(start, stop, color="gray", alpha=0.2)
-    for name, colour in OUTCOME_COLOURS.items():
-        ax.barh([], [], color=colour, label=name)
-    ax.legend(fontsize="small", loc="upper left")
-    ax.set_xlabel("time (s)")
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=c, label=n) for n, c in OUTCOME_COLOURS.items()], fontsize="small", loc="upper left")
+    ax.set_xlabel(data.clock)
     ax.set_ylabel("rollout (submission order)")
     sampled = f"{len(shown)} of {len(ids)} rollouts, sampled uniformly" if len(shown) < len(ids) else f"all {len(ids)} rollouts"
     return f"Rollout timeline ({sampled}): bar colour is the outcome, shade changes mark a new policy version, vertical lines are weight updates, grey bands are pauses; long bars crossing many lines are stale rollouts."
@@ -56,7 +56,7 @@ def draw_gauges(ax: Any, runs: Sequence[LogData]) -> str:
         ax.step(ts, [g[1] for g in data.gauges], where="post", linestyle="--", label=f"capacity bound{tag}")
         ax.step(ts, [g[2] for g in data.gauges], where="post", label=f"in flight{tag}")
         ax.step(ts, [g[3] for g in data.gauges], where="post", label=f"ready queue{tag}")
-    ax.set_xlabel("time (s)")
+    ax.set_xlabel(runs[0].clock)
     ax.set_ylabel("rollouts")
     ax.legend(fontsize="small")
     return "Capacity, in flight and ready queue: in flight at the dashed bound means generation is capacity-limited; a growing ready queue means the trainer is the bottleneck."
@@ -111,9 +111,10 @@ def draw_throughput(ax: Any, runs: Sequence[LogData]) -> str:
         ax.plot(xs, tokens, label=f"tokens/s {data.label}")
         right.plot(xs, rollouts, linestyle="--", label=f"rollouts/s {data.label}")
         idles.append(f"{idle_fraction(data):.0%}")
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("trained tokens/s")
-    right.set_ylabel("consumed rollouts/s (dashed)")
+    ax.set_xlabel(runs[0].clock)
+    unit = "s" if runs[0].clock == "time (s)" else "event"
+    ax.set_ylabel(f"trained tokens/{unit}")
+    right.set_ylabel(f"consumed rollouts/{unit} (dashed)")
     return f"Throughput over time (trainer idle, ready queue empty: {', '.join(idles)} of the run): dips line up with pauses or weight updates."
 
 
