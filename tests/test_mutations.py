@@ -7,48 +7,22 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from hypothesis import Phase, settings
+from hypothesis import settings
 from hypothesis.stateful import run_state_machine_as_test
 
 import properties.profiles  # noqa: F401  (registers and loads the Hypothesis profile)
 from engine.core import policies, reducer, table
 from engine.core.events import Accepted, Enqueued
-from engine.core.reducer import (
-    CONSUMED,
-    FILTERED,
-    INTERRUPTED,
-    PENDING,
-    READY,
-    REJECTED,
-    RUNNING,
-)
+from engine.core.reducer import PENDING, READY, REJECTED, RUNNING
 from properties import invariants
 from properties.invariants import InvariantViolation
+from properties.mutations import FILTERED_KEEP_CAPACITY, shrunk_counterexample
+from properties.mutations import capacity_with as _capacity_with
 from properties.stateful import LedgerMachine, machine_for
 
 #: Examples the machine gets to find a planted bug; steps of a shrunk counterexample at most.
 EXAMPLES = 300
 MAX_SHRUNK_STEPS = 20
-
-
-def _capacity_with(accepted_extra: Callable, version_shift: int = 0) -> Callable:
-    """A capacity rule like the real one but with a planted accounting bug (works on
-    the reducer's draft as well as on a State)."""
-
-    def capacity(state) -> int:
-        config = state.config
-        if config is None or state.paused:
-            return 0
-        counts = state.counts
-        running = counts[RUNNING] + counts[INTERRUPTED]
-        room = config.rank_max_concurrent - running
-        if config.max_staleness is not None:
-            accepted = counts[READY] + counts[CONSUMED] + accepted_extra(counts)
-            version = state.version + version_shift
-            room = min(room, (config.max_staleness + version + 1) * config.rank_batch_size - (accepted + running))
-        return max(0, room)
-
-    return capacity
 
 
 def _plant_capacity(mp: pytest.MonkeyPatch, rule: Callable) -> None:
@@ -71,13 +45,13 @@ def _double_decrement_on_reject(original: Callable) -> Callable:
 #: name -> (plant(monkeypatch), invariants allowed to catch it, policy whose machine hunts it)
 MUTATIONS: dict[str, tuple[Callable, set[str], str | None]] = {
     "filter without capacity recovery": (
-        lambda mp: _plant_capacity(mp, _capacity_with(lambda counts: counts[FILTERED])),
+        lambda mp: _plant_capacity(mp, FILTERED_KEEP_CAPACITY),
         {"capacity_rule", "capacity_recovered", "capacity_recovery", "differential", "liveness"},
         "strict",
     ),
     "filter without capacity recovery, formula check off": (
         lambda mp: (
-            _plant_capacity(mp, _capacity_with(lambda counts: counts[FILTERED])),
+            _plant_capacity(mp, FILTERED_KEEP_CAPACITY),
             mp.setattr(invariants, "capacity_rule", lambda state: None),
         ),
         {"capacity_recovered", "capacity_recovery", "differential", "liveness"},
@@ -133,21 +107,11 @@ MUTATIONS: dict[str, tuple[Callable, set[str], str | None]] = {
 def find_counterexample(policy: str | None) -> tuple[InvariantViolation, list[str]]:
     """Run the state machine (of one ``policy``, or of all) until it fails; the
     violation and the rule steps of the shrunk counterexample."""
-    with pytest.raises(InvariantViolation) as caught:
-        run_state_machine_as_test(
-            LedgerMachine if policy is None else machine_for(policy),
-            settings=settings(
-                max_examples=EXAMPLES,
-                derandomize=True,
-                database=None,
-                report_multiple_bugs=False,
-                phases=(Phase.generate, Phase.shrink),
-            ),
-        )
-    notes = getattr(caught.value, "__notes__", [])
-    checks = {"state.teardown()", "state.liveness()", "state.ready_queue_fresh()", "state.illegal_events_are_refused()"}
-    steps = [line for note in notes for line in note.splitlines() if line.startswith("state.") and line not in checks]
-    return caught.value, steps
+    found = shrunk_counterexample(LedgerMachine if policy is None else machine_for(policy), EXAMPLES)
+    assert found is not None, "the state machine found no counterexample"
+    violation, steps = found
+    assert isinstance(violation, InvariantViolation)
+    return violation, steps
 
 
 @pytest.mark.parametrize("name", list(MUTATIONS))
