@@ -89,6 +89,17 @@ class GenerationHandle:
             yield item
 
 
+def check_request(prompt: Sequence[int], max_new_tokens: int, max_len: int) -> None:
+    """What every engine's ``submit`` refuses: an empty prompt, fewer than one new
+    token, or a prompt and its new tokens longer than the model's ``max_len``."""
+    if not prompt:
+        raise ValueError("prompt must hold at least one token")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if len(prompt) + max_new_tokens > max_len:
+        raise ValueError(f"prompt of {len(prompt)} tokens plus {max_new_tokens} new ones exceeds max_seq_len {max_len}")
+
+
 @runtime_checkable
 class GenerationEngine(Protocol):
     """What the rollout executor needs from a generation engine: submit prompts, pause and

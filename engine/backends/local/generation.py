@@ -18,7 +18,7 @@ from typing import Mapping
 import torch
 
 from engine.backends.local.model import KVCache, Policy
-from engine.runtime.ports import GenerationHandle
+from engine.runtime.ports import GenerationHandle, check_request
 
 
 class TorchEngine:
@@ -59,12 +59,7 @@ class TorchEngine:
     # -- the interface -------------------------------------------------------
     def submit(self, prompt: list[int], max_new_tokens: int, *, stream: bool = False) -> GenerationHandle:
         """Queue ``prompt`` for up to ``max_new_tokens`` tokens; it gets a slot as soon as one is free."""
-        if not prompt:
-            raise ValueError("prompt must hold at least one token")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        if len(prompt) + max_new_tokens > self.max_len:
-            raise ValueError(f"prompt of {len(prompt)} tokens plus {max_new_tokens} new ones exceeds max_seq_len {self.max_len}")
+        check_request(prompt, max_new_tokens, self.max_len)
         handle = GenerationHandle(prompt, max_new_tokens, stream)
         self._waiting.append(handle)
         self._wake.set()

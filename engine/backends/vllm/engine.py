@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from engine.runtime.ports import GenerationHandle
+from engine.runtime.ports import GenerationHandle, check_request
 
 #: The part of a trainer's parameter names that vLLM's names lack (``HFPolicy`` wraps
 #: the Hugging Face model as ``lm``).
@@ -79,12 +79,7 @@ class VLLMEngine:
     # -- the port --------------------------------------------------------------
     def submit(self, prompt: list[int], max_new_tokens: int, *, stream: bool = False) -> GenerationHandle:
         """Queue ``prompt`` for up to ``max_new_tokens`` tokens."""
-        if not prompt:
-            raise ValueError("prompt must hold at least one token")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        if len(prompt) + max_new_tokens > self.max_len:
-            raise ValueError(f"prompt of {len(prompt)} tokens plus {max_new_tokens} new ones exceeds max_seq_len {self.max_len}")
+        check_request(prompt, max_new_tokens, self.max_len)
         handle = GenerationHandle(prompt, max_new_tokens, stream)
         self._commands.put_nowait(("submit", handle))
         return handle
