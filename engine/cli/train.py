@@ -59,24 +59,23 @@ def _seed(text: str) -> int:
     return value
 
 
-def _positive_number(text: str) -> float:
+def _finite_number(text: str, *, zero: bool) -> float:
+    """``text`` as a finite number above 0 (or, with ``zero``, of at least 0)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    if not ((value >= 0 if zero else value > 0) and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number {'of at least 0' if zero else 'above 0'}, got {text}")
     return value
+
+
+def _positive_number(text: str) -> float:
+    return _finite_number(text, zero=False)
 
 
 def _non_negative_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
-    return value
+    return _finite_number(text, zero=True)
 
 
 def _sinks(text: str) -> tuple[str, ...]:
