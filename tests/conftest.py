@@ -9,6 +9,13 @@ from engine.core.events import Enqueued, RunStarted, Submitted
 from engine.core.reducer import EMPTY, State, apply, fold
 
 
+@pytest.fixture
+def hf_offline(monkeypatch):
+    """Hugging Face libraries never reach a hub: models load from local folders only."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
 def started(**config: object) -> State:
     """A ledger whose run has started with ``config`` (max_concurrent 8, batch 4 by default)."""
     values = {"max_concurrent": 8, "batch_size": 4, **config}

