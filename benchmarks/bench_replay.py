@@ -40,7 +40,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.mixed_log import mixed_log  # noqa: E402
+from benchmarks.mixed_log import mixed_log, write_log  # noqa: E402
 from engine.cli.ledger import counters  # noqa: E402
 from engine.core.reducer import fold  # noqa: E402
 from engine.log import EventLog, replay  # noqa: E402
@@ -159,9 +159,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "mixed.sqlite"
         events = mixed_log(args.events)
-        with EventLog(log) as store:
-            for start in range(0, len(events), 10_000):
-                store.append(events[start : start + 10_000])
+        write_log(log, events)
         n = len(events)
         expected = counters(fold(events))
         folded = best_of(args.runs, functools.partial(fold, events))

@@ -18,8 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.mixed_log import mixed_log  # noqa: E402
-from engine.log import EventLog  # noqa: E402
+from benchmarks.mixed_log import mixed_log, write_log  # noqa: E402
 
 
 def main() -> None:
@@ -29,9 +28,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "mixed.sqlite"
         events = mixed_log(args.events)
-        with EventLog(log) as store:
-            for start in range(0, len(events), 10_000):
-                store.append(events[start : start + 10_000])
+        write_log(log, events)
         n = len(events)
         del events
         started = time.perf_counter()

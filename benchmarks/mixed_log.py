@@ -6,6 +6,7 @@ requeue, and batch consumption, all driven through the real policies."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Iterator
 
 from engine.core import policies
@@ -25,11 +26,19 @@ from engine.core.events import (
     Version,
 )
 from engine.core.reducer import PENDING, Folder, capacity
+from engine.log import EventLog
 
 
 def mixed_log(n_events: int, seed: int = 0, in_flight: int = 256, batch_size: int = 64) -> list[Event]:
     """At least ``n_events`` legal events of a deterministic pseudo-random run."""
     return list(_generate(n_events, seed, in_flight, batch_size))
+
+
+def write_log(path: str | Path, events: list[Event], batch: int = 10_000) -> None:
+    """Write ``events`` as a SQLite event log at ``path``, ``batch`` events per append."""
+    with EventLog(path) as store:
+        for start in range(0, len(events), batch):
+            store.append(events[start : start + batch])
 
 
 def _generate(n_events: int, seed: int, in_flight: int, batch_size: int) -> Iterator[Event]:
