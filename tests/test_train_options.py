@@ -96,14 +96,18 @@ def test_a_train_run_sends_its_metrics_to_tensorboard_and_wandb_and_resumes_with
 
     run_dir = tmp_path / "run"
     args = ["train", *TINY, "--steps", "3", "--kl-coef", "0.1", "--entropy-coef", "0.01", "--lr-warmup", "2",
-            "--lr-schedule", "cosine", "--metrics", "tensorboard,wandb", "--run-dir", str(run_dir)]  # fmt: skip
+            "--lr-schedule", "cosine", "--metrics", "tensorboard,wandb", "--eval-size", "4", "--eval-every", "2",
+            "--run-dir", str(run_dir)]  # fmt: skip
     assert main(args) == 0
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert ["eval_reward" in m for m in lines] == [False, True, False]  # every 2nd update's held-out reward
+    assert 0.0 <= lines[1]["eval_reward"] <= 1.0
     assert [m["lr"] for m in lines] == pytest.approx([1.5e-4, 3e-4, 3e-4 * COSINE_FLOOR])
     assert all({"entropy", "kl_ref", "kl_behaviour", "clip_fraction", "staleness_mean"} <= m.keys() for m in lines)
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
-    assert {"reward", "entropy", "kl_ref", "lr", "trained_tokens"} <= set(events.Tags()["scalars"])
+    assert {"reward", "entropy", "kl_ref", "lr", "trained_tokens", "eval_reward"} <= set(events.Tags()["scalars"])
+    assert [(e.step, e.value) for e in events.Scalars("eval_reward")] == [(2, pytest.approx(lines[1]["eval_reward"]))]
     assert [e.step for e in events.Scalars("reward")] == [m["step"] for m in lines]
     assert [e.value for e in events.Scalars("reward")] == pytest.approx([m["reward"] for m in lines])
     assert [e.value for e in events.Scalars("lr")] == pytest.approx([m["lr"] for m in lines])
@@ -132,6 +136,8 @@ def test_a_train_run_sends_its_metrics_to_tensorboard_and_wandb_and_resumes_with
         (["--lr-schedule", "linear"], "--lr-schedule"),
         (["--metrics", "tensorboard,mlflow"], "mlflow"),
         (["--metrics", "wandb,wandb"], "twice"),
+        (["--eval-every", "2"], "--eval-every needs --eval-size"),
+        (["--eval-every", "-1", "--eval-size", "4"], "--eval-every"),
     ],
 )
 def test_bad_training_options_exit_2_naming_them(tmp_path, capsys, flags, named):

@@ -1,7 +1,8 @@
 """Tasks beyond the built-in character tasks, and user rewards.
 
-- ``rg:NAME``: problems drawn from ``reasoning-gym``'s procedural dataset ``NAME``
-  (offline; e.g. ``basic_arithmetic``, ``chain_sum``), scored by its verifier
+- ``rg:NAME[:key=value,...]``: problems drawn from ``reasoning-gym``'s procedural
+  dataset ``NAME`` (offline; e.g. ``basic_arithmetic``, ``chain_sum``), configured by the
+  options (``rg:chain_sum:max_terms=2,max_digits=2``), scored by its verifier
   (``dataset.score_answer``).  Problem ``i`` of a run seeded ``s`` is the dataset's
   entry ``i`` under seed ``s``: the same after a resume.
 - ``jsonl:FILE``: one JSON object per line with ``prompt`` and ``answer`` (strings);
@@ -87,21 +88,49 @@ class ExternalTask:
         return [self.sample(rng) for _ in range(count)]
 
 
-def reasoning_gym_task(name: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> ExternalTask:
-    """``rg:NAME``; an unknown name (or reasoning-gym not installed) raises ``ValueError``."""
+def _option_value(text: str) -> Any:
+    """A dataset option's value: a JSON number, ``true``/``false``, or else the text itself."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, (bool, int, float)) else text
+
+
+def parse_rg_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``NAME`` or ``NAME:key=value,key=value`` (the part after ``rg:``) as the dataset's
+    name and its configuration options; a malformed option raises ``ValueError``."""
+    name, _, rest = spec.partition(":")
+    options: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip().isidentifier() or not value.strip():
+            raise ValueError(f"rg:{spec}: dataset options are key=value pairs separated by commas, got {item!r}")
+        options[key.strip()] = _option_value(value.strip())
+    if not name:
+        raise ValueError(f"rg:{spec}: name a reasoning-gym dataset, e.g. rg:chain_sum")
+    return name, options
+
+
+def reasoning_gym_task(spec: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> ExternalTask:
+    """``rg:NAME[:key=value,...]`` (the options go to the dataset's configuration, e.g.
+    ``rg:chain_sum:max_terms=2,max_digits=2``); an unknown name or option (or
+    reasoning-gym not installed) raises ``ValueError``."""
+    name, options = parse_rg_spec(spec)
     try:
         import reasoning_gym
     except ImportError:
         raise ValueError("task rg:... needs the reasoning-gym package (pip install 'rollout-ledger[hf]')") from None
     try:
-        reasoning_gym.create_dataset(name, seed=0, size=1)
-    except Exception as err:  # reasoning-gym raises its own kinds for an unknown name
-        raise ValueError(f"rg:{name}: not a reasoning-gym dataset ({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})") from None
+        reasoning_gym.create_dataset(name, seed=0, size=1, **options)
+    except Exception as err:  # reasoning-gym raises its own kinds for an unknown name or option
+        what = "not a reasoning-gym dataset" if not options else "not a reasoning-gym dataset with these options"
+        raise ValueError(f"rg:{spec}: {what} ({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})") from None
     datasets: dict[int, Any] = {}
 
     def dataset(seed: int) -> Any:
         if seed not in datasets:
-            datasets[seed] = reasoning_gym.create_dataset(name, seed=seed, size=1 << 31)
+            datasets[seed] = reasoning_gym.create_dataset(name, seed=seed, size=1 << 31, **options)
         return datasets[seed]
 
     def problem(seed: int, index: int) -> ScoredProblem:
@@ -111,7 +140,7 @@ def reasoning_gym_task(name: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) 
     def score(item: ScoredProblem, completion: str) -> float:
         return float(dataset(0).score_answer(completion.strip(), item.entry))
 
-    return ExternalTask(f"rg:{name}", problem, score, max_new_tokens, f"reasoning-gym {name}, scored by its verifier")
+    return ExternalTask(f"rg:{spec}", problem, score, max_new_tokens, f"reasoning-gym {name}, scored by its verifier")
 
 
 def jsonl_task(path: str | Path, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> ExternalTask:

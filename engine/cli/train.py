@@ -120,7 +120,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     defaults = RunConfig()
     parser = subparsers.add_parser("train", help="train a policy with asynchronous rollouts driven by the ledger")
     parser.add_argument("--task", default=defaults.task,
-                        help="built-in task (copy, reverse, repeat), rg:NAME (reasoning-gym) or jsonl:FILE (prompt/answer lines)")
+                        help="built-in task (copy, reverse, repeat), rg:NAME[:key=value,...] (reasoning-gym, with dataset options) or jsonl:FILE (prompt/answer lines)")
     parser.add_argument("--model", type=_model, default=None,
                         help="the built-in policy (tiny, small, base; default tiny) or a local Hugging Face model directory (needs [hf])")
     parser.add_argument("--reward", default=None, metavar="MODULE:FUNCTION",
@@ -165,6 +165,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its log and checkpoint")
     parser.add_argument("--requeue-lost", action="store_true", help="on resume, requeue rollouts that were running")
     parser.add_argument("--eval-size", type=_at_least(0), default=0, help="held-out problems to evaluate before and after")
+    parser.add_argument("--eval-every", type=_at_least(0), default=0, metavar="K",
+                        help="also evaluate every K updates (metrics' eval_reward; needs --eval-size)")
     parser.add_argument("--ppo-epochs", type=_at_least(1), default=None,
                         help="passes over the batch per update (default 1; on resume, the run's own)")
     parser.add_argument("--gc", default=defaults.gc, choices=GC_MODES,
@@ -209,6 +211,8 @@ def run_command(args: argparse.Namespace) -> int:
     the last line on stdout is the run's JSON summary."""
     try:
         check_directory(args.run_dir)
+        if args.eval_every and not args.eval_size:
+            raise ValueError("--eval-every needs --eval-size: how many held-out problems to evaluate")
         config = None if args.resume else config_from_args(args)  # refused here, before torch loads
     except (OutputError, ValueError) as error:
         return _fail(error)
@@ -240,7 +244,7 @@ def run_command(args: argparse.Namespace) -> int:
         if config.device == "cpu":
             torch.set_num_threads(max(1, args.threads))
         summary = reinforcement.train(config, args.run_dir, resume=args.resume, ppo_epochs=args.ppo_epochs,
-                                      eval_size=args.eval_size, progress=not args.no_progress)
+                                      eval_size=args.eval_size, eval_every=args.eval_every, progress=not args.no_progress)
     except StageFailed as failure:
         if failure.path != f"{reinforcement.WORKFLOW.name}/setup" or not isinstance(failure.error, SETUP_ERRORS):
             raise

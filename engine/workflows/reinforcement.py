@@ -28,6 +28,7 @@ from engine.workflows.rl_stages import (
     Collect,
     ComputeAdvantages,
     Evaluate,
+    EvaluateUpdate,
     FinishUpdate,
     ForwardBackwardPPO,
     LearnedRewardTask,
@@ -38,6 +39,7 @@ from engine.workflows.rl_stages import (
     SetupRun,
     Summarize,
     evaluating,
+    evaluation_due,
     needs_update,
 )
 
@@ -49,7 +51,7 @@ __all__ = [
 DEFAULTS: dict[str, Any] = {
     **{name: getattr(RunConfig(), name) for name in sorted(RUN_FIELDS)},
     "steps": 4, "batch_size": 4, "group_size": 4, "max_staleness": 1, "warmup_steps": 60, "warmup_batch": 32,
-    "ppo_epochs": 1, "eval_size": 0, "run_dir": None, "reward": "task", "resume_run": False, "progress": True,
+    "ppo_epochs": 1, "eval_size": 0, "eval_every": 0, "run_dir": None, "reward": "task", "resume_run": False, "progress": True,
 }
 
 
@@ -57,7 +59,7 @@ def check_settings(settings: Mapping[str, Any]) -> None:
     """The reinforcement workflow's ``check``: the run's fields as :class:`RunConfig`
     checks them, whole ``ppo_epochs`` (at least 1) and ``eval_size`` (at least 0),
     and a known ``reward``."""
-    settings_check({"ppo_epochs": 1, "eval_size": 0})({k: v for k, v in settings.items() if k not in RUN_FIELDS})
+    settings_check({"ppo_epochs": 1, "eval_size": 0, "eval_every": 0})({k: v for k, v in settings.items() if k not in RUN_FIELDS})
     RunConfig.from_json({k: v for k, v in settings.items() if k in RUN_FIELDS})
     if settings.get("reward") not in ("task", "model"):
         raise ValueError(f"'reward' must be 'task' or 'model', got {settings.get('reward')!r}")
@@ -80,6 +82,7 @@ WORKFLOW = workflow(
                      over=lambda ctx: ctx.get("minibatch_rows")),
                 over=lambda ctx: range(ctx.setting("ppo_epochs")),
             ),
+            conditional(evaluation_due, stage("evaluate", EvaluateUpdate()), name="evaluate_update"),
             stage("finish_update", FinishUpdate()),
             stage("log_iteration", LogIteration()),
             conditional(every("checkpoint_every", "iterations_index"), stage("checkpoint", SaveCheckpoint()), name="should_checkpoint"),
@@ -108,12 +111,13 @@ def _latest_setting(log: Path, key: str) -> Any:
 
 def train(
     config: RunConfig, run_dir: str | Path, *, resume: bool = False, ppo_epochs: int | None = None, eval_size: int = 0,
-    progress: bool = True,
+    eval_every: int = 0, progress: bool = True,
 ) -> dict[str, Any]:
     """Run the reinforcement workflow for ``config`` in ``run_dir`` (the RL run's files
     plus ``workflow.sqlite``, the workflow's log) and return the RL run's summary with
     ``eval_reward_before``/``eval_reward_after`` when ``eval_size`` is set.  Per-update
-    figures are in ``run_dir/metrics.jsonl``.
+    figures are in ``run_dir/metrics.jsonl``, with ``eval_reward`` (on ``eval_size``
+    held-out problems) every ``eval_every`` updates when both are set.
 
     With ``resume`` the run continues after its last workflow checkpoint; ``config``
     is then the saved one with its allowed changes (:meth:`RunConfig.saved`), and
@@ -127,7 +131,7 @@ def train(
     if ppo_epochs is None:
         ppo_epochs = _latest_setting(log, "ppo_epochs") if resume_workflow else DEFAULTS["ppo_epochs"]
     settings = {**asdict(config), "run_dir": str(run_dir), "ppo_epochs": ppo_epochs, "eval_size": eval_size,
-                "resume_run": resume, "progress": progress}
+                "eval_every": eval_every, "resume_run": resume, "progress": progress}
     result = run(WORKFLOW, settings, log=log, resume=resume_workflow)
     summary = dict(result.state["rl_summary"])
     for record in result.context.metrics:

@@ -300,11 +300,13 @@ class RLRun:
         self.executor.pause()
         return self.trainer
 
-    def finish_update(self, batch: CollectedBatch, steps: Sequence[dict[str, float]], reward: float) -> dict[str, Any]:
+    def finish_update(self, batch: CollectedBatch, steps: Sequence[dict[str, float]], reward: float, *,
+                      held_out: float | None = None) -> dict[str, Any]:
         """After the trainer's steps on ``batch`` (their statistics ``steps``; ``reward``
-        the batch's mean): bump the version, checkpoint when due, hand the weights to
-        the engine, resume generation, collect garbage, and append the update's
-        metrics line (returned).
+        the batch's mean; ``held_out`` the new weights' held-out reward when it was
+        measured): bump the version, checkpoint when due, hand the weights to the
+        engine, resume generation, collect garbage, and append the update's metrics line
+        (returned).
 
         Order, for a crash at any point: when the update checkpoints, samples and log
         are written first (the batch's consumption is durable), then the checkpoint
@@ -349,6 +351,8 @@ class RLRun:
             "filtered": state.filtered,
             **mean_stats(steps),
         }
+        if held_out is not None:
+            record["eval_reward"] = held_out
         self.metrics.append(record)
         with open(self.run_dir / "metrics.jsonl", "a") as out:
             out.write(json.dumps(record) + "\n")

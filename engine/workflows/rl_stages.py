@@ -115,6 +115,28 @@ class Evaluate:
         return ctx.record(**{ctx.stage_opts.get("metric", "eval_reward"): reward, "step": rl.version})
 
 
+class EvaluateUpdate:
+    """Every ``eval_every`` updates: the held-out reward of the weights the update just
+    trained (the version it is about to become), for its metrics line (``eval_reward``);
+    generation is paused meanwhile and the time is left out of the run's clock."""
+
+    blocking = True
+    requires = ("rl_run",)
+    provides = ("held_out",)
+
+    def execute(self, ctx: Context) -> Context:
+        with verified(ctx.get("rl_run")) as rl:
+            reward = rl.evaluate(ctx.setting("eval_size"))
+        return ctx.put(held_out=reward)
+
+
+def evaluation_due(ctx: Context) -> bool:
+    """Whether this update's held-out reward is measured: ``eval_every`` set, ``eval_size``
+    above 0, and the update's number (from 1) a multiple of ``eval_every``."""
+    period = ctx.setting("eval_every")
+    return bool(period) and ctx.setting("eval_size") > 0 and ctx.get("rl_run").trainer.version % period == period - 1
+
+
 class Collect:
     """The batch of the next update (rollouts through the async executor until one is
     usable, or after a resume the batch consumed but never trained); consumed."""
@@ -194,8 +216,9 @@ class FinishUpdate:
 
     def execute(self, ctx: Context) -> Context:
         rl = ctx.get("rl_run")
-        record = rl.finish_update(ctx.get("rl_batch"), ctx.get("update_stats"), float(ctx.get("rewards").mean()))
-        return ctx.put(update_record=record)
+        record = rl.finish_update(ctx.get("rl_batch"), ctx.get("update_stats"), float(ctx.get("rewards").mean()),
+                                  held_out=ctx.get("held_out", None))
+        return ctx.put(update_record=record, held_out=None)
 
 
 class LogIteration:
