@@ -154,6 +154,30 @@ def test_train_a_hugging_face_model_on_a_reasoning_gym_task_then_resume(model_di
     assert (run_dir / "events.sqlite").read_bytes() == log_before
 
 
+def test_the_supervised_workflow_warms_up_a_hugging_face_model_that_train_then_starts_from(model_dir, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from engine.workflow import run
+    from engine.workflows import BUILTIN
+
+    task = "rg:chain_sum:min_terms=2,max_terms=2,max_digits=1"
+    settings = {"model_dir": str(model_dir), "task": task, "num_examples": 64, "batch_size": 16, "num_epochs": 2,
+                "lr": 1e-3, "eval_size": 16}
+    result = run(BUILTIN["supervised"](), settings, log=tmp_path / "sft.sqlite")
+    evals = [m["eval_loss"] for m in result.context.metrics if "eval_loss" in m]
+    assert len(evals) == 2 and evals[1] < evals[0]  # it learns the answers
+    weights = Path(result.state["model_weights"])
+    trained, start = load_file(str(weights)), load_policy(model_dir).state_dict()
+    assert trained.keys() == start.keys() and any(not torch.equal(trained[k], start[k]) for k in start)
+    run_dir = tmp_path / "rl"
+    status = main(["train", "--model", str(model_dir), "--task", task, "--init", str(weights), "--steps", "1",
+                   "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "4", "--no-progress", "--run-dir", str(run_dir)])
+    assert status == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["run", "supervised", "--log", str(tmp_path / "bad.sqlite"), "--set", "task=rg:chain_sum"]) == 2  # no model_dir
+    assert "rg:NAME and jsonl:FILE with a model_dir" in capsys.readouterr().err
+
+
 def test_a_jsonl_task_with_a_users_reward(model_dir, tmp_path, capsys, monkeypatch):
     problems = tmp_path / "problems.jsonl"
     problems.write_text('{"prompt": "What is 2 + 2?", "answer": "4"}\n{"prompt": "What is 3 + 3?", "answer": "6"}\n')

@@ -20,6 +20,11 @@ from engine.workflows.rl_config import MAX_SEED
 
 #: Config every torch workflow understands.
 MODEL_DEFAULTS: dict[str, Any] = {"task": "copy", "model_size": "tiny", "seed": 0, "lr": 3e-3, "grad_clip": 1.0}
+#: Config of a workflow that also trains a Hugging Face model (``model_dir``; then
+#: ``task`` may be ``rg:NAME[:options]`` or ``jsonl:FILE``) on a ``device``.
+HF_DEFAULTS: dict[str, Any] = {"model_dir": None, "device": "cpu", "max_new_tokens": None}
+#: Devices a workflow's ``device`` may name.
+DEVICES = ("cpu", "cuda")
 
 
 def _whole(name: str, value: Any, least: int) -> None:
@@ -36,8 +41,16 @@ def settings_check(least: Mapping[str, int] | None = None, positive: Sequence[st
     rates = ("lr", "grad_clip", *positive)
 
     def check(settings: Mapping[str, Any]) -> None:
-        if "task" in settings and settings["task"] not in TASKS:
-            raise ValueError(f"'task' must be one of {', '.join(TASKS)}, got {settings['task']!r}")
+        external = settings.get("model_dir") is not None and str(settings.get("task", "")).startswith(("rg:", "jsonl:"))
+        if "task" in settings and settings["task"] not in TASKS and not external:
+            hint = " (rg:NAME and jsonl:FILE with a model_dir)" if "model_dir" in settings else ""
+            raise ValueError(f"'task' must be one of {', '.join(TASKS)}{hint}, got {settings['task']!r}")
+        if "model_dir" in settings and settings["model_dir"] is not None and not isinstance(settings["model_dir"], str):
+            raise ValueError(f"'model_dir' must be a model directory's path, got {settings['model_dir']!r}")
+        if "device" in settings and settings["device"] not in DEVICES:
+            raise ValueError(f"'device' must be one of {', '.join(DEVICES)}, got {settings['device']!r}")
+        if settings.get("max_new_tokens") is not None:
+            _whole("max_new_tokens", settings["max_new_tokens"], 1)
         if "model_size" in settings and settings["model_size"] not in SIZES:
             raise ValueError(f"'model_size' must be one of {', '.join(SIZES)}, got {settings['model_size']!r}")
         if "seed" in settings:
@@ -63,8 +76,12 @@ def sequences(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], max_width:
 
 
 def answer_logprob(model: Policy, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Summed log-probability of each row's answer ``[B]``."""
-    return (model.logprobs(tokens) * mask).sum(-1)
+    """Summed log-probability of each row's answer ``[B]``, on the model's device (in
+    bfloat16 autocast on a GPU)."""
+    device = next(model.parameters()).device
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logprobs = model.logprobs(tokens.to(device)).float()
+    return (logprobs * mask.to(device)).sum(-1)
 
 
 def new_policy(task: Task, tokenizer: Tokenizer, size: str, seed: int) -> Policy:
@@ -89,7 +106,14 @@ class LoadTask:
     transient = ("task", "tokenizer")
 
     def execute(self, ctx: Context) -> Context:
-        return ctx.put(task=get_task(ctx.setting("task")), tokenizer=Tokenizer())
+        model_dir = ctx.setting("model_dir", None)
+        if model_dir is None:
+            return ctx.put(task=get_task(ctx.setting("task")), tokenizer=Tokenizer())
+        from engine.backends.hf.model import load_tokenizer
+        from engine.backends.task_sources import resolve_task
+
+        task = resolve_task(ctx.setting("task"), max_new_tokens=ctx.setting("max_new_tokens", None))
+        return ctx.put(task=task, tokenizer=load_tokenizer(model_dir))
 
     resume = execute
 
@@ -103,8 +127,13 @@ class InitPolicy:
 
     def execute(self, ctx: Context) -> Context:
         model = ctx.get("model", None)
-        if model is None:
+        if model is None and ctx.setting("model_dir", None) is not None:
+            from engine.backends.hf.model import load_policy
+
+            model = load_policy(ctx.setting("model_dir"), ctx.setting("device", "cpu"))
+        elif model is None:
             model = new_policy(ctx.get("task"), ctx.get("tokenizer"), ctx.setting("model_size"), ctx.setting("seed"))
+        model.to(ctx.setting("device", "cpu"))
         optimizer = torch.optim.AdamW(model.parameters(), lr=ctx.setting("lr"))
         return ctx.put(model=model, optimizer=optimizer, global_step=0)
 

@@ -1,6 +1,12 @@
 """Supervised fine-tuning (SFT) on a task's problems, pipelined: each batch's
 forward-backward and optimiser step are submitted to the run's work queue, and with
-``submit_ahead=1`` batch k+1 is submitted before batch k's results are awaited."""
+``submit_ahead=1`` batch k+1 is submitted before batch k's results are awaited.
+
+The model is the built-in policy of ``model_size``, or with ``model_dir`` a local
+Hugging Face model (then ``task`` may also be ``rg:NAME[:options]`` or ``jsonl:FILE``),
+trained on ``device`` (``cuda``: in bfloat16 autocast); the final weights
+(``supervised-model.safetensors`` in the artifacts) are a ``train --init`` file for
+an RL run of the same model."""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import torch
 
 from engine.workflow import AwaitFuture, Context, conditional, loop, stage, workflow
 from engine.workflows.common import (
+    HF_DEFAULTS,
     MODEL_DEFAULTS,
     settings_check,
     InitPolicy,
@@ -55,7 +62,7 @@ class ForwardBackward:
 
     def execute(self, ctx: Context) -> Context:
         model, tokenizer = ctx.get("model"), ctx.get("tokenizer")
-        tokens, mask = sequences(tokenizer, [(p.prompt, p.answer) for p in ctx.get("batches_current")], model.config.max_seq_len)
+        tokens, mask = sequences(tokenizer, [(p.prompt, p.answer) for p in ctx.get("batches_current")], model.max_seq_len)
 
         def forward_backward() -> float:
             model.train()
@@ -118,7 +125,7 @@ class Evaluate:
         eval_set = ctx.get("eval_set")
         if not eval_set:
             return ctx.put(eval_loss=None)
-        tokens, mask = sequences(tokenizer, [(p.prompt, p.answer) for p in eval_set], model.config.max_seq_len)
+        tokens, mask = sequences(tokenizer, [(p.prompt, p.answer) for p in eval_set], model.max_seq_len)
         model.eval()
         with torch.no_grad():
             loss = float(-answer_logprob(model, tokens, mask).sum() / mask.sum())
@@ -151,7 +158,7 @@ WORKFLOW = workflow(
         progress=True,
     ),
     stage("save_final", SaveWeights()),
-    defaults={**MODEL_DEFAULTS, "num_examples": 256, "batch_size": 32, "num_epochs": 2, "save_every": 1, "eval_every": 1, "eval_size": 64},
+    defaults={**MODEL_DEFAULTS, **HF_DEFAULTS, "num_examples": 256, "batch_size": 32, "num_epochs": 2, "save_every": 1, "eval_every": 1, "eval_size": 64},
     check=settings_check({"num_examples": 1, "batch_size": 1, "num_epochs": 1, "save_every": 0, "eval_every": 0, "eval_size": 0}),
     description="Supervised fine-tuning with pipelined forward-backward and optimiser steps.",
 )
