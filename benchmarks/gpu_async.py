@@ -41,12 +41,12 @@ from engine.workflows.rl_config import RunConfig
 from engine.workflows.rl_run import RLRun
 
 
-def run_one(name: str, config: RunConfig, root: Path, eval_size: int, progress: bool) -> dict:
+def run_one(name: str, config: RunConfig, root: Path, eval_size: int, progress: bool, eval_every: int = 0) -> dict:
     """One run of ``config`` through the ``train`` command's function: its summary (with
     ``eval_reward``, the held-out reward of the final weights) and per-update metrics."""
     run_dir = root / name
     shutil.rmtree(run_dir, ignore_errors=True)
-    summary = train(config, run_dir, eval_size=eval_size, progress=progress)
+    summary = train(config, run_dir, eval_size=eval_size, eval_every=eval_every, progress=progress)
     summary["eval_reward"] = summary.get("eval_reward_after", float("nan"))
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {"name": name, "config": asdict(config), "summary": summary, "metrics": metrics}
@@ -58,6 +58,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/gpu_async"))
     parser.add_argument("--task", default="reverse")
     parser.add_argument("--model-size", default="small")
+    parser.add_argument("--model", default=None, help="a Hugging Face model directory instead of the built-in policy")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="tokens a completion may take (rg: and jsonl: tasks)")
+    parser.add_argument("--sft-lr", type=float, default=RunConfig().sft_lr, help="learning rate of the warm-up")
+    parser.add_argument("--eval-every", type=int, default=0, help="held-out reward every K updates too (needs --eval-size)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--group-size", type=int, default=8)
@@ -77,7 +81,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.out / "runs"
     base = RunConfig(
-        task=args.task, model_size=args.model_size, steps=args.steps, batch_size=args.batch_size, group_size=args.group_size,
+        task=args.task, model_size=args.model_size, model_dir=args.model, max_new_tokens=args.max_new_tokens,
+        sft_lr=args.sft_lr, steps=args.steps, batch_size=args.batch_size, group_size=args.group_size,
         warmup_steps=args.warmup_steps, lr=args.lr, minibatches=args.minibatches, device=args.device,
         checkpoint_every=max(1, args.steps // 4), seed=args.seed, gc=args.gc,
     )
@@ -99,7 +104,7 @@ def main() -> None:
         plan += [(f"staleness{k}-ppo", replace(base, max_staleness=int(k), objective="ppo")) for k in args.ablation.split(",")]
     results = []
     for name, config in plan:
-        result = run_one(name, config, work, args.eval_size, args.progress)
+        result = run_one(name, config, work, args.eval_size, args.progress, args.eval_every)
         results.append(result)
         s = result["summary"]
         print(
