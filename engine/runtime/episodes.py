@@ -172,12 +172,14 @@ class EpisodeGroups:
     async def take(self, groups: int) -> list[Group]:
         """The next batch of ``groups`` accepted groups, consumed through the ledger
         (oldest first); starts groups as the ledger lets it meanwhile.  A group that
-        failed fails this call with its error."""
+        failed (its rollout rejected with reason ``error``) fails this call with its error,
+        once: a retried call starts groups again."""
         if self._changed is None:
             self._changed = asyncio.Event()
         while True:
-            if self._error is not None:
-                raise self._error
+            if self._error is not None:  # raised once: a retry of the stage starts groups again
+                error, self._error = self._error, None
+                raise error
             batch = self.ledger.prepare_batch(groups)
             if batch is not None:
                 return [self._ready.pop(rollout) for rollout in batch]
