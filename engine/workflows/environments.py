@@ -95,6 +95,17 @@ async def _save(ctx: Context, client: TrainingClient) -> tuple[str, Any]:
     return str(kept), state
 
 
+def _prune(ctx: Context, version: int) -> None:
+    """Drop the weight files no resume can need: the last version's unless a checkpoint
+    was taken with it, and the checkpointed one before the two newest checkpoints."""
+    period = ctx.setting("save_every")
+    stale = [version - 1] if not period or (version - 1) % period else []
+    if period and version % period == 0:
+        stale.append(version - 2 * period)
+    for old in stale:
+        (ctx.artifacts / f"weights-{old}.safetensors").unlink(missing_ok=True)
+
+
 class InitSession:
     """The training client, the generator's policy and the tokenizer; the generator synced
     to the trainer's weights.  On resume the trainer loads the checkpoint's weights."""
@@ -220,6 +231,7 @@ class SyncWeights:
         ledger.advance_version()
         ledger.flush()
         rollouts.advanced()
+        _prune(ctx, version)
         return ctx.put(version=version, weights_file=path).record(
             step=version, loss=ctx.get("fb_future_result")["loss"], grad_norm=ctx.get("optim_future_result")["grad_norm"],
             mean_return=ctx.get("mean_return"), turns=ctx.get("turns"))
