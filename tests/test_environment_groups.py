@@ -282,3 +282,23 @@ def test_admission_bounds_the_groups_in_flight_by_the_capacity_rule_below_the_pa
     run_pool(scenario)
     assert harness.pool.peak == started
     assert not any(isinstance(e, (Filtered, Rejected)) for e in harness.events)  # admission never filters
+
+
+@pytest.mark.parametrize("policy", ["segment_wise", "strict"])
+def test_a_run_ahead_of_training_keeps_every_invariant_of_its_ledger(policy, tmp_path):
+    """Groups for the next step run while a step trains (max_staleness 1): whatever the
+    timing, the ledger's every event keeps the invariants (nothing consumed staler than
+    the policy allows, capacity recovered after each filter) and every step trains."""
+    settings = {"env": "guess", "turns": 4, "steps": 3, "group_size": 2, "rollout_parallelism": 2, "max_staleness": 1,
+                "policy": policy, "on_stale": "requeue"}
+    result = run(environments.WORKFLOW, settings, log=str(tmp_path / "run.sqlite"))
+    with EventLog(next(tmp_path.rglob("events.sqlite"))) as log:
+        events = list(log.events())
+    checker = InvariantChecker(full_every=1)
+    state = fold([])
+    for event in events:
+        state = fold([event], state)
+        checker(state, event)
+    assert state.version == result.state["version"] == 3 and state.consumed == 3
+    for rollout in {e.rollout for e in events if isinstance(e, Filtered)}:
+        capacity_recovery(events, state, rollout)
