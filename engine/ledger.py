@@ -331,6 +331,12 @@ class Ledger:
         events = self._add(protocol.complete(folder.config, folder.version, rollout, folder.record(rollout), tokens), t)
         return events if tokens is None else events[1:]
 
+    def segments(self, rollout: str, tokens_by_version: Mapping[int, int], *, t: float | None = None) -> tuple[Event, ...]:
+        """The running ``rollout`` generated tokens under the versions given (version ->
+        tokens): one segment each, oldest first (:func:`~engine.core.protocol.segments`),
+        as a multi-turn episode records each turn.  Returns the events."""
+        return self._add(protocol.segments(rollout, tokens_by_version), t)
+
     def fail(self, rollout: str, reason: str, *, max_retries: int, t: float | None = None) -> tuple[Event, ...]:
         """A running or interrupted rollout ended without a result: rejected with
         ``reason``, then a new attempt at its prompt while its attempt number is at most

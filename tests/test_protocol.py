@@ -96,6 +96,19 @@ def test_completion_closes_the_segment_under_its_tail_version_then_asks_the_poli
         protocol.complete(state.config, state.version, "zzz", None, 3)
 
 
+def test_a_turn_is_one_segment_per_version_that_sampled_it_oldest_first() -> None:
+    state = fold([Version(1)], admitted(started(policy="segment_wise", max_staleness=1), "g0"))
+    events = protocol.segments("g0", {1: 3, 0: 0})
+    assert events == (Segment("g0", 1, 3),)  # a version that sampled nothing adds no segment
+    state = fold(events, fold([Version(2)], state))
+    assert protocol.segments("g0", {2: 4, 1: 0}) == (Segment("g0", 2, 4),)
+    assert protocol.segments("g0", {2: 1, 1: 2}) == (Segment("g0", 1, 2), Segment("g0", 2, 1))
+    with pytest.raises(IllegalTransition, match="segment version 0"):
+        fold(protocol.segments("g0", {0: 1}), state)  # older than the rollout's newest segment
+    record = fold(protocol.segments("g0", {2: 4}), state).rollouts["g0"]
+    assert (record.head_version, record.tail_version) == (0, 2)
+
+
 def test_failures_retry_within_max_retries_under_one_id_scheme() -> None:
     state = admitted(started(), "p0")
     assert protocol.enqueue(["p0"]) == (Enqueued("p0", "p0", 1),)

@@ -85,11 +85,11 @@ def test_reinforcement_resumes_after_a_failure_from_its_checkpoint(tmp_path, mon
         return collect(self, ctx)
 
     monkeypatch.setattr(reinforcement.Collect, "execute", failing_collect)
-    with pytest.raises(StageFailed, match="reinforcement/iterations\\[1\\]/collect.*generation server lost"):
+    with pytest.raises(StageFailed, match="reinforcement/iterations\\[1\\]/get_batch.*generation server lost"):
         run(BUILTIN["reinforcement"](), {**RL_CONFIG, "ppo_epochs": 1, "minibatches": 1}, log=log)
     result = run(BUILTIN["reinforcement"](), log=log, resume=True)
     assert result.resumed_from == "reinforcement/iterations[0]/checkpoint"
-    assert calls[2] == "reinforcement/iterations[1]/collect"  # the first unfinished stage
+    assert calls[2] == "reinforcement/iterations[1]/get_batch"  # the first unfinished stage
     assert result.state["rl_summary"]["steps"] == 3
 
 

@@ -27,19 +27,21 @@ def test_a_multi_turn_run_trains_through_the_local_trainer_and_logs_each_step(tm
     with EventLog(tmp_log) as log:
         names = [e.path for e in log.events() if isinstance(e, Stage) and e.phase == "finished"]
     assert names[:2] == ["environments/init_session", "environments/load_envs"] and names[-2:] == ["environments/cleanup", "environments"]
-    # the ledger holds each episode as a rollout, one segment per turn with its version
+    # the ledger holds each group (group_size episodes of one problem) as a rollout, each
+    # round of turns one segment under the version that sampled it
     ledger_path = next(tmp_log.parent.rglob("events.sqlite"))
     with EventLog(ledger_path) as log:
         events = list(log.events())
     segments = [e for e in events if isinstance(e, Segment)]
-    assert len(segments) == sum(m["turns"] for m in steps)
-    assert sorted({(e.rollout[:2], e.version) for e in segments}) == [("s0", 0), ("s1", 1)]
+    # the last step trained group g1: its segments hold exactly its turns' tokens
+    assert sum(e.tokens for e in segments if e.rollout == "g1") == sum(len(t.completion) for t in result.state["samples"])
+    assert sorted({(e.rollout, e.version) for e in segments}) == [("g0", 0), ("g1", 1)]
     by_rollout = {}
     for e in segments:
         by_rollout.setdefault(e.rollout, []).append(e)
-    assert max(len(v) for v in by_rollout.values()) > 1  # some episode took several turns
+    assert max(len(v) for v in by_rollout.values()) > 1  # some group took several rounds of turns
     state = replay(ledger_path)
-    assert state.version == 2 and state.consumed == 8
+    assert state.version == 2 and state.consumed == 2 and state.accepted == 2
 
 
 def test_a_single_turn_task_environment_runs(tmp_log):

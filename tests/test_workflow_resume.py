@@ -261,8 +261,8 @@ def test_killed_reinforcement_run_resumes_without_losing_or_repeating_an_update(
     result = run(load_workflow("reinforcement"), log=log, resume=True)
     assert result.resumed_from == f"reinforcement/iterations[{last}]/checkpoint"
     first = [e for e in _events(log)[len(before):] if isinstance(e, Stage)][1]
-    # the first unfinished stage: the next update's collect (a later one if the RL run had logged that update)
-    assert first.path.endswith("/collect") and int(first.path.split("iterations[")[1].split("]")[0]) >= last + 1
+    # the first unfinished stage: the next update's get_batch (a later one if the RL run had logged that update)
+    assert first.path.endswith("/get_batch") and int(first.path.split("iterations[")[1].split("]")[0]) >= last + 1
     rl_state = replay(tmp_path / "rl.sqlite.artifacts" / "reinforcement" / "events.sqlite")
     assert rl_state.version == 6 and rl_state.consumed == 6 * 4  # every update once: none lost, none repeated
     assert result.state["rl_summary"]["steps"] == 6

@@ -246,7 +246,7 @@ def run_command(args: argparse.Namespace) -> int:
         summary = reinforcement.train(config, args.run_dir, resume=args.resume, ppo_epochs=args.ppo_epochs,
                                       eval_size=args.eval_size, eval_every=args.eval_every, progress=not args.no_progress)
     except StageFailed as failure:
-        if failure.path != f"{reinforcement.WORKFLOW.name}/setup" or not isinstance(failure.error, SETUP_ERRORS):
+        if failure.path != f"{reinforcement.WORKFLOW.name}/init_session" or not isinstance(failure.error, SETUP_ERRORS):
             raise
         return _fail(failure.error)
     except SETUP_ERRORS as error:

@@ -40,7 +40,7 @@ A pause that ends without a bump (an update abandoned halfway) is :func:`end_pau
 un-pause.
 
 The other steps: :func:`start`, :func:`enqueue`, :func:`submit` and :func:`admit` (both at once),
-:func:`complete` (the last segment, then accept, or filter and maybe
+:func:`segments` (a turn's tokens by the version that sampled them), :func:`complete` (the last segment, then accept, or filter and maybe
 requeue), :func:`fail` (rejected with a reason, then maybe a retry), :func:`consume`
 (select a batch and consume it), :func:`recover` (after a crash: every rollout in flight
 rejected as lost, maybe requeued).
@@ -121,6 +121,14 @@ def complete(config: Config | None, version: int, rollout: str, record: Rollout 
     if tokens is None or record is None:  # (completion refused a record that is None)
         return decision
     return (Segment(rollout, record.tail_version, tokens), *decision)
+
+
+def segments(rollout: str, tokens_by_version: Mapping[int, int]) -> tuple[Segment, ...]:
+    """A running rollout generated tokens under several versions (one turn of a
+    multi-turn episode, or a generation call that a weight update split): one
+    ``segment`` per version that sampled any, oldest version first (the reducer
+    refuses a version older than the rollout's newest segment)."""
+    return tuple(Segment(rollout, version, tokens) for version, tokens in sorted(tokens_by_version.items()) if tokens > 0)
 
 
 def fail(rollout: str, record: Rollout, reason: str, retry: bool) -> tuple[Event, ...]:

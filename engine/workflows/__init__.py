@@ -1,7 +1,10 @@
 """Built-in workflows on the torch backend: ``supervised`` (SFT), ``preference``
 (DPO against a frozen reference), ``reward_model`` (Bradley-Terry reward head),
-``reinforcement`` (asynchronous RL through the executor and the ledger) and
-``rlhf`` (the three composed as subworkflows).
+``reinforcement`` (asynchronous RL through the executor and the ledger),
+``rlhf`` (the three composed as subworkflows) and ``environments`` (RL on
+environments through the ports, groups of episodes in parallel).  Each follows the
+seed's stage lifecycle: ``init_session``, ``get_batch`` per step, and a ``cleanup``
+that runs after a failure too.
 
 ``BUILTIN`` maps each name to a function returning the workflow, so that listing
 them does not import torch.

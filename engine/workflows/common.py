@@ -98,9 +98,9 @@ def chunks(items: Sequence[Any], size: int, seed: str) -> list[list[Any]]:
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
-class LoadTask:
-    """The task and tokenizer named by the config (rebuilt on resume, not checkpointed:
-    a task holds its generator function)."""
+class InitSession:
+    """The seed's ``init_session``: the task and tokenizer named by the config (rebuilt
+    on resume, not checkpointed: a task holds its generator function)."""
 
     provides = ("task", "tokenizer")
     transient = ("task", "tokenizer")
@@ -157,6 +157,26 @@ class OptimStep:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return ctx.put(grad_norm=float(norm))
+
+
+class Cleanup:
+    """The seed's ``cleanup`` stage (run it with ``always=True``: it runs after a failure
+    too): waits until the run's work queue is empty, so no step submitted ahead of a
+    failed one still runs on the model after the run ends, then closes the live
+    resources named by ``close`` (state keys whose values have a ``close()``; closing
+    twice is harmless).  ``blocking`` runs it on the stage thread, beside resources
+    made there (an RL run drives its own event loop)."""
+
+    def __init__(self, close: tuple[str, ...] = (), blocking: bool = False) -> None:
+        self.close, self.blocking = close, blocking
+
+    def execute(self, ctx: Context) -> Context:
+        ctx.submit(lambda: None).result()  # the queue is FIFO with one worker: all before it is done
+        for key in self.close:
+            resource = ctx.get(key, None)
+            if resource is not None:
+                resource.close()
+        return ctx
 
 
 class SaveCheckpoint:

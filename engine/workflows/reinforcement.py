@@ -21,7 +21,7 @@ from typing import Any, Mapping
 from engine.core.events import Stage
 from engine.log import EventLog
 from engine.workflow import conditional, loop, run, stage, workflow
-from engine.workflows.common import SaveCheckpoint, every, settings_check
+from engine.workflows.common import Cleanup, SaveCheckpoint, every, settings_check
 from engine.workflows.rl_config import RunConfig, refuse_existing_run
 from engine.workflows.rl_stages import (
     RUN_FIELDS,
@@ -67,13 +67,13 @@ def check_settings(settings: Mapping[str, Any]) -> None:
 
 WORKFLOW = workflow(
     "reinforcement",
-    stage("setup", SetupRun()),
+    stage("init_session", SetupRun()),
     conditional(evaluating, stage("evaluate_before", Evaluate(), metric="eval_reward_before"), name="evaluate_first"),
     loop(
         "iterations",
         conditional(
             needs_update,
-            stage("collect", Collect()),
+            stage("get_batch", Collect()),
             stage("compute_advantages", ComputeAdvantages()),
             stage("prepare_update", PrepareUpdate()),
             loop(
@@ -93,6 +93,7 @@ WORKFLOW = workflow(
     stage("summary", Summarize()),
     conditional(evaluating, stage("evaluate_after", Evaluate(), metric="eval_reward_after"), name="evaluate_last"),
     stage("save_final", SaveFinal()),
+    stage("cleanup", Cleanup(close=("rl_run", "progress_bar"), blocking=True), always=True),
     defaults=DEFAULTS,
     check=check_settings,
     description="Asynchronous RL through the executor and the ledger, with PPO epochs over minibatches.",

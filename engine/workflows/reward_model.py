@@ -16,9 +16,11 @@ from engine.workflow import Context, conditional, loop, stage, workflow
 from engine.workflows.common import (
     MODEL_DEFAULTS,
     settings_check,
-    LoadTask,
+    Cleanup,
+    InitSession,
     LogStepStats,
     OptimStep,
+    SaveCheckpoint,
     SaveWeights,
     every,
     new_policy,
@@ -126,7 +128,7 @@ class EvaluateRewardModel:
 
 WORKFLOW = workflow(
     "reward_model",
-    stage("load_task", LoadTask()),
+    stage("init_session", InitSession()),
     stage("load_preference_data", LoadPreferenceData()),
     stage("init_reward_model", InitRewardModel()),
     loop(
@@ -134,18 +136,20 @@ WORKFLOW = workflow(
         stage("set_epoch", SetEpoch()),
         loop(
             "batches",
-            stage("get_preference_batch", GetPreferenceBatch()),
+            stage("get_batch", GetPreferenceBatch()),
             stage("forward_backward", ForwardBackwardRM()),
             stage("optim_step", OptimStep(), model="reward_model", optimizer="rm_optimizer"),
             stage("log_rm_metrics", LogStepStats("rm_stats")),
             over=lambda ctx: ctx.get("batches"),
         ),
+        conditional(every("save_every", "epochs_index"), stage("checkpoint", SaveCheckpoint()), name="should_checkpoint"),
         conditional(every("eval_every", "epochs_index"), stage("evaluate", EvaluateRewardModel()), name="should_evaluate"),
         over=lambda ctx: range(ctx.setting("num_epochs")),
         progress=True,
     ),
     stage("save_final", SaveWeights(), key="reward_model"),
-    defaults={**MODEL_DEFAULTS, "lr": 1e-3, "num_pairs": 128, "batch_size": 16, "num_epochs": 2, "eval_every": 1, "eval_size": 64},
-    check=settings_check({"num_pairs": 1, "batch_size": 1, "num_epochs": 1, "eval_every": 0, "eval_size": 1}),
+    stage("cleanup", Cleanup(), always=True),
+    defaults={**MODEL_DEFAULTS, "lr": 1e-3, "num_pairs": 128, "batch_size": 16, "num_epochs": 2, "save_every": 1, "eval_every": 1, "eval_size": 64},
+    check=settings_check({"num_pairs": 1, "batch_size": 1, "num_epochs": 1, "save_every": 0, "eval_every": 0, "eval_size": 1}),
     description="Bradley-Terry reward model on verifier-ranked preference pairs.",
 )

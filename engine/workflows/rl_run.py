@@ -467,7 +467,10 @@ class RLRun:
         }
 
     def close(self) -> None:
-        """Stop the executor and the engine, flush and close the ledger."""
+        """Stop the executor and the engine, flush and close the ledger (once: closing
+        a closed run does nothing)."""
+        if self.loop.is_closed():
+            return
         if hasattr(self, "executor"):
             self.loop.run_until_complete(self.executor.close())
             self.executor.store.close()  # commits before the log is written below

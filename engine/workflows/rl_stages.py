@@ -251,7 +251,7 @@ class Summarize:
 
 
 class SaveFinal:
-    """Save the final weights and close the RL run."""
+    """Save the final weights (the ``cleanup`` stage closes the RL run)."""
 
     blocking = True
     requires = ("rl_run",)
@@ -261,7 +261,6 @@ class SaveFinal:
         rl = ctx.get("rl_run")
         path = rl.run_dir / "final.safetensors"
         rl.save_weights(path)
-        rl.close()
         return ctx.put(policy_weights=str(path))
 
 

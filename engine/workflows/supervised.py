@@ -20,7 +20,8 @@ from engine.workflows.common import (
     MODEL_DEFAULTS,
     settings_check,
     InitPolicy,
-    LoadTask,
+    Cleanup,
+    InitSession,
     SaveCheckpoint,
     SaveWeights,
     answer_logprob,
@@ -54,15 +55,26 @@ class SetEpoch:
         return ctx.put(batches=batches)
 
 
+class GetBatch:
+    """This batch's padded ``<bos> prompt answer <eos>`` tokens and answer mask (``sft_batch``)."""
+
+    requires = ("model", "tokenizer", "batches_current")
+    provides = ("sft_batch",)
+
+    def execute(self, ctx: Context) -> Context:
+        pairs = [(p.prompt, p.answer) for p in ctx.get("batches_current")]
+        return ctx.put(sft_batch=sequences(ctx.get("tokenizer"), pairs, ctx.get("model").max_seq_len))
+
+
 class ForwardBackward:
     """Submit the cross-entropy forward-backward of this batch; its future is ``fb_future``."""
 
-    requires = ("model", "tokenizer", "batches_current")
+    requires = ("model", "sft_batch")
     provides = ("fb_future",)
 
     def execute(self, ctx: Context) -> Context:
-        model, tokenizer = ctx.get("model"), ctx.get("tokenizer")
-        tokens, mask = sequences(tokenizer, [(p.prompt, p.answer) for p in ctx.get("batches_current")], model.max_seq_len)
+        model = ctx.get("model")
+        tokens, mask = ctx.get("sft_batch")
 
         def forward_backward() -> float:
             model.train()
@@ -135,7 +147,7 @@ class Evaluate:
 
 WORKFLOW = workflow(
     "supervised",
-    stage("load_task", LoadTask()),
+    stage("init_session", InitSession()),
     stage("build_dataset", BuildDataset()),
     stage("init_policy", InitPolicy()),
     loop(
@@ -143,6 +155,7 @@ WORKFLOW = workflow(
         stage("set_epoch", SetEpoch()),
         loop(
             "batches",
+            stage("get_batch", GetBatch()),
             stage("forward_backward", ForwardBackward()),
             stage("optim_step", SubmitOptimStep()),
             stage("await_fb", AwaitFuture(), key="fb_future"),
@@ -158,6 +171,7 @@ WORKFLOW = workflow(
         progress=True,
     ),
     stage("save_final", SaveWeights()),
+    stage("cleanup", Cleanup(), always=True),
     defaults={**MODEL_DEFAULTS, **HF_DEFAULTS, "num_examples": 256, "batch_size": 32, "num_epochs": 2, "save_every": 1, "eval_every": 1, "eval_size": 64},
     check=settings_check({"num_examples": 1, "batch_size": 1, "num_epochs": 1, "save_every": 0, "eval_every": 0, "eval_size": 0}),
     description="Supervised fine-tuning with pipelined forward-backward and optimiser steps.",
