@@ -61,9 +61,6 @@ class Observations:
     group_size: int = 1
     trained_per_rollout: list[float] = field(default_factory=list)  # a real run's trained tokens per rollout
     updates: list[Update] = field(default_factory=list)  # a real run's updates (sim.calibrate_real)
-    starts: int = 0  # rollouts submitted (a real run: the prefill passes per start)
-    prefills: float = 0.0  # a real run's prefill passes
-    engine_s: float | None = None  # a real run's engine step seconds (decode and prefill passes)
 
 
 def _events(path: Path) -> Iterable[Event]:
@@ -107,6 +104,7 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
     paused_at: float | None = None
     mark = (len(obs.train), len(obs.decode), len(obs.decode_weights), len(obs.sync))
     mark_lengths = len(obs.lengths)
+    submitted: list[float] = []  # the times rollouts were submitted
     done_tokens: dict[str, int] = {}
     timed = 0
     # Running integrals over the unpaused time: rollout-seconds in flight, and the
@@ -131,8 +129,8 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
                 obs.config = {k: getattr(config, k) for k in ("max_concurrent", "batch_size", "max_staleness", "policy") if hasattr(config, k)}
         if isinstance(event, Submitted):
             running += 1
-            obs.starts += 1
             if t is not None:
+                submitted.append(t)
                 started[event.rollout] = (t, area, paused_total)
         elif isinstance(event, Segment):
             tokens[event.rollout] = tokens.get(event.rollout, 0) + event.tokens
@@ -184,11 +182,11 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
         obs.lengths = obs.lengths[:mark_lengths] + samples
     metrics = log.parent / "metrics.jsonl"
     if metrics.is_file():
-        _metrics(metrics, obs, log, mark)
+        _metrics(metrics, obs, log, mark, submitted)
     return obs
 
 
-def _metrics(metrics: Path, obs: Observations, log: Path, mark: tuple[int, int, int, int]) -> None:
+def _metrics(metrics: Path, obs: Observations, log: Path, mark: tuple[int, int, int, int], submitted: list[float]) -> None:
     """A real run: its updates' costs from ``metrics.jsonl`` (the events' times give the
     weight sync only for runs older than the ``sync_s`` field)."""
     try:
@@ -205,14 +203,10 @@ def _metrics(metrics: Path, obs: Observations, log: Path, mark: tuple[int, int, 
     group = obs.group_size
     obs.trained_per_rollout.extend(float(r["trained_tokens"]) / size for r in usable)
     slots = int(obs.config.get("max_concurrent") or size) * group
-    found = updates(usable, slots, size * group, recompute_in_step=obs.config.get("policy") != "segment_wise")
+    found = updates(usable, slots, size * group, recompute_in_step=obs.config.get("policy") != "segment_wise", submitted=submitted)
     obs.updates.extend(found)
     obs.train.extend((u.trained_tokens, u.step_s) for u in found)
     obs.decode.extend((u.tokens / u.steps, u.collect_s / u.steps) for u in found if u.steps > 0)
-    last = usable[-1]
-    obs.prefills += float(last.get("prefills", 0))
-    if "decode_s" in last:
-        obs.engine_s = (obs.engine_s or 0.0) + float(last["decode_s"]) + float(last.get("prefill_s", 0.0))
     if any(u.sync_s is None for u in found):
         _resync(log, obs)
     else:
@@ -330,21 +324,23 @@ def calibrate(
         # length that makes its count the real trainer's (1 when that counts completions only)
         extra = statistics.fmean(obs.trained_per_rollout) - statistics.fmean(obs.lengths) * group
         workload = replace(workload, prompt_len=Distribution(kind="fixed", value=max(1, round(extra / group))))
-        costs = fit_costs(obs.updates, obs.engine_s)
-        gen, train = costs.generation, costs.train
+        costs = fit_costs(obs.updates)
         sync_s = costs.sync_s if costs.sync_s is not None else (statistics.median(obs.sync) if obs.sync else 0.0)
         generation = replace(
             scenario.generation, servers=servers, slots=slots,
-            step_base_s=gen["steps"], step_per_slot_s=gen["steps*slots"], step_per_seq_s=gen["tokens"], step_per_kv_token_s=0.0,
-            # a prefill pass per started rollout, as the simulator charges it (the engine may join several)
-            prefill_base_s=gen["prefills"] * obs.prefills / max(1, obs.starts), prefill_per_token_s=0.0,
+            step_base_s=costs.step_base_s, step_per_slot_s=costs.step_per_slot_s, step_per_seq_s=costs.step_per_seq_s,
+            step_per_kv_token_s=0.0,  # the engine attends over every slot's whole cache: no cost per cached token
+            # per started rollout, as the simulator charges a prefill: the engine's passes (it may
+            # join several starts, and re-prefills after an update) and the executor's work
+            prefill_base_s=costs.per_start_s, prefill_per_token_s=0.0,
         )
+        train = costs.train
         training = replace(
             scenario.training, step_base_s=train["1"], step_per_token_s=train["tokens"], step_per_seq_s=train["sequences"],
             recompute_per_token_s=costs.recompute_per_token_s, weight_sync_s=sync_s, update_overhead_s=costs.overhead_s,
             colocated=True,  # a real run's one process: generation waits while it trains
         )
-        fits = [gen, train]
+        fits = costs.fits
         counts["runs"] = len(paths)
     else:
         train = line("train step", [x for x, _ in obs.train], [y for _, y in obs.train])

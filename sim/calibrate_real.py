@@ -48,15 +48,24 @@ class Update:
     recompute_s: float
     sync_s: float | None
     overhead_s: float
+    decode_s: float | None = None  # the engine's own pass times (an engine that times them)
+    prefill_s: float = 0.0
+    prefill_tokens: float = 0.0
+    starts: float = 0.0  # rollouts submitted during the update's interval (from the log)
 
 
-def updates(rows: list[dict[str, Any]], slots: int, sequences: int, recompute_in_step: bool) -> list[Update]:
+def updates(
+    rows: list[dict[str, Any]], slots: int, sequences: int, recompute_in_step: bool, submitted: list[float] | None = None
+) -> list[Update]:
     """The updates of one run (its metrics lines in order), counters turned into
     per-update differences.  ``slots`` and ``sequences`` are the run's when a line
     does not say; ``recompute_in_step`` folds the recomputation into the step (the
     simulator recomputes only under ``segment_wise``)."""
     out = []
-    before: dict[str, Any] = {"wall_s": 0.0, "decode_steps": 0, "generated_tokens": 0, "prefills": 0}
+    before: dict[str, Any] = {"wall_s": 0.0, "decode_steps": 0, "generated_tokens": 0, "prefills": 0, "prefill_tokens": 0,
+                              "decode_s": 0.0, "prefill_s": 0.0}
+    times = sorted(submitted or [])
+    index = 0
     for row in rows:
         if not all(key in row for key in REQUIRED):
             continue
@@ -68,6 +77,9 @@ def updates(rows: list[dict[str, Any]], slots: int, sequences: int, recompute_in
         parts = float(row["wait_s"]) + step + recompute + (sync or 0.0)
         if recompute_in_step:
             step, recompute = step + recompute, 0.0
+        starts = 0
+        while index < len(times) and times[index] <= float(row["wall_s"]):
+            index, starts = index + 1, starts + 1
         out.append(Update(
             collect_s=float(row["wait_s"]),
             steps=float(row["decode_steps"] - before["decode_steps"]),
@@ -80,6 +92,10 @@ def updates(rows: list[dict[str, Any]], slots: int, sequences: int, recompute_in
             recompute_s=recompute,
             sync_s=sync,
             overhead_s=max(0.0, wall - parts) if timed else 0.0,
+            decode_s=float(row["decode_s"]) - float(before.get("decode_s", 0.0)) if "decode_s" in row else None,
+            prefill_s=float(row.get("prefill_s", 0.0)) - float(before.get("prefill_s", 0.0)),
+            prefill_tokens=float(row.get("prefill_tokens", 0)) - float(before.get("prefill_tokens", 0)),
+            starts=float(starts),
         ))
         before = row
     return out
@@ -87,34 +103,65 @@ def updates(rows: list[dict[str, Any]], slots: int, sequences: int, recompute_in
 
 @dataclass
 class RealCosts:
-    """The fitted costs of one or more real runs."""
+    """The fitted costs of one or more real runs, in the simulator's terms."""
 
-    generation: Fit
+    fits: list[Fit]
+    step_base_s: float
+    step_per_slot_s: float
+    step_per_seq_s: float
+    per_start_s: float  # a started rollout's prefill and executor work (the simulator's prefill_base_s)
     train: Fit
     recompute_per_token_s: float
     sync_s: float | None
     overhead_s: float
-    engine_share: float | None  # the engine's own step seconds over the collect time, when it timed them
+    generation_r2: float  # of the collect time the generation terms predict
 
     def notes(self) -> list[str]:
-        lines = [f"{'recompute':<16} {self.recompute_per_token_s:.4g} s per trained token"]
-        lines.append(f"{'update overhead':<16} mean {self.overhead_s:.4g} s per update (neither collecting, training, recomputing nor syncing)")
-        if self.engine_share is not None:
-            lines.append(f"{'engine share':<16} {self.engine_share:.1%} of the collect time in the engine's decode and prefill passes")
-        return lines
+        return [
+            f"{'per started':<16} {self.per_start_s:.4g} s (its prefill passes and the executor's work on it)",
+            f"{'collect time':<16} R^2 {self.generation_r2:.3f} predicted from the generation terms above",
+            f"{'recompute':<16} {self.recompute_per_token_s:.4g} s per trained token",
+            f"{'update overhead':<16} mean {self.overhead_s:.4g} s per update (neither collecting, training, recomputing nor syncing)",
+        ]
 
 
-def fit_costs(found: list[Update], engine_s: float | None = None) -> RealCosts:
-    """Fit the costs of ``found`` (the updates of every run)."""
-    collect = [u.collect_s for u in found]
-    slot_values = {u.slots for u in found}
-    terms = {
+def _generation(found: list[Update]) -> tuple[list[Fit], float, float, float, float]:
+    """Fits of the collect time: from the engine's own pass times when it timed them
+    (decode passes by steps, slots and tokens; prefill passes by passes and tokens;
+    the rest of the collect time, the executor's, by rollouts started), else the
+    collect time by steps, slots, tokens and prefill passes at once.  Returns the fits
+    and the decode step's base, per slot and per sequence costs and the cost per start."""
+    several_slots = len({u.slots for u in found}) > 1
+    decode_terms = {
         "steps": [u.steps for u in found],
-        "steps*slots": [u.steps * u.slots for u in found] if len(slot_values) > 1 else [0.0] * len(found),
+        "steps*slots": [u.steps * u.slots if several_slots else 0.0 for u in found],
         "tokens": [u.tokens for u in found],
-        "prefills": [u.prefills for u in found],
     }
-    generation = fit("generation s", terms, collect)
+    starts = sum(u.starts for u in found)
+    if all(u.decode_s is not None for u in found) and starts > 0:
+        decode = fit("decode passes s", decode_terms, [u.decode_s or 0.0 for u in found])
+        prefill = fit("prefill passes s", {"prefills": [u.prefills for u in found], "prefill tokens": [u.prefill_tokens for u in found]},
+                      [u.prefill_s for u in found])
+        executor = fit("executor s", {"starts": [u.starts for u in found]},
+                       [max(0.0, u.collect_s - (u.decode_s or 0.0) - u.prefill_s) for u in found])
+        per_start = (prefill["prefills"] * sum(u.prefills for u in found) + prefill["prefill tokens"] * sum(u.prefill_tokens for u in found)) / starts
+        fits = [decode, prefill, executor]
+        per_start += executor["starts"]
+    else:
+        decode = fit("generation s", {**decode_terms, "prefills": [u.prefills for u in found]}, [u.collect_s for u in found])
+        per_start = decode["prefills"] * sum(u.prefills for u in found) / max(1.0, starts)
+        fits = [decode]
+    return fits, decode["steps"], decode["steps*slots"], decode["tokens"], per_start
+
+
+def fit_costs(found: list[Update]) -> RealCosts:
+    """Fit the costs of ``found`` (the updates of every run)."""
+    fits, base, per_slot, per_seq, per_start = _generation(found)
+    collect = [u.collect_s for u in found]
+    predicted = [u.steps * (base + per_slot * u.slots) + per_seq * u.tokens + per_start * u.starts for u in found]
+    mean = statistics.fmean(collect)
+    ss_tot = sum((y - mean) ** 2 for y in collect)
+    r2 = 1.0 - sum((y - p) ** 2 for y, p in zip(collect, predicted)) / ss_tot if ss_tot > 0 else 0.0
     train = fit("train step s", {
         "1": [1.0] * len(found),
         "tokens": [u.trained_tokens for u in found],
@@ -123,6 +170,5 @@ def fit_costs(found: list[Update], engine_s: float | None = None) -> RealCosts:
     recomputed = [u for u in found if u.recompute_s > 0]
     per_token = sum(u.recompute_s for u in recomputed) / max(1.0, sum(u.trained_tokens for u in recomputed)) if recomputed else 0.0
     syncs = [u.sync_s for u in found if u.sync_s is not None]
-    share = engine_s / sum(collect) if engine_s is not None and sum(collect) > 0 else None
-    return RealCosts(generation, train, per_token, statistics.fmean(syncs) if syncs else None,
-                     statistics.fmean(u.overhead_s for u in found), share)
+    return RealCosts([*fits, train], base, per_slot, per_seq, per_start, train, per_token,
+                     statistics.fmean(syncs) if syncs else None, statistics.fmean(u.overhead_s for u in found), r2)
