@@ -61,6 +61,7 @@ class Observations:
     group_size: int = 1
     trained_per_rollout: list[float] = field(default_factory=list)  # a real run's trained tokens per rollout
     updates: list[Update] = field(default_factory=list)  # a real run's updates (sim.calibrate_real)
+    reprefills: int = 0  # weight updates that interrupted rollouts (each re-prefills them after)
 
 
 def _events(path: Path) -> Iterable[Event]:
@@ -135,6 +136,7 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
         elif isinstance(event, Segment):
             tokens[event.rollout] = tokens.get(event.rollout, 0) + event.tokens
         elif isinstance(event, InterruptedBatch):
+            obs.reprefills += bool(event.rollouts)
             for rollout, count in zip(event.rollouts, event.tokens):
                 tokens[rollout] = tokens.get(rollout, 0) + count
                 interrupted.add(rollout)
@@ -324,7 +326,7 @@ def calibrate(
         # length that makes its count the real trainer's (1 when that counts completions only)
         extra = statistics.fmean(obs.trained_per_rollout) - statistics.fmean(obs.lengths) * group
         workload = replace(workload, prompt_len=Distribution(kind="fixed", value=max(1, round(extra / group))))
-        costs = fit_costs(obs.updates)
+        costs = fit_costs(obs.updates, obs.reprefills)
         sync_s = costs.sync_s if costs.sync_s is not None else (statistics.median(obs.sync) if obs.sync else 0.0)
         generation = replace(
             scenario.generation, servers=servers, slots=slots,

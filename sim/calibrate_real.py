@@ -18,6 +18,9 @@ overhead.  What is fitted, per update, against the simulator's terms:
 - recompute: seconds per trained token over the updates that recomputed;
 - sync and overhead: their means (tokens/s is a ratio of totals).
 
+The generation terms, fitted apart and without an intercept, are scaled together so
+that they add up to the runs' total collect time (the factor is reported).
+
 Older runs without ``step_s`` fall back to ``train_s`` as the step and no overhead.
 """
 
@@ -115,17 +118,18 @@ class RealCosts:
     sync_s: float | None
     overhead_s: float
     generation_r2: float  # of the collect time the generation terms predict
+    scale: float = 1.0  # the factor that made the generation terms add up to the total collect time
 
     def notes(self) -> list[str]:
         return [
-            f"{'per started':<16} {self.per_start_s:.4g} s (its prefill passes and the executor's work on it)",
-            f"{'collect time':<16} R^2 {self.generation_r2:.3f} predicted from the generation terms above",
+            f"{'per started':<16} {self.per_start_s:.4g} s (a rollout's prefill and the executor's work on it; also per re-prefill)",
+            f"{'collect time':<16} R^2 {self.generation_r2:.3f} predicted from the generation terms above, scaled by {self.scale:.3f} to its total",
             f"{'recompute':<16} {self.recompute_per_token_s:.4g} s per trained token",
             f"{'update overhead':<16} mean {self.overhead_s:.4g} s per update (neither collecting, training, recomputing nor syncing)",
         ]
 
 
-def _generation(found: list[Update]) -> tuple[list[Fit], float, float, float, float]:
+def _generation(found: list[Update], reprefills: int) -> tuple[list[Fit], float, float, float, float]:
     """Fits of the collect time: from the engine's own pass times when it timed them
     (decode passes by steps, slots and tokens; prefill passes by passes and tokens;
     the rest of the collect time, the executor's, by rollouts started), else the
@@ -144,21 +148,30 @@ def _generation(found: list[Update]) -> tuple[list[Fit], float, float, float, fl
                       [u.prefill_s for u in found])
         executor = fit("executor s", {"starts": [u.starts for u in found]},
                        [max(0.0, u.collect_s - (u.decode_s or 0.0) - u.prefill_s) for u in found])
-        per_start = (prefill["prefills"] * sum(u.prefills for u in found) + prefill["prefill tokens"] * sum(u.prefill_tokens for u in found)) / starts
+        passes = prefill["prefills"] * sum(u.prefills for u in found) + prefill["prefill tokens"] * sum(u.prefill_tokens for u in found)
         fits = [decode, prefill, executor]
-        per_start += executor["starts"]
+        work = passes + executor["starts"] * starts
     else:
         decode = fit("generation s", {**decode_terms, "prefills": [u.prefills for u in found]}, [u.collect_s for u in found])
-        per_start = decode["prefills"] * sum(u.prefills for u in found) / max(1.0, starts)
+        work = decode["prefills"] * sum(u.prefills for u in found)
         fits = [decode]
+    # the simulator charges it per started rollout and per re-prefill after an update
+    per_start = work / max(1.0, starts + reprefills)
     return fits, decode["steps"], decode["steps*slots"], decode["tokens"], per_start
 
 
-def fit_costs(found: list[Update]) -> RealCosts:
-    """Fit the costs of ``found`` (the updates of every run)."""
-    fits, base, per_slot, per_seq, per_start = _generation(found)
+def fit_costs(found: list[Update], reprefills: int = 0) -> RealCosts:
+    """Fit the costs of ``found`` (the updates of every run; ``reprefills`` of them
+    interrupted rollouts, which the engine prefilled again afterwards)."""
+    fits, base, per_slot, per_seq, per_start = _generation(found, reprefills)
     collect = [u.collect_s for u in found]
-    predicted = [u.steps * (base + per_slot * u.slots) + per_seq * u.tokens + per_start * u.starts for u in found]
+    share = reprefills / max(1, len(found))  # re-prefills per update
+    predicted = [u.steps * (base + per_slot * u.slots) + per_seq * u.tokens + per_start * (u.starts + share) for u in found]
+    # the terms fitted apart need not add up to the collect time in total (no intercept,
+    # outliers): scale them so that they do, since throughput is a ratio of totals
+    scale = sum(collect) / sum(predicted) if sum(predicted) > 0 else 1.0
+    base, per_slot, per_seq, per_start = base * scale, per_slot * scale, per_seq * scale, per_start * scale
+    predicted = [p * scale for p in predicted]
     mean = statistics.fmean(collect)
     ss_tot = sum((y - mean) ** 2 for y in collect)
     r2 = 1.0 - sum((y - p) ** 2 for y, p in zip(collect, predicted)) / ss_tot if ss_tot > 0 else 0.0
@@ -171,4 +184,4 @@ def fit_costs(found: list[Update]) -> RealCosts:
     per_token = sum(u.recompute_s for u in recomputed) / max(1.0, sum(u.trained_tokens for u in recomputed)) if recomputed else 0.0
     syncs = [u.sync_s for u in found if u.sync_s is not None]
     return RealCosts([*fits, train], base, per_slot, per_seq, per_start, train, per_token,
-                     statistics.fmean(syncs) if syncs else None, statistics.fmean(u.overhead_s for u in found), r2)
+                     statistics.fmean(syncs) if syncs else None, statistics.fmean(u.overhead_s for u in found), r2, scale)

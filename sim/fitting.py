@@ -101,7 +101,7 @@ def fit(name: str, terms: dict[str, list[float]], ys: list[float], weights: list
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
     residuals = [abs(y - p) / abs(y) for y, p in zip(ys, predicted) if y != 0]
     order = {t: i for i, t in enumerate(terms)}
-    return Fit(name, dict(sorted(coefficients.items(), key=lambda kv: order[kv[0]])), r2, residuals, sorted(set(dropped), key=order.get))
+    return Fit(name, dict(sorted(coefficients.items(), key=lambda kv: order[kv[0]])), r2, residuals, sorted(set(dropped), key=lambda t: order[t]))
 
 
 def line(name: str, xs: list[float], ys: list[float], weights: list[float] | None = None) -> Fit:
