@@ -105,6 +105,7 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
     paused_at: float | None = None
     mark = (len(obs.train), len(obs.decode), len(obs.decode_weights), len(obs.sync))
     mark_lengths = len(obs.lengths)
+    settings: dict[str, Any] = {}  # this log's ledger settings
     submitted: list[float] = []  # the times rollouts were submitted
     done_tokens: dict[str, int] = {}
     timed = 0
@@ -127,7 +128,8 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
         if name == "RunStarted":
             config = getattr(event, "config", None)
             if config is not None:
-                obs.config = {k: getattr(config, k) for k in ("max_concurrent", "batch_size", "max_staleness", "policy") if hasattr(config, k)}
+                settings = {k: getattr(config, k) for k in ("max_concurrent", "batch_size", "max_staleness", "policy") if hasattr(config, k)}
+                obs.config = obs.config or settings  # the first log's settings are the scenario's
         if isinstance(event, Submitted):
             running += 1
             if t is not None:
@@ -184,11 +186,13 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
         obs.lengths = obs.lengths[:mark_lengths] + samples
     metrics = log.parent / "metrics.jsonl"
     if metrics.is_file():
-        _metrics(metrics, obs, log, mark, submitted)
+        _metrics(metrics, obs, log, mark, submitted, settings)
     return obs
 
 
-def _metrics(metrics: Path, obs: Observations, log: Path, mark: tuple[int, int, int, int], submitted: list[float]) -> None:
+def _metrics(
+    metrics: Path, obs: Observations, log: Path, mark: tuple[int, int, int, int], submitted: list[float], settings: dict[str, Any]
+) -> None:
     """A real run: its updates' costs from ``metrics.jsonl`` (the events' times give the
     weight sync only for runs older than the ``sync_s`` field)."""
     try:
@@ -201,11 +205,11 @@ def _metrics(metrics: Path, obs: Observations, log: Path, mark: tuple[int, int, 
     # the fits from this log's events (a simulated log's way) do not apply to a real run
     obs.real = True
     del obs.train[mark[0]:], obs.decode[mark[1]:], obs.decode_weights[mark[2]:], obs.sync[mark[3]:]
-    size = int(obs.config.get("batch_size", 1)) or 1
+    size = int(settings.get("batch_size", 1)) or 1
     group = obs.group_size
     obs.trained_per_rollout.extend(float(r["trained_tokens"]) / size for r in usable)
-    slots = int(obs.config.get("max_concurrent") or size) * group
-    found = updates(usable, slots, size * group, recompute_in_step=obs.config.get("policy") != "segment_wise", submitted=submitted)
+    slots = int(settings.get("max_concurrent") or size) * group
+    found = updates(usable, slots, size * group, recompute_in_step=settings.get("policy") != "segment_wise", submitted=submitted)
     obs.updates.extend(found)
     obs.train.extend((u.trained_tokens, u.step_s) for u in found)
     obs.decode.extend((u.tokens / u.steps, u.collect_s / u.steps) for u in found if u.steps > 0)
@@ -323,9 +327,9 @@ def calibrate(
     costs: RealCosts | None = None
     if obs.real:
         # the simulator trains group * prompt + response tokens per rollout: the prompt
-        # length that makes its count the real trainer's (1 when that counts completions only)
+        # length that makes its count the real trainer's (0 when that counts completions only)
         extra = statistics.fmean(obs.trained_per_rollout) - statistics.fmean(obs.lengths) * group
-        workload = replace(workload, prompt_len=Distribution(kind="fixed", value=max(1, round(extra / group))))
+        workload = replace(workload, prompt_len=Distribution(kind="fixed", value=max(0, round(extra / group))))
         costs = fit_costs(obs.updates, obs.reprefills)
         sync_s = costs.sync_s if costs.sync_s is not None else (statistics.median(obs.sync) if obs.sync else 0.0)
         generation = replace(

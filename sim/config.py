@@ -342,8 +342,9 @@ def _validate(scenario: Scenario) -> None:
         raise ScenarioError(
             "workload.group_size", f"a prompt's {scenario.workload.group_size} samples must fit one server's {generation.slots} slots"
         )
-    for name in ("prompt_len", "response_len"):
-        _validate_distribution(f"workload.{name}", getattr(scenario.workload, name))
+    # a prompt may be empty: a trainer that counts completion tokens only (a calibrated real run)
+    _validate_distribution("workload.prompt_len", scenario.workload.prompt_len, least=0)
+    _validate_distribution("workload.response_len", scenario.workload.response_len)
     if scenario.ledger.policy not in POLICIES:
         raise ScenarioError("ledger.policy", f"must be one of {', '.join(POLICIES)}, got {scenario.ledger.policy!r}")
     if scenario.ledger.on_stale not in ON_STALE:
@@ -351,11 +352,11 @@ def _validate(scenario: Scenario) -> None:
     scenario.ledger_config()
 
 
-def _validate_distribution(name: str, dist: Distribution) -> None:
+def _validate_distribution(name: str, dist: Distribution, least: int = 1) -> None:
     if dist.kind not in DISTRIBUTIONS:
         raise ScenarioError(f"{name}.kind", f"must be one of {', '.join(DISTRIBUTIONS)}, got {dist.kind!r}")
-    if dist.kind == "fixed" and not 1 <= dist.value <= MAX_LENGTH:
-        raise ScenarioError(f"{name}.value", f"must be between 1 and {MAX_LENGTH} tokens, got {dist.value}")
+    if dist.kind == "fixed" and not least <= dist.value <= MAX_LENGTH:
+        raise ScenarioError(f"{name}.value", f"must be between {least} and {MAX_LENGTH} tokens, got {dist.value}")
     if dist.kind == "lognormal":
         if not 1 <= dist.median <= MAX_LENGTH:
             raise ScenarioError(f"{name}.median", f"must be between 1 and {MAX_LENGTH} tokens, got {dist.median}")
