@@ -366,7 +366,8 @@ class RLRun:
             "slots": self._slots,
             "generated_tokens": engine.decoded_tokens,
             "decode_steps": engine.steps,
-            **{key: getattr(engine, key, 0) for key in ("prefills", "prefill_rows", "prefill_tokens", "prefill_s", "decode_s")},
+            # (an engine that does not count or time its passes leaves them out)
+            **{key: getattr(engine, key) for key in ("prefills", "prefill_rows", "prefill_tokens", "prefill_s", "decode_s") if hasattr(engine, key)},
             "rejected": state.rejected,
             "filtered": state.filtered,
             **mean_stats(steps),
