@@ -1,26 +1,31 @@
 """Sim-to-real fidelity: calibrate the simulator on one real run, predict others, then run them.
 
 1. a shared warm-up (``train --steps 1``), whose final weights every run starts from;
-2. the calibration run: ``rollout-ledger train`` at ``max_staleness`` 2;
-3. ``rollout-ledger calibrate`` on it, then the simulator's predictions for runs at
+2. the calibration run: ``rollout-ledger train`` at ``max_staleness`` 2, and a shorter
+   probe at the same bound and another batch size (``--probe-batch-size``; 0: none),
+   so that the fit sees two slot counts and two batch shapes;
+3. ``rollout-ledger calibrate`` on both, then the simulator's predictions for runs at
    ``max_staleness`` 0, 4 and 8 and one at another batch size, written to
    ``predictions.json`` *before* any of those runs starts;
 4. the runs themselves, and a predicted-against-measured table (trained tokens/s, mean
    and p99 staleness at consumption, trainer idle fraction, error %) printed and
    written to ``table.md`` and ``results.json``.
 
-Everything goes under ``--out``.  On an H200 (about 4-6 minutes)::
+Everything goes under ``--out``.  On an H200 (about 3-4 minutes at 100 updates)::
 
-    python benchmarks/fidelity.py --device cuda --out $OUT
+    python benchmarks/fidelity.py --device cuda --steps 100 --out $OUT
 
 Tiny on a CPU (a minute or two)::
 
     python benchmarks/fidelity.py --device cpu --model-size tiny --steps 12 --batch-size 4 \\
-        --concurrency 2 --warmup-steps 5 --other-batch-size 8 --out /tmp/fidelity
+        --concurrency 2 --warmup-steps 5 --other-batch-size 8 --probe-batch-size 2 --out /tmp/fidelity
 
 Measured staleness is read from the run's log (version at ``consumed`` minus the version
 the rollout was submitted under, the simulator's definition); the trainer's idle fraction
-is the time it waited for a batch (``wait_s``) over the run's wall time.
+is the time it waited for a batch (``wait_s``: from the end of one update to the
+consumption of the next batch) over the run's wall time, as the simulator's
+``trainer_idle_s`` over its simulated time.  ``summaries.json`` holds each run's
+figures and the mean parts of its updates (collect, step, recompute, sync, overhead).
 """
 
 from __future__ import annotations
@@ -81,6 +86,32 @@ def measured(run_dir: Path) -> dict[str, float]:
     }
 
 
+def summary(run_dir: Path) -> dict[str, Any]:
+    """A run's figures for the record: its measured ones, the mean parts of its updates
+    (as calibration splits them) and its completion lengths."""
+    from sim.calibrate import _sample_lengths
+    from sim.calibrate_real import updates
+
+    config = json.loads((run_dir / "run.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    size, group = config["batch_size"], config["group_size"]
+    parts = updates(rows, (config["max_concurrent"] or size) * group, size * group, recompute_in_step=False)
+    lengths = sorted(_sample_lengths(run_dir / "samples.sqlite"))
+    mean = lambda name: sum(getattr(u, name) for u in parts) / max(1, len(parts))  # noqa: E731
+    return {
+        "config": {k: config[k] for k in ("batch_size", "group_size", "max_concurrent", "max_staleness", "policy", "steps")},
+        "measured": measured(run_dir),
+        "wall_s": rows[-1]["wall_s"],
+        "updates": len(rows),
+        "per_update_s": {name: mean(f"{name}_s") for name in ("collect", "step", "recompute", "overhead")} | {"sync": mean("sync_s") if parts and parts[0].sync_s is not None else None},
+        "decode_steps_per_update": mean("steps"),
+        "mean_batch": sum(u.tokens for u in parts) / max(1.0, sum(u.steps for u in parts)),
+        "completion_tokens": {"samples": len(lengths), "mean": sum(lengths) / max(1, len(lengths)),
+                              "p50": lengths[len(lengths) // 2] if lengths else 0, "p99": lengths[int(0.99 * (len(lengths) - 1))] if lengths else 0,
+                              "max": lengths[-1] if lengths else 0},
+    }
+
+
 def predict(scenario_path: Path, staleness: int, batch: int, steps: int, args: argparse.Namespace) -> dict[str, float]:
     from sim.config import load
     from sim.simulator import simulate
@@ -119,6 +150,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="max_concurrent = concurrency * batch size")
     parser.add_argument("--warmup-steps", type=int, default=300)
     parser.add_argument("--calibrate-at", type=int, default=2)
+    parser.add_argument("--probe-batch-size", type=int, default=8, help="batch size of the second calibration run (0: calibrate on one run)")
+    parser.add_argument("--probe-steps", type=int, default=None, help="updates of the probe run (default: half of --steps)")
+    parser.add_argument("--lengths", choices=("empirical", "lognormal"), default="empirical", help="calibrated response lengths")
     parser.add_argument("--staleness", default="0,4,8", help="bounds to predict and run")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -132,9 +166,16 @@ def main() -> None:
 
     print(f"calibration run at max_staleness {args.calibrate_at}", flush=True)
     train(args, out / "calibration", args.calibrate_at, args.batch_size, args.steps, init)
+    logs = [str(out / "calibration")]
+    if args.probe_batch_size:
+        probe = out / f"probe-batch{args.probe_batch_size}"
+        print(f"probe run at max_staleness {args.calibrate_at}, batch {args.probe_batch_size}", flush=True)
+        train(args, probe, args.calibrate_at, args.probe_batch_size, args.probe_steps or max(4, args.steps // 2), init)
+        logs.append(str(probe))
     scenario = out / "calibrated.toml"
-    fit = subprocess.run([sys.executable, "-m", "engine.cli", "calibrate", str(out / "calibration"), "-o", str(scenario)],
-                         cwd=ROOT, capture_output=True, text=True)
+    command = [sys.executable, "-m", "engine.cli", "calibrate", *logs, "-o", str(scenario), "--lengths", args.lengths]
+    (out / "commands.txt").write_text(" ".join(["python", *sys.argv]) + "\n" + " ".join(["rollout-ledger", *command[3:]]) + "\n")
+    fit = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if fit.returncode != 0:
         sys.exit(f"fidelity: calibrate failed: {fit.stderr}")
     print(fit.stdout, flush=True)
@@ -148,13 +189,18 @@ def main() -> None:
     print(f"predictions written to {out / 'predictions.json'}", flush=True)
 
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": {}}
+    summaries: dict[str, Any] = {}
     for name, k, batch in plan:
         if name.endswith("-calibration"):
             run_dir = out / "calibration"
         else:
             run_dir = out / name
             train(args, run_dir, k, batch, args.steps, init)
-        results["runs"][name] = {"predicted": predictions[name], "measured": measured(run_dir)}
+        summaries[name] = summary(run_dir)
+        results["runs"][name] = {"predicted": predictions[name], "measured": summaries[name]["measured"]}
+    if args.probe_batch_size:
+        summaries[probe.name] = summary(probe)
+    (out / "summaries.json").write_text(json.dumps(summaries, indent=1))
 
     header = "| run | " + " | ".join(f"{m} pred | meas | err %" for m in METRICS) + " |"
     lines = [header, "|" + "---|" * (1 + 3 * len(METRICS))]

@@ -1,22 +1,24 @@
 """Calibrate the simulator's cost model from timed event logs (simulated or real).
 
-What is fitted, from the events' ``t`` stamps (and a run's ``metrics.jsonl`` when
-one lies beside the log):
+What is fitted, from the events' ``t`` stamps and, for a real run, the
+``metrics.jsonl`` lines beside its log (:mod:`sim.calibrate_real`):
 
-- response lengths: a lognormal (median and log standard deviation of the accepted
-  rollouts' response tokens, capped at the largest seen) and the empirical one (the
-  log itself);
-- the training step, ``base + per_token * tokens``: least squares over the updates
-  (``train_s`` against ``trained_tokens`` from ``metrics.jsonl``; without it the time
-  from ``consumed`` to the next ``paused`` against the batch's response tokens);
-- the weight sync: the median time from ``paused`` to ``version`` (simulated logs)
-  or from ``version`` to ``unpaused`` (a real run, whose pause spans the training);
-- the decode step, ``base + per_seq * active``: least squares of each single-segment
-  rollout's seconds per token against the rollouts running per server when it
-  started (KV-cache cost folded into these two terms).
+- response lengths per sample (a real run's ``samples.sqlite``): the observed ones,
+  written as a CSV that an ``empirical`` distribution resamples (``lengths_file``),
+  and a lognormal (median and log standard deviation, capped at the largest seen),
+  printed always and used when no lengths file is asked for;
+- a real run: generation (decode step base, per slot, per sequence, per prefill pass),
+  the training step (base, per token, per sequence), recompute, weight sync and the
+  per-update overhead, from the engine's counters and the update's timed parts;
+- a simulated log: the training step ``base + per_token * tokens`` (``consumed`` to
+  the next ``paused`` against the batch's response tokens), the weight sync (median
+  ``paused`` to ``version``) and the decode step ``base + per_seq * active`` (each
+  single-segment rollout's seconds per token against the rollouts running per server
+  meanwhile; KV-cache cost folded into these two terms).
 
-Fit quality is R-squared and residual percentiles per regression.  Too few timed
-events is a :class:`CalibrationError` naming what is missing.
+Fit quality is R-squared and residual percentiles per regression; a term the data
+cannot identify is named.  Too few timed events is a :class:`CalibrationError`
+naming what is missing.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ from typing import Any, Iterable
 from engine.core.events import (
     Accepted, Consumed, Event, Filtered, InterruptedBatch, Paused, Rejected, Segment, Submitted, Unpaused, Version,
 )
+from engine.log.files import write_atomic
+from sim.calibrate_real import RealCosts, Update, fit_costs, updates
 from sim.config import Distribution, Scenario
+from sim.fitting import Fit, line
 
 #: The fewest timed observations each fit needs.
 MIN_UPDATES = 3
@@ -40,44 +45,6 @@ MIN_ROLLOUTS = 8
 
 class CalibrationError(ValueError):
     """A log that cannot be calibrated from; the message says what is missing."""
-
-
-@dataclass
-class Fit:
-    """A least-squares line ``y = a + b x`` and its quality."""
-
-    name: str
-    intercept: float
-    slope: float
-    r2: float
-    residuals: list[float] = field(default_factory=list)
-
-    def percentiles(self) -> dict[str, float]:
-        """Absolute relative residuals at p50, p90, p99."""
-        values = sorted(self.residuals)
-        if not values:
-            return {"p50": 0.0, "p90": 0.0, "p99": 0.0}
-        pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
-        return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99)}
-
-
-def least_squares(name: str, xs: list[float], ys: list[float], weights: list[float] | None = None) -> Fit:
-    """Weighted least squares of ``ys`` on ``xs``; a (weighted mean) constant when the
-    ``xs`` do not vary or the slope comes out negative (a cost never falls with load)."""
-    w = weights or [1.0] * len(xs)
-    total = sum(w)
-    mx, my = sum(wi * x for wi, x in zip(w, xs)) / total, sum(wi * y for wi, y in zip(w, ys)) / total
-    sxx = sum(wi * (x - mx) ** 2 for wi, x in zip(w, xs))
-    slope = sum(wi * (x - mx) * (y - my) for wi, x, y in zip(w, xs, ys)) / sxx if sxx > 0 else 0.0
-    if slope < 0:
-        slope = 0.0
-    intercept = my - slope * mx
-    predicted = [intercept + slope * x for x in xs]
-    ss_res = sum(wi * (y - p) ** 2 for wi, y, p in zip(w, ys, predicted))
-    ss_tot = sum(wi * (y - my) ** 2 for wi, y in zip(w, ys))
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
-    residuals = [abs(y - p) / abs(y) for y, p in zip(ys, predicted) if y != 0]
-    return Fit(name, intercept, slope, r2, residuals)
 
 
 @dataclass
@@ -93,6 +60,8 @@ class Observations:
     real: bool = False
     group_size: int = 1
     trained_per_rollout: list[float] = field(default_factory=list)  # a real run's trained tokens per rollout
+    updates: list[Update] = field(default_factory=list)  # a real run's updates (sim.calibrate_real)
+    reprefills: int = 0  # weight updates that interrupted rollouts (each re-prefills them after)
 
 
 def _events(path: Path) -> Iterable[Event]:
@@ -134,7 +103,10 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
     consumed_at: float | None = None
     batch_tokens = 0
     paused_at: float | None = None
-    version_at: float | None = None
+    mark = (len(obs.train), len(obs.decode), len(obs.decode_weights), len(obs.sync))
+    mark_lengths = len(obs.lengths)
+    settings: dict[str, Any] = {}  # this log's ledger settings
+    submitted: list[float] = []  # the times rollouts were submitted
     done_tokens: dict[str, int] = {}
     timed = 0
     # Running integrals over the unpaused time: rollout-seconds in flight, and the
@@ -156,14 +128,17 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
         if name == "RunStarted":
             config = getattr(event, "config", None)
             if config is not None:
-                obs.config = {k: getattr(config, k) for k in ("max_concurrent", "batch_size", "max_staleness", "policy") if hasattr(config, k)}
+                settings = {k: getattr(config, k) for k in ("max_concurrent", "batch_size", "max_staleness", "policy") if hasattr(config, k)}
+                obs.config = obs.config or settings  # the first log's settings are the scenario's
         if isinstance(event, Submitted):
             running += 1
             if t is not None:
+                submitted.append(t)
                 started[event.rollout] = (t, area, paused_total)
         elif isinstance(event, Segment):
             tokens[event.rollout] = tokens.get(event.rollout, 0) + event.tokens
         elif isinstance(event, InterruptedBatch):
+            obs.reprefills += bool(event.rollouts)
             for rollout, count in zip(event.rollouts, event.tokens):
                 tokens[rollout] = tokens.get(rollout, 0) + count
                 interrupted.add(rollout)
@@ -197,13 +172,10 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
             paused_at = t
             gen_paused = True
         elif isinstance(event, Version):
-            if paused_at is not None and t is not None and not obs.real:
+            if paused_at is not None and t is not None:
                 obs.sync.append(t - paused_at)
-            version_at, paused_at = t, None
+            paused_at = None
         elif isinstance(event, Unpaused):
-            if version_at is not None and t is not None and obs.real:
-                obs.sync.append(t - version_at)
-            version_at = None
             gen_paused = False
     if timed == 0:
         raise CalibrationError(f"{log}: its events carry no times (t); calibration needs a timed log")
@@ -211,31 +183,40 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
     if samples and group > 1:
         # a real run's log sums a rollout's tokens over its group; its sample store has
         # each sample, whose spread (not the group means') sets when a group finishes
-        obs.lengths = obs.lengths[: len(obs.lengths) - len(samples)] + samples if len(samples) <= len(obs.lengths) else samples
+        obs.lengths = obs.lengths[:mark_lengths] + samples
     metrics = log.parent / "metrics.jsonl"
     if metrics.is_file():
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        usable = [r for r in rows if "train_s" in r and "trained_tokens" in r]
-        if usable:
-            obs.real = True
-            obs.train = [(float(r["trained_tokens"]), float(r["train_s"])) for r in usable]
-            size = int(obs.config.get("batch_size", 1)) or 1
-            obs.trained_per_rollout.extend(float(r["trained_tokens"]) / size for r in usable)
-            obs.sync = []  # a real run's pause spans the training: the sync is version -> unpaused
-            steps = [r for r in usable if "decode_steps" in r and "generated_tokens" in r and "wall_s" in r]
-            if len(steps) > 1:
-                # the engine's own counters: between two updates generation ran for the
-                # wall time less the training, over that many decode steps of that many tokens
-                obs.decode, obs.decode_weights = [], []
-                for before, row in zip(steps, steps[1:]):
-                    count = row["decode_steps"] - before["decode_steps"]
-                    seconds = row["wall_s"] - before["wall_s"] - row["train_s"]
-                    if count > 0 and seconds > 0:
-                        batch = (row["generated_tokens"] - before["generated_tokens"]) / count
-                        obs.decode.append((batch / max(1, servers), seconds / count))
-                        obs.decode_weights.append(float(count))
-            return _resync(log, obs)
+        _metrics(metrics, obs, log, mark, submitted, settings)
     return obs
+
+
+def _metrics(
+    metrics: Path, obs: Observations, log: Path, mark: tuple[int, int, int, int], submitted: list[float], settings: dict[str, Any]
+) -> None:
+    """A real run: its updates' costs from ``metrics.jsonl`` (the events' times give the
+    weight sync only for runs older than the ``sync_s`` field)."""
+    try:
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CalibrationError(f"{metrics}: not a run's metrics ({err})") from None
+    usable = [r for r in rows if isinstance(r, dict) and "train_s" in r and "trained_tokens" in r]
+    if not usable:
+        return
+    # the fits from this log's events (a simulated log's way) do not apply to a real run
+    obs.real = True
+    del obs.train[mark[0]:], obs.decode[mark[1]:], obs.decode_weights[mark[2]:], obs.sync[mark[3]:]
+    size = int(settings.get("batch_size", 1)) or 1
+    group = obs.group_size
+    obs.trained_per_rollout.extend(float(r["trained_tokens"]) / size for r in usable)
+    slots = int(settings.get("max_concurrent") or size) * group
+    found = updates(usable, slots, size * group, recompute_in_step=settings.get("policy") != "segment_wise", submitted=submitted)
+    obs.updates.extend(found)
+    obs.train.extend((u.trained_tokens, u.step_s) for u in found)
+    obs.decode.extend((u.tokens / u.steps, u.collect_s / u.steps) for u in found if u.steps > 0)
+    if any(u.sync_s is None for u in found):
+        _resync(log, obs)
+    else:
+        obs.sync.extend(u.sync_s for u in found if u.sync_s is not None)
 
 
 def _sample_lengths(path: Path) -> list[int]:
@@ -278,24 +259,42 @@ class Calibration:
     lognormal: Distribution
     sync_s: float
     counts: dict[str, int]
+    lengths: list[int] = field(default_factory=list)  # response tokens per sample, as observed
+    costs: RealCosts | None = None  # a real run's cost fits
 
     def report(self) -> str:
-        lines = [f"{'fit':<16} {'intercept':>12} {'slope':>12} {'R^2':>7} {'|res| p50':>10} {'p90':>8} {'p99':>8}"]
+        lines = [f"{'fit':<16} {'R^2':>7} {'|res| p50':>10} {'p90':>8} {'p99':>8}  coefficients"]
         for fit in self.fits:
             p = fit.percentiles()
-            lines.append(
-                f"{fit.name:<16} {fit.intercept:>12.4g} {fit.slope:>12.4g} {fit.r2:>7.3f} "
-                f"{p['p50']:>10.1%} {p['p90']:>8.1%} {p['p99']:>8.1%}"
-            )
+            terms = "  ".join(f"{k} {v:.4g}" for k, v in fit.coefficients.items())
+            unfit = f"  (dropped, 0: {', '.join(fit.dropped)})" if fit.dropped else ""
+            lines.append(f"{fit.name:<16} {fit.r2:>7.3f} {p['p50']:>10.1%} {p['p90']:>8.1%} {p['p99']:>8.1%}  {terms}{unfit}")
         d = self.lognormal
-        lines.append(f"response length  lognormal median {d.median:.1f} sigma {d.sigma:.3f} cap {d.cap}")
-        lines.append(f"weight sync      median {self.sync_s:.4g} s")
+        response = self.scenario.workload.response_len
+        chosen = f"empirical ({len(self.lengths)} samples)" if response.kind == "empirical" else "lognormal"
+        lines.append(f"response length  lognormal median {d.median:.1f} sigma {d.sigma:.3f} cap {d.cap}; used: {chosen}")
+        if self.lengths:
+            ordered = sorted(self.lengths)
+            pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+            lines.append(f"                 observed mean {statistics.fmean(ordered):.1f} p50 {pick(0.5)} p90 {pick(0.9)} p99 {pick(0.99)} max {ordered[-1]}")
+        lines.append(f"weight sync      mean {self.sync_s:.4g} s" if self.costs else f"weight sync      median {self.sync_s:.4g} s")
+        if self.costs is not None:
+            lines.extend(self.costs.notes())
         lines.append("observations     " + ", ".join(f"{k} {v}" for k, v in self.counts.items()))
         return "\n".join(lines)
 
 
-def calibrate(paths: list[str | Path], base: Scenario | None = None, servers: int = 1, empirical: bool = False) -> Calibration:
-    """Fit ``base`` (default: the default scenario) to the logs at ``paths``."""
+def write_lengths(lengths: list[int], path: str | Path) -> Path:
+    """The observed response lengths as a one-column CSV an ``empirical`` distribution reads."""
+    return write_atomic(Path(path), "length\n" + "".join(f"{n}\n" for n in lengths))
+
+
+def calibrate(
+    paths: list[str | Path], base: Scenario | None = None, servers: int = 1, lengths_file: str | Path | None = None
+) -> Calibration:
+    """Fit ``base`` (default: the default scenario) to the logs at ``paths``.  With
+    ``lengths_file`` the response lengths are the observed ones, written there (the
+    empirical distribution); without, the lognormal fit."""
     obs = Observations()
     for path in paths:
         observe(path, obs, servers=servers)
@@ -312,40 +311,55 @@ def calibrate(paths: list[str | Path], base: Scenario | None = None, servers: in
     lognormal = Distribution(
         kind="lognormal", median=round(math.exp(statistics.fmean(logs)), 3), sigma=round(statistics.pstdev(logs), 4), cap=max(obs.lengths)
     )
-    train = least_squares("train step", [x for x, _ in obs.train], [y for _, y in obs.train])
-    decode = least_squares("decode s/token", [x for x, _ in obs.decode], [y for _, y in obs.decode], obs.decode_weights or None)
-    sync_s = statistics.median(obs.sync) if obs.sync else 0.0
+    response = lognormal
+    if lengths_file is not None:
+        response = Distribution(kind="empirical", path=str(write_lengths(obs.lengths, lengths_file).resolve()))
     scenario = base or Scenario()
-    response = replace(lognormal, kind="empirical", path=str(Path(paths[0]).resolve())) if empirical else lognormal
     cfg = obs.config
     ledger = scenario.ledger
     group = obs.group_size
     workload = replace(scenario.workload, response_len=response, group_size=group)
-    if obs.real:
-        # the simulator trains group * prompt + response tokens per rollout: the prompt
-        # length that makes its count the real trainer's (1 when that counts completions only)
-        extra = statistics.fmean(obs.trained_per_rollout) - statistics.fmean(obs.lengths) * group
-        workload = replace(workload, prompt_len=Distribution(kind="fixed", value=max(1, round(extra / group))))
     for key in ("max_concurrent", "batch_size", "max_staleness", "policy"):
         if key in cfg:
             ledger = replace(ledger, **{key: cfg[key]})
-    scenario = replace(
-        scenario,
-        ledger=ledger,
-        workload=workload,
-        generation=replace(
-            scenario.generation,
-            servers=servers,
-            slots=max(1, ledger.max_concurrent * group // max(1, servers)),
-            # a real engine's prefill is part of its loop steps, which the decode fit measured
-            prefill_per_token_s=0.0 if obs.real else scenario.generation.prefill_per_token_s,
-            step_base_s=max(0.0, decode.intercept), step_per_seq_s=max(0.0, decode.slope), step_per_kv_token_s=0.0
-        ),
-        training=replace(
-            scenario.training,
-            step_base_s=max(0.0, train.intercept), step_per_token_s=max(0.0, train.slope), weight_sync_s=max(0.0, sync_s),
-            colocated=obs.real or scenario.training.colocated,  # a real run pauses generation to train
-        ),
-    )
-    counts = {"rollouts": len(obs.lengths), "updates": len(obs.train), "timed rollouts": len(obs.decode), "syncs": len(obs.sync)}
-    return Calibration(scenario, [train, decode], lognormal, sync_s, counts)
+    slots = max(1, ledger.max_concurrent * group // max(1, servers))
+    counts = {"rollouts": len(obs.lengths), "updates": len(obs.train)}
+    costs: RealCosts | None = None
+    if obs.real:
+        # the simulator trains group * prompt + response tokens per rollout: the prompt
+        # length that makes its count the real trainer's (0 when that counts completions only)
+        extra = statistics.fmean(obs.trained_per_rollout) - statistics.fmean(obs.lengths) * group
+        workload = replace(workload, prompt_len=Distribution(kind="fixed", value=max(0, round(extra / group))))
+        costs = fit_costs(obs.updates, obs.reprefills)
+        sync_s = costs.sync_s if costs.sync_s is not None else (statistics.median(obs.sync) if obs.sync else 0.0)
+        generation = replace(
+            scenario.generation, servers=servers, slots=slots,
+            step_base_s=costs.step_base_s, step_per_slot_s=costs.step_per_slot_s, step_per_seq_s=costs.step_per_seq_s,
+            step_per_kv_token_s=0.0,  # the engine attends over every slot's whole cache: no cost per cached token
+            # per started rollout, as the simulator charges a prefill: the engine's passes (it may
+            # join several starts, and re-prefills after an update) and the executor's work
+            prefill_base_s=costs.per_start_s, prefill_per_token_s=0.0,
+        )
+        train = costs.train
+        training = replace(
+            scenario.training, step_base_s=train["1"], step_per_token_s=train["tokens"], step_per_seq_s=train["sequences"],
+            recompute_per_token_s=costs.recompute_per_token_s, weight_sync_s=sync_s, update_overhead_s=costs.overhead_s,
+            colocated=True,  # a real run's one process: generation waits while it trains
+        )
+        fits = costs.fits
+        counts["runs"] = len(paths)
+    else:
+        train = line("train step", [x for x, _ in obs.train], [y for _, y in obs.train])
+        decode = line("decode s/token", [x for x, _ in obs.decode], [y for _, y in obs.decode], obs.decode_weights or None)
+        sync_s = statistics.median(obs.sync) if obs.sync else 0.0
+        generation = replace(
+            scenario.generation, servers=servers, slots=slots,
+            step_base_s=max(0.0, decode["1"]), step_per_seq_s=max(0.0, decode["x"]), step_per_kv_token_s=0.0,
+        )
+        training = replace(scenario.training, step_base_s=max(0.0, train["1"]), step_per_token_s=max(0.0, train["x"]),
+                           weight_sync_s=max(0.0, sync_s))
+        fits = [train, decode]
+        counts["timed rollouts"] = len(obs.decode)
+    counts["syncs"] = len(obs.sync)
+    scenario = replace(scenario, ledger=ledger, workload=workload, generation=generation, training=training)
+    return Calibration(scenario, fits, lognormal, sync_s, counts, list(obs.lengths), costs)

@@ -17,15 +17,18 @@ def register(subparsers: Any) -> None:
         "calibrate",
         help="fit the simulator's cost model and length distributions to timed logs",
         description=(
-            "Fit decode-step, training-step and weight-sync costs and the response-length "
-            "distribution to LOGs (run directories or event logs with times); print R-squared "
+            "Fit decode-step, prefill, training-step, recompute, weight-sync and per-update costs and the "
+            "response-length distribution to LOGs (run directories or event logs with times); print R-squared "
             "and residual percentiles; write a scenario TOML for simulate."
         ),
     )
     parser.add_argument("logs", nargs="+", metavar="LOG", help="a run directory, events.sqlite, or a .jsonl/.db log")
     parser.add_argument("-o", "--out", required=True, metavar="SCENARIO", help="scenario TOML to write")
     parser.add_argument("--servers", type=int, default=1, help="generation servers of the calibrated cluster (default 1)")
-    parser.add_argument("--empirical", action="store_true", help="response lengths resampled from the log instead of the lognormal fit")
+    parser.add_argument(
+        "--lengths", choices=("empirical", "lognormal"), default="empirical",
+        help="response lengths: the observed ones, written beside SCENARIO as SCENARIO_STEM.lengths.csv (default), or the lognormal fit",
+    )
     parser.add_argument("--base", metavar="SCENARIO", help="scenario whose other fields the fit keeps (default: the embedded one)")
     parser.set_defaults(run=run_calibrate, inputs=())  # every error names its log itself
 
@@ -37,10 +40,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if args.servers < 1:
         raise ValueError(f"--servers: {args.servers} must be at least 1")
     inputs = [Path(p) for p in args.logs]
-    out = check_output(args.out, *inputs, *[p / "events.sqlite" for p in inputs if p.is_dir()])
+    logs = [*inputs, *[p / "events.sqlite" for p in inputs if p.is_dir()]]
+    out = check_output(args.out, *logs)
+    lengths = check_output(out.with_name(out.stem + ".lengths.csv"), *logs, out) if args.lengths == "empirical" else None
     base = load(args.base) if args.base else None
-    result = calibrate(list(args.logs), base=base, servers=args.servers, empirical=args.empirical)
+    result = calibrate(list(args.logs), base=base, servers=args.servers, lengths_file=lengths)
     print(result.report())
     save(result.scenario, out)
-    print(f"wrote {out}")
+    print(f"wrote {out}" + (f" and {lengths}" if lengths is not None else ""))
     return 0

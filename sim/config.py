@@ -117,7 +117,13 @@ class GenerationSection:
     step_base_s: float = field(default=0.02, metadata=_doc("decode step cost: fixed part, seconds"))
     step_per_seq_s: float = field(default=5e-5, metadata=_doc("decode step cost per active sequence, seconds"))
     step_per_kv_token_s: float = field(default=2e-8, metadata=_doc("decode step cost per cached token, seconds"))
+    step_per_slot_s: float = field(
+        default=0.0, metadata=_doc("decode step cost per slot of the server, busy or not (an engine that decodes every slot), seconds")
+    )
     prefill_per_token_s: float = field(default=2e-5, metadata=_doc("prefill cost per prompt (or re-prefilled) token, seconds"))
+    prefill_base_s: float = field(
+        default=0.0, metadata=_doc("fixed cost of a started rollout's prefill, and of a server's re-prefill after an update, seconds")
+    )
     on_update: str = field(
         default="partial",
         metadata=_doc(
@@ -132,8 +138,13 @@ class TrainingSection:
 
     step_base_s: float = field(default=5.0, metadata=_doc("training step cost: fixed part, seconds"))
     step_per_token_s: float = field(default=1e-4, metadata=_doc("training step cost per trained token, seconds"))
+    step_per_seq_s: float = field(default=0.0, metadata=_doc("training step cost per trained sequence (sample), seconds"))
     recompute_per_token_s: float = field(default=5e-6, metadata=_doc("cost per token of recomputing proximal log-probs"))
     weight_sync_s: float = field(default=1.0, metadata=_doc("seconds generation is paused to load new weights"))
+    update_overhead_s: float = field(
+        default=0.0,
+        metadata=_doc("seconds per update besides training, recomputing and the sync (advantages, checkpoint, logging); colocated: generation paused"),
+    )
     colocated: bool = field(default=False, metadata=_doc("generation and training share the GPUs (generation pauses while training)"))
 
 
@@ -307,9 +318,13 @@ def _validate(scenario: Scenario) -> None:
         "generation.step_base_s": scenario.generation.step_base_s,
         "generation.step_per_seq_s": scenario.generation.step_per_seq_s,
         "generation.step_per_kv_token_s": scenario.generation.step_per_kv_token_s,
+        "generation.step_per_slot_s": scenario.generation.step_per_slot_s,
         "generation.prefill_per_token_s": scenario.generation.prefill_per_token_s,
+        "generation.prefill_base_s": scenario.generation.prefill_base_s,
         "training.step_base_s": scenario.training.step_base_s,
         "training.step_per_token_s": scenario.training.step_per_token_s,
+        "training.step_per_seq_s": scenario.training.step_per_seq_s,
+        "training.update_overhead_s": scenario.training.update_overhead_s,
         "training.recompute_per_token_s": scenario.training.recompute_per_token_s,
         "training.weight_sync_s": scenario.training.weight_sync_s,
     }
@@ -317,7 +332,7 @@ def _validate(scenario: Scenario) -> None:
         if not 0 <= cost <= MAX_COST_S:
             raise ScenarioError(name, f"must be between 0 and {MAX_COST_S:g} seconds, got {cost}")
     generation = scenario.generation
-    if generation.step_base_s + generation.step_per_seq_s + generation.step_per_kv_token_s <= 0:
+    if generation.step_base_s + generation.step_per_seq_s + generation.step_per_kv_token_s + generation.step_per_slot_s <= 0:
         raise ScenarioError("generation.step_base_s", "a decode step must cost some time (all step costs are 0)")
     if not scenario.run.max_time_s > 0:
         raise ScenarioError("run.max_time_s", f"must be positive, got {scenario.run.max_time_s}")
@@ -327,8 +342,9 @@ def _validate(scenario: Scenario) -> None:
         raise ScenarioError(
             "workload.group_size", f"a prompt's {scenario.workload.group_size} samples must fit one server's {generation.slots} slots"
         )
-    for name in ("prompt_len", "response_len"):
-        _validate_distribution(f"workload.{name}", getattr(scenario.workload, name))
+    # a prompt may be empty: a trainer that counts completion tokens only (a calibrated real run)
+    _validate_distribution("workload.prompt_len", scenario.workload.prompt_len, least=0)
+    _validate_distribution("workload.response_len", scenario.workload.response_len)
     if scenario.ledger.policy not in POLICIES:
         raise ScenarioError("ledger.policy", f"must be one of {', '.join(POLICIES)}, got {scenario.ledger.policy!r}")
     if scenario.ledger.on_stale not in ON_STALE:
@@ -336,11 +352,11 @@ def _validate(scenario: Scenario) -> None:
     scenario.ledger_config()
 
 
-def _validate_distribution(name: str, dist: Distribution) -> None:
+def _validate_distribution(name: str, dist: Distribution, least: int = 1) -> None:
     if dist.kind not in DISTRIBUTIONS:
         raise ScenarioError(f"{name}.kind", f"must be one of {', '.join(DISTRIBUTIONS)}, got {dist.kind!r}")
-    if dist.kind == "fixed" and not 1 <= dist.value <= MAX_LENGTH:
-        raise ScenarioError(f"{name}.value", f"must be between 1 and {MAX_LENGTH} tokens, got {dist.value}")
+    if dist.kind == "fixed" and not least <= dist.value <= MAX_LENGTH:
+        raise ScenarioError(f"{name}.value", f"must be between {least} and {MAX_LENGTH} tokens, got {dist.value}")
     if dist.kind == "lognormal":
         if not 1 <= dist.median <= MAX_LENGTH:
             raise ScenarioError(f"{name}.median", f"must be between 1 and {MAX_LENGTH} tokens, got {dist.median}")

@@ -1,7 +1,9 @@
 """Generation servers: the analytical continuous-batching model and the least-loaded pick.
 
-A server does continuous batching: a decode step costs ``base + per_seq * active +
-per_kv_token * kv_tokens`` and advances every active sequence by one token.
+A server does continuous batching: a decode step costs ``base + per_slot * slots +
+per_seq * active + per_kv_token * kv_tokens`` and advances every active sequence by
+one token (``per_slot``: an engine that decodes all its slots, busy or not, each step;
+for a given server it is part of the fixed cost).
 Between two events the set of sequences is fixed, so after ``n`` steps the kv
 cache has grown by ``active * n`` tokens and the time taken is the closed form
 ``T(n) = n * c0 + per_kv_token * active * n * (n - 1) / 2``; progress is advanced
@@ -65,10 +67,11 @@ class Pool:
         self.finished = finished
         self.paused = False  # every server frozen (a weight update)
         self.slots = generation.slots
-        self.base = generation.step_base_s
+        self.base = generation.step_base_s + generation.step_per_slot_s * generation.slots
         self.per_seq = generation.step_per_seq_s
         self.per_kv = generation.step_per_kv_token_s
         self.prefill = generation.prefill_per_token_s
+        self.prefill_base = generation.prefill_base_s
         self._sequences = 0
         self._loads = [(0, i) for i in range(len(self.servers))]
         self._heaped = len(self.servers) > SCAN_SERVERS
@@ -175,7 +178,7 @@ class Pool:
             heapq.heappush(server.heap, (steps + lengths(), self._sequences, rollout, steps, prompt))
             server.kv_offset += prompt - steps
         server.active += group
-        server.stall += self.prefill * prompt
+        server.stall += self.prefill_base + self.prefill * prompt
         if self._heaped:
             self.loaded(server)
 
@@ -192,7 +195,7 @@ class Pool:
         for server in self.servers:
             if server.active:
                 kv_tokens = server.kv_offset + server.active * server.steps
-                server.stall += self.prefill * kv_tokens
+                server.stall += self.prefill_base + self.prefill * kv_tokens
 
     def clear(self, server: Server) -> None:
         """Drop every sequence on ``server`` (a restart)."""

@@ -7,6 +7,9 @@ flight (``partial``: their segment closes, they re-prefill afterwards), restart 
 (``restart``: their work is wasted, their prompts go first), let them run on
 (``run_on``), or let them finish first (``drain``).  ``colocated`` begins the update
 before training (generation and training share the devices), otherwise after it.
+A step costs ``base + per_token * tokens + per_seq * sequences``; then the recompute,
+the sync and the per-update overhead (inside the pause when colocated, after it
+otherwise); the trainer is idle only while it waits for a batch.
 """
 
 from __future__ import annotations
@@ -164,7 +167,7 @@ class Training:
             if training.colocated:
                 yield from self._begin_update()
             busy_from = env.now
-            yield env.timeout(training.step_base_s + training.step_per_token_s * tokens)
+            yield env.timeout(training.step_base_s + training.step_per_token_s * tokens + training.step_per_seq_s * size * group)
             requests = protocol.recompute_requests(ledger.state)
             if requests:
                 recompute_tokens = sum(group * self._live[r.rollout].prompt + self._live[r.rollout].done for r in requests)
@@ -175,9 +178,13 @@ class Training:
             if requests:
                 ledger.append(*[stamped(request, env.now) for request in requests])
             yield env.timeout(training.weight_sync_s)
+            if training.colocated and training.update_overhead_s:  # the run's one process: generation waits too
+                yield env.timeout(training.update_overhead_s)
             now = env.now
             self._finish_update(now)
             self._dispatch(now)
+            if not training.colocated and training.update_overhead_s:  # the trainer's own bookkeeping
+                yield env.timeout(training.update_overhead_s)
             if self._progress is not None:
                 self._progress(stats.consumed)
             if ledger.count(CONSUMED) >= goal:

@@ -46,8 +46,21 @@ def test_calibrate_writes_a_scenario_simulate_takes(tmp_path, capsys):
     out = tmp_path / "cal.toml"
     assert main(["calibrate", str(tmp_path / "true.db"), "-o", str(out)]) == 0
     assert "R^2" in capsys.readouterr().out
-    assert load(out).training.weight_sync_s == pytest.approx(0.5)
+    calibrated = load(out)
+    assert calibrated.training.weight_sync_s == pytest.approx(0.5)
+    # the observed lengths by default, written beside the scenario; the lognormal on request
+    assert calibrated.workload.response_len.kind == "empirical" and (tmp_path / "cal.lengths.csv").is_file()
     assert main(["simulate", str(out), "--compare", "none", "--set", "run.rollouts=100"]) == 0
+    assert main(["calibrate", str(tmp_path / "true.db"), "-o", str(tmp_path / "ln.toml"), "--lengths", "lognormal"]) == 0
+    assert load(tmp_path / "ln.toml").workload.response_len.kind == "lognormal" and not (tmp_path / "ln.lengths.csv").exists()
+
+
+def test_several_logs_keep_the_first_logs_settings(tmp_path):
+    simulate(Scenario().with_overrides(TRUTH + ["run.rollouts=200"]), log=tmp_path / "a.db")
+    simulate(Scenario().with_overrides(TRUTH + ["run.rollouts=200", "ledger.batch_size=8", "ledger.max_concurrent=32"]), log=tmp_path / "b.db")
+    fit = calibrate([tmp_path / "a.db", tmp_path / "b.db"])
+    assert (fit.scenario.ledger.batch_size, fit.scenario.ledger.max_concurrent) == (16, 64)
+    assert fit.counts["updates"] == -(-200 // 16) + 200 // 8  # both logs' updates (the run stops at the step reaching 200)
 
 
 def test_a_too_short_log_says_what_is_missing(tmp_path, capsys):

@@ -117,6 +117,9 @@ class RLRun:
         self._started = 0.0
         self._wall_offset = 0.0
         self._evaluation_s = 0.0
+        self._update_began = 0.0  # perf_counter at begin_update
+        self._recompute_s = 0.0  # this update's segment-wise recomputation
+        self._recompute_before = 0.0  # the trainer's recomputation seconds at begin_update
         self.collector = Collector(config.gc)  # started by setup(), stopped by close()
 
     @classmethod
@@ -177,6 +180,7 @@ class RLRun:
             self.ledger = Ledger(config.ledger_config(), path=events_path, flush_every=FLUSH_EVERY, clock=self._log_clock)
             self.save_checkpoint()
         slots = self.ledger.state.config.rank_max_concurrent * config.group_size  # type: ignore[union-attr]
+        self._slots = slots
         seed = config.seed + 1000 * self.ledger.state.version
         if config.engine == "vllm":  # vLLM loads the model directory; the trainer's weights replace it first
             self.engine = self._vllm_engine(slots, seed)
@@ -298,6 +302,8 @@ class RLRun:
     def begin_update(self) -> Trainer:
         """Pause generation (admissions and decoding) for the update; returns the trainer."""
         self.executor.pause()
+        self._update_began = time.perf_counter()
+        self._recompute_before = getattr(self.trainer, "recompute_seconds", 0.0)
         return self.trainer
 
     def finish_update(self, batch: CollectedBatch, steps: Sequence[dict[str, float]], reward: float, *,
@@ -317,6 +323,7 @@ class RLRun:
         batch twice or losing it; one that finds no such checkpoint trains the
         consumed batch once (:meth:`collect_batch`)."""
         executor, trainer = self.executor, self.trainer
+        trained_at = time.perf_counter()
         version = trainer.version
         staleness = [version - min(s.versions) for s in batch.samples if s.versions]
         exact = [s.reward == 1.0 for s in batch.samples]
@@ -325,13 +332,19 @@ class RLRun:
         if due:
             self._write()
         saved = save_checkpoint(self.ckpt_dir, version + 1, trainer.state_dict()) if due else None
+        self._recompute_s, sync_began = 0.0, time.perf_counter()
         executor.set_version(trainer.model.state_dict(), self._recompute)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()  # the weights are in the engine: the sync is timed whole
+        sync_s = time.perf_counter() - sync_began - self._recompute_s
         if saved is not None:  # samples, then the log, are made durable with each checkpoint
             executor.timed(self.ledger.append, Checkpoint(version + 1, str(saved)))
             self._write()
         executor.resume()
         self.collector.collect()
         state = self.ledger.state
+        prepare_recompute = getattr(trainer, "recompute_seconds", 0.0) - self._recompute_before
+        engine = self.engine
         record = {
             "step": state.version,
             "reward": reward,
@@ -345,8 +358,18 @@ class RLRun:
             "ledger_s": executor.ledger_seconds,
             "store_s": executor.store_seconds,
             "gc_s": self.collector.seconds,
-            "generated_tokens": self.engine.decoded_tokens,
-            "decode_steps": self.engine.steps,
+            # what calibration needs (docs/simulator.md#calibration): the update's parts (the
+            # rest of the wall time between two updates is neither training nor waiting) and
+            # the engine's counters so far
+            "sequences": len(batch.samples),
+            "step_s": trained_at - self._update_began - prepare_recompute if self._update_began else 0.0,
+            "recompute_s": prepare_recompute + self._recompute_s,
+            "sync_s": sync_s,
+            "slots": self._slots,
+            "generated_tokens": engine.decoded_tokens,
+            "decode_steps": engine.steps,
+            # (an engine that does not count or time its passes leaves them out)
+            **{key: getattr(engine, key) for key in ("prefills", "prefill_rows", "prefill_tokens", "prefill_s", "decode_s") if hasattr(engine, key)},
             "rejected": state.rejected,
             "filtered": state.filtered,
             **mean_stats(steps),
@@ -365,6 +388,7 @@ class RLRun:
         starts at ``v+1``) under ``v+1``'s weights, the trainer's own, tagged ``v+1``.
         The proximal policy of an update is the one it starts from; the engine still
         holds ``v``'s weights at this point, which would be one version behind."""
+        began = time.perf_counter()
         store, trainer = self.executor.store, self.trainer
         pad = self.tokenizer.pad_id
         was_training = trainer.model.training
@@ -379,6 +403,7 @@ class RLRun:
                 store.put(rollout, samples)
         finally:
             trainer.model.train(was_training)
+            self._recompute_s += time.perf_counter() - began
 
     # -- evaluation, files and figures ------------------------------------------------
     def _log_clock(self) -> float:

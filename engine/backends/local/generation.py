@@ -13,6 +13,7 @@ under the new weights and it goes on as a new segment (partial rollout).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Mapping
 
 import torch
@@ -53,8 +54,16 @@ class TorchEngine:
         self._paused = False
         self._closed = False
         self._wake = asyncio.Event()
+        # what calibration reads (rl_run writes them with each update): decode steps,
+        # tokens decoded (busy slots summed over steps), prefill passes, their rows and
+        # tokens, and the seconds spent in each kind of pass
         self.steps = 0
         self.decoded_tokens = 0
+        self.prefills = 0
+        self.prefill_rows = 0
+        self.prefill_tokens = 0
+        self.prefill_s = 0.0
+        self.decode_s = 0.0
 
     # -- the interface -------------------------------------------------------
     def submit(self, prompt: list[int], max_new_tokens: int, *, stream: bool = False) -> GenerationHandle:
@@ -158,11 +167,14 @@ class TorchEngine:
         self._release_cancelled()
         self._admit()
         if self._needs_prefill:
+            began = time.perf_counter()
             self._prefill(sorted(self._needs_prefill))
             self._needs_prefill.clear()
+            self.prefill_s += time.perf_counter() - began  # its tokens' .tolist() waited for the device
         busy = [slot for slot, handle in enumerate(self._slots) if handle is not None]
         if not busy:
             return
+        began = time.perf_counter()
         logits = self.model.decode(self._last, self._positions, self.cache)
         tokens, logprobs = self._sample(logits)
         self._last.copy_(tokens)
@@ -171,6 +183,7 @@ class TorchEngine:
         self.steps += 1
         self.decoded_tokens += len(busy)
         self._record(busy, [tokens_list[s] for s in busy], [logprobs_list[s] for s in busy])
+        self.decode_s += time.perf_counter() - began
 
     def _prefill(self, slots: list[int]) -> None:
         contexts = []
@@ -178,6 +191,9 @@ class TorchEngine:
             handle = self._slots[slot]
             assert handle is not None  # a slot awaits prefill only while it holds a sequence
             contexts.append(handle.generation.prompt + handle.generation.tokens)
+        self.prefills += 1
+        self.prefill_rows += len(contexts)
+        self.prefill_tokens += sum(len(c) for c in contexts)
         longest = max(len(c) for c in contexts)
         width = max(longest, min(self.max_len, -(-longest // 16) * 16))  # few distinct shapes for the kernels
         batch = torch.full((len(slots), width), self.pad_id, dtype=torch.long)

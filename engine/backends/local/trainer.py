@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
@@ -172,6 +173,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.version = 0
         self.sft_steps = 0
+        self.recompute_seconds = 0.0  # the proximal recomputations' time, summed (calibration reads it)
         #: The frozen policy of the KL penalty (``config.kl_coef > 0``), set by :meth:`set_reference`.
         self.reference: PolicyModule | None = None
 
@@ -259,8 +261,12 @@ class Trainer:
         rows = self.minibatch_rows(len(samples))
         proximal = None
         if self.needs_recompute(len(rows) * epochs):
+            began = time.perf_counter()
             with torch.no_grad():
                 proximal = self._logprobs(batch.tokens).float()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            self.recompute_seconds += time.perf_counter() - began
         return PreparedUpdate(batch, proximal, rows, epochs)
 
     def forward_backward(self, update: PreparedUpdate, epoch: int, part: int) -> dict[str, float]:

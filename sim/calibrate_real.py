@@ -1,0 +1,187 @@
+"""The cost model of a real run, fitted from the ``metrics.jsonl`` lines it writes per update.
+
+A ``train`` run's update is: collect a batch (``wait_s``: the engine decodes and
+prefills, the executor completes rollouts; nothing else runs), train on it
+(``step_s``), recompute proximal log-probs (``recompute_s``), load the weights into
+the engine (``sync_s``), and the rest of the wall time between two updates
+(advantages, checkpoint, samples, log, workflow stages), which is the per-update
+overhead.  What is fitted, per update, against the simulator's terms:
+
+- generation (the collect time): ``steps * (base + per_slot * slots) + per_seq *
+  tokens + prefill_base * prefills``, no intercept: decode steps, tokens decoded
+  (busy slots summed over steps) and prefill passes are the engine's counters; the
+  per-slot term is identified only across runs of different slot counts (else it is
+  part of ``base``); the executor's per-rollout work is carried by the per-prefill
+  and per-token terms;
+- the training step: ``base + per_token * tokens + per_seq * sequences`` (the
+  per-sequence term only across batch sizes);
+- recompute: seconds per trained token over the updates that recomputed;
+- sync and overhead: their means (tokens/s is a ratio of totals).
+
+The generation terms, fitted apart and without an intercept, are scaled together so
+that they add up to the runs' total collect time (the factor is reported).
+
+Older runs without ``step_s`` fall back to ``train_s`` as the step and no overhead.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from sim.fitting import Fit, fit
+
+#: Per-update fields without which a metrics line cannot be used.
+REQUIRED = ("wall_s", "wait_s", "train_s", "trained_tokens", "decode_steps", "generated_tokens")
+
+
+@dataclass
+class Update:
+    """One update of a real run, as the simulator's cost terms see it."""
+
+    collect_s: float
+    steps: float
+    tokens: float
+    prefills: float
+    slots: float
+    step_s: float
+    trained_tokens: float
+    sequences: float
+    recompute_s: float
+    sync_s: float | None
+    overhead_s: float
+    decode_s: float | None = None  # the engine's own pass times (an engine that times them)
+    prefill_s: float = 0.0
+    prefill_tokens: float = 0.0
+    starts: float = 0.0  # rollouts submitted during the update's interval (from the log)
+
+
+def updates(
+    rows: list[dict[str, Any]], slots: int, sequences: int, recompute_in_step: bool, submitted: list[float] | None = None
+) -> list[Update]:
+    """The updates of one run (its metrics lines in order), counters turned into
+    per-update differences.  ``slots`` and ``sequences`` are the run's when a line
+    does not say; ``recompute_in_step`` folds the recomputation into the step (the
+    simulator recomputes only under ``segment_wise``)."""
+    out = []
+    before: dict[str, Any] = {"wall_s": 0.0, "decode_steps": 0, "generated_tokens": 0, "prefills": 0, "prefill_tokens": 0,
+                              "decode_s": 0.0, "prefill_s": 0.0}
+    times = sorted(submitted or [])
+    index = 0
+    for row in rows:
+        if not all(key in row for key in REQUIRED):
+            continue
+        timed = "step_s" in row
+        recompute = float(row.get("recompute_s", 0.0))
+        step = float(row["step_s"]) if timed else float(row["train_s"])
+        sync = float(row["sync_s"]) if "sync_s" in row else None
+        wall = float(row["wall_s"]) - float(before["wall_s"])
+        parts = float(row["wait_s"]) + step + recompute + (sync or 0.0)
+        if recompute_in_step:
+            step, recompute = step + recompute, 0.0
+        starts = 0
+        while index < len(times) and times[index] <= float(row["wall_s"]):
+            index, starts = index + 1, starts + 1
+        out.append(Update(
+            collect_s=float(row["wait_s"]),
+            steps=float(row["decode_steps"] - before["decode_steps"]),
+            tokens=float(row["generated_tokens"] - before["generated_tokens"]),
+            prefills=float(row.get("prefills", 0) - before.get("prefills", 0)),
+            slots=float(row.get("slots", slots)),
+            step_s=step,
+            trained_tokens=float(row["trained_tokens"]),
+            sequences=float(row.get("sequences", sequences)),
+            recompute_s=recompute,
+            sync_s=sync,
+            overhead_s=max(0.0, wall - parts) if timed else 0.0,
+            decode_s=float(row["decode_s"]) - float(before.get("decode_s", 0.0)) if "decode_s" in row else None,
+            prefill_s=float(row.get("prefill_s", 0.0)) - float(before.get("prefill_s", 0.0)),
+            prefill_tokens=float(row.get("prefill_tokens", 0)) - float(before.get("prefill_tokens", 0)),
+            starts=float(starts),
+        ))
+        before = row
+    return out
+
+
+@dataclass
+class RealCosts:
+    """The fitted costs of one or more real runs, in the simulator's terms."""
+
+    fits: list[Fit]
+    step_base_s: float
+    step_per_slot_s: float
+    step_per_seq_s: float
+    per_start_s: float  # a started rollout's prefill and executor work (the simulator's prefill_base_s)
+    train: Fit
+    recompute_per_token_s: float
+    sync_s: float | None
+    overhead_s: float
+    generation_r2: float  # of the collect time the generation terms predict
+    scale: float = 1.0  # the factor that made the generation terms add up to the total collect time
+
+    def notes(self) -> list[str]:
+        return [
+            f"{'per started':<16} {self.per_start_s:.4g} s (a rollout's prefill and the executor's work on it; also per re-prefill)",
+            f"{'collect time':<16} R^2 {self.generation_r2:.3f} predicted from the generation terms above, scaled by {self.scale:.3f} to its total",
+            f"{'recompute':<16} {self.recompute_per_token_s:.4g} s per trained token",
+            f"{'update overhead':<16} mean {self.overhead_s:.4g} s per update (neither collecting, training, recomputing nor syncing)",
+        ]
+
+
+def _generation(found: list[Update], reprefills: int) -> tuple[list[Fit], float, float, float, float]:
+    """Fits of the collect time: from the engine's own pass times when it timed them
+    (decode passes by steps, slots and tokens; prefill passes by passes and tokens;
+    the rest of the collect time, the executor's, by rollouts started), else the
+    collect time by steps, slots, tokens and prefill passes at once.  Returns the fits
+    and the decode step's base, per slot and per sequence costs and the cost per start."""
+    several_slots = len({u.slots for u in found}) > 1
+    decode_terms = {
+        "steps": [u.steps for u in found],
+        "steps*slots": [u.steps * u.slots if several_slots else 0.0 for u in found],
+        "tokens": [u.tokens for u in found],
+    }
+    starts = sum(u.starts for u in found)
+    if all(u.decode_s is not None for u in found) and starts > 0:
+        decode = fit("decode passes s", decode_terms, [u.decode_s or 0.0 for u in found])
+        prefill = fit("prefill passes s", {"prefills": [u.prefills for u in found], "prefill tokens": [u.prefill_tokens for u in found]},
+                      [u.prefill_s for u in found])
+        executor = fit("executor s", {"starts": [u.starts for u in found]},
+                       [max(0.0, u.collect_s - (u.decode_s or 0.0) - u.prefill_s) for u in found])
+        passes = prefill["prefills"] * sum(u.prefills for u in found) + prefill["prefill tokens"] * sum(u.prefill_tokens for u in found)
+        fits = [decode, prefill, executor]
+        work = passes + executor["starts"] * starts
+    else:
+        decode = fit("generation s", {**decode_terms, "prefills": [u.prefills for u in found]}, [u.collect_s for u in found])
+        work = decode["prefills"] * sum(u.prefills for u in found)
+        fits = [decode]
+    # the simulator charges it per started rollout and per re-prefill after an update
+    per_start = work / max(1.0, starts + reprefills)
+    return fits, decode["steps"], decode["steps*slots"], decode["tokens"], per_start
+
+
+def fit_costs(found: list[Update], reprefills: int = 0) -> RealCosts:
+    """Fit the costs of ``found`` (the updates of every run; ``reprefills`` of them
+    interrupted rollouts, which the engine prefilled again afterwards)."""
+    fits, base, per_slot, per_seq, per_start = _generation(found, reprefills)
+    collect = [u.collect_s for u in found]
+    share = reprefills / max(1, len(found))  # re-prefills per update
+    predicted = [u.steps * (base + per_slot * u.slots) + per_seq * u.tokens + per_start * (u.starts + share) for u in found]
+    # the terms fitted apart need not add up to the collect time in total (no intercept,
+    # outliers): scale them so that they do, since throughput is a ratio of totals
+    scale = sum(collect) / sum(predicted) if sum(predicted) > 0 else 1.0
+    base, per_slot, per_seq, per_start = base * scale, per_slot * scale, per_seq * scale, per_start * scale
+    predicted = [p * scale for p in predicted]
+    mean = statistics.fmean(collect)
+    ss_tot = sum((y - mean) ** 2 for y in collect)
+    r2 = 1.0 - sum((y - p) ** 2 for y, p in zip(collect, predicted)) / ss_tot if ss_tot > 0 else 0.0
+    train = fit("train step s", {
+        "1": [1.0] * len(found),
+        "tokens": [u.trained_tokens for u in found],
+        "sequences": [u.sequences for u in found],
+    }, [u.step_s for u in found])
+    recomputed = [u for u in found if u.recompute_s > 0]
+    per_token = sum(u.recompute_s for u in recomputed) / max(1.0, sum(u.trained_tokens for u in recomputed)) if recomputed else 0.0
+    syncs = [u.sync_s for u in found if u.sync_s is not None]
+    return RealCosts([*fits, train], base, per_slot, per_seq, per_start, train, per_token,
+                     statistics.fmean(syncs) if syncs else None, statistics.fmean(u.overhead_s for u in found), r2, scale)

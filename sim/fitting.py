@@ -1,0 +1,109 @@
+"""Least squares for calibration: a cost as a non-negative combination of named terms.
+
+:func:`fit` solves the weighted normal equations (pure Python, a handful of terms),
+drops a term that cannot be identified (it does not vary, or it is a combination of
+the others) and refits without a term whose coefficient comes out negative (a cost
+never falls with load), and reports R-squared and the relative residuals.  A dropped
+term gets coefficient 0 and is named in :attr:`Fit.dropped`, so a report says which
+parts of a cost the data could not tell apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: A pivot this small relative to its column's scale means the term adds nothing new.
+SINGULAR = 1e-9
+
+
+@dataclass
+class Fit:
+    """``y = sum(coefficients[k] * x[k])`` (``"1"`` is the intercept's term) and its quality."""
+
+    name: str
+    coefficients: dict[str, float]
+    r2: float
+    residuals: list[float] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+    def __getitem__(self, term: str) -> float:
+        return self.coefficients.get(term, 0.0)
+
+    def percentiles(self) -> dict[str, float]:
+        """Absolute relative residuals at p50, p90, p99."""
+        values = sorted(self.residuals)
+        if not values:
+            return {"p50": 0.0, "p90": 0.0, "p99": 0.0}
+        pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
+        return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99)}
+
+
+def _solve(matrix: list[list[float]], vector: list[float]) -> list[float] | None:
+    """Gaussian elimination with partial pivoting; ``None`` when singular."""
+    n = len(vector)
+    a = [row[:] + [v] for row, v in zip(matrix, vector)]
+    scale = max((abs(a[i][i]) for i in range(n)), default=1.0) or 1.0
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
+        if abs(a[pivot][col]) <= SINGULAR * scale:
+            return None
+        a[col], a[pivot] = a[pivot], a[col]
+        for r in range(n):
+            if r != col:
+                factor = a[r][col] / a[col][col]
+                a[r] = [x - factor * y for x, y in zip(a[r], a[col])]
+    return [a[i][n] / a[i][i] for i in range(n)]
+
+
+def _normal(columns: list[list[float]], ys: list[float], w: list[float]) -> list[float] | None:
+    """The least-squares coefficients of ``columns`` (each already scaled to unit size)."""
+    k = len(columns)
+    gram = [[sum(wi * a * b for wi, a, b in zip(w, columns[i], columns[j])) for j in range(k)] for i in range(k)]
+    moment = [sum(wi * a * y for wi, a, y in zip(w, columns[i], ys)) for i in range(k)]
+    return _solve(gram, moment)
+
+
+def fit(name: str, terms: dict[str, list[float]], ys: list[float], weights: list[float] | None = None) -> Fit:
+    """Weighted non-negative least squares of ``ys`` on ``terms`` (name to values per
+    observation; name ``"1"`` for an intercept, whose values are all 1)."""
+    w = weights or [1.0] * len(ys)
+    names = [t for t in terms if any(v != 0 for v in terms[t])]
+    dropped = [t for t in terms if t not in names]
+    # a term constant across observations is the intercept's twin: keep the intercept
+    if "1" in names:
+        for t in [t for t in names if t != "1" and len(set(terms[t])) == 1]:
+            names.remove(t)
+            dropped.append(t)
+    coefficients: dict[str, float] = {}
+    while names:
+        scales = [max(abs(v) for v in terms[t]) or 1.0 for t in names]
+        columns = [[v / s for v in terms[t]] for t, s in zip(names, scales)]
+        solved = _normal(columns, ys, w)
+        if solved is None:  # collinear: drop the last term and try again
+            dropped.append(names.pop())
+            continue
+        values = {t: c / s for t, c, s in zip(names, solved, scales)}
+        negative = [t for t in names if values[t] < 0]
+        if negative:
+            worst = min(negative, key=lambda t: values[t] * max(abs(v) for v in terms[t]))
+            names.remove(worst)
+            dropped.append(worst)
+            continue
+        coefficients = values
+        break
+    for t in dropped:
+        coefficients.setdefault(t, 0.0)
+    predicted = [sum(coefficients.get(t, 0.0) * terms[t][i] for t in terms) for i in range(len(ys))]
+    total = sum(w)
+    mean = sum(wi * y for wi, y in zip(w, ys)) / total if total else 0.0
+    ss_res = sum(wi * (y - p) ** 2 for wi, y, p in zip(w, ys, predicted))
+    ss_tot = sum(wi * (y - mean) ** 2 for wi, y in zip(w, ys))
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
+    residuals = [abs(y - p) / abs(y) for y, p in zip(ys, predicted) if y != 0]
+    order = {t: i for i, t in enumerate(terms)}
+    return Fit(name, dict(sorted(coefficients.items(), key=lambda kv: order[kv[0]])), r2, residuals, sorted(set(dropped), key=lambda t: order[t]))
+
+
+def line(name: str, xs: list[float], ys: list[float], weights: list[float] | None = None) -> Fit:
+    """``y = a + b x``: :func:`fit` with an intercept and one slope (named ``"x"``)."""
+    return fit(name, {"1": [1.0] * len(xs), "x": xs}, ys, weights)

@@ -1,0 +1,118 @@
+"""A real run's cost model: recover known coefficients from metrics lines built with
+them (two runs of different slots and batch sizes, 2% noise); the new simulator terms
+cost what they say."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sim.calibrate_real import fit_costs, updates
+from sim.config import Scenario
+from sim.fitting import fit
+from sim.simulator import simulate
+
+TRUE = {
+    "step_base": 4e-3, "per_slot": 2e-5, "per_seq": 3e-5,  # decode pass: steps * (base + per_slot * slots) + per_seq * tokens
+    "prefill": 1.5e-3, "prefill_token": 2e-6, "executor": 6e-4,  # per pass, per prefilled token, per started rollout
+    "train_base": 0.05, "train_token": 2e-5, "train_seq": 1e-3, "sync": 0.002, "overhead": 0.03,
+}
+
+
+def _run(rng: random.Random, slots: int, batch: int, count: int) -> tuple[list[dict], list[float]]:
+    """Metrics lines of one run (cumulative counters) and its rollouts' submission times."""
+    noisy = lambda x: x * (1 + rng.uniform(-0.02, 0.02))  # noqa: E731
+    rows, submitted = [], []
+    totals = {"decode_steps": 0, "generated_tokens": 0, "prefills": 0, "prefill_tokens": 0, "decode_s": 0.0, "prefill_s": 0.0}
+    wall = 0.0
+    for _ in range(count):
+        steps = rng.randint(20, 80)
+        tokens = steps * rng.uniform(0.3, 1.0) * slots
+        starts = rng.randint(batch // 2, 2 * batch)
+        prefills, prefill_tokens = rng.randint(max(1, starts // 3), starts), rng.randint(20, 60) * starts
+        decode_s = noisy(steps * (TRUE["step_base"] + TRUE["per_slot"] * slots) + TRUE["per_seq"] * tokens)
+        prefill_s = noisy(TRUE["prefill"] * prefills + TRUE["prefill_token"] * prefill_tokens)
+        collect = decode_s + prefill_s + noisy(TRUE["executor"] * starts)
+        trained = rng.randint(10, 40) * batch
+        step = noisy(TRUE["train_base"] + TRUE["train_token"] * trained + TRUE["train_seq"] * batch)
+        sync, overhead = noisy(TRUE["sync"]), noisy(TRUE["overhead"])
+        submitted.extend(sorted(wall + rng.uniform(0, collect) for _ in range(starts)))
+        wall += collect + step + sync + overhead
+        for key, value in (("decode_steps", steps), ("generated_tokens", round(tokens)), ("prefills", prefills),
+                           ("prefill_tokens", prefill_tokens), ("decode_s", decode_s), ("prefill_s", prefill_s)):
+            totals[key] += value
+        rows.append({**totals, "wall_s": wall, "wait_s": collect, "train_s": step + sync + overhead / 2, "step_s": step,
+                     "recompute_s": 0.0, "sync_s": sync, "trained_tokens": trained, "sequences": batch, "slots": slots})
+    return rows, submitted
+
+
+def _close(got: float, want: float, tol: float = 0.05) -> bool:
+    return abs(got - want) <= tol * abs(want)
+
+
+def test_known_costs_are_recovered_within_5_percent():
+    rng = random.Random(7)
+    found = []
+    for slots, batch in ((256, 64), (128, 32)):
+        rows, submitted = _run(rng, slots, batch, 120)
+        found += updates(rows, slots, batch, recompute_in_step=True, submitted=submitted)
+    costs = fit_costs(found)
+    decode, prefill, executor, train = costs.fits
+    assert _close(costs.step_base_s, TRUE["step_base"]) and _close(costs.step_per_slot_s, TRUE["per_slot"]), decode
+    assert _close(costs.step_per_seq_s, TRUE["per_seq"]), decode
+    assert _close(prefill["prefills"], TRUE["prefill"]) and _close(prefill["prefill tokens"], TRUE["prefill_token"]), prefill
+    assert _close(executor["starts"], TRUE["executor"]), executor
+    assert _close(train["1"], TRUE["train_base"]) and _close(train["tokens"], TRUE["train_token"]), train
+    assert _close(train["sequences"], TRUE["train_seq"]), train
+    assert _close(costs.sync_s or 0.0, TRUE["sync"]) and _close(costs.overhead_s, TRUE["overhead"])
+    assert decode.r2 > 0.99 and train.r2 > 0.9 and costs.generation_r2 > 0.99
+    # per started rollout: its share of the prefill passes and tokens, and the executor's work
+    starts = sum(u.starts for u in found)
+    want = (TRUE["prefill"] * sum(u.prefills for u in found) + TRUE["prefill_token"] * sum(u.prefill_tokens for u in found)) / starts
+    assert _close(costs.per_start_s, want + TRUE["executor"])
+
+
+def test_one_slot_count_and_one_batch_size_cannot_tell_their_terms_apart():
+    rng = random.Random(3)
+    rows, submitted = _run(rng, 256, 64, 60)
+    costs = fit_costs(updates(rows, 256, 64, recompute_in_step=True, submitted=submitted))
+    decode, _, _, train = costs.fits
+    assert "steps*slots" in decode.dropped and costs.step_per_slot_s == 0
+    # the slot cost is then part of the base: the run itself is still predicted
+    assert _close(costs.step_base_s, TRUE["step_base"] + TRUE["per_slot"] * 256)
+    assert "sequences" in train.dropped and _close(train["1"], TRUE["train_base"] + TRUE["train_seq"] * 64)
+
+
+def test_a_negative_or_collinear_term_is_dropped_and_named():
+    xs = [float(i) for i in range(1, 30)]
+    falling = fit("y", {"1": [1.0] * len(xs), "x": xs}, [10 - 0.1 * x for x in xs])
+    assert falling.dropped == ["x"] and falling["x"] == 0 and falling["1"] == pytest.approx(sum(10 - 0.1 * x for x in xs) / len(xs))
+    twins = fit("y", {"a": xs, "b": [2 * x for x in xs]}, [3 * x for x in xs])
+    assert twins.dropped == ["b"] and twins["a"] == pytest.approx(3.0) and twins.r2 == pytest.approx(1.0)
+
+
+SMALL = ["run.rollouts=200", "ledger.batch_size=8", "ledger.max_concurrent=16", "ledger.max_staleness=0",
+         "generation.servers=1", "generation.slots=16", "workload.response_len={kind='fixed', value=20}",
+         "workload.prompt_len.value=4", "generation.prefill_per_token_s=0", "generation.step_per_kv_token_s=0",
+         "generation.step_per_seq_s=0", "generation.step_base_s=0.01", "training.step_base_s=0.5", "training.step_per_token_s=0",
+         "training.weight_sync_s=0.1", "training.colocated=true"]
+
+
+def test_the_new_simulator_terms_cost_what_they_say():
+    """Synchronous, fixed lengths, one server: each update is one generation round of
+    8 rollouts (20 decode steps after their prefills), a step, the sync and the overhead."""
+    base = simulate(Scenario().with_overrides(SMALL))
+    updates_ = 200 // 8
+    assert base.sim_time_s == pytest.approx(updates_ * (20 * 0.01 + 0.5 + 0.1), rel=1e-6)
+    more = {
+        "training.update_overhead_s=0.2": updates_ * 0.2,
+        "training.step_per_seq_s=0.01": updates_ * 8 * 0.01,
+        "generation.step_per_slot_s=0.001": updates_ * 20 * 16 * 0.001,  # every slot, busy or not
+        "generation.prefill_base_s=0.05": updates_ * 8 * 0.05,  # one prefill per started rollout
+    }
+    for override, extra in more.items():
+        got = simulate(Scenario().with_overrides([*SMALL, override]))
+        assert got.sim_time_s == pytest.approx(base.sim_time_s + extra, rel=1e-6), override
+    idle = simulate(Scenario().with_overrides([*SMALL, "training.update_overhead_s=0.2"]))
+    assert idle.trainer_idle_s == pytest.approx(base.trainer_idle_s, rel=1e-6)  # overhead is not waiting
