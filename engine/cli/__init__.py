@@ -127,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit:
         return exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 2
+    args.command_line = argv  # as given (a command may start itself again in other processes)
     try:
         return int(args.run(args) or 0)
     except BAD_INPUT as error:

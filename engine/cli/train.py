@@ -173,6 +173,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="when Python's garbage collector runs: between updates (default) or whenever it would (auto)")
     parser.add_argument("--threads", type=_at_least(1), default=1, help="CPU threads for torch with --device cpu (small models run best on one)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--nproc", type=_at_least(1), default=None, metavar="N",
+                        help="data-parallel trainer ranks on this machine (torchrun; gloo on the CPU, NCCL on GPUs)")
+    parser.add_argument("--generators", type=_at_least(0), default=0, metavar="K",
+                        help="generator ranks apart from the trainers (with --nproc, or under torchrun)")
+    parser.add_argument("--dist-timeout", type=_positive_number, default=60.0, metavar="SECONDS",
+                        help="how long a collective of a distributed run waits for a rank before the run stops (default 60)")
     parser.set_defaults(run=run_command, inputs=("run_dir",))
 
 
@@ -216,6 +222,10 @@ def run_command(args: argparse.Namespace) -> int:
         config = None if args.resume else config_from_args(args)  # refused here, before torch loads
     except (OutputError, ValueError) as error:
         return _fail(error)
+    from engine.backends.distributed.group import under_launcher
+
+    distributed = under_launcher()
+    launching = not distributed and (args.nproc is not None or args.generators)
 
     import torch
 
@@ -231,7 +241,13 @@ def run_command(args: argparse.Namespace) -> int:
         if config is None:
             config = RunConfig.saved(args.run_dir, steps=args.steps, device=args.device, requeue_lost=args.requeue_lost or None)
             for version in checkpoints(args.run_dir / "checkpoints"):  # what a resume may load, before it starts
-                check_checkpoint(checkpoint_file(args.run_dir / "checkpoints", version) or "")
+                path = checkpoint_file(args.run_dir / "checkpoints", version)
+                try:
+                    check_checkpoint(path or "")
+                except ValueError:
+                    if path is None or path.exists():
+                        raise
+                    # else rotated away since it was listed: a run still writes here, and its lock refuses this one
         # the task, the user's reward and the model's tokenizer, before the run starts
         resolve_task(config.task, reward=config.reward_fn, max_new_tokens=config.max_new_tokens)
         check_sinks(config.metrics)
@@ -243,9 +259,28 @@ def run_command(args: argparse.Namespace) -> int:
             load_tokenizer(config.model_dir)
         if config.device == "cpu":
             torch.set_num_threads(max(1, args.threads))
-        summary = reinforcement.train(config, args.run_dir, resume=args.resume, ppo_epochs=args.ppo_epochs,
-                                      eval_size=args.eval_size, eval_every=args.eval_every, progress=not args.no_progress)
+        if launching:  # checked here; the ranks run this command line again
+            from engine.workflows.rl_dist import check_split
+
+            check_split(config, args.nproc or 1)
+            return _launch(args)
+        if distributed:  # this process is one rank of a distributed run (torchrun started it)
+            from engine.workflows.rl_dist import run_worker
+
+            result = run_worker(config, args.run_dir, generators=args.generators, timeout_s=args.dist_timeout, resume=args.resume,
+                                ppo_epochs=args.ppo_epochs, eval_size=args.eval_size, eval_every=args.eval_every,
+                                progress=not args.no_progress)
+            if result is None:  # not rank 0: rank 0 prints the summary
+                return 0
+            summary = result
+        else:
+            summary = reinforcement.train(config, args.run_dir, resume=args.resume, ppo_epochs=args.ppo_epochs,
+                                          eval_size=args.eval_size, eval_every=args.eval_every, progress=not args.no_progress)
     except StageFailed as failure:
+        lost = _rank_failed(failure.error) if distributed else None
+        if lost is not None:  # another rank of a distributed run stopped taking part: one line naming it
+            print(f"rollout-ledger: {lost}", file=sys.stderr)
+            return 1
         if failure.path != f"{reinforcement.WORKFLOW.name}/init_session" or not isinstance(failure.error, SETUP_ERRORS):
             raise
         return _fail(failure.error)
@@ -253,3 +288,25 @@ def run_command(args: argparse.Namespace) -> int:
         return _fail(error)
     print(json.dumps(summary))
     return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """``--nproc N [--generators K]``: the same command line on ``N + K`` ranks of this
+    machine (:mod:`engine.backends.distributed.launch`); 1 with one line naming the rank that
+    failed first when one does."""
+    from engine.backends.distributed.launch import launch
+
+    failure = launch(args.command_line, args.nproc or 1, args.generators)
+    if failure is not None:
+        print(f"rollout-ledger: {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _rank_failed(error: BaseException | None) -> BaseException | None:
+    """The :class:`~engine.backends.distributed.group.RankFailed` behind ``error``, if any."""
+    from engine.backends.distributed.group import RankFailed
+
+    while error is not None and not isinstance(error, RankFailed):
+        error = error.__cause__
+    return error

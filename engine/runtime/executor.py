@@ -108,6 +108,7 @@ class RolloutExecutor:
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
+        self._failure: BaseException | None = None  # how the engine loop or the dispatcher ended, if with an error
         self._updating = False  # between pause() and resume()
         self._interrupted: tuple[str, ...] = ()  # interrupted by pause(), not yet resumed
         self._logger = get_logger("rollout_ledger.executor")
@@ -149,6 +150,19 @@ class RolloutExecutor:
         if self._background:
             return
         self._background = [asyncio.create_task(self.engine.run()), asyncio.create_task(self._dispatch())]
+        for task in self._background:
+            task.add_done_callback(self._stopped)
+
+    def _stopped(self, task: "asyncio.Task[None]") -> None:
+        """The engine loop or the dispatcher ended with an error: waiting for a batch
+        raises it instead of waiting forever."""
+        if not task.cancelled() and task.exception() is not None:
+            self._failure = task.exception()
+            self._notify()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise RuntimeError(f"the executor stopped: {self._failure}") from self._failure
 
     async def close(self) -> None:
         """Stop the dispatcher, the rollouts in flight and the engine (the ledger stays open)."""
@@ -177,6 +191,7 @@ class RolloutExecutor:
 
         async def until_ready() -> int:
             while (ready := self.ready()) < count:
+                self._raise_failure()
                 self._check_progress(count)
                 await self._changes()
             return ready
@@ -188,6 +203,7 @@ class RolloutExecutor:
         ``enqueue_room`` allows) until ``batch_size`` usable rollouts are ready; consume
         them, oldest first, and return their ids and sample groups."""
         while True:
+            self._raise_failure()
             found = self.timed(self._try_batch, batch_size, prompts)
             if found is not None:
                 return found

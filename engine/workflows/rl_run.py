@@ -17,7 +17,11 @@ benchmarks run through :func:`engine.workflows.reinforcement.train`.  They call
 What a resume reads back is :mod:`engine.workflows.rl_resume`'s.  A run directory holds ``run.json`` (the config), ``events.sqlite`` (the ledger's
 log), ``samples.sqlite`` (completed rollouts' samples), ``metrics.jsonl`` (one line
 per update) and ``checkpoints/``.  Generation and training share one device: the
-trainer's weights become the engine's at each version bump.  ``run.json``, the
+trainer's weights become the engine's at each version bump.  In a distributed run
+(:mod:`engine.workflows.rl_dist`) this is rank 0's run: its trainer is data-parallel
+over the trainer ranks and, with generator ranks, its engine is the
+:class:`~engine.backends.distributed.generation.RemoteEngine` over them, each weight sync a
+pair of ``weight_sync`` stage events in the log.  ``run.json``, the
 checkpoints and saved weights are written whole or not at all
 (:mod:`engine.log.files`); the two SQLite logs and ``metrics.jsonl`` are appended to
 as the run goes (a torn last metrics line is skipped by a resume, which rewrites the
@@ -49,7 +53,10 @@ from engine.backends.local.trainer import (
     completion_logprobs,
     mean_stats,
 )
-from engine.core.events import Checkpoint
+from engine.backends.distributed import group as dist_group
+from engine.backends.distributed.generation import RemoteEngine
+from engine.backends.distributed.trainer import DataParallelTrainer
+from engine.core.events import Checkpoint, Stage
 from engine.ledger import Ledger
 from engine.log.files import write_atomic
 from engine.log.lock import check_unlocked
@@ -84,6 +91,9 @@ class CollectedBatch:
     def samples(self) -> list[Sample]:
         return [s for group in self.groups for s in group]
 
+
+#: The path of the ``stage`` events that open and close a weight sync to generator ranks.
+WEIGHT_SYNC = "weight_sync"
 
 #: The KL penalty's reference weights in a run directory (with ``kl_coef`` > 0).
 REFERENCE_FILE = "reference.safetensors"
@@ -155,7 +165,12 @@ class RLRun:
                 raise FileNotFoundError(f"cannot resume: {events_path} does not exist")
             self.ledger = Ledger.resume(events_path, requeue=config.requeue_lost, flush_every=FLUSH_EVERY, clock=self._log_clock)
             found = rl_resume.scan(events_path, self.run_dir / "metrics.jsonl")
-        self.trainer = Trainer(self._policy(), config.trainer_config(), pad_id=self.tokenizer.pad_id, device=self.device)
+        group = dist_group.current()  # a distributed run's processes (None in a single process)
+        if group is None:
+            self.trainer = Trainer(self.build_policy(), config.trainer_config(), pad_id=self.tokenizer.pad_id, device=self.device)
+        else:
+            self.trainer = DataParallelTrainer(self.build_policy(), config.trainer_config(), pad_id=self.tokenizer.pad_id,
+                                               device=self.device, group=group)
         self.ckpt_dir = self.run_dir / "checkpoints"
         reference_path = self.run_dir / REFERENCE_FILE
         if self.resume:
@@ -179,17 +194,24 @@ class RLRun:
                 write_weights(reference_path, self.trainer.model.state_dict())
             self.ledger = Ledger(config.ledger_config(), path=events_path, flush_every=FLUSH_EVERY, clock=self._log_clock)
             self.save_checkpoint()
+        if isinstance(self.trainer, DataParallelTrainer):  # the other trainer ranks start from rank 0's state
+            self.trainer.share_state()
         slots = self.ledger.state.config.rank_max_concurrent * config.group_size  # type: ignore[union-attr]
         self._slots = slots
         seed = config.seed + 1000 * self.ledger.state.version
-        if config.engine == "vllm":  # vLLM loads the model directory; the trainer's weights replace it first
+        if group is not None and group.layout.generators:  # disaggregated: the generator ranks generate
+            self.engine = RemoteEngine(group, slots=slots, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
+                                       temperature=config.temperature, seed=seed, max_len=self.trainer.model.max_seq_len,
+                                       on_sync=self._weight_sync)
+            self.engine.load_weights(self.trainer.model.state_dict(), self.ledger.state.version)
+        elif config.engine == "vllm":  # vLLM loads the model directory; the trainer's weights replace it first
             self.engine = self._vllm_engine(slots, seed)
             self.engine.load_weights(self.trainer.model.state_dict(), self.ledger.state.version)
         else:
             generator_model = copy.deepcopy(self.trainer.model)
             if self.device.type == "cuda":
                 generator_model = generator_model.to(torch.bfloat16)
-            self.engine = self._engine(generator_model, slots, seed)
+            self.engine = self.build_engine(generator_model, slots, seed)
             self.engine.version = self.ledger.state.version
         self.executor = RolloutExecutor(
             self.ledger, self.engine, self.task, self.tokenizer, self.problem_of, group_size=config.group_size,
@@ -200,7 +222,7 @@ class RLRun:
         self.collector.start()
         self._started = time.perf_counter()
 
-    def _policy(self) -> PolicyModule:
+    def build_policy(self) -> PolicyModule:
         """The trainable policy on the run's device: the Hugging Face model in ``config.model_dir``,
         or the built-in one of ``config.model_size``; either computes log-probs at the run's
         temperature, the one generation samples at."""
@@ -215,7 +237,7 @@ class RLRun:
             policy.temperature = config.temperature
         return policy
 
-    def _engine(self, model: PolicyModule, slots: int, seed: int) -> Any:
+    def build_engine(self, model: PolicyModule, slots: int, seed: int) -> Any:
         """An in-process generation engine for ``model``: batched KV-cached Hugging Face
         generation, or the built-in continuous-batching one (held-out evaluation uses
         one of these under ``--engine vllm`` too: the same sampling formula, no second
@@ -243,6 +265,16 @@ class RLRun:
             dtype="bfloat16" if cuda else "float32", max_model_len=self.trainer.model.max_seq_len,
             memory_fraction=config.vllm_memory if config.vllm_memory is not None else (0.3 if cuda else 0.05),
         )
+
+    def _weight_sync(self, phase: str, version: int) -> None:
+        """Log a weight sync to the generator ranks starting or finishing (a ``stage``
+        event of path ``weight_sync``, its version in the detail)."""
+        event = Stage(WEIGHT_SYNC, phase, json.dumps({"version": version}))
+        executor = getattr(self, "executor", None)
+        if executor is None:
+            self.ledger.append(event)
+        else:
+            executor.timed(self.ledger.append, event)
 
     async def _start(self) -> None:
         self.executor.start()
@@ -424,7 +456,7 @@ class RLRun:
         problems = [self.task.problem(self.config.seed + 10_000_019, i) for i in range(count)]
 
         async def generate() -> list[Any]:
-            engine = self._engine(self.trainer.model, min(count, 64), self.config.seed)
+            engine = self.build_engine(self.trainer.model, min(count, 64), self.config.seed)
             loop_task = asyncio.create_task(engine.run())
             handles = [engine.submit(self.tokenizer.prompt_ids(p.prompt), self.task.max_new_tokens) for p in problems]
             results = await asyncio.gather(*(h.result() for h in handles))
@@ -499,6 +531,8 @@ class RLRun:
         if hasattr(self, "executor"):
             self.loop.run_until_complete(self.executor.close())
             self.executor.store.close()  # commits before the log is written below
+        if hasattr(self, "trainer"):
+            self.trainer.close()
         if hasattr(self, "ledger"):
             self.ledger.close()
         if hasattr(self, "sinks"):

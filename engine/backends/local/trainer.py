@@ -251,14 +251,17 @@ class Trainer:
         config = self.config
         return config.objective == "decoupled" and config.proximal in ("recompute", "segment") and passes > 1
 
-    def prepare_update(self, samples: Sequence[Sample], advantages: torch.Tensor, *, epochs: int = 1) -> PreparedUpdate:
+    def prepare_update(
+        self, samples: Sequence[Sample], advantages: torch.Tensor, *, epochs: int = 1, rows: list[list[int]] | None = None
+    ) -> PreparedUpdate:
         """The padded batch of one RL update (with ``advantages``, one per sample), the
         proximal recomputation when :meth:`needs_recompute` asks for it, and the rows of
-        each minibatch; puts the model in training mode."""
+        each minibatch (:meth:`minibatch_rows` unless ``rows`` gives them: a data-parallel
+        rank's share of every minibatch); puts the model in training mode."""
         batch = pad_samples(samples, self.pad_id, self.device, self.model.max_seq_len, version=self.version)
         batch.advantages = advantages.to(self.device)
         self.model.train()
-        rows = self.minibatch_rows(len(samples))
+        rows = self.minibatch_rows(len(samples)) if rows is None else rows
         proximal = None
         if self.needs_recompute(len(rows) * epochs):
             began = time.perf_counter()
@@ -340,6 +343,9 @@ class Trainer:
             current = stored * batch.stored_proximal[rows] + (1 - stored) * current
             return fresh * batch.behaviour[rows] + (1 - fresh) * current
         return current
+
+    def close(self) -> None:
+        """Nothing to release (a data-parallel trainer tells its other ranks to stop)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {
