@@ -91,9 +91,15 @@ def test_the_layout_names_ranks_and_refuses_a_world_without_trainers():
 def test_a_batch_too_small_to_split_among_the_ranks_is_refused_before_any_rank_starts(tmp_path, capsys):
     from engine.cli import main
 
-    assert main(["train", "--batch-size", "1", "--group-size", "2", "--nproc", "3", "--run-dir", str(tmp_path / "run")]) == 2
+    assert main(["train", "--batch-size", "3", "--group-size", "2", "--minibatches", "3", "--nproc", "3",
+                 "--run-dir", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "rollout-ledger: --nproc 3: a minibatch of 2 samples (batch size x group size / minibatches) cannot give each of 3 trainer ranks a sample"]
+    # the per-rank limits max(1, x // ranks) add up to the global ones only for multiples of the ranks
+    assert main(["train", "--batch-size", "4", "--nproc", "3", "--run-dir", str(tmp_path / "run")]) == 2
+    assert "--batch-size 4 does not split evenly among 3 trainer ranks" in capsys.readouterr().err
+    assert main(["train", "--batch-size", "6", "--max-concurrent", "8", "--nproc", "3", "--run-dir", str(tmp_path / "run")]) == 2
+    assert "--max-concurrent 8 does not split evenly among 3 trainer ranks" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

@@ -57,8 +57,19 @@ def run_worker(
 
 
 def check_split(config: RunConfig, trainers: int) -> None:
-    """Refuse (``ValueError``) a run whose minibatches are too small to give each of
-    ``trainers`` ranks at least one sample."""
+    """Refuse (``ValueError``) a run whose batch or rollouts in flight do not split
+    evenly among ``trainers`` ranks, or whose minibatches are too small to give each
+    rank at least one sample.
+
+    The one global ledger admits every rank's rollouts: its limits are the sum of the
+    per-rank limits ``max(1, x // dp_size)`` that the capacity rule gives each of
+    ``dp_size = trainers`` ranks, which are the global ones exactly when ``x`` is a
+    multiple of the ranks (each rank's share of a batch is then ``batch_size // trainers``
+    rollouts)."""
+    for flag, value in (("--batch-size", config.batch_size), ("--max-concurrent", config.max_concurrent)):
+        if value is not None and value % trainers:
+            raise ValueError(f"--nproc {trainers}: {flag} {value} does not split evenly among {trainers} trainer ranks "
+                             f"(each rank's limit is {flag} // {trainers} = {max(1, value // trainers)}); give a multiple of {trainers}")
     samples = config.batch_size * config.group_size
     smallest = samples // min(config.minibatches, samples)
     if smallest < trainers:
