@@ -43,15 +43,13 @@ import torch
 
 from engine.backends.local.checkpoint import read_weights, save_checkpoint
 from engine.backends.local.checkpoint import save_weights as write_weights
-from engine.backends.local.generation import TorchEngine
-from engine.backends.local.model import Policy, PolicyModule, preset
+from engine.backends.local.model import PolicyModule
 from engine.backends.local.tasks import Tokenizer
 from engine.backends.task_sources import resolve_task
 from engine.backends.local.trainer import (
     Sample,
     Trainer,
     completion_logprobs,
-    mean_stats,
 )
 from engine.backends.distributed import group as dist_group
 from engine.backends.distributed.generation import RemoteEngine
@@ -64,7 +62,7 @@ from engine.logconfig import get_logger
 from engine.runtime.collector import Collector
 from engine.runtime.executor import RolloutExecutor
 from engine.runtime.store import TrajectoryStore
-from engine.workflows import rl_resume
+from engine.workflows import rl_models, rl_resume
 from engine.workflows.sinks import open_sinks
 from engine.workflows.rl_config import RunConfig, refuse_existing_run
 
@@ -205,7 +203,7 @@ class RLRun:
                                        on_sync=self._weight_sync)
             self.engine.load_weights(self.trainer.model.state_dict(), self.ledger.state.version)
         elif config.engine == "vllm":  # vLLM loads the model directory; the trainer's weights replace it first
-            self.engine = self._vllm_engine(slots, seed)
+            self.engine = rl_models.vllm_engine(self.config, self.tokenizer, self.device, self.trainer.model.max_seq_len, slots, seed)
             self.engine.load_weights(self.trainer.model.state_dict(), self.ledger.state.version)
         else:
             generator_model = copy.deepcopy(self.trainer.model)
@@ -223,48 +221,12 @@ class RLRun:
         self._started = time.perf_counter()
 
     def build_policy(self) -> PolicyModule:
-        """The trainable policy on the run's device: the Hugging Face model in ``config.model_dir``,
-        or the built-in one of ``config.model_size``; either computes log-probs at the run's
-        temperature, the one generation samples at."""
-        config = self.config
-        policy: PolicyModule
-        if config.model_dir is not None:
-            from engine.backends.hf.model import load_policy
-
-            policy = load_policy(config.model_dir, self.device, config.temperature)
-        else:
-            policy = Policy(preset(config.model_size, self.tokenizer.vocab_size, self.task.max_seq_len)).to(self.device)
-            policy.temperature = config.temperature
-        return policy
+        """The trainable policy on the run's device (:func:`rl_models.build_policy`)."""
+        return rl_models.build_policy(self.config, self.tokenizer, self.task, self.device)
 
     def build_engine(self, model: PolicyModule, slots: int, seed: int) -> Any:
-        """An in-process generation engine for ``model``: batched KV-cached Hugging Face
-        generation, or the built-in continuous-batching one (held-out evaluation uses
-        one of these under ``--engine vllm`` too: the same sampling formula, no second
-        vLLM)."""
-        common = dict(slots=slots, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id, temperature=self.config.temperature, seed=seed)
-        if self.config.model_dir is not None:
-            from engine.backends.hf.generation import HFEngine
-            from engine.backends.hf.model import HFPolicy
-
-            assert isinstance(model, HFPolicy)  # config.model_dir makes the policy an HFPolicy
-            return HFEngine(model, **common)
-        assert isinstance(model, Policy)
-        return TorchEngine(model, **common)
-
-    def _vllm_engine(self, slots: int, seed: int) -> Any:
-        """vLLM serving the run's Hugging Face model (``--engine vllm``): bf16 on a GPU,
-        float32 on the CPU, with the trainer's temperature, end token and length limit."""
-        from engine.backends.vllm.engine import VLLMEngine
-
-        config = self.config
-        assert config.model_dir is not None  # RunConfig refuses --engine vllm without a model directory
-        cuda = self.device.type == "cuda"
-        return VLLMEngine(
-            config.model_dir, slots=slots, eos_id=self.tokenizer.eos_id, temperature=config.temperature, seed=seed,
-            dtype="bfloat16" if cuda else "float32", max_model_len=self.trainer.model.max_seq_len,
-            memory_fraction=config.vllm_memory if config.vllm_memory is not None else (0.3 if cuda else 0.05),
-        )
+        """An in-process generation engine for ``model`` (:func:`rl_models.build_engine`)."""
+        return rl_models.build_engine(self.config, self.tokenizer, model, slots, seed)
 
     def _weight_sync(self, phase: str, version: int) -> None:
         """Log a weight sync to the generator ranks starting or finishing (a ``stage``
@@ -357,8 +319,6 @@ class RLRun:
         executor, trainer = self.executor, self.trainer
         trained_at = time.perf_counter()
         version = trainer.version
-        staleness = [version - min(s.versions) for s in batch.samples if s.versions]
-        exact = [s.reward == 1.0 for s in batch.samples]
         trainer.version = version + 1
         due = self.config.is_checkpoint(version + 1)
         if due:
@@ -374,38 +334,13 @@ class RLRun:
             self._write()
         executor.resume()
         self.collector.collect()
-        state = self.ledger.state
         prepare_recompute = getattr(trainer, "recompute_seconds", 0.0) - self._recompute_before
-        engine = self.engine
-        record = {
-            "step": state.version,
-            "reward": reward,
-            "exact": sum(exact) / max(1, len(exact)),
-            "staleness_mean": sum(staleness) / max(1, len(staleness)),
-            "staleness_max": max(staleness, default=0),
-            "trained_tokens": batch.tokens,
-            "wait_s": batch.wait_s,
-            "train_s": time.perf_counter() - batch.collected_at,
-            "wall_s": self.elapsed(),
-            "ledger_s": executor.ledger_seconds,
-            "store_s": executor.store_seconds,
-            "gc_s": self.collector.seconds,
-            # what calibration needs (docs/simulator.md#calibration): the update's parts (the
-            # rest of the wall time between two updates is neither training nor waiting) and
-            # the engine's counters so far
-            "sequences": len(batch.samples),
-            "step_s": trained_at - self._update_began - prepare_recompute if self._update_began else 0.0,
-            "recompute_s": prepare_recompute + self._recompute_s,
-            "sync_s": sync_s,
-            "slots": self._slots,
-            "generated_tokens": engine.decoded_tokens,
-            "decode_steps": engine.steps,
-            # (an engine that does not count or time its passes leaves them out)
-            **{key: getattr(engine, key) for key in ("prefills", "prefill_rows", "prefill_tokens", "prefill_s", "decode_s") if hasattr(engine, key)},
-            "rejected": state.rejected,
-            "filtered": state.filtered,
-            **mean_stats(steps),
-        }
+        record = rl_models.update_record(
+            self.ledger.state, batch, reward, version, executor=executor, engine=self.engine, steps=steps,
+            wall_s=self.elapsed(), gc_s=self.collector.seconds, slots=self._slots, sync_s=sync_s,
+            step_s=trained_at - self._update_began - prepare_recompute if self._update_began else 0.0,
+            recompute_s=prepare_recompute + self._recompute_s,
+        )
         if held_out is not None:
             record["eval_reward"] = held_out
         self.metrics.append(record)
@@ -454,27 +389,11 @@ class RLRun:
         do not advance meanwhile, and the time is left out of :meth:`elapsed`)."""
         start = time.perf_counter()
         problems = [self.task.problem(self.config.seed + 10_000_019, i) for i in range(count)]
-
-        async def generate() -> list[Any]:
-            engine = self.build_engine(self.trainer.model, min(count, 64), self.config.seed)
-            loop_task = asyncio.create_task(engine.run())
-            handles = [engine.submit(self.tokenizer.prompt_ids(p.prompt), self.task.max_new_tokens) for p in problems]
-            results = await asyncio.gather(*(h.result() for h in handles))
-            engine.close()
-            await loop_task
-            return results
-
-        training = self.trainer.model.training
-        loop = asyncio.new_event_loop()
-        try:
-            results = loop.run_until_complete(generate())
-        finally:
-            loop.close()
-        self.trainer.model.train(training)
-        rewards = [self.task.reward(p, self.tokenizer.decode(r.tokens)) for p, r in zip(problems, results)]
+        engine = self.build_engine(self.trainer.model, min(count, 64), self.config.seed)
+        reward = rl_models.held_out_reward(engine, self.trainer.model, self.task, self.tokenizer, problems)
         if self._started:
             self._evaluation_s += time.perf_counter() - start
-        return sum(rewards) / len(rewards)
+        return reward
 
     def save_checkpoint(self) -> Path:
         """Checkpoint the trainer at the current version, log it and write the log."""
@@ -501,27 +420,7 @@ class RLRun:
 
     def summary(self) -> dict[str, Any]:
         """Throughput, reward, staleness and the ledger's counters of the run so far."""
-        state = self.ledger.state
-        wall = self.elapsed()
-        trained = sum(m["trained_tokens"] for m in self.metrics)
-        tail = self.metrics[-max(1, len(self.metrics) // 5):] if self.metrics else []
-        return {
-            "steps": state.version,
-            "wall_s": round(wall, 3),
-            "trained_tokens": trained,
-            "trained_tokens_per_s": round(trained / wall, 1) if wall > 0 else 0.0,
-            "final_reward": round(sum(m["reward"] for m in tail) / len(tail), 4) if tail else None,
-            "staleness_mean": round(sum(m["staleness_mean"] for m in self.metrics) / len(self.metrics), 3) if self.metrics else None,
-            "engine_overhead": round(self.executor.ledger_seconds / wall, 5) if wall > 0 else 0.0,
-            "store_overhead": round(self.executor.store_seconds / wall, 5) if wall > 0 else 0.0,
-            "gc_overhead": round(self.collector.seconds / wall, 5) if wall > 0 else 0.0,
-            "consumed": state.consumed,
-            "rejected": state.rejected,
-            "filtered": state.filtered,
-            "running": state.running,
-            "ready": state.ready,
-            "pending": state.pending,
-        }
+        return rl_models.summary(self.ledger.state, self.metrics, self.elapsed(), self.executor, self.collector.seconds)
 
     def close(self) -> None:
         """Stop the executor and the engine, flush and close the ledger (once: closing
