@@ -18,12 +18,13 @@ import torch
 from engine.backends.distributed.group import Layout, describe
 from engine.backends.distributed.launch import cause, how
 from engine.backends.distributed.trainer import shard
-from engine.core.events import Consumed, Rejected, Filtered, Stage, Submitted, Version
+from engine.core.events import Rejected, Stage, Version
 from engine.core.reducer import apply
 from engine.core.state import EMPTY
 from engine.log import EventLog, replay
 from engine.runtime.ports import Sample
 from properties.invariants import InvariantChecker
+from tests.test_train_crash import assert_each_attempt_started_and_ended_once
 
 ARGS = ["--task", "copy", "--device", "cpu", "--model-size", "tiny", "--batch-size", "4", "--group-size", "2",
         "--max-staleness", "1", "--warmup-steps", "3", "--no-progress", "--dist-timeout", "20"]
@@ -177,15 +178,7 @@ def test_a_killed_rank_stops_the_run_naming_it_and_the_resume_loses_nothing(tmp_
     events, final = checked_log(run_dir / "events.sqlite")
     assert summary["steps"] == final.version == at_crash.version + 3
     assert final.consumed == 4 * final.version  # one batch per version, none trained twice or skipped
-    submitted = collections.Counter(e.rollout for e in events if isinstance(e, Submitted))
-    assert max(submitted.values()) == 1
-    endings = collections.Counter()
-    for event in events:
-        if isinstance(event, (Rejected, Filtered)):
-            endings[event.rollout] += 1
-        elif isinstance(event, Consumed):
-            endings.update(event.rollouts)
-    assert max(endings.values()) == 1  # no rollout ended twice
+    assert_each_attempt_started_and_ended_once(events)
     assert len([e for e in events if isinstance(e, Rejected) and e.reason == "lost"]) == in_flight
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if line.endswith("}")]
     assert len(steps) == len(set(steps))  # no update recorded twice (one the kill cut short has no line, as in one process)

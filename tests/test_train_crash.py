@@ -59,15 +59,7 @@ def test_sigkill_mid_run_then_resume_loses_and_double_counts_nothing(tmp_path):
     assert final.checkpoint.version == final.version  # the trainer went on from its checkpoint
     with EventLog(run_dir / "events.sqlite") as log:
         events = list(log.events())
-    submitted = collections.Counter(e.rollout for e in events if isinstance(e, Submitted))
-    assert max(submitted.values()) == 1  # every attempt started once
-    endings = collections.Counter()
-    for event in events:
-        if isinstance(event, (Rejected, Filtered)):
-            endings[event.rollout] += 1
-        elif isinstance(event, Consumed):
-            endings.update(event.rollouts)
-    assert max(endings.values()) == 1  # no rollout ended twice (consumed twice, or consumed and rejected)
+    assert_each_attempt_started_and_ended_once(events)
     accepted = collections.Counter(e.rollout for e in events if isinstance(e, Accepted))
     assert all(accepted[r] == 1 for e in events if isinstance(e, Consumed) for r in e.rollouts)
     lost = [e.rollout for e in events if isinstance(e, Rejected) and e.reason == "lost"]
@@ -136,3 +128,17 @@ def test_a_batch_consumed_but_never_trained_is_trained_once_by_the_next_update(t
     assert summary["steps"] == 2 and summary["consumed"] == 4  # trained by the workflow's update, once
     final = replay(run_dir / "events.sqlite")
     assert final.version == 2 and final.consumed == 4
+
+
+def assert_each_attempt_started_and_ended_once(events) -> None:
+    """Every rollout attempt in ``events`` was submitted at most once and ended (consumed,
+    rejected or filtered) at most once: nothing ran twice or was counted twice."""
+    submitted = collections.Counter(e.rollout for e in events if isinstance(e, Submitted))
+    assert max(submitted.values()) == 1  # every attempt started once
+    endings: collections.Counter = collections.Counter()
+    for event in events:
+        if isinstance(event, (Rejected, Filtered)):
+            endings[event.rollout] += 1
+        elif isinstance(event, Consumed):
+            endings.update(event.rollouts)
+    assert max(endings.values()) == 1  # no rollout ended twice (consumed twice, or consumed and rejected)
