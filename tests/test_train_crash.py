@@ -59,7 +59,7 @@ def test_sigkill_mid_run_then_resume_loses_and_double_counts_nothing(tmp_path):
     assert final.checkpoint.version == final.version  # the trainer went on from its checkpoint
     with EventLog(run_dir / "events.sqlite") as log:
         events = list(log.events())
-    assert_each_attempt_started_and_ended_once(events)
+    submitted, endings = assert_each_attempt_started_and_ended_once(events)
     accepted = collections.Counter(e.rollout for e in events if isinstance(e, Accepted))
     assert all(accepted[r] == 1 for e in events if isinstance(e, Consumed) for r in e.rollouts)
     lost = [e.rollout for e in events if isinstance(e, Rejected) and e.reason == "lost"]
@@ -130,9 +130,10 @@ def test_a_batch_consumed_but_never_trained_is_trained_once_by_the_next_update(t
     assert final.version == 2 and final.consumed == 4
 
 
-def assert_each_attempt_started_and_ended_once(events) -> None:
+def assert_each_attempt_started_and_ended_once(events) -> tuple[collections.Counter, collections.Counter]:
     """Every rollout attempt in ``events`` was submitted at most once and ended (consumed,
-    rejected or filtered) at most once: nothing ran twice or was counted twice."""
+    rejected or filtered) at most once: nothing ran twice or was counted twice.  Returns
+    the counts of submissions and of endings by rollout."""
     submitted = collections.Counter(e.rollout for e in events if isinstance(e, Submitted))
     assert max(submitted.values()) == 1  # every attempt started once
     endings: collections.Counter = collections.Counter()
@@ -142,3 +143,4 @@ def assert_each_attempt_started_and_ended_once(events) -> None:
         elif isinstance(event, Consumed):
             endings.update(event.rollouts)
     assert max(endings.values()) == 1  # no rollout ended twice (consumed twice, or consumed and rejected)
+    return submitted, endings
