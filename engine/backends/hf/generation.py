@@ -16,113 +16,46 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import Mapping
 
 import torch
 
 from engine.backends.hf.model import HFPolicy
-from engine.runtime.ports import GenerationHandle, check_request
+from engine.backends.local.generation import LoopEngine
+from engine.runtime.ports import GenerationHandle
 
 
-class HFEngine:
+class HFEngine(LoopEngine):
     """Batched generation over ``slots`` rows for an :class:`HFPolicy` (module docstring)."""
+
+    model: HFPolicy
 
     def __init__(
         self, model: HFPolicy, *, slots: int, eos_id: int, pad_id: int = 0, temperature: float = 1.0, seed: int = 0,
     ) -> None:
-        if slots < 1:
-            raise ValueError(f"slots must be at least 1, got {slots}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.model = model.eval()
-        self.device = next(model.parameters()).device
-        self.max_len = model.max_seq_len
+        super().__init__(model, slots=slots, eos_id=eos_id, pad_id=pad_id, temperature=temperature, seed=seed,
+                         max_len=model.max_seq_len)
         self.slots = slots
-        self.eos_id, self.pad_id, self.temperature = eos_id, pad_id, temperature
-        self.version = 0
-        self.sampler = torch.Generator(device=self.device).manual_seed(seed)
-        self._waiting: list[GenerationHandle] = []
         self._rows: list[GenerationHandle | None] = []  # the cached batch; None: a finished row
         self._cache: object | None = None
         self._mask = torch.zeros(0, 0, dtype=torch.long)
         self._last = torch.zeros(0, dtype=torch.long)
         self._rebuild = False
-        self._paused = False
-        self._closed = False
-        self._wake = asyncio.Event()
-        self.steps = 0
-        self.decoded_tokens = 0
-        self.prefills = 0
         # transformers renamed ``past_key_values`` to ``cache`` (5.2x); take whichever this one has
         self._cache_arg = "cache" if "cache" in inspect.signature(model.lm.forward).parameters else "past_key_values"
 
-    # -- the port --------------------------------------------------------------
-    def submit(self, prompt: list[int], max_new_tokens: int, *, stream: bool = False) -> GenerationHandle:
-        """Queue ``prompt`` for up to ``max_new_tokens`` tokens."""
-        check_request(prompt, max_new_tokens, self.max_len)
-        handle = GenerationHandle(prompt, max_new_tokens, stream)
-        self._waiting.append(handle)
-        self._wake.set()
-        return handle
+    # -- its sequences in flight ------------------------------------------------
+    def _live(self) -> list[GenerationHandle]:
+        return [handle for handle in self._rows if handle is not None]
 
-    def pause(self) -> None:
-        """Stop stepping after the current step; sequences keep their rows."""
-        self._paused = True
-
-    def resume(self) -> None:
-        self._paused = False
-        self._wake.set()
-
-    def load_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> None:
-        """Take the trainer's weights as ``version``: sequences in flight are interrupted
-        and prefilled again under the new weights at the next step."""
-        with torch.no_grad():
-            for name, tensor in self.model.state_dict().items():
-                tensor.copy_(state_dict[name])
-        self.version = version
-        for handle in self._rows:
-            if handle is not None:
-                handle.generation.interruptions += 1
-        self._rebuild = True
-
-    def close(self) -> None:
-        """End ``run()``; sequences still in flight fail with ``CancelledError``."""
-        self._closed = True
-        self._wake.set()
-        for handle in [*self._waiting, *(h for h in self._rows if h is not None)]:
-            handle._fail(asyncio.CancelledError("generation engine closed"))
-        self._waiting.clear()
+    def _drop_live(self) -> None:
         self._drop_batch()
 
-    @property
-    def busy(self) -> int:
-        """Rows holding a live sequence."""
-        return sum(handle is not None for handle in self._rows)
-
-    async def run(self) -> None:
-        """The engine loop; returns after :meth:`close`."""
-        while not self._closed:
-            if self._paused or not (self._waiting or self.busy):
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            try:
-                self.step()
-            except Exception as error:  # a failed step fails the sequences in it, not the loop
-                for handle in self._rows:
-                    if handle is not None:
-                        handle._fail(error)
-                self._drop_batch()
-            await asyncio.sleep(0)
+    def _interrupt(self) -> None:
+        self._rebuild = True
 
     # -- one step ----------------------------------------------------------------
     def _drop_batch(self) -> None:
         self._rows, self._cache, self._rebuild = [], None, False
-
-    def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logp = torch.log_softmax(logits.float() / self.temperature, dim=-1)
-        tokens = torch.multinomial(logp.exp(), 1, generator=self.sampler).squeeze(-1)
-        return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
     def _record(self, tokens: list[int], logprobs: list[float]) -> None:
         for row, (token, logprob) in enumerate(zip(tokens, logprobs)):

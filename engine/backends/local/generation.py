@@ -22,50 +22,51 @@ from engine.backends.local.model import KVCache, Policy
 from engine.runtime.ports import GenerationHandle, check_request
 
 
-class TorchEngine:
-    """Continuous batching over ``slots`` KV-cache slots for a :class:`Policy`.
-
-    ``run()`` is the engine's loop (an asyncio task): each iteration prefills newly
-    admitted or interrupted sequences, decodes one token for every busy slot and
-    completes the sequences that ended, then yields to the event loop.  Sampling is
-    at ``temperature`` from a seeded generator.
-    """
+class LoopEngine:
+    """What the in-process engines share: the checks of their settings, the seeded
+    sampler, the queue of waiting prompts, ``submit``, ``pause``, ``resume``, ``close``,
+    the weight copy of ``load_weights`` and the loop that steps while there is work.
+    A subclass holds its sequences in flight (:meth:`_live`, :meth:`_drop_live`), takes
+    new weights (:meth:`_interrupt`) and implements ``step``."""
 
     def __init__(
-        self, model: Policy, *, slots: int, eos_id: int, pad_id: int = 0, temperature: float = 1.0, seed: int = 0,
+        self, model: torch.nn.Module, *, slots: int, eos_id: int, pad_id: int, temperature: float, seed: int, max_len: int,
     ) -> None:
         if slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots}")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.model = model.eval()
-        parameter = next(model.parameters())
-        self.device = parameter.device
-        self.max_len = model.config.max_seq_len
-        self.cache = KVCache(model.config, slots, self.max_len, self.device, parameter.dtype)
+        self.device = next(model.parameters()).device
+        self.max_len = max_len
         self.eos_id, self.pad_id, self.temperature = eos_id, pad_id, temperature
         self.version = 0
         self.sampler = torch.Generator(device=self.device).manual_seed(seed)
         self._waiting: list[GenerationHandle] = []
-        self._slots: list[GenerationHandle | None] = [None] * slots
-        self._needs_prefill: set[int] = set()  # slots holding a sequence to prefill (freeing a slot drops it)
-        self._last = torch.full((slots,), pad_id, dtype=torch.long, device=self.device)
-        self._positions = torch.zeros(slots, dtype=torch.long, device=self.device)
         self._paused = False
         self._closed = False
         self._wake = asyncio.Event()
-        # what calibration reads (rl_run writes them with each update): decode steps,
-        # tokens decoded (busy slots summed over steps), prefill passes, their rows and
-        # tokens, and the seconds spent in each kind of pass
         self.steps = 0
         self.decoded_tokens = 0
         self.prefills = 0
-        self.prefill_rows = 0
-        self.prefill_tokens = 0
-        self.prefill_s = 0.0
-        self.decode_s = 0.0
 
-    # -- the interface -------------------------------------------------------
+    # -- what a subclass provides -------------------------------------------------
+    def _live(self) -> list[GenerationHandle]:
+        """The sequences in flight (holding a slot or a row)."""
+        raise NotImplementedError
+
+    def _drop_live(self) -> None:
+        """Forget every sequence in flight (they have been failed)."""
+        raise NotImplementedError
+
+    def _interrupt(self) -> None:
+        """After new weights: mark the sequences in flight interrupted, to be prefilled again."""
+        raise NotImplementedError
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    # -- the port ------------------------------------------------------------------
     def submit(self, prompt: list[int], max_new_tokens: int, *, stream: bool = False) -> GenerationHandle:
         """Queue ``prompt`` for up to ``max_new_tokens`` tokens; it gets a slot as soon as one is free."""
         check_request(prompt, max_new_tokens, self.max_len)
@@ -89,25 +90,23 @@ class TorchEngine:
             for name, tensor in self.model.state_dict().items():
                 tensor.copy_(state_dict[name])
         self.version = version
-        for slot, handle in enumerate(self._slots):
-            if handle is not None:
-                handle.generation.interruptions += 1
-                self._needs_prefill.add(slot)
+        for handle in self._live():
+            handle.generation.interruptions += 1
+        self._interrupt()
 
     def close(self) -> None:
         """End ``run()``; sequences still in flight fail with ``CancelledError``."""
         self._closed = True
         self._wake.set()
-        for handle in [*self._waiting, *(h for h in self._slots if h is not None)]:
+        for handle in [*self._waiting, *self._live()]:
             handle._fail(asyncio.CancelledError("generation engine closed"))
         self._waiting.clear()
-        self._slots = [None] * len(self._slots)
-        self._needs_prefill.clear()
+        self._drop_live()
 
     @property
     def busy(self) -> int:
-        """Slots holding a sequence."""
-        return sum(handle is not None for handle in self._slots)
+        """Sequences in flight."""
+        return len(self._live())
 
     async def run(self) -> None:
         """The engine loop; returns after :meth:`close`."""
@@ -119,12 +118,58 @@ class TorchEngine:
             try:
                 self.step()
             except Exception as error:  # a failed step fails the sequences in it, not the loop
-                for slot, handle in enumerate(self._slots):
-                    if handle is not None:
-                        handle._fail(error)
-                        self._slots[slot] = None
-                self._needs_prefill.clear()
+                for handle in self._live():
+                    handle._fail(error)
+                self._drop_live()
             await asyncio.sleep(0)
+
+    def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token per row at the engine's temperature, and its behaviour log-probability."""
+        logp = torch.log_softmax(logits.float() / self.temperature, dim=-1)
+        tokens = torch.multinomial(logp.exp(), 1, generator=self.sampler).squeeze(-1)
+        return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+class TorchEngine(LoopEngine):
+    """Continuous batching over ``slots`` KV-cache slots for a :class:`Policy`.
+
+    ``run()`` is the engine's loop (an asyncio task): each iteration prefills newly
+    admitted or interrupted sequences, decodes one token for every busy slot and
+    completes the sequences that ended, then yields to the event loop.  Sampling is
+    at ``temperature`` from a seeded generator.
+    """
+
+    model: Policy
+
+    def __init__(
+        self, model: Policy, *, slots: int, eos_id: int, pad_id: int = 0, temperature: float = 1.0, seed: int = 0,
+    ) -> None:
+        super().__init__(model, slots=slots, eos_id=eos_id, pad_id=pad_id, temperature=temperature, seed=seed,
+                         max_len=model.config.max_seq_len)
+        parameter = next(model.parameters())
+        self.cache = KVCache(model.config, slots, self.max_len, self.device, parameter.dtype)
+        self._slots: list[GenerationHandle | None] = [None] * slots
+        self._needs_prefill: set[int] = set()  # slots holding a sequence to prefill (freeing a slot drops it)
+        self._last = torch.full((slots,), pad_id, dtype=torch.long, device=self.device)
+        self._positions = torch.zeros(slots, dtype=torch.long, device=self.device)
+        # what calibration reads (rl_run writes them with each update), besides the decode
+        # steps, tokens decoded (busy slots summed over steps) and prefill passes every
+        # engine counts: the prefills' rows and tokens, and the seconds of each kind of pass
+        self.prefill_rows = 0
+        self.prefill_tokens = 0
+        self.prefill_s = 0.0
+        self.decode_s = 0.0
+
+    # -- its sequences in flight ----------------------------------------------
+    def _live(self) -> list[GenerationHandle]:
+        return [handle for handle in self._slots if handle is not None]
+
+    def _drop_live(self) -> None:
+        self._slots = [None] * len(self._slots)
+        self._needs_prefill.clear()
+
+    def _interrupt(self) -> None:
+        self._needs_prefill.update(slot for slot, handle in enumerate(self._slots) if handle is not None)
 
     # -- one step ------------------------------------------------------------
     def _admit(self) -> None:
@@ -139,11 +184,6 @@ class TorchEngine:
                 handle._fail(asyncio.CancelledError("generation cancelled"))
                 self._slots[slot] = None
                 self._needs_prefill.discard(slot)
-
-    def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logp = torch.log_softmax(logits.float() / self.temperature, dim=-1)
-        tokens = torch.multinomial(logp.exp(), 1, generator=self.sampler).squeeze(-1)
-        return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
     def _record(self, slots: list[int], tokens: list[int], logprobs: list[float]) -> None:
         for slot, token, logprob in zip(slots, tokens, logprobs):
