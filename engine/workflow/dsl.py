@@ -116,6 +116,18 @@ class Workflow:
 Node = Union[StageNode, LoopNode, ParallelNode, BranchNode, ConditionalNode, SubworkflowNode]
 
 
+def children(node: Node) -> tuple[Node, ...]:
+    """The nodes directly inside ``node``'s loop, branches or arms (a subworkflow's own
+    body is not among them: it is another workflow)."""
+    if isinstance(node, (LoopNode, BranchNode)):
+        return node.body
+    if isinstance(node, ParallelNode):
+        return node.branches
+    if isinstance(node, ConditionalNode):
+        return (*node.body, *node.otherwise)
+    return ()
+
+
 def stage(name: str, stage_obj: Any, **opts: Any) -> StageNode:
     """A stage: ``stage_obj`` is an object with ``execute(ctx)``, a class of one, a
     plain function of the context, or the name of a registered stage.  Engine

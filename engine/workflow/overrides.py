@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Mapping
 
-from engine.workflow.dsl import BranchNode, ConditionalNode, LoopNode, Node, ParallelNode, StageNode, SubworkflowNode, Workflow
+from engine.workflow.dsl import Node, StageNode, SubworkflowNode, Workflow, children
 from engine.workflow.policy import ErrorPolicy, parse_policy
 
 DEFAULT = "*"
@@ -19,14 +19,7 @@ def _names(nodes: tuple[Node, ...]) -> Iterator[str]:
     for node in nodes:
         if isinstance(node, (StageNode, SubworkflowNode)):
             yield node.name
-        if isinstance(node, SubworkflowNode):
-            yield from _names(node.workflow.body)
-        elif isinstance(node, (LoopNode, BranchNode)):
-            yield from _names(node.body)
-        elif isinstance(node, ParallelNode):
-            yield from _names(node.branches)
-        elif isinstance(node, ConditionalNode):
-            yield from _names((*node.body, *node.otherwise))
+        yield from _names(node.workflow.body if isinstance(node, SubworkflowNode) else children(node))
 
 
 def stage_names(wf: Workflow) -> list[str]:

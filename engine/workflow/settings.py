@@ -14,15 +14,7 @@ from typing import Any, Iterator, Mapping
 
 import immutables
 
-from engine.workflow.dsl import (
-    BranchNode,
-    ConditionalNode,
-    LoopNode,
-    Node,
-    ParallelNode,
-    SubworkflowNode,
-    Workflow,
-)
+from engine.workflow.dsl import Node, SubworkflowNode, Workflow, children
 
 
 def configure(wf: Workflow, given: Mapping[str, Any] | None, where: str) -> immutables.Map:
@@ -68,12 +60,8 @@ def _subworkflows(nodes: tuple[Node, ...]) -> Iterator[SubworkflowNode]:
     for node in nodes:
         if isinstance(node, SubworkflowNode):
             yield node
-        elif isinstance(node, (LoopNode, BranchNode)):
-            yield from _subworkflows(node.body)
-        elif isinstance(node, ParallelNode):
-            yield from _subworkflows(node.branches)
-        elif isinstance(node, ConditionalNode):
-            yield from _subworkflows((*node.body, *node.otherwise))
+        else:
+            yield from _subworkflows(children(node))
 
 
 def check_config(wf: Workflow, config: Mapping[str, Any]) -> None:
