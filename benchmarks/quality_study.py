@@ -60,7 +60,10 @@ def run_matrix(args: argparse.Namespace) -> None:
                         str(model)], check=True, stdout=subprocess.DEVNULL)
     jobs = []
     for task in args.tasks:
-        extra = ["--model", str(model), *EXTERNAL] if task.startswith("rg:") else BUILT_IN
+        extra = ["--model", str(model), *EXTERNAL] if task.startswith("rg:") else list(BUILT_IN)
+        lr = args.rg_lr if task.startswith("rg:") else args.lr
+        if lr is not None:  # the last --lr on a command line is the one argparse keeps
+            extra = [*extra, "--lr", str(lr)]
         for seed in range(args.seeds):
             out = args.out / slug(task) / f"seed{seed}"
             if args.warmup_steps is not None:
@@ -97,7 +100,17 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.fmean(values):+.3f} ({', '.join(f'{v:+.2f}' for v in values)})" if values else "n/a"
 
 
-def summarise(root: Path) -> str:
+def held_out(run: dict, tail: int) -> float:
+    """The run's held-out reward at its end: with ``tail`` above 1, the mean of its
+    last ``tail`` evaluations (the final weights' one included), which a single
+    evaluation's sampling noise moves less."""
+    if tail <= 1:
+        return run["summary"]["eval_reward"]
+    curve = [m["eval_reward"] for m in run["metrics"] if "eval_reward" in m]
+    return statistics.fmean(curve[-(tail - 1):] + [run["summary"]["eval_reward"]]) if curve else run["summary"]["eval_reward"]
+
+
+def summarise(root: Path, tail: int = 1) -> str:
     lines = ["| task | run | held-out, equal updates: mean (per seed) | async - sync, equal updates | "
              "at the async run's end: sync's held-out | async - sync, equal wall time | tokens/s vs sync |",
              "|---|---|---|---|---|---|---|"]
@@ -111,11 +124,11 @@ def summarise(root: Path) -> str:
                 continue
             sync_curve = [(m["wall_s"], m["eval_reward"]) for m in sync["metrics"] if "eval_reward" in m]
             for name, r in runs.items():
-                held = r["summary"]["eval_reward"]
+                held = held_out(r, tail)
                 wall = r["summary"]["wall_s"]
                 sync_then = at_time(sync_curve, wall) if name != "staleness0" else held
                 by_run.setdefault(name, []).append({
-                    "held": held, "delta": held - sync["summary"]["eval_reward"],
+                    "held": held, "delta": held - held_out(sync, tail),
                     "sync_then": sync_then, "delta_time": None if sync_then is None else held - sync_then,
                     "speed": r["summary"]["trained_tokens_per_s"] / sync["summary"]["trained_tokens_per_s"],
                 })
@@ -147,11 +160,15 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--parallel", type=int, default=15)
     parser.add_argument("--warmup-steps", type=int, default=None, help="instead of each kind of task's own (a smoke run)")
+    parser.add_argument("--lr", type=float, default=None, help="the built-in tasks' RL learning rate (default 2e-3)")
+    parser.add_argument("--rg-lr", type=float, default=None, help="the reasoning-gym tasks' RL learning rate (default 1e-4)")
+    parser.add_argument("--tail", type=int, default=1,
+                        help="held-out reward at the end as the mean of the last N evaluations (1: the final weights' alone)")
     parser.add_argument("--summarise", type=Path, default=None, help="only print the table of an earlier --out")
     args = parser.parse_args()
     if args.summarise is None:
         run_matrix(args)
-    table = summarise(args.summarise or args.out)
+    table = summarise(args.summarise or args.out, args.tail)
     print(table)
     (args.summarise or args.out).joinpath("table.md").write_text(table + "\n")
 

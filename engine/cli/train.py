@@ -150,6 +150,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="weight of the entropy bonus (0: entropy only measured)")
     parser.add_argument("--engine", default=defaults.engine, choices=ENGINES,
                         help="generation engine: auto (in process), or vllm for a --model DIR ([vllm] extra)")
+    parser.add_argument("--overlap", action="store_true",
+                        help="generate while the trainer trains: the in-process engine runs in a thread of its own on "
+                             "its own copy of the weights (a CUDA stream of its own on a GPU), paused only to load each version's weights")
     parser.add_argument("--vllm-memory", type=_positive_number, default=None, metavar="FRACTION",
                         help="vLLM's share of GPU memory (host memory on a CPU); default 0.3 on a GPU, 0.05 on a CPU")
     parser.add_argument("--metrics", type=_sinks, default=defaults.metrics, metavar="SINK[,SINK]",
@@ -198,7 +201,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         checkpoint_every=args.checkpoint_every, requeue_lost=args.requeue_lost, init=args.init, seed=args.seed,
         device=args.device or defaults.device, gc=args.gc, kl_coef=args.kl_coef, entropy_coef=args.entropy_coef,
         lr_warmup=args.lr_warmup, lr_schedule=args.lr_schedule, metrics=args.metrics, engine=args.engine,
-        vllm_memory=args.vllm_memory,
+        vllm_memory=args.vllm_memory, overlap=args.overlap,
     )
 
 

@@ -21,7 +21,9 @@ class TrajectoryStore:
         self._memory: dict[str, bytes] = {}
         self._db: sqlite3.Connection | None = None
         if path is not None:
-            self._db = sqlite3.connect(path, isolation_level=None)
+            # a run that generates in a thread of its own (``--overlap``) writes from that
+            # thread; its calls are serialised through the run's event loop
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS samples (rollout TEXT PRIMARY KEY, data BLOB NOT NULL)")

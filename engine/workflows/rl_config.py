@@ -66,6 +66,7 @@ class RunConfig:
     lr_schedule: str = "constant"  # after warm-up: constant, or cosine down to a tenth by the last update
     metrics: tuple[str, ...] = ()  # sinks beside metrics.jsonl: tensorboard, wandb (offline)
     engine: str = "auto"  # generation: auto (in process: built-in or Hugging Face), or vllm (a model directory)
+    overlap: bool = False  # generate while the trainer trains (the engine in a thread of its own, on its own weights)
     vllm_memory: float | None = None  # vLLM's share of GPU (or host) memory; default 0.3 on a GPU, 0.05 on the CPU
     warmup_steps: int = 100
     warmup_batch: int = 64
@@ -124,6 +125,11 @@ class RunConfig:
             raise ValueError(f"run config field 'engine' must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.engine == "vllm" and self.model_dir is None:
             raise ValueError("--engine vllm serves a Hugging Face model: give --model DIR")
+        if not isinstance(self.overlap, bool):
+            raise ValueError(f"run config field 'overlap' must be true or false, got {self.overlap!r}")
+        if self.overlap and self.engine == "vllm":
+            raise ValueError("--overlap runs the in-process engines (built-in or Hugging Face) in a thread; "
+                             "vLLM generates in processes of its own: leave out --overlap or --engine vllm")
         if self.vllm_memory is not None and not (isinstance(self.vllm_memory, (int, float)) and 0 < self.vllm_memory <= 1):
             raise ValueError(f"run config field 'vllm_memory' must be a fraction in (0, 1], got {self.vllm_memory!r}")
         if self.gc not in GC_MODES:

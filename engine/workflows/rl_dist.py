@@ -66,6 +66,8 @@ def check_split(config: RunConfig, trainers: int) -> None:
     ``dp_size = trainers`` ranks, which are the global ones exactly when ``x`` is a
     multiple of the ranks (each rank's share of a batch is then ``batch_size // trainers``
     rollouts)."""
+    if config.overlap:
+        raise ValueError("--overlap runs generation in a thread of one process; with --nproc, generate apart with --generators")
     for flag, value in (("--batch-size", config.batch_size), ("--max-concurrent", config.max_concurrent)):
         if value is not None and value % trainers:
             raise ValueError(f"--nproc {trainers}: {flag} {value} does not split evenly among {trainers} trainer ranks "

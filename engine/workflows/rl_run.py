@@ -17,7 +17,14 @@ benchmarks run through :func:`engine.workflows.reinforcement.train`.  They call
 What a resume reads back is :mod:`engine.workflows.rl_resume`'s.  A run directory holds ``run.json`` (the config), ``events.sqlite`` (the ledger's
 log), ``samples.sqlite`` (completed rollouts' samples), ``metrics.jsonl`` (one line
 per update) and ``checkpoints/``.  Generation and training share one device: the
-trainer's weights become the engine's at each version bump.  In a distributed run
+trainer's weights become the engine's at each version bump.  By default the engine
+steps only while the trainer waits for a batch (one thread).  With ``overlap`` the
+run's event loop (the ledger, the executor and the engine) runs in a thread of its
+own for the run's whole life, its engine on its own copy of the weights (and its own
+CUDA stream on a GPU), so generation goes on while the trainer trains and pauses
+only for the weights of each version bump; every other call into the ledger, the
+executor or the sample store goes through that loop (:meth:`RLRun._call`), so they
+are only ever touched from its thread.  In a distributed run
 (:mod:`engine.workflows.rl_dist`) this is rank 0's run: its trainer is data-parallel
 over the trainer ranks and, with generator ranks, its engine is the
 :class:`~engine.backends.distributed.generation.RemoteEngine` over them, each weight sync a
@@ -34,10 +41,11 @@ import asyncio
 import copy
 import json
 import random
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Coroutine, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -93,6 +101,8 @@ class CollectedBatch:
 #: The path of the ``stage`` events that open and close a weight sync to generator ranks.
 WEIGHT_SYNC = "weight_sync"
 
+T = TypeVar("T")
+
 #: The KL penalty's reference weights in a run directory (with ``kl_coef`` > 0).
 REFERENCE_FILE = "reference.safetensors"
 
@@ -126,9 +136,12 @@ class RLRun:
         self._wall_offset = 0.0
         self._evaluation_s = 0.0
         self._update_began = 0.0  # perf_counter at begin_update
+        self._steps_at_update = 0  # the engine's decode steps at begin_update
         self._recompute_s = 0.0  # this update's segment-wise recomputation
         self._recompute_before = 0.0  # the trainer's recomputation seconds at begin_update
         self.collector = Collector(config.gc)  # started by setup(), stopped by close()
+        self._thread: threading.Thread | None = None  # the event loop's own thread (``overlap``)
+        self._paused_for_update = False
 
     @classmethod
     def resumed(
@@ -216,7 +229,12 @@ class RLRun:
             store=TrajectoryStore(self.run_dir / "samples.sqlite"), timeout_s=config.timeout_s, max_retries=config.max_retries,
         )
         self.sinks = open_sinks(self.config.metrics, self.run_dir, asdict(config))
-        self.loop.run_until_complete(self._start())
+        if config.overlap:
+            if group is not None:
+                raise ValueError("--overlap runs generation in a thread of one process; a distributed run "
+                                 "generates apart with --generators instead")
+            self._start_thread()
+        self._run(self._start())
         self.collector.start()
         self._started = time.perf_counter()
 
@@ -240,6 +258,40 @@ class RLRun:
 
     async def _start(self) -> None:
         self.executor.start()
+
+    # -- the event loop: in the caller's thread, or (overlap) in its own ----------------
+    def _start_thread(self) -> None:
+        """Run the event loop in a thread of its own until :meth:`close`; on a GPU the
+        thread issues its work on a CUDA stream of its own."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()  # the engine's copy of the weights is complete before its thread reads it
+
+        def serve() -> None:
+            asyncio.set_event_loop(self.loop)
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+                torch.cuda.set_stream(torch.cuda.Stream(self.device))
+            self.loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, name="rollout-ledger-generation", daemon=True)
+        self._thread.start()
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the run's event loop and return its result."""
+        if self._thread is None:
+            return self.loop.run_until_complete(coroutine)
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` where the ledger, the executor and the store live: here, or
+        (overlap) on the event loop's thread between two of its steps."""
+        if self._thread is None:
+            return fn(*args)
+
+        async def call() -> T:
+            return fn(*args)
+
+        return self._run(call())
 
     def load_weights(self, path: str | Path) -> None:
         """Start from the model weights at ``path`` (a ``--init`` file, as :meth:`save_weights`
@@ -288,15 +340,20 @@ class RLRun:
         ``batch_size`` usable ones are ready, which are consumed."""
         if self._retrain:
             rollouts, self._retrain = self._retrain, ()
-            return CollectedBatch(rollouts, [self.executor.store.get(r) for r in rollouts])
+            return CollectedBatch(rollouts, self._call(lambda: [self.executor.store.get(r) for r in rollouts]))
         start = time.perf_counter()
-        rollouts, groups = self.loop.run_until_complete(self.executor.prepare_batch(self.config.batch_size, self._prompts()))
+        rollouts, groups = self._run(self.executor.prepare_batch(self.config.batch_size, self._prompts()))
         return CollectedBatch(rollouts, groups, time.perf_counter() - start)
 
     def begin_update(self) -> Trainer:
-        """Pause generation (admissions and decoding) for the update; returns the trainer."""
-        self.executor.pause()
+        """Pause generation (admissions and decoding) for the update, unless it overlaps
+        training (``overlap``: the version bump pauses it for the weights alone);
+        returns the trainer."""
+        self._paused_for_update = not self.config.overlap
+        if self._paused_for_update:
+            self.executor.pause()
         self._update_began = time.perf_counter()
+        self._steps_at_update = self.engine.steps
         self._recompute_before = getattr(self.trainer, "recompute_seconds", 0.0)
         return self.trainer
 
@@ -316,8 +373,15 @@ class RLRun:
         its batch consumed and rolls the version forward instead of training the
         batch twice or losing it; one that finds no such checkpoint trains the
         consumed batch once (:meth:`collect_batch`)."""
+        if self._thread is not None and self.device.type == "cuda":
+            torch.cuda.synchronize()  # the optimiser's last step is done before the loop's thread reads the weights
+        return self._call(self._finish_update, batch, steps, reward, held_out)
+
+    def _finish_update(self, batch: CollectedBatch, steps: Sequence[dict[str, float]], reward: float,
+                       held_out: float | None) -> dict[str, Any]:
         executor, trainer = self.executor, self.trainer
         trained_at = time.perf_counter()
+        overlapped = self.engine.steps - self._steps_at_update  # decode steps while the trainer trained
         version = trainer.version
         trainer.version = version + 1
         due = self.config.is_checkpoint(version + 1)
@@ -332,7 +396,9 @@ class RLRun:
         if saved is not None:  # samples, then the log, are made durable with each checkpoint
             executor.timed(self.ledger.append, Checkpoint(version + 1, str(saved)))
             self._write()
-        executor.resume()
+        if self._paused_for_update:
+            executor.resume()
+            self._paused_for_update = False
         self.collector.collect()
         prepare_recompute = getattr(trainer, "recompute_seconds", 0.0) - self._recompute_before
         record = rl_models.update_record(
@@ -341,6 +407,7 @@ class RLRun:
             step_s=trained_at - self._update_began - prepare_recompute if self._update_began else 0.0,
             recompute_s=prepare_recompute + self._recompute_s,
         )
+        record["overlap_steps"] = overlapped
         if held_out is not None:
             record["eval_reward"] = held_out
         self.metrics.append(record)
@@ -390,7 +457,14 @@ class RLRun:
         start = time.perf_counter()
         problems = [self.task.problem(self.config.seed + 10_000_019, i) for i in range(count)]
         engine = self.build_engine(self.trainer.model, min(count, 64), self.config.seed)
-        reward = rl_models.held_out_reward(engine, self.trainer.model, self.task, self.tokenizer, problems)
+        generating = self._thread is not None  # (overlap) the run's engine stops after its current step
+        if generating:
+            self._call(self.engine.pause)
+        try:
+            reward = rl_models.held_out_reward(engine, self.trainer.model, self.task, self.tokenizer, problems)
+        finally:
+            if generating:
+                self._call(self.engine.resume)
         if self._started:
             self._evaluation_s += time.perf_counter() - start
         return reward
@@ -420,7 +494,7 @@ class RLRun:
 
     def summary(self) -> dict[str, Any]:
         """Throughput, reward, staleness and the ledger's counters of the run so far."""
-        return rl_models.summary(self.ledger.state, self.metrics, self.elapsed(), self.executor, self.collector.seconds)
+        return self._call(rl_models.summary, self.ledger.state, self.metrics, self.elapsed(), self.executor, self.collector.seconds)
 
     def close(self) -> None:
         """Stop the executor and the engine, flush and close the ledger (once: closing
@@ -428,8 +502,12 @@ class RLRun:
         if self.loop.is_closed():
             return
         if hasattr(self, "executor"):
-            self.loop.run_until_complete(self.executor.close())
-            self.executor.store.close()  # commits before the log is written below
+            self._run(self.executor.close())
+            self._call(self.executor.store.close)  # commits before the log is written below
+        if self._thread is not None:  # the loop's thread ends; the ledger is this thread's again
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join()
+            self._thread = None
         if hasattr(self, "trainer"):
             self.trainer.close()
         if hasattr(self, "ledger"):

@@ -1,0 +1,101 @@
+"""``train --overlap``: generation goes on in a thread of its own while the trainer
+trains, under the same ledger rules.
+
+The engine's decode steps taken between the start of an update and its version bump
+(``overlap_steps`` in each metrics line) say whether generation overlapped training:
+always 0 without ``--overlap`` (the update pauses the engine), above 0 with it once
+the trainer takes long enough for the engine to step (a trainer slowed by a sleep).
+Every event of an overlapped run folds under every invariant of the properties, the
+capacity recovers after every filtered or rejected rollout, and a resume continues it."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from engine.backends.local.trainer import Trainer
+from engine.cli import main
+from engine.core.events import Consumed, Filtered, Rejected, Version
+from engine.core.reducer import apply
+from engine.core.state import EMPTY
+from engine.log import EventLog
+from properties.invariants import InvariantChecker, capacity_recovery
+
+ARGS = ["train", "--task", "reverse", "--batch-size", "4", "--group-size", "2", "--max-concurrent", "12",
+        "--max-staleness", "2", "--warmup-steps", "3", "--no-progress", "--checkpoint-every", "3"]
+
+
+@pytest.fixture
+def slow_trainer(monkeypatch):
+    """Each optimiser step takes 20 ms longer: time in which an overlapping engine steps."""
+    step = Trainer.optim_step
+
+    def slowed(self, *args, **kwargs):
+        time.sleep(0.02)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "optim_step", slowed)
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _checked(path):
+    """The log's events folded one by one under every invariant, with capacity recovery
+    after each rollout that ended filtered or rejected."""
+    with EventLog(path, mode="r") as log:
+        events = list(log.events())
+    state, checker = EMPTY, InvariantChecker(full_every=1)
+    for index, event in enumerate(events):
+        state = apply(state, event)
+        checker(state, event)
+        if isinstance(event, (Filtered, Rejected)):
+            capacity_recovery(events[: index + 1], state, event.rollout)
+    return events, state
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_the_engine_steps_during_training_only_with_overlap(tmp_path, slow_trainer, overlap):
+    run_dir = tmp_path / "run"
+    assert main([*ARGS, "--steps", "8", "--run-dir", str(run_dir), *(["--overlap"] if overlap else [])]) == 0
+    lines = _metrics(run_dir)
+    assert len(lines) == 8
+    overlapped = [m["overlap_steps"] for m in lines]
+    if overlap:
+        assert sum(overlapped) > 0, overlapped
+        assert json.loads((run_dir / "run.json").read_text())["overlap"] is True
+    else:
+        assert overlapped == [0] * 8
+    events, state = _checked(run_dir / "events.sqlite")
+    assert [e.version for e in events if isinstance(e, Version)] == list(range(1, 9))
+    assert state.consumed == 8 * 4 == sum(len(e.rollouts) for e in events if isinstance(e, Consumed))
+
+
+def test_an_overlapped_run_evaluates_and_resumes_under_the_invariants(tmp_path, slow_trainer, capsys):
+    run_dir = tmp_path / "run"
+    assert main([*ARGS, "--steps", "4", "--run-dir", str(run_dir), "--overlap", "--eval-size", "8", "--eval-every", "2"]) == 0
+    assert [m["step"] for m in _metrics(run_dir) if "eval_reward" in m] == [2, 4]
+    capsys.readouterr()
+    assert main(["train", "--resume", "--run-dir", str(run_dir), "--steps", "7", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 7
+    assert [m["step"] for m in _metrics(run_dir)] == list(range(1, 8))
+    _, state = _checked(run_dir / "events.sqlite")
+    assert state.version == 7 and state.consumed == 7 * 4
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--engine", "vllm", "--model", "MODEL"], "--overlap runs the in-process engines"),
+    (["--nproc", "2"], "--overlap runs generation in a thread of one process"),
+])
+def test_overlap_with_engines_or_ranks_it_cannot_drive_is_refused(tmp_path, capsys, extra, message):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    extra = [str(model) if a == "MODEL" else a for a in extra]
+    assert main([*ARGS, "--steps", "2", "--run-dir", str(tmp_path / "run"), "--overlap", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
