@@ -9,7 +9,9 @@ before it runs:
    answers (on the GPU in bfloat16 autocast) and writes its weights;
 3. ``train --init`` those weights twice, the same flags but ``--max-staleness``: 0
    (synchronous) and ``--async-staleness`` (default 4), each measuring held-out
-   reward every ``--eval-every`` updates (time left out of ``wall_s``).
+   reward every ``--eval-every`` updates (time left out of ``wall_s``); with
+   ``--overlap`` a third time, asynchronous with ``train --overlap`` (generation beside
+   training).
 
 Then it reads both runs' ``metrics.jsonl`` and prints a markdown table: time to a
 held-out target both runs reach (the largest multiple of ``--target-step`` both
@@ -124,6 +126,7 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=None, help="held-out reward to reach (default: see --target-step)")
     parser.add_argument("--target-step", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overlap", action="store_true", help="also run the asynchronous setting with train --overlap")
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -139,23 +142,25 @@ def main() -> None:
                 "seed": args.seed, "max_new_tokens": args.max_new_tokens}
         flags = [part for key, value in sets.items() for part in ("--set", f"{key}={value}")]
         timings["supervised"] = command(["run", "supervised", "--log", str(sft_log), *flags], out / "supervised.log")
-    runs = {"sync": 0, f"async-{args.async_staleness}": args.async_staleness}
+    runs: dict[str, tuple[int, list[str]]] = {"sync": (0, []), f"async-{args.async_staleness}": (args.async_staleness, [])}
+    if args.overlap:
+        runs[f"async-{args.async_staleness}-overlap"] = (args.async_staleness, ["--overlap"])
     common = ["--model", str(model), "--task", args.task, "--init", str(weights), "--device", args.device,
               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--group-size", str(args.group_size),
               "--max-concurrent", str(args.max_concurrent), "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.lr),
               "--eval-size", str(args.eval_size), "--eval-every", str(args.eval_every), "--checkpoint-every", str(args.steps),
               "--seed", str(args.seed), "--no-progress"]
     summaries = {}
-    for name, staleness in runs.items():
+    for name, (staleness, extra) in runs.items():
         run_dir = out / name
         if not (run_dir / "metrics.jsonl").exists():
-            timings[name] = command(["train", *common, "--max-staleness", str(staleness), "--run-dir", str(run_dir)],
+            timings[name] = command(["train", *common, "--max-staleness", str(staleness), *extra, "--run-dir", str(run_dir)],
                                     out / f"{name}.log")
         summaries[name] = json.loads((out / f"{name}.log").read_text().strip().splitlines()[-1])
     curves = {name: curve(out / name) for name in runs}
     target = args.target if args.target is not None else common_target(list(curves.values()), args.target_step)
     generation, training, ideal = overlap(out / "sync")
-    sync_name, async_name = list(runs)
+    sync_name, *async_names = list(runs)
     rows, reached = [], {}
     for name in runs:
         s = summaries[name]
@@ -165,8 +170,10 @@ def main() -> None:
         rows.append(f"| {name} | {s['wall_s']:.1f} | {'%.1f s (update %d)' % hit if hit else 'not reached'} | "
                     f"{s.get('eval_reward_before', float('nan')):.3f} | {final:.3f} | {s['trained_tokens_per_s']:.0f} | "
                     f"{s['staleness_mean']:.2f} | {100 * s['engine_overhead']:.2f}% |")
-    speedup = summaries[async_name]["trained_tokens_per_s"] / summaries[sync_name]["trained_tokens_per_s"]
-    tta = (reached[sync_name][0] / reached[async_name][0]) if reached[sync_name] and reached[async_name] else float("nan")
+    speedup = {name: summaries[name]["trained_tokens_per_s"] / summaries[sync_name]["trained_tokens_per_s"] for name in async_names}
+    tta = {name: (reached[sync_name][0] / reached[name][0]) if reached[sync_name] and reached[name] else float("nan")
+           for name in async_names}
+    overlapped = {name: sum(m.get("overlap_steps", 0) for m in metrics(out / name)) for name in runs}
     table = "\n".join([
         f"Task `{args.task}`, Qwen2 {args.layers} layers x {args.hidden}, {args.steps} updates of {args.batch_size} prompts x "
         f"{args.group_size} samples, {args.max_concurrent} rollouts in flight, held-out reward on {args.eval_size} problems "
@@ -176,10 +183,11 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        f"- time-to-target speedup (sync / async): {tta:.2f}x",
-        f"- trained tokens/s speedup at equal updates: {speedup:.2f}x",
         f"- ideal overlap speedup from the sync run: ({generation:.1f} s generation + {training:.1f} s training) / "
-        f"max = {ideal:.2f}x; async reaches {100 * speedup / ideal:.0f}% of it",
+        f"max = {ideal:.2f}x",
+        *(f"- {name}: time-to-target speedup (sync / async) {tta[name]:.2f}x; trained tokens/s {speedup[name]:.2f}x at equal "
+          f"updates, {100 * speedup[name] / ideal:.0f}% of the ideal overlap; decode steps while training {overlapped[name]}"
+          for name in async_names),
     ])
     print(table)
     (out / "table.md").write_text(table + "\n")
