@@ -99,3 +99,34 @@ def test_overlap_with_engines_or_ranks_it_cannot_drive_is_refused(tmp_path, caps
     assert main([*ARGS, "--steps", "2", "--run-dir", str(tmp_path / "run"), "--overlap", *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_generation_thread_that_cannot_start_or_dies_stops_the_run_instead_of_hanging(tmp_path, monkeypatch, capsys):
+    """The thread's setup failing (here: asyncio refusing the loop) is the run's error,
+    and a loop whose thread is gone ends the caller's wait with an error."""
+    import asyncio
+
+    from engine.workflows import rl_run
+
+    def refuse(loop):
+        raise RuntimeError("no loop here")
+
+    monkeypatch.setattr(asyncio, "set_event_loop", refuse)
+    assert main([*ARGS, "--steps", "2", "--run-dir", str(tmp_path / "run"), "--overlap"]) == 2
+    assert "the generation thread could not start: no loop here" in capsys.readouterr().err
+    monkeypatch.undo()
+
+    run = rl_run.RLRun.__new__(rl_run.RLRun)
+    run.loop = asyncio.new_event_loop()
+    run._thread = __import__("threading").Thread(target=lambda: None)
+    run._thread.start()
+    run._thread.join()  # a thread that ended without running the loop
+
+    async def never():
+        await asyncio.sleep(3600)
+
+    waiting = never()
+    with pytest.raises(RuntimeError, match="the generation thread ended"):
+        run._run(waiting)
+    waiting.close()
+    run.loop.close()

@@ -38,6 +38,7 @@ file whole).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import json
 import random
@@ -263,24 +264,46 @@ class RLRun:
     def _start_thread(self) -> None:
         """Run the event loop in a thread of its own until :meth:`close`; on a GPU the
         thread issues its work on a CUDA stream of its own."""
+        index = None
         if self.device.type == "cuda":
             torch.cuda.synchronize()  # the engine's copy of the weights is complete before its thread reads it
+            index = torch.cuda.current_device()  # (a thread starts on device 0)
+        failed: list[BaseException] = []
+        ready = threading.Event()
 
         def serve() -> None:
-            asyncio.set_event_loop(self.loop)
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-                torch.cuda.set_stream(torch.cuda.Stream(self.device))
+            try:
+                asyncio.set_event_loop(self.loop)
+                if index is not None:
+                    torch.cuda.set_device(index)
+                    torch.cuda.set_stream(torch.cuda.Stream(index))
+            except BaseException as error:  # handed to the starting thread, which raises it
+                failed.append(error)
+                return
+            finally:
+                ready.set()
             self.loop.run_forever()
 
         self._thread = threading.Thread(target=serve, name="rollout-ledger-generation", daemon=True)
         self._thread.start()
+        ready.wait()
+        if failed:
+            self._thread.join()
+            self._thread = None
+            raise RuntimeError(f"--overlap: the generation thread could not start: {failed[0]}") from failed[0]
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on the run's event loop and return its result."""
         if self._thread is None:
             return self.loop.run_until_complete(coroutine)
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        while True:  # a loop whose thread is gone would leave the caller waiting forever
+            try:
+                return future.result(timeout=1.0)
+            except concurrent.futures.TimeoutError:
+                if not self._thread.is_alive():
+                    future.cancel()
+                    raise RuntimeError("--overlap: the generation thread ended; the run cannot go on") from None
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` where the ledger, the executor and the store live: here, or
