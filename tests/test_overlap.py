@@ -10,7 +10,9 @@ capacity recovers after every filtered or rejected rollout, and a resume continu
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 
 import pytest
@@ -21,6 +23,7 @@ from engine.core.events import Consumed, Filtered, Rejected, Version
 from engine.core.reducer import apply
 from engine.core.state import EMPTY
 from engine.log import EventLog
+from engine.workflows.rl_loop import RunLoop
 from properties.invariants import InvariantChecker, capacity_recovery
 
 ARGS = ["train", "--task", "reverse", "--batch-size", "4", "--group-size", "2", "--max-concurrent", "12",
@@ -104,10 +107,6 @@ def test_overlap_with_engines_or_ranks_it_cannot_drive_is_refused(tmp_path, caps
 def test_a_generation_thread_that_cannot_start_or_dies_stops_the_run_instead_of_hanging(tmp_path, monkeypatch, capsys):
     """The thread's setup failing (here: asyncio refusing the loop) is the run's error,
     and a loop whose thread is gone ends the caller's wait with an error."""
-    import asyncio
-
-    from engine.workflows import rl_run
-
     def refuse(loop):
         raise RuntimeError("no loop here")
 
@@ -116,17 +115,16 @@ def test_a_generation_thread_that_cannot_start_or_dies_stops_the_run_instead_of_
     assert "the generation thread could not start: no loop here" in capsys.readouterr().err
     monkeypatch.undo()
 
-    run = rl_run.RLRun.__new__(rl_run.RLRun)
-    run.loop = asyncio.new_event_loop()
-    run._thread = __import__("threading").Thread(target=lambda: None)
-    run._thread.start()
-    run._thread.join()  # a thread that ended without running the loop
+    loop = RunLoop()
+    loop.thread = threading.Thread(target=lambda: None)
+    loop.thread.start()
+    loop.thread.join()  # a thread that ended without running the loop
 
     async def never():
         await asyncio.sleep(3600)
 
     waiting = never()
     with pytest.raises(RuntimeError, match="the generation thread ended"):
-        run._run(waiting)
+        loop.run(waiting)
     waiting.close()
-    run.loop.close()
+    loop.loop.close()

@@ -23,7 +23,7 @@ run's event loop (the ledger, the executor and the engine) runs in a thread of i
 own for the run's whole life, its engine on its own copy of the weights (and its own
 CUDA stream on a GPU), so generation goes on while the trainer trains and pauses
 only for the weights of each version bump; every other call into the ledger, the
-executor or the sample store goes through that loop (:meth:`RLRun._call`), so they
+executor or the sample store goes through that loop (:meth:`~engine.workflows.rl_loop.RunLoop.call`), so they
 are only ever touched from its thread.  In a distributed run
 (:mod:`engine.workflows.rl_dist`) this is rank 0's run: its trainer is data-parallel
 over the trainer ranks and, with generator ranks, its engine is the
@@ -37,16 +37,13 @@ file whole).
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import copy
 import json
 import random
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Iterator, Sequence, TypeVar
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -72,6 +69,7 @@ from engine.runtime.collector import Collector
 from engine.runtime.executor import RolloutExecutor
 from engine.runtime.store import TrajectoryStore
 from engine.workflows import rl_models, rl_resume
+from engine.workflows.rl_loop import RunLoop
 from engine.workflows.sinks import open_sinks
 from engine.workflows.rl_config import RunConfig, refuse_existing_run
 
@@ -102,8 +100,6 @@ class CollectedBatch:
 #: The path of the ``stage`` events that open and close a weight sync to generator ranks.
 WEIGHT_SYNC = "weight_sync"
 
-T = TypeVar("T")
-
 #: The KL penalty's reference weights in a run directory (with ``kl_coef`` > 0).
 REFERENCE_FILE = "reference.safetensors"
 
@@ -128,7 +124,7 @@ class RLRun:
         else:
             self.tokenizer = Tokenizer()
         self.device = torch.device(config.device)
-        self.loop = asyncio.new_event_loop()
+        self.loop = RunLoop()  # the ledger's, the executor's and the engine's (rl_loop)
         self.metrics: list[dict[str, Any]] = []
         self._logger = get_logger("rollout_ledger.train", run=str(self.run_dir))
         self._retrain: tuple[str, ...] = ()
@@ -141,7 +137,6 @@ class RLRun:
         self._recompute_s = 0.0  # this update's segment-wise recomputation
         self._recompute_before = 0.0  # the trainer's recomputation seconds at begin_update
         self.collector = Collector(config.gc)  # started by setup(), stopped by close()
-        self._thread: threading.Thread | None = None  # the event loop's own thread (``overlap``)
         self._paused_for_update = False
 
     @classmethod
@@ -234,8 +229,8 @@ class RLRun:
             if group is not None:
                 raise ValueError("--overlap runs generation in a thread of one process; a distributed run "
                                  "generates apart with --generators instead")
-            self._start_thread()
-        self._run(self._start())
+            self.loop.start_thread(self.device)
+        self.loop.run(self._start())
         self.collector.start()
         self._started = time.perf_counter()
 
@@ -259,62 +254,6 @@ class RLRun:
 
     async def _start(self) -> None:
         self.executor.start()
-
-    # -- the event loop: in the caller's thread, or (overlap) in its own ----------------
-    def _start_thread(self) -> None:
-        """Run the event loop in a thread of its own until :meth:`close`; on a GPU the
-        thread issues its work on a CUDA stream of its own."""
-        index = None
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()  # the engine's copy of the weights is complete before its thread reads it
-            index = torch.cuda.current_device()  # (a thread starts on device 0)
-        failed: list[BaseException] = []
-        ready = threading.Event()
-
-        def serve() -> None:
-            try:
-                asyncio.set_event_loop(self.loop)
-                if index is not None:
-                    torch.cuda.set_device(index)
-                    torch.cuda.set_stream(torch.cuda.Stream(index))
-            except BaseException as error:  # handed to the starting thread, which raises it
-                failed.append(error)
-                return
-            finally:
-                ready.set()
-            self.loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, name="rollout-ledger-generation", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failed:
-            self._thread.join()
-            self._thread = None
-            raise RuntimeError(f"--overlap: the generation thread could not start: {failed[0]}") from failed[0]
-
-    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run ``coroutine`` on the run's event loop and return its result."""
-        if self._thread is None:
-            return self.loop.run_until_complete(coroutine)
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        while True:  # a loop whose thread is gone would leave the caller waiting forever
-            try:
-                return future.result(timeout=1.0)
-            except concurrent.futures.TimeoutError:
-                if not self._thread.is_alive():
-                    future.cancel()
-                    raise RuntimeError("--overlap: the generation thread ended; the run cannot go on") from None
-
-    def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` where the ledger, the executor and the store live: here, or
-        (overlap) on the event loop's thread between two of its steps."""
-        if self._thread is None:
-            return fn(*args)
-
-        async def call() -> T:
-            return fn(*args)
-
-        return self._run(call())
 
     def load_weights(self, path: str | Path) -> None:
         """Start from the model weights at ``path`` (a ``--init`` file, as :meth:`save_weights`
@@ -363,9 +302,9 @@ class RLRun:
         ``batch_size`` usable ones are ready, which are consumed."""
         if self._retrain:
             rollouts, self._retrain = self._retrain, ()
-            return CollectedBatch(rollouts, self._call(lambda: [self.executor.store.get(r) for r in rollouts]))
+            return CollectedBatch(rollouts, self.loop.call(lambda: [self.executor.store.get(r) for r in rollouts]))
         start = time.perf_counter()
-        rollouts, groups = self._run(self.executor.prepare_batch(self.config.batch_size, self._prompts()))
+        rollouts, groups = self.loop.run(self.executor.prepare_batch(self.config.batch_size, self._prompts()))
         return CollectedBatch(rollouts, groups, time.perf_counter() - start)
 
     def begin_update(self) -> Trainer:
@@ -396,9 +335,9 @@ class RLRun:
         its batch consumed and rolls the version forward instead of training the
         batch twice or losing it; one that finds no such checkpoint trains the
         consumed batch once (:meth:`collect_batch`)."""
-        if self._thread is not None and self.device.type == "cuda":
+        if self.loop.threaded and self.device.type == "cuda":
             torch.cuda.synchronize()  # the optimiser's last step is done before the loop's thread reads the weights
-        return self._call(self._finish_update, batch, steps, reward, held_out)
+        return self.loop.call(self._finish_update, batch, steps, reward, held_out)
 
     def _finish_update(self, batch: CollectedBatch, steps: Sequence[dict[str, float]], reward: float,
                        held_out: float | None) -> dict[str, Any]:
@@ -480,14 +419,14 @@ class RLRun:
         start = time.perf_counter()
         problems = [self.task.problem(self.config.seed + 10_000_019, i) for i in range(count)]
         engine = self.build_engine(self.trainer.model, min(count, 64), self.config.seed)
-        generating = self._thread is not None  # (overlap) the run's engine stops after its current step
+        generating = self.loop.threaded  # (overlap) the run's engine stops after its current step
         if generating:
-            self._call(self.engine.pause)
+            self.loop.call(self.engine.pause)
         try:
             reward = rl_models.held_out_reward(engine, self.trainer.model, self.task, self.tokenizer, problems)
         finally:
             if generating:
-                self._call(self.engine.resume)
+                self.loop.call(self.engine.resume)
         if self._started:
             self._evaluation_s += time.perf_counter() - start
         return reward
@@ -517,7 +456,7 @@ class RLRun:
 
     def summary(self) -> dict[str, Any]:
         """Throughput, reward, staleness and the ledger's counters of the run so far."""
-        return self._call(rl_models.summary, self.ledger.state, self.metrics, self.elapsed(), self.executor, self.collector.seconds)
+        return self.loop.call(rl_models.summary, self.ledger.state, self.metrics, self.elapsed(), self.executor, self.collector.seconds)
 
     def close(self) -> None:
         """Stop the executor and the engine, flush and close the ledger (once: closing
@@ -525,12 +464,9 @@ class RLRun:
         if self.loop.is_closed():
             return
         if hasattr(self, "executor"):
-            self._run(self.executor.close())
-            self._call(self.executor.store.close)  # commits before the log is written below
-        if self._thread is not None:  # the loop's thread ends; the ledger is this thread's again
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join()
-            self._thread = None
+            self.loop.run(self.executor.close())
+            self.loop.call(self.executor.store.close)  # commits before the log is written below
+        self.loop.stop_thread()  # the ledger is this thread's again
         if hasattr(self, "trainer"):
             self.trainer.close()
         if hasattr(self, "ledger"):
