@@ -338,7 +338,7 @@ def calibrate(
             step_per_kv_token_s=0.0,  # the engine attends over every slot's whole cache: no cost per cached token
             # per started rollout, as the simulator charges a prefill: the engine's passes (it may
             # join several starts, and re-prefills after an update) and the executor's work
-            prefill_base_s=costs.per_start_s, prefill_per_token_s=0.0,
+            start_overhead_s=costs.per_start_s, prefill_per_token_s=0.0,
         )
         train = costs.train
         training = replace(

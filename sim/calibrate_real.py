@@ -112,7 +112,7 @@ class RealCosts:
     step_base_s: float
     step_per_slot_s: float
     step_per_seq_s: float
-    per_start_s: float  # a started rollout's prefill and executor work (the simulator's prefill_base_s)
+    per_start_s: float  # a started rollout's prefill and executor work (the simulator's start_overhead_s)
     train: Fit
     recompute_per_token_s: float
     sync_s: float | None

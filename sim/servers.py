@@ -9,6 +9,13 @@ cache has grown by ``active * n`` tokens and the time taken is the closed form
 ``T(n) = n * c0 + per_kv_token * active * n * (n - 1) / 2``; progress is advanced
 analytically with it (and its inverse), never token by token.
 
+Prefill is done in batched passes, as the built-in engine does: every rollout that
+starts on a server (and every sequence re-prefilled there after a weight update) is
+prefilled in that server's next pass; what arrives while a pass is pending (the
+server's ``stall`` not yet spent) joins it.  A pass costs ``prefill_pass_s +
+prefill_per_token_s * tokens`` and holds the server's decoding back; each start also
+costs the executor's ``start_overhead_s`` there.
+
 This module owns the servers' arithmetic and their timers (a SimPy timeout per server
 for its next finishing sequence), and knows nothing of the ledger: it hands the
 finished sequences to a callback of :mod:`sim.simulator`, which emits the events.
@@ -33,7 +40,7 @@ Finished = Callable[["Server", float, list[tuple[str, int]]], None]
 class Server:
     """One generation server's analytical continuous-batching state."""
 
-    __slots__ = ("index", "heap", "steps", "kv_offset", "active", "stall", "last", "epoch", "busy")
+    __slots__ = ("index", "heap", "steps", "kv_offset", "active", "stall", "pending", "last", "epoch", "busy")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -42,7 +49,8 @@ class Server:
         self.steps = 0.0  # decode steps done since the start (fractional between events)
         self.kv_offset = 0.0  # sum of (kv0 - admission step): kv tokens = kv_offset + active * steps
         self.active = 0
-        self.stall = 0.0  # prefill seconds to spend before decoding resumes
+        self.stall = 0.0  # seconds of the pending prefill pass (and starts' overhead) before decoding resumes
+        self.pending = 0.0  # kv tokens of the sequences that pass prefills (meaningful while stall > 0)
         self.last = 0.0  # simulated time up to which progress is accounted
         self.epoch = 0  # bumps on every re-plan; a timer of an older epoch is ignored
         self.busy = 0.0  # seconds spent prefilling or decoding
@@ -71,7 +79,8 @@ class Pool:
         self.per_seq = generation.step_per_seq_s
         self.per_kv = generation.step_per_kv_token_s
         self.prefill = generation.prefill_per_token_s
-        self.prefill_base = generation.prefill_base_s
+        self.prefill_pass = generation.prefill_pass_s
+        self.start_overhead = generation.start_overhead_s
         self._sequences = 0
         self._loads = [(0, i) for i in range(len(self.servers))]
         self._heaped = len(self.servers) > SCAN_SERVERS
@@ -171,14 +180,19 @@ class Pool:
 
     def start(self, server: Server, rollout: str, prompt: int, lengths: Callable[[], int], group: int) -> None:
         """Put ``group`` samples of a rollout on ``server`` (advanced to now), each
-        ``lengths()`` tokens long; the group shares its prompt's prefill."""
+        ``lengths()`` tokens long; the group shares its prompt's prefill, in the server's
+        pending pass if there is one (its stall not yet spent), else in a new one."""
         steps = server.steps
         for _ in range(group):
             self._sequences += 1
             heapq.heappush(server.heap, (steps + lengths(), self._sequences, rollout, steps, prompt))
             server.kv_offset += prompt - steps
         server.active += group
-        server.stall += self.prefill_base + self.prefill * prompt
+        if server.stall <= 0:  # no pass pending: this start opens one
+            server.stall = self.prefill_pass
+            server.pending = 0
+        server.stall += self.start_overhead + self.prefill * prompt
+        server.pending += group * prompt
         if self._heaped:
             self.loaded(server)
 
@@ -191,11 +205,17 @@ class Pool:
         return tokens
 
     def reprefill(self) -> None:
-        """After a weight update, every busy server prefills its whole kv cache again."""
+        """After a weight update, every busy server prefills its whole kv cache again in one
+        pass; a pass pending there (starts just before the update) is joined, and its
+        sequences, not yet decoded, are not charged twice."""
         for server in self.servers:
             if server.active:
                 kv_tokens = server.kv_offset + server.active * server.steps
-                server.stall += self.prefill_base + self.prefill * kv_tokens
+                if server.stall > 0:
+                    server.stall += self.prefill * (kv_tokens - server.pending)
+                else:
+                    server.stall = self.prefill_pass + self.prefill * kv_tokens
+                server.pending = kv_tokens
 
     def clear(self, server: Server) -> None:
         """Drop every sequence on ``server`` (a restart)."""

@@ -1,0 +1,115 @@
+"""Prefill in batched passes, as the built-in engine does: the starts that reach a server
+together share one pass, a start joins a pending pass, and the re-prefill after a weight
+update is one pass per busy server; each start also pays the executor's overhead."""
+
+from __future__ import annotations
+
+import pytest
+import simpy
+
+from sim.config import GenerationSection, Scenario
+from sim.script import Attempt, Script
+from sim.servers import Pool
+from sim.simulator import Simulation
+
+STEP, PASS, PER_TOKEN, START = 0.01, 0.05, 0.001, 0.002
+
+
+def _pool(servers: int = 1) -> tuple[simpy.Environment, Pool, list[tuple[float, str]]]:
+    """A pool of ``servers`` with a fixed decode step and known prefill costs, and the
+    list its finished sequences are recorded in (time, rollout)."""
+    env = simpy.Environment()
+    done: list[tuple[float, str]] = []
+    generation = GenerationSection(
+        servers=servers, slots=16, step_base_s=STEP, step_per_seq_s=0.0, step_per_kv_token_s=0.0,
+        prefill_pass_s=PASS, prefill_per_token_s=PER_TOKEN, start_overhead_s=START,
+    )
+    pool = Pool(generation, env, lambda _server, now, finished: done.extend((now, rollout) for rollout, _ in finished))
+    return env, pool, done
+
+
+def _start(pool: Pool, server_index: int, rollout: str, prompt: int, length: int) -> None:
+    server = pool.servers[server_index]
+    pool.advance(server, pool.env.now)
+    pool.start(server, rollout, prompt, lambda: length, 1)
+    pool.plan(server)
+
+
+@pytest.mark.parametrize("count", [1, 5])
+def test_rollouts_starting_together_share_one_pass(count: int) -> None:
+    """``count`` one-token rollouts started at one instant finish after one pass (its
+    fixed cost once, their prompt tokens, each start's overhead) and one decode step."""
+    env, pool, done = _pool()
+    for i in range(count):
+        _start(pool, 0, f"r{i}", 10, 1)
+    env.run()
+    want = PASS + PER_TOKEN * 10 * count + START * count + STEP
+    assert [t for t, _ in done] == pytest.approx([want] * count, rel=1e-9)
+
+
+def test_a_start_joins_the_pending_pass_and_a_later_one_opens_its_own() -> None:
+    env, pool, done = _pool()
+    _start(pool, 0, "a", 10, 5)
+    env.run(until=PASS / 2)  # the pass is still pending: b joins it
+    _start(pool, 0, "b", 10, 5)
+    env.run()
+    first = PASS + 2 * (PER_TOKEN * 10 + START)
+    assert [t for t, _ in done] == pytest.approx([first + 5 * STEP] * 2, rel=1e-9)
+    _start(pool, 0, "c", 10, 1)  # the server is idle and its pass long spent: a new pass
+    env.run()
+    assert done[-1][0] == pytest.approx(first + 5 * STEP + PASS + PER_TOKEN * 10 + START + STEP, rel=1e-9)
+
+
+def test_the_re_prefill_after_an_update_is_one_pass_per_busy_server() -> None:
+    """Two servers with 3 and 1 sequences frozen after 4 decode steps: each re-prefills its
+    whole cache (prompts and the tokens generated so far) in one pass; the idle one none;
+    one whose pass is pending at the freeze (a start that instant) adds nothing to it."""
+    env, pool, done = _pool(servers=4)
+    for i in range(3):
+        _start(pool, 0, f"a{i}", 10, 10)
+    _start(pool, 1, "b", 20, 10)
+    stall = {0: PASS + 3 * (PER_TOKEN * 10 + START), 1: PASS + PER_TOKEN * 20 + START}
+    frozen = stall[0] + 4 * STEP  # server 0 has done 4 steps; server 1 more (its pass was shorter)
+    env.run(until=frozen)
+    _start(pool, 3, "c", 7, 1)
+    pool.freeze(env.now)
+    steps = {i: pool.servers[i].steps for i in (0, 1)}
+    assert steps[0] == pytest.approx(4.0)
+    pool.reprefill()
+    assert pool.servers[2].stall == 0
+    assert pool.servers[3].stall == pytest.approx(PASS + PER_TOKEN * 7 + START, rel=1e-9)
+    assert pool.servers[0].stall == pytest.approx(PASS + PER_TOKEN * 3 * (10 + 4), rel=1e-9)
+    assert pool.servers[1].stall == pytest.approx(PASS + PER_TOKEN * (20 + steps[1]), rel=1e-9)
+    pool.thaw(env.now)
+    env.run()
+    finish = {rollout: t for t, rollout in done}
+    assert finish["a0"] == pytest.approx(frozen + PASS + PER_TOKEN * 3 * 14 + 6 * STEP, rel=1e-9)
+    assert finish["b"] == pytest.approx(frozen + PASS + PER_TOKEN * (20 + steps[1]) + (10 - steps[1]) * STEP, rel=1e-9)
+
+
+def test_a_simulated_update_re_prefills_in_one_pass_with_the_admissions_pending() -> None:
+    """One server, batch 1, two in flight, colocated, partial, prompts of 3 tokens: p0 (10
+    tokens) and p1 (30) start together (one pass); p0's completion admits p2 (10) at the
+    instant the update freezes the server, so p1's re-prefill (its prompt and 10 tokens)
+    joins p2's pending pass, whose prompt is not charged again; p2 is the second trained."""
+    script = Script(prompts=("p0", "p1", "p2", "p3"), attempts={
+        "p0": Attempt(10), "p1": Attempt(30), "p2": Attempt(10), "p3": Attempt(10)}, prompt_tokens=3)
+
+    def seconds(*overrides: str) -> float:
+        scenario = Scenario().with_overrides([
+            "run.rollouts=2", "ledger.batch_size=1", "ledger.max_concurrent=2", "ledger.max_staleness=4",
+            "generation.servers=1", "generation.slots=2", f"generation.step_base_s={STEP}", "generation.step_per_seq_s=0",
+            "generation.step_per_kv_token_s=0", "generation.prefill_per_token_s=0", "generation.on_update=partial",
+            "training.step_base_s=0.5", "training.step_per_token_s=0", "training.weight_sync_s=0.1", "training.colocated=true",
+            *overrides,
+        ])
+        return Simulation(scenario, script=script).run().sim_time_s
+
+    base = seconds()
+    assert base == pytest.approx(10 * STEP + 0.6 + 10 * STEP + 0.6, rel=1e-9)
+    assert seconds(f"generation.prefill_pass_s={PASS}") == pytest.approx(base + 2 * PASS, rel=1e-9)
+    # prompts of p0 and p1, then of p2 once, and p1's 3 + 10 tokens
+    assert seconds(f"generation.prefill_per_token_s={PER_TOKEN}") == pytest.approx(base + (6 + 3 + 13) * PER_TOKEN, rel=1e-9)
+    # per start instead (the old prefill_base_s, now start_overhead_s): p0, p1, p2
+    assert seconds(f"generation.start_overhead_s={PASS}") == pytest.approx(base + 3 * PASS, rel=1e-9)
+    assert seconds(f"generation.prefill_base_s={PASS}") == pytest.approx(base + 3 * PASS, rel=1e-9)
