@@ -9,12 +9,12 @@ cache has grown by ``active * n`` tokens and the time taken is the closed form
 ``T(n) = n * c0 + per_kv_token * active * n * (n - 1) / 2``; progress is advanced
 analytically with it (and its inverse), never token by token.
 
-Prefill is done in batched passes, as the built-in engine does: every rollout that
-starts on a server (and every sequence re-prefilled there after a weight update) is
-prefilled in that server's next pass; what arrives while a pass is pending (the
-server's ``stall`` not yet spent) joins it.  A pass costs ``prefill_pass_s +
-prefill_per_token_s * tokens`` and holds the server's decoding back; each start also
-costs the executor's ``start_overhead_s`` there.
+Prefill is done in batched passes, as the built-in engine does: a rollout that starts
+on a server is prefilled in its pending pass (its ``stall`` not yet spent) or opens
+one; the re-prefill of every sequence on a server after a weight update is a pass of
+its own, which the starts right after the update join.  A pass costs
+``prefill_pass_s + prefill_per_token_s * tokens`` and holds the server's decoding
+back; each start also costs the executor's ``start_overhead_s`` there.
 
 This module owns the servers' arithmetic and their timers (a SimPy timeout per server
 for its next finishing sequence), and knows nothing of the ledger: it hands the
@@ -40,7 +40,7 @@ Finished = Callable[["Server", float, list[tuple[str, int]]], None]
 class Server:
     """One generation server's analytical continuous-batching state."""
 
-    __slots__ = ("index", "heap", "steps", "kv_offset", "active", "stall", "pending", "last", "epoch", "busy")
+    __slots__ = ("index", "heap", "steps", "kv_offset", "active", "stall", "opened", "last", "epoch", "busy")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -50,7 +50,7 @@ class Server:
         self.kv_offset = 0.0  # sum of (kv0 - admission step): kv tokens = kv_offset + active * steps
         self.active = 0
         self.stall = 0.0  # seconds of the pending prefill pass (and starts' overhead) before decoding resumes
-        self.pending = 0.0  # kv tokens of the sequences that pass prefills (meaningful while stall > 0)
+        self.opened = -math.inf  # when the last prefill pass opened (starts at that instant share it, even one costing 0)
         self.last = 0.0  # simulated time up to which progress is accounted
         self.epoch = 0  # bumps on every re-plan; a timer of an older epoch is ignored
         self.busy = 0.0  # seconds spent prefilling or decoding
@@ -81,6 +81,7 @@ class Pool:
         self.prefill = generation.prefill_per_token_s
         self.prefill_pass = generation.prefill_pass_s
         self.start_overhead = generation.start_overhead_s
+        self.passes = 0  # prefill passes opened, on every server
         self._sequences = 0
         self._loads = [(0, i) for i in range(len(self.servers))]
         self._heaped = len(self.servers) > SCAN_SERVERS
@@ -181,18 +182,19 @@ class Pool:
     def start(self, server: Server, rollout: str, prompt: int, lengths: Callable[[], int], group: int) -> None:
         """Put ``group`` samples of a rollout on ``server`` (advanced to now), each
         ``lengths()`` tokens long; the group shares its prompt's prefill, in the server's
-        pending pass if there is one (its stall not yet spent), else in a new one."""
+        pending pass if there is one (its stall not yet spent, or opened at this instant),
+        else in a new one."""
         steps = server.steps
         for _ in range(group):
             self._sequences += 1
             heapq.heappush(server.heap, (steps + lengths(), self._sequences, rollout, steps, prompt))
             server.kv_offset += prompt - steps
         server.active += group
-        if server.stall <= 0:  # no pass pending: this start opens one
+        if server.stall <= 0 and server.opened != server.last:  # no pass pending: this start opens one
             server.stall = self.prefill_pass
-            server.pending = 0
+            server.opened = server.last
+            self.passes += 1
         server.stall += self.start_overhead + self.prefill * prompt
-        server.pending += group * prompt
         if self._heaped:
             self.loaded(server)
 
@@ -204,18 +206,17 @@ class Pool:
             tokens[rollout] = tokens.get(rollout, 0) + int(steps - admitted)
         return tokens
 
-    def reprefill(self) -> None:
+    def reprefill(self, now: float) -> None:
         """After a weight update, every busy server prefills its whole kv cache again in one
-        pass; a pass pending there (starts just before the update) is joined, and its
-        sequences, not yet decoded, are not charged twice."""
+        pass of its own: a pass pending at the freeze is spent first (the engine ends the
+        step it is in before it pauses), and the re-prefill covers its sequences too.  The
+        starts right after the update join the re-prefill's pass."""
         for server in self.servers:
             if server.active:
                 kv_tokens = server.kv_offset + server.active * server.steps
-                if server.stall > 0:
-                    server.stall += self.prefill * (kv_tokens - server.pending)
-                else:
-                    server.stall = self.prefill_pass + self.prefill * kv_tokens
-                server.pending = kv_tokens
+                server.stall += self.prefill_pass + self.prefill * kv_tokens
+                server.opened = now
+                self.passes += 1
 
     def clear(self, server: Server) -> None:
         """Drop every sequence on ``server`` (a restart)."""

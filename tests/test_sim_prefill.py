@@ -1,6 +1,7 @@
 """Prefill in batched passes, as the built-in engine does: the starts that reach a server
 together share one pass, a start joins a pending pass, and the re-prefill after a weight
-update is one pass per busy server; each start also pays the executor's overhead."""
+update is one pass per busy server, which the starts after the update join; each start
+also pays the executor's overhead."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sim.config import GenerationSection, Scenario
 from sim.script import Attempt, Script
 from sim.servers import Pool
 from sim.simulator import Simulation
+from sim.summary import Summary
 
 STEP, PASS, PER_TOKEN, START = 0.01, 0.05, 0.001, 0.002
 
@@ -45,6 +47,7 @@ def test_rollouts_starting_together_share_one_pass(count: int) -> None:
     env.run()
     want = PASS + PER_TOKEN * 10 * count + START * count + STEP
     assert [t for t, _ in done] == pytest.approx([want] * count, rel=1e-9)
+    assert pool.passes == 1
 
 
 def test_a_start_joins_the_pending_pass_and_a_later_one_opens_its_own() -> None:
@@ -55,15 +58,18 @@ def test_a_start_joins_the_pending_pass_and_a_later_one_opens_its_own() -> None:
     env.run()
     first = PASS + 2 * (PER_TOKEN * 10 + START)
     assert [t for t, _ in done] == pytest.approx([first + 5 * STEP] * 2, rel=1e-9)
+    assert pool.passes == 1
     _start(pool, 0, "c", 10, 1)  # the server is idle and its pass long spent: a new pass
     env.run()
     assert done[-1][0] == pytest.approx(first + 5 * STEP + PASS + PER_TOKEN * 10 + START + STEP, rel=1e-9)
+    assert pool.passes == 2
 
 
 def test_the_re_prefill_after_an_update_is_one_pass_per_busy_server() -> None:
     """Two servers with 3 and 1 sequences frozen after 4 decode steps: each re-prefills its
     whole cache (prompts and the tokens generated so far) in one pass; the idle one none;
-    one whose pass is pending at the freeze (a start that instant) adds nothing to it."""
+    one whose pass is pending at the freeze (a start that instant) spends it first, then
+    re-prefills that sequence too in a pass of its own (the engine ends its step first)."""
     env, pool, done = _pool(servers=4)
     for i in range(3):
         _start(pool, 0, f"a{i}", 10, 10)
@@ -75,9 +81,10 @@ def test_the_re_prefill_after_an_update_is_one_pass_per_busy_server() -> None:
     pool.freeze(env.now)
     steps = {i: pool.servers[i].steps for i in (0, 1)}
     assert steps[0] == pytest.approx(4.0)
-    pool.reprefill()
-    assert pool.servers[2].stall == 0
-    assert pool.servers[3].stall == pytest.approx(PASS + PER_TOKEN * 7 + START, rel=1e-9)
+    assert pool.passes == 3  # servers 0, 1, 3
+    pool.reprefill(env.now)
+    assert pool.passes == 6 and pool.servers[2].stall == 0
+    assert pool.servers[3].stall == pytest.approx(PASS + PER_TOKEN * 7 + START + PASS + PER_TOKEN * 7, rel=1e-9)
     assert pool.servers[0].stall == pytest.approx(PASS + PER_TOKEN * 3 * (10 + 4), rel=1e-9)
     assert pool.servers[1].stall == pytest.approx(PASS + PER_TOKEN * (20 + steps[1]), rel=1e-9)
     pool.thaw(env.now)
@@ -87,29 +94,37 @@ def test_the_re_prefill_after_an_update_is_one_pass_per_busy_server() -> None:
     assert finish["b"] == pytest.approx(frozen + PASS + PER_TOKEN * (20 + steps[1]) + (10 - steps[1]) * STEP, rel=1e-9)
 
 
-def test_a_simulated_update_re_prefills_in_one_pass_with_the_admissions_pending() -> None:
+@pytest.mark.parametrize(("staleness", "passes", "tokens", "counted"), [(1, 2, 6 + 13 + 3, 3), (4, 3, 6 + 3 + 16, 5)])
+def test_a_simulated_update_re_prefills_each_server_in_one_pass(staleness: int, passes: int, tokens: int, counted: int) -> None:
     """One server, batch 1, two in flight, colocated, partial, prompts of 3 tokens: p0 (10
-    tokens) and p1 (30) start together (one pass); p0's completion admits p2 (10) at the
-    instant the update freezes the server, so p1's re-prefill (its prompt and 10 tokens)
-    joins p2's pending pass, whose prompt is not charged again; p2 is the second trained."""
+    tokens) and p1 (30) start together (one pass); p2 (10) is the second trained.  At
+    staleness 1 p2 starts after the update and joins the pass that re-prefills p1 (its
+    prompt and 10 tokens); at 4 p0's completion admits p2 at the instant the update
+    freezes the server: p2's pass is spent, then one pass re-prefills p1 and p2.  The
+    summary counts the passes opened, also those of the last update, after which the run
+    ends (p1's re-prefill; at 4 also p3's start at p2's completion)."""
     script = Script(prompts=("p0", "p1", "p2", "p3"), attempts={
         "p0": Attempt(10), "p1": Attempt(30), "p2": Attempt(10), "p3": Attempt(10)}, prompt_tokens=3)
 
-    def seconds(*overrides: str) -> float:
+    def summary(*overrides: str) -> Summary:
         scenario = Scenario().with_overrides([
-            "run.rollouts=2", "ledger.batch_size=1", "ledger.max_concurrent=2", "ledger.max_staleness=4",
+            "run.rollouts=2", "ledger.batch_size=1", "ledger.max_concurrent=2", f"ledger.max_staleness={staleness}",
             "generation.servers=1", "generation.slots=2", f"generation.step_base_s={STEP}", "generation.step_per_seq_s=0",
             "generation.step_per_kv_token_s=0", "generation.prefill_per_token_s=0", "generation.on_update=partial",
             "training.step_base_s=0.5", "training.step_per_token_s=0", "training.weight_sync_s=0.1", "training.colocated=true",
             *overrides,
         ])
-        return Simulation(scenario, script=script).run().sim_time_s
+        return Simulation(scenario, script=script).run()
+
+    def seconds(*overrides: str) -> float:
+        return summary(*overrides).sim_time_s
 
     base = seconds()
     assert base == pytest.approx(10 * STEP + 0.6 + 10 * STEP + 0.6, rel=1e-9)
-    assert seconds(f"generation.prefill_pass_s={PASS}") == pytest.approx(base + 2 * PASS, rel=1e-9)
-    # prompts of p0 and p1, then of p2 once, and p1's 3 + 10 tokens
-    assert seconds(f"generation.prefill_per_token_s={PER_TOKEN}") == pytest.approx(base + (6 + 3 + 13) * PER_TOKEN, rel=1e-9)
+    assert summary().prefill_passes == counted  # counted even when a pass costs nothing
+    assert summary(f"generation.prefill_pass_s={PASS}").prefill_passes == counted
+    assert seconds(f"generation.prefill_pass_s={PASS}") == pytest.approx(base + passes * PASS, rel=1e-9)
+    assert seconds(f"generation.prefill_per_token_s={PER_TOKEN}") == pytest.approx(base + tokens * PER_TOKEN, rel=1e-9)
     # per start instead (the old prefill_base_s, now start_overhead_s): p0, p1, p2
     assert seconds(f"generation.start_overhead_s={PASS}") == pytest.approx(base + 3 * PASS, rel=1e-9)
     assert seconds(f"generation.prefill_base_s={PASS}") == pytest.approx(base + 3 * PASS, rel=1e-9)
