@@ -128,8 +128,8 @@ class GenerationSection:
     prefill_pass_s: float = field(
         default=0.0,
         metadata=_doc(
-            "fixed cost of one prefill pass: the starts (and an update's re-prefills) that reach a server"
-            " while its pass is pending share it, seconds"
+            "fixed cost of one prefill pass (the starts that reach a server while its pass is pending share it;"
+            " an update's re-prefill is one pass per server), seconds"
         ),
     )
     start_overhead_s: float = field(
