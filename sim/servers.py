@@ -10,11 +10,12 @@ cache has grown by ``active * n`` tokens and the time taken is the closed form
 analytically with it (and its inverse), never token by token.
 
 Prefill is done in batched passes, as the built-in engine does: a rollout that starts
-on a server is prefilled in its pending pass (its ``stall`` not yet spent) or opens
-one; the re-prefill of every sequence on a server after a weight update is a pass of
-its own, which the starts right after the update join.  A pass costs
-``prefill_pass_s + prefill_per_token_s * tokens`` and holds the server's decoding
-back; each start also costs the executor's ``start_overhead_s`` there.
+on a server is prefilled in the pending pass of the starts there (its ``stall`` not yet
+spent) or opens one; the re-prefill of the interrupted sequences on a server after a
+weight update is a pass of its own, apart from the update's starts (the engine takes
+new prompts a few steps after it resumes).  A pass costs ``prefill_pass_s +
+prefill_per_token_s * tokens`` and holds the server's decoding back; each start also
+costs the executor's ``start_overhead_s`` there.
 
 This module owns the servers' arithmetic and their timers (a SimPy timeout per server
 for its next finishing sequence), and knows nothing of the ledger: it hands the
@@ -40,7 +41,7 @@ Finished = Callable[["Server", float, list[tuple[str, int]]], None]
 class Server:
     """One generation server's analytical continuous-batching state."""
 
-    __slots__ = ("index", "heap", "steps", "kv_offset", "active", "stall", "opened", "last", "epoch", "busy")
+    __slots__ = ("index", "heap", "steps", "kv_offset", "active", "stall", "opened", "joinable", "pending", "last", "epoch", "busy")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -51,6 +52,8 @@ class Server:
         self.active = 0
         self.stall = 0.0  # seconds of the pending prefill pass (and starts' overhead) before decoding resumes
         self.opened = -math.inf  # when the last prefill pass opened (starts at that instant share it, even one costing 0)
+        self.joinable = False  # whether that pass admits starts: a start's pass does, a re-prefill's does not
+        self.pending = 0.0  # kv tokens of the sequences a pending start's pass prefills
         self.last = 0.0  # simulated time up to which progress is accounted
         self.epoch = 0  # bumps on every re-plan; a timer of an older epoch is ignored
         self.busy = 0.0  # seconds spent prefilling or decoding
@@ -190,11 +193,12 @@ class Pool:
             heapq.heappush(server.heap, (steps + lengths(), self._sequences, rollout, steps, prompt))
             server.kv_offset += prompt - steps
         server.active += group
-        if server.stall <= 0 and server.opened != server.last:  # no pass pending: this start opens one
-            server.stall = self.prefill_pass
-            server.opened = server.last
+        if not self.pending_pass(server):  # this start opens a pass (after a re-prefill's, if one is pending)
+            server.stall += self.prefill_pass
+            server.opened, server.joinable, server.pending = server.last, True, 0.0
             self.passes += 1
         server.stall += self.start_overhead + self.prefill * prompt
+        server.pending += group * prompt
         if self._heaped:
             self.loaded(server)
 
@@ -206,17 +210,27 @@ class Pool:
             tokens[rollout] = tokens.get(rollout, 0) + int(steps - admitted)
         return tokens
 
+    @staticmethod
+    def pending_pass(server: Server) -> bool:
+        """Whether a start on ``server`` now joins its pending pass: a start's pass whose
+        stall is not spent, or that opened at this instant (a pass may cost nothing)."""
+        return server.joinable and (server.stall > 0 or server.opened == server.last)
+
     def reprefill(self, now: float) -> None:
-        """After a weight update, every busy server prefills its whole kv cache again in one
-        pass of its own: a pass pending at the freeze is spent first (the engine ends the
-        step it is in before it pauses), and the re-prefill covers its sequences too.  The
-        starts right after the update join the re-prefill's pass."""
+        """After a weight update (at ``now``), every busy server prefills the kv cache of
+        its interrupted sequences again, in one pass of its own: the starts of the update's
+        instant and of the one before (a pass pending at the freeze, whose sequences the
+        engine had not admitted yet) share another."""
         for server in self.servers:
             if server.active:
-                kv_tokens = server.kv_offset + server.active * server.steps
+                waiting = self.pending_pass(server)
+                kv_tokens = server.kv_offset + server.active * server.steps - (server.pending if waiting else 0.0)
                 server.stall += self.prefill_pass + self.prefill * kv_tokens
-                server.opened = now
                 self.passes += 1
+                if waiting:
+                    server.opened = now  # the starts after the update join it
+                else:
+                    server.joinable = False  # they open their own
 
     def clear(self, server: Server) -> None:
         """Drop every sequence on ``server`` (a restart)."""
