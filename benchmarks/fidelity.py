@@ -25,7 +25,9 @@ the rollout was submitted under, the simulator's definition); the trainer's idle
 is the time it waited for a batch (``wait_s``: from the end of one update to the
 consumption of the next batch) over the run's wall time, as the simulator's
 ``trainer_idle_s`` over its simulated time.  ``summaries.json`` holds each run's
-figures and the mean parts of its updates (collect, step, recompute, sync, overhead).
+figures and the mean parts of its updates (collect, step, recompute, sync, overhead);
+``results.json`` also has each run's prefill passes per update, predicted and measured
+(the engine's counter), printed under the table.
 """
 
 from __future__ import annotations
@@ -78,7 +80,9 @@ def measured(run_dir: Path) -> dict[str, float]:
             elif isinstance(event, Consumed):
                 staleness.extend(version - head.get(r, version) for r in event.rollouts)
     staleness.sort()
+    last = rows[-1]
     return {
+        "prefill_passes_per_update": last.get("prefills", 0) / max(1, len(rows)),
         "tokens_per_s": sum(r["trained_tokens"] for r in rows) / wall,
         "staleness_mean": sum(staleness) / max(1, len(staleness)),
         "staleness_p99": float(staleness[min(len(staleness) - 1, math.ceil(0.99 * len(staleness)) - 1)]) if staleness else 0.0,
@@ -124,6 +128,7 @@ def predict(scenario_path: Path, staleness: int, batch: int, steps: int, args: a
     ])
     s = simulate(scenario)
     return {
+        "prefill_passes_per_update": s.prefill_passes / max(1, s.versions),
         "tokens_per_s": s.trained_tokens_per_s,
         "staleness_mean": s.staleness_mean,
         "staleness_p99": float(s.staleness_p99),
@@ -220,6 +225,9 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "table.md").write_text(table + "\n")
     print(table)
+    passes = "  ".join(f"{name} {row['predicted']['prefill_passes_per_update']:.2f}/{row['measured']['prefill_passes_per_update']:.2f}"
+                       for name, row in results["runs"].items())
+    print(f"prefill passes per update, predicted/measured: {passes}")
     print(f"worst |error| (tokens/s, mean staleness, idle; predicted runs): {worst:.1f}%  total {results['total_s']:.0f}s")
 
 

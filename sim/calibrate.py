@@ -7,7 +7,8 @@ What is fitted, from the events' ``t`` stamps and, for a real run, the
   written as a CSV that an ``empirical`` distribution resamples (``lengths_file``),
   and a lognormal (median and log standard deviation, capped at the largest seen),
   printed always and used when no lengths file is asked for;
-- a real run: generation (decode step base, per slot, per sequence, per prefill pass),
+- a real run: generation (decode step base, per slot, per sequence; prefill per pass and
+  per token; the executor per started rollout),
   the training step (base, per token, per sequence), recompute, weight sync and the
   per-update overhead, from the engine's counters and the update's timed parts;
 - a simulated log: the training step ``base + per_token * tokens`` (``consumed`` to
@@ -61,7 +62,7 @@ class Observations:
     group_size: int = 1
     trained_per_rollout: list[float] = field(default_factory=list)  # a real run's trained tokens per rollout
     updates: list[Update] = field(default_factory=list)  # a real run's updates (sim.calibrate_real)
-    reprefills: int = 0  # weight updates that interrupted rollouts (each re-prefills them after)
+    prompts: list[int] = field(default_factory=list)  # a real run's prompt tokens per sample (its sample store)
 
 
 def _events(path: Path) -> Iterable[Event]:
@@ -138,7 +139,6 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
         elif isinstance(event, Segment):
             tokens[event.rollout] = tokens.get(event.rollout, 0) + event.tokens
         elif isinstance(event, InterruptedBatch):
-            obs.reprefills += bool(event.rollouts)
             for rollout, count in zip(event.rollouts, event.tokens):
                 tokens[rollout] = tokens.get(rollout, 0) + count
                 interrupted.add(rollout)
@@ -179,7 +179,7 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
             gen_paused = False
     if timed == 0:
         raise CalibrationError(f"{log}: its events carry no times (t); calibration needs a timed log")
-    samples = _sample_lengths(log.parent / "samples.sqlite")
+    samples = _sample_lengths(log.parent / "samples.sqlite", obs.prompts)
     if samples and group > 1:
         # a real run's log sums a rollout's tokens over its group; its sample store has
         # each sample, whose spread (not the group means') sets when a group finishes
@@ -219,9 +219,10 @@ def _metrics(
         obs.sync.extend(u.sync_s for u in found if u.sync_s is not None)
 
 
-def _sample_lengths(path: Path) -> list[int]:
+def _sample_lengths(path: Path, prompts: list[int] | None = None) -> list[int]:
     """Completion lengths of every stored sample of a real run (its ``samples.sqlite``:
-    rows of pickled plain dicts the run wrote itself; a run directory is trusted)."""
+    rows of pickled plain dicts the run wrote itself; a run directory is trusted); their
+    prompt lengths are added to ``prompts`` when given."""
     import pickle
     import sqlite3
 
@@ -233,7 +234,10 @@ def _sample_lengths(path: Path) -> list[int]:
             rows = db.execute("SELECT data FROM samples").fetchall()
         finally:
             db.close()
-        return [len(sample["completion"]) for (data,) in rows for sample in pickle.loads(data) if sample.get("completion")]
+        samples = [sample for (data,) in rows for sample in pickle.loads(data) if sample.get("completion")]
+        if prompts is not None:
+            prompts.extend(len(sample.get("prompt") or ()) for sample in samples)
+        return [len(sample["completion"]) for sample in samples]
     except (sqlite3.Error, pickle.UnpicklingError, KeyError, TypeError, EOFError) as err:
         raise CalibrationError(f"{path}: not a run's sample store ({err})") from None
 
@@ -329,16 +333,20 @@ def calibrate(
         # the simulator trains group * prompt + response tokens per rollout: the prompt
         # length that makes its count the real trainer's (0 when that counts completions only)
         extra = statistics.fmean(obs.trained_per_rollout) - statistics.fmean(obs.lengths) * group
-        workload = replace(workload, prompt_len=Distribution(kind="fixed", value=max(0, round(extra / group))))
-        costs = fit_costs(obs.updates, obs.reprefills)
+        prompt = max(0, round(extra / group))
+        workload = replace(workload, prompt_len=Distribution(kind="fixed", value=prompt))
+        # the engine prefills each sample's whole prompt, which that length may leave out
+        unseen = statistics.fmean(obs.prompts) - prompt if obs.prompts else 0.0
+        costs = fit_costs(obs.updates, unseen_prompt=max(0.0, unseen), group=group)
         sync_s = costs.sync_s if costs.sync_s is not None else (statistics.median(obs.sync) if obs.sync else 0.0)
         generation = replace(
             scenario.generation, servers=servers, slots=slots,
             step_base_s=costs.step_base_s, step_per_slot_s=costs.step_per_slot_s, step_per_seq_s=costs.step_per_seq_s,
             step_per_kv_token_s=0.0,  # the engine attends over every slot's whole cache: no cost per cached token
-            # per started rollout, as the simulator charges a prefill: the engine's passes (it may
-            # join several starts, and re-prefills after an update) and the executor's work
-            prefill_base_s=costs.per_start_s, prefill_per_token_s=0.0,
+            # the engine's prefill passes (the simulator batches starts and re-prefills into passes
+            # as it does) and the executor's work per started rollout
+            prefill_pass_s=costs.prefill_pass_s, prefill_per_token_s=costs.prefill_per_token_s,
+            start_overhead_s=costs.start_overhead_s,
         )
         train = costs.train
         training = replace(

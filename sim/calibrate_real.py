@@ -7,12 +7,14 @@ the engine (``sync_s``), and the rest of the wall time between two updates
 (advantages, checkpoint, samples, log, workflow stages), which is the per-update
 overhead.  What is fitted, per update, against the simulator's terms:
 
-- generation (the collect time): ``steps * (base + per_slot * slots) + per_seq *
-  tokens + prefill_base * prefills``, no intercept: decode steps, tokens decoded
-  (busy slots summed over steps) and prefill passes are the engine's counters; the
-  per-slot term is identified only across runs of different slot counts (else it is
-  part of ``base``); the executor's per-rollout work is carried by the per-prefill
-  and per-token terms;
+- generation (the collect time), no intercept, from the engine's counters: decode
+  passes ``steps * (base + per_slot * slots) + per_seq * tokens`` (tokens decoded:
+  busy slots summed over steps; the per-slot term is identified only across runs of
+  different slot counts, else it is part of ``base``), prefill passes ``pass *
+  passes + per_token * prefilled tokens``, and the executor's work, ``per_start *
+  rollouts started``; the simulator has a field for each (``prefill_pass_s``,
+  ``prefill_per_token_s``, ``start_overhead_s``), and prefills in passes as the
+  engine does;
 - the training step: ``base + per_token * tokens + per_seq * sequences`` (the
   per-sequence term only across batch sizes);
 - recompute: seconds per trained token over the updates that recomputed;
@@ -54,6 +56,7 @@ class Update:
     decode_s: float | None = None  # the engine's own pass times (an engine that times them)
     prefill_s: float = 0.0
     prefill_tokens: float = 0.0
+    prefill_rows: float = 0.0  # sequences prefilled: each start's group, and every re-prefilled one
     starts: float = 0.0  # rollouts submitted during the update's interval (from the log)
 
 
@@ -66,7 +69,7 @@ def updates(
     simulator recomputes only under ``segment_wise``)."""
     out = []
     before: dict[str, Any] = {"wall_s": 0.0, "decode_steps": 0, "generated_tokens": 0, "prefills": 0, "prefill_tokens": 0,
-                              "decode_s": 0.0, "prefill_s": 0.0}
+                              "prefill_rows": 0, "decode_s": 0.0, "prefill_s": 0.0}
     times = sorted(submitted or [])
     index = 0
     for row in rows:
@@ -98,6 +101,7 @@ def updates(
             decode_s=float(row["decode_s"]) - float(before.get("decode_s", 0.0)) if "decode_s" in row else None,
             prefill_s=float(row.get("prefill_s", 0.0)) - float(before.get("prefill_s", 0.0)),
             prefill_tokens=float(row.get("prefill_tokens", 0)) - float(before.get("prefill_tokens", 0)),
+            prefill_rows=float(row.get("prefill_rows", 0)) - float(before.get("prefill_rows", 0)),
             starts=float(starts),
         ))
         before = row
@@ -112,69 +116,88 @@ class RealCosts:
     step_base_s: float
     step_per_slot_s: float
     step_per_seq_s: float
-    per_start_s: float  # a started rollout's prefill and executor work (the simulator's prefill_base_s)
+    prefill_pass_s: float  # one prefill pass, whatever its rows
+    prefill_per_token_s: float  # per prefilled token
+    start_overhead_s: float  # the executor's work on a started rollout
     train: Fit
     recompute_per_token_s: float
     sync_s: float | None
     overhead_s: float
     generation_r2: float  # of the collect time the generation terms predict
     scale: float = 1.0  # the factor that made the generation terms add up to the total collect time
+    unseen: str = ""  # how the prefill of prompt tokens the simulator does not count was folded in
 
     def notes(self) -> list[str]:
-        return [
-            f"{'per started':<16} {self.per_start_s:.4g} s (a rollout's prefill and the executor's work on it; also per re-prefill)",
+        lines = [
+            f"{'prefill pass':<16} {self.prefill_pass_s:.4g} s + {self.prefill_per_token_s:.4g} s per token "
+            "(prefill_pass_s, prefill_per_token_s: one pass per server for the starts that arrive together, one for an update's re-prefills)",
+            f"{'per started':<16} {self.start_overhead_s:.4g} s (start_overhead_s: the executor's work on a started rollout)",
+        ]
+        if self.unseen:
+            lines.append(f"{'unseen prompts':<16} {self.unseen}")
+        return lines + [
             f"{'collect time':<16} R^2 {self.generation_r2:.3f} predicted from the generation terms above, scaled by {self.scale:.3f} to its total",
             f"{'recompute':<16} {self.recompute_per_token_s:.4g} s per trained token",
             f"{'update overhead':<16} mean {self.overhead_s:.4g} s per update (neither collecting, training, recomputing nor syncing)",
         ]
 
 
-def _generation(found: list[Update], reprefills: int) -> tuple[list[Fit], float, float, float, float]:
+def _generation(found: list[Update]) -> tuple[list[Fit], dict[str, float]]:
     """Fits of the collect time: from the engine's own pass times when it timed them
     (decode passes by steps, slots and tokens; prefill passes by passes and tokens;
     the rest of the collect time, the executor's, by rollouts started), else the
     collect time by steps, slots, tokens and prefill passes at once.  Returns the fits
-    and the decode step's base, per slot and per sequence costs and the cost per start."""
+    and the costs: ``base``, ``per_slot``, ``per_seq`` (a decode step), ``pass``,
+    ``per_token`` (a prefill pass) and ``start`` (the executor, per started rollout)."""
     several_slots = len({u.slots for u in found}) > 1
     decode_terms = {
         "steps": [u.steps for u in found],
         "steps*slots": [u.steps * u.slots if several_slots else 0.0 for u in found],
         "tokens": [u.tokens for u in found],
     }
-    starts = sum(u.starts for u in found)
-    if all(u.decode_s is not None for u in found) and starts > 0:
+    if all(u.decode_s is not None for u in found) and sum(u.starts for u in found) > 0:
         decode = fit("decode passes s", decode_terms, [u.decode_s or 0.0 for u in found])
         prefill = fit("prefill passes s", {"prefills": [u.prefills for u in found], "prefill tokens": [u.prefill_tokens for u in found]},
                       [u.prefill_s for u in found])
         executor = fit("executor s", {"starts": [u.starts for u in found]},
                        [max(0.0, u.collect_s - (u.decode_s or 0.0) - u.prefill_s) for u in found])
-        passes = prefill["prefills"] * sum(u.prefills for u in found) + prefill["prefill tokens"] * sum(u.prefill_tokens for u in found)
         fits = [decode, prefill, executor]
-        work = passes + executor["starts"] * starts
-    else:
+        passes = {"pass": prefill["prefills"], "per_token": prefill["prefill tokens"], "start": executor["starts"]}
+    else:  # the passes are not timed: their cost per pass from the collect time, the executor's in the rest
         decode = fit("generation s", {**decode_terms, "prefills": [u.prefills for u in found]}, [u.collect_s for u in found])
-        work = decode["prefills"] * sum(u.prefills for u in found)
         fits = [decode]
-    # the simulator charges it per started rollout and per re-prefill after an update
-    per_start = work / max(1.0, starts + reprefills)
-    return fits, decode["steps"], decode["steps*slots"], decode["tokens"], per_start
+        passes = {"pass": decode["prefills"], "per_token": 0.0, "start": 0.0}
+    return fits, {"base": decode["steps"], "per_slot": decode["steps*slots"], "per_seq": decode["tokens"], **passes}
 
 
-def fit_costs(found: list[Update], reprefills: int = 0) -> RealCosts:
-    """Fit the costs of ``found`` (the updates of every run; ``reprefills`` of them
-    interrupted rollouts, which the engine prefilled again afterwards)."""
-    fits, base, per_slot, per_seq, per_start = _generation(found, reprefills)
+def fit_costs(found: list[Update], unseen_prompt: float = 0.0, group: int = 1) -> RealCosts:
+    """Fit the costs of ``found`` (the updates of every run).  ``unseen_prompt`` is the
+    prompt tokens per sequence that the engine prefills and the simulator does not
+    count (its prompt length is the trainer's, which may count completions only; a
+    rollout is ``group`` sequences): their prefill is folded into the cost per start
+    (a start's own rows) and per pass (the rows re-prefilled after updates)."""
+    fits, c = _generation(found)
     collect = [u.collect_s for u in found]
-    share = reprefills / max(1, len(found))  # re-prefills per update
-    predicted = [u.steps * (base + per_slot * u.slots) + per_seq * u.tokens + per_start * (u.starts + share) for u in found]
+    predicted = [u.steps * (c["base"] + c["per_slot"] * u.slots) + c["per_seq"] * u.tokens
+                 + c["pass"] * u.prefills + c["per_token"] * u.prefill_tokens + c["start"] * u.starts for u in found]
     # the terms fitted apart need not add up to the collect time in total (no intercept,
     # outliers): scale them so that they do, since throughput is a ratio of totals
     scale = sum(collect) / sum(predicted) if sum(predicted) > 0 else 1.0
-    base, per_slot, per_seq, per_start = base * scale, per_slot * scale, per_seq * scale, per_start * scale
+    c = {name: value * scale for name, value in c.items()}
     predicted = [p * scale for p in predicted]
     mean = statistics.fmean(collect)
     ss_tot = sum((y - mean) ** 2 for y in collect)
     r2 = 1.0 - sum((y - p) ** 2 for y, p in zip(collect, predicted)) / ss_tot if ss_tot > 0 else 0.0
+    unseen = ""
+    starts, passes = sum(u.starts for u in found), sum(u.prefills for u in found)
+    if unseen_prompt > 0 and c["per_token"] > 0 and starts > 0 and passes > 0:
+        rows = sum(u.prefill_rows for u in found)
+        per_start = c["per_token"] * unseen_prompt * group
+        per_pass = c["per_token"] * unseen_prompt * max(0.0, rows - starts * group) / passes
+        c["start"] += per_start
+        c["pass"] += per_pass
+        unseen = (f"{unseen_prompt:.3g} prompt tokens per sequence prefilled, not counted by the simulator: "
+                  f"+{per_start:.4g} s per start (its {group} rows), +{per_pass:.4g} s per pass (rows re-prefilled after updates)")
     train = fit("train step s", {
         "1": [1.0] * len(found),
         "tokens": [u.trained_tokens for u in found],
@@ -183,5 +206,5 @@ def fit_costs(found: list[Update], reprefills: int = 0) -> RealCosts:
     recomputed = [u for u in found if u.recompute_s > 0]
     per_token = sum(u.recompute_s for u in recomputed) / max(1.0, sum(u.trained_tokens for u in recomputed)) if recomputed else 0.0
     syncs = [u.sync_s for u in found if u.sync_s is not None]
-    return RealCosts([*fits, train], base, per_slot, per_seq, per_start, train, per_token,
-                     statistics.fmean(syncs) if syncs else None, statistics.fmean(u.overhead_s for u in found), r2, scale)
+    return RealCosts([*fits, train], c["base"], c["per_slot"], c["per_seq"], c["pass"], c["per_token"], c["start"], train, per_token,
+                     statistics.fmean(syncs) if syncs else None, statistics.fmean(u.overhead_s for u in found), r2, scale, unseen)

@@ -28,6 +28,10 @@ DISTRIBUTIONS = ("fixed", "lognormal", "empirical")
 MAX_COST_S = 1e6
 #: The most tokens a length may be (a fixed value, a cap, a median).
 MAX_LENGTH = 2**40
+#: Old field names still read (a file's key or an override), and the field each now sets:
+#: ``prefill_base_s`` was charged per started rollout (now ``start_overhead_s``) and per
+#: server at a re-prefill (now part of ``prefill_pass_s``, a cost per pass).
+RENAMED = {("generation", "prefill_base_s"): "start_overhead_s"}
 
 
 class ScenarioError(ValueError):
@@ -121,8 +125,16 @@ class GenerationSection:
         default=0.0, metadata=_doc("decode step cost per slot of the server, busy or not (an engine that decodes every slot), seconds")
     )
     prefill_per_token_s: float = field(default=2e-5, metadata=_doc("prefill cost per prompt (or re-prefilled) token, seconds"))
-    prefill_base_s: float = field(
-        default=0.0, metadata=_doc("fixed cost of a started rollout's prefill, and of a server's re-prefill after an update, seconds")
+    prefill_pass_s: float = field(
+        default=0.0,
+        metadata=_doc(
+            "fixed cost of one prefill pass (the starts that reach a server while its pass is pending share it;"
+            " an update's re-prefill is one pass per server), seconds"
+        ),
+    )
+    start_overhead_s: float = field(
+        default=0.0,
+        metadata=_doc("the executor's work on each started rollout, delaying its server like a prefill, seconds (was prefill_base_s)"),
     )
     on_update: str = field(
         default="partial",
@@ -213,6 +225,8 @@ def _assign(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     if len(parts) not in (2, 3):
         raise ScenarioError(key, "must be section.key or section.distribution.key")
+    if len(parts) == 2:  # an old field name sets its new field
+        parts[1] = RENAMED.get((parts[0], parts[1]), parts[1])
     node: Any = data
     for depth, part in enumerate(parts[:-1]):
         if not isinstance(node, dict) or part not in node:
@@ -247,13 +261,28 @@ def from_dict(data: Mapping[str, Any]) -> Scenario:
             raise ScenarioError(name, f"must be a table, got {raw!r}")
         known = {f.name: f for f in fields(cls)}
         values: dict[str, Any] = {}
-        for key, value in raw.items():
+        for key, value in _renamed(name, raw).items():
             if key not in known:
                 raise ScenarioError(f"{name}.{key}", f"unknown key; known keys are {', '.join(known)}")
             default = known[key].default
             values[key] = _coerce(f"{name}.{key}", value, default)
         sections[name] = cls(**values)
     return Scenario(**sections)
+
+
+def _renamed(section: str, raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``raw`` (a section's keys) with old field names (:data:`RENAMED`) under their new
+    ones; an old name given beside its new one is refused, naming both."""
+    old = [key for key in raw if (section, key) in RENAMED]
+    if not old:
+        return raw
+    out = dict(raw)
+    for key in old:
+        new = RENAMED[(section, key)]
+        if new in raw:
+            raise ScenarioError(f"{section}.{key}", f"is the old name of {section}.{new}; give only {section}.{new}")
+        out[new] = out.pop(key)
+    return out
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
@@ -320,7 +349,8 @@ def _validate(scenario: Scenario) -> None:
         "generation.step_per_kv_token_s": scenario.generation.step_per_kv_token_s,
         "generation.step_per_slot_s": scenario.generation.step_per_slot_s,
         "generation.prefill_per_token_s": scenario.generation.prefill_per_token_s,
-        "generation.prefill_base_s": scenario.generation.prefill_base_s,
+        "generation.prefill_pass_s": scenario.generation.prefill_pass_s,
+        "generation.start_overhead_s": scenario.generation.start_overhead_s,
         "training.step_base_s": scenario.training.step_base_s,
         "training.step_per_token_s": scenario.training.step_per_token_s,
         "training.step_per_seq_s": scenario.training.step_per_seq_s,

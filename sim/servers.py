@@ -9,6 +9,14 @@ cache has grown by ``active * n`` tokens and the time taken is the closed form
 ``T(n) = n * c0 + per_kv_token * active * n * (n - 1) / 2``; progress is advanced
 analytically with it (and its inverse), never token by token.
 
+Prefill is done in batched passes, as the built-in engine does: a rollout that starts
+on a server is prefilled in the pending pass of the starts there (its ``stall`` not yet
+spent) or opens one; the re-prefill of the interrupted sequences on a server after a
+weight update is a pass of its own, apart from the update's starts (the engine takes
+new prompts a few steps after it resumes).  A pass costs ``prefill_pass_s +
+prefill_per_token_s * tokens`` and holds the server's decoding back; each start also
+costs the executor's ``start_overhead_s`` there.
+
 This module owns the servers' arithmetic and their timers (a SimPy timeout per server
 for its next finishing sequence), and knows nothing of the ledger: it hands the
 finished sequences to a callback of :mod:`sim.simulator`, which emits the events.
@@ -33,7 +41,7 @@ Finished = Callable[["Server", float, list[tuple[str, int]]], None]
 class Server:
     """One generation server's analytical continuous-batching state."""
 
-    __slots__ = ("index", "heap", "steps", "kv_offset", "active", "stall", "last", "epoch", "busy")
+    __slots__ = ("index", "heap", "steps", "kv_offset", "active", "stall", "opened", "joinable", "pending", "last", "epoch", "busy")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -42,7 +50,10 @@ class Server:
         self.steps = 0.0  # decode steps done since the start (fractional between events)
         self.kv_offset = 0.0  # sum of (kv0 - admission step): kv tokens = kv_offset + active * steps
         self.active = 0
-        self.stall = 0.0  # prefill seconds to spend before decoding resumes
+        self.stall = 0.0  # seconds of the pending prefill pass (and starts' overhead) before decoding resumes
+        self.opened = -math.inf  # when the last prefill pass opened (starts at that instant share it, even one costing 0)
+        self.joinable = False  # whether that pass admits starts: a start's pass does, a re-prefill's does not
+        self.pending = 0.0  # kv tokens of the sequences a pending start's pass prefills
         self.last = 0.0  # simulated time up to which progress is accounted
         self.epoch = 0  # bumps on every re-plan; a timer of an older epoch is ignored
         self.busy = 0.0  # seconds spent prefilling or decoding
@@ -71,7 +82,9 @@ class Pool:
         self.per_seq = generation.step_per_seq_s
         self.per_kv = generation.step_per_kv_token_s
         self.prefill = generation.prefill_per_token_s
-        self.prefill_base = generation.prefill_base_s
+        self.prefill_pass = generation.prefill_pass_s
+        self.start_overhead = generation.start_overhead_s
+        self.passes = 0  # prefill passes opened, on every server
         self._sequences = 0
         self._loads = [(0, i) for i in range(len(self.servers))]
         self._heaped = len(self.servers) > SCAN_SERVERS
@@ -171,14 +184,21 @@ class Pool:
 
     def start(self, server: Server, rollout: str, prompt: int, lengths: Callable[[], int], group: int) -> None:
         """Put ``group`` samples of a rollout on ``server`` (advanced to now), each
-        ``lengths()`` tokens long; the group shares its prompt's prefill."""
+        ``lengths()`` tokens long; the group shares its prompt's prefill, in the server's
+        pending pass if there is one (its stall not yet spent, or opened at this instant),
+        else in a new one."""
         steps = server.steps
         for _ in range(group):
             self._sequences += 1
             heapq.heappush(server.heap, (steps + lengths(), self._sequences, rollout, steps, prompt))
             server.kv_offset += prompt - steps
         server.active += group
-        server.stall += self.prefill_base + self.prefill * prompt
+        if not self.pending_pass(server):  # this start opens a pass (after a re-prefill's, if one is pending)
+            server.stall += self.prefill_pass
+            server.opened, server.joinable, server.pending = server.last, True, 0.0
+            self.passes += 1
+        server.stall += self.start_overhead + self.prefill * prompt
+        server.pending += group * prompt
         if self._heaped:
             self.loaded(server)
 
@@ -190,12 +210,27 @@ class Pool:
             tokens[rollout] = tokens.get(rollout, 0) + int(steps - admitted)
         return tokens
 
-    def reprefill(self) -> None:
-        """After a weight update, every busy server prefills its whole kv cache again."""
+    @staticmethod
+    def pending_pass(server: Server) -> bool:
+        """Whether a start on ``server`` now joins its pending pass: a start's pass whose
+        stall is not spent, or that opened at this instant (a pass may cost nothing)."""
+        return server.joinable and (server.stall > 0 or server.opened == server.last)
+
+    def reprefill(self, now: float) -> None:
+        """After a weight update (at ``now``), every busy server prefills the kv cache of
+        its interrupted sequences again, in one pass of its own: the starts of the update's
+        instant and of the one before (a pass pending at the freeze, whose sequences the
+        engine had not admitted yet) share another."""
         for server in self.servers:
             if server.active:
-                kv_tokens = server.kv_offset + server.active * server.steps
-                server.stall += self.prefill_base + self.prefill * kv_tokens
+                waiting = self.pending_pass(server)
+                kv_tokens = server.kv_offset + server.active * server.steps - (server.pending if waiting else 0.0)
+                server.stall += self.prefill_pass + self.prefill * kv_tokens
+                self.passes += 1
+                if waiting:
+                    server.opened = now  # the starts after the update join it
+                else:
+                    server.joinable = False  # they open their own
 
     def clear(self, server: Server) -> None:
         """Drop every sequence on ``server`` (a restart)."""

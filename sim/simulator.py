@@ -301,6 +301,7 @@ class Simulation(Training):
         for server in self._pool:
             self._pool.advance(server, env.now)
         self.stats.generator_busy_s = sum(server.busy for server in self._pool)
+        self.stats.prefill_passes = self._pool.passes
         return self.stats.build(env.now, self.ledger.state)
 
 

@@ -40,6 +40,7 @@ class Summary:
     mean_latency_s: float
     versions: int
     events: int
+    prefill_passes: int = 0
     scenario: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -65,6 +66,7 @@ class SummaryBuilder:
         self.trainer_idle_s = 0.0
         self.trainer_busy_s = 0.0
         self.generator_busy_s = 0.0
+        self.prefill_passes = 0
         self.latency_sum = 0.0  # seconds from submission to the end of generation, summed
         self.latency_count = 0
         self._histogram: dict[int, int] = {}
@@ -101,6 +103,7 @@ class SummaryBuilder:
             mean_latency_s=self.latency_sum / self.latency_count if self.latency_count else 0.0,
             versions=state.version,
             events=state.events,
+            prefill_passes=self.prefill_passes,
             scenario=self.scenario.to_dict(),
         )
 

@@ -124,7 +124,7 @@ class Training:
         interrupted, self._interrupted = self._interrupted, ()
         self._books(self.ledger.finish_update(interrupted, t=now))
         if interrupted:
-            self._pool.reprefill()
+            self._pool.reprefill(now)
         self._pool.thaw(now)
         if gc.get_count()[0] >= YOUNG_OBJECTS:  # the run turned automatic collection off
             gc.collect(1)

@@ -1,6 +1,7 @@
 """A real run's cost model: recover known coefficients from metrics lines built with
-them (two runs of different slots and batch sizes, 2% noise); the new simulator terms
-cost what they say."""
+them (two runs of different slots and batch sizes, 2% noise), the prefill pass's and
+the executor's per start each into its own scenario field; the simulator's terms cost
+what they say."""
 
 from __future__ import annotations
 
@@ -18,19 +19,22 @@ TRUE = {
     "prefill": 1.5e-3, "prefill_token": 2e-6, "executor": 6e-4,  # per pass, per prefilled token, per started rollout
     "train_base": 0.05, "train_token": 2e-5, "train_seq": 1e-3, "sync": 0.002, "overhead": 0.03,
 }
+GROUP = 4  # sequences per rollout
 
 
 def _run(rng: random.Random, slots: int, batch: int, count: int) -> tuple[list[dict], list[float]]:
     """Metrics lines of one run (cumulative counters) and its rollouts' submission times."""
     noisy = lambda x: x * (1 + rng.uniform(-0.02, 0.02))  # noqa: E731
     rows, submitted = [], []
-    totals = {"decode_steps": 0, "generated_tokens": 0, "prefills": 0, "prefill_tokens": 0, "decode_s": 0.0, "prefill_s": 0.0}
+    totals = {"decode_steps": 0, "generated_tokens": 0, "prefills": 0, "prefill_tokens": 0, "prefill_rows": 0, "decode_s": 0.0,
+              "prefill_s": 0.0}
     wall = 0.0
     for _ in range(count):
         steps = rng.randint(20, 80)
         tokens = steps * rng.uniform(0.3, 1.0) * slots
         starts = rng.randint(batch // 2, 2 * batch)
         prefills, prefill_tokens = rng.randint(max(1, starts // 3), starts), rng.randint(20, 60) * starts
+        prefill_rows = GROUP * starts + rng.randint(0, slots // 2)  # each start's group, and re-prefilled sequences
         decode_s = noisy(steps * (TRUE["step_base"] + TRUE["per_slot"] * slots) + TRUE["per_seq"] * tokens)
         prefill_s = noisy(TRUE["prefill"] * prefills + TRUE["prefill_token"] * prefill_tokens)
         collect = decode_s + prefill_s + noisy(TRUE["executor"] * starts)
@@ -40,7 +44,8 @@ def _run(rng: random.Random, slots: int, batch: int, count: int) -> tuple[list[d
         submitted.extend(sorted(wall + rng.uniform(0, collect) for _ in range(starts)))
         wall += collect + step + sync + overhead
         for key, value in (("decode_steps", steps), ("generated_tokens", round(tokens)), ("prefills", prefills),
-                           ("prefill_tokens", prefill_tokens), ("decode_s", decode_s), ("prefill_s", prefill_s)):
+                           ("prefill_tokens", prefill_tokens), ("prefill_rows", prefill_rows), ("decode_s", decode_s),
+                           ("prefill_s", prefill_s)):
             totals[key] += value
         rows.append({**totals, "wall_s": wall, "wait_s": collect, "train_s": step + sync + overhead / 2, "step_s": step,
                      "recompute_s": 0.0, "sync_s": sync, "trained_tokens": trained, "sequences": batch, "slots": slots})
@@ -67,10 +72,27 @@ def test_known_costs_are_recovered_within_5_percent():
     assert _close(train["sequences"], TRUE["train_seq"]), train
     assert _close(costs.sync_s or 0.0, TRUE["sync"]) and _close(costs.overhead_s, TRUE["overhead"])
     assert decode.r2 > 0.99 and train.r2 > 0.9 and costs.generation_r2 > 0.99
-    # per started rollout: its share of the prefill passes and tokens, and the executor's work
-    starts = sum(u.starts for u in found)
-    want = (TRUE["prefill"] * sum(u.prefills for u in found) + TRUE["prefill_token"] * sum(u.prefill_tokens for u in found)) / starts
-    assert _close(costs.per_start_s, want + TRUE["executor"])
+    # the scenario's fields: a prefill pass (fixed and per token) and the executor's work per start, apart
+    assert _close(costs.prefill_pass_s, TRUE["prefill"]) and _close(costs.prefill_per_token_s, TRUE["prefill_token"])
+    assert _close(costs.start_overhead_s, TRUE["executor"])
+    assert not costs.unseen and any("prefill_pass_s" in note for note in costs.notes())
+    assert any("start_overhead_s" in note for note in costs.notes())
+
+
+def test_prompt_tokens_the_simulator_does_not_count_are_charged_per_start_and_per_pass():
+    """A simulator whose prompt length is the trainer's (completions only) prefills no
+    prompt: the engine's prefill of them goes into the cost of a start (its group's rows)
+    and of a pass (the rows re-prefilled after updates, spread over the passes)."""
+    rng = random.Random(7)
+    rows, submitted = _run(rng, 256, 64, 120)
+    found = updates(rows, 256, 64, recompute_in_step=True, submitted=submitted)
+    plain, folded = fit_costs(found), fit_costs(found, unseen_prompt=10.0, group=GROUP)
+    per_token = plain.prefill_per_token_s
+    starts, passes = sum(u.starts for u in found), sum(u.prefills for u in found)
+    reprefilled = sum(u.prefill_rows for u in found) - GROUP * starts
+    assert folded.start_overhead_s == pytest.approx(plain.start_overhead_s + per_token * 10 * GROUP)
+    assert folded.prefill_pass_s == pytest.approx(plain.prefill_pass_s + per_token * 10 * reprefilled / passes)
+    assert folded.prefill_per_token_s == per_token and "10 prompt tokens" in folded.unseen
 
 
 def test_one_slot_count_and_one_batch_size_cannot_tell_their_terms_apart():
@@ -94,9 +116,10 @@ def test_a_negative_or_collinear_term_is_dropped_and_named():
 
 SMALL = ["run.rollouts=200", "ledger.batch_size=8", "ledger.max_concurrent=16", "ledger.max_staleness=0",
          "generation.servers=1", "generation.slots=16", "workload.response_len={kind='fixed', value=20}",
-         "workload.prompt_len.value=4", "generation.prefill_per_token_s=0", "generation.step_per_kv_token_s=0",
+         "workload.prompt_len.value=4", "generation.step_per_kv_token_s=0",
          "generation.step_per_seq_s=0", "generation.step_base_s=0.01", "training.step_base_s=0.5", "training.step_per_token_s=0",
-         "training.weight_sync_s=0.1", "training.colocated=true"]
+         "training.weight_sync_s=0.1", "training.colocated=true",
+         "generation.prefill_per_token_s=0"]
 
 
 def test_the_new_simulator_terms_cost_what_they_say():
@@ -109,7 +132,10 @@ def test_the_new_simulator_terms_cost_what_they_say():
         "training.update_overhead_s=0.2": updates_ * 0.2,
         "training.step_per_seq_s=0.01": updates_ * 8 * 0.01,
         "generation.step_per_slot_s=0.001": updates_ * 20 * 16 * 0.001,  # every slot, busy or not
-        "generation.prefill_base_s=0.05": updates_ * 8 * 0.05,  # one prefill per started rollout
+        "generation.prefill_pass_s=0.05": updates_ * 0.05,  # the 8 rollouts of a round start together: one pass
+        "generation.prefill_per_token_s=0.001": updates_ * 8 * 4 * 0.001,  # their prompts' tokens
+        "generation.start_overhead_s=0.05": updates_ * 8 * 0.05,  # the executor's work on each start
+        "generation.prefill_base_s=0.05": updates_ * 8 * 0.05,  # the old name of start_overhead_s
     }
     for override, extra in more.items():
         got = simulate(Scenario().with_overrides([*SMALL, override]))

@@ -84,6 +84,22 @@ def test_bad_files_are_refused(tmp_path) -> None:
     assert err.value.field == "ledger.batch_size"
 
 
+def test_the_old_prefill_base_s_is_read_as_start_overhead_s(tmp_path) -> None:
+    """A scenario file written before prefill passes (its per-start prefill_base_s) still
+    loads, as the per-start cost it was; an override by the old name too; given beside
+    the new name it is refused, naming it; what is written has the new name only."""
+    old = tmp_path / "old.toml"
+    old.write_text("[generation]\nprefill_base_s = 0.0015\nprefill_per_token_s = 0.0\n")
+    scenario = load(old)
+    assert scenario.generation.start_overhead_s == 0.0015 and scenario.generation.prefill_pass_s == 0.0
+    assert Scenario().with_overrides(["generation.prefill_base_s=0.25"]).generation.start_overhead_s == 0.25
+    with pytest.raises(ScenarioError) as err:
+        from_dict({"generation": {"prefill_base_s": 0.1, "start_overhead_s": 0.2}})
+    assert err.value.field == "generation.prefill_base_s" and "start_overhead_s" in str(err.value)
+    text = (save(scenario, tmp_path / "new.toml")).read_text()
+    assert "prefill_base_s =" not in text and "start_overhead_s = 0.0015" in text and "prefill_pass_s = 0.0" in text
+
+
 def test_builtin_scenarios_load() -> None:
     for name in BUILTIN:
         assert isinstance(builtin(name), Scenario)

@@ -1,0 +1,138 @@
+"""Prefill in batched passes, as the built-in engine does: the starts that reach a server
+together share one pass, a start joins a pending pass, and the re-prefill after a weight
+update is one pass per busy server, which the starts after the update join; each start
+also pays the executor's overhead."""
+
+from __future__ import annotations
+
+import pytest
+import simpy
+
+from sim.config import GenerationSection, Scenario
+from sim.script import Attempt, Script
+from sim.servers import Pool
+from sim.simulator import Simulation
+from sim.summary import Summary
+
+STEP, PASS, PER_TOKEN, START = 0.01, 0.05, 0.001, 0.002
+
+
+def _pool(servers: int = 1) -> tuple[simpy.Environment, Pool, list[tuple[float, str]]]:
+    """A pool of ``servers`` with a fixed decode step and known prefill costs, and the
+    list its finished sequences are recorded in (time, rollout)."""
+    env = simpy.Environment()
+    done: list[tuple[float, str]] = []
+    generation = GenerationSection(
+        servers=servers, slots=16, step_base_s=STEP, step_per_seq_s=0.0, step_per_kv_token_s=0.0,
+        prefill_pass_s=PASS, prefill_per_token_s=PER_TOKEN, start_overhead_s=START,
+    )
+    pool = Pool(generation, env, lambda _server, now, finished: done.extend((now, rollout) for rollout, _ in finished))
+    return env, pool, done
+
+
+def _start(pool: Pool, server_index: int, rollout: str, prompt: int, length: int) -> None:
+    server = pool.servers[server_index]
+    pool.advance(server, pool.env.now)
+    pool.start(server, rollout, prompt, lambda: length, 1)
+    pool.plan(server)
+
+
+@pytest.mark.parametrize("count", [1, 5])
+def test_rollouts_starting_together_share_one_pass(count: int) -> None:
+    """``count`` one-token rollouts started at one instant finish after one pass (its
+    fixed cost once, their prompt tokens, each start's overhead) and one decode step."""
+    env, pool, done = _pool()
+    for i in range(count):
+        _start(pool, 0, f"r{i}", 10, 1)
+    env.run()
+    want = PASS + PER_TOKEN * 10 * count + START * count + STEP
+    assert [t for t, _ in done] == pytest.approx([want] * count, rel=1e-9)
+    assert pool.passes == 1
+
+
+def test_a_start_joins_the_pending_pass_and_a_later_one_opens_its_own() -> None:
+    env, pool, done = _pool()
+    _start(pool, 0, "a", 10, 5)
+    env.run(until=PASS / 2)  # the pass is still pending: b joins it
+    _start(pool, 0, "b", 10, 5)
+    env.run()
+    first = PASS + 2 * (PER_TOKEN * 10 + START)
+    assert [t for t, _ in done] == pytest.approx([first + 5 * STEP] * 2, rel=1e-9)
+    assert pool.passes == 1
+    _start(pool, 0, "c", 10, 1)  # the server is idle and its pass long spent: a new pass
+    env.run()
+    assert done[-1][0] == pytest.approx(first + 5 * STEP + PASS + PER_TOKEN * 10 + START + STEP, rel=1e-9)
+    assert pool.passes == 2
+
+
+def test_the_re_prefill_after_an_update_is_one_pass_per_busy_server() -> None:
+    """Two servers with 3 and 1 sequences frozen after 4 decode steps: each re-prefills its
+    whole cache (prompts and the tokens generated so far) in one pass; the idle one none.
+    A start at the freeze's instant is not re-prefilled (the engine had not admitted it):
+    its pending pass stays apart, and a start after the update joins it; on a server
+    without one, a start after the update opens a pass after the re-prefill's."""
+    env, pool, done = _pool(servers=4)
+    for i in range(3):
+        _start(pool, 0, f"a{i}", 10, 10)
+    _start(pool, 1, "b", 20, 10)
+    stall = {0: PASS + 3 * (PER_TOKEN * 10 + START), 1: PASS + PER_TOKEN * 20 + START}
+    frozen = stall[0] + 4 * STEP  # server 0 has done 4 steps; server 1 more (its pass was shorter)
+    env.run(until=frozen)
+    _start(pool, 3, "c", 7, 1)
+    pool.freeze(env.now)
+    steps = {i: pool.servers[i].steps for i in (0, 1)}
+    assert steps[0] == pytest.approx(4.0)
+    assert pool.passes == 3  # servers 0, 1, 3
+    pool.reprefill(env.now)
+    assert pool.passes == 6 and pool.servers[2].stall == 0
+    assert pool.servers[3].stall == pytest.approx(PASS + PER_TOKEN * 7 + START + PASS, rel=1e-9)
+    assert pool.servers[0].stall == pytest.approx(PASS + PER_TOKEN * 3 * (10 + 4), rel=1e-9)
+    assert pool.servers[1].stall == pytest.approx(PASS + PER_TOKEN * (20 + steps[1]), rel=1e-9)
+    pool.thaw(env.now)
+    _start(pool, 3, "e", 5, 1)  # joins c's pass
+    _start(pool, 0, "d", 5, 1)  # a pass of its own
+    assert pool.passes == 7
+    assert pool.servers[3].stall == pytest.approx(2 * PASS + PER_TOKEN * 12 + 2 * START, rel=1e-9)
+    env.run()
+    finish = {rollout: t for t, rollout in done}
+    stall_0 = PASS + PER_TOKEN * 3 * 14 + PASS + PER_TOKEN * 5 + START
+    assert finish["d"] == pytest.approx(frozen + stall_0 + STEP, rel=1e-9)
+    assert finish["a0"] == pytest.approx(frozen + stall_0 + 6 * STEP, rel=1e-9)
+    assert finish["b"] == pytest.approx(frozen + PASS + PER_TOKEN * (20 + steps[1]) + (10 - steps[1]) * STEP, rel=1e-9)
+
+
+@pytest.mark.parametrize("staleness", [1, 4])
+def test_a_simulated_update_re_prefills_each_server_in_one_pass(staleness: int) -> None:
+    """One server, batch 1, two in flight, colocated, partial, prompts of 3 tokens: p0 (10
+    tokens) and p1 (30) start together (one pass); p2 (10) is the second trained.  One
+    pass re-prefills p1 (its prompt and 10 tokens) after the update, and p2 has a pass of
+    its own, whether it starts after the update (staleness 1) or at p0's completion, the
+    instant the update freezes the server (4).  The summary counts the passes opened,
+    also the two of the last update, after which the run ends (p1's re-prefill, p3's
+    start)."""
+    script = Script(prompts=("p0", "p1", "p2", "p3"), attempts={
+        "p0": Attempt(10), "p1": Attempt(30), "p2": Attempt(10), "p3": Attempt(10)}, prompt_tokens=3)
+
+    def summary(*overrides: str) -> Summary:
+        scenario = Scenario().with_overrides([
+            "run.rollouts=2", "ledger.batch_size=1", "ledger.max_concurrent=2", f"ledger.max_staleness={staleness}",
+            "generation.servers=1", "generation.slots=2", f"generation.step_base_s={STEP}", "generation.step_per_seq_s=0",
+            "generation.step_per_kv_token_s=0", "generation.prefill_per_token_s=0", "generation.on_update=partial",
+            "training.step_base_s=0.5", "training.step_per_token_s=0", "training.weight_sync_s=0.1", "training.colocated=true",
+            *overrides,
+        ])
+        return Simulation(scenario, script=script).run()
+
+    def seconds(*overrides: str) -> float:
+        return summary(*overrides).sim_time_s
+
+    base = seconds()
+    assert base == pytest.approx(10 * STEP + 0.6 + 10 * STEP + 0.6, rel=1e-9)
+    assert summary().prefill_passes == 5  # counted even when a pass costs nothing
+    assert summary(f"generation.prefill_pass_s={PASS}").prefill_passes == 5
+    assert seconds(f"generation.prefill_pass_s={PASS}") == pytest.approx(base + 3 * PASS, rel=1e-9)
+    # the prompts of p0 and p1, p1's 3 + 10 tokens again, p2's prompt
+    assert seconds(f"generation.prefill_per_token_s={PER_TOKEN}") == pytest.approx(base + (6 + 13 + 3) * PER_TOKEN, rel=1e-9)
+    # per start instead (the old prefill_base_s, now start_overhead_s): p0, p1, p2
+    assert seconds(f"generation.start_overhead_s={PASS}") == pytest.approx(base + 3 * PASS, rel=1e-9)
+    assert seconds(f"generation.prefill_base_s={PASS}") == pytest.approx(base + 3 * PASS, rel=1e-9)
