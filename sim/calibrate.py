@@ -60,6 +60,8 @@ class Observations:
     config: dict[str, Any] = field(default_factory=dict)
     real: bool = False
     group_size: int = 1
+    overlapped: bool = False  # a real run that generated while it trained (``train --overlap``)
+    groups: list[list[int]] = field(default_factory=list)  # each stored rollout's samples' lengths (a real run)
     trained_per_rollout: list[float] = field(default_factory=list)  # a real run's trained tokens per rollout
     updates: list[Update] = field(default_factory=list)  # a real run's updates (sim.calibrate_real)
     prompts: list[int] = field(default_factory=list)  # a real run's prompt tokens per sample (its sample store)
@@ -93,7 +95,9 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
     run_json = log.parent / "run.json"
     if run_json.is_file():
         try:
-            obs.group_size = max(1, int(json.loads(run_json.read_text()).get("group_size", 1)))
+            run_config = json.loads(run_json.read_text())
+            obs.group_size = max(1, int(run_config.get("group_size", 1)))
+            obs.overlapped = obs.overlapped or bool(run_config.get("overlap", False))
         except (ValueError, TypeError, AttributeError) as err:
             raise CalibrationError(f"{run_json}: not a run's config ({err})") from None
     group = obs.group_size
@@ -179,7 +183,7 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
             gen_paused = False
     if timed == 0:
         raise CalibrationError(f"{log}: its events carry no times (t); calibration needs a timed log")
-    samples = _sample_lengths(log.parent / "samples.sqlite", obs.prompts)
+    samples = _sample_lengths(log.parent / "samples.sqlite", obs.prompts, obs.groups)
     if samples and group > 1:
         # a real run's log sums a rollout's tokens over its group; its sample store has
         # each sample, whose spread (not the group means') sets when a group finishes
@@ -219,10 +223,11 @@ def _metrics(
         obs.sync.extend(u.sync_s for u in found if u.sync_s is not None)
 
 
-def _sample_lengths(path: Path, prompts: list[int] | None = None) -> list[int]:
+def _sample_lengths(path: Path, prompts: list[int] | None = None, groups: list[list[int]] | None = None) -> list[int]:
     """Completion lengths of every stored sample of a real run (its ``samples.sqlite``:
     rows of pickled plain dicts the run wrote itself; a run directory is trusted); their
-    prompt lengths are added to ``prompts`` when given."""
+    prompt lengths are added to ``prompts`` and each rollout's lengths to ``groups``
+    when given."""
     import pickle
     import sqlite3
 
@@ -234,7 +239,10 @@ def _sample_lengths(path: Path, prompts: list[int] | None = None) -> list[int]:
             rows = db.execute("SELECT data FROM samples").fetchall()
         finally:
             db.close()
-        samples = [sample for (data,) in rows for sample in pickle.loads(data) if sample.get("completion")]
+        stored = [[sample for sample in pickle.loads(data) if sample.get("completion")] for (data,) in rows]
+        samples = [sample for rollout in stored for sample in rollout]
+        if groups is not None:
+            groups.extend([len(sample["completion"]) for sample in rollout] for rollout in stored if rollout)
         if prompts is not None:
             prompts.extend(len(sample.get("prompt") or ()) for sample in samples)
         return [len(sample["completion"]) for sample in samples]
@@ -288,8 +296,12 @@ class Calibration:
         return "\n".join(lines)
 
 
-def write_lengths(lengths: list[int], path: str | Path) -> Path:
-    """The observed response lengths as a one-column CSV an ``empirical`` distribution reads."""
+def write_lengths(lengths: list[int], path: str | Path, groups: list[list[int]] | None = None) -> Path:
+    """The observed response lengths as a CSV an ``empirical`` distribution reads: one
+    row per group of samples when ``groups`` are given (the simulator draws a group's
+    lengths together), else one length per row."""
+    if groups:
+        return write_atomic(Path(path), "lengths of one group\n" + "".join(",".join(map(str, g)) + "\n" for g in groups))
     return write_atomic(Path(path), "length\n" + "".join(f"{n}\n" for n in lengths))
 
 
@@ -317,7 +329,8 @@ def calibrate(
     )
     response = lognormal
     if lengths_file is not None:
-        response = Distribution(kind="empirical", path=str(write_lengths(obs.lengths, lengths_file).resolve()))
+        groups = [g for g in obs.groups if len(g) == obs.group_size] if obs.real and obs.group_size > 1 else None
+        response = Distribution(kind="empirical", path=str(write_lengths(obs.lengths, lengths_file, groups).resolve()))
     scenario = base or Scenario()
     cfg = obs.config
     ledger = scenario.ledger
@@ -347,12 +360,14 @@ def calibrate(
             # as it does) and the executor's work per started rollout
             prefill_pass_s=costs.prefill_pass_s, prefill_per_token_s=costs.prefill_per_token_s,
             start_overhead_s=costs.start_overhead_s,
+            prefill_token=True,  # the engine's prefill samples each prefilled sequence's next token
         )
         train = costs.train
         training = replace(
             scenario.training, step_base_s=train["1"], step_per_token_s=train["tokens"], step_per_seq_s=train["sequences"],
             recompute_per_token_s=costs.recompute_per_token_s, weight_sync_s=sync_s, update_overhead_s=costs.overhead_s,
-            colocated=True,  # a real run's one process: generation waits while it trains
+            # one process: generation waits while it trains, unless it ran in a thread of its own
+            colocated=not obs.overlapped,
         )
         fits = costs.fits
         counts["runs"] = len(paths)

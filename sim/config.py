@@ -132,6 +132,11 @@ class GenerationSection:
             " an update's re-prefill is one pass per server), seconds"
         ),
     )
+    prefill_token: bool = field(
+        default=False,
+        metadata=_doc("a prefill pass also samples the next token of each sequence it prefills (a start's first, one"
+                      " more for each re-prefilled sequence), as engines do; false: every token is a decode step"),
+    )
     start_overhead_s: float = field(
         default=0.0,
         metadata=_doc("the executor's work on each started rollout, delaying its server like a prefill, seconds (was prefill_base_s)"),

@@ -15,7 +15,10 @@ spent) or opens one; the re-prefill of the interrupted sequences on a server aft
 weight update is a pass of its own, apart from the update's starts (the engine takes
 new prompts a few steps after it resumes).  A pass costs ``prefill_pass_s +
 prefill_per_token_s * tokens`` and holds the server's decoding back; each start also
-costs the executor's ``start_overhead_s`` there.
+costs the executor's ``start_overhead_s`` there.  With ``prefill_token`` a pass also
+samples one token of each sequence it prefills, as the engines do (the logits of a
+prompt's last position give its first token): a start needs one decode step less, and
+a re-prefill moves every interrupted sequence one token on.
 
 This module owns the servers' arithmetic and their timers (a SimPy timeout per server
 for its next finishing sequence), and knows nothing of the ledger: it hands the
@@ -84,6 +87,7 @@ class Pool:
         self.prefill = generation.prefill_per_token_s
         self.prefill_pass = generation.prefill_pass_s
         self.start_overhead = generation.start_overhead_s
+        self.first = 1 if generation.prefill_token else 0  # tokens a prefill pass samples per sequence
         self.passes = 0  # prefill passes opened, on every server
         self._sequences = 0
         self._loads = [(0, i) for i in range(len(self.servers))]
@@ -187,11 +191,11 @@ class Pool:
         ``lengths()`` tokens long; the group shares its prompt's prefill, in the server's
         pending pass if there is one (its stall not yet spent, or opened at this instant),
         else in a new one."""
-        steps = server.steps
+        admitted = server.steps - self.first  # (the pass samples the first token: it counts as a step done)
         for _ in range(group):
             self._sequences += 1
-            heapq.heappush(server.heap, (steps + lengths(), self._sequences, rollout, steps, prompt))
-            server.kv_offset += prompt - steps
+            heapq.heappush(server.heap, (admitted + lengths(), self._sequences, rollout, admitted, prompt))
+            server.kv_offset += prompt - admitted
         server.active += group
         if not self.pending_pass(server):  # this start opens a pass (after a re-prefill's, if one is pending)
             server.stall += self.prefill_pass
@@ -227,10 +231,29 @@ class Pool:
                 kv_tokens = server.kv_offset + server.active * server.steps - (server.pending if waiting else 0.0)
                 server.stall += self.prefill_pass + self.prefill * kv_tokens
                 self.passes += 1
+                if self.first:
+                    self._sample_at_reprefill(server, waiting)
                 if waiting:
                     server.opened = now  # the starts after the update join it
                 else:
                     server.joinable = False  # they open their own
+
+    def _sample_at_reprefill(self, server: Server, waiting: bool) -> None:
+        """The re-prefill samples one token of every interrupted sequence: each is one
+        step further on (its admission and finish one step earlier; the order of the heap
+        is kept).  Sequences of a start pass still pending were not interrupted."""
+        fresh = server.steps - self.first - 1e-9
+        moved = 0
+        heap = []
+        for finish, number, rollout, admitted, kv0 in server.heap:
+            if waiting and admitted >= fresh:
+                heap.append((finish, number, rollout, admitted, kv0))
+            else:
+                heap.append((finish - 1, number, rollout, admitted - 1, kv0))
+                moved += 1
+        heapq.heapify(heap)  # (a pending start's sequences kept their place)
+        server.heap = heap
+        server.kv_offset += moved
 
     def clear(self, server: Server) -> None:
         """Drop every sequence on ``server`` (a restart)."""

@@ -4,7 +4,10 @@ Every sampler draws from a ``random.Random`` owned by the simulation, so the sam
 seed gives the same lengths.  ``empirical`` lengths come from an event log (the
 response tokens of each accepted rollout: the sum of its segments, ``segment`` and
 ``interrupted_batch`` events) or
-from the first numeric column of a CSV file.
+from a CSV file: a row of one number is one sample's length; a row of as many numbers
+as the group has samples is one group's lengths, drawn together (the samples of one
+prompt are alike in length: drawn apart, a group's longest sample, which decides when
+the group finishes, comes out far too long).
 """
 
 from __future__ import annotations
@@ -45,6 +48,19 @@ def sampler(dist: Distribution, field_name: str = "distribution") -> Sampler:
     raise ScenarioError(f"{field_name}.kind", f"unknown distribution {dist.kind!r}")
 
 
+def group_sampler(dist: Distribution, group: int, field_name: str = "distribution") -> Callable[[random.Random], list[int]]:
+    """A function drawing the lengths of a group of ``group`` samples from ``dist``: one
+    row of an ``empirical`` CSV whose rows are groups of that size, else ``group``
+    independent draws (in the order :func:`sampler` would make them)."""
+    if dist.kind == "empirical" and Path(dist.path).suffix in (".csv", ".txt"):
+        rows = [row for row in load_rows(dist.path, field_name) if len(row) == group]
+        if rows and group > 1:
+            choose = random.Random.choice
+            return lambda rng: choose(rng, rows)
+    one = sampler(dist, field_name)
+    return lambda rng: [one(rng) for _ in range(group)]
+
+
 def lognormal_cdf(dist: Distribution, length: int) -> float:
     """P(drawn length <= ``length``) for a ``lognormal`` distribution (rounded up, clipped)."""
     if length >= dist.cap:
@@ -76,22 +92,44 @@ def load_lengths(path: str | Path, field_name: str = "distribution") -> list[int
     return lengths
 
 
+def load_rows(path: str | Path, field_name: str = "distribution") -> list[list[int]]:
+    """The rows of lengths of a CSV file (each row one sample's length or one group's)."""
+    path = Path(path)
+    load_lengths(path, field_name)  # the checks, and the error naming a bad file
+    return _csv_rows(path, field_name)
+
+
 def _csv_lengths(path: Path, field_name: str) -> list[int]:
-    lengths: list[int] = []
+    return [length for row in _csv_rows(path, field_name) for length in row]
+
+
+def _csv_rows(path: Path, field_name: str) -> list[list[int]]:
+    rows: list[list[int]] = []
     with open(path, newline="", encoding="utf-8") as handle:
         for number, row in enumerate(csv.reader(handle), start=1):
-            if not row or not row[0].strip():
+            cells = [cell for cell in row if cell.strip()]
+            if not cells:
                 continue
             try:
-                value = float(row[0])
+                values = [float(cell) for cell in cells]
             except ValueError:
                 if number == 1:  # a header line
                     continue
-                raise ScenarioError(f"{field_name}.path", f"{path} line {number}: {row[0]!r} is not a number") from None
-            if value < 1 or not math.isfinite(value):
-                raise ScenarioError(f"{field_name}.path", f"{path} line {number}: length {row[0]!r} must be at least 1")
-            lengths.append(int(round(value)))
-    return lengths
+                bad = next(cell for cell in cells if not _is_number(cell))
+                raise ScenarioError(f"{field_name}.path", f"{path} line {number}: {bad!r} is not a number") from None
+            for cell, value in zip(cells, values):
+                if value < 1 or not math.isfinite(value):
+                    raise ScenarioError(f"{field_name}.path", f"{path} line {number}: length {cell!r} must be at least 1")
+            rows.append([int(round(value)) for value in values])
+    return rows
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 def _log_lengths(path: Path, field_name: str) -> list[int]:

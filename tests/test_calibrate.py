@@ -103,3 +103,33 @@ def test_calibrate_on_a_cpu_run_and_predict_a_second(tmp_path, capsys):
     with capsys.disabled():
         print(f"\npredicted {predicted['tokens_per_s']:.0f} tokens/s, measured {actual['tokens_per_s']:.0f}: error {error:+.1f}%")
     assert predicted["tokens_per_s"] > 0 and math.isfinite(error)
+
+
+def test_a_real_runs_group_lengths_are_drawn_together_and_an_overlapped_run_is_not_colocated(tmp_path):
+    """Calibrating a real run writes each rollout's samples' lengths as one row, which the
+    simulator draws whole for a group (a group's samples are alike in length); a run that
+    generated beside training (``overlap``) is fitted as not colocated; the engine's
+    prefill samples a token (``prefill_token``)."""
+    pytest.importorskip("torch")
+    import random
+    from collections import Counter
+
+    from engine.workflows.reinforcement import train
+    from engine.workflows.rl_config import RunConfig
+    from sim.calibrate import _sample_lengths
+    from sim.workload import group_sampler
+
+    config = RunConfig(task="reverse", model_size="tiny", steps=8, batch_size=4, group_size=3, max_concurrent=8,
+                       max_staleness=2, warmup_steps=3, device="cpu", overlap=True)
+    train(config, tmp_path / "run", eval_size=0, progress=False)
+    fit = calibrate([tmp_path / "run"], lengths_file=tmp_path / "lengths.csv")
+    assert not fit.scenario.training.colocated and fit.scenario.generation.prefill_token
+    groups: list[list[int]] = []
+    _sample_lengths(tmp_path / "run" / "samples.sqlite", groups=groups)
+    rows = [tuple(map(int, line.split(","))) for line in (tmp_path / "lengths.csv").read_text().splitlines()[1:]]
+    assert Counter(rows) == Counter(tuple(g) for g in groups) and all(len(r) == 3 for r in rows)
+    draw = group_sampler(fit.scenario.workload.response_len, 3)
+    rng = random.Random(0)
+    assert all(tuple(draw(rng)) in set(rows) for _ in range(50))
+    apart = group_sampler(fit.scenario.workload.response_len, 2)  # rows of another size: each sample apart
+    assert all(len(apart(rng)) == 2 for _ in range(5))

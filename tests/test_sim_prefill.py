@@ -17,14 +17,14 @@ from sim.summary import Summary
 STEP, PASS, PER_TOKEN, START = 0.01, 0.05, 0.001, 0.002
 
 
-def _pool(servers: int = 1) -> tuple[simpy.Environment, Pool, list[tuple[float, str]]]:
+def _pool(servers: int = 1, prefill_token: bool = False) -> tuple[simpy.Environment, Pool, list[tuple[float, str]]]:
     """A pool of ``servers`` with a fixed decode step and known prefill costs, and the
     list its finished sequences are recorded in (time, rollout)."""
     env = simpy.Environment()
     done: list[tuple[float, str]] = []
     generation = GenerationSection(
         servers=servers, slots=16, step_base_s=STEP, step_per_seq_s=0.0, step_per_kv_token_s=0.0,
-        prefill_pass_s=PASS, prefill_per_token_s=PER_TOKEN, start_overhead_s=START,
+        prefill_pass_s=PASS, prefill_per_token_s=PER_TOKEN, start_overhead_s=START, prefill_token=prefill_token,
     )
     pool = Pool(generation, env, lambda _server, now, finished: done.extend((now, rollout) for rollout, _ in finished))
     return env, pool, done
@@ -136,3 +136,33 @@ def test_a_simulated_update_re_prefills_each_server_in_one_pass(staleness: int) 
     # per start instead (the old prefill_base_s, now start_overhead_s): p0, p1, p2
     assert seconds(f"generation.start_overhead_s={PASS}") == pytest.approx(base + 3 * PASS, rel=1e-9)
     assert seconds(f"generation.prefill_base_s={PASS}") == pytest.approx(base + 3 * PASS, rel=1e-9)
+
+
+@pytest.mark.parametrize("length", [1, 4])
+def test_with_prefill_token_the_pass_samples_a_start_first_token(length: int) -> None:
+    """An engine's prefill samples a sequence's first token: ``length`` tokens take the
+    pass and ``length - 1`` decode steps (a one-token answer is done with its pass), and
+    the tokens it reports are still ``length``."""
+    env, pool, _ = _pool(prefill_token=True)
+    lengths: list[int] = []
+    pool.finished = lambda _server, now, finished: lengths.extend(tokens for _, tokens in finished) or times.append(now)
+    times: list[float] = []
+    _start(pool, 0, "a", 10, length)
+    env.run()
+    assert times == pytest.approx([PASS + PER_TOKEN * 10 + START + (length - 1) * STEP], rel=1e-9)
+    assert lengths == [length]
+
+
+def test_with_prefill_token_a_re_prefill_moves_every_interrupted_sequence_one_token_on() -> None:
+    """After a weight update the re-prefill samples each interrupted sequence's next
+    token: a sequence 3 tokens from its end finishes 2 decode steps after the pass."""
+    env, pool, done = _pool(prefill_token=True)
+    _start(pool, 0, "a", 10, 6)
+    start = PASS + PER_TOKEN * 10 + START
+    env.run(until=start + 2 * STEP)  # the pass gave token 1, two steps tokens 2-3: 3 left
+    pool.freeze(env.now)
+    kv = pool.servers[0].kv_offset + pool.servers[0].active * pool.servers[0].steps
+    pool.reprefill(env.now)
+    pool.thaw(env.now)
+    env.run()
+    assert [t for t, _ in done] == pytest.approx([start + 2 * STEP + PASS + PER_TOKEN * kv + 2 * STEP], rel=1e-9)
