@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the warm-up, the prompts and the sampling")
     parser.add_argument("--gc", default="update", choices=GC_MODES, help="when the garbage collector runs (RunConfig.gc)")
     parser.add_argument("--entropy-coef", type=float, default=0.0, help="weight of the entropy bonus (RunConfig.entropy_coef)")
+    parser.add_argument("--kl-target", type=float, default=0.0, help="the rate follows the updates' kl_behaviour (RunConfig.kl_target)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
 
@@ -85,7 +86,7 @@ def main() -> None:
         task=args.task, model_size=args.model_size, model_dir=args.model, max_new_tokens=args.max_new_tokens,
         sft_lr=args.sft_lr, steps=args.steps, batch_size=args.batch_size, group_size=args.group_size,
         warmup_steps=args.warmup_steps, lr=args.lr, minibatches=args.minibatches, device=args.device,
-        checkpoint_every=max(1, args.steps // 4), seed=args.seed, gc=args.gc, entropy_coef=args.entropy_coef,
+        checkpoint_every=max(1, args.steps // 4), seed=args.seed, gc=args.gc, entropy_coef=args.entropy_coef, kl_target=args.kl_target,
     )
     start = time.perf_counter()
     # the shared warm-up: a run's setup (supervised steps), its weights saved, no update

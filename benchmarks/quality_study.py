@@ -66,6 +66,8 @@ def run_matrix(args: argparse.Namespace) -> None:
             extra = [*extra, "--lr", str(lr)]
         if args.entropy_coef:
             extra = [*extra, "--entropy-coef", str(args.entropy_coef)]
+        if args.kl_target:
+            extra = [*extra, "--kl-target", str(args.kl_target)]
         for seed in range(args.seeds):
             out = args.out / slug(task) / f"seed{seed}"
             if args.warmup_steps is not None:
@@ -165,6 +167,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="the built-in tasks' RL learning rate (default 2e-3)")
     parser.add_argument("--rg-lr", type=float, default=None, help="the reasoning-gym tasks' RL learning rate (default 1e-4)")
     parser.add_argument("--entropy-coef", type=float, default=0.0, help="every run's entropy bonus (0: none)")
+    parser.add_argument("--kl-target", type=float, default=0.0, help="every run's kl_target (0: a fixed rate)")
     parser.add_argument("--tail", type=int, default=1,
                         help="held-out reward at the end as the mean of the last N evaluations (1: the final weights' alone)")
     parser.add_argument("--summarise", type=Path, default=None, help="only print the table of an earlier --out")

@@ -144,6 +144,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr-warmup", type=_at_least(0), default=defaults.lr_warmup, help="RL updates of linear learning-rate warm-up")
     parser.add_argument("--lr-schedule", default=defaults.lr_schedule, choices=LR_SCHEDULES,
                         help="after warm-up: constant, or cosine down to a tenth of --lr by the last update")
+    parser.add_argument("--kl-target", type=_non_negative_number, default=defaults.kl_target, metavar="KL",
+                        help="scale the rate down (by 1.5 per update, back up to --lr's schedule) while an update's mean "
+                             "kl_behaviour exceeds twice KL, the distance stale samples tolerate (0: off)")
     parser.add_argument("--kl-coef", type=_non_negative_number, default=defaults.kl_coef,
                         help="weight of the KL penalty to the policy RL starts from (0: none)")
     parser.add_argument("--entropy-coef", type=_non_negative_number, default=defaults.entropy_coef,
@@ -201,7 +204,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         checkpoint_every=args.checkpoint_every, requeue_lost=args.requeue_lost, init=args.init, seed=args.seed,
         device=args.device or defaults.device, gc=args.gc, kl_coef=args.kl_coef, entropy_coef=args.entropy_coef,
         lr_warmup=args.lr_warmup, lr_schedule=args.lr_schedule, metrics=args.metrics, engine=args.engine,
-        vllm_memory=args.vllm_memory, overlap=args.overlap,
+        vllm_memory=args.vllm_memory, overlap=args.overlap, kl_target=args.kl_target,
     )
 
 

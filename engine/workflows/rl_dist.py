@@ -66,6 +66,9 @@ def check_split(config: RunConfig, trainers: int) -> None:
     ``dp_size = trainers`` ranks, which are the global ones exactly when ``x`` is a
     multiple of the ranks (each rank's share of a batch is then ``batch_size // trainers``
     rollouts)."""
+    if config.kl_target and trainers > 1:
+        raise ValueError("--kl-target adapts the rate from rank 0's shard of each update; with --nproc above 1 the ranks "
+                         "would need one measure: leave out --kl-target")
     if config.overlap:
         raise ValueError("--overlap runs generation in a thread of one process; with --nproc, generate apart with --generators")
     for flag, value in (("--batch-size", config.batch_size), ("--max-concurrent", config.max_concurrent)):

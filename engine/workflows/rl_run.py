@@ -345,6 +345,7 @@ class RLRun:
         trained_at = time.perf_counter()
         overlapped = self.engine.steps - self._steps_at_update  # decode steps while the trainer trained
         version = trainer.version
+        trainer.end_update(steps)  # (kl_target) the next update's rate, checkpointed with it
         trainer.version = version + 1
         due = self.config.is_checkpoint(version + 1)
         if due:

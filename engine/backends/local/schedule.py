@@ -27,3 +27,24 @@ def learning_rate(peak: float, update: int, *, warmup: int = 0, schedule: str = 
         return peak
     progress = min(1.0, (update - warmup + 1) / (total - warmup))
     return peak * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+#: How much :func:`adapt_to_kl` moves the rate's scale at a time, and its least value.
+KL_STEP = 1.5
+KL_FLOOR = 1e-3
+
+
+def adapt_to_kl(scale: float, kl: float, target: float) -> float:
+    """The learning rate's next scale (at most 1) after an update whose mean KL from the
+    current policy to the policies that sampled its batch was ``kl``: divided by
+    ``KL_STEP`` when ``kl`` exceeds twice ``target``, multiplied by it (up to 1) when
+    ``kl`` is under half of it, else kept.  Samples up to ``max_staleness`` versions
+    old come from policies that far behind; a rate that keeps that distance small keeps
+    them usable (``target`` 0: no adaptation)."""
+    if target <= 0 or not math.isfinite(kl):
+        return scale
+    if kl > 2 * target:
+        return max(KL_FLOOR, scale / KL_STEP)
+    if kl < target / 2:
+        return min(1.0, scale * KL_STEP)
+    return scale

@@ -41,7 +41,7 @@ from engine.backends.local.objectives import (
     masked_mean,
     ppo_loss,
 )
-from engine.backends.local.schedule import LR_SCHEDULES, learning_rate
+from engine.backends.local.schedule import LR_SCHEDULES, adapt_to_kl, learning_rate
 from engine.runtime.ports import Sample
 
 class ProblemWithAnswer(Protocol):
@@ -84,6 +84,9 @@ class TrainerConfig:
     lr_warmup: int = 0
     lr_schedule: str = "constant"
     total_updates: int = 0
+    #: Keep each update's mean ``kl_behaviour`` near this by scaling the rate down (and
+    #: back up to the schedule's) between updates (:func:`adapt_to_kl`); 0: off.
+    kl_target: float = 0.0
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -95,7 +98,7 @@ class TrainerConfig:
         for name in ("lr", "sft_lr", "grad_clip", "clip_eps", "behaviour_cap"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("kl_coef", "entropy_coef"):
+        for name in ("kl_coef", "entropy_coef", "kl_target"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise ValueError(f"{name} must be a finite number of at least 0, got {getattr(self, name)}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -173,6 +176,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.version = 0
         self.sft_steps = 0
+        self.lr_scale = 1.0  # the rate's scale under kl_target (end_update)
         self.recompute_seconds = 0.0  # the proximal recomputations' time, summed (calibration reads it)
         #: The frozen policy of the KL penalty (``config.kl_coef > 0``), set by :meth:`set_reference`.
         self.reference: PolicyModule | None = None
@@ -192,7 +196,15 @@ class Trainer:
     def rl_lr(self) -> float:
         """The learning rate of the update from ``version`` (warm-up, then the schedule)."""
         config = self.config
-        return learning_rate(config.lr, self.version, warmup=config.lr_warmup, schedule=config.lr_schedule, total=config.total_updates)
+        return self.lr_scale * learning_rate(config.lr, self.version, warmup=config.lr_warmup, schedule=config.lr_schedule,
+                                             total=config.total_updates)
+
+    def end_update(self, steps: Sequence[dict[str, float]]) -> None:
+        """After an update's steps (their statistics): with ``kl_target``, move the
+        rate's scale by the update's mean ``kl_behaviour`` (:func:`adapt_to_kl`)."""
+        kls = [step["kl_behaviour"] for step in steps if "kl_behaviour" in step]
+        if self.config.kl_target and kls:
+            self.lr_scale = adapt_to_kl(self.lr_scale, sum(kls) / len(kls), self.config.kl_target)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast on a GPU, nothing on the CPU."""
@@ -323,6 +335,7 @@ class Trainer:
             for part in range(len(update.rows)):
                 info = self.forward_backward(update, epoch, part)
                 steps.append({**info, "grad_norm": self.optim_step()})
+        self.end_update(steps)
         self.version += 1
         return {**mean_stats(steps), "reward": float(rewards.mean())}
 
@@ -353,6 +366,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "version": self.version,
             "sft_steps": self.sft_steps,
+            "lr_scale": self.lr_scale,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -360,6 +374,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.version = state["version"]
         self.sft_steps = state["sft_steps"]
+        self.lr_scale = float(state.get("lr_scale", 1.0))  # (checkpoints before kl_target have none)
 
 
 @torch.no_grad()
