@@ -361,6 +361,7 @@ def calibrate(
             prefill_pass_s=costs.prefill_pass_s, prefill_per_token_s=costs.prefill_per_token_s,
             start_overhead_s=costs.start_overhead_s,
             prefill_token=True,  # the engine's prefill samples each prefilled sequence's next token
+            startup_s=costs.startup_s,
         )
         train = costs.train
         training = replace(

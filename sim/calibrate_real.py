@@ -58,6 +58,7 @@ class Update:
     prefill_tokens: float = 0.0
     prefill_rows: float = 0.0  # sequences prefilled: each start's group, and every re-prefilled one
     starts: float = 0.0  # rollouts submitted during the update's interval (from the log)
+    first: bool = False  # a run's first update (its collect time holds the engine's start)
 
 
 def updates(
@@ -67,7 +68,7 @@ def updates(
     per-update differences.  ``slots`` and ``sequences`` are the run's when a line
     does not say; ``recompute_in_step`` folds the recomputation into the step (the
     simulator recomputes only under ``segment_wise``)."""
-    out = []
+    out: list[Update] = []
     before: dict[str, Any] = {"wall_s": 0.0, "decode_steps": 0, "generated_tokens": 0, "prefills": 0, "prefill_tokens": 0,
                               "prefill_rows": 0, "decode_s": 0.0, "prefill_s": 0.0}
     times = sorted(submitted or [])
@@ -103,6 +104,7 @@ def updates(
             prefill_tokens=float(row.get("prefill_tokens", 0)) - float(before.get("prefill_tokens", 0)),
             prefill_rows=float(row.get("prefill_rows", 0)) - float(before.get("prefill_rows", 0)),
             starts=float(starts),
+            first=not out,
         ))
         before = row
     return out
@@ -125,7 +127,8 @@ class RealCosts:
     overhead_s: float
     generation_r2: float  # of the collect time the generation terms predict
     scale: float = 1.0  # the factor that made the generation terms add up to the total collect time
-    unseen: str = ""  # how the prefill of prompt tokens the simulator does not count was folded in
+    unseen: str = ""
+    startup_s: float = 0.0  # a run's first collect beyond what the terms predict: the engine's start  # how the prefill of prompt tokens the simulator does not count was folded in
 
     def notes(self) -> list[str]:
         lines = [
@@ -136,6 +139,8 @@ class RealCosts:
         if self.unseen:
             lines.append(f"{'unseen prompts':<16} {self.unseen}")
         return lines + [
+            f"{'engine start':<16} {self.startup_s:.4g} s (startup_s: each run's first collect beyond what the terms above "
+            "predict for it, the engine's first passes of new shapes; the first updates are left out of the fits)",
             f"{'collect time':<16} R^2 {self.generation_r2:.3f} predicted from the generation terms above, scaled by {self.scale:.3f} to its total",
             f"{'recompute':<16} {self.recompute_per_token_s:.4g} s per trained token",
             f"{'update overhead':<16} mean {self.overhead_s:.4g} s per update (neither collecting, training, recomputing nor syncing)",
@@ -176,15 +181,22 @@ def fit_costs(found: list[Update], unseen_prompt: float = 0.0, group: int = 1) -
     count (its prompt length is the trainer's, which may count completions only; a
     rollout is ``group`` sequences): their prefill is folded into the cost per start
     (a start's own rows) and per pass (the rows re-prefilled after updates)."""
+    firsts = [u for u in found if u.first]
+    found = [u for u in found if not u.first] or found  # the fits are of a running engine
     fits, c = _generation(found)
     collect = [u.collect_s for u in found]
-    predicted = [u.steps * (c["base"] + c["per_slot"] * u.slots) + c["per_seq"] * u.tokens
-                 + c["pass"] * u.prefills + c["per_token"] * u.prefill_tokens + c["start"] * u.starts for u in found]
+
+    def terms(u: Update) -> float:
+        return (u.steps * (c["base"] + c["per_slot"] * u.slots) + c["per_seq"] * u.tokens
+                + c["pass"] * u.prefills + c["per_token"] * u.prefill_tokens + c["start"] * u.starts)
+
+    predicted = [terms(u) for u in found]
     # the terms fitted apart need not add up to the collect time in total (no intercept,
     # outliers): scale them so that they do, since throughput is a ratio of totals
     scale = sum(collect) / sum(predicted) if sum(predicted) > 0 else 1.0
     c = {name: value * scale for name, value in c.items()}
     predicted = [p * scale for p in predicted]
+    startup = statistics.fmean(max(0.0, u.collect_s - terms(u)) for u in firsts) if firsts and len(found) > len(firsts) else 0.0
     mean = statistics.fmean(collect)
     ss_tot = sum((y - mean) ** 2 for y in collect)
     r2 = 1.0 - sum((y - p) ** 2 for y, p in zip(collect, predicted)) / ss_tot if ss_tot > 0 else 0.0
@@ -207,4 +219,5 @@ def fit_costs(found: list[Update], unseen_prompt: float = 0.0, group: int = 1) -
     per_token = sum(u.recompute_s for u in recomputed) / max(1.0, sum(u.trained_tokens for u in recomputed)) if recomputed else 0.0
     syncs = [u.sync_s for u in found if u.sync_s is not None]
     return RealCosts([*fits, train], c["base"], c["per_slot"], c["per_seq"], c["pass"], c["per_token"], c["start"], train, per_token,
-                     statistics.fmean(syncs) if syncs else None, statistics.fmean(u.overhead_s for u in found), r2, scale, unseen)
+                     statistics.fmean(syncs) if syncs else None, statistics.fmean(u.overhead_s for u in found), r2, scale, unseen,
+                     startup)

@@ -132,6 +132,10 @@ class GenerationSection:
             " an update's re-prefill is one pass per server), seconds"
         ),
     )
+    startup_s: float = field(
+        default=0.0,
+        metadata=_doc("a server's one-off start before its first decode (an engine's first passes of new shapes), seconds"),
+    )
     prefill_token: bool = field(
         default=False,
         metadata=_doc("a prefill pass also samples the next token of each sequence it prefills (a start's first, one"
@@ -356,6 +360,7 @@ def _validate(scenario: Scenario) -> None:
         "generation.prefill_per_token_s": scenario.generation.prefill_per_token_s,
         "generation.prefill_pass_s": scenario.generation.prefill_pass_s,
         "generation.start_overhead_s": scenario.generation.start_overhead_s,
+        "generation.startup_s": scenario.generation.startup_s,
         "training.step_base_s": scenario.training.step_base_s,
         "training.step_per_token_s": scenario.training.step_per_token_s,
         "training.step_per_seq_s": scenario.training.step_per_seq_s,

@@ -77,6 +77,7 @@ class Pool:
         self.servers = [Server(i) for i in range(generation.servers)]
         for server in self.servers:
             server.last = env.now
+            server.stall = generation.startup_s  # spent once it has sequences, before its first pass and step
         self.env = env
         self.finished = finished
         self.paused = False  # every server frozen (a weight update)

@@ -18,6 +18,7 @@ TRUE = {
     "step_base": 4e-3, "per_slot": 2e-5, "per_seq": 3e-5,  # decode pass: steps * (base + per_slot * slots) + per_seq * tokens
     "prefill": 1.5e-3, "prefill_token": 2e-6, "executor": 6e-4,  # per pass, per prefilled token, per started rollout
     "train_base": 0.05, "train_token": 2e-5, "train_seq": 1e-3, "sync": 0.002, "overhead": 0.03,
+    "startup": 0.4,  # the engine's start, in each run's first collect
 }
 GROUP = 4  # sequences per rollout
 
@@ -29,7 +30,7 @@ def _run(rng: random.Random, slots: int, batch: int, count: int) -> tuple[list[d
     totals = {"decode_steps": 0, "generated_tokens": 0, "prefills": 0, "prefill_tokens": 0, "prefill_rows": 0, "decode_s": 0.0,
               "prefill_s": 0.0}
     wall = 0.0
-    for _ in range(count):
+    for index in range(count):
         steps = rng.randint(20, 80)
         tokens = steps * rng.uniform(0.3, 1.0) * slots
         starts = rng.randint(batch // 2, 2 * batch)
@@ -37,7 +38,7 @@ def _run(rng: random.Random, slots: int, batch: int, count: int) -> tuple[list[d
         prefill_rows = GROUP * starts + rng.randint(0, slots // 2)  # each start's group, and re-prefilled sequences
         decode_s = noisy(steps * (TRUE["step_base"] + TRUE["per_slot"] * slots) + TRUE["per_seq"] * tokens)
         prefill_s = noisy(TRUE["prefill"] * prefills + TRUE["prefill_token"] * prefill_tokens)
-        collect = decode_s + prefill_s + noisy(TRUE["executor"] * starts)
+        collect = decode_s + prefill_s + noisy(TRUE["executor"] * starts) + (TRUE["startup"] if index == 0 else 0.0)
         trained = rng.randint(10, 40) * batch
         step = noisy(TRUE["train_base"] + TRUE["train_token"] * trained + TRUE["train_seq"] * batch)
         sync, overhead = noisy(TRUE["sync"]), noisy(TRUE["overhead"])
@@ -76,6 +77,7 @@ def test_known_costs_are_recovered_within_5_percent():
     assert _close(costs.prefill_pass_s, TRUE["prefill"]) and _close(costs.prefill_per_token_s, TRUE["prefill_token"])
     assert _close(costs.start_overhead_s, TRUE["executor"])
     assert not costs.unseen and any("prefill_pass_s" in note for note in costs.notes())
+    assert _close(costs.startup_s, TRUE["startup"], 0.1) and any("startup_s" in note for note in costs.notes())
     assert any("start_overhead_s" in note for note in costs.notes())
 
 
@@ -88,8 +90,9 @@ def test_prompt_tokens_the_simulator_does_not_count_are_charged_per_start_and_pe
     found = updates(rows, 256, 64, recompute_in_step=True, submitted=submitted)
     plain, folded = fit_costs(found), fit_costs(found, unseen_prompt=10.0, group=GROUP)
     per_token = plain.prefill_per_token_s
-    starts, passes = sum(u.starts for u in found), sum(u.prefills for u in found)
-    reprefilled = sum(u.prefill_rows for u in found) - GROUP * starts
+    running = [u for u in found if not u.first]  # (a run's first update, the engine's start, is left out of the fits)
+    starts, passes = sum(u.starts for u in running), sum(u.prefills for u in running)
+    reprefilled = sum(u.prefill_rows for u in running) - GROUP * starts
     assert folded.start_overhead_s == pytest.approx(plain.start_overhead_s + per_token * 10 * GROUP)
     assert folded.prefill_pass_s == pytest.approx(plain.prefill_pass_s + per_token * 10 * reprefilled / passes)
     assert folded.prefill_per_token_s == per_token and "10 prompt tokens" in folded.unseen

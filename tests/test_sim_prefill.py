@@ -166,3 +166,19 @@ def test_with_prefill_token_a_re_prefill_moves_every_interrupted_sequence_one_to
     pool.thaw(env.now)
     env.run()
     assert [t for t, _ in done] == pytest.approx([start + 2 * STEP + PASS + PER_TOKEN * kv + 2 * STEP], rel=1e-9)
+
+
+def test_a_servers_start_delays_its_first_sequences_once() -> None:
+    """``startup_s`` is spent once, before the first pass: the first rollout finishes that
+    much later, one started after it does not."""
+    env = simpy.Environment()
+    done: list[tuple[float, str]] = []
+    generation = GenerationSection(servers=1, slots=16, step_base_s=STEP, step_per_seq_s=0.0, step_per_kv_token_s=0.0,
+                                   prefill_pass_s=PASS, prefill_per_token_s=0.0, start_overhead_s=0.0, startup_s=0.3)
+    pool = Pool(generation, env, lambda _server, now, finished: done.extend((now, rollout) for rollout, _ in finished))
+    _start(pool, 0, "a", 10, 2)
+    env.run()
+    _start(pool, 0, "b", 10, 2)
+    env.run()
+    first = 0.3 + PASS + 2 * STEP
+    assert [t for t, _ in done] == pytest.approx([first, first + PASS + 2 * STEP], rel=1e-9)
