@@ -52,11 +52,14 @@ def group_sampler(dist: Distribution, group: int, field_name: str = "distributio
     """A function drawing the lengths of a group of ``group`` samples from ``dist``: one
     row of an ``empirical`` CSV whose rows are groups of that size, else ``group``
     independent draws (in the order :func:`sampler` would make them)."""
-    if dist.kind == "empirical" and Path(dist.path).suffix in (".csv", ".txt"):
-        rows = [row for row in load_rows(dist.path, field_name) if len(row) == group]
-        if rows and group > 1:
-            choose = random.Random.choice
-            return lambda rng: choose(rng, rows)
+    if dist.kind == "empirical":
+        rows = load_rows(dist.path, field_name)
+        whole = [row for row in rows if len(row) == group]
+        choose = random.Random.choice
+        if whole and group > 1:
+            return lambda rng: choose(rng, whole)
+        lengths = [length for row in rows for length in row]
+        return lambda rng: [choose(rng, lengths) for _ in range(group)]
     one = sampler(dist, field_name)
     return lambda rng: [one(rng) for _ in range(group)]
 
@@ -75,32 +78,27 @@ def lognormal_cdf(dist: Distribution, length: int) -> float:
 
 def load_lengths(path: str | Path, field_name: str = "distribution") -> list[int]:
     """Positive lengths from an event log (``.db``/``.sqlite``/``.jsonl``) or a CSV file."""
+    return [length for row in load_rows(path, field_name) for length in row]
+
+
+def load_rows(path: str | Path, field_name: str = "distribution") -> list[list[int]]:
+    """The rows of lengths of a CSV file (each row one sample's length or one group's),
+    or of an event log (each accepted rollout's tokens, a row of one)."""
     path = Path(path)
     if not path.is_file():
         raise ScenarioError(f"{field_name}.path", f"no file at {path}")
     try:
         if path.suffix in (".csv", ".txt"):
-            lengths = _csv_lengths(path, field_name)
+            rows = _csv_rows(path, field_name)
         else:
-            lengths = _log_lengths(path, field_name)
+            rows = [[length] for length in _log_lengths(path, field_name)]
     except UnicodeDecodeError as err:
         raise ScenarioError(f"{field_name}.path", f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
     except csv.Error as err:
         raise ScenarioError(f"{field_name}.path", f"{path} is not a CSV file: {err}") from None
-    if not lengths:
+    if not rows:
         raise ScenarioError(f"{field_name}.path", f"{path} holds no lengths")
-    return lengths
-
-
-def load_rows(path: str | Path, field_name: str = "distribution") -> list[list[int]]:
-    """The rows of lengths of a CSV file (each row one sample's length or one group's)."""
-    path = Path(path)
-    load_lengths(path, field_name)  # the checks, and the error naming a bad file
-    return _csv_rows(path, field_name)
-
-
-def _csv_lengths(path: Path, field_name: str) -> list[int]:
-    return [length for row in _csv_rows(path, field_name) for length in row]
+    return rows
 
 
 def _csv_rows(path: Path, field_name: str) -> list[list[int]]:
@@ -108,28 +106,21 @@ def _csv_rows(path: Path, field_name: str) -> list[list[int]]:
     with open(path, newline="", encoding="utf-8") as handle:
         for number, row in enumerate(csv.reader(handle), start=1):
             cells = [cell for cell in row if cell.strip()]
-            if not cells:
-                continue
-            try:
-                values = [float(cell) for cell in cells]
-            except ValueError:
-                if number == 1:  # a header line
-                    continue
-                bad = next(cell for cell in cells if not _is_number(cell))
-                raise ScenarioError(f"{field_name}.path", f"{path} line {number}: {bad!r} is not a number") from None
-            for cell, value in zip(cells, values):
+            values = []
+            for cell in cells:
+                try:
+                    value = float(cell)
+                except ValueError:
+                    if number == 1:  # a header line
+                        break
+                    raise ScenarioError(f"{field_name}.path", f"{path} line {number}: {cell!r} is not a number") from None
                 if value < 1 or not math.isfinite(value):
                     raise ScenarioError(f"{field_name}.path", f"{path} line {number}: length {cell!r} must be at least 1")
-            rows.append([int(round(value)) for value in values])
+                values.append(int(round(value)))
+            else:
+                if values:
+                    rows.append(values)
     return rows
-
-
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
 
 
 def _log_lengths(path: Path, field_name: str) -> list[int]:

@@ -137,7 +137,6 @@ class RLRun:
         self._recompute_s = 0.0  # this update's segment-wise recomputation
         self._recompute_before = 0.0  # the trainer's recomputation seconds at begin_update
         self.collector = Collector(config.gc)  # started by setup(), stopped by close()
-        self._paused_for_update = False
 
     @classmethod
     def resumed(
@@ -225,10 +224,7 @@ class RLRun:
             store=TrajectoryStore(self.run_dir / "samples.sqlite"), timeout_s=config.timeout_s, max_retries=config.max_retries,
         )
         self.sinks = open_sinks(self.config.metrics, self.run_dir, asdict(config))
-        if config.overlap:
-            if group is not None:
-                raise ValueError("--overlap runs generation in a thread of one process; a distributed run "
-                                 "generates apart with --generators instead")
+        if config.overlap:  # (a distributed run refuses it first: rl_dist.check_split)
             self.loop.start_thread(self.device)
         self.loop.run(self._start())
         self.collector.start()
@@ -311,8 +307,7 @@ class RLRun:
         """Pause generation (admissions and decoding) for the update, unless it overlaps
         training (``overlap``: the version bump pauses it for the weights alone);
         returns the trainer."""
-        self._paused_for_update = not self.config.overlap
-        if self._paused_for_update:
+        if not self.config.overlap:
             self.executor.pause()
         self._update_began = time.perf_counter()
         self._steps_at_update = self.engine.steps
@@ -359,9 +354,8 @@ class RLRun:
         if saved is not None:  # samples, then the log, are made durable with each checkpoint
             executor.timed(self.ledger.append, Checkpoint(version + 1, str(saved)))
             self._write()
-        if self._paused_for_update:
+        if not self.config.overlap:  # (with overlap, set_version paused and resumed it)
             executor.resume()
-            self._paused_for_update = False
         self.collector.collect()
         prepare_recompute = getattr(trainer, "recompute_seconds", 0.0) - self._recompute_before
         record = rl_models.update_record(
