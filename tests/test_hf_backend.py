@@ -273,3 +273,19 @@ def test_the_trainers_forward_pass_has_no_dropout_even_in_training_mode(tmp_path
     tokens = torch.tensor([[3, 40, 41, 42, 43, 44, 45]])
     assert policy.training and not policy.lm.training
     assert torch.equal(policy.logprobs(tokens), policy.logprobs(tokens))
+
+
+def test_supervised_batches_mask_the_answers_tokens_when_the_tokenizer_merges_characters(model_dir):
+    """``sequences`` sizes each answer by its tokens, not its characters: with a BPE that
+    merges characters the two differ, and the mask covers exactly the answer and its end."""
+    from engine.workflows.common import sequences
+
+    tokenizer = load_tokenizer(model_dir)
+    pairs = [("Reverse this list of words: the, quick, brown", "brown, quick, the"), ("Calculate 1 + 2", "3")]
+    assert len(tokenizer.answer_ids(pairs[0][1])) < len(pairs[0][1]) + 1  # the tokenizer merges here
+    tokens, mask = sequences(tokenizer, pairs, 512)
+    for row, (prompt, answer) in enumerate(pairs):
+        start, answer_ids = len(tokenizer.prompt_ids(prompt)), tokenizer.answer_ids(answer)
+        assert mask[row].sum() == len(answer_ids)
+        assert tokens[row, start : start + len(answer_ids)].tolist() == answer_ids
+        assert mask[row, start - 1 : start - 1 + len(answer_ids)].tolist() == [1.0] * len(answer_ids)

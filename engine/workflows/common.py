@@ -70,7 +70,10 @@ def settings_check(least: Mapping[str, int] | None = None, positive: Sequence[st
 def sequences(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], max_width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ``<bos> prompt answer <eos>`` tokens ``[B, T]`` and the mask ``[B, T-1]``
     of the answer's target positions, for ``(prompt, answer)`` pairs."""
-    samples = [Sample(tokenizer.prompt_ids(p), tokenizer.answer_ids(a), [0.0] * (len(a) + 1), [0] * (len(a) + 1), 0.0) for p, a in pairs]
+    samples = []
+    for prompt, answer in pairs:
+        ids = tokenizer.answer_ids(answer)  # the answer's tokens and its end token: as many as the string has characters only for a character tokenizer
+        samples.append(Sample(tokenizer.prompt_ids(prompt), ids, [0.0] * len(ids), [0] * len(ids), 0.0))
     batch = pad_samples(samples, tokenizer.pad_id, "cpu", max_width)
     return batch.tokens, batch.mask
 
