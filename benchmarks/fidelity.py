@@ -28,6 +28,11 @@ consumption of the next batch) over the run's wall time, as the simulator's
 figures and the mean parts of its updates (collect, step, recompute, sync, overhead);
 ``results.json`` also has each run's prefill passes per update, predicted and measured
 (the engine's counter), printed under the table.
+
+``--reanalyse DIR`` trains nothing: it calibrates the current cost model on the runs an
+earlier study left in ``DIR`` and predicts them again, writing to ``--out`` (never into
+``DIR``).  Those predictions come *after* the runs, so they show how the model as it is
+now explains them, not that it foresaw them; the table says so.
 """
 
 from __future__ import annotations
@@ -160,23 +165,30 @@ def main() -> None:
     parser.add_argument("--lengths", choices=("empirical", "lognormal"), default="empirical", help="calibrated response lengths")
     parser.add_argument("--staleness", default="0,4,8", help="bounds to predict and run")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reanalyse", type=Path, default=None, metavar="DIR",
+                        help="train nothing: calibrate on and predict again the runs of an earlier study in DIR (with the flags it ran with)")
     args = parser.parse_args()
     out: Path = args.out
+    runs: Path = args.reanalyse or out
+    if args.reanalyse is not None:
+        if out.resolve() == runs.resolve():
+            sys.exit("fidelity: --out must differ from --reanalyse (the earlier study's files are not changed)")
+        if not (runs / "calibration" / "metrics.jsonl").is_file():
+            sys.exit(f"fidelity: {runs}: no calibration/metrics.jsonl, not a fidelity study's output")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
-    print("warm-up", flush=True)
-    train(args, out / "warmup", 0, args.batch_size, 1, ["--warmup-steps", str(args.warmup_steps)])
     init = ["--init", str(out / "warmup" / "final.safetensors"), "--warmup-steps", "0"]
-
-    print(f"calibration run at max_staleness {args.calibrate_at}", flush=True)
-    train(args, out / "calibration", args.calibrate_at, args.batch_size, args.steps, init)
-    logs = [str(out / "calibration")]
-    if args.probe_batch_size:
-        probe = out / f"probe-batch{args.probe_batch_size}"
-        print(f"probe run at max_staleness {args.calibrate_at}, batch {args.probe_batch_size}", flush=True)
-        train(args, probe, args.calibrate_at, args.probe_batch_size, args.probe_steps or max(4, args.steps // 2), init)
-        logs.append(str(probe))
+    probe = runs / f"probe-batch{args.probe_batch_size}"
+    if args.reanalyse is None:
+        print("warm-up", flush=True)
+        train(args, out / "warmup", 0, args.batch_size, 1, ["--warmup-steps", str(args.warmup_steps)])
+        print(f"calibration run at max_staleness {args.calibrate_at}", flush=True)
+        train(args, out / "calibration", args.calibrate_at, args.batch_size, args.steps, init)
+        if args.probe_batch_size:
+            print(f"probe run at max_staleness {args.calibrate_at}, batch {args.probe_batch_size}", flush=True)
+            train(args, probe, args.calibrate_at, args.probe_batch_size, args.probe_steps or max(4, args.steps // 2), init)
+    logs = [str(runs / "calibration")] + ([str(probe)] if args.probe_batch_size else [])
     scenario = out / "calibrated.toml"
     command = [sys.executable, "-m", "engine.cli", "calibrate", *logs, "-o", str(scenario), "--lengths", args.lengths]
     (out / "commands.txt").write_text(" ".join(["python", *sys.argv]) + "\n" + " ".join(["rollout-ledger", *command[3:]]) + "\n")
@@ -191,15 +203,17 @@ def main() -> None:
     plan.insert(0, (f"staleness{args.calibrate_at}-calibration", args.calibrate_at, args.batch_size))
     predictions = {name: predict(scenario, k, batch, args.steps, args) for name, k, batch in plan}
     (out / "predictions.json").write_text(json.dumps(predictions, indent=1))  # before any predicted run starts
-    print(f"predictions written to {out / 'predictions.json'}", flush=True)
+    print(f"predictions written to {out / 'predictions.json'}" + (" (after the runs: a reanalysis)" if args.reanalyse else ""), flush=True)
 
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": {}}
     summaries: dict[str, Any] = {}
     for name, k, batch in plan:
-        if name.endswith("-calibration"):
-            run_dir = out / "calibration"
-        else:
-            run_dir = out / name
+        run_dir = runs / ("calibration" if name.endswith("-calibration") else name)
+        if args.reanalyse is not None:
+            if not (run_dir / "metrics.jsonl").is_file():
+                print(f"  {name}: not in {runs}, left out", flush=True)
+                continue
+        elif not name.endswith("-calibration"):
             train(args, run_dir, k, batch, args.steps, init)
         summaries[name] = summary(run_dir)
         results["runs"][name] = {"predicted": predictions[name], "measured": summaries[name]["measured"]}
@@ -221,6 +235,9 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     results["worst_error_pct"] = worst
+    if args.reanalyse is not None:
+        results["reanalysis_of"] = str(runs)
+        table = f"Reanalysis of {runs}: the current model calibrated and predicting AFTER these runs.\n\n" + table
     results["total_s"] = time.perf_counter() - start
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "table.md").write_text(table + "\n")

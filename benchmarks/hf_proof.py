@@ -7,11 +7,11 @@ before it runs:
    width 768: about 113M parameters) with its offline tokenizer;
 2. ``run supervised``: the supervised workflow warms it up on the task's reference
    answers (on the GPU in bfloat16 autocast) and writes its weights;
-3. ``train --init`` those weights twice, the same flags but ``--max-staleness``: 0
-   (synchronous) and ``--async-staleness`` (default 4), each measuring held-out
+3. ``train --init`` those weights, the same flags but ``--max-staleness``: 0
+   (synchronous) and each of ``--async-staleness`` (default 4; e.g. ``4,8``), each measuring held-out
    reward every ``--eval-every`` updates (time left out of ``wall_s``); with
-   ``--overlap`` a third time, asynchronous with ``train --overlap`` (generation beside
-   training).
+   ``--overlap`` each asynchronous setting again with ``train --overlap`` (generation
+   beside training).
 
 Then it reads both runs' ``metrics.jsonl`` and prints a markdown table: time to a
 held-out target both runs reach (the largest multiple of ``--target-step`` both
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--max-concurrent", type=int, default=64, help="rollouts in flight (both runs: the same engine)")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-5)
-    parser.add_argument("--async-staleness", type=int, default=4)
+    parser.add_argument("--async-staleness", default="4", help="max_staleness of the asynchronous runs (comma-separated: one run each)")
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--eval-size", type=int, default=256)
     parser.add_argument("--target", type=float, default=None, help="held-out reward to reach (default: see --target-step)")
@@ -142,9 +142,10 @@ def main() -> None:
                 "seed": args.seed, "max_new_tokens": args.max_new_tokens}
         flags = [part for key, value in sets.items() for part in ("--set", f"{key}={value}")]
         timings["supervised"] = command(["run", "supervised", "--log", str(sft_log), *flags], out / "supervised.log")
-    runs: dict[str, tuple[int, list[str]]] = {"sync": (0, []), f"async-{args.async_staleness}": (args.async_staleness, [])}
+    bounds = [int(k) for k in str(args.async_staleness).split(",")]
+    runs: dict[str, tuple[int, list[str]]] = {"sync": (0, [])} | {f"async-{k}": (k, []) for k in bounds}
     if args.overlap:
-        runs[f"async-{args.async_staleness}-overlap"] = (args.async_staleness, ["--overlap"])
+        runs |= {f"async-{k}-overlap": (k, ["--overlap"]) for k in bounds}
     common = ["--model", str(model), "--task", args.task, "--init", str(weights), "--device", args.device,
               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--group-size", str(args.group_size),
               "--max-concurrent", str(args.max_concurrent), "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.lr),

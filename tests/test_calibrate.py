@@ -133,3 +133,44 @@ def test_a_real_runs_group_lengths_are_drawn_together_and_an_overlapped_run_is_n
     assert all(tuple(draw(rng)) in set(rows) for _ in range(50))
     apart = group_sampler(fit.scenario.workload.response_len, 2)  # rows of another size: each sample apart
     assert all(len(apart(rng)) == 2 for _ in range(5))
+
+
+@pytest.mark.slow
+def test_the_fidelity_study_runs_small_and_can_be_reanalysed_without_touching_its_runs(tmp_path):
+    """benchmarks/fidelity.py end to end on a CPU (tiny model, a few updates): predictions
+    are written before the predicted runs (their file is older than those runs' logs);
+    ``--reanalyse`` predicts the same runs again into another folder and changes no file
+    of the study it reads."""
+    pytest.importorskip("torch")
+    import hashlib
+    from pathlib import Path
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    flags = ["--device", "cpu", "--model-size", "tiny", "--steps", "6", "--batch-size", "4", "--concurrency", "2",
+             "--warmup-steps", "2", "--other-batch-size", "8", "--probe-batch-size", "2", "--staleness", "0,4"]
+    study = tmp_path / "study"
+    run = lambda *extra: subprocess.run([sys.executable, "benchmarks/fidelity.py", *flags, *extra], cwd=root,  # noqa: E731
+                                        capture_output=True, text=True)
+    first = run("--out", str(study))
+    assert first.returncode == 0, first.stderr[-2000:]
+    results = json.loads((study / "results.json").read_text())
+    assert set(results["runs"]) == {"staleness2-calibration", "staleness0", "staleness4", "staleness2-batch8"}
+    written = (study / "predictions.json").stat().st_mtime_ns
+    assert all((study / name / "metrics.jsonl").stat().st_mtime_ns > written for name in ("staleness0", "staleness4"))
+
+    fingerprint = lambda: {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(study.rglob("*")) if p.is_file()}  # noqa: E731
+    before = fingerprint()
+    again = run("--out", str(tmp_path / "again"), "--reanalyse", str(study))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert fingerprint() == before
+    redone = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert redone["reanalysis_of"] == str(study)
+    assert "AFTER" in (tmp_path / "again" / "table.md").read_text()
+    for name, row in results["runs"].items():  # the same runs measured the same way
+        assert redone["runs"][name]["measured"] == row["measured"]
+        assert redone["runs"][name]["predicted"] == row["predicted"]  # same model, same data: same prediction
+    refused = run("--out", str(study), "--reanalyse", str(study))
+    assert refused.returncode != 0 and "must differ" in refused.stderr
