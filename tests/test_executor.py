@@ -216,3 +216,46 @@ def test_segment_wise_asks_for_recomputation_of_ready_rollouts_before_the_versio
     assert len(asked) == 1 and set(asked[0]) == left
     assert all(ledger.state.rollouts[r].recomputed_version == 1 for r in left)  # so they survive the purge
     ledger.close()
+
+
+def test_the_trainer_takes_a_finished_batch_before_the_engine_steps_again(tmp_path):
+    """Through the run's loop (as a trainer collects), each batch comes back at the
+    engine step on which a sample last finished: no decode step runs between a batch
+    being complete and the trainer taking it (an engine that steps in between runs
+    ahead of the trainer; with rollouts started at different updates, other
+    sequences are still busy at most returns, so such a step would show)."""
+    from engine.backends.local import generation
+    from engine.workflows.rl_loop import RunLoop
+
+    config = Config(max_concurrent=8, batch_size=2, max_staleness=3)
+    executor, ledger, model = _executor(tmp_path, config)  # the untrained model's lengths differ
+    engine = executor.engine
+    ended_at: list[int] = []
+    finished = engine._finished
+
+    def note(handle):
+        finished(handle)
+        ended_at.append(engine.steps)
+
+    engine._finished = note
+    loop = RunLoop()
+
+    async def start():
+        executor.start()
+
+    loop.run(start())
+    prompts, gaps, busy_at_return = _prompts(), [], 0
+    for _ in range(10):
+        waited = ledger.state.ready < 2
+        loop.run(executor.prepare_batch(2, prompts))
+        if waited:
+            gaps.append(engine.steps - ended_at[-1])
+            busy_at_return += engine.busy > 0
+        executor.pause()
+        executor.set_version(model.state_dict())
+        executor.resume()
+    loop.run(executor.close())
+    loop.loop.close()
+    assert gaps and busy_at_return >= 2
+    assert gaps == [0] * len(gaps), f"engine steps between a batch's end and its collection: {gaps}"
+    assert generation.SETTLE_TURNS >= 1

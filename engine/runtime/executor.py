@@ -35,6 +35,7 @@ from engine.core.reducer import PENDING, READY
 from engine.ledger import Ledger
 from engine.logconfig import get_logger
 from engine.runtime.ports import (
+    Generation,
     GenerationEngine,
     GenerationHandle,
     ProblemLike,
@@ -348,7 +349,7 @@ class RolloutExecutor:
             problem = self.problem_of(record.prompt)
             prompt = self.tokenizer.prompt_ids(problem.prompt)
             flight.handles = [self.engine.submit(prompt, self.task.max_new_tokens) for _ in range(self.group_size)]
-            generations = await asyncio.wait_for(asyncio.gather(*(h.result() for h in flight.handles)), self.timeout_s)
+            generations = await self._group(flight.handles)
             samples = []
             for generation in generations:
                 completion = self.tokenizer.decode(generation.tokens)
@@ -374,6 +375,37 @@ class RolloutExecutor:
         self.store_seconds += time.perf_counter() - start
         self._note(self.timed(self._complete, rollout, flight.tokens() - flight.segment_start))
         self._notify()
+
+    def _group(self, handles: list[GenerationHandle]) -> asyncio.Future[list[Generation]]:
+        """One future for a rollout's samples, set by the handles' own callbacks: the
+        rollout's task wakes one turn of the event loop after its last sample finished
+        (a task per sample under ``gather`` and ``wait_for`` took several turns, and an
+        engine steps once per turn, so a finished rollout waited steps to be accepted).
+        It fails with the first sample that fails, is cancelled with one that is, and
+        fails with ``TimeoutError`` after ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        group: asyncio.Future[list[Generation]] = loop.create_future()
+        left = len(handles)
+
+        def one(done: asyncio.Future[Generation]) -> None:
+            nonlocal left
+            if group.done():
+                return
+            if done.cancelled():
+                group.cancel()
+            elif (error := done.exception()) is not None:
+                group.set_exception(error)
+            else:
+                left -= 1
+                if left == 0:
+                    group.set_result([handle.done.result() for handle in handles])
+
+        for handle in handles:
+            handle.done.add_done_callback(one)
+        if self.timeout_s is not None:
+            timer = loop.call_later(self.timeout_s, lambda: group.done() or group.set_exception(TimeoutError()))
+            group.add_done_callback(lambda _: timer.cancel())
+        return group
 
     def _fail(self, rollout: str, reason: str) -> tuple[Event, ...]:
         return self.ledger.fail(rollout, reason, max_retries=self.max_retries)

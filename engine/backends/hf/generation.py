@@ -69,7 +69,7 @@ class HFEngine(LoopEngine):
                 or len(generation.tokens) >= handle.max_new_tokens
                 or len(generation.prompt) + len(generation.tokens) >= self.max_len
             ):
-                handle._finish()
+                self._finished(handle)
                 self._rows[row] = None
 
     def _needs_rebuild(self) -> bool:
