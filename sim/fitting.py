@@ -104,6 +104,25 @@ def fit(name: str, terms: dict[str, list[float]], ys: list[float], weights: list
     return Fit(name, dict(sorted(coefficients.items(), key=lambda kv: order[kv[0]])), r2, residuals, sorted(set(dropped), key=lambda t: order[t]))
 
 
+def staged(name: str, first: dict[str, list[float]], then: dict[str, list[float]], ys: list[float]) -> Fit:
+    """:func:`fit` of ``ys`` on the ``first`` terms, then of what they leave on the
+    ``then`` terms; one :class:`Fit` of all of them.  For terms that only differ between
+    runs (a run's slot count): fitted together with the terms that vary within a run,
+    they take up whatever else differs between the runs, so they get only the rest."""
+    head = fit(name, first, ys)
+    left = [y - sum(head[t] * first[t][i] for t in first) for i, y in enumerate(ys)]
+    tail = fit(name, then, left)
+    terms = {**first, **then}
+    coefficients = {**head.coefficients, **tail.coefficients}
+    predicted = [sum(coefficients[t] * terms[t][i] for t in terms) for i in range(len(ys))]
+    mean = sum(ys) / len(ys) if ys else 0.0
+    ss_res = sum((y - q) ** 2 for y, q in zip(ys, predicted))
+    ss_tot = sum((y - mean) ** 2 for y in ys)
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
+    residuals = [abs(y - q) / abs(y) for y, q in zip(ys, predicted) if y != 0]
+    return Fit(name, coefficients, r2, residuals, [*head.dropped, *tail.dropped])
+
+
 def line(name: str, xs: list[float], ys: list[float], weights: list[float] | None = None) -> Fit:
     """``y = a + b x``: :func:`fit` with an intercept and one slope (named ``"x"``)."""
     return fit(name, {"1": [1.0] * len(xs), "x": xs}, ys, weights)

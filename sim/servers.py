@@ -44,7 +44,8 @@ Finished = Callable[["Server", float, list[tuple[str, int]]], None]
 class Server:
     """One generation server's analytical continuous-batching state."""
 
-    __slots__ = ("index", "heap", "steps", "kv_offset", "active", "stall", "opened", "joinable", "pending", "last", "epoch", "busy")
+    __slots__ = ("index", "heap", "steps", "kv_offset", "active", "stall", "opened", "opened_step", "joinable", "pending", "last", "epoch",
+                 "busy")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -55,6 +56,7 @@ class Server:
         self.active = 0
         self.stall = 0.0  # seconds of the pending prefill pass (and starts' overhead) before decoding resumes
         self.opened = -math.inf  # when the last prefill pass opened (starts at that instant share it, even one costing 0)
+        self.opened_step = -math.inf  # the decode step count then (until one more step is done, starts share it)
         self.joinable = False  # whether that pass admits starts: a start's pass does, a re-prefill's does not
         self.pending = 0.0  # kv tokens of the sequences a pending start's pass prefills
         self.last = 0.0  # simulated time up to which progress is accounted
@@ -192,7 +194,9 @@ class Pool:
         ``lengths()`` tokens long; the group shares its prompt's prefill, in the server's
         pending pass if there is one (its stall not yet spent, or opened at this instant),
         else in a new one."""
-        admitted = server.steps - self.first  # (the pass samples the first token: it counts as a step done)
+        # the engine admits at a step boundary (the next, when one is under way); its pass
+        # samples the first token, which counts as a step done
+        admitted = math.ceil(server.steps - 1e-9) - self.first
         for _ in range(group):
             self._sequences += 1
             heapq.heappush(server.heap, (admitted + lengths(), self._sequences, rollout, admitted, prompt))
@@ -200,7 +204,7 @@ class Pool:
         server.active += group
         if not self.pending_pass(server):  # this start opens a pass (after a re-prefill's, if one is pending)
             server.stall += self.prefill_pass
-            server.opened, server.joinable, server.pending = server.last, True, 0.0
+            server.opened, server.opened_step, server.joinable, server.pending = server.last, server.steps, True, 0.0
             self.passes += 1
         server.stall += self.start_overhead + self.prefill * prompt
         server.pending += group * prompt
@@ -218,8 +222,11 @@ class Pool:
     @staticmethod
     def pending_pass(server: Server) -> bool:
         """Whether a start on ``server`` now joins its pending pass: a start's pass whose
-        stall is not spent, or that opened at this instant (a pass may cost nothing)."""
-        return server.joinable and (server.stall > 0 or server.opened == server.last)
+        stall is not spent, that opened at this instant (a pass may cost nothing), or
+        that no decode step has followed yet: the engine prefills at most once a step,
+        so a sequence that ends within a pass (its first or re-prefilled token) is
+        replaced in the next step's pass, with those the step's decode ends."""
+        return server.joinable and (server.stall > 0 or server.opened == server.last or server.steps < server.opened_step + 1 - 1e-9)
 
     def reprefill(self, now: float) -> None:
         """After a weight update (at ``now``), every busy server prefills the kv cache of
@@ -228,16 +235,13 @@ class Pool:
         engine had not admitted yet) share another."""
         for server in self.servers:
             if server.active:
-                waiting = self.pending_pass(server)
+                waiting = self.pending_pass(server)  # a start's pass not yet run: the re-prefill joins it
                 kv_tokens = server.kv_offset + server.active * server.steps - (server.pending if waiting else 0.0)
-                server.stall += self.prefill_pass + self.prefill * kv_tokens
-                self.passes += 1
+                server.stall += (0.0 if waiting else self.prefill_pass) + self.prefill * kv_tokens
+                self.passes += 0 if waiting else 1
                 if self.first:
                     self._sample_at_reprefill(server, waiting)
-                if waiting:
-                    server.opened = now  # the starts after the update join it
-                else:
-                    server.joinable = False  # they open their own
+                server.opened, server.opened_step, server.joinable = now, server.steps, True  # the update's starts join it
 
     def _sample_at_reprefill(self, server: Server, waiting: bool) -> None:
         """The re-prefill samples one token of every interrupted sequence: each is one

@@ -145,3 +145,31 @@ def test_the_new_simulator_terms_cost_what_they_say():
         assert got.sim_time_s == pytest.approx(base.sim_time_s + extra, rel=1e-6), override
     idle = simulate(Scenario().with_overrides([*SMALL, "training.update_overhead_s=0.2"]))
     assert idle.trainer_idle_s == pytest.approx(base.trainer_idle_s, rel=1e-6)  # overhead is not waiting
+
+
+def test_the_slot_cost_is_fitted_after_the_within_run_terms_unless_at_once_is_clearly_better():
+    """Decode time set by busy sequences alone (no per-slot cost), in two runs whose slot
+    counts and busy sequences both differ, with 25% noise per update (the H200's decode
+    steps varied that much): fitted at once, the slot term takes up the difference
+    between the runs and pushes the per-sequence cost out; fitted after the within-run
+    terms it gets little, and the per-sequence cost is found.  The known costs with a
+    slot cost (test above) are still fitted at once and recovered."""
+    from sim import calibrate_real
+
+    rng = random.Random(3)
+    found = []
+    for slots, busy in ((256, (0.6, 1.0)), (128, (0.1, 0.4))):
+        rows, submitted = _run(rng, slots, 32, 120)
+        total, before = 0.0, {"decode_steps": 0, "generated_tokens": 0}
+        for row in rows:  # the decode time again, from busy sequences only
+            steps = row["decode_steps"] - before["decode_steps"]
+            tokens = steps * rng.uniform(*busy) * 64
+            before = {"decode_steps": row["decode_steps"], "generated_tokens": before["generated_tokens"] + round(tokens)}
+            row["generated_tokens"] = before["generated_tokens"]
+            total += (steps * TRUE["step_base"] + TRUE["per_seq"] * tokens) * (1 + rng.uniform(-0.25, 0.25))
+            row["decode_s"] = total
+        found += updates(rows, slots, 32, recompute_in_step=True, submitted=submitted)
+    costs = calibrate_real.fit_costs(found)
+    decode = costs.fits[0]
+    assert costs.step_per_slot_s * 256 < 0.1 * costs.step_base_s, decode
+    assert _close(costs.step_per_seq_s, TRUE["per_seq"], 0.3), decode

@@ -68,9 +68,10 @@ def test_a_start_joins_the_pending_pass_and_a_later_one_opens_its_own() -> None:
 def test_the_re_prefill_after_an_update_is_one_pass_per_busy_server() -> None:
     """Two servers with 3 and 1 sequences frozen after 4 decode steps: each re-prefills its
     whole cache (prompts and the tokens generated so far) in one pass; the idle one none.
-    A start at the freeze's instant is not re-prefilled (the engine had not admitted it):
-    its pending pass stays apart, and a start after the update joins it; on a server
-    without one, a start after the update opens a pass after the re-prefill's."""
+    The engine prefills once a step, admitting waiting prompts into the pass that
+    prefills its interrupted sequences: a start at the freeze's instant (not admitted
+    yet, so not re-prefilled) has its pending pass, which the re-prefill joins, and a
+    start after the update joins the re-prefill's pass."""
     env, pool, done = _pool(servers=4)
     for i in range(3):
         _start(pool, 0, f"a{i}", 10, 10)
@@ -84,18 +85,18 @@ def test_the_re_prefill_after_an_update_is_one_pass_per_busy_server() -> None:
     assert steps[0] == pytest.approx(4.0)
     assert pool.passes == 3  # servers 0, 1, 3
     pool.reprefill(env.now)
-    assert pool.passes == 6 and pool.servers[2].stall == 0
-    assert pool.servers[3].stall == pytest.approx(PASS + PER_TOKEN * 7 + START + PASS, rel=1e-9)
+    assert pool.passes == 5 and pool.servers[2].stall == 0  # server 3's re-prefill joined c's pass
+    assert pool.servers[3].stall == pytest.approx(PASS + PER_TOKEN * 7 + START, rel=1e-9)
     assert pool.servers[0].stall == pytest.approx(PASS + PER_TOKEN * 3 * (10 + 4), rel=1e-9)
     assert pool.servers[1].stall == pytest.approx(PASS + PER_TOKEN * (20 + steps[1]), rel=1e-9)
     pool.thaw(env.now)
     _start(pool, 3, "e", 5, 1)  # joins c's pass
-    _start(pool, 0, "d", 5, 1)  # a pass of its own
-    assert pool.passes == 7
-    assert pool.servers[3].stall == pytest.approx(2 * PASS + PER_TOKEN * 12 + 2 * START, rel=1e-9)
+    _start(pool, 0, "d", 5, 1)  # joins the re-prefill's pass
+    assert pool.passes == 5
+    assert pool.servers[3].stall == pytest.approx(PASS + PER_TOKEN * 12 + 2 * START, rel=1e-9)
     env.run()
     finish = {rollout: t for t, rollout in done}
-    stall_0 = PASS + PER_TOKEN * 3 * 14 + PASS + PER_TOKEN * 5 + START
+    stall_0 = PASS + PER_TOKEN * 3 * 14 + PER_TOKEN * 5 + START
     assert finish["d"] == pytest.approx(frozen + stall_0 + STEP, rel=1e-9)
     assert finish["a0"] == pytest.approx(frozen + stall_0 + 6 * STEP, rel=1e-9)
     assert finish["b"] == pytest.approx(frozen + PASS + PER_TOKEN * (20 + steps[1]) + (10 - steps[1]) * STEP, rel=1e-9)
@@ -105,11 +106,11 @@ def test_the_re_prefill_after_an_update_is_one_pass_per_busy_server() -> None:
 def test_a_simulated_update_re_prefills_each_server_in_one_pass(staleness: int) -> None:
     """One server, batch 1, two in flight, colocated, partial, prompts of 3 tokens: p0 (10
     tokens) and p1 (30) start together (one pass); p2 (10) is the second trained.  One
-    pass re-prefills p1 (its prompt and 10 tokens) after the update, and p2 has a pass of
-    its own, whether it starts after the update (staleness 1) or at p0's completion, the
-    instant the update freezes the server (4).  The summary counts the passes opened,
-    also the two of the last update, after which the run ends (p1's re-prefill, p3's
-    start)."""
+    pass re-prefills p1 (its prompt and 10 tokens) after the update, and p2's prefill
+    shares it (the engine admits waiting prompts into the pass that re-prefills), whether
+    p2 starts after the update (staleness 1) or at p0's completion, the instant the
+    update freezes the server (4).  The summary counts the passes opened, also the one of
+    the last update, after which the run ends (p1's re-prefill with p3's start)."""
     script = Script(prompts=("p0", "p1", "p2", "p3"), attempts={
         "p0": Attempt(10), "p1": Attempt(30), "p2": Attempt(10), "p3": Attempt(10)}, prompt_tokens=3)
 
@@ -128,9 +129,9 @@ def test_a_simulated_update_re_prefills_each_server_in_one_pass(staleness: int) 
 
     base = seconds()
     assert base == pytest.approx(10 * STEP + 0.6 + 10 * STEP + 0.6, rel=1e-9)
-    assert summary().prefill_passes == 5  # counted even when a pass costs nothing
-    assert summary(f"generation.prefill_pass_s={PASS}").prefill_passes == 5
-    assert seconds(f"generation.prefill_pass_s={PASS}") == pytest.approx(base + 3 * PASS, rel=1e-9)
+    assert summary().prefill_passes == 3  # counted even when a pass costs nothing
+    assert summary(f"generation.prefill_pass_s={PASS}").prefill_passes == 3
+    assert seconds(f"generation.prefill_pass_s={PASS}") == pytest.approx(base + 2 * PASS, rel=1e-9)
     # the prompts of p0 and p1, p1's 3 + 10 tokens again, p2's prompt
     assert seconds(f"generation.prefill_per_token_s={PER_TOKEN}") == pytest.approx(base + (6 + 13 + 3) * PER_TOKEN, rel=1e-9)
     # per start instead (the old prefill_base_s, now start_overhead_s): p0, p1, p2
