@@ -18,7 +18,8 @@ held-out target both runs reach (the largest multiple of ``--target-step`` both
 reach, unless ``--target``), final held-out reward, trained tokens/s, engine
 overhead, and the ideal overlap speedup of the synchronous run,
 ``(generation + training) / max(generation, training)`` from its per-update
-``wait_s`` (generation while the trainer waits) and ``train_s`` (the update), with
+``wait_s`` (generation while the trainer waits) and the rest of its wall time (the
+update: step, sync, overhead; evaluations are left out of ``wall_s``), with
 how much of it the asynchronous run achieves.  Writes ``table.md``, ``results.json``
 and ``reward_vs_wall.png`` (held-out reward against training wall time) to ``--out``.
 
@@ -77,10 +78,15 @@ def common_target(curves: list[list[tuple[float, float, int]]], step: float) -> 
 
 
 def overlap(run_dir: Path) -> tuple[float, float, float]:
-    """Generation seconds, training seconds and the ideal overlap speedup of a run."""
+    """Generation seconds, training seconds and the ideal overlap speedup of a run:
+    generation is the time the trainer waited for batches (``wait_s``), training the
+    rest of the run's wall time (the step, the sync, the update's overhead).  Not the
+    sum of ``train_s``: that runs to the end of the update and so also holds the
+    held-out evaluations, which ``wall_s`` leaves out."""
     lines = metrics(run_dir)
-    generation, training = sum(m["wait_s"] for m in lines), sum(m["train_s"] for m in lines)
-    return generation, training, (generation + training) / max(generation, training)
+    generation = sum(m["wait_s"] for m in lines)
+    training = max(0.0, lines[-1]["wall_s"] - generation)
+    return generation, training, (generation + training) / max(generation, training, 1e-12)
 
 
 def plot(curves: dict[str, list[tuple[float, float, int]]], target: float, path: Path) -> None:

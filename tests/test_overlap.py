@@ -128,3 +128,23 @@ def test_a_generation_thread_that_cannot_start_or_dies_stops_the_run_instead_of_
         loop.run(waiting)
     waiting.close()
     loop.loop.close()
+
+
+def test_the_proofs_ideal_overlap_leaves_the_evaluations_out(tmp_path):
+    """benchmarks/hf_proof.py's ideal overlap: generation is the waits, training the rest
+    of the wall time; an update's ``train_s`` runs over its held-out evaluation (which
+    ``wall_s`` leaves out), so summing it would count evaluations as training."""
+    import json
+
+    from benchmarks.hf_proof import overlap
+
+    run = tmp_path / "sync"
+    run.mkdir()
+    lines = [  # 2 s of generation and 1 s of update each; the second also evaluated for 5 s
+        {"wait_s": 2.0, "train_s": 1.0, "wall_s": 3.0},
+        {"wait_s": 2.0, "train_s": 6.0, "wall_s": 6.0, "eval_reward": 0.5},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    generation, training, ideal = overlap(run)
+    assert (generation, training) == (4.0, 2.0)
+    assert ideal == 1.5
