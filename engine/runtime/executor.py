@@ -402,8 +402,12 @@ class RolloutExecutor:
 
         for handle in handles:
             handle.done.add_done_callback(one)
+        def expire() -> None:
+            if not group.done():
+                group.set_exception(TimeoutError())
+
         if self.timeout_s is not None:
-            timer = loop.call_later(self.timeout_s, lambda: group.done() or group.set_exception(TimeoutError()))
+            timer = loop.call_later(self.timeout_s, expire)
             group.add_done_callback(lambda _: timer.cancel())
         return group
 
