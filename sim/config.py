@@ -4,7 +4,9 @@ A scenario is read with stdlib ``tomllib``; any field can be overridden with
 ``section.key=value`` strings (the CLI's ``--set``), whose values are parsed as
 TOML (``4``, ``1.5``, ``true``, ``"partial"``) or taken as a bare string.  A bad
 field is refused with a :class:`ScenarioError` that names it.  A scenario is
-written by :func:`to_toml` and :func:`save` alone, through :mod:`sim.tomlfile`.
+written by :func:`to_toml` and :func:`save` alone, through :mod:`sim.tomlfile`.  What a
+field may hold (the errors, the distribution table, the parsing and coercion of a raw
+value) is :mod:`sim.values`'s; this module re-exports its names.
 """
 
 from __future__ import annotations
@@ -18,42 +20,26 @@ from typing import Any, Iterable, Mapping
 from engine.core.config import ON_STALE, POLICIES, Config, ConfigError
 from engine.log.files import write_atomic
 from sim import tomlfile
+from sim.values import (  # re-exported: callers import them from sim.config
+    DISTRIBUTIONS,
+    MAX_LENGTH,
+    Distribution,
+    ScenarioError,
+    ScenarioFileError,
+    _coerce,
+    _validate_distribution,
+    parse_value,
+)
 
 #: What in-flight rollouts do when the weights change.
 ON_UPDATE = ("partial", "restart", "run_on", "drain")
-#: Names of the length distributions.
-DISTRIBUTIONS = ("fixed", "lognormal", "empirical")
 #: The most seconds one cost may be: a larger one (1e308) overflows the simulated clock
 #: to infinity, where the simulation never ends.
 MAX_COST_S = 1e6
-#: The most tokens a length may be (a fixed value, a cap, a median).
-MAX_LENGTH = 2**40
 #: Old field names still read (a file's key or an override), and the field each now sets:
 #: ``prefill_base_s`` was charged per started rollout (now ``start_overhead_s``) and per
 #: server at a re-prefill (now part of ``prefill_pass_s``, a cost per pass).
 RENAMED = {("generation", "prefill_base_s"): "start_overhead_s"}
-
-
-class ScenarioError(ValueError):
-    """A scenario field is unknown or has a bad value; ``field`` is its dotted name."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"scenario field {field_name!r}: {message}")
-        self.field = field_name
-        self.message = message
-
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:
-        """Pickle by (field, message), so the error crosses from a sweep's worker process."""
-        return (type(self), (self.field, self.message))
-
-
-class ScenarioFileError(ScenarioError):
-    """A scenario file that cannot be read as TOML; ``field`` is its path."""
-
-    def __init__(self, path: str, message: str) -> None:
-        ValueError.__init__(self, f"{path}: {message}")
-        self.field = str(path)
-        self.message = message
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -78,24 +64,6 @@ class LedgerSection:
     max_staleness: int | None = field(default=4, metadata=_doc('staleness bound in versions; "inf" for unbounded'))
     policy: str = field(default="admission", metadata=_doc("staleness policy: " + " | ".join(POLICIES)))
     on_stale: str = field(default="drop", metadata=_doc("strict: drop a stale rollout or requeue its prompt (drop | requeue)"))
-
-
-@dataclass(frozen=True)
-class Distribution:
-    """A named length distribution.
-
-    ``fixed`` always gives ``value``; ``lognormal`` has median ``median`` and log
-    standard deviation ``sigma``, rounded up and clipped to ``[1, cap]``;
-    ``empirical`` resamples the lengths found in ``path`` (an event log's
-    rollouts, or the first column of a CSV).
-    """
-
-    kind: str = "fixed"
-    value: int = 256
-    median: float = 256.0
-    sigma: float = 1.0
-    cap: int = 4096
-    path: str = ""
 
 
 @dataclass(frozen=True)
@@ -222,14 +190,6 @@ class Scenario:
         return from_dict(data)
 
 
-def parse_value(raw: str) -> Any:
-    """A TOML value (``4``, ``0.5``, ``true``, ``"x"``), or the bare string itself."""
-    try:
-        return tomllib.loads(f"value = {raw}")["value"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
 def _assign(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     if len(parts) not in (2, 3):
@@ -294,53 +254,6 @@ def _renamed(section: str, raw: Mapping[str, Any]) -> Mapping[str, Any]:
     return out
 
 
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    """Check ``value`` against the type of the field's default; ints widen to floats."""
-    if name == "ledger.max_staleness":
-        if value is None or (isinstance(value, str) and value.lower() in ("inf", "none", "null", "unbounded")):
-            return None
-        if isinstance(value, float) and math.isinf(value):
-            return None
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ScenarioError(name, f'must be an integer or "inf", got {value!r}')
-        return value
-    if isinstance(default, Distribution):
-        return _distribution(name, value)
-    if isinstance(default, tuple):  # written as a TOML array, read back as a list
-        if not isinstance(value, (list, tuple)):
-            raise ScenarioError(name, f"must be an array, got {value!r}")
-        return tuple(value)
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ScenarioError(name, f"must be true or false, got {value!r}")
-        return value
-    if isinstance(default, int):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ScenarioError(name, f"must be an integer, got {value!r}")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, str) and value.lower() in ("inf", "infinity"):
-            return math.inf
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ScenarioError(name, f"must be a number, got {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise ScenarioError(name, f"must be a string, got {value!r}")
-    return value
-
-
-def _distribution(name: str, value: Any) -> Distribution:
-    if not isinstance(value, Mapping):
-        raise ScenarioError(name, f'must be a table like {{kind = "fixed", value = 256}}, got {value!r}')
-    known = {f.name: f.default for f in fields(Distribution)}
-    values: dict[str, Any] = {}
-    for key, item in value.items():
-        if key not in known:
-            raise ScenarioError(f"{name}.{key}", f"unknown key; known keys are {', '.join(known)}")
-        values[key] = _coerce(f"{name}.{key}", item, known[key])
-    return Distribution(**values)
-
-
 def _validate(scenario: Scenario) -> None:
     """Range checks, each naming the field it refuses."""
     positive_ints = {
@@ -390,22 +303,6 @@ def _validate(scenario: Scenario) -> None:
     if scenario.ledger.on_stale not in ON_STALE:
         raise ScenarioError("ledger.on_stale", f"must be one of {', '.join(ON_STALE)}, got {scenario.ledger.on_stale!r}")
     scenario.ledger_config()
-
-
-def _validate_distribution(name: str, dist: Distribution, least: int = 1) -> None:
-    if dist.kind not in DISTRIBUTIONS:
-        raise ScenarioError(f"{name}.kind", f"must be one of {', '.join(DISTRIBUTIONS)}, got {dist.kind!r}")
-    if dist.kind == "fixed" and not least <= dist.value <= MAX_LENGTH:
-        raise ScenarioError(f"{name}.value", f"must be between {least} and {MAX_LENGTH} tokens, got {dist.value}")
-    if dist.kind == "lognormal":
-        if not 1 <= dist.median <= MAX_LENGTH:
-            raise ScenarioError(f"{name}.median", f"must be between 1 and {MAX_LENGTH} tokens, got {dist.median}")
-        if not (dist.sigma >= 0 and math.isfinite(dist.sigma)):
-            raise ScenarioError(f"{name}.sigma", f"must be a finite number at least 0, got {dist.sigma}")
-        if not 1 <= dist.cap <= MAX_LENGTH:
-            raise ScenarioError(f"{name}.cap", f"must be between 1 and {MAX_LENGTH} tokens, got {dist.cap}")
-    if dist.kind == "empirical" and not dist.path:
-        raise ScenarioError(f"{name}.path", "an empirical distribution needs the path of an event log or a CSV")
 
 
 def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Scenario:

@@ -9,7 +9,7 @@ its batch consumed after the last version bump, means the process died between
 saving it and logging the bump, so the update happened and the bump is logged now;
 any other checkpoint ahead of the log was trained on a batch the log never recorded
 as consumed and is deleted.  The update's write order that makes this rule sound is
-:meth:`engine.workflows.rl_run.RLRun.finish_update`'s.
+:meth:`engine.workflows.rl_update.RunUpdates.finish_update`'s.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """One asynchronous RL run in its directory: the resources (model and trainer, the
 ledger, the generation engine, the executor, the sample store, the garbage
-collector), the resume after a crash, and the bookkeeping of an update.
+collector), the resume after a crash, and the steps of an update (the pause and the
+bookkeeping after the trainer's steps are :mod:`engine.workflows.rl_update`'s).
 
 The update itself has one path: the stages of the reinforcement workflow
 (:mod:`engine.workflows.rl_stages`), which the ``train`` command and the GPU
@@ -41,9 +42,9 @@ import copy
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import torch
 
@@ -52,11 +53,7 @@ from engine.backends.local.checkpoint import save_weights as write_weights
 from engine.backends.local.model import PolicyModule
 from engine.backends.local.tasks import Tokenizer
 from engine.backends.task_sources import resolve_task
-from engine.backends.local.trainer import (
-    Sample,
-    Trainer,
-    completion_logprobs,
-)
+from engine.backends.local.trainer import Trainer
 from engine.backends.distributed import group as dist_group
 from engine.backends.distributed.generation import RemoteEngine
 from engine.backends.distributed.trainer import DataParallelTrainer
@@ -70,32 +67,13 @@ from engine.runtime.executor import RolloutExecutor
 from engine.runtime.store import TrajectoryStore
 from engine.workflows import rl_models, rl_resume
 from engine.workflows.rl_loop import RunLoop
+from engine.workflows.rl_update import CollectedBatch, RunUpdates
 from engine.workflows.sinks import open_sinks
 from engine.workflows.rl_config import RunConfig, refuse_existing_run
 
 #: The run writes the log itself, with each checkpoint (after committing the sample
 #: store), so the ledger never flushes on its own.
 FLUSH_EVERY = 1 << 62
-
-
-@dataclass
-class CollectedBatch:
-    """Rollouts consumed for one update: their ids and GRPO groups of samples, how long
-    collecting them took and when it ended (``time.perf_counter``)."""
-
-    rollouts: tuple[str, ...]
-    groups: list[list[Sample]]
-    wait_s: float = 0.0
-    collected_at: float = field(default_factory=time.perf_counter)
-
-    @property
-    def tokens(self) -> int:
-        return sum(s.tokens for group in self.groups for s in group)
-
-    @property
-    def samples(self) -> list[Sample]:
-        return [s for group in self.groups for s in group]
-
 
 #: The path of the ``stage`` events that open and close a weight sync to generator ranks.
 WEIGHT_SYNC = "weight_sync"
@@ -104,7 +82,7 @@ WEIGHT_SYNC = "weight_sync"
 REFERENCE_FILE = "reference.safetensors"
 
 
-class RLRun:
+class RLRun(RunUpdates):
     """One asynchronous RL run in ``run_dir``; ``resume=True`` continues a killed one."""
 
     def __init__(self, config: RunConfig, run_dir: str | Path, *, resume: bool = False) -> None:
@@ -302,99 +280,6 @@ class RLRun:
         start = time.perf_counter()
         rollouts, groups = self.loop.run(self.executor.prepare_batch(self.config.batch_size, self._prompts()))
         return CollectedBatch(rollouts, groups, time.perf_counter() - start)
-
-    def begin_update(self) -> Trainer:
-        """Pause generation (admissions and decoding) for the update, unless it overlaps
-        training (``overlap``: the version bump pauses it for the weights alone);
-        returns the trainer."""
-        if not self.config.overlap:
-            self.executor.pause()
-        self._update_began = time.perf_counter()
-        self._steps_at_update = self.engine.steps
-        self._recompute_before = getattr(self.trainer, "recompute_seconds", 0.0)
-        return self.trainer
-
-    def finish_update(self, batch: CollectedBatch, steps: Sequence[dict[str, float]], reward: float, *,
-                      held_out: float | None = None) -> dict[str, Any]:
-        """After the trainer's steps on ``batch`` (their statistics ``steps``; ``reward``
-        the batch's mean; ``held_out`` the new weights' held-out reward when it was
-        measured): bump the version, checkpoint when due, hand the weights to the
-        engine, resume generation, collect garbage, and append the update's metrics line
-        (returned).
-
-        Order, for a crash at any point: when the update checkpoints, samples and log
-        are written first (the batch's consumption is durable), then the checkpoint
-        file of the new version, then the version bump (through the executor, with
-        the segment-wise recomputation), the ``checkpoint`` event and the log again.
-        A resume that finds the checkpoint ahead of the log's version therefore finds
-        its batch consumed and rolls the version forward instead of training the
-        batch twice or losing it; one that finds no such checkpoint trains the
-        consumed batch once (:meth:`collect_batch`)."""
-        if self.loop.threaded and self.device.type == "cuda":
-            torch.cuda.synchronize()  # the optimiser's last step is done before the loop's thread reads the weights
-        return self.loop.call(self._finish_update, batch, steps, reward, held_out)
-
-    def _finish_update(self, batch: CollectedBatch, steps: Sequence[dict[str, float]], reward: float,
-                       held_out: float | None) -> dict[str, Any]:
-        executor, trainer = self.executor, self.trainer
-        trained_at = time.perf_counter()
-        overlapped = self.engine.steps - self._steps_at_update  # decode steps while the trainer trained
-        version = trainer.version
-        trainer.end_update(steps)  # (kl_target) the next update's rate, checkpointed with it
-        trainer.version = version + 1
-        due = self.config.is_checkpoint(version + 1)
-        if due:
-            self._write()
-        saved = save_checkpoint(self.ckpt_dir, version + 1, trainer.state_dict()) if due else None
-        self._recompute_s, sync_began = 0.0, time.perf_counter()
-        executor.set_version(trainer.model.state_dict(), self._recompute)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()  # the weights are in the engine: the sync is timed whole
-        sync_s = time.perf_counter() - sync_began - self._recompute_s
-        if saved is not None:  # samples, then the log, are made durable with each checkpoint
-            executor.timed(self.ledger.append, Checkpoint(version + 1, str(saved)))
-            self._write()
-        if not self.config.overlap:  # (with overlap, set_version paused and resumed it)
-            executor.resume()
-        self.collector.collect()
-        prepare_recompute = getattr(trainer, "recompute_seconds", 0.0) - self._recompute_before
-        record = rl_models.update_record(
-            self.ledger.state, batch, reward, version, executor=executor, engine=self.engine, steps=steps,
-            wall_s=self.elapsed(), gc_s=self.collector.seconds, slots=self._slots, sync_s=sync_s,
-            step_s=trained_at - self._update_began - prepare_recompute if self._update_began else 0.0,
-            recompute_s=prepare_recompute + self._recompute_s,
-        )
-        record["overlap_steps"] = overlapped
-        if held_out is not None:
-            record["eval_reward"] = held_out
-        self.metrics.append(record)
-        with open(self.run_dir / "metrics.jsonl", "a") as out:
-            out.write(json.dumps(record) + "\n")
-        self.sinks.write(record)
-        return record
-
-    def _recompute(self, rollouts: tuple[str, ...]) -> None:
-        """Segment-wise, at the bump to the trainer's new version ``v+1``: store the
-        proximal log-probs of ``rollouts`` (ready, to be trained by the update that
-        starts at ``v+1``) under ``v+1``'s weights, the trainer's own, tagged ``v+1``.
-        The proximal policy of an update is the one it starts from; the engine still
-        holds ``v``'s weights at this point, which would be one version behind."""
-        began = time.perf_counter()
-        store, trainer = self.executor.store, self.trainer
-        pad = self.tokenizer.pad_id
-        was_training = trainer.model.training
-        trainer.model.eval()
-        try:
-            for rollout in rollouts:
-                samples = store.get(rollout)
-                with trainer.autocast():
-                    logprobs = completion_logprobs(trainer.model, samples, pad)
-                for sample, values in zip(samples, logprobs):
-                    sample.proximal, sample.proximal_version = values, trainer.version
-                store.put(rollout, samples)
-        finally:
-            trainer.model.train(was_training)
-            self._recompute_s += time.perf_counter() - began
 
     # -- evaluation, files and figures ------------------------------------------------
     def _log_clock(self) -> float:
