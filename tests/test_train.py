@@ -161,3 +161,28 @@ def test_a_new_run_in_a_used_run_dir_exits_2_and_leaves_its_logs_alone(tmp_path,
     assert main(["train", *SMALL, "--steps", "1", "--run-dir", str(run_dir), *TINY]) == 2
     assert "pass --resume" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in run_dir.glob("*.sqlite")} == before
+
+
+def test_evaluation_decodes_in_as_few_waves_as_the_runs_slots_allow(tmp_path, monkeypatch):
+    """The held-out engine gets the run's slots (at least 64), capped by the problems: on
+    a run of 128 slots (64 in flight x 2 samples) 200 problems get 128 and 20 get 20; on
+    a run of 8 slots the floor of 64 holds."""
+    sizes = []
+    build = RLRun.build_engine
+
+    def spy(self, model, slots, seed):
+        sizes.append(slots)
+        return build(self, model, slots, seed)
+
+    monkeypatch.setattr(RLRun, "build_engine", spy)
+    for concurrent, counts, expected in ((64, (200, 20), [128, 20]), (4, (200,), [64])):
+        run = RLRun(RunConfig(task="copy", steps=1, batch_size=2, group_size=2, max_concurrent=concurrent, warmup_steps=0,
+                              max_staleness=1), tmp_path / f"r{concurrent}")
+        run.setup()
+        try:
+            sizes.clear()
+            for count in counts:
+                run.evaluate(count)
+            assert sizes == expected
+        finally:
+            run.close()

@@ -295,10 +295,13 @@ class RLRun(RunUpdates):
     def evaluate(self, count: int = 64) -> float:
         """Mean reward of the current weights on ``count`` held-out problems (sampled at
         the run's temperature, on a private engine and event loop: the run's rollouts
-        do not advance meanwhile, and the time is left out of :meth:`elapsed`)."""
+        do not advance meanwhile, and the time is left out of :meth:`elapsed`).  The
+        engine has as many slots as the run's (at least 64): the problems decode in as
+        few waves as the run's memory allows (a latency-bound model decodes a wide step
+        in about the time of a narrow one)."""
         start = time.perf_counter()
         problems = [self.task.problem(self.config.seed + 10_000_019, i) for i in range(count)]
-        engine = self.build_engine(self.trainer.model, min(count, 64), self.config.seed)
+        engine = self.build_engine(self.trainer.model, min(count, max(64, self._slots)), self.config.seed)
         generating = self.loop.threaded  # (overlap) the run's engine stops after its current step
         if generating:
             self.loop.call(self.engine.pause)
