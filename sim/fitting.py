@@ -93,6 +93,13 @@ def fit(name: str, terms: dict[str, list[float]], ys: list[float], weights: list
         break
     for t in dropped:
         coefficients.setdefault(t, 0.0)
+    return _scored(name, terms, coefficients, ys, w, dropped)
+
+
+def _scored(name: str, terms: dict[str, list[float]], coefficients: dict[str, float], ys: list[float], w: list[float],
+            dropped: list[str]) -> Fit:
+    """The :class:`Fit` of ``coefficients`` on ``terms``: its weighted R-squared and
+    relative residuals against ``ys``, terms in ``terms``' order."""
     predicted = [sum(coefficients.get(t, 0.0) * terms[t][i] for t in terms) for i in range(len(ys))]
     total = sum(w)
     mean = sum(wi * y for wi, y in zip(w, ys)) / total if total else 0.0
@@ -112,15 +119,8 @@ def staged(name: str, first: dict[str, list[float]], then: dict[str, list[float]
     head = fit(name, first, ys)
     left = [y - sum(head[t] * first[t][i] for t in first) for i, y in enumerate(ys)]
     tail = fit(name, then, left)
-    terms = {**first, **then}
-    coefficients = {**head.coefficients, **tail.coefficients}
-    predicted = [sum(coefficients[t] * terms[t][i] for t in terms) for i in range(len(ys))]
-    mean = sum(ys) / len(ys) if ys else 0.0
-    ss_res = sum((y - q) ** 2 for y, q in zip(ys, predicted))
-    ss_tot = sum((y - mean) ** 2 for y in ys)
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
-    residuals = [abs(y - q) / abs(y) for y, q in zip(ys, predicted) if y != 0]
-    return Fit(name, coefficients, r2, residuals, [*head.dropped, *tail.dropped])
+    return _scored(name, {**first, **then}, {**head.coefficients, **tail.coefficients}, ys, [1.0] * len(ys),
+                   [*head.dropped, *tail.dropped])
 
 
 def line(name: str, xs: list[float], ys: list[float], weights: list[float] | None = None) -> Fit:
