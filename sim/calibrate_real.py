@@ -132,8 +132,8 @@ class RealCosts:
     overhead_s: float
     generation_r2: float  # of the collect time the generation terms predict
     scale: float = 1.0  # the factor that made the generation terms add up to the total collect time
-    unseen: str = ""
-    startup_s: float = 0.0  # a run's first collect beyond what the terms predict: the engine's start  # how the prefill of prompt tokens the simulator does not count was folded in
+    unseen: str = ""  # how the prefill of prompt tokens the simulator does not count was folded in
+    startup_s: float = 0.0  # a run's first collect beyond what the terms predict: the engine's start
 
     def notes(self) -> list[str]:
         lines = [

@@ -400,12 +400,12 @@ class RolloutExecutor:
                 if left == 0:
                     group.set_result([handle.done.result() for handle in handles])
 
-        for handle in handles:
-            handle.done.add_done_callback(one)
         def expire() -> None:
             if not group.done():
                 group.set_exception(TimeoutError())
 
+        for handle in handles:
+            handle.done.add_done_callback(one)
         if self.timeout_s is not None:
             timer = loop.call_later(self.timeout_s, expire)
             group.add_done_callback(lambda _: timer.cancel())
