@@ -159,3 +159,29 @@ def test_a_second_train_resume_of_a_running_run_is_refused_at_once(tmp_path):
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
+
+
+def test_train_resume_names_the_running_writer_before_it_reads_a_checkpoint(tmp_path, capsys):
+    """The lock is asked first: a checkpoint the running run is replacing (here one that
+    is not a checkpoint at all) is not what a refused resume reports."""
+    pytest.importorskip("torch")
+    from dataclasses import asdict
+
+    from engine.cli import main
+    from engine.workflows.rl_config import RunConfig
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    config = RunConfig(device="cpu", model_size="tiny", batch_size=2, group_size=2)
+    (run_dir / "run.json").write_text(json.dumps(asdict(config)))
+    (run_dir / "checkpoints" / "ckpt-000003.safetensors").write_bytes(b"half a file")
+    holder = Ledger(config.ledger_config(), path=run_dir / "events.sqlite")
+    try:
+        assert main(["train", "--resume", "--run-dir", str(run_dir), "--no-progress"]) == 2
+    finally:
+        holder.close()
+    error = capsys.readouterr().err
+    assert f"is open for writing by process {os.getpid()}" in error and "not a checkpoint" not in error
+    # without a writer, the same file is what a resume names
+    assert main(["train", "--resume", "--run-dir", str(run_dir), "--no-progress"]) == 2
+    assert "ckpt-000003.safetensors: not a checkpoint" in capsys.readouterr().err

@@ -239,21 +239,18 @@ def run_command(args: argparse.Namespace) -> int:
     from engine.workflows import reinforcement
     from engine.backends.local.checkpoint import check_checkpoint, checkpoint_file, checkpoints, read_weights
     from engine.backends.task_sources import resolve_task
+    from engine.log.lock import check_unlocked
     from engine.workflows.sinks import check_sinks
 
     try:
         if args.init is not None:  # what the file holds, before the run starts
             read_weights(args.init)
         if config is None:
+            check_unlocked(args.run_dir / "events.sqlite")  # a run still writing here is named before its files are read
             config = RunConfig.saved(args.run_dir, steps=args.steps, device=args.device, requeue_lost=args.requeue_lost or None)
             for version in checkpoints(args.run_dir / "checkpoints"):  # what a resume may load, before it starts
                 path = checkpoint_file(args.run_dir / "checkpoints", version)
-                try:
-                    check_checkpoint(path or "")
-                except ValueError:
-                    if path is None or path.exists():
-                        raise
-                    # else rotated away since it was listed: a run still writes here, and its lock refuses this one
+                check_checkpoint(path or "")
         # the task, the user's reward and the model's tokenizer, before the run starts
         resolve_task(config.task, reward=config.reward_fn, max_new_tokens=config.max_new_tokens)
         check_sinks(config.metrics)

@@ -33,6 +33,11 @@ METADATA_KEY = "rollout_ledger"
 FORMAT = "checkpoint/1"
 
 
+# What reading a file that is not (or no longer) a safetensors file raises: safetensors maps a
+# file through torch by its name, so one removed after its header was read raises RuntimeError.
+_UNREADABLE = (SafetensorError, OSError, ValueError, RuntimeError)
+
+
 def checkpoint_path(directory: str | Path, version: int) -> Path:
     """Where the checkpoint of ``version`` is written in ``directory``."""
     return Path(directory) / f"ckpt-{version:06d}.safetensors"
@@ -91,7 +96,7 @@ def read_state(path: str | Path, device: torch.device | str = "cpu") -> Any:
     try:
         with safe_open(str(path), framework="pt") as opened:  # the header alone, before any tensor is read
             metadata = opened.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as err:
+    except _UNREADABLE as err:
         raise ValueError(f"{path}: not a checkpoint ({_first_line(err)})") from None
     if METADATA_KEY not in metadata:
         raise ValueError(f"{path}: not a checkpoint (a safetensors file without rollout-ledger's metadata)")
@@ -113,7 +118,7 @@ def check_checkpoint(path: str | Path) -> None:
         try:
             with safe_open(str(path), framework="pt") as opened:
                 metadata = opened.metadata() or {}
-        except (SafetensorError, OSError, ValueError) as err:
+        except _UNREADABLE as err:
             raise ValueError(f"{path}: not a checkpoint ({_first_line(err)})") from None
         if METADATA_KEY not in metadata:
             raise ValueError(f"{path}: not a checkpoint (a safetensors file without rollout-ledger's metadata)")
@@ -196,7 +201,7 @@ def read_weights(path: str | Path, device: torch.device | str = "cpu") -> dict[s
     if _is_safetensors(path):
         try:
             return dict(load_file(str(path), device=str(device)))
-        except (SafetensorError, OSError, ValueError) as err:
+        except _UNREADABLE as err:
             raise ValueError(f"{path}: not a file of model weights ({_first_line(err)})") from None
     weights = _read_legacy(path, device, "a file of model weights")
     if not isinstance(weights, dict):
