@@ -38,6 +38,7 @@ from engine.log.files import write_atomic
 from sim.calibrate_real import RealCosts, Update, fit_costs, updates
 from sim.config import Distribution, Scenario
 from sim.fitting import Fit, line
+from sim.workload import PROMPT_COLUMN
 
 #: The fewest timed observations each fit needs.
 MIN_UPDATES = 3
@@ -62,6 +63,7 @@ class Observations:
     group_size: int = 1
     overlapped: bool = False  # a real run that generated while it trained (``train --overlap``)
     groups: list[list[int]] = field(default_factory=list)  # each stored rollout's samples' lengths (a real run)
+    group_prompts: list[int] = field(default_factory=list)  # each stored rollout's prompt tokens (with groups, in order)
     trained_per_rollout: list[float] = field(default_factory=list)  # a real run's trained tokens per rollout
     updates: list[Update] = field(default_factory=list)  # a real run's updates (sim.calibrate_real)
     prompts: list[int] = field(default_factory=list)  # a real run's prompt tokens per sample (its sample store)
@@ -183,7 +185,7 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
             gen_paused = False
     if timed == 0:
         raise CalibrationError(f"{log}: its events carry no times (t); calibration needs a timed log")
-    samples = _sample_lengths(log.parent / "samples.sqlite", obs.prompts, obs.groups)
+    samples = _sample_lengths(log.parent / "samples.sqlite", obs.prompts, obs.groups, obs.group_prompts)
     if samples and group > 1:
         # a real run's log sums a rollout's tokens over its group; its sample store has
         # each sample, whose spread (not the group means') sets when a group finishes
@@ -213,7 +215,8 @@ def _metrics(
     group = obs.group_size
     obs.trained_per_rollout.extend(float(r["trained_tokens"]) / size for r in usable)
     slots = int(settings.get("max_concurrent") or size) * group
-    found = updates(usable, slots, size * group, recompute_in_step=settings.get("policy") != "segment_wise", submitted=submitted)
+    found = updates(usable, slots, size * group, recompute_in_step=settings.get("policy") != "segment_wise", submitted=submitted,
+                    run=1 + max((u.run for u in obs.updates), default=-1))
     obs.updates.extend(found)
     obs.train.extend((u.trained_tokens, u.step_s) for u in found)
     obs.decode.extend((u.tokens / u.steps, u.collect_s / u.steps) for u in found if u.steps > 0)
@@ -223,11 +226,13 @@ def _metrics(
         obs.sync.extend(u.sync_s for u in found if u.sync_s is not None)
 
 
-def _sample_lengths(path: Path, prompts: list[int] | None = None, groups: list[list[int]] | None = None) -> list[int]:
+def _sample_lengths(
+    path: Path, prompts: list[int] | None = None, groups: list[list[int]] | None = None, group_prompts: list[int] | None = None
+) -> list[int]:
     """Completion lengths of every stored sample of a real run (its ``samples.sqlite``:
     rows of pickled plain dicts the run wrote itself; a run directory is trusted); their
-    prompt lengths are added to ``prompts`` and each rollout's lengths to ``groups``
-    when given."""
+    prompt lengths are added to ``prompts``, each rollout's lengths to ``groups`` and its
+    prompt's length to ``group_prompts`` when given."""
     import pickle
     import sqlite3
 
@@ -243,6 +248,8 @@ def _sample_lengths(path: Path, prompts: list[int] | None = None, groups: list[l
         samples = [sample for rollout in stored for sample in rollout]
         if groups is not None:
             groups.extend([len(sample["completion"]) for sample in rollout] for rollout in stored if rollout)
+        if group_prompts is not None:
+            group_prompts.extend(len(rollout[0].get("prompt") or ()) for rollout in stored if rollout)
         if prompts is not None:
             prompts.extend(len(sample.get("prompt") or ()) for sample in samples)
         return [len(sample["completion"]) for sample in samples]
@@ -296,10 +303,16 @@ class Calibration:
         return "\n".join(lines)
 
 
-def write_lengths(lengths: list[int], path: str | Path, groups: list[list[int]] | None = None) -> Path:
+def write_lengths(
+    lengths: list[int], path: str | Path, groups: list[list[int]] | None = None, prompts: list[int] | None = None
+) -> Path:
     """The observed response lengths as a CSV an ``empirical`` distribution reads: one
     row per group of samples when ``groups`` are given (the simulator draws a group's
-    lengths together), else one length per row."""
+    lengths together), led by its prompt's length when ``prompts`` are given (a
+    ``paired`` prompt length draws them with it), else one length per row."""
+    if groups and prompts:
+        return write_atomic(Path(path), f"{PROMPT_COLUMN},lengths of one group\n"
+                            + "".join(f"{prompt}," + ",".join(map(str, g)) + "\n" for prompt, g in zip(prompts, groups)))
     if groups:
         return write_atomic(Path(path), "lengths of one group\n" + "".join(",".join(map(str, g)) + "\n" for g in groups))
     return write_atomic(Path(path), "length\n" + "".join(f"{n}\n" for n in lengths))
@@ -328,9 +341,15 @@ def calibrate(
         kind="lognormal", median=round(math.exp(statistics.fmean(logs)), 3), sigma=round(statistics.pstdev(logs), 4), cap=max(obs.lengths)
     )
     response = lognormal
+    paired = False  # the prompt lengths written beside the response lengths, drawn with them
     if lengths_file is not None:
-        groups = [g for g in obs.groups if len(g) == obs.group_size] if obs.real and obs.group_size > 1 else None
-        response = Distribution(kind="empirical", path=str(write_lengths(obs.lengths, lengths_file, groups).resolve()))
+        groups: list[list[int]] | None = None
+        prompts: list[int] | None = None
+        if obs.real and obs.group_size > 1:
+            kept = [(p, g) for p, g in zip(obs.group_prompts, obs.groups, strict=True) if len(g) == obs.group_size]
+            groups, prompts = [g for _, g in kept], [p for p, _ in kept] or None
+            paired = prompts is not None
+        response = Distribution(kind="empirical", path=str(write_lengths(obs.lengths, lengths_file, groups, prompts).resolve()))
     scenario = base or Scenario()
     cfg = obs.config
     ledger = scenario.ledger
@@ -343,14 +362,15 @@ def calibrate(
     counts = {"rollouts": len(obs.lengths), "updates": len(obs.train)}
     costs: RealCosts | None = None
     if obs.real:
-        # the simulator trains group * prompt + response tokens per rollout: the prompt
-        # length that makes its count the real trainer's (0 when that counts completions only)
+        # the prompt the engine prefills, each sample's a row of its own (the sample store's
+        # prompts); the trainer's tokens beyond the responses say whether it counts them
         extra = statistics.fmean(obs.trained_per_rollout) - statistics.fmean(obs.lengths) * group
-        prompt = max(0, round(extra / group))
-        workload = replace(workload, prompt_len=Distribution(kind="fixed", value=prompt))
-        # the engine prefills each sample's whole prompt, which that length may leave out
-        unseen = statistics.fmean(obs.prompts) - prompt if obs.prompts else 0.0
-        costs = fit_costs(obs.updates, unseen_prompt=max(0.0, unseen), group=group)
+        trained_prompt = max(0, round(extra / group))
+        prompt = round(statistics.fmean(obs.prompts)) if obs.prompts else trained_prompt
+        # a task's long prompts tend to have long answers, which are the ones in flight when
+        # an update re-prefills: drawn apart, the re-prefills come out a third short (reverse)
+        workload = replace(workload, prompt_len=Distribution(kind="paired") if paired else Distribution(kind="fixed", value=prompt))
+        costs = fit_costs(obs.updates)
         sync_s = costs.sync_s if costs.sync_s is not None else (statistics.median(obs.sync) if obs.sync else 0.0)
         generation = replace(
             scenario.generation, servers=servers, slots=slots,
@@ -361,6 +381,7 @@ def calibrate(
             prefill_pass_s=costs.prefill_pass_s, prefill_per_token_s=costs.prefill_per_token_s,
             start_overhead_s=costs.start_overhead_s,
             prefill_token=True,  # the engine's prefill samples each prefilled sequence's next token
+            shared_prompt=False,  # it prefills every sample's prompt, no prefix cache
             startup_s=costs.startup_s,
         )
         train = costs.train
@@ -369,6 +390,7 @@ def calibrate(
             recompute_per_token_s=costs.recompute_per_token_s, weight_sync_s=sync_s, update_overhead_s=costs.overhead_s,
             # one process: generation waits while it trains, unless it ran in a thread of its own
             colocated=not obs.overlapped,
+            trains_prompt=trained_prompt > 0 or not obs.prompts,
         )
         fits = costs.fits
         counts["runs"] = len(paths)

@@ -32,12 +32,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from sim.fitting import Fit, fit, staged
-
-#: How much less of the decode time's variance a term seen only across runs (the slot
-#: count) must leave unexplained, fitted with the within-run terms rather than after
-#: them, to be fitted with them: a tenth.
-ACROSS_RUNS_GAIN = 0.1
+from sim.fitting import Fit, fit, scored
 
 #: Per-update fields without which a metrics line cannot be used.
 REQUIRED = ("wall_s", "wait_s", "train_s", "trained_tokens", "decode_steps", "generated_tokens")
@@ -59,23 +54,27 @@ class Update:
     sync_s: float | None
     overhead_s: float
     decode_s: float | None = None  # the engine's own pass times (an engine that times them)
+    decode_busy_s: float | None = None  # over its decode steps: busy slots times seconds, summed
+    decode_busy2: float = 0.0  # and busy slots squared, summed
     prefill_s: float = 0.0
     prefill_tokens: float = 0.0
-    prefill_rows: float = 0.0  # sequences prefilled: each start's group, and every re-prefilled one
     starts: float = 0.0  # rollouts submitted during the update's interval (from the log)
     first: bool = False  # a run's first update (its collect time holds the engine's start)
+    run: int = 0  # which of the calibrated runs it belongs to
 
 
 def updates(
-    rows: list[dict[str, Any]], slots: int, sequences: int, recompute_in_step: bool, submitted: list[float] | None = None
+    rows: list[dict[str, Any]], slots: int, sequences: int, recompute_in_step: bool, submitted: list[float] | None = None,
+    run: int = 0,
 ) -> list[Update]:
-    """The updates of one run (its metrics lines in order), counters turned into
-    per-update differences.  ``slots`` and ``sequences`` are the run's when a line
-    does not say; ``recompute_in_step`` folds the recomputation into the step (the
-    simulator recomputes only under ``segment_wise``)."""
+    """The updates of one run (its metrics lines in order; ``run`` tells it from the
+    others calibrated with it), counters turned into per-update differences.  ``slots``
+    and ``sequences`` are the run's when a line does not say; ``recompute_in_step``
+    folds the recomputation into the step (the simulator recomputes only under
+    ``segment_wise``)."""
     out: list[Update] = []
     before: dict[str, Any] = {"wall_s": 0.0, "decode_steps": 0, "generated_tokens": 0, "prefills": 0, "prefill_tokens": 0,
-                              "prefill_rows": 0, "decode_s": 0.0, "prefill_s": 0.0}
+                              "decode_s": 0.0, "prefill_s": 0.0, "decode_busy_s": 0.0, "decode_busy2": 0}
     times = sorted(submitted or [])
     index = 0
     for row in rows:
@@ -106,10 +105,12 @@ def updates(
             overhead_s=max(0.0, wall - parts) if timed else 0.0,
             decode_s=float(row["decode_s"]) - float(before.get("decode_s", 0.0)) if "decode_s" in row else None,
             prefill_s=float(row.get("prefill_s", 0.0)) - float(before.get("prefill_s", 0.0)),
+            decode_busy_s=float(row["decode_busy_s"]) - float(before.get("decode_busy_s", 0.0)) if "decode_busy_s" in row else None,
+            decode_busy2=float(row.get("decode_busy2", 0)) - float(before.get("decode_busy2", 0)),
             prefill_tokens=float(row.get("prefill_tokens", 0)) - float(before.get("prefill_tokens", 0)),
-            prefill_rows=float(row.get("prefill_rows", 0)) - float(before.get("prefill_rows", 0)),
             starts=float(starts),
             first=not out,
+            run=run,
         ))
         before = row
     return out
@@ -132,24 +133,75 @@ class RealCosts:
     overhead_s: float
     generation_r2: float  # of the collect time the generation terms predict
     scale: float = 1.0  # the factor that made the generation terms add up to the total collect time
-    unseen: str = ""  # how the prefill of prompt tokens the simulator does not count was folded in
     startup_s: float = 0.0  # a run's first collect beyond what the terms predict: the engine's start
 
     def notes(self) -> list[str]:
-        lines = [
+        return [
             f"{'prefill pass':<16} {self.prefill_pass_s:.4g} s + {self.prefill_per_token_s:.4g} s per token "
-            "(prefill_pass_s, prefill_per_token_s: one pass per server for the starts that arrive together, one for an update's re-prefills)",
+            "(prefill_pass_s, prefill_per_token_s: one pass per server for the starts that arrive together, one for an update's "
+            "re-prefills and the starts that join them; every sample's prompt is a row)",
             f"{'per started':<16} {self.start_overhead_s:.4g} s (start_overhead_s: the executor's work on a started rollout)",
-        ]
-        if self.unseen:
-            lines.append(f"{'unseen prompts':<16} {self.unseen}")
-        return lines + [
             f"{'engine start':<16} {self.startup_s:.4g} s (startup_s: each run's first collect beyond what the terms above "
             "predict for it, the engine's first passes of new shapes; the first updates are left out of the fits)",
             f"{'collect time':<16} R^2 {self.generation_r2:.3f} predicted from the generation terms above, scaled by {self.scale:.3f} to its total",
             f"{'recompute':<16} {self.recompute_per_token_s:.4g} s per trained token",
             f"{'update overhead':<16} mean {self.overhead_s:.4g} s per update (neither collecting, training, recomputing nor syncing)",
         ]
+
+
+def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
+    """The decode passes' seconds: ``steps * (base + per_slot * slots) + per_seq *
+    tokens``.  The per-sequence cost from how a step's time goes with its busy slots
+    within each run: from the engine's sums over its steps (busy * seconds, busy
+    squared) where it keeps them, else from the updates (each run with a step cost of
+    its own); then the runs' step costs against their slot counts, weighted by their
+    steps.  Fitted all at once, a term that differs between runs takes up whatever else
+    differs between them, and a fidelity study's two runs differ in busy slots and slots
+    alike: a CPU study's per-slot cost went to the busy sequences (21 microseconds
+    each, none per slot; its synchronous run, 16 busy of 256 slots, was predicted to
+    step in 0.8 ms and took 3.6), an H200 study's the other way (1.7 ms a step to the
+    slots, none to the busy sequences)."""
+    runs = sorted({u.run for u in found})
+    decode_s = [u.decode_s or 0.0 for u in found]
+    steps = {run: sum(u.steps for u in found if u.run == run) for run in runs}
+    dropped: list[str] = []
+    if all(u.decode_busy_s is not None for u in found):
+        # per step: seconds = a_run + per_seq * busy; the slope pooled over the runs' steps
+        covariance = variance = 0.0
+        sums = {}
+        for run in runs:
+            mine = [u for u in found if u.run == run]
+            n, busy, seconds = steps[run], sum(u.tokens for u in mine), sum(u.decode_s or 0.0 for u in mine)
+            if n <= 0:
+                continue
+            covariance += sum(u.decode_busy_s or 0.0 for u in mine) - busy * seconds / n
+            variance += sum(u.decode_busy2 for u in mine) - busy * busy / n
+            sums[run] = (n, busy, seconds)
+        per_seq = max(0.0, covariance / variance) if variance > 0 else 0.0
+        if per_seq == 0.0:
+            dropped.append("tokens")
+        step_cost = {run: (seconds - per_seq * busy) / n for run, (n, busy, seconds) in sums.items()}
+    else:
+        within = fit("decode passes s", {
+            **{f"steps@{run}": [u.steps if u.run == run else 0.0 for u in found] for run in runs},
+            "tokens": terms["tokens"],
+        }, decode_s)
+        per_seq = within["tokens"]
+        dropped += ["tokens"] if "tokens" in within.dropped else []
+        step_cost = {run: within[f"steps@{run}"] for run in runs if steps[run] > 0}
+    slots = {u.run: u.slots for u in found}
+    measured = sorted(step_cost)
+    if len({slots[run] for run in measured}) > 1:
+        across = fit("decode step per run", {"1": [1.0] * len(measured), "slots": [slots[run] for run in measured]},
+                     [step_cost[run] for run in measured], [steps[run] for run in measured])
+        base, per_slot = across["1"], across["slots"]
+        dropped += ["steps*slots"] if "slots" in across.dropped else []
+    else:  # one slot count: its cost is part of the base
+        base = sum(step_cost[run] * steps[run] for run in measured) / max(1.0, sum(steps[run] for run in measured))
+        per_slot = 0.0
+        dropped.append("steps*slots")
+    return scored("decode passes s", terms, {"steps": base, "steps*slots": per_slot, "tokens": per_seq},
+                  decode_s, [1.0] * len(found), dropped)
 
 
 def _generation(found: list[Update]) -> tuple[list[Fit], dict[str, float]]:
@@ -166,19 +218,7 @@ def _generation(found: list[Update]) -> tuple[list[Fit], dict[str, float]]:
         "tokens": [u.tokens for u in found],
     }
     if all(u.decode_s is not None for u in found) and sum(u.starts for u in found) > 0:
-        # the per-slot cost from what steps and tokens (which vary within a run) leave,
-        # unless fitting the three at once leaves clearly less (ACROSS_RUNS_GAIN): at
-        # once, a term seen only across runs takes up whatever else differs between them
-        # and can push a within-run term out (H200: two runs whose steps differed by
-        # their busy sequences, not their slots, gave it 1.7 ms a step and the
-        # per-sequence cost none, for 4% less residual; a third run, at the first's slots
-        # and few busy sequences, stepped at the second's cost)
-        decode_s = [u.decode_s or 0.0 for u in found]
-        within = {name: decode_terms[name] for name in ("steps", "tokens")}
-        decode = staged("decode passes s", within, {"steps*slots": decode_terms["steps*slots"]}, decode_s)
-        joint = fit("decode passes s", decode_terms, decode_s)
-        if 1.0 - joint.r2 < (1.0 - ACROSS_RUNS_GAIN) * (1.0 - decode.r2):
-            decode = joint
+        decode = _decode(found, decode_terms)
         prefill = fit("prefill passes s", {"prefills": [u.prefills for u in found], "prefill tokens": [u.prefill_tokens for u in found]},
                       [u.prefill_s for u in found])
         executor = fit("executor s", {"starts": [u.starts for u in found]},
@@ -192,12 +232,8 @@ def _generation(found: list[Update]) -> tuple[list[Fit], dict[str, float]]:
     return fits, {"base": decode["steps"], "per_slot": decode["steps*slots"], "per_seq": decode["tokens"], **passes}
 
 
-def fit_costs(found: list[Update], unseen_prompt: float = 0.0, group: int = 1) -> RealCosts:
-    """Fit the costs of ``found`` (the updates of every run).  ``unseen_prompt`` is the
-    prompt tokens per sequence that the engine prefills and the simulator does not
-    count (its prompt length is the trainer's, which may count completions only; a
-    rollout is ``group`` sequences): their prefill is folded into the cost per start
-    (a start's own rows) and per pass (the rows re-prefilled after updates)."""
+def fit_costs(found: list[Update]) -> RealCosts:
+    """Fit the costs of ``found`` (the updates of every run)."""
     firsts = [u for u in found if u.first]
     found = [u for u in found if not u.first] or found  # the fits are of a running engine
     fits, c = _generation(found)
@@ -217,16 +253,6 @@ def fit_costs(found: list[Update], unseen_prompt: float = 0.0, group: int = 1) -
     mean = statistics.fmean(collect)
     ss_tot = sum((y - mean) ** 2 for y in collect)
     r2 = 1.0 - sum((y - p) ** 2 for y, p in zip(collect, predicted)) / ss_tot if ss_tot > 0 else 0.0
-    unseen = ""
-    starts, passes = sum(u.starts for u in found), sum(u.prefills for u in found)
-    if unseen_prompt > 0 and c["per_token"] > 0 and starts > 0 and passes > 0:
-        rows = sum(u.prefill_rows for u in found)
-        per_start = c["per_token"] * unseen_prompt * group
-        per_pass = c["per_token"] * unseen_prompt * max(0.0, rows - starts * group) / passes
-        c["start"] += per_start
-        c["pass"] += per_pass
-        unseen = (f"{unseen_prompt:.3g} prompt tokens per sequence prefilled, not counted by the simulator: "
-                  f"+{per_start:.4g} s per start (its {group} rows), +{per_pass:.4g} s per pass (rows re-prefilled after updates)")
     train = fit("train step s", {
         "1": [1.0] * len(found),
         "tokens": [u.trained_tokens for u in found],
@@ -236,5 +262,4 @@ def fit_costs(found: list[Update], unseen_prompt: float = 0.0, group: int = 1) -
     per_token = sum(u.recompute_s for u in recomputed) / max(1.0, sum(u.trained_tokens for u in recomputed)) if recomputed else 0.0
     syncs = [u.sync_s for u in found if u.sync_s is not None]
     return RealCosts([*fits, train], c["base"], c["per_slot"], c["per_seq"], c["pass"], c["per_token"], c["start"], train, per_token,
-                     statistics.fmean(syncs) if syncs else None, statistics.fmean(u.overhead_s for u in found), r2, scale, unseen,
-                     startup)
+                     statistics.fmean(syncs) if syncs else None, statistics.fmean(u.overhead_s for u in found), r2, scale, startup)

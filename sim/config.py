@@ -72,7 +72,9 @@ class WorkloadSection:
 
     group_size: int = field(default=1, metadata=_doc("samples generated per prompt; a rollout finishes when all its samples do"))
     prompt_len: Distribution = field(
-        default=Distribution(kind="fixed", value=128), metadata=_doc("prompt length in tokens (a distribution table)")
+        default=Distribution(kind="fixed", value=128),
+        metadata=_doc("prompt length in tokens (a distribution table; paired: drawn with each group's response lengths from"
+                      " response_len's CSV, whose rows lead with their prompt's length)"),
     )
     response_len: Distribution = field(
         default=Distribution(kind="lognormal", median=1024.0, sigma=0.6, cap=8192),
@@ -113,6 +115,11 @@ class GenerationSection:
         default=0.0,
         metadata=_doc("the executor's work on each started rollout, delaying its server like a prefill, seconds (was prefill_base_s)"),
     )
+    shared_prompt: bool = field(
+        default=True,
+        metadata=_doc("a rollout's samples share one prefill of their prompt (prefix caching); false: each sample's prompt is"
+                      " prefilled as a row of its own, as the built-in engines do"),
+    )
     on_update: str = field(
         default="partial",
         metadata=_doc(
@@ -133,6 +140,9 @@ class TrainingSection:
     update_overhead_s: float = field(
         default=0.0,
         metadata=_doc("seconds per update besides training, recomputing and the sync (advantages, checkpoint, logging); colocated: generation paused"),
+    )
+    trains_prompt: bool = field(
+        default=True, metadata=_doc("a step's tokens count each sample's prompt; false: completions only, as `rollout-ledger train` counts them")
     )
     colocated: bool = field(default=False, metadata=_doc("generation and training share the GPUs (generation pauses while training)"))
 
@@ -298,6 +308,11 @@ def _validate(scenario: Scenario) -> None:
     # a prompt may be empty: a trainer that counts completion tokens only (a calibrated real run)
     _validate_distribution("workload.prompt_len", scenario.workload.prompt_len, least=0)
     _validate_distribution("workload.response_len", scenario.workload.response_len)
+    if scenario.workload.response_len.kind == "paired":
+        raise ScenarioError("workload.response_len.kind", "only workload.prompt_len may be paired (drawn with the response lengths)")
+    if scenario.workload.prompt_len.kind == "paired" and scenario.workload.response_len.kind != "empirical":
+        raise ScenarioError("workload.prompt_len.kind", "paired draws a row of workload.response_len's CSV, which must be empirical, "
+                            f"not {scenario.workload.response_len.kind}")
     if scenario.ledger.policy not in POLICIES:
         raise ScenarioError("ledger.policy", f"must be one of {', '.join(POLICIES)}, got {scenario.ledger.policy!r}")
     if scenario.ledger.on_stale not in ON_STALE:

@@ -93,10 +93,10 @@ def fit(name: str, terms: dict[str, list[float]], ys: list[float], weights: list
         break
     for t in dropped:
         coefficients.setdefault(t, 0.0)
-    return _scored(name, terms, coefficients, ys, w, dropped)
+    return scored(name, terms, coefficients, ys, w, dropped)
 
 
-def _scored(name: str, terms: dict[str, list[float]], coefficients: dict[str, float], ys: list[float], w: list[float],
+def scored(name: str, terms: dict[str, list[float]], coefficients: dict[str, float], ys: list[float], w: list[float],
             dropped: list[str]) -> Fit:
     """The :class:`Fit` of ``coefficients`` on ``terms``: its weighted R-squared and
     relative residuals against ``ys``, terms in ``terms``' order."""
@@ -109,18 +109,6 @@ def _scored(name: str, terms: dict[str, list[float]], coefficients: dict[str, fl
     residuals = [abs(y - p) / abs(y) for y, p in zip(ys, predicted) if y != 0]
     order = {t: i for i, t in enumerate(terms)}
     return Fit(name, dict(sorted(coefficients.items(), key=lambda kv: order[kv[0]])), r2, residuals, sorted(set(dropped), key=lambda t: order[t]))
-
-
-def staged(name: str, first: dict[str, list[float]], then: dict[str, list[float]], ys: list[float]) -> Fit:
-    """:func:`fit` of ``ys`` on the ``first`` terms, then of what they leave on the
-    ``then`` terms; one :class:`Fit` of all of them.  For terms that only differ between
-    runs (a run's slot count): fitted together with the terms that vary within a run,
-    they take up whatever else differs between the runs, so they get only the rest."""
-    head = fit(name, first, ys)
-    left = [y - sum(head[t] * first[t][i] for t in first) for i, y in enumerate(ys)]
-    tail = fit(name, then, left)
-    return _scored(name, {**first, **then}, {**head.coefficients, **tail.coefficients}, ys, [1.0] * len(ys),
-                   [*head.dropped, *tail.dropped])
 
 
 def line(name: str, xs: list[float], ys: list[float], weights: list[float] | None = None) -> Fit:

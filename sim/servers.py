@@ -11,10 +11,11 @@ analytically with it (and its inverse), never token by token.
 
 Prefill is done in batched passes, as the built-in engine does: a rollout that starts
 on a server is prefilled in the pending pass of the starts there (its ``stall`` not yet
-spent) or opens one; the re-prefill of the interrupted sequences on a server after a
-weight update is a pass of its own, apart from the update's starts (the engine takes
-new prompts a few steps after it resumes).  A pass costs ``prefill_pass_s +
-prefill_per_token_s * tokens`` and holds the server's decoding back; each start also
+spent, or no decode step since it opened) or opens one; the re-prefill of the
+interrupted sequences on a server after a weight update is one pass, which the update's
+starts join (the engine admits waiting prompts into the step that re-prefills).  A pass
+costs ``prefill_pass_s + prefill_per_token_s * tokens`` (a start's prompt once, or once
+per sample without ``shared_prompt``) and holds the server's decoding back; each start also
 costs the executor's ``start_overhead_s`` there.  With ``prefill_token`` a pass also
 samples one token of each sequence it prefills, as the engines do (the logits of a
 prompt's last position give its first token): a start needs one decode step less, and
@@ -49,8 +50,8 @@ class Server:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        # (finish step, sequence number, rollout, admission step, kv tokens at admission)
-        self.heap: list[tuple[float, int, str, float, int]] = []
+        # (finish step, sequence number, rollout, admission step, kv tokens at admission, response tokens)
+        self.heap: list[tuple[float, int, str, float, int, int]] = []
         self.steps = 0.0  # decode steps done since the start (fractional between events)
         self.kv_offset = 0.0  # sum of (kv0 - admission step): kv tokens = kv_offset + active * steps
         self.active = 0
@@ -90,6 +91,7 @@ class Pool:
         self.prefill = generation.prefill_per_token_s
         self.prefill_pass = generation.prefill_pass_s
         self.start_overhead = generation.start_overhead_s
+        self.shared_prompt = generation.shared_prompt
         self.first = 1 if generation.prefill_token else 0  # tokens a prefill pass samples per sequence
         self.passes = 0  # prefill passes opened, on every server
         self._sequences = 0
@@ -166,10 +168,10 @@ class Pool:
         server.steps = max(server.steps, heap[0][0])  # land exactly on the finishing step
         done: list[tuple[str, int]] = []
         while heap and heap[0][0] <= server.steps + 1e-9:
-            finish, _, rollout, admitted, kv0 = heapq.heappop(heap)
+            _, _, rollout, admitted, kv0, tokens = heapq.heappop(heap)
             server.active -= 1
             server.kv_offset -= kv0 - admitted
-            done.append((rollout, int(round(finish - admitted))))
+            done.append((rollout, tokens))
         if self._heaped:
             self.loaded(server)
         self.finished(server, now, done)
@@ -191,22 +193,25 @@ class Pool:
 
     def start(self, server: Server, rollout: str, prompt: int, lengths: Callable[[], int], group: int) -> None:
         """Put ``group`` samples of a rollout on ``server`` (advanced to now), each
-        ``lengths()`` tokens long; the group shares its prompt's prefill, in the server's
-        pending pass if there is one (its stall not yet spent, or opened at this instant),
-        else in a new one."""
+        ``lengths()`` tokens long, prefilled (the prompt once, or once per sample without
+        ``shared_prompt``) in the server's pending pass if there is one (see
+        :meth:`pending_pass`), else in a new one."""
         # the engine admits at a step boundary (the next, when one is under way); its pass
-        # samples the first token, which counts as a step done
-        admitted = math.ceil(server.steps - 1e-9) - self.first
+        # samples the first token, which counts as a step done; the engine reports what
+        # finished once the step's decode is done, so a one-token answer ends with it
+        boundary = math.ceil(server.steps - 1e-9)
+        admitted = boundary - self.first
         for _ in range(group):
             self._sequences += 1
-            heapq.heappush(server.heap, (admitted + lengths(), self._sequences, rollout, admitted, prompt))
+            tokens = lengths()
+            heapq.heappush(server.heap, (max(admitted + tokens, boundary + 1), self._sequences, rollout, admitted, prompt, tokens))
             server.kv_offset += prompt - admitted
         server.active += group
         if not self.pending_pass(server):  # this start opens a pass (after a re-prefill's, if one is pending)
             server.stall += self.prefill_pass
             server.opened, server.opened_step, server.joinable, server.pending = server.last, server.steps, True, 0.0
             self.passes += 1
-        server.stall += self.start_overhead + self.prefill * prompt
+        server.stall += self.start_overhead + self.prefill * prompt * (1 if self.shared_prompt else group)
         server.pending += group * prompt
         if self._heaped:
             self.loaded(server)
@@ -215,8 +220,8 @@ class Pool:
         """Response tokens generated so far by each unfinished rollout on ``server``."""
         tokens: dict[str, int] = {}
         steps = server.steps
-        for _, _, rollout, admitted, _ in server.heap:
-            tokens[rollout] = tokens.get(rollout, 0) + int(steps - admitted)
+        for _, _, rollout, admitted, _, length in server.heap:
+            tokens[rollout] = tokens.get(rollout, 0) + min(length, int(steps - admitted))
         return tokens
 
     @staticmethod
@@ -230,9 +235,9 @@ class Pool:
 
     def reprefill(self, now: float) -> None:
         """After a weight update (at ``now``), every busy server prefills the kv cache of
-        its interrupted sequences again, in one pass of its own: the starts of the update's
-        instant and of the one before (a pass pending at the freeze, whose sequences the
-        engine had not admitted yet) share another."""
+        its interrupted sequences again in one pass: a start's pass still pending at the
+        freeze (sequences the engine had not admitted yet) takes it in, else it opens one,
+        and the update's starts join it."""
         for server in self.servers:
             if server.active:
                 waiting = self.pending_pass(server)  # a start's pass not yet run: the re-prefill joins it
@@ -242,21 +247,26 @@ class Pool:
                 if self.first:
                     self._sample_at_reprefill(server, waiting)
                 server.opened, server.opened_step, server.joinable = now, server.steps, True  # the update's starts join it
+                if not waiting:
+                    server.pending = 0.0
 
     def _sample_at_reprefill(self, server: Server, waiting: bool) -> None:
         """The re-prefill samples one token of every interrupted sequence: each is one
-        step further on (its admission and finish one step earlier; the order of the heap
-        is kept).  Sequences of a start pass still pending were not interrupted."""
+        step further on (its admission and finish one step earlier), but one it completes
+        is reported with the decode step that follows the pass, as the engine reports a
+        step's finished sequences.  Sequences of a start pass still pending were not
+        interrupted."""
         fresh = server.steps - self.first - 1e-9
+        after = math.ceil(server.steps - 1e-9) + 1  # the end of the pass's decode step
         moved = 0
         heap = []
-        for finish, number, rollout, admitted, kv0 in server.heap:
+        for finish, number, rollout, admitted, kv0, tokens in server.heap:
             if waiting and admitted >= fresh:
-                heap.append((finish, number, rollout, admitted, kv0))
+                heap.append((finish, number, rollout, admitted, kv0, tokens))
             else:
-                heap.append((finish - 1, number, rollout, admitted - 1, kv0))
+                heap.append((max(finish - 1, after), number, rollout, admitted - 1, kv0, tokens))
                 moved += 1
-        heapq.heapify(heap)  # (a pending start's sequences kept their place)
+        heapq.heapify(heap)
         server.heap = heap
         server.kv_offset += moved
 

@@ -37,7 +37,7 @@ from sim.script import Script
 from sim.servers import LiveRollout, Pool, Server
 from sim.summary import Summary, SummaryBuilder
 from sim.training import Training
-from sim.workload import group_sampler, sampler
+from sim.workload import group_sampler, paired_samplers, sampler
 
 #: A debug-mode check run after every event: ``check(state, event)``.
 Check = Callable[[State, Event], None]
@@ -90,8 +90,15 @@ class Simulation(Training):
         self._progress = progress
         self._script = script
         workload = scenario.workload
-        self._prompt_len = sampler(workload.prompt_len, "workload.prompt_len")
-        self._group_lengths = partial(group_sampler(workload.response_len, workload.group_size, "workload.response_len"), self.rng)
+        # a group's response lengths, given its prompt's length (paired) or drawn apart from it
+        self._group_lengths: Callable[[int], list[int]]
+        if workload.prompt_len.kind == "paired":
+            self._prompt_len, given = paired_samplers(workload.response_len, workload.group_size)
+            self._group_lengths = partial(given, self.rng)
+        else:
+            self._prompt_len = sampler(workload.prompt_len, "workload.prompt_len")
+            drawn = group_sampler(workload.response_len, workload.group_size, "workload.response_len")
+            self._group_lengths = lambda _prompt: drawn(self.rng)
         self._group = workload.group_size
         generation = scenario.generation
         self._pool = Pool(generation, self.env, self._finished)
@@ -217,7 +224,7 @@ class Simulation(Training):
             tokens = self._script.attempt(rollout).tokens
             self._pool.start(server, rollout, prompt, lambda: tokens, self._group)
         else:
-            self._pool.start(server, rollout, prompt, iter(self._group_lengths()).__next__, self._group)
+            self._pool.start(server, rollout, prompt, iter(self._group_lengths(prompt)).__next__, self._group)
 
     # -- running -------------------------------------------------------------------------
 

@@ -157,10 +157,11 @@ class Training:
                 yield self._batch_wanted
                 stats.trainer_idle_s += env.now - waited_from
             version = ledger.version
+            prompted = group if training.trains_prompt else 0  # prompt tokens a sample's trained tokens count, per prompt token
             tokens = 0
             for rollout in batch:
                 live = self._live.pop(rollout)
-                tokens += group * live.prompt + live.done
+                tokens += prompted * live.prompt + live.done
                 stats.staleness(version - live.head)
             stats.consumed += size
             stats.trained_tokens += tokens
@@ -170,7 +171,7 @@ class Training:
             yield env.timeout(training.step_base_s + training.step_per_token_s * tokens + training.step_per_seq_s * size * group)
             requests = protocol.recompute_requests(ledger.state)
             if requests:
-                recompute_tokens = sum(group * self._live[r.rollout].prompt + self._live[r.rollout].done for r in requests)
+                recompute_tokens = sum(prompted * self._live[r.rollout].prompt + self._live[r.rollout].done for r in requests)
                 yield env.timeout(training.recompute_per_token_s * recompute_tokens)
             stats.trainer_busy_s += env.now - busy_from
             if not training.colocated:

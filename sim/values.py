@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 #: Names of the length distributions.
-DISTRIBUTIONS = ("fixed", "lognormal", "empirical")
+DISTRIBUTIONS = ("fixed", "lognormal", "empirical", "paired")
 #: The most tokens a length may be (a fixed value, a cap, a median).
 MAX_LENGTH = 2**40
 

@@ -7,7 +7,10 @@ response tokens of each accepted rollout: the sum of its segments, ``segment`` a
 from a CSV file: a row of one number is one sample's length; a row of as many numbers
 as the group has samples is one group's lengths, drawn together (the samples of one
 prompt are alike in length: drawn apart, a group's longest sample, which decides when
-the group finishes, comes out far too long).
+the group finishes, comes out far too long).  A CSV whose header starts with
+``prompt`` leads each row with its prompt's length: a ``paired`` prompt length draws a
+row's prompt, and its group's lengths come from the rows of that prompt length (a
+task's long prompts tend to have long answers).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from sim.config import Distribution, ScenarioError
 
 #: A sampler: draws one length (at least 1 token) from the given generator.
 Sampler = Callable[[random.Random], int]
+
+#: The header's first cell of a lengths CSV whose rows lead with their prompt's length.
+PROMPT_COLUMN = "prompt"
 
 
 def sampler(dist: Distribution, field_name: str = "distribution") -> Sampler:
@@ -45,6 +51,8 @@ def sampler(dist: Distribution, field_name: str = "distribution") -> Sampler:
         lengths = load_lengths(dist.path, field_name)
         choose = random.Random.choice
         return lambda rng: choose(rng, lengths)
+    if dist.kind == "paired":
+        raise ScenarioError(f"{field_name}.kind", "a paired length is drawn with the response lengths (paired_samplers)")
     raise ScenarioError(f"{field_name}.kind", f"unknown distribution {dist.kind!r}")
 
 
@@ -53,15 +61,37 @@ def group_sampler(dist: Distribution, group: int, field_name: str = "distributio
     row of an ``empirical`` CSV whose rows are groups of that size, else ``group``
     independent draws (in the order :func:`sampler` would make them)."""
     if dist.kind == "empirical":
-        rows = load_rows(dist.path, field_name)
-        whole = [row for row in rows if len(row) == group]
-        choose = random.Random.choice
-        if whole and group > 1:
-            return lambda rng: choose(rng, whole)
-        lengths = [length for row in rows for length in row]
-        return lambda rng: [choose(rng, lengths) for _ in range(group)]
+        return _rows_sampler(load_rows(dist.path, field_name), group)
     one = sampler(dist, field_name)
     return lambda rng: [one(rng) for _ in range(group)]
+
+
+def _rows_sampler(rows: list[list[int]], group: int) -> Callable[[random.Random], list[int]]:
+    """Draws a group's lengths from ``rows``: a whole row of that size, else each apart."""
+    whole = [row for row in rows if len(row) == group]
+    choose = random.Random.choice
+    if whole and group > 1:
+        return lambda rng: choose(rng, whole)
+    lengths = [length for row in rows for length in row]
+    return lambda rng: [choose(rng, lengths) for _ in range(group)]
+
+
+def paired_samplers(
+    dist: Distribution, group: int, field_name: str = "workload.response_len"
+) -> tuple[Sampler, Callable[[random.Random, int], list[int]]]:
+    """For a ``paired`` prompt length: a sampler of prompt lengths (a row's, of the
+    ``empirical`` CSV ``dist`` names) and one of a group's lengths given its prompt's
+    (from the rows of that prompt length, as :func:`group_sampler` draws from rows)."""
+    if dist.kind != "empirical":
+        raise ScenarioError("workload.prompt_len.kind", f"paired needs an empirical {field_name} (a CSV with a prompt column), it is {dist.kind}")
+    prompted = load_prompted_rows(dist.path, field_name)
+    prompts = [prompt for prompt, _ in prompted]
+    by_prompt: dict[int, list[list[int]]] = {}
+    for prompt, row in prompted:
+        by_prompt.setdefault(prompt, []).append(row)
+    draws = {prompt: _rows_sampler(rows, group) for prompt, rows in by_prompt.items()}
+    choose = random.Random.choice
+    return (lambda rng: choose(rng, prompts)), (lambda rng, prompt: draws[prompt](rng))
 
 
 def lognormal_cdf(dist: Distribution, length: int) -> float:
@@ -82,8 +112,21 @@ def load_lengths(path: str | Path, field_name: str = "distribution") -> list[int
 
 
 def load_rows(path: str | Path, field_name: str = "distribution") -> list[list[int]]:
-    """The rows of lengths of a CSV file (each row one sample's length or one group's),
-    or of an event log (each accepted rollout's tokens, a row of one)."""
+    """The rows of lengths of a CSV file (each row one sample's length or one group's,
+    without a prompt column), or of an event log (each accepted rollout's tokens, a row
+    of one)."""
+    return [row for _, row in _table(path, field_name, prompted=False)]
+
+
+def load_prompted_rows(path: str | Path, field_name: str = "distribution") -> list[tuple[int, list[int]]]:
+    """The rows of a lengths CSV whose header starts with ``prompt``: (prompt length, the
+    group's lengths); another file is refused, naming it."""
+    return [(int(prompt or 0), row) for prompt, row in _table(path, field_name, prompted=True)]
+
+
+def _table(path: str | Path, field_name: str, prompted: bool) -> list[tuple[int | None, list[int]]]:
+    """The rows of a lengths file with their prompt lengths (``None`` without a prompt
+    column; ``prompted`` requires one)."""
     path = Path(path)
     if not path.is_file():
         raise ScenarioError(f"{field_name}.path", f"no file at {path}")
@@ -91,35 +134,43 @@ def load_rows(path: str | Path, field_name: str = "distribution") -> list[list[i
         if path.suffix in (".csv", ".txt"):
             rows = _csv_rows(path, field_name)
         else:
-            rows = [[length] for length in _log_lengths(path, field_name)]
+            rows = [(None, [length]) for length in _log_lengths(path, field_name)]
     except UnicodeDecodeError as err:
         raise ScenarioError(f"{field_name}.path", f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
     except csv.Error as err:
         raise ScenarioError(f"{field_name}.path", f"{path} is not a CSV file: {err}") from None
     if not rows:
         raise ScenarioError(f"{field_name}.path", f"{path} holds no lengths")
+    if prompted and rows[0][0] is None:
+        raise ScenarioError(f"{field_name}.path", f"{path} has no {PROMPT_COLUMN} column (its header must start with {PROMPT_COLUMN!r})")
     return rows
 
 
-def _csv_rows(path: Path, field_name: str) -> list[list[int]]:
-    rows: list[list[int]] = []
+def _csv_rows(path: Path, field_name: str) -> list[tuple[int | None, list[int]]]:
+    rows: list[tuple[int | None, list[int]]] = []
+    prompted = False  # the header's first cell is PROMPT_COLUMN: each row leads with its prompt's length
     with open(path, newline="", encoding="utf-8") as handle:
         for number, row in enumerate(csv.reader(handle), start=1):
             cells = [cell for cell in row if cell.strip()]
-            values = []
+            values: list[int] = []
             for cell in cells:
                 try:
                     value = float(cell)
                 except ValueError:
                     if number == 1:  # a header line
+                        prompted = cells[0].strip().lower() == PROMPT_COLUMN
                         break
                     raise ScenarioError(f"{field_name}.path", f"{path} line {number}: {cell!r} is not a number") from None
-                if value < 1 or not math.isfinite(value):
-                    raise ScenarioError(f"{field_name}.path", f"{path} line {number}: length {cell!r} must be at least 1")
+                least = 0 if prompted and not values else 1  # a prompt may be empty
+                if value < least or not math.isfinite(value):
+                    what = "prompt length" if least == 0 else "length"
+                    raise ScenarioError(f"{field_name}.path", f"{path} line {number}: {what} {cell!r} must be at least {least}")
                 values.append(int(round(value)))
             else:
+                if prompted and len(values) == 1:
+                    raise ScenarioError(f"{field_name}.path", f"{path} line {number}: a prompt length and no response length")
                 if values:
-                    rows.append(values)
+                    rows.append((values[0], values[1:]) if prompted else (None, values))
     return rows
 
 

@@ -79,6 +79,7 @@ def test_calibrate_on_a_cpu_run_and_predict_a_second(tmp_path, capsys):
     """A short CPU ``train`` run calibrates the simulator, which predicts a second run's
     trained tokens/s; the error is printed, not held to a bound (a shared CI machine)."""
     pytest.importorskip("torch")
+    from sim.calibrate import _sample_lengths
     from benchmarks.fidelity import measured, predict
     from engine.workflows.reinforcement import train
     from engine.workflows.rl_config import RunConfig
@@ -88,6 +89,11 @@ def test_calibrate_on_a_cpu_run_and_predict_a_second(tmp_path, capsys):
     train(base, tmp_path / "first", eval_size=0, progress=False)
     fit = calibrate([tmp_path / "first"])
     assert fit.scenario.training.colocated and fit.scenario.workload.group_size == 2
+    # the engine prefills each sample's whole prompt, a row apiece; the trainer counts completions only
+    prompts: list[int] = []
+    _sample_lengths(tmp_path / "first" / "samples.sqlite", prompts)
+    assert fit.scenario.workload.prompt_len.value == round(sum(prompts) / len(prompts)) > 0
+    assert not fit.scenario.training.trains_prompt and not fit.scenario.generation.shared_prompt
     assert fit.scenario.training.step_base_s + fit.scenario.training.step_per_token_s > 0
     assert fit.scenario.generation.step_base_s + fit.scenario.generation.step_per_seq_s > 0
     out = tmp_path / "cal.toml"
@@ -117,7 +123,7 @@ def test_a_real_runs_group_lengths_are_drawn_together_and_an_overlapped_run_is_n
     from engine.workflows.reinforcement import train
     from engine.workflows.rl_config import RunConfig
     from sim.calibrate import _sample_lengths
-    from sim.workload import group_sampler
+    from sim.workload import group_sampler, paired_samplers
 
     config = RunConfig(task="reverse", model_size="tiny", steps=8, batch_size=4, group_size=3, max_concurrent=8,
                        max_staleness=2, warmup_steps=3, device="cpu", overlap=True)
@@ -125,14 +131,24 @@ def test_a_real_runs_group_lengths_are_drawn_together_and_an_overlapped_run_is_n
     fit = calibrate([tmp_path / "run"], lengths_file=tmp_path / "lengths.csv")
     assert not fit.scenario.training.colocated and fit.scenario.generation.prefill_token
     groups: list[list[int]] = []
-    _sample_lengths(tmp_path / "run" / "samples.sqlite", groups=groups)
-    rows = [tuple(map(int, line.split(","))) for line in (tmp_path / "lengths.csv").read_text().splitlines()[1:]]
-    assert Counter(rows) == Counter(tuple(g) for g in groups) and all(len(r) == 3 for r in rows)
+    prompts: list[int] = []
+    _sample_lengths(tmp_path / "run" / "samples.sqlite", groups=groups, group_prompts=prompts)
+    lines = (tmp_path / "lengths.csv").read_text().splitlines()
+    assert lines[0].startswith("prompt,")  # each row leads with its prompt's length
+    table = [tuple(map(int, line.split(","))) for line in lines[1:]]
+    assert Counter(table) == Counter((p, *g) for p, g in zip(prompts, groups)) and all(len(r) == 4 for r in table)
+    rows = {r[1:] for r in table}
     draw = group_sampler(fit.scenario.workload.response_len, 3)
     rng = random.Random(0)
-    assert all(tuple(draw(rng)) in set(rows) for _ in range(50))
+    assert all(tuple(draw(rng)) in rows for _ in range(50))
     apart = group_sampler(fit.scenario.workload.response_len, 2)  # rows of another size: each sample apart
     assert all(len(apart(rng)) == 2 for _ in range(5))
+    # the prompt length is paired: a group's lengths are drawn from the rows of its prompt's length
+    assert fit.scenario.workload.prompt_len.kind == "paired"
+    prompt_of, lengths_given = paired_samplers(fit.scenario.workload.response_len, 3)
+    for _ in range(50):
+        prompt = prompt_of(rng)
+        assert (prompt, *lengths_given(rng, prompt)) in set(table)
 
 
 @pytest.mark.slow

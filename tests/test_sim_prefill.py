@@ -17,7 +17,9 @@ from sim.summary import Summary
 STEP, PASS, PER_TOKEN, START = 0.01, 0.05, 0.001, 0.002
 
 
-def _pool(servers: int = 1, prefill_token: bool = False) -> tuple[simpy.Environment, Pool, list[tuple[float, str]]]:
+def _pool(
+    servers: int = 1, prefill_token: bool = False, shared_prompt: bool = True
+) -> tuple[simpy.Environment, Pool, list[tuple[float, str]]]:
     """A pool of ``servers`` with a fixed decode step and known prefill costs, and the
     list its finished sequences are recorded in (time, rollout)."""
     env = simpy.Environment()
@@ -25,6 +27,7 @@ def _pool(servers: int = 1, prefill_token: bool = False) -> tuple[simpy.Environm
     generation = GenerationSection(
         servers=servers, slots=16, step_base_s=STEP, step_per_seq_s=0.0, step_per_kv_token_s=0.0,
         prefill_pass_s=PASS, prefill_per_token_s=PER_TOKEN, start_overhead_s=START, prefill_token=prefill_token,
+        shared_prompt=shared_prompt,
     )
     pool = Pool(generation, env, lambda _server, now, finished: done.extend((now, rollout) for rollout, _ in finished))
     return env, pool, done
@@ -142,31 +145,35 @@ def test_a_simulated_update_re_prefills_each_server_in_one_pass(staleness: int) 
 @pytest.mark.parametrize("length", [1, 4])
 def test_with_prefill_token_the_pass_samples_a_start_first_token(length: int) -> None:
     """An engine's prefill samples a sequence's first token: ``length`` tokens take the
-    pass and ``length - 1`` decode steps (a one-token answer is done with its pass), and
-    the tokens it reports are still ``length``."""
+    pass and ``length - 1`` decode steps, and the tokens it reports are still
+    ``length``; a one-token answer, done by its pass, is reported with the decode step
+    that follows it (the engine's step is a pass and a decode, and what finished in it is
+    reported when it ends)."""
     env, pool, _ = _pool(prefill_token=True)
     lengths: list[int] = []
     pool.finished = lambda _server, now, finished: lengths.extend(tokens for _, tokens in finished) or times.append(now)
     times: list[float] = []
     _start(pool, 0, "a", 10, length)
     env.run()
-    assert times == pytest.approx([PASS + PER_TOKEN * 10 + START + (length - 1) * STEP], rel=1e-9)
+    assert times == pytest.approx([PASS + PER_TOKEN * 10 + START + max(1, length - 1) * STEP], rel=1e-9)
     assert lengths == [length]
 
 
-def test_with_prefill_token_a_re_prefill_moves_every_interrupted_sequence_one_token_on() -> None:
+@pytest.mark.parametrize("left", [3, 1])
+def test_with_prefill_token_a_re_prefill_moves_every_interrupted_sequence_one_token_on(left: int) -> None:
     """After a weight update the re-prefill samples each interrupted sequence's next
-    token: a sequence 3 tokens from its end finishes 2 decode steps after the pass."""
+    token: a sequence 3 tokens from its end finishes 2 decode steps after the pass; one
+    whose last token the pass samples is reported after the pass's decode step."""
     env, pool, done = _pool(prefill_token=True)
-    _start(pool, 0, "a", 10, 6)
+    _start(pool, 0, "a", 10, 3 + left)
     start = PASS + PER_TOKEN * 10 + START
-    env.run(until=start + 2 * STEP)  # the pass gave token 1, two steps tokens 2-3: 3 left
+    env.run(until=start + 2 * STEP)  # the pass gave token 1, two steps tokens 2-3: ``left`` to go
     pool.freeze(env.now)
     kv = pool.servers[0].kv_offset + pool.servers[0].active * pool.servers[0].steps
     pool.reprefill(env.now)
     pool.thaw(env.now)
     env.run()
-    assert [t for t, _ in done] == pytest.approx([start + 2 * STEP + PASS + PER_TOKEN * kv + 2 * STEP], rel=1e-9)
+    assert [t for t, _ in done] == pytest.approx([start + 2 * STEP + PASS + PER_TOKEN * kv + max(1, left - 1) * STEP], rel=1e-9)
 
 
 def test_a_servers_start_delays_its_first_sequences_once() -> None:
@@ -183,3 +190,35 @@ def test_a_servers_start_delays_its_first_sequences_once() -> None:
     env.run()
     first = 0.3 + PASS + 2 * STEP
     assert [t for t, _ in done] == pytest.approx([first, first + PASS + 2 * STEP], rel=1e-9)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_groups_prompt_is_prefilled_once_when_shared_else_once_per_sample(shared: bool) -> None:
+    """A rollout of 4 samples: with a prefix cache (``shared_prompt``) its prompt is
+    prefilled once; the built-in engines prefill every sample's prompt as a row."""
+    env, pool, done = _pool(shared_prompt=shared)
+    server = pool.servers[0]
+    pool.start(server, "a", 10, lambda: 2, 4)
+    pool.plan(server)
+    env.run()
+    rows = 1 if shared else 4
+    assert [t for t, _ in done] == pytest.approx([PASS + PER_TOKEN * 10 * rows + START + 2 * STEP] * 4, rel=1e-9)
+
+
+@pytest.mark.parametrize("trains_prompt", [True, False])
+def test_a_trainer_that_counts_completions_only_trains_no_prompt_token(trains_prompt: bool) -> None:
+    """Two rollouts of 2 samples, prompts of 3 tokens, responses of 10 and 30: the trainer
+    counts 2 * 3 prompt tokens and 20 + 60 response tokens per rollout pair, or the
+    responses alone (``training.trains_prompt = false``, as ``train`` counts); a step
+    costs its tokens, so the run's time says which were trained."""
+    script = Script(prompts=("p0", "p1"), attempts={"p0": Attempt(10), "p1": Attempt(30)}, prompt_tokens=3)
+    scenario = Scenario().with_overrides([
+        "run.rollouts=2", "ledger.batch_size=2", "ledger.max_concurrent=2", "workload.group_size=2",
+        "generation.servers=1", "generation.slots=4", f"generation.step_base_s={STEP}", "generation.step_per_seq_s=0",
+        "generation.step_per_kv_token_s=0", "generation.prefill_per_token_s=0", "training.step_base_s=0",
+        "training.step_per_token_s=0.001", "training.weight_sync_s=0", f"training.trains_prompt={str(trains_prompt).lower()}",
+    ])
+    summary = Simulation(scenario, script=script).run()
+    tokens = 2 * 10 + 2 * 30 + (2 * 2 * 3 if trains_prompt else 0)
+    assert summary.trained_tokens_per_s * summary.sim_time_s == pytest.approx(tokens, rel=1e-9)
+    assert summary.sim_time_s == pytest.approx(30 * STEP + 0.001 * tokens, rel=1e-9)

@@ -17,13 +17,17 @@ def _model(seed: int = 0) -> Policy:
     return Policy(ModelConfig(vocab_size=12, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_seq_len=40))
 
 
-async def _generate(engine: TorchEngine, prompts: list[list[int]], max_new: int) -> list:
+async def _generate_each(engine: TorchEngine, requests: list[tuple[list[int], int]]) -> list:
     task = asyncio.create_task(engine.run())
-    handles = [engine.submit(p, max_new) for p in prompts]
+    handles = [engine.submit(prompt, max_new) for prompt, max_new in requests]
     results = await asyncio.gather(*(h.result() for h in handles))
     engine.close()
     await task
     return results
+
+
+async def _generate(engine: TorchEngine, prompts: list[list[int]], max_new: int) -> list:
+    return await _generate_each(engine, [(prompt, max_new) for prompt in prompts])
 
 
 def test_more_prompts_than_slots_all_finish_and_behaviour_logprobs_match_a_recomputation():
@@ -124,3 +128,26 @@ def test_bad_requests_are_refused_with_the_input_named():
     asyncio.run(scenario())
     with pytest.raises(ValueError, match="slots"):
         TorchEngine(_model(), slots=0, eos_id=EOS)
+
+
+def test_the_engine_sums_busy_slots_times_seconds_and_squared_over_its_decode_steps(monkeypatch):
+    """Two sequences of 3 and 6 tokens on 2 slots: the pass samples each one's first
+    token, then 2 decode steps have 2 busy slots and 3 have 1.  With a clock that
+    advances 1 s in each decode step, the sums are exact: busy * seconds 2+2+1+1+1 = 7,
+    busy squared 4+4+1+1+1 = 11, seconds 5, busy 7."""
+    import engine.backends.local.generation as generation
+
+    engine = TorchEngine(_model(), slots=2, eos_id=NEVER, seed=0)
+    clock = [0.0]
+    decode = engine.model.decode
+
+    def timed(*args, **kwargs):
+        clock[0] += 1.0  # each decode step takes a second
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "decode", timed)
+    monkeypatch.setattr(generation.time, "perf_counter", lambda: clock[0])
+    results = asyncio.run(_generate_each(engine, [([1, 3], 3), ([1, 4], 6)]))
+    assert [len(r.tokens) for r in results] == [3, 6]
+    assert (engine.steps, engine.decoded_tokens, engine.decode_s) == (5, 7, 5.0)
+    assert (engine.decode_busy_s, engine.decode_busy2) == (7.0, 11)

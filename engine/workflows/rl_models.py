@@ -140,7 +140,7 @@ def update_record(
         "generated_tokens": engine.decoded_tokens,
         "decode_steps": engine.steps,
         # (an engine that does not count or time its passes leaves them out)
-        **{key: getattr(engine, key) for key in ("prefills", "prefill_rows", "prefill_tokens", "prefill_s", "decode_s") if hasattr(engine, key)},
+        **{key: getattr(engine, key) for key in ("prefills", "prefill_rows", "prefill_tokens", "prefill_s", "decode_s", "decode_busy_s", "decode_busy2") if hasattr(engine, key)},
         "rejected": state.rejected,
         "filtered": state.filtered,
         **mean_stats(steps),

@@ -182,6 +182,11 @@ class TorchEngine(LoopEngine):
         self.prefill_tokens = 0
         self.prefill_s = 0.0
         self.decode_s = 0.0
+        # and how a decode step's time goes with its busy slots: sums of busy * seconds and
+        # of busy squared over the steps (with the steps, busy slots and seconds summed
+        # above, the least-squares line of a step's time on its busy slots)
+        self.decode_busy_s = 0.0
+        self.decode_busy2 = 0
 
     # -- its sequences in flight ----------------------------------------------
     def _live(self) -> list[GenerationHandle]:
@@ -246,7 +251,10 @@ class TorchEngine(LoopEngine):
         self.steps += 1
         self.decoded_tokens += len(busy)
         self._record(busy, [tokens_list[s] for s in busy], [logprobs_list[s] for s in busy])
-        self.decode_s += time.perf_counter() - began
+        elapsed = time.perf_counter() - began
+        self.decode_s += elapsed
+        self.decode_busy_s += len(busy) * elapsed
+        self.decode_busy2 += len(busy) * len(busy)
 
     def _prefill(self, slots: list[int]) -> None:
         contexts = []
