@@ -228,9 +228,9 @@ class Pool:
     def pending_pass(server: Server) -> bool:
         """Whether a start on ``server`` now joins its pending pass: a start's pass whose
         stall is not spent, that opened at this instant (a pass may cost nothing), or
-        that no decode step has followed yet: the engine prefills at most once a step,
-        so a sequence that ends within a pass (its first or re-prefilled token) is
-        replaced in the next step's pass, with those the step's decode ends."""
+        that no decode step has followed yet (the engine prefills at most once a step).
+        A sequence that a pass ends (its first or re-prefilled token) is reported with
+        the decode step after it, so its replacement comes to the next step's pass."""
         return server.joinable and (server.stall > 0 or server.opened == server.last or server.steps < server.opened_step + 1 - 1e-9)
 
     def reprefill(self, now: float) -> None:
