@@ -99,7 +99,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
     """A run's figures for the record: its measured ones, the mean parts of its updates
     (as calibration splits them) and its completion lengths."""
     from sim.calibrate import _sample_lengths
-    from sim.calibrate_real import updates
+    from sim.calibrate_real import StepSums, updates
 
     config = json.loads((run_dir / "run.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -114,6 +114,9 @@ def summary(run_dir: Path) -> dict[str, Any]:
         "updates": len(rows),
         "per_update_s": {name: mean(f"{name}_s") for name in ("collect", "step", "recompute", "overhead")} | {"sync": mean("sync_s") if parts and parts[0].sync_s is not None else None},
         "decode_steps_per_update": mean("steps"),
+        # a decode step's seconds on its busy slots within this run (the engine's sums over its steps)
+        "decode_step_line": dict(zip(("s_at_no_busy", "s_per_busy"), StepSums.of(parts).line()))
+        if parts and all(u.decode_busy_s is not None for u in parts) else None,
         "mean_batch": sum(u.tokens for u in parts) / max(1.0, sum(u.steps for u in parts)),
         "completion_tokens": {"samples": len(lengths), "mean": sum(lengths) / max(1, len(lengths)),
                               "p50": lengths[len(lengths) // 2] if lengths else 0, "p99": lengths[int(0.99 * (len(lengths) - 1))] if lengths else 0,

@@ -149,6 +149,39 @@ class RealCosts:
         ]
 
 
+@dataclass
+class StepSums:
+    """A run's decode steps summed as the engine sums them: steps, busy slots, seconds,
+    busy times seconds, busy squared."""
+
+    steps: float
+    busy: float
+    seconds: float
+    busy_seconds: float
+    busy2: float
+
+    @classmethod
+    def of(cls, found: list[Update]) -> StepSums:
+        return cls(sum(u.steps for u in found), sum(u.tokens for u in found), sum(u.decode_s or 0.0 for u in found),
+                   sum(u.decode_busy_s or 0.0 for u in found), sum(u.decode_busy2 for u in found))
+
+    @property
+    def covariance(self) -> float:
+        """Of a step's seconds and its busy slots, times the steps."""
+        return self.busy_seconds - self.busy * self.seconds / self.steps if self.steps else 0.0
+
+    @property
+    def variance(self) -> float:
+        """Of a step's busy slots, times the steps."""
+        return self.busy2 - self.busy * self.busy / self.steps if self.steps else 0.0
+
+    def line(self) -> tuple[float, float]:
+        """This run's own least-squares line of a step's seconds on its busy slots:
+        (seconds at no busy slot, seconds per busy slot)."""
+        slope = self.covariance / self.variance if self.variance > 0 else 0.0
+        return (self.seconds - slope * self.busy) / self.steps if self.steps else 0.0, slope
+
+
 def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
     """The decode passes' seconds: ``steps * (base + per_slot * slots) + per_seq *
     tokens``.  The per-sequence cost from how a step's time goes with its busy slots
@@ -167,20 +200,12 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
     dropped: list[str] = []
     if all(u.decode_busy_s is not None for u in found):
         # per step: seconds = a_run + per_seq * busy; the slope pooled over the runs' steps
-        covariance = variance = 0.0
-        sums = {}
-        for run in runs:
-            mine = [u for u in found if u.run == run]
-            n, busy, seconds = steps[run], sum(u.tokens for u in mine), sum(u.decode_s or 0.0 for u in mine)
-            if n <= 0:
-                continue
-            covariance += sum(u.decode_busy_s or 0.0 for u in mine) - busy * seconds / n
-            variance += sum(u.decode_busy2 for u in mine) - busy * busy / n
-            sums[run] = (n, busy, seconds)
-        per_seq = max(0.0, covariance / variance) if variance > 0 else 0.0
+        sums = {run: StepSums.of([u for u in found if u.run == run]) for run in runs if steps[run] > 0}
+        variance = sum(m.variance for m in sums.values())
+        per_seq = max(0.0, sum(m.covariance for m in sums.values()) / variance) if variance > 0 else 0.0
         if per_seq == 0.0:
             dropped.append("tokens")
-        step_cost = {run: (seconds - per_seq * busy) / n for run, (n, busy, seconds) in sums.items()}
+        step_cost = {run: (m.seconds - per_seq * m.busy) / m.steps for run, m in sums.items()}
     else:
         within = fit("decode passes s", {
             **{f"steps@{run}": [u.steps if u.run == run else 0.0 for u in found] for run in runs},
