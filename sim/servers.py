@@ -45,8 +45,8 @@ Finished = Callable[["Server", float, list[tuple[str, int]]], None]
 class Server:
     """One generation server's analytical continuous-batching state."""
 
-    __slots__ = ("index", "heap", "steps", "kv_offset", "active", "stall", "opened", "opened_step", "joinable", "pending", "last", "epoch",
-                 "busy")
+    __slots__ = ("index", "heap", "steps", "kv_offset", "active", "stall", "opened", "opened_step", "joinable", "pending", "refill",
+                 "last", "epoch", "busy")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -58,8 +58,9 @@ class Server:
         self.stall = 0.0  # seconds of the pending prefill pass (and starts' overhead) before decoding resumes
         self.opened = -math.inf  # when the last prefill pass opened (starts at that instant share it, even one costing 0)
         self.opened_step = -math.inf  # the decode step count then (until one more step is done, starts share it)
-        self.joinable = False  # whether that pass admits starts: a start's pass does, a re-prefill's does not
+        self.joinable = False  # whether that pass admits starts (a start's does, and so does an update's re-prefill)
         self.pending = 0.0  # kv tokens of the sequences a pending start's pass prefills
+        self.refill = False  # whether that pass re-prefills every interrupted sequence (an update's)
         self.last = 0.0  # simulated time up to which progress is accounted
         self.epoch = 0  # bumps on every re-plan; a timer of an older epoch is ignored
         self.busy = 0.0  # seconds spent prefilling or decoding
@@ -210,6 +211,7 @@ class Pool:
         if not self.pending_pass(server):  # this start opens a pass (after a re-prefill's, if one is pending)
             server.stall += self.prefill_pass
             server.opened, server.opened_step, server.joinable, server.pending = server.last, server.steps, True, 0.0
+            server.refill = False
             self.passes += 1
         server.stall += self.start_overhead + self.prefill * prompt * (1 if self.shared_prompt else group)
         server.pending += group * prompt
@@ -241,14 +243,15 @@ class Pool:
         for server in self.servers:
             if server.active:
                 waiting = self.pending_pass(server)  # a start's pass not yet run: the re-prefill joins it
+                if waiting and server.refill:  # an update's re-prefill not yet run already holds every sequence
+                    continue
                 kv_tokens = server.kv_offset + server.active * server.steps - (server.pending if waiting else 0.0)
                 server.stall += (0.0 if waiting else self.prefill_pass) + self.prefill * kv_tokens
                 self.passes += 0 if waiting else 1
                 if self.first:
                     self._sample_at_reprefill(server, waiting)
                 server.opened, server.opened_step, server.joinable = now, server.steps, True  # the update's starts join it
-                if not waiting:
-                    server.pending = 0.0
+                server.refill = True
 
     def _sample_at_reprefill(self, server: Server, waiting: bool) -> None:
         """The re-prefill samples one token of every interrupted sequence: each is one

@@ -222,3 +222,21 @@ def test_a_trainer_that_counts_completions_only_trains_no_prompt_token(trains_pr
     tokens = 2 * 10 + 2 * 30 + (2 * 2 * 3 if trains_prompt else 0)
     assert summary.trained_tokens_per_s * summary.sim_time_s == pytest.approx(tokens, rel=1e-9)
     assert summary.sim_time_s == pytest.approx(30 * STEP + 0.001 * tokens, rel=1e-9)
+
+
+def test_a_second_update_before_the_re_prefill_ran_adds_nothing_to_it() -> None:
+    """Two updates with no decode step between them (a batch ready again at once): the
+    first's re-prefill pass, not yet run, already holds every interrupted sequence, so
+    the second neither prefills them again nor samples them another token."""
+    env, pool, done = _pool(prefill_token=True)
+    _start(pool, 0, "a", 10, 20)
+    env.run(until=PASS + PER_TOKEN * 10 + START + 3 * STEP)  # a: 1 token from its pass, 3 from steps
+    server = pool.servers[0]
+    for _ in range(2):
+        pool.freeze(env.now)
+        pool.reprefill(env.now)
+        pool.thaw(env.now)
+    assert server.stall == pytest.approx(PASS + PER_TOKEN * (10 + 4), rel=1e-9) and pool.passes == 2
+    env.run()
+    # the pass samples token 5; 15 more take 15 decode steps
+    assert [t for t, _ in done] == pytest.approx([PASS + PER_TOKEN * 10 + START + 3 * STEP + PASS + PER_TOKEN * 14 + 15 * STEP], rel=1e-9)
