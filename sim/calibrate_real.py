@@ -175,11 +175,15 @@ class StepSums:
         """Of a step's busy slots, times the steps."""
         return self.busy2 - self.busy * self.busy / self.steps if self.steps else 0.0
 
+    def at_no_busy(self, per_busy: float) -> float:
+        """A step's seconds less ``per_busy`` for each of its busy slots, on average."""
+        return (self.seconds - per_busy * self.busy) / self.steps if self.steps else 0.0
+
     def line(self) -> tuple[float, float]:
         """This run's own least-squares line of a step's seconds on its busy slots:
         (seconds at no busy slot, seconds per busy slot)."""
         slope = self.covariance / self.variance if self.variance > 0 else 0.0
-        return (self.seconds - slope * self.busy) / self.steps if self.steps else 0.0, slope
+        return self.at_no_busy(slope), slope
 
 
 def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
@@ -205,7 +209,7 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
         per_seq = max(0.0, sum(m.covariance for m in sums.values()) / variance) if variance > 0 else 0.0
         if per_seq == 0.0:
             dropped.append("tokens")
-        step_cost = {run: (m.seconds - per_seq * m.busy) / m.steps for run, m in sums.items()}
+        step_cost = {run: m.at_no_busy(per_seq) for run, m in sums.items()}
     else:
         within = fit("decode passes s", {
             **{f"steps@{run}": [u.steps if u.run == run else 0.0 for u in found] for run in runs},

@@ -45,7 +45,8 @@ class Distribution:
     ``fixed`` always gives ``value``; ``lognormal`` has median ``median`` and log
     standard deviation ``sigma``, rounded up and clipped to ``[1, cap]``;
     ``empirical`` resamples the lengths found in ``path`` (an event log's
-    rollouts, or the first column of a CSV).
+    rollouts, or the rows of a CSV); ``paired`` (a prompt length only) draws a
+    row's prompt length from the response lengths' CSV, whose rows lead with it.
     """
 
     kind: str = "fixed"
