@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -55,6 +56,17 @@ def command(args: list[str], log: Path) -> float:
     if status != 0:
         sys.exit(f"exit {status}; the end of {log}:\n" + "\n".join(log.read_text().splitlines()[-30:]))
     return time.perf_counter() - start
+
+
+def finished(log: Path) -> dict | None:
+    """The summary a finished ``train`` prints last, or None when the run has not
+    finished (no log, or a log cut short by a time limit)."""
+    lines = log.read_text().strip().splitlines() if log.exists() else []
+    try:
+        summary = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        return None
+    return summary if isinstance(summary, dict) and "wall_s" in summary else None
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -159,11 +171,15 @@ def main() -> None:
               "--seed", str(args.seed), "--no-progress"]
     summaries = {}
     for name, (staleness, extra) in runs.items():
-        run_dir = out / name
-        if not (run_dir / "metrics.jsonl").exists():
+        run_dir, log = out / name, out / f"{name}.log"
+        summaries[name] = finished(log)
+        if summaries[name] is None:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a run stopped part way is run again whole
             timings[name] = command(["train", *common, "--max-staleness", str(staleness), *extra, "--run-dir", str(run_dir)],
-                                    out / f"{name}.log")
-        summaries[name] = json.loads((out / f"{name}.log").read_text().strip().splitlines()[-1])
+                                    log)
+            summaries[name] = finished(log)
+            if summaries[name] is None:
+                sys.exit(f"{log} ends without the run's summary")
     curves = {name: curve(out / name) for name in runs}
     target = args.target if args.target is not None else common_target(list(curves.values()), args.target_step)
     generation, training, ideal = overlap(out / "sync")
