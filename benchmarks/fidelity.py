@@ -2,8 +2,12 @@
 
 1. a shared warm-up (``train --steps 1``), whose final weights every run starts from;
 2. the calibration run: ``rollout-ledger train`` at ``max_staleness`` 2, and a shorter
-   probe at the same bound and another batch size (``--probe-batch-size``; 0: none),
-   so that the fit sees two slot counts and two batch shapes;
+   probe at the same bound, another batch size (``--probe-batch-size``; 0: none) and
+   fewer rollouts in flight (``--probe-concurrency``), so that the fit sees two slot
+   counts, two batch shapes and both kinds of prefill pass: the calibration run's
+   capacity binds, so its starts all wait for an update and join its re-prefill pass
+   (one pass per update); the probe's in-flight limit binds, so starts also arrive
+   between updates, each such group in a pass of its own, as in runs at higher bounds;
 3. ``rollout-ledger calibrate`` on both, then the simulator's predictions for runs at
    ``max_staleness`` 0, 4 and 8 and one at another batch size, written to
    ``predictions.json`` *before* any of those runs starts;
@@ -51,11 +55,12 @@ ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("tokens_per_s", "staleness_mean", "staleness_p99", "trainer_idle")
 
 
-def train(args: argparse.Namespace, run_dir: Path, staleness: int, batch: int, steps: int, extra: list[str]) -> None:
+def train(args: argparse.Namespace, run_dir: Path, staleness: int, batch: int, steps: int, extra: list[str],
+          concurrency: int | None = None) -> None:
     command = [
         sys.executable, "-m", "engine.cli", "train", "--task", args.task, "--model-size", args.model_size,
         "--device", args.device, "--steps", str(steps), "--batch-size", str(batch),
-        "--group-size", str(args.group_size), "--max-concurrent", str(args.concurrency * batch),
+        "--group-size", str(args.group_size), "--max-concurrent", str((concurrency or args.concurrency) * batch),
         "--max-staleness", str(staleness), "--seed", str(args.seed), "--run-dir", str(run_dir), "--no-progress", *extra,
     ]
     shutil.rmtree(run_dir, ignore_errors=True)  # only the run directories this script names
@@ -92,6 +97,9 @@ def measured(run_dir: Path) -> dict[str, float]:
         "staleness_mean": sum(staleness) / max(1, len(staleness)),
         "staleness_p99": float(staleness[min(len(staleness) - 1, math.ceil(0.99 * len(staleness)) - 1)]) if staleness else 0.0,
         "trainer_idle": sum(r["wait_s"] for r in rows) / wall,
+        # tokens/s split into its two factors: the cost model's (seconds) and the workload's (tokens)
+        "s_per_update": wall / len(rows),
+        "tokens_per_update": sum(r["trained_tokens"] for r in rows) / len(rows),
     }
 
 
@@ -141,6 +149,8 @@ def predict(scenario_path: Path, staleness: int, batch: int, steps: int, args: a
         "staleness_mean": s.staleness_mean,
         "staleness_p99": float(s.staleness_p99),
         "trainer_idle": s.trainer_idle_s / s.sim_time_s if s.sim_time_s > 0 else 0.0,
+        "s_per_update": s.sim_time_s / max(1, s.versions),
+        "tokens_per_update": s.trained_tokens_per_s * s.sim_time_s / max(1, s.versions),
     }
 
 
@@ -164,6 +174,9 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=300)
     parser.add_argument("--calibrate-at", type=int, default=2)
     parser.add_argument("--probe-batch-size", type=int, default=8, help="batch size of the second calibration run (0: calibrate on one run)")
+    parser.add_argument("--probe-concurrency", type=int, default=2,
+                        help="the probe's max_concurrent = this * its batch size; below calibrate-at + 1, its in-flight limit binds "
+                             "before its capacity, so starts arrive between updates and its updates have several prefill passes")
     parser.add_argument("--probe-steps", type=int, default=None, help="updates of the probe run (default: half of --steps)")
     parser.add_argument("--lengths", choices=("empirical", "lognormal"), default="empirical", help="calibrated response lengths")
     parser.add_argument("--staleness", default="0,4,8", help="bounds to predict and run")
@@ -190,7 +203,8 @@ def main() -> None:
         train(args, out / "calibration", args.calibrate_at, args.batch_size, args.steps, init)
         if args.probe_batch_size:
             print(f"probe run at max_staleness {args.calibrate_at}, batch {args.probe_batch_size}", flush=True)
-            train(args, probe, args.calibrate_at, args.probe_batch_size, args.probe_steps or max(4, args.steps // 2), init)
+            train(args, probe, args.calibrate_at, args.probe_batch_size, args.probe_steps or max(4, args.steps // 2), init,
+                  args.probe_concurrency)
     logs = [str(runs / "calibration")] + ([str(probe)] if args.probe_batch_size else [])
     scenario = out / "calibrated.toml"
     command = [sys.executable, "-m", "engine.cli", "calibrate", *logs, "-o", str(scenario), "--lengths", args.lengths]
@@ -248,6 +262,12 @@ def main() -> None:
     passes = "  ".join(f"{name} {row['predicted']['prefill_passes_per_update']:.2f}/{row['measured']['prefill_passes_per_update']:.2f}"
                        for name, row in results["runs"].items())
     print(f"prefill passes per update, predicted/measured: {passes}")
+    factors = "\n".join(f"  {name}: seconds {row['predicted']['s_per_update']:.4f}/{row['measured']['s_per_update']:.4f} "
+                        f"({error(row['predicted']['s_per_update'], row['measured']['s_per_update']):+.1f}%), "
+                        f"trained tokens {row['predicted']['tokens_per_update']:.1f}/{row['measured']['tokens_per_update']:.1f} "
+                        f"({error(row['predicted']['tokens_per_update'], row['measured']['tokens_per_update']):+.1f}%)"
+                        for name, row in results["runs"].items())
+    print(f"per update, predicted/measured (tokens/s is tokens over seconds):\n{factors}")
     print(f"worst |error| (tokens/s, mean staleness, idle; predicted runs): {worst:.1f}%  total {results['total_s']:.0f}s")
 
 
