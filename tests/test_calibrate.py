@@ -91,7 +91,7 @@ def test_calibrate_on_a_cpu_run_and_predict_a_second(tmp_path, capsys):
     assert fit.scenario.training.colocated and fit.scenario.workload.group_size == 2
     # the engine prefills each sample's whole prompt, a row apiece; the trainer counts completions only
     prompts: list[int] = []
-    _sample_lengths(tmp_path / "first" / "samples.sqlite", prompts)
+    _sample_lengths(tmp_path / "first" / "samples.sqlite", prompts, keep=_fair(tmp_path / "first" / "events.sqlite"))
     assert fit.scenario.workload.prompt_len.value == round(sum(prompts) / len(prompts)) > 0
     assert not fit.scenario.training.trains_prompt and not fit.scenario.generation.shared_prompt
     assert fit.scenario.training.step_base_s + fit.scenario.training.step_per_token_s > 0
@@ -102,7 +102,7 @@ def test_calibrate_on_a_cpu_run_and_predict_a_second(tmp_path, capsys):
     save(fit.scenario, out)
     import argparse
 
-    predicted = predict(out, 4, 4, 10, argparse.Namespace(concurrency=2, group_size=2, seed=0))
+    predicted = predict(out, 4, 4, 10, argparse.Namespace(concurrency=2, group_size=2, seed=0, sim_seeds=4))
     train(RunConfig(**{**base.__dict__, "max_staleness": 4}), tmp_path / "second", eval_size=0, progress=False)
     actual = measured(tmp_path / "second")
     error = 100 * (predicted["tokens_per_s"] - actual["tokens_per_s"]) / actual["tokens_per_s"]
@@ -132,7 +132,7 @@ def test_a_real_runs_group_lengths_are_drawn_together_and_an_overlapped_run_is_n
     assert not fit.scenario.training.colocated and fit.scenario.generation.prefill_token
     groups: list[list[int]] = []
     prompts: list[int] = []
-    _sample_lengths(tmp_path / "run" / "samples.sqlite", groups=groups, group_prompts=prompts)
+    _sample_lengths(tmp_path / "run" / "samples.sqlite", groups=groups, group_prompts=prompts, keep=_fair(tmp_path / "run" / "events.sqlite"))
     lines = (tmp_path / "lengths.csv").read_text().splitlines()
     assert lines[0].startswith("prompt,")  # each row leads with its prompt's length
     table = [tuple(map(int, line.split(","))) for line in lines[1:]]
@@ -190,3 +190,48 @@ def test_the_fidelity_study_runs_small_and_can_be_reanalysed_without_touching_it
         assert redone["runs"][name]["predicted"] == row["predicted"]  # same model, same data: same prediction
     refused = run("--out", str(study), "--reanalyse", str(study))
     assert refused.returncode != 0 and "must differ" in refused.stderr
+
+
+def test_lengths_leave_out_what_the_runs_end_censors():
+    """A run stops with rollouts in flight, the long ones of their time: only rollouts
+    first submitted before the oldest unfinished one are a fair sample of lengths."""
+    from sim.calibrate import uncensored
+
+    first = {"a": 0.0, "b": 1.0, "c": 2.0, "d": 3.0, "e": 4.0}
+    keep = uncensored(first, ["e", "c"])
+    assert [r for r in first if keep(r)] == ["a", "b"]
+    assert all(map(uncensored(first, []), first))  # nothing in flight: every rollout counts
+
+
+def _fair(log):
+    """Rollouts first submitted before the oldest one the log leaves unfinished (read
+    here from the events, apart from calibration's own reading), and the accepted ones."""
+    from engine.core.events import Accepted, Filtered, Rejected, Submitted
+    from sim.calibrate import _events
+
+    first: dict[str, float] = {}
+    unfinished: set[str] = set()
+    accepted: list[str] = []
+    for event in _events(log):
+        if isinstance(event, Submitted):
+            first.setdefault(event.rollout, event.t)
+            unfinished.add(event.rollout)
+        elif isinstance(event, (Accepted, Rejected, Filtered)):
+            unfinished.discard(event.rollout)
+            if isinstance(event, Accepted):
+                accepted.append(event.rollout)
+    horizon = min((first[r] for r in unfinished), default=math.inf)
+    keep = lambda rollout: first.get(rollout, -math.inf) < horizon  # noqa: E731
+    keep.unfinished, keep.accepted = unfinished, accepted
+    return keep
+
+
+def test_a_logs_lengths_are_the_rollouts_started_before_the_oldest_unfinished(tmp_path):
+    from sim.calibrate import observe
+
+    simulate(Scenario().with_overrides(TRUTH + ["run.rollouts=300"]), log=tmp_path / "run.db")
+    keep = _fair(tmp_path / "run.db")
+    assert keep.unfinished  # the run ended with rollouts in flight
+    fair = [r for r in keep.accepted if keep(r)]
+    assert 0 < len(fair) < len(keep.accepted)
+    assert len(observe(tmp_path / "run.db").lengths) == len(fair)  # one sample per rollout here
