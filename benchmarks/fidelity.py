@@ -15,6 +15,11 @@
    and p99 staleness at consumption, trainer idle fraction, error %) printed and
    written to ``table.md`` and ``results.json``.
 
+``--repeats N`` runs each predicted setting N times, in rounds (all settings, then all
+again), and measures it by the mean of its runs, each run's tokens/s printed: on one
+H200 the same setting's whole update (collecting, the step, the overhead alike) took
+up to 14% longer in one run than in another.
+
 Everything goes under ``--out``.  On an H200 (about 3-4 minutes at 100 updates)::
 
     python benchmarks/fidelity.py --device cuda --steps 100 --out $OUT
@@ -187,6 +192,8 @@ def main() -> None:
     parser.add_argument("--lengths", choices=("empirical", "lognormal"), default="empirical", help="calibrated response lengths")
     parser.add_argument("--staleness", default="0,4,8", help="bounds to predict and run")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run each predicted setting this many times, in rounds, and measure it by their mean (the spread is printed)")
     parser.add_argument("--sim-seeds", type=int, default=8, help="simulations per prediction (seeds --seed ...), their figures averaged")
     parser.add_argument("--reanalyse", type=Path, default=None, metavar="DIR",
                         help="train nothing: calibrate on and predict again the runs of an earlier study in DIR (with the flags it ran with)")
@@ -231,16 +238,26 @@ def main() -> None:
 
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": {}}
     summaries: dict[str, Any] = {}
-    for name, k, batch in plan:
-        run_dir = runs / ("calibration" if name.endswith("-calibration") else name)
-        if args.reanalyse is not None:
-            if not (run_dir / "metrics.jsonl").is_file():
-                print(f"  {name}: not in {runs}, left out", flush=True)
-                continue
-        elif not name.endswith("-calibration"):
-            train(args, run_dir, k, batch, args.steps, init)
-        summaries[name] = summary(run_dir)
-        results["runs"][name] = {"predicted": predictions[name], "measured": summaries[name]["measured"]}
+    measured_runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in plan}
+    for repeat in range(1, args.repeats + 1):  # in rounds: a slow spell of the machine falls on several settings
+        for name, k, batch in plan:
+            calibration = name.endswith("-calibration")
+            if calibration and repeat > 1:
+                continue  # the calibration run is the fit's input, run once
+            run_dir = runs / ("calibration" if calibration else name if repeat == 1 else f"{name}-r{repeat}")
+            if args.reanalyse is not None:
+                if not (run_dir / "metrics.jsonl").is_file():
+                    if repeat == 1:
+                        print(f"  {name}: not in {runs}, left out", flush=True)
+                    continue
+            elif not calibration:
+                train(args, run_dir, k, batch, args.steps, init)
+            summaries[run_dir.name if repeat > 1 else name] = summary(run_dir)
+            measured_runs[name].append(summaries[run_dir.name if repeat > 1 else name]["measured"])
+    for name, found in measured_runs.items():
+        if found:  # a setting run several times is measured by the mean of its runs
+            mean = {m: sum(r[m] for r in found) / len(found) for m in found[0]}
+            results["runs"][name] = {"predicted": predictions[name], "measured": mean} | ({"repeats": found} if len(found) > 1 else {})
     if args.probe_batch_size:
         summaries[probe.name] = summary(probe)
     (out / "summaries.json").write_text(json.dumps(summaries, indent=1))
@@ -275,6 +292,10 @@ def main() -> None:
                         f"({error(row['predicted']['tokens_per_update'], row['measured']['tokens_per_update']):+.1f}%)"
                         for name, row in results["runs"].items())
     print(f"per update, predicted/measured (tokens/s is tokens over seconds):\n{factors}")
+    spread = "\n".join(f"  {name}: " + ", ".join(f"{r['tokens_per_s']:.4g}" for r in row["repeats"])
+                       for name, row in results["runs"].items() if "repeats" in row)
+    if spread:
+        print(f"tokens/s of each repeat (the table has their mean):\n{spread}")
     print(f"worst |error| (tokens/s, mean staleness, idle; predicted runs): {worst:.1f}%  total {results['total_s']:.0f}s")
 
 

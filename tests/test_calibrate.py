@@ -166,7 +166,8 @@ def test_the_fidelity_study_runs_small_and_can_be_reanalysed_without_touching_it
 
     root = Path(__file__).resolve().parents[1]
     flags = ["--device", "cpu", "--model-size", "tiny", "--steps", "6", "--batch-size", "4", "--concurrency", "2",
-             "--warmup-steps", "2", "--other-batch-size", "8", "--probe-batch-size", "2", "--staleness", "0,4"]
+             "--warmup-steps", "2", "--other-batch-size", "8", "--probe-batch-size", "2", "--staleness", "0,4",
+             "--repeats", "2", "--sim-seeds", "2"]
     study = tmp_path / "study"
     run = lambda *extra: subprocess.run([sys.executable, "benchmarks/fidelity.py", *flags, *extra], cwd=root,  # noqa: E731
                                         capture_output=True, text=True)
@@ -175,7 +176,15 @@ def test_the_fidelity_study_runs_small_and_can_be_reanalysed_without_touching_it
     results = json.loads((study / "results.json").read_text())
     assert set(results["runs"]) == {"staleness2-calibration", "staleness0", "staleness4", "staleness2-batch8"}
     written = (study / "predictions.json").stat().st_mtime_ns
-    assert all((study / name / "metrics.jsonl").stat().st_mtime_ns > written for name in ("staleness0", "staleness4"))
+    assert all((study / name / "metrics.jsonl").stat().st_mtime_ns > written
+               for name in ("staleness0", "staleness4", "staleness0-r2", "staleness4-r2"))
+    # each predicted setting ran twice and is measured by the mean of its two runs; the calibration run once
+    summaries = json.loads((study / "summaries.json").read_text())
+    for name in ("staleness0", "staleness4", "staleness2-batch8"):
+        runs = results["runs"][name]["repeats"]
+        assert runs == [summaries[name]["measured"], summaries[f"{name}-r2"]["measured"]]
+        assert results["runs"][name]["measured"]["tokens_per_s"] == pytest.approx(sum(r["tokens_per_s"] for r in runs) / 2)
+    assert "repeats" not in results["runs"]["staleness2-calibration"] and not (study / "calibration-r2").exists()
 
     fingerprint = lambda: {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(study.rglob("*")) if p.is_file()}  # noqa: E731
     before = fingerprint()
