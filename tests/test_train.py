@@ -25,6 +25,8 @@ def test_train_command_runs_on_cpu_and_writes_metrics_log_checkpoints_and_a_summ
     assert 0 <= summary["engine_overhead"] < 1 and 0 < summary["gc_overhead"] < 1
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2, 3, 4]
+    assert all(m["checkpoint_s"] > 0 for m in lines)  # a checkpoint every update, by default, and its time
+    assert summary["checkpoint_overhead"] == pytest.approx(sum(m["checkpoint_s"] for m in lines) / summary["wall_s"], rel=0.02)
     assert 0 < lines[0]["gc_s"] < lines[-1]["gc_s"]  # the collector ran after every update
     assert gc.isenabled() and gc.get_freeze_count() == 0  # and the process has its own back
     assert all(m["staleness_max"] <= 2 + 1 for m in lines)  # admission bounds staleness at the start (plus the in-flight update)
@@ -49,6 +51,8 @@ def test_reward_rises_on_the_easy_task_with_a_fixed_seed(tmp_path, capsys):
     assert status == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["eval_reward_after"] > summary["eval_reward_before"] + 0.03
+    lines = [json.loads(line) for line in (tmp_path / "rise" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines if m["checkpoint_s"] > 0] == [60]  # only the last update was due
 
 
 def test_bad_arguments_exit_2_with_a_message_naming_them(tmp_path, capsys):

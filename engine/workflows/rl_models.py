@@ -99,6 +99,7 @@ def summary(state: Any, metrics: Sequence[dict[str, Any]], wall: float, executor
         "engine_overhead": round(executor.ledger_seconds / wall, 5) if wall > 0 else 0.0,
         "store_overhead": round(executor.store_seconds / wall, 5) if wall > 0 else 0.0,
         "gc_overhead": round(gc_seconds / wall, 5) if wall > 0 else 0.0,
+        "checkpoint_overhead": round(sum(m.get("checkpoint_s", 0.0) for m in metrics) / wall, 5) if wall > 0 else 0.0,
         "consumed": state.consumed,
         "rejected": state.rejected,
         "filtered": state.filtered,

@@ -119,7 +119,9 @@ class RunUpdates:
         due = self.config.is_checkpoint(version + 1)
         if due:
             self._write()
+        checkpoint_began = time.perf_counter()
         saved = save_checkpoint(self.ckpt_dir, version + 1, trainer.state_dict()) if due else None
+        checkpoint_s = time.perf_counter() - checkpoint_began if due else 0.0
         self._recompute_s, sync_began = 0.0, time.perf_counter()
         executor.set_version(trainer.model.state_dict(), self._recompute)
         if self.device.type == "cuda":
@@ -139,6 +141,7 @@ class RunUpdates:
             recompute_s=prepare_recompute + self._recompute_s,
         )
         record["overlap_steps"] = overlapped
+        record["checkpoint_s"] = checkpoint_s  # the weights and optimiser state to disk (0 when none was due)
         if held_out is not None:
             record["eval_reward"] = held_out
         self.metrics.append(record)
