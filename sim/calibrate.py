@@ -67,6 +67,7 @@ class Observations:
     trained_per_rollout: list[float] = field(default_factory=list)  # a real run's trained tokens per rollout
     updates: list[Update] = field(default_factory=list)  # a real run's updates (sim.calibrate_real)
     prompts: list[int] = field(default_factory=list)  # a real run's prompt tokens per sample (its sample store)
+    checkpoint_every: int = 1  # the first real run's checkpoint interval (``run.json``)
 
 
 def _events(path: Path) -> Iterable[Event]:
@@ -100,6 +101,8 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
             run_config = json.loads(run_json.read_text())
             obs.group_size = max(1, int(run_config.get("group_size", 1)))
             obs.overlapped = obs.overlapped or bool(run_config.get("overlap", False))
+            if not obs.real:  # the first run's, as its ledger settings are
+                obs.checkpoint_every = max(1, int(run_config.get("checkpoint_every", 1)))
         except (ValueError, TypeError, AttributeError) as err:
             raise CalibrationError(f"{run_json}: not a run's config ({err})") from None
     group = obs.group_size
@@ -411,6 +414,8 @@ def calibrate(
         training = replace(
             scenario.training, step_base_s=train["1"], step_per_token_s=train["tokens"], step_per_seq_s=train["sequences"],
             recompute_per_token_s=costs.recompute_per_token_s, weight_sync_s=sync_s, update_overhead_s=costs.overhead_s,
+            # the checkpoint when the runs timed it (else it is in the overhead), at the first run's interval
+            checkpoint_s=costs.checkpoint_s, checkpoint_every=obs.checkpoint_every if costs.checkpoint_s else 1,
             # one process: generation waits while it trains, unless it ran in a thread of its own
             colocated=not obs.overlapped,
             trains_prompt=trained_prompt > 0 or not obs.prompts,

@@ -54,6 +54,7 @@ class Update:
     sync_s: float | None
     overhead_s: float
     decode_s: float | None = None  # the engine's own pass times (an engine that times them)
+    checkpoint_s: float | None = None  # the update's checkpoint write (0: none due; None: a run that did not time it)
     decode_busy_s: float | None = None  # over its decode steps: busy slots times seconds, summed
     decode_busy2: float = 0.0  # and busy slots squared, summed
     prefill_s: float = 0.0
@@ -85,7 +86,8 @@ def updates(
         step = float(row["step_s"]) if timed else float(row["train_s"])
         sync = float(row["sync_s"]) if "sync_s" in row else None
         wall = float(row["wall_s"]) - float(before["wall_s"])
-        parts = float(row["wait_s"]) + step + recompute + (sync or 0.0)
+        checkpoint = float(row["checkpoint_s"]) if "checkpoint_s" in row else None
+        parts = float(row["wait_s"]) + step + recompute + (sync or 0.0) + (checkpoint or 0.0)
         if recompute_in_step:
             step, recompute = step + recompute, 0.0
         starts = 0
@@ -103,6 +105,7 @@ def updates(
             recompute_s=recompute,
             sync_s=sync,
             overhead_s=max(0.0, wall - parts) if timed else 0.0,
+            checkpoint_s=checkpoint,
             decode_s=float(row["decode_s"]) - float(before.get("decode_s", 0.0)) if "decode_s" in row else None,
             prefill_s=float(row.get("prefill_s", 0.0)) - float(before.get("prefill_s", 0.0)),
             decode_busy_s=float(row["decode_busy_s"]) - float(before.get("decode_busy_s", 0.0)) if "decode_busy_s" in row else None,
@@ -134,6 +137,7 @@ class RealCosts:
     generation_r2: float  # of the collect time the generation terms predict
     scale: float = 1.0  # the factor that made the generation terms add up to the total collect time
     startup_s: float = 0.0  # a run's first collect beyond what the terms predict: the engine's start
+    checkpoint_s: float = 0.0  # the mean checkpoint write (0: the runs timed none; then it is in the overhead)
 
     def notes(self) -> list[str]:
         return [
@@ -145,7 +149,10 @@ class RealCosts:
             "predict for it, the engine's first passes of new shapes; the first updates are left out of the fits)",
             f"{'collect time':<16} R^2 {self.generation_r2:.3f} predicted from the generation terms above, scaled by {self.scale:.3f} to its total",
             f"{'recompute':<16} {self.recompute_per_token_s:.4g} s per trained token",
-            f"{'update overhead':<16} mean {self.overhead_s:.4g} s per update (neither collecting, training, recomputing nor syncing)",
+            f"{'update overhead':<16} mean {self.overhead_s:.4g} s per update (neither collecting, training, recomputing, syncing "
+            "nor checkpointing)",
+            f"{'checkpoint':<16} mean {self.checkpoint_s:.4g} s per checkpoint written (checkpoint_s; the runs' interval is checkpoint_every)"
+            if self.checkpoint_s else f"{'checkpoint':<16} not timed by these runs: in the update overhead",
         ]
 
 
@@ -290,5 +297,7 @@ def fit_costs(found: list[Update]) -> RealCosts:
     recomputed = [u for u in found if u.recompute_s > 0]
     per_token = sum(u.recompute_s for u in recomputed) / max(1.0, sum(u.trained_tokens for u in recomputed)) if recomputed else 0.0
     syncs = [u.sync_s for u in found if u.sync_s is not None]
+    written = [u.checkpoint_s for u in found if u.checkpoint_s]
     return RealCosts([*fits, train], c["base"], c["per_slot"], c["per_seq"], c["pass"], c["per_token"], c["start"], train, per_token,
-                     statistics.fmean(syncs) if syncs else None, statistics.fmean(u.overhead_s for u in found), r2, scale, startup)
+                     statistics.fmean(syncs) if syncs else None, statistics.fmean(u.overhead_s for u in found), r2, scale, startup,
+                     statistics.fmean(written) if written else 0.0)

@@ -139,8 +139,12 @@ class TrainingSection:
     weight_sync_s: float = field(default=1.0, metadata=_doc("seconds generation is paused to load new weights"))
     update_overhead_s: float = field(
         default=0.0,
-        metadata=_doc("seconds per update besides training, recomputing and the sync (advantages, checkpoint, logging); colocated: generation paused"),
+        metadata=_doc("seconds per update besides training, recomputing, the sync and the checkpoint (advantages, logging); colocated: generation paused"),
     )
+    checkpoint_s: float = field(
+        default=0.0, metadata=_doc("seconds to write a checkpoint (weights and optimiser state); colocated: generation paused")
+    )
+    checkpoint_every: int = field(default=1, metadata=_doc("a checkpoint after every this many updates (`train --checkpoint-every`)"))
     trains_prompt: bool = field(
         default=True, metadata=_doc("a step's tokens count each sample's prompt; false: completions only, as `rollout-ledger train` counts them")
     )
@@ -271,6 +275,7 @@ def _validate(scenario: Scenario) -> None:
         "workload.group_size": scenario.workload.group_size,
         "generation.servers": scenario.generation.servers,
         "generation.slots": scenario.generation.slots,
+        "training.checkpoint_every": scenario.training.checkpoint_every,
     }
     for name, value in positive_ints.items():
         if value < 1:
@@ -288,6 +293,7 @@ def _validate(scenario: Scenario) -> None:
         "training.step_per_token_s": scenario.training.step_per_token_s,
         "training.step_per_seq_s": scenario.training.step_per_seq_s,
         "training.update_overhead_s": scenario.training.update_overhead_s,
+        "training.checkpoint_s": scenario.training.checkpoint_s,
         "training.recompute_per_token_s": scenario.training.recompute_per_token_s,
         "training.weight_sync_s": scenario.training.weight_sync_s,
     }

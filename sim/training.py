@@ -179,13 +179,16 @@ class Training:
             if requests:
                 ledger.append(*[stamped(request, env.now) for request in requests])
             yield env.timeout(training.weight_sync_s)
-            if training.colocated and training.update_overhead_s:  # the run's one process: generation waits too
-                yield env.timeout(training.update_overhead_s)
+            # the update's bookkeeping, and its checkpoint when one is due (a version the
+            # interval divides, as `train --checkpoint-every` writes them)
+            overhead = training.update_overhead_s + (training.checkpoint_s if (version + 1) % training.checkpoint_every == 0 else 0.0)
+            if training.colocated and overhead:  # the run's one process: generation waits too
+                yield env.timeout(overhead)
             now = env.now
             self._finish_update(now)
             self._dispatch(now)
-            if not training.colocated and training.update_overhead_s:  # the trainer's own bookkeeping
-                yield env.timeout(training.update_overhead_s)
+            if not training.colocated and overhead:  # the trainer's own
+                yield env.timeout(overhead)
             if self._progress is not None:
                 self._progress(stats.consumed)
             if ledger.count(CONSUMED) >= goal:

@@ -1,0 +1,76 @@
+"""The checkpoint as a cost of its own: the simulator writes one every
+``training.checkpoint_every`` updates, and calibration takes its time from the runs'
+``checkpoint_s`` instead of leaving it in the per-update overhead."""
+
+from __future__ import annotations
+
+import pytest
+
+from sim.calibrate import calibrate
+from sim.calibrate_real import fit_costs, updates
+from sim.config import Scenario
+from sim.simulator import simulate
+
+SYNC = [
+    "run.rollouts=40", "ledger.batch_size=4", "ledger.max_concurrent=4", "ledger.max_staleness=0",
+    "workload.group_size=1", "workload.prompt_len.kind=fixed", "workload.prompt_len.value=4",
+    "workload.response_len.kind=fixed", "workload.response_len.value=10", "generation.servers=1", "generation.slots=4",
+    "generation.step_base_s=0.01", "generation.step_per_seq_s=0", "generation.step_per_kv_token_s=0",
+    "generation.prefill_per_token_s=0", "training.step_base_s=0.5", "training.step_per_token_s=0",
+    "training.weight_sync_s=0.1", "training.update_overhead_s=0.05", "training.colocated=true",
+]
+
+
+@pytest.mark.parametrize("every", [1, 3, 4])
+def test_a_checkpoint_costs_its_seconds_at_every_interval(every: int) -> None:
+    """Synchronous and colocated, so every second of the trainer is the run's: ten
+    updates with a checkpoint of 2 s every ``every`` of them take 2 s times the
+    updates the interval divides longer than without."""
+    base = simulate(Scenario().with_overrides(SYNC))
+    with_checkpoints = simulate(Scenario().with_overrides(SYNC + ["training.checkpoint_s=2", f"training.checkpoint_every={every}"]))
+    assert base.versions == with_checkpoints.versions == 10
+    assert with_checkpoints.sim_time_s - base.sim_time_s == pytest.approx(2.0 * (10 // every))
+
+
+def test_a_checkpoint_interval_below_1_is_refused_by_name() -> None:
+    from sim.values import ScenarioError
+
+    with pytest.raises(ScenarioError, match="training.checkpoint_every"):
+        Scenario().with_overrides(["training.checkpoint_every=0"])
+
+
+def _row(wall: float, checkpoint: float | None) -> dict:
+    row = {"wall_s": wall, "wait_s": 0.2, "train_s": 0.3, "step_s": 0.25, "sync_s": 0.01, "trained_tokens": 100,
+           "decode_steps": 10, "generated_tokens": 100}
+    return row | ({"checkpoint_s": checkpoint} if checkpoint is not None else {})
+
+
+def test_calibration_takes_the_checkpoint_out_of_the_overhead() -> None:
+    # four updates of 0.5 s: 0.46 s of parts and 0.04 s of overhead, a 0.3 s checkpoint at every second one
+    rows, wall = [], 0.0
+    for k in range(1, 5):
+        checkpoint = 0.3 if k % 2 == 0 else 0.0
+        wall += 0.5 + checkpoint
+        rows.append(_row(wall, checkpoint))
+    found = updates(rows, slots=8, sequences=4, recompute_in_step=True)
+    assert [u.overhead_s for u in found] == pytest.approx([0.04] * 4)
+    assert [u.checkpoint_s for u in found] == pytest.approx([0.0, 0.3, 0.0, 0.3])
+    # a run that did not time its checkpoints keeps them in the overhead
+    old = updates([{k: v for k, v in r.items() if k != "checkpoint_s"} for r in rows], 8, 4, True)
+    assert [u.overhead_s for u in old] == pytest.approx([0.04, 0.34, 0.04, 0.34]) and old[1].checkpoint_s is None
+    costs = fit_costs(found)
+    assert costs.checkpoint_s == pytest.approx(0.3)
+    assert costs.overhead_s == pytest.approx(0.04)
+
+
+def test_a_real_runs_checkpoints_are_calibrated_at_its_interval(tmp_path) -> None:
+    pytest.importorskip("torch")
+    from engine.workflows.reinforcement import train
+    from engine.workflows.rl_config import RunConfig
+
+    config = RunConfig(task="reverse", model_size="tiny", steps=8, batch_size=4, group_size=2, max_concurrent=8,
+                       max_staleness=2, warmup_steps=3, device="cpu", checkpoint_every=3)
+    train(config, tmp_path / "run", eval_size=0, progress=False)
+    fit = calibrate([tmp_path / "run"])
+    assert fit.scenario.training.checkpoint_every == 3
+    assert fit.scenario.training.checkpoint_s > 0
