@@ -414,6 +414,7 @@ def calibrate(
         training = replace(
             scenario.training, step_base_s=train["1"], step_per_token_s=train["tokens"], step_per_seq_s=train["sequences"],
             recompute_per_token_s=costs.recompute_per_token_s, weight_sync_s=sync_s, update_overhead_s=costs.overhead_s,
+            update_overhead_per_seq_s=costs.overhead_per_seq_s,
             # the checkpoint when the runs timed it (else it is in the overhead), at the first run's interval
             checkpoint_s=costs.checkpoint_s, checkpoint_every=obs.checkpoint_every if costs.checkpoint_s else 1,
             # one process: generation waits while it trains, unless it ran in a thread of its own

@@ -138,6 +138,7 @@ class RealCosts:
     scale: float = 1.0  # the factor that made the generation terms add up to the total collect time
     startup_s: float = 0.0  # a run's first collect beyond what the terms predict: the engine's start
     checkpoint_s: float = 0.0  # the mean checkpoint write (0: the runs timed none; then it is in the overhead)
+    overhead_per_seq_s: float = 0.0  # the overhead's part per trained sequence (runs of two batch sizes tell it)
 
     def notes(self) -> list[str]:
         return [
@@ -149,8 +150,8 @@ class RealCosts:
             "predict for it, the engine's first passes of new shapes; the first updates are left out of the fits)",
             f"{'collect time':<16} R^2 {self.generation_r2:.3f} predicted from the generation terms above, scaled by {self.scale:.3f} to its total",
             f"{'recompute':<16} {self.recompute_per_token_s:.4g} s per trained token",
-            f"{'update overhead':<16} mean {self.overhead_s:.4g} s per update (neither collecting, training, recomputing, syncing "
-            "nor checkpointing)",
+            f"{'update overhead':<16} {self.overhead_s:.4g} s + {self.overhead_per_seq_s:.4g} s per trained sequence per update "
+            "(update_overhead_s, update_overhead_per_seq_s: neither collecting, training, recomputing, syncing nor checkpointing)",
             f"{'checkpoint':<16} mean {self.checkpoint_s:.4g} s per checkpoint written (checkpoint_s; the runs' interval is checkpoint_every)"
             if self.checkpoint_s else f"{'checkpoint':<16} not timed by these runs: in the update overhead",
         ]
@@ -298,6 +299,10 @@ def fit_costs(found: list[Update]) -> RealCosts:
     per_token = sum(u.recompute_s for u in recomputed) / max(1.0, sum(u.trained_tokens for u in recomputed)) if recomputed else 0.0
     syncs = [u.sync_s for u in found if u.sync_s is not None]
     written = [u.checkpoint_s for u in found if u.checkpoint_s]
-    return RealCosts([*fits, train], c["base"], c["per_slot"], c["per_seq"], c["pass"], c["per_token"], c["start"], train, per_token,
-                     statistics.fmean(syncs) if syncs else None, statistics.fmean(u.overhead_s for u in found), r2, scale, startup,
-                     statistics.fmean(written) if written else 0.0)
+    # the update's bookkeeping (advantages, samples, log) grows with its sequences: a
+    # slope when the runs differ in batch size, else the mean (the term is dropped, named)
+    overhead = fit("update overhead s", {"1": [1.0] * len(found), "sequences": [u.sequences for u in found]},
+                   [u.overhead_s for u in found])
+    return RealCosts([*fits, train, overhead], c["base"], c["per_slot"], c["per_seq"], c["pass"], c["per_token"], c["start"], train,
+                     per_token, statistics.fmean(syncs) if syncs else None, overhead["1"], r2, scale, startup,
+                     statistics.fmean(written) if written else 0.0, overhead["sequences"])

@@ -141,6 +141,9 @@ class TrainingSection:
         default=0.0,
         metadata=_doc("seconds per update besides training, recomputing, the sync and the checkpoint (advantages, logging); colocated: generation paused"),
     )
+    update_overhead_per_seq_s: float = field(
+        default=0.0, metadata=_doc("the update's overhead per trained sequence (sample), seconds, beside update_overhead_s")
+    )
     checkpoint_s: float = field(
         default=0.0, metadata=_doc("seconds to write a checkpoint (weights and optimiser state); colocated: generation paused")
     )
@@ -294,6 +297,7 @@ def _validate(scenario: Scenario) -> None:
         "training.step_per_seq_s": scenario.training.step_per_seq_s,
         "training.update_overhead_s": scenario.training.update_overhead_s,
         "training.checkpoint_s": scenario.training.checkpoint_s,
+        "training.update_overhead_per_seq_s": scenario.training.update_overhead_per_seq_s,
         "training.recompute_per_token_s": scenario.training.recompute_per_token_s,
         "training.weight_sync_s": scenario.training.weight_sync_s,
     }

@@ -181,7 +181,8 @@ class Training:
             yield env.timeout(training.weight_sync_s)
             # the update's bookkeeping, and its checkpoint when one is due (a version the
             # interval divides, as `train --checkpoint-every` writes them)
-            overhead = training.update_overhead_s + (training.checkpoint_s if (version + 1) % training.checkpoint_every == 0 else 0.0)
+            overhead = (training.update_overhead_s + training.update_overhead_per_seq_s * size * group
+                        + (training.checkpoint_s if (version + 1) % training.checkpoint_every == 0 else 0.0))
             if training.colocated and overhead:  # the run's one process: generation waits too
                 yield env.timeout(overhead)
             now = env.now

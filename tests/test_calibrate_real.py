@@ -17,7 +17,7 @@ from sim.simulator import simulate
 TRUE = {
     "step_base": 4e-3, "per_slot": 2e-5, "per_seq": 3e-5,  # decode pass: steps * (base + per_slot * slots) + per_seq * tokens
     "prefill": 1.5e-3, "prefill_token": 2e-6, "executor": 6e-4,  # per pass, per prefilled token, per started rollout
-    "train_base": 0.05, "train_token": 2e-5, "train_seq": 1e-3, "sync": 0.002, "overhead": 0.03,
+    "train_base": 0.05, "train_token": 2e-5, "train_seq": 1e-3, "sync": 0.002, "overhead": 0.03, "overhead_seq": 2e-4,
     "startup": 0.4,  # the engine's start, in each run's first collect
 }
 GROUP = 4  # sequences per rollout
@@ -41,7 +41,7 @@ def _run(rng: random.Random, slots: int, batch: int, count: int) -> tuple[list[d
         collect = decode_s + prefill_s + noisy(TRUE["executor"] * starts) + (TRUE["startup"] if index == 0 else 0.0)
         trained = rng.randint(10, 40) * batch
         step = noisy(TRUE["train_base"] + TRUE["train_token"] * trained + TRUE["train_seq"] * batch)
-        sync, overhead = noisy(TRUE["sync"]), noisy(TRUE["overhead"])
+        sync, overhead = noisy(TRUE["sync"]), noisy(TRUE["overhead"] + TRUE["overhead_seq"] * batch)
         submitted.extend(sorted(wall + rng.uniform(0, collect) for _ in range(starts)))
         wall += collect + step + sync + overhead
         for key, value in (("decode_steps", steps), ("generated_tokens", round(tokens)), ("prefills", prefills),
@@ -64,14 +64,15 @@ def test_known_costs_are_recovered_within_5_percent():
         rows, submitted = _run(rng, slots, batch, 120)
         found += updates(rows, slots, batch, recompute_in_step=True, submitted=submitted, run=run)
     costs = fit_costs(found)
-    decode, prefill, executor, train = costs.fits
+    decode, prefill, executor, train, overhead = costs.fits
     assert _close(costs.step_base_s, TRUE["step_base"]) and _close(costs.step_per_slot_s, TRUE["per_slot"]), decode
     assert _close(costs.step_per_seq_s, TRUE["per_seq"]), decode
     assert _close(prefill["prefills"], TRUE["prefill"]) and _close(prefill["prefill tokens"], TRUE["prefill_token"]), prefill
     assert _close(executor["starts"], TRUE["executor"]), executor
     assert _close(train["1"], TRUE["train_base"]) and _close(train["tokens"], TRUE["train_token"]), train
     assert _close(train["sequences"], TRUE["train_seq"]), train
-    assert _close(costs.sync_s or 0.0, TRUE["sync"]) and _close(costs.overhead_s, TRUE["overhead"])
+    assert _close(costs.sync_s or 0.0, TRUE["sync"]) and _close(costs.overhead_s, TRUE["overhead"]), overhead
+    assert _close(costs.overhead_per_seq_s, TRUE["overhead_seq"]), overhead  # two batch sizes tell the slope
     assert decode.r2 > 0.99 and train.r2 > 0.9 and costs.generation_r2 > 0.99
     # the scenario's fields: a prefill pass (fixed and per token) and the executor's work per start, apart
     assert _close(costs.prefill_pass_s, TRUE["prefill"]) and _close(costs.prefill_per_token_s, TRUE["prefill_token"])
@@ -85,11 +86,12 @@ def test_one_slot_count_and_one_batch_size_cannot_tell_their_terms_apart():
     rng = random.Random(3)
     rows, submitted = _run(rng, 256, 64, 60)
     costs = fit_costs(updates(rows, 256, 64, recompute_in_step=True, submitted=submitted))
-    decode, _, _, train = costs.fits
+    decode, _, _, train, overhead = costs.fits
     assert "steps*slots" in decode.dropped and costs.step_per_slot_s == 0
     # the slot cost is then part of the base: the run itself is still predicted
     assert _close(costs.step_base_s, TRUE["step_base"] + TRUE["per_slot"] * 256)
     assert "sequences" in train.dropped and _close(train["1"], TRUE["train_base"] + TRUE["train_seq"] * 64)
+    assert "sequences" in overhead.dropped and _close(costs.overhead_s, TRUE["overhead"] + TRUE["overhead_seq"] * 64)
 
 
 def test_a_negative_or_collinear_term_is_dropped_and_named():

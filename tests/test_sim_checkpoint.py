@@ -74,3 +74,24 @@ def test_a_real_runs_checkpoints_are_calibrated_at_its_interval(tmp_path) -> Non
     fit = calibrate([tmp_path / "run"])
     assert fit.scenario.training.checkpoint_every == 3
     assert fit.scenario.training.checkpoint_s > 0
+
+
+def test_the_overhead_per_sequence_is_recovered_from_two_batch_sizes_and_simulated() -> None:
+    """Overhead 0.02 s + 0.5 ms per trained sequence, in runs of 16 and 64 sequences:
+    calibration recovers both; with one batch size the slope is dropped and named."""
+    def run(sequences: int) -> list:
+        rows, wall = [], 0.0
+        for _ in range(6):
+            wall += 0.46 + 0.02 + 0.0005 * sequences
+            rows.append(_row(wall, 0.0) | {"sequences": sequences})
+        return updates(rows, slots=64, sequences=sequences, recompute_in_step=True)
+
+    costs = fit_costs(run(16) + run(64))
+    assert costs.overhead_s == pytest.approx(0.02, rel=1e-6) and costs.overhead_per_seq_s == pytest.approx(0.0005, rel=1e-6)
+    one = fit_costs(run(16))
+    assert one.overhead_per_seq_s == 0 and one.overhead_s == pytest.approx(0.028, rel=1e-6)
+    assert any("sequences" in f.dropped for f in one.fits if f.name == "update overhead s")
+    # the simulator charges it per update: ten synchronous updates of 4 sequences, 0.1 s each more
+    base = simulate(Scenario().with_overrides(SYNC))
+    more = simulate(Scenario().with_overrides(SYNC + ["training.update_overhead_per_seq_s=0.025"]))
+    assert more.sim_time_s - base.sim_time_s == pytest.approx(10 * 4 * 0.025)
