@@ -253,8 +253,9 @@ def main() -> None:
                     continue
             elif not calibration:
                 train(args, run_dir, k, batch, args.steps, init)
-            summaries[run_dir.name if repeat > 1 else name] = summary(run_dir)
-            measured_runs[name].append(summaries[run_dir.name if repeat > 1 else name]["measured"])
+            key = name if repeat == 1 else run_dir.name
+            summaries[key] = summary(run_dir)
+            measured_runs[name].append(summaries[key]["measured"])
     for name, found in measured_runs.items():
         if found:  # a setting run several times is measured by the mean of its runs
             mean = {m: sum(r[m] for r in found) / len(found) for m in found[0]}
