@@ -18,7 +18,9 @@
 ``--repeats N`` runs each predicted setting N times, in rounds (all settings, then all
 again), and measures it by the mean of its runs, each run's tokens/s printed: on one
 H200 the same setting's whole update (collecting, the step, the overhead alike) took
-up to 14% longer in one run than in another.
+up to 14% longer in one run than in another.  ``--checkpoint-every N`` has every run
+write its checkpoint every N updates instead of ``train``'s default (each update), for
+a study that leaves the disk out of the machine's noise.
 
 Everything goes under ``--out``.  On an H200 (about 3-4 minutes at 100 updates)::
 
@@ -195,6 +197,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1,
                         help="run each predicted setting this many times, in rounds, and measure it by their mean (the spread is printed)")
+    parser.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                        help="every run writes its checkpoint every N updates (train's --checkpoint-every; default: train's own)")
     parser.add_argument("--sim-seeds", type=int, default=8, help="simulations per prediction (seeds --seed ...), their figures averaged")
     parser.add_argument("--reanalyse", type=Path, default=None, metavar="DIR",
                         help="train nothing: calibrate on and predict again the runs of an earlier study in DIR (with the flags it ran with)")
@@ -210,6 +214,8 @@ def main() -> None:
     start = time.perf_counter()
 
     init = ["--init", str(out / "warmup" / "final.safetensors"), "--warmup-steps", "0"]
+    if args.checkpoint_every is not None:
+        init += ["--checkpoint-every", str(args.checkpoint_every)]
     probe = runs / f"probe-batch{args.probe_batch_size}"
     if args.reanalyse is None:
         print("warm-up", flush=True)
