@@ -20,7 +20,10 @@ again), and measures it by the mean of its runs, each run's tokens/s printed: on
 H200 the same setting's whole update (collecting, the step, the overhead alike) took
 up to 14% longer in one run than in another.  ``--checkpoint-every N`` has every run
 write its checkpoint every N updates instead of ``train``'s default (each update), for
-a study that leaves the disk out of the machine's noise.
+a study that leaves the disk out of the machine's noise.  From the second round on, each
+round also runs the calibration setting again (``calibration-r2``, ...), a control that is
+neither predicted nor in the table: its change from the calibration run is how far the
+machine itself drifted while the study ran (``controls`` in ``results.json``).
 
 Everything goes under ``--out``.  On an H200 (about 3-4 minutes at 100 updates)::
 
@@ -246,26 +249,35 @@ def main() -> None:
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": {}}
     summaries: dict[str, Any] = {}
     measured_runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in plan}
+    controls: list[dict[str, Any]] = []
     for repeat in range(1, args.repeats + 1):  # in rounds: a slow spell of the machine falls on several settings
         for name, k, batch in plan:
             calibration = name.endswith("-calibration")
-            if calibration and repeat > 1:
-                continue  # the calibration run is the fit's input, run once
-            run_dir = runs / ("calibration" if calibration else name if repeat == 1 else f"{name}-r{repeat}")
+            run_dir = runs / (("calibration" if calibration else name) + ("" if repeat == 1 else f"-r{repeat}"))
             if args.reanalyse is not None:
                 if not (run_dir / "metrics.jsonl").is_file():
                     if repeat == 1:
                         print(f"  {name}: not in {runs}, left out", flush=True)
                     continue
-            elif not calibration:
+            elif not (calibration and repeat == 1):
                 train(args, run_dir, k, batch, args.steps, init)
             key = name if repeat == 1 else run_dir.name
             summaries[key] = summary(run_dir)
+            if calibration and repeat > 1:  # a control: the fit's own setting again, how far the machine drifted
+                controls.append({"run": run_dir.name, "tokens_per_s": summaries[key]["measured"]["tokens_per_s"],
+                                 "s_per_update": summaries[key]["measured"]["s_per_update"]})
+                continue
             measured_runs[name].append(summaries[key]["measured"])
     for name, found in measured_runs.items():
         if found:  # a setting run several times is measured by the mean of its runs
             mean = {m: sum(r[m] for r in found) / len(found) for m in found[0]}
             results["runs"][name] = {"predicted": predictions[name], "measured": mean} | ({"repeats": found} if len(found) > 1 else {})
+    if controls:
+        base = summaries[plan[0][0]]["measured"]
+        for control in controls:
+            control["tokens_per_s_change_pct"] = error(control["tokens_per_s"], base["tokens_per_s"])
+            control["s_per_update_change_pct"] = error(control["s_per_update"], base["s_per_update"])
+        results["controls"] = controls
     if args.probe_batch_size:
         summaries[probe.name] = summary(probe)
     (out / "summaries.json").write_text(json.dumps(summaries, indent=1))
@@ -304,6 +316,10 @@ def main() -> None:
                        for name, row in results["runs"].items() if "repeats" in row)
     if spread:
         print(f"tokens/s of each repeat (the table has their mean):\n{spread}")
+    for control in controls:
+        print(f"control {control['run']} (the calibration setting again, not predicted): {control['tokens_per_s']:.4g} tokens/s, "
+              f"{control['tokens_per_s_change_pct']:+.1f}% from the calibration run; seconds per update "
+              f"{control['s_per_update_change_pct']:+.1f}%")
     print(f"worst |error| (tokens/s, mean staleness, idle; predicted runs): {worst:.1f}%  total {results['total_s']:.0f}s")
 
 

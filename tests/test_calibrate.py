@@ -184,7 +184,15 @@ def test_the_fidelity_study_runs_small_and_can_be_reanalysed_without_touching_it
         runs = results["runs"][name]["repeats"]
         assert runs == [summaries[name]["measured"], summaries[f"{name}-r2"]["measured"]]
         assert results["runs"][name]["measured"]["tokens_per_s"] == pytest.approx(sum(r["tokens_per_s"] for r in runs) / 2)
-    assert "repeats" not in results["runs"]["staleness2-calibration"] and not (study / "calibration-r2").exists()
+    # the calibration row is the fit's input alone; its setting's second run is a control, drift reported
+    assert "repeats" not in results["runs"]["staleness2-calibration"]
+    assert results["runs"]["staleness2-calibration"]["measured"] == summaries["staleness2-calibration"]["measured"]
+    (control,) = results["controls"]
+    assert control["run"] == "calibration-r2"
+    assert control["tokens_per_s"] == summaries["calibration-r2"]["measured"]["tokens_per_s"]
+    assert (study / "calibration-r2" / "metrics.jsonl").stat().st_mtime_ns > written
+    change = control["tokens_per_s"] / summaries["staleness2-calibration"]["measured"]["tokens_per_s"] - 1
+    assert control["tokens_per_s_change_pct"] == pytest.approx(100 * change)
 
     fingerprint = lambda: {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(study.rglob("*")) if p.is_file()}  # noqa: E731
     before = fingerprint()
@@ -194,6 +202,7 @@ def test_the_fidelity_study_runs_small_and_can_be_reanalysed_without_touching_it
     redone = json.loads((tmp_path / "again" / "results.json").read_text())
     assert redone["reanalysis_of"] == str(study)
     assert "AFTER" in (tmp_path / "again" / "table.md").read_text()
+    assert redone["controls"] == results["controls"]
     for name, row in results["runs"].items():  # the same runs measured the same way
         assert redone["runs"][name]["measured"] == row["measured"]
         assert redone["runs"][name]["predicted"] == row["predicted"]  # same model, same data: same prediction
