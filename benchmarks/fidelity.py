@@ -130,8 +130,9 @@ def summary(run_dir: Path) -> dict[str, Any]:
         "measured": measured(run_dir),
         "wall_s": rows[-1]["wall_s"],
         "updates": len(rows),
-        "per_update_s": {name: mean(f"{name}_s") for name in ("collect", "step", "recompute", "overhead")} | {"sync": mean("sync_s") if parts and parts[0].sync_s is not None else None}
-        | {"checkpoint": sum(u.checkpoint_s or 0.0 for u in parts) / max(1, len(parts)) if parts and parts[0].checkpoint_s is not None else None},
+        # sync and checkpoint are None for a run whose metrics lines did not time them
+        "per_update_s": {name: mean(f"{name}_s") for name in ("collect", "step", "recompute", "overhead")}
+        | {name: mean(f"{name}_s") if parts and getattr(parts[0], f"{name}_s") is not None else None for name in ("sync", "checkpoint")},
         "decode_steps_per_update": mean("steps"),
         # a decode step's seconds on its busy slots within this run (the engine's sums over its steps)
         "decode_step_line": dict(zip(("s_at_no_busy", "s_per_busy"), StepSums.of(parts).line()))
