@@ -207,6 +207,9 @@ def main() -> None:
     parser.add_argument("--reanalyse", type=Path, default=None, metavar="DIR",
                         help="train nothing: calibrate on and predict again the runs of an earlier study in DIR (with the flags it ran with)")
     args = parser.parse_args()
+    for flag in ("repeats", "sim_seeds", "checkpoint_every"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     out: Path = args.out
     runs: Path = args.reanalyse or out
     if args.reanalyse is not None:

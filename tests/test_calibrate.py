@@ -253,3 +253,18 @@ def test_a_logs_lengths_are_the_rollouts_started_before_the_oldest_unfinished(tm
     fair = [r for r in keep.accepted if keep(r)]
     assert 0 < len(fair) < len(keep.accepted)
     assert len(observe(tmp_path / "run.db").lengths) == len(fair)  # one sample per rollout here
+
+
+@pytest.mark.parametrize("flag", ["--repeats", "--sim-seeds", "--checkpoint-every"])
+def test_the_fidelity_study_refuses_a_count_below_1_by_name(tmp_path, flag):
+    """Before anything runs or is written: no empty table from zero repeats, no
+    prediction averaged over zero simulations."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "benchmarks/fidelity.py", "--device", "cpu", "--out", str(tmp_path / "study"), flag, "0"],
+                          cwd=root, capture_output=True, text=True)
+    assert done.returncode == 2 and f"{flag} must be at least 1, got 0" in done.stderr
+    assert not (tmp_path / "study").exists()
