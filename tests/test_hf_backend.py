@@ -19,7 +19,7 @@ pytest.importorskip("reasoning_gym")
 
 import torch  # noqa: E402
 
-from engine.backends.hf.generation import HFEngine  # noqa: E402
+from engine.backends.hf.generation import HFEngine, left_padded  # noqa: E402
 from engine.backends.hf.model import HFPolicy, load_policy, load_tokenizer  # noqa: E402
 from engine.backends.local.trainer import pad_samples  # noqa: E402
 from engine.cli import main  # noqa: E402
@@ -94,6 +94,27 @@ def test_generation_logprobs_equal_the_trainers_forward_pass_at_a_temperature_ot
     policy.temperature = 1.0
     other, _, _ = _trainer_logprobs(policy, results, tokenizer.pad_id)
     assert ((other - behaviour).abs() * mask).max().item() > 1e-2
+
+
+def test_the_engine_counts_and_times_its_passes_as_calibration_reads_them(model_dir):
+    """Every token comes from a prefill pass (one per row) or a decode step (one per busy
+    row); each kind of pass is timed, and the decode sums give a step's time against its
+    busy rows, as the torch engine's do."""
+    policy, tokenizer = load_policy(model_dir, temperature=TEMPERATURE), load_tokenizer(model_dir)
+    engine = HFEngine(policy, slots=3, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, temperature=TEMPERATURE, seed=1)
+    results = asyncio.run(_generate(engine, [tokenizer.prompt_ids(p) for p in PROMPTS], 12))
+    assert sum(len(r.tokens) for r in results) == engine.decoded_tokens + engine.prefill_rows
+    assert engine.prefills > 1 and engine.prefill_rows >= len(PROMPTS) and engine.steps > 0
+    assert engine.prefill_tokens >= sum(len(tokenizer.prompt_ids(p)) for p in PROMPTS)
+    assert engine.prefill_s > 0 and engine.decode_s > 0
+    assert engine.steps <= engine.decode_busy2 <= engine.steps * 3 * 3  # busy rows squared, 1 to 3 rows a step
+    assert 0 < engine.decode_busy_s <= 3 * engine.decode_s
+
+
+def test_a_rebuilt_batch_is_left_padded_with_its_mask():
+    ids, mask = left_padded([[5, 6, 7], [8], [9, 10]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 9, 10]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 1, 1]]
 
 
 def test_an_interruption_at_a_token_boundary_keeps_per_token_versions(model_dir):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 
 import torch
 
@@ -92,6 +93,7 @@ class HFEngine(LoopEngine):
             return
         # a finished row still in the batch keeps decoding (its tokens are dropped); its
         # position is held inside the model's table
+        began, busy = time.perf_counter(), self.busy
         positions = self._mask.sum(-1, keepdim=True).clamp(max=self.max_len - 1)
         self._mask = torch.cat([self._mask, torch.ones_like(self._last)[:, None]], dim=1)
         output = self.model.lm(
@@ -102,12 +104,14 @@ class HFEngine(LoopEngine):
         tokens, logprobs = self._sample(output.logits[:, -1])
         self._last = tokens
         self.steps += 1
-        self.decoded_tokens += self.busy
+        self.decoded_tokens += busy
         self._record(tokens.tolist(), logprobs.tolist())
+        self._decoded(busy, began)
 
     def _prefill(self) -> None:
         """Prefill every live sequence (and waiting ones, up to ``slots``) into a fresh
         left-padded batch, and sample each one's next token."""
+        began = time.perf_counter()
         live = [handle for handle in self._rows if handle is not None]
         while self._waiting and len(live) < self.slots:
             live.append(self._waiting.pop(0))
@@ -117,22 +121,26 @@ class HFEngine(LoopEngine):
             self._cache = None
             return
         contexts = [handle.generation.prompt + handle.generation.tokens for handle in live]
-        width = max(len(c) for c in contexts)
-        ids = torch.full((len(live), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(live), width), dtype=torch.long)
-        for row, context in enumerate(contexts):
-            ids[row, width - len(context):] = torch.tensor(context)
-            mask[row, width - len(context):] = 1
+        ids, mask = left_padded(contexts, self.pad_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         output = self.model.lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         self._cache, self._mask = _cache_of(output), mask
         tokens, logprobs = self._sample(output.logits[:, -1])
         self._last = tokens
-        self.steps += 1
-        self.prefills += 1
-        self.decoded_tokens += len(live)
         self._record(tokens.tolist(), logprobs.tolist())
+        self._prefilled(contexts, began)  # a pass, not a decode step, as the torch engine counts it
+
+
+def left_padded(contexts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``contexts`` as one left-padded batch of ids and its attention mask (1 on every
+    context token), built in one conversion rather than row by row: a rebuild after new
+    weights holds every sequence in flight, hundreds of rows."""
+    width = max(len(c) for c in contexts)
+    ids = torch.tensor([[pad_id] * (width - len(c)) + c for c in contexts], dtype=torch.long)
+    starts = torch.tensor([width - len(c) for c in contexts], dtype=torch.long)
+    mask = (torch.arange(width)[None, :] >= starts[:, None]).long()
+    return ids, mask
 
 
 def _cache_of(output: object) -> object:

@@ -61,6 +61,18 @@ class LoopEngine:
         self.decoded_tokens = 0
         self.prefills = 0
         self.finished = 0  # sequences finished (end of sequence or length), counted by _finished
+        # what calibration reads (rl_run writes them with each update), besides the decode
+        # steps, tokens decoded (busy slots summed over steps) and prefill passes: the
+        # prefills' rows and tokens, and the seconds of each kind of pass
+        self.prefill_rows = 0
+        self.prefill_tokens = 0
+        self.prefill_s = 0.0
+        self.decode_s = 0.0
+        # and how a decode step's time goes with its busy slots: sums of busy * seconds and
+        # of busy squared over the steps (with the steps, busy slots and seconds summed
+        # above, the least-squares line of a step's time on its busy slots)
+        self.decode_busy_s = 0.0
+        self.decode_busy2 = 0
 
     # -- what a subclass provides -------------------------------------------------
     def _live(self) -> list[GenerationHandle]:
@@ -120,6 +132,22 @@ class LoopEngine:
         """Sequences in flight."""
         return len(self._live())
 
+    def _decoded(self, busy: int, began: float) -> None:
+        """Time a decode step of ``busy`` sequences that began at ``began`` (``perf_counter``),
+        its tokens recorded (the step and its tokens are counted before they are recorded:
+        whoever a finished sequence wakes sees the step that finished it)."""
+        elapsed = time.perf_counter() - began
+        self.decode_s += elapsed
+        self.decode_busy_s += busy * elapsed
+        self.decode_busy2 += busy * busy
+
+    def _prefilled(self, contexts: list[list[int]], began: float) -> None:
+        """Count a prefill pass over ``contexts`` that began at ``began``."""
+        self.prefills += 1
+        self.prefill_rows += len(contexts)
+        self.prefill_tokens += sum(len(c) for c in contexts)
+        self.prefill_s += time.perf_counter() - began
+
     def _finished(self, handle: GenerationHandle) -> None:
         """``handle``'s sequence ended: its result is set and it is counted."""
         handle._finish()
@@ -175,18 +203,6 @@ class TorchEngine(LoopEngine):
         self._needs_prefill: set[int] = set()  # slots holding a sequence to prefill (freeing a slot drops it)
         self._last = torch.full((slots,), pad_id, dtype=torch.long, device=self.device)
         self._positions = torch.zeros(slots, dtype=torch.long, device=self.device)
-        # what calibration reads (rl_run writes them with each update), besides the decode
-        # steps, tokens decoded (busy slots summed over steps) and prefill passes every
-        # engine counts: the prefills' rows and tokens, and the seconds of each kind of pass
-        self.prefill_rows = 0
-        self.prefill_tokens = 0
-        self.prefill_s = 0.0
-        self.decode_s = 0.0
-        # and how a decode step's time goes with its busy slots: sums of busy * seconds and
-        # of busy squared over the steps (with the steps, busy slots and seconds summed
-        # above, the least-squares line of a step's time on its busy slots)
-        self.decode_busy_s = 0.0
-        self.decode_busy2 = 0
 
     # -- its sequences in flight ----------------------------------------------
     def _live(self) -> list[GenerationHandle]:
@@ -235,10 +251,8 @@ class TorchEngine(LoopEngine):
         self._release_cancelled()
         self._admit()
         if self._needs_prefill:
-            began = time.perf_counter()
             self._prefill(sorted(self._needs_prefill))
             self._needs_prefill.clear()
-            self.prefill_s += time.perf_counter() - began  # its tokens' .tolist() waited for the device
         busy = [slot for slot, handle in enumerate(self._slots) if handle is not None]
         if not busy:
             return
@@ -251,20 +265,15 @@ class TorchEngine(LoopEngine):
         self.steps += 1
         self.decoded_tokens += len(busy)
         self._record(busy, [tokens_list[s] for s in busy], [logprobs_list[s] for s in busy])
-        elapsed = time.perf_counter() - began
-        self.decode_s += elapsed
-        self.decode_busy_s += len(busy) * elapsed
-        self.decode_busy2 += len(busy) * len(busy)
+        self._decoded(len(busy), began)
 
     def _prefill(self, slots: list[int]) -> None:
+        began = time.perf_counter()
         contexts = []
         for slot in slots:
             handle = self._slots[slot]
             assert handle is not None  # a slot awaits prefill only while it holds a sequence
             contexts.append(handle.generation.prompt + handle.generation.tokens)
-        self.prefills += 1
-        self.prefill_rows += len(contexts)
-        self.prefill_tokens += sum(len(c) for c in contexts)
         longest = max(len(c) for c in contexts)
         width = max(longest, min(self.max_len, -(-longest // 16) * 16))  # few distinct shapes for the kernels
         batch = torch.full((len(slots), width), self.pad_id, dtype=torch.long)
@@ -278,4 +287,5 @@ class TorchEngine(LoopEngine):
         tokens, logprobs = self._sample(last)
         self._last[index] = tokens
         self._positions[index] = lengths
-        self._record(slots, tokens.tolist(), logprobs.tolist())
+        self._record(slots, tokens.tolist(), logprobs.tolist())  # .tolist() waits for the device
+        self._prefilled(contexts, began)
