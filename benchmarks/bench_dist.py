@@ -14,8 +14,14 @@ single-process run.
     python benchmarks/bench_dist.py --device cuda --model-size small --task reverse \\
         --steps 60 --batch-size 16 --group-size 8 --max-concurrent 64 --max-staleness 4 --repeats 3
 
-Two ranks cannot share one GPU under NCCL, so ``--generators`` on a one-GPU machine
-needs ``--device cpu``.
+``--overlap`` adds the single process and (with ``--generators``) the generator ranks
+with ``train --overlap``: generation that goes on while the trainer trains.  Two ranks
+cannot share one GPU under NCCL, so ``--generators`` on a one-GPU machine needs
+``--device cpu``; on two GPUs::
+
+    python benchmarks/bench_dist.py --device cuda --model-size small --task reverse --steps 150 --batch-size 16 \
+        --group-size 8 --max-concurrent 64 --max-staleness 4 --warmup-steps 100 --checkpoint-every 100 --repeats 2 \
+        --generators 1 --overlap
 """
 
 from __future__ import annotations
@@ -64,11 +70,18 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--generators", type=int, default=0, help="also run with this many generator ranks (0: not)")
+    parser.add_argument("--overlap", action="store_true",
+                        help="also run the single process and the generator ranks (with --generators) with train --overlap")
     args = parser.parse_args()
 
     settings = {"single process": [], "distributed, 1 trainer rank": ["--nproc", "1"]}
+    if args.overlap:
+        settings["single process, --overlap"] = ["--overlap"]
     if args.generators:
-        settings[f"distributed, 1 trainer rank + {args.generators} generator(s)"] = ["--nproc", "1", "--generators", str(args.generators)]
+        apart = ["--nproc", "1", "--generators", str(args.generators)]
+        settings[f"distributed, 1 trainer rank + {args.generators} generator(s)"] = apart
+        if args.overlap:
+            settings[f"distributed, 1 trainer rank + {args.generators} generator(s), --overlap"] = [*apart, "--overlap"]
     best: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for repeat in range(args.repeats):

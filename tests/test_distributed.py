@@ -136,6 +136,25 @@ def test_two_trainer_ranks_and_a_generator_keep_the_invariants_and_log_each_weig
         assert bump < start < unpause and events[start].phase == "started" and events[start + 1].phase == "finished"
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+    assert [json.loads(line)["overlap_steps"] for line in lines] == [0, 0, 0]  # paused while rank 0 trains (no --overlap)
+
+
+@pytest.mark.slow
+def test_a_generator_rank_decodes_while_rank_0_trains_under_overlap(tmp_path):
+    """``--overlap`` with a generator rank: the generator's decode steps go on while rank
+    0 trains (``overlap_steps``), each weight sync still runs between the version bump
+    and the un-pause, and the log keeps every invariant."""
+    summary = _finish(_train(tmp_path / "run", "--steps", "5", "--nproc", "1", "--generators", "1", "--overlap"))
+    events, state = checked_log(tmp_path / "run" / "events.sqlite")
+    assert summary["steps"] == state.version == 5 and state.consumed == 5 * 4
+    for version in range(1, 6):
+        bump = next(i for i, e in enumerate(events) if isinstance(e, Version) and e.version == version)
+        start = next(i for i, e in enumerate(events) if isinstance(e, Stage) and json.loads(e.detail)["version"] == version)
+        unpause = next(i for i, e in enumerate(events) if i > bump and e.type == "unpaused")
+        assert bump < start < unpause and events[start + 1].phase == "finished"
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
+    assert sum(m["overlap_steps"] for m in metrics) > 0  # without --overlap the generator waits while rank 0 trains: 0
 
 
 def _rank_pid(launcher_pid, rank):

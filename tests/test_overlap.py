@@ -92,7 +92,8 @@ def test_an_overlapped_run_evaluates_and_resumes_under_the_invariants(tmp_path, 
 
 @pytest.mark.parametrize("extra, message", [
     (["--engine", "vllm", "--model", "MODEL"], "--overlap runs the in-process engines"),
-    (["--nproc", "2"], "--overlap runs generation in a thread of one process"),
+    (["--nproc", "2"], "--overlap with --nproc needs generator ranks (--generators K)"),
+    (["--nproc", "2", "--generators", "1"], "--overlap with --generators runs with one trainer rank, got --nproc 2"),
 ])
 def test_overlap_with_engines_or_ranks_it_cannot_drive_is_refused(tmp_path, capsys, extra, message):
     model = tmp_path / "model"

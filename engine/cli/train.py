@@ -265,7 +265,7 @@ def run_command(args: argparse.Namespace) -> int:
         if launching:  # checked here; the ranks run this command line again
             from engine.workflows.rl_dist import check_split
 
-            check_split(config, args.nproc or 1)
+            check_split(config, args.nproc or 1, args.generators)
             return _launch(args)
         if distributed:  # this process is one rank of a distributed run (torchrun started it)
             from engine.workflows.rl_dist import run_worker

@@ -37,7 +37,7 @@ def run_worker(
     rank 0's is the one that counts and reaches the others.  ``train`` goes to
     :func:`reinforcement.train`."""
     layout = Layout.from_env(generators)
-    check_split(config, layout.trainers)
+    check_split(config, layout.trainers, layout.generators)
     group = dist_group.init(layout, config.device, timeout_s)
     try:
         config = RunConfig.from_json(group.broadcast(asdict(config) if layout.rank == 0 else None))
@@ -56,10 +56,19 @@ def run_worker(
         dist_group.close()
 
 
-def check_split(config: RunConfig, trainers: int) -> None:
+def check_split(config: RunConfig, trainers: int, generators: int = 0) -> None:
     """Refuse (``ValueError``) a run whose batch or rollouts in flight do not split
     evenly among ``trainers`` ranks, or whose minibatches are too small to give each
-    rank at least one sample.
+    rank at least one sample, or ``--overlap`` other than with ``generators`` ranks and
+    one trainer rank.
+
+    ``--overlap`` with generator ranks runs rank 0's event loop (the ledger, the
+    executor and the :class:`~engine.backends.distributed.generation.RemoteEngine`'s
+    ticks) in a thread of its own, so the generators decode while rank 0 trains; its
+    messages to the generators then go from that thread, while the main thread trains.
+    Other trainer ranks take rank 0's messages from the main thread over the same
+    control group, so a run with more than one trainer rank is refused rather than
+    have two threads message on that group.
 
     The one global ledger admits every rank's rollouts: its limits are the sum of the
     per-rank limits ``max(1, x // dp_size)`` that the capacity rule gives each of
@@ -69,8 +78,12 @@ def check_split(config: RunConfig, trainers: int) -> None:
     if config.kl_target and trainers > 1:
         raise ValueError("--kl-target adapts the rate from rank 0's shard of each update; with --nproc above 1 the ranks "
                          "would need one measure: leave out --kl-target")
-    if config.overlap:
-        raise ValueError("--overlap runs generation in a thread of one process; with --nproc, generate apart with --generators")
+    if config.overlap and not generators:
+        raise ValueError("--overlap with --nproc needs generator ranks (--generators K): with none, generation runs on rank 0, "
+                         "in a thread of one process only without --nproc")
+    if config.overlap and trainers > 1:
+        raise ValueError(f"--overlap with --generators runs with one trainer rank, got --nproc {trainers}: rank 0 would "
+                         "message the generators from its generation thread and the other trainer ranks from its main thread")
     for flag, value in (("--batch-size", config.batch_size), ("--max-concurrent", config.max_concurrent)):
         if value is not None and value % trainers:
             raise ValueError(f"--nproc {trainers}: {flag} {value} does not split evenly among {trainers} trainer ranks "

@@ -202,7 +202,7 @@ class RLRun(RunUpdates):
             store=TrajectoryStore(self.run_dir / "samples.sqlite"), timeout_s=config.timeout_s, max_retries=config.max_retries,
         )
         self.sinks = open_sinks(self.config.metrics, self.run_dir, asdict(config))
-        if config.overlap:  # (a distributed run refuses it first: rl_dist.check_split)
+        if config.overlap:  # (a distributed run allows it with generator ranks and one trainer: rl_dist.check_split)
             self.loop.start_thread(self.device)
         self.loop.run(self._start())
         self.collector.start()
