@@ -1,0 +1,83 @@
+"""A fidelity study's staleness histograms: each run's measured against the simulator's.
+
+Reads a study's directory (``benchmarks/fidelity.py --out DIR``): its calibrated
+scenario and, for the calibration run and each predicted run's first repeat, the
+staleness at consumption of every rollout from the run's log (as the study measures
+it), and simulates the same setting (``--sim-seeds`` seeds, the study's flags).
+Prints per run the share of rollouts at each staleness, measured / simulated, in
+per cent: where a mean agrees and a p99 does not, this shows which versions differ.
+On a CPU, from a study copied back from the GPU::
+
+    python3 benchmarks/staleness_histogram.py runs/fid14
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+from pathlib import Path
+
+
+def measured(run_dir: Path) -> collections.Counter[int]:
+    """Staleness at consumption of each rollout of a run (version consumed at, less the version submitted under)."""
+    from engine.core.events import Consumed, Submitted, Version
+    from engine.log import EventLog
+
+    head: dict[str, int] = {}
+    version = 0
+    counts: collections.Counter[int] = collections.Counter()
+    with EventLog(run_dir / "events.sqlite", mode="r") as log:
+        for event in log.events():
+            if isinstance(event, Submitted):
+                head.setdefault(event.rollout, event.version)
+            elif isinstance(event, Version):
+                version = event.version
+            elif isinstance(event, Consumed):
+                counts.update(version - head.get(r, version) for r in event.rollouts)
+    return counts
+
+
+def simulated(study: Path, settings: dict[str, int], seeds: int, seed: int) -> collections.Counter[float]:
+    from sim.config import load
+    from sim.simulator import simulate
+
+    counts: collections.Counter[float] = collections.Counter()
+    for k in range(seeds):
+        s = simulate(load(study / "calibrated.toml", [f"{key}={value}" for key, value in settings.items()]
+                          + [f"run.seed={seed + k}"]))
+        counts.update({int(a): c / seeds for a, c in s.staleness_histogram.items()})
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", type=Path, help="a fidelity study's --out directory")
+    parser.add_argument("--sim-seeds", type=int, default=4)
+    args = parser.parse_args()
+    if not (args.study / "calibrated.toml").is_file() or not (args.study / "results.json").is_file():
+        parser.error(f"{args.study}: not a fidelity study's directory (no calibrated.toml or results.json)")
+    flags = json.loads((args.study / "results.json").read_text())["args"]
+    steps, batch, group = int(flags["steps"]), int(flags["batch_size"]), int(flags["group_size"])
+    concurrency, seed = int(flags["concurrency"]), int(flags["seed"])
+    runs = {"calibration": (int(flags["calibrate_at"]), batch)}
+    runs |= {f"staleness{k}": (int(k), batch) for k in str(flags["staleness"]).split(",")}
+    runs[f"staleness{flags['calibrate_at']}-batch{flags['other_batch_size']}"] = (int(flags["calibrate_at"]), int(flags["other_batch_size"]))
+    for name, (staleness, size) in runs.items():
+        if not (args.study / name / "events.sqlite").is_file():
+            print(f"{name}: no log in {args.study / name}, skipped")
+            continue
+        real = measured(args.study / name)
+        sim = simulated(args.study, {"ledger.max_staleness": staleness, "ledger.batch_size": size,
+                                     "ledger.max_concurrent": concurrency * size, "generation.slots": concurrency * size * group,
+                                     "run.rollouts": steps * size}, args.sim_seeds, seed)
+        total_real, total_sim = sum(real.values()), sum(sim.values())
+        mean = lambda c, t: sum(k * v for k, v in c.items()) / max(t, 1e-12)  # noqa: E731
+        print(f"{name} (max_staleness {staleness}, batch {size}): mean {mean(real, total_real):.2f} measured, "
+              f"{mean(sim, total_sim):.2f} simulated; % of rollouts at each staleness, measured / simulated:")
+        print("  " + "  ".join(f"{k}: {100 * real.get(k, 0) / total_real:.1f} / {100 * sim.get(k, 0) / total_sim:.1f}"
+                               for k in sorted(set(real) | set(sim))))
+
+
+if __name__ == "__main__":
+    main()
