@@ -111,6 +111,28 @@ def test_the_engine_counts_and_times_its_passes_as_calibration_reads_them(model_
     assert 0 < engine.decode_busy_s <= 3 * engine.decode_s
 
 
+def test_a_batch_half_finished_drops_its_rows_from_the_cache_and_samples_what_the_trainer_computes(model_dir):
+    """Two of four rows end after 2 tokens: the batch shrinks to the other two without a
+    second prefill pass, and their later tokens' log-probs are still the trainer's."""
+    policy, tokenizer = load_policy(model_dir, temperature=TEMPERATURE), load_tokenizer(model_dir)
+    engine = HFEngine(policy, slots=4, eos_id=-1, pad_id=tokenizer.pad_id, temperature=TEMPERATURE, seed=3)  # no eos
+
+    async def scenario():
+        loop = asyncio.create_task(engine.run())
+        handles = [engine.submit(tokenizer.prompt_ids(p), n) for p, n in zip(PROMPTS[:4], (2, 9, 2, 9))]
+        results = await asyncio.gather(*(h.result() for h in handles))
+        engine.close()
+        await loop
+        return results
+
+    results = asyncio.run(scenario())
+    assert [len(r.tokens) for r in results] == [2, 9, 2, 9]
+    assert engine.prefills == 1 and engine.compactions == 1
+    assert engine.decode_busy2 == 1 * 4 * 4 + 7 * 2 * 2  # a step of 4 rows, then 7 of the 2 left
+    trainer, behaviour, mask = _trainer_logprobs(policy, results, tokenizer.pad_id)
+    assert ((trainer - behaviour).abs() * mask).max().item() < 1e-4
+
+
 def test_a_rebuilt_batch_is_left_padded_with_its_mask():
     ids, mask = left_padded([[5, 6, 7], [8], [9, 10]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 9, 10]]

@@ -6,10 +6,12 @@ padded, with an attention mask and explicit positions).  Each step decodes one t
 for every row at the run's temperature and records, per token, its id, its behaviour
 log-probability (``log_softmax(logits / temperature)``, the trainer's formula) and the
 policy version that sampled it.  The batch is rebuilt (every live sequence's prompt and
-tokens prefilled again) when a waiting prompt can take a slot, when half the rows have
-finished, and after new weights (``load_weights``): a sequence in flight is then
-interrupted at a token boundary and goes on under the new version as a new segment
-(partial rollout), its earlier tokens keeping the versions that sampled them.
+tokens prefilled again) when a waiting prompt can take a slot and after new weights
+(``load_weights``); when half the rows have finished it shrinks instead, the finished
+rows dropped from the key/value cache without a pass over the model.  After new
+weights a sequence in flight is interrupted at a token boundary and goes on under the
+new version as a new segment (partial rollout), its earlier tokens keeping the
+versions that sampled them.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class HFEngine(LoopEngine):
         self._mask = torch.zeros(0, 0, dtype=torch.long)
         self._last = torch.zeros(0, dtype=torch.long)
         self._rebuild = False
+        self.compactions = 0  # batches shrunk by dropping finished rows from the cache (no prefill pass)
         # transformers renamed ``past_key_values`` to ``cache`` (5.2x); take whichever this one has
         self._cache_arg = "cache" if "cache" in inspect.signature(model.lm.forward).parameters else "past_key_values"
 
@@ -76,10 +79,17 @@ class HFEngine(LoopEngine):
     def _needs_rebuild(self) -> bool:
         if self._rebuild or self._cache is None:
             return True
-        live = self.busy
-        if self._waiting and live < self.slots:
-            return True
-        return live <= len(self._rows) // 2  # half the rows finished: shrink the batch
+        return bool(self._waiting) and self.busy < self.slots
+
+    def _compact(self) -> None:
+        """Drop the finished rows from the batch and its key/value cache, keeping the
+        live rows' cached keys and values (no pass over the model)."""
+        keep = [row for row, handle in enumerate(self._rows) if handle is not None]
+        index = torch.tensor(keep, dtype=torch.long, device=self._last.device)
+        self._cache.batch_select_indices(index)  # type: ignore[union-attr]
+        self._mask, self._last = self._mask[index], self._last[index]
+        self._rows = [self._rows[row] for row in keep]
+        self.compactions += 1
 
     @torch.no_grad()
     def step(self) -> None:
@@ -91,6 +101,12 @@ class HFEngine(LoopEngine):
         if self._needs_rebuild():
             self._prefill()
             return
+        live = self.busy
+        if live <= len(self._rows) // 2:  # half the rows finished: shrink the batch
+            if live == 0 or not hasattr(self._cache, "batch_select_indices"):
+                self._prefill()  # (a cache that cannot drop rows: prefill the live ones again)
+                return
+            self._compact()
         # a finished row still in the batch keeps decoding (its tokens are dropped); its
         # position is held inside the model's table
         began, busy = time.perf_counter(), self.busy
