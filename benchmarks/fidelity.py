@@ -81,13 +81,12 @@ def train(args: argparse.Namespace, run_dir: Path, staleness: int, batch: int, s
     print(f"  {run_dir.name}: {time.perf_counter() - started:.1f}s", flush=True)
 
 
-def measured(run_dir: Path) -> dict[str, float]:
-    """The run's figures, from its metrics.jsonl and its log."""
+def consumed_staleness(run_dir: Path) -> list[int]:
+    """Each consumed rollout's staleness, from the run's log: the version it was consumed
+    at less the version it was first submitted under (the simulator's definition)."""
     from engine.core.events import Consumed, Submitted, Version
     from engine.log import EventLog
 
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    wall = rows[-1]["wall_s"]
     head: dict[str, int] = {}
     version = 0
     staleness: list[int] = []
@@ -99,7 +98,14 @@ def measured(run_dir: Path) -> dict[str, float]:
                 version = event.version
             elif isinstance(event, Consumed):
                 staleness.extend(version - head.get(r, version) for r in event.rollouts)
-    staleness.sort()
+    return staleness
+
+
+def measured(run_dir: Path) -> dict[str, float]:
+    """The run's figures, from its metrics.jsonl and its log."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    wall = rows[-1]["wall_s"]
+    staleness = sorted(consumed_staleness(run_dir))
     last = rows[-1]
     return {
         "prefill_passes_per_update": last.get("prefills", 0) / max(1, len(rows)),

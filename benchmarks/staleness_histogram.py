@@ -16,26 +16,17 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.fidelity import consumed_staleness  # noqa: E402
 
 
 def measured(run_dir: Path) -> collections.Counter[int]:
-    """Staleness at consumption of each rollout of a run (version consumed at, less the version submitted under)."""
-    from engine.core.events import Consumed, Submitted, Version
-    from engine.log import EventLog
-
-    head: dict[str, int] = {}
-    version = 0
-    counts: collections.Counter[int] = collections.Counter()
-    with EventLog(run_dir / "events.sqlite", mode="r") as log:
-        for event in log.events():
-            if isinstance(event, Submitted):
-                head.setdefault(event.rollout, event.version)
-            elif isinstance(event, Version):
-                version = event.version
-            elif isinstance(event, Consumed):
-                counts.update(version - head.get(r, version) for r in event.rollouts)
-    return counts
+    """How many of a run's rollouts were consumed at each staleness (as the study measures it)."""
+    return collections.Counter(consumed_staleness(run_dir))
 
 
 def simulated(study: Path, settings: dict[str, int], seeds: int, seed: int) -> collections.Counter[float]:

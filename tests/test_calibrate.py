@@ -194,6 +194,23 @@ def test_the_fidelity_study_runs_small_and_can_be_reanalysed_without_touching_it
     change = control["tokens_per_s"] / summaries["staleness2-calibration"]["measured"]["tokens_per_s"] - 1
     assert control["tokens_per_s_change_pct"] == pytest.approx(100 * change)
 
+    # the study's tools read it back: each run's staleness histogram has the table's mean,
+    # and an update's parts add up to its collect time and its wall time
+    from benchmarks.staleness_histogram import measured as histogram
+    from benchmarks.update_parts import parts
+
+    for name, directory in (("staleness2-calibration", "calibration"), ("staleness4", "staleness4")):
+        counts = histogram(study / directory)
+        mean = sum(k * v for k, v in counts.items()) / sum(counts.values())
+        assert mean == pytest.approx(summaries[name]["measured"]["staleness_mean"])
+    shown = subprocess.run([sys.executable, "benchmarks/staleness_histogram.py", str(study), "--sim-seeds", "1"], cwd=root,
+                           capture_output=True, text=True)
+    assert shown.returncode == 0 and "calibration (max_staleness 2, batch 4)" in shown.stdout, shown.stderr[-2000:]
+    split = parts(study / "calibration", skip=1)
+    assert split["decode_s"] > 0 and split["prefill_s"] > 0
+    assert split["decode_s"] + split["prefill_s"] + split["collect_other_s"] == pytest.approx(split["collect_s"])
+    assert split["collect_s"] + split["step_s"] + split["sync_s"] + split["update_other_s"] == pytest.approx(split["wall_s"])
+
     fingerprint = lambda: {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(study.rglob("*")) if p.is_file()}  # noqa: E731
     before = fingerprint()
     again = run("--out", str(tmp_path / "again"), "--reanalyse", str(study))
