@@ -6,6 +6,11 @@ staleness at consumption of every rollout from the run's log (as the study measu
 it), and simulates the same setting (``--sim-seeds`` seeds, the study's flags).
 Prints per run the share of rollouts at each staleness, measured / simulated, in
 per cent: where a mean agrees and a p99 does not, this shows which versions differ.
+Then, per run, how the share of groups whose longest answer reached the cap moved over
+the run (groups by the version they were submitted under, in windows of
+``--window`` versions), against the spread that independent draws at the run's own
+share would give: the simulator draws every group's lengths from one distribution,
+so a run whose share comes in phases has a tail the simulator does not draw.
 On a CPU, from a study copied back from the GPU::
 
     python3 benchmarks/staleness_histogram.py runs/fid14
@@ -29,6 +34,43 @@ def measured(run_dir: Path) -> collections.Counter[int]:
     return collections.Counter(consumed_staleness(run_dir))
 
 
+def capped_phases(run_dir: Path, window: int) -> tuple[float, list[float], float]:
+    """The share of the run's groups whose longest sample reached the longest length any
+    reached (the cap), that share in each window of ``window`` submission versions (of
+    50 groups or more; not the last window, whose long groups the run's end cuts off), and the standard deviation independent draws would give a
+    window of the mean size."""
+    import pickle
+    import sqlite3
+
+    from engine.core.events import Submitted
+    from engine.log import EventLog
+
+    submitted: dict[str, int] = {}
+    with EventLog(run_dir / "events.sqlite", mode="r") as log:
+        for event in log.events():
+            if isinstance(event, Submitted):
+                submitted.setdefault(event.rollout, event.version)
+    db = sqlite3.connect(f"file:{run_dir / 'samples.sqlite'}?mode=ro", uri=True)
+    try:
+        stored = db.execute("SELECT rollout, data FROM samples").fetchall()
+    finally:
+        db.close()
+    groups = [(submitted[rollout], max(len(sample["completion"]) for sample in pickle.loads(data)))
+              for rollout, data in stored if rollout in submitted]
+    if not groups:
+        return 0.0, [], 0.0
+    cap = max(longest for _, longest in groups)
+    share = sum(longest >= cap for _, longest in groups) / len(groups)
+    windows: dict[int, list[bool]] = collections.defaultdict(list)
+    for version, longest in groups:
+        windows[version // window].append(longest >= cap)
+    counts = [len(w) for w in windows.values()]
+    size = sum(counts) / len(counts)
+    # the last window is left out: the run's end cuts its long groups off (they never finish)
+    shares = [sum(w) / len(w) for _, w in sorted(windows.items())[:-1] if len(w) >= 50]
+    return share, shares, (share * (1 - share) / size) ** 0.5
+
+
 def simulated(study: Path, settings: dict[str, int], seeds: int, seed: int) -> collections.Counter[float]:
     from sim.config import load
     from sim.simulator import simulate
@@ -45,6 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", type=Path, help="a fidelity study's --out directory")
     parser.add_argument("--sim-seeds", type=int, default=4)
+    parser.add_argument("--window", type=int, default=10, help="versions a window of the capped share spans")
     args = parser.parse_args()
     if not (args.study / "calibrated.toml").is_file() or not (args.study / "results.json").is_file():
         parser.error(f"{args.study}: not a fidelity study's directory (no calibrated.toml or results.json)")
@@ -68,6 +111,12 @@ def main() -> None:
               f"{mean(sim, total_sim):.2f} simulated; % of rollouts at each staleness, measured / simulated:")
         print("  " + "  ".join(f"{k}: {100 * real.get(k, 0) / total_real:.1f} / {100 * sim.get(k, 0) / total_sim:.1f}"
                                for k in sorted(set(real) | set(sim))))
+        share, shares, independent = capped_phases(args.study / name, args.window)
+        if len(shares) > 1:
+            spread = (sum((x - sum(shares) / len(shares)) ** 2 for x in shares) / len(shares)) ** 0.5
+            print(f"  groups at the cap: {100 * share:.1f}%; by {args.window} versions: "
+                  + " ".join(f"{100 * x:.0f}" for x in shares)
+                  + f" (sd {100 * spread:.1f} points; independent draws {100 * independent:.1f})")
 
 
 if __name__ == "__main__":
