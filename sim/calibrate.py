@@ -29,7 +29,7 @@ import math
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from engine.core.events import (
     Accepted, Consumed, Event, Filtered, InterruptedBatch, Paused, Rejected, Segment, Submitted, Unpaused, Version,
@@ -43,6 +43,10 @@ from sim.workload import PROMPT_COLUMN
 #: The fewest timed observations each fit needs.
 MIN_UPDATES = 3
 MIN_ROLLOUTS = 8
+#: A real run's answers come in spells (a policy that runs long for a while, then short):
+#: the groups started in each window of this many versions are drawn from one window of
+#: the calibrated run's groups, in the order they were submitted (``workload.phase_versions``).
+PHASE_VERSIONS = 10
 
 
 class CalibrationError(ValueError):
@@ -193,7 +197,7 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
         raise CalibrationError(f"{log}: its events carry no times (t); calibration needs a timed log")
     keep = uncensored(first_submitted, started)
     obs.lengths.extend(length for rollout, length in accepted if keep(rollout) for _ in range(group))
-    samples = _sample_lengths(log.parent / "samples.sqlite", obs.prompts, obs.groups, obs.group_prompts, keep)
+    samples = _sample_lengths(log.parent / "samples.sqlite", obs.prompts, obs.groups, obs.group_prompts, keep, first_submitted)
     if samples and group > 1:
         # a real run's log sums a rollout's tokens over its group; its sample store has
         # each sample, whose spread (not the group means') sets when a group finishes
@@ -251,13 +255,14 @@ def _metrics(
 
 def _sample_lengths(
     path: Path, prompts: list[int] | None = None, groups: list[list[int]] | None = None, group_prompts: list[int] | None = None,
-    keep: Callable[[str], bool] | None = None,
+    keep: Callable[[str], bool] | None = None, submitted: Mapping[str, float] | None = None,
 ) -> list[int]:
     """Completion lengths of every stored sample of a real run (its ``samples.sqlite``:
     rows of pickled plain dicts the run wrote itself; a run directory is trusted), of
     the rollouts ``keep`` accepts when given; their prompt lengths are added to
     ``prompts``, each rollout's lengths to ``groups`` and its prompt's length to
-    ``group_prompts`` when given."""
+    ``group_prompts`` when given, in the order the rollouts were first submitted when
+    ``submitted`` gives those times (else the store's, the order they were accepted)."""
     import pickle
     import sqlite3
 
@@ -269,6 +274,8 @@ def _sample_lengths(
             rows = db.execute("SELECT rollout, data FROM samples").fetchall()
         finally:
             db.close()
+        if submitted is not None:
+            rows.sort(key=lambda row: submitted.get(row[0], math.inf))
         stored = [[sample for sample in pickle.loads(data) if sample.get("completion")]
                   for rollout, data in rows if keep is None or keep(rollout)]
         samples = [sample for rollout in stored for sample in rollout]
@@ -381,6 +388,11 @@ def calibrate(
     ledger = scenario.ledger
     group = obs.group_size
     workload = replace(scenario.workload, response_len=response, group_size=group)
+    span = PHASE_VERSIONS * int(cfg.get("batch_size") or ledger.batch_size)
+    if paired and groups is not None and len(groups) >= 3 * span:
+        # a real run's groups, in the order they were submitted, drawn in phases as they
+        # came (a run of fewer than three phases' groups has too few to tell them apart)
+        workload = replace(workload, phase_versions=PHASE_VERSIONS, phase_rows=span)
     for key in ("max_concurrent", "batch_size", "max_staleness", "policy"):
         if key in cfg:
             ledger = replace(ledger, **{key: cfg[key]})

@@ -80,6 +80,11 @@ class WorkloadSection:
         default=Distribution(kind="lognormal", median=1024.0, sigma=0.6, cap=8192),
         metadata=_doc("response length in tokens per sample (a distribution table)"),
     )
+    phase_versions: int = field(default=0, metadata=_doc(
+        "draw lengths in phases: the groups started in each window of this many versions come from one window of"
+        " phase_rows consecutive rows of response_len's CSV (a real run's groups, in the order they were submitted), as"
+        " a policy's answers come in spells; 0: every group from all rows"))
+    phase_rows: int = field(default=0, metadata=_doc("rows of response_len's CSV one phase draws from (with phase_versions)"))
 
 
 @dataclass(frozen=True)
@@ -323,6 +328,16 @@ def _validate(scenario: Scenario) -> None:
     if scenario.workload.prompt_len.kind == "paired" and scenario.workload.response_len.kind != "empirical":
         raise ScenarioError("workload.prompt_len.kind", "paired draws a row of workload.response_len's CSV, which must be empirical, "
                             f"not {scenario.workload.response_len.kind}")
+    workload = scenario.workload
+    for name, value in (("workload.phase_versions", workload.phase_versions), ("workload.phase_rows", workload.phase_rows)):
+        if value < 0:
+            raise ScenarioError(name, f"must be at least 0, got {value}")
+    if workload.phase_versions:
+        if workload.response_len.kind != "empirical":
+            raise ScenarioError("workload.phase_versions", "phases draw windows of workload.response_len's rows, which must be "
+                                f"empirical, not {workload.response_len.kind}")
+        if workload.phase_rows < 1:
+            raise ScenarioError("workload.phase_rows", "must be at least 1 with workload.phase_versions (the rows one phase draws from)")
     if scenario.ledger.policy not in POLICIES:
         raise ScenarioError("ledger.policy", f"must be one of {', '.join(POLICIES)}, got {scenario.ledger.policy!r}")
     if scenario.ledger.on_stale not in ON_STALE:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import math
 import random
+from collections import deque
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -74,6 +75,49 @@ def _rows_sampler(rows: list[list[int]], group: int) -> Callable[[random.Random]
         return lambda rng: choose(rng, whole)
     lengths = [length for row in rows for length in row]
     return lambda rng: [choose(rng, lengths) for _ in range(group)]
+
+
+class Phases:
+    """Group lengths drawn in phases (``workload.phase_versions``): the groups started in
+    each window of ``versions`` versions come from one window of ``span`` consecutive rows
+    of ``dist``'s CSV, chosen at random when the phase's first group starts, as a real
+    run's answers come in spells (a policy that runs long for a while, then stops short).
+    The rows are a real run's groups in the order they were submitted (``calibrate``
+    writes them so); with a paired prompt length, a group's prompt is its row's."""
+
+    def __init__(self, dist: Distribution, group: int, versions: int, span: int) -> None:
+        rows = [(prompt, lengths) for prompt, lengths in _prompted_or_plain(dist) if len(lengths) == group]
+        if len(rows) < span:
+            raise ScenarioError("workload.phase_rows", f"{span} rows a phase, but {dist.path} has {len(rows)} rows of a group of "
+                                f"{group} lengths")
+        self.rows, self.versions, self.span = rows, versions, span
+        self._starts: dict[int, int] = {}  # phase -> its window's first row
+        self._drawn: dict[int | None, deque[list[int]]] = {}  # a drawn prompt's lengths, until its group starts
+
+    def _row(self, rng: random.Random, version: int) -> tuple[int | None, list[int]]:
+        phase = version // self.versions
+        if phase not in self._starts:
+            self._starts[phase] = rng.randrange(len(self.rows) - self.span + 1)
+        return self.rows[self._starts[phase] + rng.randrange(self.span)]
+
+    def prompt(self, rng: random.Random, version: int) -> int:
+        """A paired prompt length: a row of the phase's window, whose lengths the next
+        group of that prompt length to start takes."""
+        prompt, lengths = self._row(rng, version)
+        self._drawn.setdefault(prompt, deque()).append(lengths)
+        return prompt or 0
+
+    def lengths(self, rng: random.Random, version: int, prompt: int | None = None) -> list[int]:
+        """A group's lengths: those drawn with its prompt, else a row of the phase's window."""
+        waiting = self._drawn.get(prompt)
+        return list(waiting.popleft()) if waiting else list(self._row(rng, version)[1])
+
+
+def _prompted_or_plain(dist: Distribution) -> list[tuple[int | None, list[int]]]:
+    """The rows of an empirical CSV with their prompt lengths (``None`` without a prompt column)."""
+    if dist.kind != "empirical":
+        raise ScenarioError("workload.phase_versions", f"phases draw rows of an empirical workload.response_len, not {dist.kind}")
+    return _table(dist.path, "workload.response_len", prompted=False)
 
 
 def paired_samplers(

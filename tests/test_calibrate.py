@@ -149,6 +149,44 @@ def test_a_real_runs_group_lengths_are_drawn_together_and_an_overlapped_run_is_n
     for _ in range(50):
         prompt = prompt_of(rng)
         assert (prompt, *lengths_given(rng, prompt)) in set(table)
+    # the rows are in the order their rollouts were first submitted (phases are drawn from
+    # that order), read here from the store and the log apart from calibration's reading
+    import pickle
+    import sqlite3
+
+    from engine.core.events import Submitted
+    from sim.calibrate import _events
+
+    first: dict[str, float] = {}
+    for event in _events(tmp_path / "run" / "events.sqlite"):
+        if isinstance(event, Submitted):
+            first.setdefault(event.rollout, event.t)
+    keep = _fair(tmp_path / "run" / "events.sqlite")
+    db = sqlite3.connect(tmp_path / "run" / "samples.sqlite")
+    stored = [(first[r], pickle.loads(d)) for r, d in db.execute("SELECT rollout, data FROM samples") if keep(r)]
+    stored.sort(key=lambda item: item[0])  # (stable: rollouts submitted at one time keep the store's order)
+    db.close()
+    expected = [(len(g[0]["prompt"]), *(len(x["completion"]) for x in g)) for _, g in stored]
+    assert table == [row for row in expected if len(row) == 4]
+    assert fit.scenario.workload.phase_versions == 0  # 8 updates: fewer than three phases' groups, no phases
+
+
+def test_a_real_run_long_enough_is_calibrated_with_lengths_in_phases(tmp_path, monkeypatch):
+    """A run with at least three phases' groups gets ``workload.phase_versions`` and
+    ``phase_rows`` (a phase's versions times the batch size), and the simulator draws from them."""
+    pytest.importorskip("torch")
+    import sim.calibrate
+    from engine.workflows.reinforcement import train
+    from engine.workflows.rl_config import RunConfig
+    from sim.simulator import simulate
+
+    monkeypatch.setattr(sim.calibrate, "PHASE_VERSIONS", 2)  # phases of 2 versions: 8 groups, a run of 8 updates has 32
+    config = RunConfig(task="reverse", model_size="tiny", steps=8, batch_size=4, group_size=3, max_concurrent=8,
+                       max_staleness=2, warmup_steps=3, device="cpu")
+    train(config, tmp_path / "run", eval_size=0, progress=False)
+    fit = calibrate([tmp_path / "run"], lengths_file=tmp_path / "lengths.csv")
+    assert (fit.scenario.workload.phase_versions, fit.scenario.workload.phase_rows) == (2, 8)
+    assert simulate(fit.scenario.with_overrides(["run.rollouts=40"])).trained_tokens_per_s > 0
 
 
 @pytest.mark.slow

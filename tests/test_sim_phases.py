@@ -1,0 +1,88 @@
+"""Lengths in phases (``workload.phase_versions``): a real run's answers come in spells, so
+the groups started within a window of versions are drawn from one window of the
+calibrated run's rows, in the order they were submitted."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sim.config import Scenario, ScenarioError
+from sim.simulator import Simulation
+from sim.workload import Phases
+
+# rows in submission order: prompt k, both samples k tokens long, so a row is its index + 1
+ROWS = [(k, [k, k]) for k in range(1, 41)]
+
+
+def _csv(tmp_path, rows=ROWS):
+    path = tmp_path / "lengths.csv"
+    path.write_text("prompt,lengths of one group\n" + "".join(f"{p}," + ",".join(map(str, g)) + "\n" for p, g in rows))
+    return path
+
+
+def _scenario(tmp_path, *extra: str) -> Scenario:
+    return Scenario().with_overrides([
+        "run.rollouts=400", "ledger.batch_size=8", "ledger.max_concurrent=16", "ledger.max_staleness=2", "workload.group_size=2",
+        "generation.servers=1", "generation.slots=32", "generation.step_base_s=0.01", "generation.prefill_per_token_s=0.001",
+        "training.step_base_s=0.05", "training.step_per_token_s=0", "training.weight_sync_s=0.01", "training.trains_prompt=true",
+        f"workload.response_len={{kind='empirical', path='{_csv(tmp_path)}'}}", "workload.prompt_len={kind='paired'}", *extra,
+    ])
+
+
+def test_the_groups_of_a_phase_come_from_one_window_of_consecutive_rows(tmp_path) -> None:
+    scenario = _scenario(tmp_path)
+    phases = Phases(scenario.workload.response_len, 2, versions=3, span=4)
+    rng = random.Random(0)
+    windows = []
+    for phase in range(20):
+        drawn = [phases.lengths(rng, 3 * phase + k % 3)[0] for k in range(30)]
+        assert max(drawn) - min(drawn) <= 3  # four consecutive rows
+        windows.append(min(drawn))
+    assert len(set(windows)) > 5  # each phase its own window, chosen at random
+    # a paired prompt draws its row; the group of that prompt length then takes the row's lengths
+    prompt = phases.prompt(rng, 0)
+    assert phases.lengths(rng, 0, prompt) == [prompt, prompt]
+
+
+def test_a_simulation_in_phases_starts_its_groups_with_rows_of_the_phases_window(tmp_path, monkeypatch) -> None:
+    """Each start is a whole row; the starts under one version are from four consecutive
+    rows when phases span four rows, from all forty without phases."""
+    from sim import servers
+
+    starts: list[tuple[int, int, tuple[int, ...]]] = []
+    original = servers.Pool.start
+    simulation: list[Simulation] = []
+
+    def start(self, server, rollout, prompt, lengths, group):
+        drawn = tuple(lengths() for _ in range(group))
+        starts.append((simulation[0].ledger.state.version, prompt, drawn))
+        return original(self, server, rollout, prompt, iter(drawn).__next__, group)
+
+    monkeypatch.setattr(servers.Pool, "start", start)
+    for extra, most in (((), 39), (("workload.phase_versions=1", "workload.phase_rows=4"), 3)):
+        starts.clear()
+        simulation[:] = [Simulation(_scenario(tmp_path, *extra))]
+        assert simulation[0].run().trained_tokens_per_s > 0
+        rows = {(p, tuple(g)) for p, g in ROWS}
+        assert all((prompt, drawn) in rows for _, prompt, drawn in starts)
+        spread = {}
+        for version, prompt, _ in starts:
+            low, high = spread.get(version, (prompt, prompt))
+            spread[version] = (min(low, prompt), max(high, prompt))
+        widest = max(high - low for low, high in spread.values())
+        assert widest <= most
+        if not extra:
+            assert widest > 10
+
+
+def test_phases_are_refused_by_name_where_they_cannot_be_drawn(tmp_path) -> None:
+    with pytest.raises(ScenarioError, match="workload.phase_versions.*empirical"):
+        Scenario().with_overrides(["workload.phase_versions=10", "workload.phase_rows=8"])
+    with pytest.raises(ScenarioError, match="workload.phase_rows.*at least 1"):
+        _scenario(tmp_path, "workload.phase_versions=10")
+    with pytest.raises(ScenarioError, match="workload.phase_versions.*at least 0"):
+        _scenario(tmp_path, "workload.phase_versions=-1")
+    with pytest.raises(ScenarioError, match="workload.phase_rows.*41 rows a phase.*40 rows"):
+        Simulation(_scenario(tmp_path, "workload.phase_versions=2", "workload.phase_rows=41"))
