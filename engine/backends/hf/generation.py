@@ -109,7 +109,7 @@ class HFEngine(LoopEngine):
             self._compact()
         # a finished row still in the batch keeps decoding (its tokens are dropped); its
         # position is held inside the model's table
-        began, busy = time.perf_counter(), self.busy
+        began, busy = time.perf_counter(), live  # (a compaction keeps every live row)
         positions = self._mask.sum(-1, keepdim=True).clamp(max=self.max_len - 1)
         self._mask = torch.cat([self._mask, torch.ones_like(self._last)[:, None]], dim=1)
         output = self.model.lm(
