@@ -157,13 +157,16 @@ def predict(scenario_path: Path, staleness: int, batch: int, steps: int, args: a
     from sim.config import load
     from sim.simulator import simulate
 
-    runs = [predict_one(simulate(load(scenario_path, [
-        f"ledger.max_staleness={staleness}", f"ledger.batch_size={batch}",
-        f"ledger.max_concurrent={args.concurrency * batch}",
-        f"generation.slots={args.concurrency * batch * args.group_size}",
-        f"run.rollouts={steps * batch}", f"run.seed={args.seed + k}",
-    ]))) for k in range(args.sim_seeds)]
+    runs = [predict_one(simulate(load(scenario_path, overrides(staleness, batch, steps, args.concurrency, args.group_size, args.seed + k))))
+            for k in range(args.sim_seeds)]
     return {name: sum(r[name] for r in runs) / len(runs) for name in runs[0]}
+
+
+def overrides(staleness: int, batch: int, steps: int, concurrency: int, group: int, seed: int) -> list[str]:
+    """The calibrated scenario's settings for a study's run: its bound, batch, rollouts in
+    flight and slots (``concurrency`` batches of ``group`` samples), ``steps`` updates' rollouts, ``seed``."""
+    return [f"ledger.max_staleness={staleness}", f"ledger.batch_size={batch}", f"ledger.max_concurrent={concurrency * batch}",
+            f"generation.slots={concurrency * batch * group}", f"run.rollouts={steps * batch}", f"run.seed={seed}"]
 
 
 def predict_one(s: Any) -> dict[str, float]:

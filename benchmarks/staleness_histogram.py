@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.fidelity import consumed_staleness  # noqa: E402
+from benchmarks.fidelity import consumed_staleness, overrides  # noqa: E402
 
 
 def measured(run_dir: Path) -> collections.Counter[int]:
@@ -71,14 +71,16 @@ def capped_phases(run_dir: Path, window: int) -> tuple[float, list[float], float
     return share, shares, (share * (1 - share) / size) ** 0.5
 
 
-def simulated(study: Path, settings: dict[str, int], seeds: int, seed: int) -> collections.Counter[float]:
+def simulated(study: Path, run: tuple[int, int, int, int, int], seed: int, seeds: int) -> collections.Counter[float]:
+    """The simulator's share of rollouts at each staleness for a study's ``run`` (bound,
+    batch, updates, concurrency, group size: :func:`benchmarks.fidelity.overrides`), over
+    ``seeds`` seeds from ``seed``, as the study predicts it."""
     from sim.config import load
     from sim.simulator import simulate
 
     counts: collections.Counter[float] = collections.Counter()
     for k in range(seeds):
-        s = simulate(load(study / "calibrated.toml", [f"{key}={value}" for key, value in settings.items()]
-                          + [f"run.seed={seed + k}"]))
+        s = simulate(load(study / "calibrated.toml", overrides(*run, seed + k)))
         counts.update({int(a): c / seeds for a, c in s.staleness_histogram.items()})
     return counts
 
@@ -102,9 +104,7 @@ def main() -> None:
             print(f"{name}: no log in {args.study / name}, skipped")
             continue
         real = measured(args.study / name)
-        sim = simulated(args.study, {"ledger.max_staleness": staleness, "ledger.batch_size": size,
-                                     "ledger.max_concurrent": concurrency * size, "generation.slots": concurrency * size * group,
-                                     "run.rollouts": steps * size}, args.sim_seeds, seed)
+        sim = simulated(args.study, (staleness, size, steps, concurrency, group), seed, args.sim_seeds)
         total_real, total_sim = sum(real.values()), sum(sim.values())
         mean = lambda c, t: sum(k * v for k, v in c.items()) / max(t, 1e-12)  # noqa: E731
         print(f"{name} (max_staleness {staleness}, batch {size}): mean {mean(real, total_real):.2f} measured, "
