@@ -66,6 +66,7 @@ class Observations:
     real: bool = False
     group_size: int = 1
     overlapped: bool = False  # a real run that generated while it trained (``train --overlap``)
+    kept_cache: bool = False  # a real run whose engine decoded on over its cache after new weights (``--keep-cache``)
     groups: list[list[int]] = field(default_factory=list)  # each stored rollout's samples' lengths (a real run)
     group_prompts: list[int] = field(default_factory=list)  # each stored rollout's prompt tokens (with groups, in order)
     trained_per_rollout: list[float] = field(default_factory=list)  # a real run's trained tokens per rollout
@@ -105,6 +106,7 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
             run_config = json.loads(run_json.read_text())
             obs.group_size = max(1, int(run_config.get("group_size", 1)))
             obs.overlapped = obs.overlapped or bool(run_config.get("overlap", False))
+            obs.kept_cache = obs.kept_cache or bool(run_config.get("keep_cache", False))
             if not obs.real:  # the first run's, as its ledger settings are
                 obs.checkpoint_every = max(1, int(run_config.get("checkpoint_every", 1)))
         except (ValueError, TypeError, AttributeError) as err:
@@ -418,6 +420,8 @@ def calibrate(
             # as it does) and the executor's work per started rollout
             prefill_pass_s=costs.prefill_pass_s, prefill_per_token_s=costs.prefill_per_token_s,
             start_overhead_s=costs.start_overhead_s,
+            # an engine that kept its cache over new weights re-prefills nothing at an update
+            on_update="run_on" if obs.kept_cache else scenario.generation.on_update,
             prefill_token=True,  # the engine's prefill samples each prefilled sequence's next token
             shared_prompt=False,  # it prefills every sample's prompt, no prefix cache
             startup_s=costs.startup_s,

@@ -130,6 +130,7 @@ def test_a_real_runs_group_lengths_are_drawn_together_and_an_overlapped_run_is_n
     train(config, tmp_path / "run", eval_size=0, progress=False)
     fit = calibrate([tmp_path / "run"], lengths_file=tmp_path / "lengths.csv")
     assert not fit.scenario.training.colocated and fit.scenario.generation.prefill_token
+    assert fit.scenario.generation.on_update == "partial"  # its engine prefilled the rollouts in flight again
     groups: list[list[int]] = []
     prompts: list[int] = []
     _sample_lengths(tmp_path / "run" / "samples.sqlite", groups=groups, group_prompts=prompts, keep=_fair(tmp_path / "run" / "events.sqlite"))
@@ -169,6 +170,21 @@ def test_a_real_runs_group_lengths_are_drawn_together_and_an_overlapped_run_is_n
     expected = [(len(g[0]["prompt"]), *(len(x["completion"]) for x in g)) for _, g in stored]
     assert table == [row for row in expected if len(row) == 4]
     assert fit.scenario.workload.phase_versions == 0  # 8 updates: fewer than three phases' groups, no phases
+
+
+def test_a_run_that_kept_its_cache_over_new_weights_is_simulated_without_re_prefills(tmp_path):
+    """``train --keep-cache`` re-prefills nothing at a bump: calibrated, its scenario's
+    rollouts run on over an update (``on_update = "run_on"``) and it simulates."""
+    pytest.importorskip("torch")
+    from engine.workflows.reinforcement import train
+    from engine.workflows.rl_config import RunConfig
+
+    config = RunConfig(task="reverse", model_size="tiny", steps=8, batch_size=4, group_size=2, max_concurrent=8,
+                       max_staleness=2, warmup_steps=3, device="cpu", keep_cache=True)
+    train(config, tmp_path / "run", eval_size=0, progress=False)
+    fit = calibrate([tmp_path / "run"], lengths_file=tmp_path / "lengths.csv")
+    assert fit.scenario.generation.on_update == "run_on"
+    assert simulate(fit.scenario.with_overrides(["run.rollouts=40"])).trained_rollouts >= 40
 
 
 def test_a_real_run_long_enough_is_calibrated_with_lengths_in_phases(tmp_path, monkeypatch):

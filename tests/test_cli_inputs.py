@@ -113,9 +113,11 @@ def test_a_run_config_refuses_what_no_run_can_use():
     from engine.workflows.rl_config import RunConfig
 
     for bad in ({"max_concurrent": 0}, {"max_staleness": -1}, {"lr": float("nan")}, {"seed": -1}, {"timeout_s": 0.0},
-                {"warmup_batch": 0}, {"steps": True}, {"task": 3}):
+                {"warmup_batch": 0}, {"steps": True}, {"task": 3}, {"keep_cache": 1}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             RunConfig(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="--keep-cache is the in-process engines'"):
+        RunConfig(engine="vllm", model_dir="model", keep_cache=True)
 
 
 @pytest.mark.parametrize(

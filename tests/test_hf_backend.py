@@ -133,6 +133,98 @@ def test_a_batch_half_finished_drops_its_rows_from_the_cache_and_samples_what_th
     assert ((trainer - behaviour).abs() * mask).max().item() < 1e-4
 
 
+def test_waiting_prompts_join_the_batch_without_prefilling_its_live_rows_again(model_dir):
+    """Seven prompts on three rows: each later prompt is prefilled alone (every prompt
+    exactly once) and joined to the rows still decoding, whose cached keys and values
+    stay; every token's log-prob is still the trainer's."""
+    policy, tokenizer = load_policy(model_dir, temperature=TEMPERATURE), load_tokenizer(model_dir)
+    engine = HFEngine(policy, slots=3, eos_id=-1, pad_id=tokenizer.pad_id, temperature=TEMPERATURE, seed=4)  # no eos
+    prompts = [tokenizer.prompt_ids(p) for p in PROMPTS[:7]]
+
+    async def scenario():
+        loop = asyncio.create_task(engine.run())
+        handles = [engine.submit(p, n) for p, n in zip(prompts, (3, 8, 5, 2, 9, 4, 6))]
+        results = await asyncio.gather(*(h.result() for h in handles))
+        engine.close()
+        await loop
+        return results
+
+    results = asyncio.run(scenario())
+    assert [len(r.tokens) for r in results] == [3, 8, 5, 2, 9, 4, 6]
+    assert engine.joins >= 2 and engine.prefills == 1 + engine.joins  # the first batch, then joins only
+    assert engine.prefill_rows == len(prompts)  # no live row prefilled twice
+    assert engine.prefill_tokens == sum(len(p) for p in prompts)
+    assert sum(len(r.tokens) for r in results) == engine.decoded_tokens + engine.prefill_rows
+    trainer, behaviour, mask = _trainer_logprobs(policy, results, tokenizer.pad_id)
+    assert ((trainer - behaviour).abs() * mask).max().item() < 1e-4
+
+
+def test_a_batch_pads_its_cache_on_the_left_to_join_a_longer_prompt(model_dir):
+    """A short prompt decodes, then a prompt longer than its whole context joins: the
+    batch's cache is the one padded, and both rows still sample what the trainer computes."""
+    policy, tokenizer = load_policy(model_dir, temperature=TEMPERATURE), load_tokenizer(model_dir)
+    engine = HFEngine(policy, slots=2, eos_id=-1, pad_id=tokenizer.pad_id, temperature=TEMPERATURE, seed=5)
+    short, long = tokenizer.prompt_ids("ab"), tokenizer.prompt_ids("a much longer prompt than the first one, by far")
+    assert len(long) > len(short) + 3
+
+    async def scenario():
+        first = engine.submit(short, 8)
+        for _ in range(3):  # a prefill and two decode steps
+            engine.step()
+        second = engine.submit(long, 5)
+        engine.step()  # the join
+        assert engine.joins == 1 and engine._mask.shape[1] == len(long)
+        while engine.busy:
+            engine.step()
+        return [await first.result(), await second.result()]
+
+    results = asyncio.run(scenario())
+    assert engine.prefills == 2 and engine.prefill_rows == 2
+    trainer, behaviour, mask = _trainer_logprobs(policy, results, tokenizer.pad_id)
+    assert ((trainer - behaviour).abs() * mask).max().item() < 1e-4
+
+
+def test_keep_cache_decodes_on_over_the_earlier_weights_keys_after_new_weights(model_dir):
+    """With ``keep_cache`` a weight load starts a new segment without a prefill pass: the
+    tokens after it carry the new version, and their log-probs are those of the new
+    weights over the old weights' cached prefix (not the trainer's fresh pass of either);
+    loading the same weights again, the cached prefix is exact and the trainer agrees."""
+    policy, tokenizer = load_policy(model_dir, temperature=TEMPERATURE), load_tokenizer(model_dir)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    after_policy = load_policy(model_dir, temperature=TEMPERATURE)
+    with torch.no_grad():
+        for parameter in after_policy.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+
+    def scenario(engine, weights):
+        async def run():
+            handles = [engine.submit(tokenizer.prompt_ids(p), 10) for p in PROMPTS[:3]]
+            for _ in range(4):  # a prefill and three decode steps under version 0
+                engine.step()
+            engine.load_weights(weights, 1)
+            while engine.busy or engine._waiting:
+                engine.step()
+            return [await h.result() for h in handles]
+        return asyncio.run(run())
+
+    engine = HFEngine(policy, slots=4, eos_id=-1, pad_id=tokenizer.pad_id, temperature=TEMPERATURE, seed=2, keep_cache=True)
+    results = scenario(engine, after_policy.state_dict())
+    assert engine.prefills == 1  # no re-prefill after the load
+    for result in results:
+        assert result.versions == [0] * 4 + [1] * 6 and result.interruptions == 1
+    new, behaviour, mask = _trainer_logprobs(after_policy, results, tokenizer.pad_id)
+    versions = pad_samples([Sample(r.prompt, r.tokens, r.logprobs, r.versions, 0.0) for r in results], tokenizer.pad_id, "cpu").versions
+    assert ((new - behaviour).abs() * mask * (versions == 1)).max().item() > 1e-3  # the prefix's keys are v0's
+
+    same = load_policy(model_dir, temperature=TEMPERATURE)
+    same.load_state_dict(before)
+    engine = HFEngine(same, slots=4, eos_id=-1, pad_id=tokenizer.pad_id, temperature=TEMPERATURE, seed=2, keep_cache=True)
+    results = scenario(engine, before)
+    assert engine.prefills == 1 and all(r.versions == [0] * 4 + [1] * 6 for r in results)
+    trainer, behaviour, mask = _trainer_logprobs(same, results, tokenizer.pad_id)
+    assert ((trainer - behaviour).abs() * mask).max().item() < 1e-4
+
+
 def test_a_rebuilt_batch_is_left_padded_with_its_mask():
     ids, mask = left_padded([[5, 6, 7], [8], [9, 10]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 9, 10]]

@@ -19,7 +19,7 @@ import pytest
 
 from engine.backends.local.trainer import Trainer
 from engine.cli import main
-from engine.core.events import Consumed, Filtered, Rejected, Version
+from engine.core.events import Consumed, Filtered, InterruptedBatch, Rejected, Submitted, Version
 from engine.core.reducer import apply
 from engine.core.state import EMPTY
 from engine.log import EventLog
@@ -75,6 +75,26 @@ def test_the_engine_steps_during_training_only_with_overlap(tmp_path, slow_train
     events, state = _checked(run_dir / "events.sqlite")
     assert [e.version for e in events if isinstance(e, Version)] == list(range(1, 9))
     assert state.consumed == 8 * 4 == sum(len(e.rollouts) for e in events if isinstance(e, Consumed))
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_keep_cache_prefills_each_sample_once_and_keeps_the_segments_and_invariants(tmp_path, overlap):
+    """``--keep-cache``: after each version's weights the engine decodes on over its cache,
+    so a sample's prompt is prefilled once, when it starts (without it, every sample in
+    flight at a bump is prefilled again); the log still splits each rollout in flight
+    into segments at every bump and folds under every invariant."""
+    prefilled, submitted = {}, {}
+    for keep in (False, True):
+        run_dir = tmp_path / f"keep-{keep}"
+        flags = [*(["--keep-cache"] if keep else []), *(["--overlap"] if overlap else [])]
+        assert main([*ARGS, "--steps", "6", "--run-dir", str(run_dir), *flags]) == 0
+        assert json.loads((run_dir / "run.json").read_text())["keep_cache"] is keep
+        events, state = _checked(run_dir / "events.sqlite")
+        assert state.version == 6 and state.consumed == 6 * 4
+        assert sum(len(e.rollouts) for e in events if isinstance(e, InterruptedBatch)) > 0
+        prefilled[keep] = _metrics(run_dir)[-1]["prefill_rows"]
+        submitted[keep] = 2 * sum(isinstance(e, Submitted) for e in events)  # --group-size 2
+    assert prefilled[True] <= submitted[True] < prefilled[False]
 
 
 def test_an_overlapped_run_evaluates_and_resumes_under_the_invariants(tmp_path, slow_trainer, capsys):

@@ -156,6 +156,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overlap", action="store_true",
                         help="generate while the trainer trains: the in-process engine runs in a thread of its own on "
                              "its own copy of the weights (a CUDA stream of its own on a GPU), paused only to load each version's weights")
+    parser.add_argument("--keep-cache", action="store_true",
+                        help="after each version's weights, decode on over the keys and values the earlier weights cached "
+                             "instead of prefilling the rollouts in flight again (no re-prefill pass; each token still "
+                             "records the log-probability that sampled it)")
     parser.add_argument("--vllm-memory", type=_positive_number, default=None, metavar="FRACTION",
                         help="vLLM's share of GPU memory (host memory on a CPU); default 0.3 on a GPU, 0.05 on a CPU")
     parser.add_argument("--metrics", type=_sinks, default=defaults.metrics, metavar="SINK[,SINK]",
@@ -204,7 +208,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         checkpoint_every=args.checkpoint_every, requeue_lost=args.requeue_lost, init=args.init, seed=args.seed,
         device=args.device or defaults.device, gc=args.gc, kl_coef=args.kl_coef, entropy_coef=args.entropy_coef,
         lr_warmup=args.lr_warmup, lr_schedule=args.lr_schedule, metrics=args.metrics, engine=args.engine,
-        vllm_memory=args.vllm_memory, overlap=args.overlap, kl_target=args.kl_target,
+        vllm_memory=args.vllm_memory, overlap=args.overlap, keep_cache=args.keep_cache, kl_target=args.kl_target,
     )
 
 

@@ -68,6 +68,7 @@ class RunConfig:
     metrics: tuple[str, ...] = ()  # sinks beside metrics.jsonl: tensorboard, wandb (offline)
     engine: str = "auto"  # generation: auto (in process: built-in or Hugging Face), or vllm (a model directory)
     overlap: bool = False  # generate while the trainer trains (the engine in a thread of its own, on its own weights)
+    keep_cache: bool = False  # after new weights, decode on over the cached keys and values (no re-prefill pass)
     vllm_memory: float | None = None  # vLLM's share of GPU (or host) memory; default 0.3 on a GPU, 0.05 on the CPU
     warmup_steps: int = 100
     warmup_batch: int = 64
@@ -131,6 +132,11 @@ class RunConfig:
         if self.overlap and self.engine == "vllm":
             raise ValueError("--overlap runs the in-process engines (built-in or Hugging Face) in a thread; "
                              "vLLM generates in processes of its own: leave out --overlap or --engine vllm")
+        if not isinstance(self.keep_cache, bool):
+            raise ValueError(f"run config field 'keep_cache' must be true or false, got {self.keep_cache!r}")
+        if self.keep_cache and self.engine == "vllm":
+            raise ValueError("--keep-cache is the in-process engines' (built-in or Hugging Face); vLLM handles its own "
+                             "cache: leave out --keep-cache or --engine vllm")
         if self.vllm_memory is not None and not (isinstance(self.vllm_memory, (int, float)) and 0 < self.vllm_memory <= 1):
             raise ValueError(f"run config field 'vllm_memory' must be a fraction in (0, 1], got {self.vllm_memory!r}")
         if self.gc not in GC_MODES:

@@ -36,7 +36,8 @@ def build_engine(config: RunConfig, tokenizer: Any, model: PolicyModule, slots: 
     """An in-process generation engine for ``model``: batched KV-cached Hugging Face
     generation, or the built-in continuous-batching one (held-out evaluation uses one of
     these under ``--engine vllm`` too: the same sampling formula, no second vLLM)."""
-    common = dict(slots=slots, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, temperature=config.temperature, seed=seed)
+    common = dict(slots=slots, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, temperature=config.temperature, seed=seed,
+                  keep_cache=config.keep_cache)
     if config.model_dir is not None:
         from engine.backends.hf.generation import HFEngine
         from engine.backends.hf.model import HFPolicy

@@ -5,13 +5,18 @@ The engine holds a batch of up to ``slots`` sequences in one key/value cache (le
 padded, with an attention mask and explicit positions).  Each step decodes one token
 for every row at the run's temperature and records, per token, its id, its behaviour
 log-probability (``log_softmax(logits / temperature)``, the trainer's formula) and the
-policy version that sampled it.  The batch is rebuilt (every live sequence's prompt and
-tokens prefilled again) when a waiting prompt can take a slot and after new weights
-(``load_weights``); when half the rows have finished it shrinks instead, the finished
-rows dropped from the key/value cache without a pass over the model.  After new
-weights a sequence in flight is interrupted at a token boundary and goes on under the
-new version as a new segment (partial rollout), its earlier tokens keeping the
-versions that sampled them.
+policy version that sampled it.  Waiting prompts that can take a row are prefilled in
+a pass of their own and joined to the batch (its cached keys and values padded on the
+left to a common width), the live rows left as they are; when half the rows have
+finished the batch shrinks, the finished rows dropped from the key/value cache; neither
+passes over the live rows again.  After new weights (``load_weights``) a sequence in
+flight is interrupted at a token boundary and goes on under the new version as a new
+segment (partial rollout), its earlier tokens keeping the versions that sampled them:
+by default every live sequence's prompt and tokens are prefilled again under the new
+weights (one pass); with ``keep_cache`` the keys and values the earlier weights cached
+stay, and decoding goes on over them (no pass; the tokens sampled after still record
+the log-probabilities that sampled them).  A cache whose layers are not plain
+key/value tensors (a sliding window, say) is rebuilt whole instead of joined.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+from typing import Any
 
 import torch
 
@@ -34,9 +40,10 @@ class HFEngine(LoopEngine):
 
     def __init__(
         self, model: HFPolicy, *, slots: int, eos_id: int, pad_id: int = 0, temperature: float = 1.0, seed: int = 0,
+        keep_cache: bool = False,
     ) -> None:
         super().__init__(model, slots=slots, eos_id=eos_id, pad_id=pad_id, temperature=temperature, seed=seed,
-                         max_len=model.max_seq_len)
+                         max_len=model.max_seq_len, keep_cache=keep_cache)
         self.slots = slots
         self._rows: list[GenerationHandle | None] = []  # the cached batch; None: a finished row
         self._cache: object | None = None
@@ -44,6 +51,7 @@ class HFEngine(LoopEngine):
         self._last = torch.zeros(0, dtype=torch.long)
         self._rebuild = False
         self.compactions = 0  # batches shrunk by dropping finished rows from the cache (no prefill pass)
+        self.joins = 0  # prefill passes of waiting prompts alone, joined to the live batch
         # transformers renamed ``past_key_values`` to ``cache`` (5.2x); take whichever this one has
         self._cache_arg = "cache" if "cache" in inspect.signature(model.lm.forward).parameters else "past_key_values"
 
@@ -61,8 +69,9 @@ class HFEngine(LoopEngine):
     def _drop_batch(self) -> None:
         self._rows, self._cache, self._rebuild = [], None, False
 
-    def _record(self, tokens: list[int], logprobs: list[float]) -> None:
-        for row, (token, logprob) in enumerate(zip(tokens, logprobs)):
+    def _record(self, tokens: list[int], logprobs: list[float], first: int = 0) -> None:
+        """Rows ``first`` on sampled ``tokens`` with their ``logprobs``."""
+        for row, (token, logprob) in enumerate(zip(tokens, logprobs), start=first):
             handle = self._rows[row]
             if handle is None:
                 continue
@@ -79,17 +88,49 @@ class HFEngine(LoopEngine):
     def _needs_rebuild(self) -> bool:
         if self._rebuild or self._cache is None:
             return True
-        return bool(self._waiting) and self.busy < self.slots
+        return bool(self._waiting) and self.busy < self.slots and not _joinable(self._cache)
 
     def _compact(self) -> None:
         """Drop the finished rows from the batch and its key/value cache, keeping the
         live rows' cached keys and values (no pass over the model)."""
-        keep = [row for row, handle in enumerate(self._rows) if handle is not None]
+        self._select([row for row, handle in enumerate(self._rows) if handle is not None])
+        self.compactions += 1
+
+    def _select(self, keep: list[int]) -> None:
+        """Keep rows ``keep`` of the batch and its cache."""
         index = torch.tensor(keep, dtype=torch.long, device=self._last.device)
         self._cache.batch_select_indices(index)  # type: ignore[union-attr]
         self._mask, self._last = self._mask[index], self._last[index]
         self._rows = [self._rows[row] for row in keep]
-        self.compactions += 1
+
+    def _join(self) -> None:
+        """Prefill waiting prompts (up to the free rows) in a pass of their own and join
+        them to the batch: the finished rows dropped, then both caches and masks padded
+        on the left to one width and stacked.  The live rows' keys and values stay."""
+        began = time.perf_counter()
+        if any(handle is None for handle in self._rows):
+            self._select([row for row, handle in enumerate(self._rows) if handle is not None])
+        joining: list[GenerationHandle] = []
+        while self._waiting and len(self._rows) + len(joining) < self.slots:
+            joining.append(self._waiting.pop(0))
+        contexts = [handle.generation.prompt + handle.generation.tokens for handle in joining]
+        ids, mask = left_padded(contexts, self.pad_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        output = self.model.lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        width = max(self._mask.shape[1], mask.shape[1])
+        cache: Any = self._cache  # (a joinable cache: transformers' dynamic one, untyped here)
+        for layer, new in zip(cache.layers, getattr(_cache_of(output), "layers")):
+            layer.keys = torch.cat([_pad_left(layer.keys, width), _pad_left(new.keys, width)])
+            layer.values = torch.cat([_pad_left(layer.values, width), _pad_left(new.values, width)])
+        self._mask = torch.cat([_pad_left(self._mask, width, dim=1), _pad_left(mask, width, dim=1)])
+        tokens, logprobs = self._sample(output.logits[:, -1])
+        self._last = torch.cat([self._last, tokens])
+        first = len(self._rows)
+        self._rows.extend(joining)
+        self.joins += 1
+        self._record(tokens.tolist(), logprobs.tolist(), first)
+        self._prefilled(contexts, began)
 
     @torch.no_grad()
     def step(self) -> None:
@@ -100,6 +141,9 @@ class HFEngine(LoopEngine):
                 self._rows[row] = None
         if self._needs_rebuild():
             self._prefill()
+            return
+        if self._waiting and self.busy < self.slots:
+            self._join()
             return
         live = self.busy
         if live <= len(self._rows) // 2:  # half the rows finished: shrink the batch
@@ -157,6 +201,27 @@ def left_padded(contexts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, t
     starts = torch.tensor([width - len(c) for c in contexts], dtype=torch.long)
     mask = (torch.arange(width)[None, :] >= starts[:, None]).long()
     return ids, mask
+
+
+def _joinable(cache: object) -> bool:
+    """Whether ``cache`` holds plain key/value tensors per layer, ``[batch, heads, tokens,
+    dim]`` (transformers' dynamic cache) that a join can pad and stack."""
+    layers = getattr(cache, "layers", None)
+    return isinstance(layers, (list, tuple)) and bool(layers) and all(
+        type(layer).__name__ == "DynamicLayer" and isinstance(getattr(layer, "keys", None), torch.Tensor)
+        and layer.keys.dim() == 4 for layer in layers
+    )
+
+
+def _pad_left(tensor: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
+    """``tensor`` with zeros prepended along ``dim`` up to ``width`` (a cache's tokens,
+    or a mask's columns: a zero column is a position no row attends to)."""
+    short = width - tensor.shape[dim]
+    if short == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = short
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
 def _cache_of(output: object) -> object:

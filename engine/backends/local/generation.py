@@ -42,6 +42,7 @@ class LoopEngine:
 
     def __init__(
         self, model: torch.nn.Module, *, slots: int, eos_id: int, pad_id: int, temperature: float, seed: int, max_len: int,
+        keep_cache: bool = False,
     ) -> None:
         if slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots}")
@@ -51,6 +52,9 @@ class LoopEngine:
         self.device = next(model.parameters()).device
         self.max_len = max_len
         self.eos_id, self.pad_id, self.temperature = eos_id, pad_id, temperature
+        # after new weights, decode on over the keys and values the earlier weights cached
+        # instead of prefilling the sequences in flight again (see load_weights)
+        self.keep_cache = keep_cache
         self.version = 0
         self.sampler = torch.Generator(device=self.device).manual_seed(seed)
         self._waiting: list[GenerationHandle] = []
@@ -108,15 +112,18 @@ class LoopEngine:
         self._wake.set()
 
     def load_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> None:
-        """Take the trainer's weights as ``version``.  Sequences in flight are interrupted:
-        their prefixes are prefilled again under the new weights at the next step."""
+        """Take the trainer's weights as ``version``.  Sequences in flight are interrupted
+        (their next tokens are a new segment, sampled under ``version``): their prefixes
+        are prefilled again under the new weights at the next step, or with
+        ``keep_cache`` decoding goes on over the keys and values already cached."""
         with torch.no_grad():
             for name, tensor in self.model.state_dict().items():
                 tensor.copy_(state_dict[name])
         self.version = version
         for handle in self._live():
             handle.generation.interruptions += 1
-        self._interrupt()
+        if not self.keep_cache:
+            self._interrupt()
 
     def close(self) -> None:
         """End ``run()``; sequences still in flight fail with ``CancelledError``."""
@@ -194,9 +201,10 @@ class TorchEngine(LoopEngine):
 
     def __init__(
         self, model: Policy, *, slots: int, eos_id: int, pad_id: int = 0, temperature: float = 1.0, seed: int = 0,
+        keep_cache: bool = False,
     ) -> None:
         super().__init__(model, slots=slots, eos_id=eos_id, pad_id=pad_id, temperature=temperature, seed=seed,
-                         max_len=model.config.max_seq_len)
+                         max_len=model.config.max_seq_len, keep_cache=keep_cache)
         parameter = next(model.parameters())
         self.cache = KVCache(model.config, slots, self.max_len, self.device, parameter.dtype)
         self._slots: list[GenerationHandle | None] = [None] * slots
