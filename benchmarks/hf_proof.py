@@ -11,7 +11,9 @@ before it runs:
    (synchronous) and each of ``--async-staleness`` (default 4; e.g. ``4,8``), each measuring held-out
    reward every ``--eval-every`` updates (time left out of ``wall_s``); with
    ``--overlap`` each asynchronous setting again with ``train --overlap`` (generation
-   beside training).
+   beside training); with ``--overlap-only`` each only with it.  ``--keep-cache`` passes
+   ``train --keep-cache`` to every run (the synchronous one holds no rollout in flight
+   at a bump, so it changes nothing there).
 
 Then it reads both runs' ``metrics.jsonl`` and prints a markdown table: time to a
 held-out target both runs reach (the largest multiple of ``--target-step`` both
@@ -145,6 +147,10 @@ def main() -> None:
     parser.add_argument("--target-step", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overlap", action="store_true", help="also run the asynchronous setting with train --overlap")
+    parser.add_argument("--overlap-only", action="store_true",
+                        help="run the asynchronous settings with train --overlap only (not also without it)")
+    parser.add_argument("--keep-cache", action="store_true",
+                        help="every run with train --keep-cache (no re-prefill of the rollouts in flight at a bump)")
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -161,14 +167,16 @@ def main() -> None:
         flags = [part for key, value in sets.items() for part in ("--set", f"{key}={value}")]
         timings["supervised"] = command(["run", "supervised", "--log", str(sft_log), *flags], out / "supervised.log")
     bounds = [int(k) for k in str(args.async_staleness).split(",")]
-    runs: dict[str, tuple[int, list[str]]] = {"sync": (0, [])} | {f"async-{k}": (k, []) for k in bounds}
-    if args.overlap:
+    runs: dict[str, tuple[int, list[str]]] = {"sync": (0, [])}
+    if not args.overlap_only:
+        runs |= {f"async-{k}": (k, []) for k in bounds}
+    if args.overlap or args.overlap_only:
         runs |= {f"async-{k}-overlap": (k, ["--overlap"]) for k in bounds}
     common = ["--model", str(model), "--task", args.task, "--init", str(weights), "--device", args.device,
               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--group-size", str(args.group_size),
               "--max-concurrent", str(args.max_concurrent), "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.lr),
               "--eval-size", str(args.eval_size), "--eval-every", str(args.eval_every), "--checkpoint-every", str(args.steps),
-              "--seed", str(args.seed), "--no-progress"]
+              "--seed", str(args.seed), "--no-progress", *(["--keep-cache"] if args.keep_cache else [])]
     summaries = {}
     for name, (staleness, extra) in runs.items():
         run_dir, log = out / name, out / f"{name}.log"
