@@ -15,6 +15,13 @@
    and p99 staleness at consumption, trainer idle fraction, error %) printed and
    written to ``table.md`` and ``results.json``.
 
+``--calibration-runs N`` runs the calibration setting N times back to back and calibrates
+on all of them (the table's calibration row is their mean): on one H200 the speed of a
+whole run moved by up to 30% from one run to the next, and a single calibration run is
+one draw of it.  With ``--probe-batch-size 0`` the fit has no cost that only differs
+between runs of different shapes (per slot, per trained sequence), which two runs can
+only tell from the machine's own drift between them.
+
 ``--repeats N`` runs each predicted setting N times, in rounds (all settings, then all
 again), and measures it by the mean of its runs, each run's tokens/s printed: on one
 H200 the same setting's whole update (collecting, the step, the overhead alike) took
@@ -201,6 +208,9 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=300)
     parser.add_argument("--calibrate-at", type=int, default=2)
     parser.add_argument("--probe-batch-size", type=int, default=8, help="batch size of the second calibration run (0: calibrate on one run)")
+    parser.add_argument("--calibration-runs", type=int, default=1, metavar="N",
+                        help="run the calibration setting N times back to back (calibration, calibration-2, ...) and "
+                             "calibrate on all of them: one run's speed is one draw of the machine's")
     parser.add_argument("--probe-concurrency", type=int, default=2,
                         help="the probe's max_concurrent = this * its batch size; below calibrate-at + 1, its in-flight limit binds "
                              "before its capacity, so starts arrive between updates and its updates have several prefill passes")
@@ -216,7 +226,7 @@ def main() -> None:
     parser.add_argument("--reanalyse", type=Path, default=None, metavar="DIR",
                         help="train nothing: calibrate on and predict again the runs of an earlier study in DIR (with the flags it ran with)")
     args = parser.parse_args()
-    for flag in ("repeats", "sim_seeds", "checkpoint_every"):
+    for flag in ("repeats", "sim_seeds", "checkpoint_every", "calibration_runs"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     out: Path = args.out
@@ -233,16 +243,22 @@ def main() -> None:
     if args.checkpoint_every is not None:
         init += ["--checkpoint-every", str(args.checkpoint_every)]
     probe = runs / f"probe-batch{args.probe_batch_size}"
+    calibrations = ["calibration"] + [f"calibration-{i}" for i in range(2, args.calibration_runs + 1)]
+    if args.reanalyse is not None:
+        missing = [name for name in calibrations if not (runs / name / "metrics.jsonl").is_file()]
+        if missing:
+            sys.exit(f"fidelity: {runs}: no {', '.join(missing)} (--calibration-runs {args.calibration_runs})")
     if args.reanalyse is None:
         print("warm-up", flush=True)
         train(args, out / "warmup", 0, args.batch_size, 1, ["--warmup-steps", str(args.warmup_steps)])
-        print(f"calibration run at max_staleness {args.calibrate_at}", flush=True)
-        train(args, out / "calibration", args.calibrate_at, args.batch_size, args.steps, init)
+        print(f"calibration run{'s' if args.calibration_runs > 1 else ''} at max_staleness {args.calibrate_at}", flush=True)
+        for name in calibrations:
+            train(args, out / name, args.calibrate_at, args.batch_size, args.steps, init)
         if args.probe_batch_size:
             print(f"probe run at max_staleness {args.calibrate_at}, batch {args.probe_batch_size}", flush=True)
             train(args, probe, args.calibrate_at, args.probe_batch_size, args.probe_steps or max(4, args.steps // 2), init,
                   args.probe_concurrency)
-    logs = [str(runs / "calibration")] + ([str(probe)] if args.probe_batch_size else [])
+    logs = [str(runs / name) for name in calibrations] + ([str(probe)] if args.probe_batch_size else [])
     scenario = out / "calibrated.toml"
     command = [sys.executable, "-m", "engine.cli", "calibrate", *logs, "-o", str(scenario), "--lengths", args.lengths]
     (out / "commands.txt").write_text(" ".join(["python", *sys.argv]) + "\n" + " ".join(["rollout-ledger", *command[3:]]) + "\n")
@@ -281,12 +297,16 @@ def main() -> None:
                                  "s_per_update": summaries[key]["measured"]["s_per_update"]})
                 continue
             measured_runs[name].append(summaries[key]["measured"])
+            if calibration and repeat == 1 and len(calibrations) > 1:  # the fit's other runs: the row is their mean
+                for other in calibrations[1:]:
+                    summaries[other] = summary(runs / other)
+                    measured_runs[name].append(summaries[other]["measured"])
     for name, found in measured_runs.items():
         if found:  # a setting run several times is measured by the mean of its runs
             mean = {m: sum(r[m] for r in found) / len(found) for m in found[0]}
             results["runs"][name] = {"predicted": predictions[name], "measured": mean} | ({"repeats": found} if len(found) > 1 else {})
     if controls:
-        base = summaries[plan[0][0]]["measured"]
+        base = results["runs"][plan[0][0]]["measured"]  # the calibration run (the mean of several)
         for control in controls:
             control["tokens_per_s_change_pct"] = error(control["tokens_per_s"], base["tokens_per_s"])
             control["s_per_update_change_pct"] = error(control["s_per_update"], base["s_per_update"])

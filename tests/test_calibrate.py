@@ -281,6 +281,36 @@ def test_the_fidelity_study_runs_small_and_can_be_reanalysed_without_touching_it
     assert refused.returncode != 0 and "must differ" in refused.stderr
 
 
+@pytest.mark.slow
+def test_the_fidelity_study_calibrates_on_several_runs_of_its_setting(tmp_path):
+    """``--calibration-runs 2 --probe-batch-size 0``: the calibration setting runs twice
+    before any prediction, the fit reads both runs (and no probe), and the table's
+    calibration row is the mean of the two."""
+    pytest.importorskip("torch")
+    from pathlib import Path
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    study = tmp_path / "study"
+    flags = ["--device", "cpu", "--model-size", "tiny", "--steps", "5", "--batch-size", "4", "--concurrency", "2",
+             "--warmup-steps", "2", "--other-batch-size", "8", "--probe-batch-size", "0", "--staleness", "4",
+             "--calibration-runs", "2", "--sim-seeds", "1", "--out", str(study)]
+    done = subprocess.run([sys.executable, "benchmarks/fidelity.py", *flags], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = (study / "predictions.json").stat().st_mtime_ns
+    assert all((study / name / "metrics.jsonl").stat().st_mtime_ns < written for name in ("calibration", "calibration-2"))
+    assert (study / "staleness4" / "metrics.jsonl").stat().st_mtime_ns > written
+    fit_command = (study / "commands.txt").read_text().splitlines()[1]
+    assert f"{study / 'calibration'} {study / 'calibration-2'} -o" in fit_command and "probe" not in fit_command
+    assert not any(study.glob("probe-*"))
+    summaries = json.loads((study / "summaries.json").read_text())
+    row = json.loads((study / "results.json").read_text())["runs"]["staleness2-calibration"]
+    assert row["repeats"] == [summaries["staleness2-calibration"]["measured"], summaries["calibration-2"]["measured"]]
+    assert row["measured"]["tokens_per_s"] == pytest.approx(sum(r["tokens_per_s"] for r in row["repeats"]) / 2)
+
+
 def test_lengths_leave_out_what_the_runs_end_censors():
     """A run stops with rollouts in flight, the long ones of their time: only rollouts
     first submitted before the oldest unfinished one are a fair sample of lengths."""
