@@ -223,12 +223,17 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                         help="every run writes its checkpoint every N updates (train's --checkpoint-every; default: train's own)")
     parser.add_argument("--sim-seeds", type=int, default=8, help="simulations per prediction (seeds --seed ...), their figures averaged")
+    parser.add_argument("--fit-on", default=None, metavar="RUN[,RUN...]",
+                        help="with --reanalyse: calibrate on these runs of DIR (e.g. calibration,calibration-r2) instead of "
+                             "the calibration runs and the probe")
     parser.add_argument("--reanalyse", type=Path, default=None, metavar="DIR",
                         help="train nothing: calibrate on and predict again the runs of an earlier study in DIR (with the flags it ran with)")
     args = parser.parse_args()
     for flag in ("repeats", "sim_seeds", "checkpoint_every", "calibration_runs"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.fit_on is not None and args.reanalyse is None:
+        parser.error("--fit-on chooses the runs a reanalysis fits (--reanalyse DIR); a new study fits its calibration runs")
     out: Path = args.out
     runs: Path = args.reanalyse or out
     if args.reanalyse is not None:
@@ -259,6 +264,11 @@ def main() -> None:
             train(args, probe, args.calibrate_at, args.probe_batch_size, args.probe_steps or max(4, args.steps // 2), init,
                   args.probe_concurrency)
     logs = [str(runs / name) for name in calibrations] + ([str(probe)] if args.probe_batch_size else [])
+    if args.fit_on is not None:
+        logs = [str(runs / name) for name in args.fit_on.split(",")]
+        missing = [log for log in logs if not (Path(log) / "metrics.jsonl").is_file()]
+        if missing:
+            sys.exit(f"fidelity: --fit-on: no run in {', '.join(missing)}")
     scenario = out / "calibrated.toml"
     command = [sys.executable, "-m", "engine.cli", "calibrate", *logs, "-o", str(scenario), "--lengths", args.lengths]
     (out / "commands.txt").write_text(" ".join(["python", *sys.argv]) + "\n" + " ".join(["rollout-ledger", *command[3:]]) + "\n")
