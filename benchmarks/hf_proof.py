@@ -149,6 +149,8 @@ def main() -> None:
     parser.add_argument("--overlap", action="store_true", help="also run the asynchronous setting with train --overlap")
     parser.add_argument("--overlap-only", action="store_true",
                         help="run the asynchronous settings with train --overlap only (not also without it)")
+    parser.add_argument("--eval-temperature", type=float, default=None,
+                        help="held-out evaluations' temperature for every run (train --eval-temperature; 0: greedy)")
     parser.add_argument("--keep-cache", action="store_true",
                         help="every run with train --keep-cache (no re-prefill of the rollouts in flight at a bump)")
     args = parser.parse_args()
@@ -176,7 +178,8 @@ def main() -> None:
               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--group-size", str(args.group_size),
               "--max-concurrent", str(args.max_concurrent), "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.lr),
               "--eval-size", str(args.eval_size), "--eval-every", str(args.eval_every), "--checkpoint-every", str(args.steps),
-              "--seed", str(args.seed), "--no-progress", *(["--keep-cache"] if args.keep_cache else [])]
+              "--seed", str(args.seed), "--no-progress", *(["--keep-cache"] if args.keep_cache else []),
+              *(["--eval-temperature", str(args.eval_temperature)] if args.eval_temperature is not None else [])]
     summaries = {}
     for name, (staleness, extra) in runs.items():
         run_dir, log = out / name, out / f"{name}.log"

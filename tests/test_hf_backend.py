@@ -225,6 +225,23 @@ def test_keep_cache_decodes_on_over_the_earlier_weights_keys_after_new_weights(m
     assert ((trainer - behaviour).abs() * mask).max().item() < 1e-4
 
 
+def test_at_temperature_0_the_engine_takes_the_most_likely_token_whatever_its_seed(model_dir):
+    """Greedy decoding (held-out evaluation's ``--eval-temperature 0``): every token is
+    the argmax of the model's next-token distribution, so two seeds give one answer."""
+    policy, tokenizer = load_policy(model_dir, temperature=1.0), load_tokenizer(model_dir)
+    prompts = [tokenizer.prompt_ids(p) for p in PROMPTS]
+    runs = [asyncio.run(_generate(HFEngine(policy, slots=3, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                                           temperature=0.0, seed=seed), prompts, 6)) for seed in (1, 2)]
+    assert [r.tokens for r in runs[0]] == [r.tokens for r in runs[1]]
+    with torch.no_grad():
+        for result in runs[0]:
+            ids = torch.tensor([result.prompt + result.tokens])
+            logits = policy.lm(input_ids=ids).logits[0, len(result.prompt) - 1:-1]
+            assert logits.argmax(-1).tolist() == result.tokens
+    with pytest.raises(ValueError, match="temperature"):
+        HFEngine(policy, slots=1, eos_id=tokenizer.eos_id, temperature=-1.0)
+
+
 def test_a_rebuilt_batch_is_left_padded_with_its_mask():
     ids, mask = left_padded([[5, 6, 7], [8], [9, 10]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 9, 10]]

@@ -174,9 +174,9 @@ def test_evaluation_decodes_in_as_few_waves_as_the_runs_slots_allow(tmp_path, mo
     sizes = []
     build = RLRun.build_engine
 
-    def spy(self, model, slots, seed):
+    def spy(self, model, slots, seed, temperature=None):
         sizes.append(slots)
-        return build(self, model, slots, seed)
+        return build(self, model, slots, seed, temperature)
 
     monkeypatch.setattr(RLRun, "build_engine", spy)
     for concurrent, counts, expected in ((64, (200, 20), [128, 20]), (4, (200,), [64])):

@@ -162,3 +162,29 @@ def test_run_config_checks_the_new_fields():
             RunConfig(**bad)
     assert RunConfig(metrics=["tensorboard"]).metrics == ("tensorboard",)  # as run.json gives it
     assert masked_mean(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 1.0])) == 3.0
+
+
+def test_held_out_evaluation_samples_at_its_own_temperature(tmp_path, monkeypatch):
+    """``--eval-temperature 0``: the held-out evaluations' engines decode greedily while
+    the run's engine samples at the run's temperature; it is kept in run.json, and a
+    negative one is refused by name."""
+    from engine.workflows import rl_models
+
+    built = []
+    real = rl_models.build_engine
+
+    def spy(config, tokenizer, model, slots, seed, temperature=None):
+        engine = real(config, tokenizer, model, slots, seed, temperature)
+        built.append(engine.temperature)
+        return engine
+
+    monkeypatch.setattr(rl_models, "build_engine", spy)
+    run_dir = tmp_path / "run"
+    assert main(["train", "--task", "copy", "--steps", "2", "--batch-size", "2", "--group-size", "2", "--warmup-steps", "2",
+                 "--temperature", "0.8", "--eval-temperature", "0", "--eval-size", "4", "--eval-every", "1",
+                 "--no-progress", "--run-dir", str(run_dir)]) == 0
+    assert built[0] == 0.8 and built[1:] and set(built[1:]) == {0.0}  # the run's engine, then one per evaluation
+    assert json.loads((run_dir / "run.json").read_text())["eval_temperature"] == 0
+    assert [m["step"] for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "eval_reward" in m] == [1, 2]
+    with pytest.raises(ValueError, match="eval_temperature"):
+        RunConfig(eval_temperature=-0.5)

@@ -167,6 +167,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--warmup-steps", type=_at_least(0), default=defaults.warmup_steps, help="supervised warm-up steps")
     parser.add_argument("--init", type=_weights_file, default=None, help="start from these weights instead of a warm-up")
     parser.add_argument("--temperature", type=_positive_number, default=defaults.temperature)
+    parser.add_argument("--eval-temperature", type=_non_negative_number, default=None, metavar="T",
+                        help="sampling temperature of the held-out evaluations (0: greedy, the most likely token; "
+                             "default: --temperature)")
     parser.add_argument("--timeout", type=_positive_number, default=None, help="seconds a rollout may take")
     parser.add_argument("--max-retries", type=_at_least(0), default=defaults.max_retries)
     parser.add_argument("--checkpoint-every", type=_at_least(1), default=defaults.checkpoint_every)
@@ -204,7 +207,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         reward_fn=args.reward, max_new_tokens=args.max_new_tokens, steps=args.steps or defaults.steps, batch_size=args.batch_size, group_size=args.group_size,
         max_concurrent=args.max_concurrent, max_staleness=args.max_staleness, policy=args.policy, on_stale=args.on_stale,
         objective=args.objective, proximal=args.proximal, minibatches=args.minibatches, lr=args.lr, sft_lr=args.sft_lr,
-        warmup_steps=args.warmup_steps, temperature=args.temperature, timeout_s=args.timeout, max_retries=args.max_retries,
+        warmup_steps=args.warmup_steps, temperature=args.temperature, eval_temperature=args.eval_temperature, timeout_s=args.timeout, max_retries=args.max_retries,
         checkpoint_every=args.checkpoint_every, requeue_lost=args.requeue_lost, init=args.init, seed=args.seed,
         device=args.device or defaults.device, gc=args.gc, kl_coef=args.kl_coef, entropy_coef=args.entropy_coef,
         lr_warmup=args.lr_warmup, lr_schedule=args.lr_schedule, metrics=args.metrics, engine=args.engine,

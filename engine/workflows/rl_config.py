@@ -73,6 +73,7 @@ class RunConfig:
     warmup_steps: int = 100
     warmup_batch: int = 64
     temperature: float = 1.0
+    eval_temperature: float | None = None  # held-out evaluation's sampling temperature; None: the run's, 0: greedy
     timeout_s: float | None = None
     max_retries: int = 0
     checkpoint_every: int = 1
@@ -103,6 +104,12 @@ class RunConfig:
                 continue
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"run config field {name!r} must be a finite number above 0, got {value!r}")
+        if self.eval_temperature is not None and (
+            not isinstance(self.eval_temperature, (int, float)) or isinstance(self.eval_temperature, bool)
+            or not (self.eval_temperature >= 0 and math.isfinite(self.eval_temperature))
+        ):
+            raise ValueError(f"run config field 'eval_temperature' must be a finite number of at least 0 (0: greedy), "
+                             f"got {self.eval_temperature!r}")
         for name in ("kl_coef", "entropy_coef", "kl_target"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value >= 0 and math.isfinite(value)):

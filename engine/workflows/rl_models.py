@@ -32,11 +32,14 @@ def build_policy(config: RunConfig, tokenizer: Any, task: Any, device: torch.dev
     return policy
 
 
-def build_engine(config: RunConfig, tokenizer: Any, model: PolicyModule, slots: int, seed: int) -> Any:
+def build_engine(config: RunConfig, tokenizer: Any, model: PolicyModule, slots: int, seed: int,
+                 temperature: float | None = None) -> Any:
     """An in-process generation engine for ``model``: batched KV-cached Hugging Face
     generation, or the built-in continuous-batching one (held-out evaluation uses one of
-    these under ``--engine vllm`` too: the same sampling formula, no second vLLM)."""
-    common = dict(slots=slots, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, temperature=config.temperature, seed=seed,
+    these under ``--engine vllm`` too: the same sampling formula, no second vLLM), sampling
+    at ``temperature`` when given (an evaluation's), else at the run's."""
+    temperature = config.temperature if temperature is None else temperature
+    common = dict(slots=slots, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, temperature=temperature, seed=seed,
                   keep_cache=config.keep_cache)
     if config.model_dir is not None:
         from engine.backends.hf.generation import HFEngine

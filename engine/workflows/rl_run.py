@@ -212,9 +212,9 @@ class RLRun(RunUpdates):
         """The trainable policy on the run's device (:func:`rl_models.build_policy`)."""
         return rl_models.build_policy(self.config, self.tokenizer, self.task, self.device)
 
-    def build_engine(self, model: PolicyModule, slots: int, seed: int) -> Any:
+    def build_engine(self, model: PolicyModule, slots: int, seed: int, temperature: float | None = None) -> Any:
         """An in-process generation engine for ``model`` (:func:`rl_models.build_engine`)."""
-        return rl_models.build_engine(self.config, self.tokenizer, model, slots, seed)
+        return rl_models.build_engine(self.config, self.tokenizer, model, slots, seed, temperature)
 
     def _weight_sync(self, phase: str, version: int) -> None:
         """Log a weight sync to the generator ranks starting or finishing (a ``stage``
@@ -294,14 +294,15 @@ class RLRun(RunUpdates):
 
     def evaluate(self, count: int = 64) -> float:
         """Mean reward of the current weights on ``count`` held-out problems (sampled at
-        the run's temperature, on a private engine and event loop: the run's rollouts
+        the run's temperature, or ``eval_temperature`` (0: greedy), on a private engine and event loop: the run's rollouts
         do not advance meanwhile, and the time is left out of :meth:`elapsed`).  The
         engine has as many slots as the run's (at least 64): the problems decode in as
         few waves as the run's memory allows (a latency-bound model decodes a wide step
         in about the time of a narrow one)."""
         start = time.perf_counter()
         problems = [self.task.problem(self.config.seed + 10_000_019, i) for i in range(count)]
-        engine = self.build_engine(self.trainer.model, min(count, max(64, self._slots)), self.config.seed)
+        engine = self.build_engine(self.trainer.model, min(count, max(64, self._slots)), self.config.seed,
+                                   self.config.eval_temperature)
         generating = self.loop.threaded  # (overlap) the run's engine stops after its current step
         if generating:
             self.loop.call(self.engine.pause)

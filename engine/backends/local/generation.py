@@ -46,8 +46,8 @@ class LoopEngine:
     ) -> None:
         if slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be positive (or 0: greedy), got {temperature}")
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.max_len = max_len
@@ -182,9 +182,15 @@ class LoopEngine:
                 await asyncio.sleep(0)
 
     def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One token per row at the engine's temperature, and its behaviour log-probability."""
-        logp = torch.log_softmax(logits.float() / self.temperature, dim=-1)
-        tokens = torch.multinomial(logp.exp(), 1, generator=self.sampler).squeeze(-1)
+        """One token per row at the engine's temperature, and its behaviour log-probability;
+        at temperature 0 the most likely token (greedy, for evaluation: its log-probability
+        is the one at temperature 1, and nothing trains on it)."""
+        if self.temperature == 0:
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            tokens = logp.argmax(dim=-1)
+        else:
+            logp = torch.log_softmax(logits.float() / self.temperature, dim=-1)
+            tokens = torch.multinomial(logp.exp(), 1, generator=self.sampler).squeeze(-1)
         return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
