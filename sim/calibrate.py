@@ -419,7 +419,7 @@ def calibrate(
             # the engine's prefill passes (the simulator batches starts and re-prefills into passes
             # as it does) and the executor's work per started rollout
             prefill_pass_s=costs.prefill_pass_s, prefill_per_token_s=costs.prefill_per_token_s,
-            start_overhead_s=costs.start_overhead_s,
+            start_overhead_s=costs.start_overhead_s, resume_overhead_s=costs.resume_overhead_s,
             # an engine that kept its cache over new weights re-prefills nothing at an update
             on_update="run_on" if obs.kept_cache else scenario.generation.on_update,
             prefill_token=True,  # the engine's prefill samples each prefilled sequence's next token

@@ -139,6 +139,7 @@ class RealCosts:
     startup_s: float = 0.0  # a run's first collect beyond what the terms predict: the engine's start
     checkpoint_s: float = 0.0  # the mean checkpoint write (0: the runs timed none; then it is in the overhead)
     overhead_per_seq_s: float = 0.0  # the overhead's part per trained sequence (runs of two batch sizes tell it)
+    resume_overhead_s: float = 0.0  # the executor's work per update while the trainer waits, apart from its starts
 
     def notes(self) -> list[str]:
         return [
@@ -146,6 +147,8 @@ class RealCosts:
             "(prefill_pass_s, prefill_per_token_s: one pass per server for the starts that arrive together, one for an update's "
             "re-prefills and the starts that join them; every sample's prompt is a row)",
             f"{'per started':<16} {self.start_overhead_s:.4g} s (start_overhead_s: the executor's work on a started rollout)",
+            f"{'per resume':<16} {self.resume_overhead_s:.4g} s (resume_overhead_s: the executor's work each time generation "
+            "resumes after an update; its work per engine step is in step_base_s)",
             f"{'engine start':<16} {self.startup_s:.4g} s (startup_s: each run's first collect beyond what the terms above "
             "predict for it, the engine's first passes of new shapes; the first updates are left out of the fits)",
             f"{'collect time':<16} R^2 {self.generation_r2:.3f} predicted from the generation terms above, scaled by {self.scale:.3f} to its total",
@@ -258,15 +261,23 @@ def _generation(found: list[Update]) -> tuple[list[Fit], dict[str, float]]:
         decode = _decode(found, decode_terms)
         prefill = fit("prefill passes s", {"prefills": [u.prefills for u in found], "prefill tokens": [u.prefill_tokens for u in found]},
                       [u.prefill_s for u in found])
-        executor = fit("executor s", {"starts": [u.starts for u in found]},
+        # the rest of the collect time is the executor's: per update (the batch's bookkeeping
+        # and the event loop's turns once generation resumes), per engine step (its turns
+        # between steps, the finished sequences) and per started rollout; a run whose
+        # updates all start as many rollouts cannot tell the last from the first (dropped)
+        executor = fit("executor s", {"1": [1.0] * len(found), "steps": [u.steps for u in found],
+                                      "starts": [u.starts for u in found]},
                        [max(0.0, u.collect_s - (u.decode_s or 0.0) - u.prefill_s) for u in found])
         fits = [decode, prefill, executor]
-        passes = {"pass": prefill["prefills"], "per_token": prefill["prefill tokens"], "start": executor["starts"]}
+        passes = {"pass": prefill["prefills"], "per_token": prefill["prefill tokens"], "start": executor["starts"],
+                  "resume": executor["1"], "executor_step": executor["steps"]}
     else:  # the passes are not timed: their cost per pass from the collect time, the executor's in the rest
         decode = fit("generation s", {**decode_terms, "prefills": [u.prefills for u in found]}, [u.collect_s for u in found])
         fits = [decode]
-        passes = {"pass": decode["prefills"], "per_token": 0.0, "start": 0.0}
-    return fits, {"base": decode["steps"], "per_slot": decode["steps*slots"], "per_seq": decode["tokens"], **passes}
+        passes = {"pass": decode["prefills"], "per_token": 0.0, "start": 0.0, "resume": 0.0, "executor_step": 0.0}
+    # a decode step of the simulator is the engine's step and the executor's work around it
+    return fits, {"base": decode["steps"] + passes.pop("executor_step"), "per_slot": decode["steps*slots"],
+                  "per_seq": decode["tokens"], **passes}
 
 
 def fit_costs(found: list[Update]) -> RealCosts:
@@ -278,7 +289,7 @@ def fit_costs(found: list[Update]) -> RealCosts:
 
     def terms(u: Update) -> float:
         return (u.steps * (c["base"] + c["per_slot"] * u.slots) + c["per_seq"] * u.tokens
-                + c["pass"] * u.prefills + c["per_token"] * u.prefill_tokens + c["start"] * u.starts)
+                + c["pass"] * u.prefills + c["per_token"] * u.prefill_tokens + c["start"] * u.starts + c["resume"])
 
     predicted = [terms(u) for u in found]
     # the terms fitted apart need not add up to the collect time in total (no intercept,
@@ -305,4 +316,4 @@ def fit_costs(found: list[Update]) -> RealCosts:
                    [u.overhead_s for u in found])
     return RealCosts([*fits, train, overhead], c["base"], c["per_slot"], c["per_seq"], c["pass"], c["per_token"], c["start"], train,
                      per_token, statistics.fmean(syncs) if syncs else None, overhead["1"], r2, scale, startup,
-                     statistics.fmean(written) if written else 0.0, overhead["sequences"])
+                     statistics.fmean(written) if written else 0.0, overhead["sequences"], c["resume"])

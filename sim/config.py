@@ -120,6 +120,11 @@ class GenerationSection:
         default=0.0,
         metadata=_doc("the executor's work on each started rollout, delaying its server like a prefill, seconds (was prefill_base_s)"),
     )
+    resume_overhead_s: float = field(
+        default=0.0,
+        metadata=_doc("the executor's work each time generation resumes after a weight update (the trained batch's"
+                      " bookkeeping, the next starts' submission), holding every server back before its next pass, seconds"),
+    )
     shared_prompt: bool = field(
         default=True,
         metadata=_doc("a rollout's samples share one prefill of their prompt (prefix caching); false: each sample's prompt is"
@@ -296,6 +301,7 @@ def _validate(scenario: Scenario) -> None:
         "generation.prefill_per_token_s": scenario.generation.prefill_per_token_s,
         "generation.prefill_pass_s": scenario.generation.prefill_pass_s,
         "generation.start_overhead_s": scenario.generation.start_overhead_s,
+        "generation.resume_overhead_s": scenario.generation.resume_overhead_s,
         "generation.startup_s": scenario.generation.startup_s,
         "training.step_base_s": scenario.training.step_base_s,
         "training.step_per_token_s": scenario.training.step_per_token_s,

@@ -16,7 +16,9 @@ interrupted sequences on a server after a weight update is one pass, which the u
 starts join (the engine admits waiting prompts into the step that re-prefills).  A pass
 costs ``prefill_pass_s + prefill_per_token_s * tokens`` (a start's prompt once, or once
 per sample without ``shared_prompt``) and holds the server's decoding back; each start also
-costs the executor's ``start_overhead_s`` there.  With ``prefill_token`` a pass also
+costs the executor's ``start_overhead_s`` there, and each time generation resumes after a
+weight update every server waits out the executor's ``resume_overhead_s`` (an idle one
+when its next sequence arrives).  With ``prefill_token`` a pass also
 samples one token of each sequence it prefills, as the engines do (the logits of a
 prompt's last position give its first token): a start needs one decode step less, and
 a re-prefill moves every interrupted sequence one token on.
@@ -45,8 +47,8 @@ Finished = Callable[["Server", float, list[tuple[str, int]]], None]
 class Server:
     """One generation server's analytical continuous-batching state."""
 
-    __slots__ = ("index", "heap", "steps", "kv_offset", "active", "stall", "opened", "opened_step", "joinable", "pending", "refill",
-                 "last", "epoch", "busy")
+    __slots__ = ("index", "heap", "steps", "kv_offset", "active", "hold", "stall", "opened", "opened_step", "joinable", "pending",
+                 "refill", "last", "epoch", "busy")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -55,6 +57,7 @@ class Server:
         self.steps = 0.0  # decode steps done since the start (fractional between events)
         self.kv_offset = 0.0  # sum of (kv0 - admission step): kv tokens = kv_offset + active * steps
         self.active = 0
+        self.hold = 0.0  # seconds of the executor's work after a weight update, before any pass or step (resume_overhead_s)
         self.stall = 0.0  # seconds of the pending prefill pass (and starts' overhead) before decoding resumes
         self.opened = -math.inf  # when the last prefill pass opened (starts at that instant share it, even one costing 0)
         self.opened_step = -math.inf  # the decode step count then (until one more step is done, starts share it)
@@ -92,6 +95,7 @@ class Pool:
         self.prefill = generation.prefill_per_token_s
         self.prefill_pass = generation.prefill_pass_s
         self.start_overhead = generation.start_overhead_s
+        self.resume_overhead = generation.resume_overhead_s
         self.shared_prompt = generation.shared_prompt
         self.first = 1 if generation.prefill_token else 0  # tokens a prefill pass samples per sequence
         self.passes = 0  # prefill passes opened, on every server
@@ -132,6 +136,12 @@ class Pool:
         server.last = now
         if elapsed <= 0 or server.active == 0 or self.paused:
             return
+        if server.hold > 0:  # the executor's, not the server's: not busy
+            used = min(server.hold, elapsed)
+            server.hold -= used
+            elapsed -= used
+            if elapsed <= 0:
+                return
         server.busy += elapsed
         if server.stall > 0:
             used = min(server.stall, elapsed)
@@ -154,7 +164,7 @@ class Pool:
         active = server.active
         c0 = self.base + self.per_seq * active + self.per_kv * (server.kv_offset + active * server.steps)
         q = self.per_kv * active / 2
-        timer = self.env.timeout(server.stall + q * steps * steps + (c0 - q) * steps)
+        timer = self.env.timeout(server.hold + server.stall + q * steps * steps + (c0 - q) * steps)
         timer.callbacks.append(partial(self._on_timer, server, server.epoch))
 
     def _on_timer(self, server: Server, epoch: int, _event: simpy.Event) -> None:
@@ -185,11 +195,14 @@ class Pool:
             server.epoch += 1
         self.paused = True
 
-    def thaw(self, now: float) -> None:
-        """Start every server again at ``now``."""
+    def thaw(self, now: float, resume: bool = False) -> None:
+        """Start every server again at ``now``; after a weight update (``resume``) each
+        first waits out the executor's ``resume_overhead_s``."""
         self.paused = False
         for server in self.servers:
             server.last = now
+            if resume:  # (set, not added: an idle server waits it out once, when its next sequence arrives)
+                server.hold = self.resume_overhead
             self.plan(server)
 
     def start(self, server: Server, rollout: str, prompt: int, lengths: Callable[[], int], group: int) -> None:

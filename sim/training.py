@@ -125,7 +125,7 @@ class Training:
         self._books(self.ledger.finish_update(interrupted, t=now))
         if interrupted:
             self._pool.reprefill(now)
-        self._pool.thaw(now)
+        self._pool.thaw(now, resume=True)
         if gc.get_count()[0] >= YOUNG_OBJECTS:  # the run turned automatic collection off
             gc.collect(1)
 

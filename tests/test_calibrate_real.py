@@ -19,6 +19,7 @@ TRUE = {
     "prefill": 1.5e-3, "prefill_token": 2e-6, "executor": 6e-4,  # per pass, per prefilled token, per started rollout
     "train_base": 0.05, "train_token": 2e-5, "train_seq": 1e-3, "sync": 0.002, "overhead": 0.03, "overhead_seq": 2e-4,
     "startup": 0.4,  # the engine's start, in each run's first collect
+    "resume": 0.004, "executor_step": 2e-4,  # the executor's work per update and per engine step
 }
 GROUP = 4  # sequences per rollout
 
@@ -38,7 +39,8 @@ def _run(rng: random.Random, slots: int, batch: int, count: int) -> tuple[list[d
         prefill_rows = GROUP * starts + rng.randint(0, slots // 2)  # each start's group, and re-prefilled sequences
         decode_s = noisy(steps * (TRUE["step_base"] + TRUE["per_slot"] * slots) + TRUE["per_seq"] * tokens)
         prefill_s = noisy(TRUE["prefill"] * prefills + TRUE["prefill_token"] * prefill_tokens)
-        collect = decode_s + prefill_s + noisy(TRUE["executor"] * starts) + (TRUE["startup"] if index == 0 else 0.0)
+        executor = TRUE["executor"] * starts + TRUE["resume"] + TRUE["executor_step"] * steps
+        collect = decode_s + prefill_s + noisy(executor) + (TRUE["startup"] if index == 0 else 0.0)
         trained = rng.randint(10, 40) * batch
         step = noisy(TRUE["train_base"] + TRUE["train_token"] * trained + TRUE["train_seq"] * batch)
         sync, overhead = noisy(TRUE["sync"]), noisy(TRUE["overhead"] + TRUE["overhead_seq"] * batch)
@@ -65,7 +67,8 @@ def test_known_costs_are_recovered_within_5_percent():
         found += updates(rows, slots, batch, recompute_in_step=True, submitted=submitted, run=run)
     costs = fit_costs(found)
     decode, prefill, executor, train, overhead = costs.fits
-    assert _close(costs.step_base_s, TRUE["step_base"]) and _close(costs.step_per_slot_s, TRUE["per_slot"]), decode
+    # a simulated decode step is the engine's and the executor's work around it
+    assert _close(costs.step_base_s, TRUE["step_base"] + TRUE["executor_step"]) and _close(costs.step_per_slot_s, TRUE["per_slot"]), decode
     assert _close(costs.step_per_seq_s, TRUE["per_seq"]), decode
     assert _close(prefill["prefills"], TRUE["prefill"]) and _close(prefill["prefill tokens"], TRUE["prefill_token"]), prefill
     assert _close(executor["starts"], TRUE["executor"]), executor
@@ -76,8 +79,9 @@ def test_known_costs_are_recovered_within_5_percent():
     assert decode.r2 > 0.99 and train.r2 > 0.9 and costs.generation_r2 > 0.99
     # the scenario's fields: a prefill pass (fixed and per token) and the executor's work per start, apart
     assert _close(costs.prefill_pass_s, TRUE["prefill"]) and _close(costs.prefill_per_token_s, TRUE["prefill_token"])
-    assert _close(costs.start_overhead_s, TRUE["executor"])
-    assert any("prefill_pass_s" in note for note in costs.notes())
+    assert _close(costs.start_overhead_s, TRUE["executor"]) and _close(costs.resume_overhead_s, TRUE["resume"], 0.1), executor
+    assert _close(executor["steps"], TRUE["executor_step"], 0.1), executor
+    assert any("prefill_pass_s" in note for note in costs.notes()) and any("resume_overhead_s" in note for note in costs.notes())
     assert _close(costs.startup_s, TRUE["startup"], 0.1) and any("startup_s" in note for note in costs.notes())
     assert any("start_overhead_s" in note for note in costs.notes())
 
@@ -89,7 +93,7 @@ def test_one_slot_count_and_one_batch_size_cannot_tell_their_terms_apart():
     decode, _, _, train, overhead = costs.fits
     assert "steps*slots" in decode.dropped and costs.step_per_slot_s == 0
     # the slot cost is then part of the base: the run itself is still predicted
-    assert _close(costs.step_base_s, TRUE["step_base"] + TRUE["per_slot"] * 256)
+    assert _close(costs.step_base_s, TRUE["step_base"] + TRUE["executor_step"] + TRUE["per_slot"] * 256)
     assert "sequences" in train.dropped and _close(train["1"], TRUE["train_base"] + TRUE["train_seq"] * 64)
     assert "sequences" in overhead.dropped and _close(costs.overhead_s, TRUE["overhead"] + TRUE["overhead_seq"] * 64)
 
@@ -124,12 +128,15 @@ def test_the_new_simulator_terms_cost_what_they_say():
         "generation.prefill_per_token_s=0.001": updates_ * 8 * 4 * 0.001,  # their prompts' tokens
         "generation.start_overhead_s=0.05": updates_ * 8 * 0.05,  # the executor's work on each start
         "generation.prefill_base_s=0.05": updates_ * 8 * 0.05,  # the old name of start_overhead_s
+        "generation.resume_overhead_s=0.05": (updates_ - 1) * 0.05,  # each resume after an update (the first round has none)
     }
     for override, extra in more.items():
         got = simulate(Scenario().with_overrides([*SMALL, override]))
         assert got.sim_time_s == pytest.approx(base.sim_time_s + extra, rel=1e-6), override
     idle = simulate(Scenario().with_overrides([*SMALL, "training.update_overhead_s=0.2"]))
     assert idle.trainer_idle_s == pytest.approx(base.trainer_idle_s, rel=1e-6)  # overhead is not waiting
+    resumed = simulate(Scenario().with_overrides([*SMALL, "generation.resume_overhead_s=0.05"]))
+    assert resumed.trainer_idle_s == pytest.approx(base.trainer_idle_s + (updates_ - 1) * 0.05, rel=1e-6)  # the executor's is
 
 
 def _decode_runs(rng: random.Random, shapes, per_slot: float, noise: float, step_sums: bool = True) -> list:
@@ -141,14 +148,19 @@ def _decode_runs(rng: random.Random, shapes, per_slot: float, noise: float, step
     for run, (slots, busy) in enumerate(shapes):
         rows, submitted = _run(rng, slots, 32, 120)
         totals = {"generated_tokens": 0, "decode_s": 0.0, "decode_busy_s": 0.0, "decode_busy2": 0}
-        before = 0
-        for row in rows:  # the decode time again, step by step
+        before, original, shift = 0, 0.0, 0.0
+        for row in rows:  # the decode time again, step by step (the collect and wall times moved with it)
+            decoded = totals["decode_s"]
             for _ in range(row["decode_steps"] - before):
                 n = round(rng.uniform(*busy) * slots)
                 seconds = (TRUE["step_base"] + per_slot * slots + TRUE["per_seq"] * n) * (1 + rng.uniform(-noise, noise))
                 for key, value in (("generated_tokens", n), ("decode_s", seconds), ("decode_busy_s", n * seconds), ("decode_busy2", n * n)):
                     totals[key] += value
             before = row["decode_steps"]
+            moved = (totals["decode_s"] - decoded) - (row["decode_s"] - original)
+            original, shift = row["decode_s"], shift + moved
+            row["wait_s"] += moved
+            row["wall_s"] += shift
             row.update(totals if step_sums else {k: totals[k] for k in ("generated_tokens", "decode_s")})
         found += updates(rows, slots, 32, recompute_in_step=True, submitted=submitted, run=run)
     return found
@@ -180,4 +192,4 @@ def test_a_per_slot_cost_is_not_taken_for_busy_sequences_when_runs_differ_in_bot
     assert _close(costs.step_per_slot_s, per_slot, 0.2), costs.fits[0]
     assert _close(costs.step_per_seq_s, TRUE["per_seq"], 0.2), costs.fits[0]
     sync_step = costs.step_base_s + costs.step_per_slot_s * 256 + costs.step_per_seq_s * 16
-    assert _close(sync_step, TRUE["step_base"] + per_slot * 256 + TRUE["per_seq"] * 16, 0.05)
+    assert _close(sync_step, TRUE["step_base"] + TRUE["executor_step"] + per_slot * 256 + TRUE["per_seq"] * 16, 0.05)
