@@ -184,17 +184,24 @@ def test_a_batch_pads_its_cache_on_the_left_to_join_a_longer_prompt(model_dir):
     assert ((trainer - behaviour).abs() * mask).max().item() < 1e-4
 
 
-def test_keep_cache_decodes_on_over_the_earlier_weights_keys_after_new_weights(model_dir):
-    """With ``keep_cache`` a weight load starts a new segment without a prefill pass: the
-    tokens after it carry the new version, and their log-probs are those of the new
-    weights over the old weights' cached prefix (not the trainer's fresh pass of either);
-    loading the same weights again, the cached prefix is exact and the trainer agrees."""
+def _two_versions(model_dir):
+    """The model and its tokenizer, a copy of its weights (version 0), and another policy
+    whose weights are those moved at random (version 1)."""
     policy, tokenizer = load_policy(model_dir, temperature=TEMPERATURE), load_tokenizer(model_dir)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     after_policy = load_policy(model_dir, temperature=TEMPERATURE)
     with torch.no_grad():
         for parameter in after_policy.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.05)
+    return policy, tokenizer, before, after_policy
+
+
+def test_keep_cache_decodes_on_over_the_earlier_weights_keys_after_new_weights(model_dir):
+    """With ``keep_cache`` a weight load starts a new segment without a prefill pass: the
+    tokens after it carry the new version, and their log-probs are those of the new
+    weights over the old weights' cached prefix (not the trainer's fresh pass of either);
+    loading the same weights again, the cached prefix is exact and the trainer agrees."""
+    policy, tokenizer, before, after_policy = _two_versions(model_dir)
 
     def scenario(engine, weights):
         async def run():
@@ -249,12 +256,7 @@ def test_a_rebuilt_batch_is_left_padded_with_its_mask():
 
 
 def test_an_interruption_at_a_token_boundary_keeps_per_token_versions(model_dir):
-    policy, tokenizer = load_policy(model_dir, temperature=TEMPERATURE), load_tokenizer(model_dir)
-    before = {k: v.clone() for k, v in policy.state_dict().items()}
-    after_policy = load_policy(model_dir, temperature=TEMPERATURE)
-    with torch.no_grad():
-        for parameter in after_policy.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.05)
+    policy, tokenizer, before, after_policy = _two_versions(model_dir)
     engine = HFEngine(policy, slots=4, eos_id=-1, pad_id=tokenizer.pad_id, temperature=TEMPERATURE, seed=2)  # no eos: full length
 
     async def scenario():
