@@ -159,6 +159,33 @@ def test_waiting_prompts_join_the_batch_without_prefilling_its_live_rows_again(m
     assert ((trainer - behaviour).abs() * mask).max().item() < 1e-4
 
 
+def test_a_batch_that_only_joins_and_shrinks_stays_as_wide_as_its_longest_context(model_dir):
+    """A long prompt with a short answer beside short prompts with long answers, others
+    joining as rows end, no live row prefilled again: after every join and shrink the cache holds
+    no column that no row attends to, and the log-probs are still the trainer's."""
+    policy, tokenizer = load_policy(model_dir, temperature=TEMPERATURE), load_tokenizer(model_dir)
+    engine = HFEngine(policy, slots=2, eos_id=-1, pad_id=tokenizer.pad_id, temperature=TEMPERATURE, seed=6, keep_cache=True)
+    long, short = tokenizer.prompt_ids("a much longer prompt than the others, by far, to widen the batch"), tokenizer.prompt_ids("ab")
+    requests = [(long, 2), (short, 16), (short, 3), (short, 12), (long, 2), (short, 4)]
+
+    async def scenario():
+        handles = [engine.submit(p, n) for p, n in requests]
+        widths = []
+        while engine.busy or engine._waiting:
+            before = (engine.joins, engine.compactions)
+            engine.step()
+            if (engine.joins, engine.compactions) != before:  # a join or a shrink just happened
+                widths.append((engine._mask.shape[1], int(engine._mask.sum(-1).max())))
+        return [await h.result() for h in handles], widths
+
+    results, widths = asyncio.run(scenario())
+    assert engine.prefill_rows == len(requests) and engine.joins >= 2  # no live row prefilled again
+    assert all(width == attended for width, attended in widths), widths
+    assert max(width for width, _ in widths) < len(long) + 16  # not the sum of the steps taken
+    trainer, behaviour, mask = _trainer_logprobs(policy, results, tokenizer.pad_id)
+    assert ((trainer - behaviour).abs() * mask).max().item() < 1e-4
+
+
 def test_a_batch_pads_its_cache_on_the_left_to_join_a_longer_prompt(model_dir):
     """A short prompt decodes, then a prompt longer than its whole context joins: the
     batch's cache is the one padded, and both rows still sample what the trainer computes."""

@@ -9,7 +9,8 @@ policy version that sampled it.  Waiting prompts that can take a row are prefill
 a pass of their own and joined to the batch (its cached keys and values padded on the
 left to a common width), the live rows left as they are; when half the rows have
 finished the batch shrinks, the finished rows dropped from the key/value cache; neither
-passes over the live rows again.  After new weights (``load_weights``) a sequence in
+passes over the live rows again, and both drop the leading columns no row attends to any
+more, so that a batch never rebuilt stays as wide as its longest context.  After new weights (``load_weights``) a sequence in
 flight is interrupted at a token boundary and goes on under the new version as a new
 segment (partial rollout), its earlier tokens keeping the versions that sampled them:
 by default every live sequence's prompt and tokens are prefilled again under the new
@@ -97,11 +98,26 @@ class HFEngine(LoopEngine):
         self.compactions += 1
 
     def _select(self, keep: list[int]) -> None:
-        """Keep rows ``keep`` of the batch and its cache."""
+        """Keep rows ``keep`` of the batch and its cache, and only the columns they attend to."""
         index = torch.tensor(keep, dtype=torch.long, device=self._last.device)
         self._cache.batch_select_indices(index)  # type: ignore[union-attr]
         self._mask, self._last = self._mask[index], self._last[index]
         self._rows = [self._rows[row] for row in keep]
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the cache's leading columns that no row attends to any more (the left
+        padding of rows that have left): a batch that only joins and shrinks, never
+        rebuilt (``keep_cache``), would otherwise widen by a column every step."""
+        if not len(self._rows) or not _joinable(self._cache):
+            return
+        start = int(self._mask.any(dim=0).int().argmax())  # the first column a row attends to
+        if start == 0:
+            return
+        cache: Any = self._cache
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
+        self._mask = self._mask[:, start:]
 
     def _join(self) -> None:
         """Prefill waiting prompts (up to the free rows) in a pass of their own and join
@@ -143,7 +159,10 @@ class HFEngine(LoopEngine):
             self._prefill()
             return
         if self._waiting and self.busy < self.slots:
-            self._join()
+            if self.busy:
+                self._join()
+            else:  # nothing live to keep: a fresh batch
+                self._prefill()
             return
         live = self.busy
         if live <= len(self._rows) // 2:  # half the rows finished: shrink the batch
