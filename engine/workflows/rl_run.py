@@ -294,8 +294,9 @@ class RLRun(RunUpdates):
 
     def evaluate(self, count: int = 64) -> float:
         """Mean reward of the current weights on ``count`` held-out problems (sampled at
-        the run's temperature, or ``eval_temperature`` (0: greedy), on a private engine and event loop: the run's rollouts
-        do not advance meanwhile, and the time is left out of :meth:`elapsed`).  The
+        ``eval_temperature``, 0 greedy, or else the run's temperature; on a private
+        engine and event loop: the run's rollouts do not advance meanwhile, and the
+        time is left out of :meth:`elapsed`).  The
         engine has as many slots as the run's (at least 64): the problems decode in as
         few waves as the run's memory allows (a latency-bound model decodes a wide step
         in about the time of a narrow one)."""

@@ -5,19 +5,23 @@ The engine holds a batch of up to ``slots`` sequences in one key/value cache (le
 padded, with an attention mask and explicit positions).  Each step decodes one token
 for every row at the run's temperature and records, per token, its id, its behaviour
 log-probability (``log_softmax(logits / temperature)``, the trainer's formula) and the
-policy version that sampled it.  Waiting prompts that can take a row are prefilled in
-a pass of their own and joined to the batch (its cached keys and values padded on the
-left to a common width), the live rows left as they are; when half the rows have
-finished the batch shrinks, the finished rows dropped from the key/value cache; neither
-passes over the live rows again, and both drop the leading columns no row attends to any
-more, so that a batch never rebuilt stays as wide as its longest context.  After new weights (``load_weights``) a sequence in
-flight is interrupted at a token boundary and goes on under the new version as a new
-segment (partial rollout), its earlier tokens keeping the versions that sampled them:
-by default every live sequence's prompt and tokens are prefilled again under the new
-weights (one pass); with ``keep_cache`` the keys and values the earlier weights cached
-stay, and decoding goes on over them (no pass; the tokens sampled after still record
-the log-probabilities that sampled them).  A cache whose layers are not plain
-key/value tensors (a sliding window, say) is rebuilt whole instead of joined.
+policy version that sampled it.
+
+Waiting prompts that can take a row are prefilled in a pass of their own and joined to
+the batch (its cached keys and values padded on the left to a common width), the live
+rows left as they are; when half the rows have finished the batch shrinks, the finished
+rows dropped from the key/value cache.  Neither passes over the live rows again, and
+both drop the leading columns no row attends to any more, so that a batch never rebuilt
+stays as wide as its longest context.  A cache whose layers are not plain key/value
+tensors (a sliding window, say) is rebuilt whole instead of joined.
+
+After new weights (``load_weights``) a sequence in flight is interrupted at a token
+boundary and goes on under the new version as a new segment (partial rollout), its
+earlier tokens keeping the versions that sampled them: by default every live sequence's
+prompt and tokens are prefilled again under the new weights (one pass); with
+``keep_cache`` the keys and values the earlier weights cached stay, and decoding goes on
+over them (no pass; the tokens sampled after still record the log-probabilities that
+sampled them).
 """
 
 from __future__ import annotations
