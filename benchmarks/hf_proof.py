@@ -15,7 +15,8 @@ before it runs:
    ``train --keep-cache`` to every run (the synchronous one holds no rollout in flight
    at a bump, so it changes nothing there).
 
-Then it reads both runs' ``metrics.jsonl`` and prints a markdown table: time to a
+After each run from the second on it reads the finished runs' ``metrics.jsonl`` and
+writes (at the end, also prints) a markdown table: time to a
 held-out target both runs reach (the largest multiple of ``--target-step`` both
 reach, unless ``--target``), final held-out reward, trained tokens/s, engine
 overhead, and the ideal overlap speedup of the synchronous run,
@@ -191,6 +192,14 @@ def main() -> None:
             summaries[name] = finished(log)
             if summaries[name] is None:
                 sys.exit(f"{log} ends without the run's summary")
+        if len(summaries) > 1:  # the files as they stand after each run: a call stopped later keeps them
+            report(args, out, summaries, timings, final=len(summaries) == len(runs))
+
+
+def report(args: argparse.Namespace, out: Path, summaries: dict[str, dict], timings: dict[str, float], *, final: bool) -> None:
+    """Write ``table.md``, ``results.json`` and the plot for the runs in ``summaries``
+    (the synchronous one first), and print the table when ``final``."""
+    runs = list(summaries)  # the runs finished so far, sync first
     curves = {name: curve(out / name) for name in runs}
     target = args.target if args.target is not None else common_target(list(curves.values()), args.target_step)
     generation, training, ideal = overlap(out / "sync")
@@ -200,9 +209,9 @@ def main() -> None:
         s = summaries[name]
         hit = time_to(curves[name], target)
         reached[name] = hit
-        final = curves[name][-1][1] if curves[name] else float("nan")
+        last = curves[name][-1][1] if curves[name] else float("nan")
         rows.append(f"| {name} | {s['wall_s']:.1f} | {'%.1f s (update %d)' % hit if hit else 'not reached'} | "
-                    f"{s.get('eval_reward_before', float('nan')):.3f} | {final:.3f} | {s['trained_tokens_per_s']:.0f} | "
+                    f"{s.get('eval_reward_before', float('nan')):.3f} | {last:.3f} | {s['trained_tokens_per_s']:.0f} | "
                     f"{s['staleness_mean']:.2f} | {100 * s['engine_overhead']:.2f}% |")
     speedup = {name: summaries[name]["trained_tokens_per_s"] / summaries[sync_name]["trained_tokens_per_s"] for name in async_names}
     tta = {name: (reached[sync_name][0] / reached[name][0]) if reached[sync_name] and reached[name] else float("nan")
@@ -223,11 +232,14 @@ def main() -> None:
           f"updates, {100 * speedup[name] / ideal:.0f}% of the ideal overlap; decode steps while training {overlapped[name]}"
           for name in async_names),
     ])
-    print(table)
-    (out / "table.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps({"target": target, "timings": timings, "summaries": summaries,
-                                                  "curves": curves, "ideal_overlap": ideal, "speedup": speedup,
-                                                  "time_to_target_speedup": tta, "args": vars(args)}, default=str, indent=1))
+    if final:
+        print(table)
+    from engine.log.files import write_atomic
+
+    write_atomic(out / "table.md", table + "\n")
+    write_atomic(out / "results.json", json.dumps({"target": target, "timings": timings, "summaries": summaries, "curves": curves,
+                                                   "ideal_overlap": ideal, "speedup": speedup, "time_to_target_speedup": tta,
+                                                   "args": vars(args)}, default=str, indent=1))
     try:
         plot(curves, target, out / "reward_vs_wall.png")
     except ImportError:

@@ -470,3 +470,36 @@ def test_supervised_batches_mask_the_answers_tokens_when_the_tokenizer_merges_ch
         assert mask[row].sum() == len(answer_ids)
         assert tokens[row, start : start + len(answer_ids)].tolist() == answer_ids
         assert mask[row, start - 1 : start - 1 + len(answer_ids)].tolist() == [1.0] * len(answer_ids)
+
+
+@pytest.mark.slow
+def test_the_proof_script_writes_its_table_after_each_run_and_reuses_finished_runs(tmp_path):
+    """benchmarks/hf_proof.py end to end on a CPU, a 1-layer model: the asynchronous
+    settings with ``--overlap-only --keep-cache --eval-temperature 0`` reach every train
+    command; run again with one more bound, it reuses the finished runs and its table
+    grows by the new one."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "proof"
+
+    def proof(bounds: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "benchmarks/hf_proof.py", "--device", "cpu", "--layers", "1", "--hidden", "32",
+                               "--steps", "2", "--sft-examples", "16", "--sft-epochs", "1", "--eval-every", "1", "--eval-size", "4",
+                               "--async-staleness", bounds, "--overlap-only", "--keep-cache", "--eval-temperature", "0",
+                               "--out", str(out)], cwd=root, capture_output=True, text=True)
+
+    first = proof("1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    commands = [line for line in first.stdout.splitlines() if line.startswith("$ rollout-ledger train")]
+    assert len(commands) == 2 and all("--keep-cache" in c and "--eval-temperature 0.0" in c for c in commands)
+    assert "--overlap" in commands[1] and "--overlap" not in commands[0]
+    rows = lambda: [line.split("|")[1].strip() for line in (out / "table.md").read_text().splitlines() if line.startswith("| ")]  # noqa: E731
+    assert rows() == ["run", "sync", "async-1-overlap"]
+    second = proof("1,2")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert [line for line in second.stdout.splitlines() if line.startswith("$ rollout-ledger train")] == [
+        line for line in second.stdout.splitlines() if "--max-staleness 2" in line and line.startswith("$")]
+    assert rows() == ["run", "sync", "async-1-overlap", "async-2-overlap"]
+    assert set(json.loads((out / "results.json").read_text())["summaries"]) == {"sync", "async-1-overlap", "async-2-overlap"}
