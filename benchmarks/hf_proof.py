@@ -13,7 +13,9 @@ before it runs:
    ``--overlap`` each asynchronous setting again with ``train --overlap`` (generation
    beside training); with ``--overlap-only`` each only with it.  ``--keep-cache`` passes
    ``train --keep-cache`` to every run (the synchronous one holds no rollout in flight
-   at a bump, so it changes nothing there).
+   at a bump, so it changes nothing there).  ``--seeds 0,1,...`` runs every setting once
+   per RL seed from the one warm-up, seed by seed, each asynchronous run compared with
+   its own seed's synchronous one.
 
 After each run from the second on it reads the finished runs' ``metrics.jsonl`` and
 writes (at the end, also prints) a markdown table: time to a
@@ -39,6 +41,7 @@ import math
 import shlex
 import shutil
 import subprocess
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -147,6 +150,8 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=None, help="held-out reward to reach (default: see --target-step)")
     parser.add_argument("--target-step", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default=None, metavar="K[,K...]",
+                        help="RL seeds: every run once per seed, all from the one warm-up (default: --seed alone)")
     parser.add_argument("--overlap", action="store_true", help="also run the asynchronous setting with train --overlap")
     parser.add_argument("--overlap-only", action="store_true",
                         help="run the asynchronous settings with train --overlap only (not also without it)")
@@ -170,40 +175,47 @@ def main() -> None:
         flags = [part for key, value in sets.items() for part in ("--set", f"{key}={value}")]
         timings["supervised"] = command(["run", "supervised", "--log", str(sft_log), *flags], out / "supervised.log")
     bounds = [int(k) for k in str(args.async_staleness).split(",")]
-    runs: dict[str, tuple[int, list[str]]] = {"sync": (0, [])}
+    settings: dict[str, tuple[int, list[str]]] = {"sync": (0, [])}
     if not args.overlap_only:
-        runs |= {f"async-{k}": (k, []) for k in bounds}
+        settings |= {f"async-{k}": (k, []) for k in bounds}
     if args.overlap or args.overlap_only:
-        runs |= {f"async-{k}-overlap": (k, ["--overlap"]) for k in bounds}
+        settings |= {f"async-{k}-overlap": (k, ["--overlap"]) for k in bounds}
+    seeds = [int(k) for k in args.seeds.split(",")] if args.seeds else [args.seed]
+    runs: dict[str, tuple[str, int, list[str], int]] = {}  # name: (setting, staleness, flags, seed)
+    for seed in seeds:  # seed by seed: a call stopped part way has whole seeds
+        for setting, (staleness, extra) in settings.items():
+            runs[setting if len(seeds) == 1 else f"{setting}-seed{seed}"] = (setting, staleness, extra, seed)
     common = ["--model", str(model), "--task", args.task, "--init", str(weights), "--device", args.device,
               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--group-size", str(args.group_size),
               "--max-concurrent", str(args.max_concurrent), "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.lr),
               "--eval-size", str(args.eval_size), "--eval-every", str(args.eval_every), "--checkpoint-every", str(args.steps),
-              "--seed", str(args.seed), "--no-progress", *(["--keep-cache"] if args.keep_cache else []),
+              "--no-progress", *(["--keep-cache"] if args.keep_cache else []),
               *(["--eval-temperature", str(args.eval_temperature)] if args.eval_temperature is not None else [])]
     summaries = {}
-    for name, (staleness, extra) in runs.items():
+    for name, (_, staleness, extra, seed) in runs.items():
         run_dir, log = out / name, out / f"{name}.log"
         summaries[name] = finished(log)
         if summaries[name] is None:
             shutil.rmtree(run_dir, ignore_errors=True)  # a run stopped part way is run again whole
-            timings[name] = command(["train", *common, "--max-staleness", str(staleness), *extra, "--run-dir", str(run_dir)],
-                                    log)
+            timings[name] = command(["train", *common, "--seed", str(seed), "--max-staleness", str(staleness), *extra,
+                                     "--run-dir", str(run_dir)], log)
             summaries[name] = finished(log)
             if summaries[name] is None:
                 sys.exit(f"{log} ends without the run's summary")
         if len(summaries) > 1:  # the files as they stand after each run: a call stopped later keeps them
-            report(args, out, summaries, timings, final=len(summaries) == len(runs))
+            report(args, out, {n: (runs[n][0], runs[n][3]) for n in summaries}, summaries, timings,
+                   final=len(summaries) == len(runs))
 
 
-def report(args: argparse.Namespace, out: Path, summaries: dict[str, dict], timings: dict[str, float], *, final: bool) -> None:
-    """Write ``table.md``, ``results.json`` and the plot for the runs in ``summaries``
-    (the synchronous one first), and print the table when ``final``."""
-    runs = list(summaries)  # the runs finished so far, sync first
+def report(args: argparse.Namespace, out: Path, plan: dict[str, tuple[str, int]], summaries: dict[str, dict],
+           timings: dict[str, float], *, final: bool) -> None:
+    """Write ``table.md``, ``results.json`` and the plot for the finished runs in ``plan``
+    (name: setting and seed; each seed's synchronous run first), and print the table
+    when ``final``.  Each asynchronous run is compared with its own seed's synchronous
+    one; with several seeds, a line per setting gives the median and the mean over them."""
+    runs = list(plan)
     curves = {name: curve(out / name) for name in runs}
     target = args.target if args.target is not None else common_target(list(curves.values()), args.target_step)
-    generation, training, ideal = overlap(out / "sync")
-    sync_name, *async_names = list(runs)
     rows, reached = [], {}
     for name in runs:
         s = summaries[name]
@@ -213,10 +225,30 @@ def report(args: argparse.Namespace, out: Path, summaries: dict[str, dict], timi
         rows.append(f"| {name} | {s['wall_s']:.1f} | {'%.1f s (update %d)' % hit if hit else 'not reached'} | "
                     f"{s.get('eval_reward_before', float('nan')):.3f} | {last:.3f} | {s['trained_tokens_per_s']:.0f} | "
                     f"{s['staleness_mean']:.2f} | {100 * s['engine_overhead']:.2f}% |")
-    speedup = {name: summaries[name]["trained_tokens_per_s"] / summaries[sync_name]["trained_tokens_per_s"] for name in async_names}
-    tta = {name: (reached[sync_name][0] / reached[name][0]) if reached[sync_name] and reached[name] else float("nan")
-           for name in async_names}
     overlapped = {name: sum(m.get("overlap_steps", 0) for m in metrics(out / name)) for name in runs}
+    syncs = {seed: name for name, (setting, seed) in plan.items() if setting == "sync"}
+    lines, speedup, tta, gap, ideals = [], {}, {}, {}, {}
+    for name, (setting, seed) in plan.items():
+        sync_name = syncs.get(seed)
+        if sync_name is None:
+            continue
+        if setting == "sync":
+            generation, training, ideals[name] = overlap(out / name)
+            lines.append(f"- ideal overlap speedup from {name}: ({generation:.1f} s generation + {training:.1f} s training) / "
+                         f"max = {ideals[name]:.2f}x")
+            continue
+        speedup[name] = summaries[name]["trained_tokens_per_s"] / summaries[sync_name]["trained_tokens_per_s"]
+        tta[name] = reached[sync_name][0] / reached[name][0] if reached[sync_name] and reached[name] else float("nan")
+        gap[name] = curves[name][-1][1] - curves[sync_name][-1][1] if curves[name] and curves[sync_name] else float("nan")
+        lines.append(f"- {name}: time-to-target speedup (sync / async) {tta[name]:.2f}x; trained tokens/s {speedup[name]:.2f}x "
+                     f"at equal updates, {100 * speedup[name] / ideals[sync_name]:.0f}% of the ideal overlap; final held-out "
+                     f"{gap[name]:+.3f} against sync; decode steps while training {overlapped[name]}")
+    if len({seed for _, seed in plan.values()}) > 1:
+        for setting in dict.fromkeys(setting for setting, _ in plan.values() if setting != "sync"):
+            names = [name for name in tta if plan[name][0] == setting]
+            lines.append(f"- {setting} over {len(names)} seeds: time-to-target speedup median "
+                         f"{statistics.median(tta[n] for n in names):.2f}x, trained tokens/s {statistics.fmean(speedup[n] for n in names):.2f}x, "
+                         f"final held-out {statistics.fmean(gap[n] for n in names):+.3f} against sync (mean)")
     table = "\n".join([
         f"Task `{args.task}`, Qwen2 {args.layers} layers x {args.hidden}, {args.steps} updates of {args.batch_size} prompts x "
         f"{args.group_size} samples, {args.max_concurrent} rollouts in flight, held-out reward on {args.eval_size} problems "
@@ -226,11 +258,7 @@ def report(args: argparse.Namespace, out: Path, summaries: dict[str, dict], timi
         "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        f"- ideal overlap speedup from the sync run: ({generation:.1f} s generation + {training:.1f} s training) / "
-        f"max = {ideal:.2f}x",
-        *(f"- {name}: time-to-target speedup (sync / async) {tta[name]:.2f}x; trained tokens/s {speedup[name]:.2f}x at equal "
-          f"updates, {100 * speedup[name] / ideal:.0f}% of the ideal overlap; decode steps while training {overlapped[name]}"
-          for name in async_names),
+        *lines,
     ])
     if final:
         print(table)
@@ -238,13 +266,12 @@ def report(args: argparse.Namespace, out: Path, summaries: dict[str, dict], timi
 
     write_atomic(out / "table.md", table + "\n")
     write_atomic(out / "results.json", json.dumps({"target": target, "timings": timings, "summaries": summaries, "curves": curves,
-                                                   "ideal_overlap": ideal, "speedup": speedup, "time_to_target_speedup": tta,
-                                                   "args": vars(args)}, default=str, indent=1))
+                                                   "ideal_overlap": ideals, "speedup": speedup, "time_to_target_speedup": tta,
+                                                   "final_gap": gap, "plan": plan, "args": vars(args)}, default=str, indent=1))
     try:
         plot(curves, target, out / "reward_vs_wall.png")
     except ImportError:
         print("matplotlib is missing: no plot")
-
 
 if __name__ == "__main__":
     main()

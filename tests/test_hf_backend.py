@@ -503,3 +503,14 @@ def test_the_proof_script_writes_its_table_after_each_run_and_reuses_finished_ru
         line for line in second.stdout.splitlines() if "--max-staleness 2" in line and line.startswith("$")]
     assert rows() == ["run", "sync", "async-1-overlap", "async-2-overlap"]
     assert set(json.loads((out / "results.json").read_text())["summaries"]) == {"sync", "async-1-overlap", "async-2-overlap"}
+    seeds = subprocess.run(  # two RL seeds from the same warm-up, each async run against its seed's sync
+        [sys.executable, "benchmarks/hf_proof.py", "--device", "cpu", "--layers", "1", "--hidden", "32", "--steps", "2",
+         "--sft-examples", "16", "--sft-epochs", "1", "--eval-every", "1", "--eval-size", "4", "--async-staleness", "1",
+         "--overlap-only", "--seeds", "3,4", "--out", str(tmp_path / "seeds")], cwd=root, capture_output=True, text=True)
+    assert seeds.returncode == 0, seeds.stderr[-2000:]
+    trains = [line for line in seeds.stdout.splitlines() if line.startswith("$ rollout-ledger train")]
+    assert [("--seed 3" in t, "--seed 4" in t, "--max-staleness 0" in t) for t in trains] == [
+        (True, False, True), (True, False, False), (False, True, True), (False, True, False)]
+    results = json.loads((tmp_path / "seeds" / "results.json").read_text())
+    assert set(results["time_to_target_speedup"]) == {"async-1-overlap-seed3", "async-1-overlap-seed4"}
+    assert "async-1-overlap over 2 seeds" in seeds.stdout
