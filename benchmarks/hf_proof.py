@@ -160,6 +160,14 @@ def main() -> None:
     parser.add_argument("--keep-cache", action="store_true",
                         help="every run with train --keep-cache (no re-prefill of the rollouts in flight at a bump)")
     args = parser.parse_args()
+    try:  # the flags that name several runs, before any of them starts
+        seeds = [int(k) for k in args.seeds.split(",")] if args.seeds else [args.seed]
+        bounds = [int(k) for k in str(args.async_staleness).split(",")]
+    except ValueError:
+        parser.error(f"--seeds and --async-staleness take whole numbers separated by commas, got {args.seeds!r} and "
+                     f"{args.async_staleness!r}")
+    if len(set(seeds)) != len(seeds):
+        parser.error(f"--seeds names a seed twice: {args.seeds!r}")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     model, sft_log = out / "model", out / "sft.sqlite"
@@ -174,13 +182,11 @@ def main() -> None:
                 "seed": args.seed, "max_new_tokens": args.max_new_tokens}
         flags = [part for key, value in sets.items() for part in ("--set", f"{key}={value}")]
         timings["supervised"] = command(["run", "supervised", "--log", str(sft_log), *flags], out / "supervised.log")
-    bounds = [int(k) for k in str(args.async_staleness).split(",")]
     settings: dict[str, tuple[int, list[str]]] = {"sync": (0, [])}
     if not args.overlap_only:
         settings |= {f"async-{k}": (k, []) for k in bounds}
     if args.overlap or args.overlap_only:
         settings |= {f"async-{k}-overlap": (k, ["--overlap"]) for k in bounds}
-    seeds = [int(k) for k in args.seeds.split(",")] if args.seeds else [args.seed]
     runs: dict[str, tuple[str, int, list[str], int]] = {}  # name: (setting, staleness, flags, seed)
     for seed in seeds:  # seed by seed: a call stopped part way has whole seeds
         for setting, (staleness, extra) in settings.items():
