@@ -236,11 +236,19 @@ def main() -> None:
         parser.error("--fit-on chooses the runs a reanalysis fits (--reanalyse DIR); a new study fits its calibration runs")
     out: Path = args.out
     runs: Path = args.reanalyse or out
-    if args.reanalyse is not None:
+    calibrations = ["calibration"] + [f"calibration-{i}" for i in range(2, args.calibration_runs + 1)]
+    if args.reanalyse is not None:  # what it reads, before anything is written
         if out.resolve() == runs.resolve():
             sys.exit("fidelity: --out must differ from --reanalyse (the earlier study's files are not changed)")
         if not (runs / "calibration" / "metrics.jsonl").is_file():
             sys.exit(f"fidelity: {runs}: no calibration/metrics.jsonl, not a fidelity study's output")
+        missing = [name for name in calibrations[1:] if not (runs / name / "metrics.jsonl").is_file()]
+        if missing:
+            sys.exit(f"fidelity: {runs}: no {', '.join(missing)} (--calibration-runs {args.calibration_runs})")
+        fit_on = args.fit_on.split(",") if args.fit_on is not None else []
+        missing = [name for name in fit_on if not (runs / name / "metrics.jsonl").is_file()]
+        if missing:
+            sys.exit(f"fidelity: --fit-on: no run {', '.join(missing)} in {runs}")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
@@ -248,11 +256,6 @@ def main() -> None:
     if args.checkpoint_every is not None:
         init += ["--checkpoint-every", str(args.checkpoint_every)]
     probe = runs / f"probe-batch{args.probe_batch_size}"
-    calibrations = ["calibration"] + [f"calibration-{i}" for i in range(2, args.calibration_runs + 1)]
-    if args.reanalyse is not None:
-        missing = [name for name in calibrations if not (runs / name / "metrics.jsonl").is_file()]
-        if missing:
-            sys.exit(f"fidelity: {runs}: no {', '.join(missing)} (--calibration-runs {args.calibration_runs})")
     if args.reanalyse is None:
         print("warm-up", flush=True)
         train(args, out / "warmup", 0, args.batch_size, 1, ["--warmup-steps", str(args.warmup_steps)])
@@ -266,9 +269,6 @@ def main() -> None:
     logs = [str(runs / name) for name in calibrations] + ([str(probe)] if args.probe_batch_size else [])
     if args.fit_on is not None:
         logs = [str(runs / name) for name in args.fit_on.split(",")]
-        missing = [log for log in logs if not (Path(log) / "metrics.jsonl").is_file()]
-        if missing:
-            sys.exit(f"fidelity: --fit-on: no run in {', '.join(missing)}")
     scenario = out / "calibrated.toml"
     command = [sys.executable, "-m", "engine.cli", "calibrate", *logs, "-o", str(scenario), "--lengths", args.lengths]
     (out / "commands.txt").write_text(" ".join(["python", *sys.argv]) + "\n" + " ".join(["rollout-ledger", *command[3:]]) + "\n")

@@ -484,29 +484,26 @@ def test_the_proof_script_writes_its_table_after_each_run_and_reuses_finished_ru
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "proof"
 
-    def proof(bounds: str) -> subprocess.CompletedProcess:
+    def proof(bounds: str, *flags: str, out: Path = out) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "benchmarks/hf_proof.py", "--device", "cpu", "--layers", "1", "--hidden", "32",
                                "--steps", "2", "--sft-examples", "16", "--sft-epochs", "1", "--eval-every", "1", "--eval-size", "4",
-                               "--async-staleness", bounds, "--overlap-only", "--keep-cache", "--eval-temperature", "0",
-                               "--out", str(out)], cwd=root, capture_output=True, text=True)
+                               "--async-staleness", bounds, "--overlap-only", *flags, "--out", str(out)],
+                               cwd=root, capture_output=True, text=True)
 
-    first = proof("1")
+    first = proof("1", "--keep-cache", "--eval-temperature", "0")
     assert first.returncode == 0, first.stderr[-2000:]
     commands = [line for line in first.stdout.splitlines() if line.startswith("$ rollout-ledger train")]
     assert len(commands) == 2 and all("--keep-cache" in c and "--eval-temperature 0.0" in c for c in commands)
     assert "--overlap" in commands[1] and "--overlap" not in commands[0]
     rows = lambda: [line.split("|")[1].strip() for line in (out / "table.md").read_text().splitlines() if line.startswith("| ")]  # noqa: E731
     assert rows() == ["run", "sync", "async-1-overlap"]
-    second = proof("1,2")
+    second = proof("1,2", "--keep-cache", "--eval-temperature", "0")
     assert second.returncode == 0, second.stderr[-2000:]
     assert [line for line in second.stdout.splitlines() if line.startswith("$ rollout-ledger train")] == [
         line for line in second.stdout.splitlines() if "--max-staleness 2" in line and line.startswith("$")]
     assert rows() == ["run", "sync", "async-1-overlap", "async-2-overlap"]
     assert set(json.loads((out / "results.json").read_text())["summaries"]) == {"sync", "async-1-overlap", "async-2-overlap"}
-    seeds = subprocess.run(  # two RL seeds from the same warm-up, each async run against its seed's sync
-        [sys.executable, "benchmarks/hf_proof.py", "--device", "cpu", "--layers", "1", "--hidden", "32", "--steps", "2",
-         "--sft-examples", "16", "--sft-epochs", "1", "--eval-every", "1", "--eval-size", "4", "--async-staleness", "1",
-         "--overlap-only", "--seeds", "3,4", "--out", str(tmp_path / "seeds")], cwd=root, capture_output=True, text=True)
+    seeds = proof("1", "--seeds", "3,4", out=tmp_path / "seeds")  # two RL seeds from one warm-up, each async run against its seed's sync
     assert seeds.returncode == 0, seeds.stderr[-2000:]
     trains = [line for line in seeds.stdout.splitlines() if line.startswith("$ rollout-ledger train")]
     assert [("--seed 3" in t, "--seed 4" in t, "--max-staleness 0" in t) for t in trains] == [
