@@ -356,7 +356,7 @@ def test_a_logs_lengths_are_the_rollouts_started_before_the_oldest_unfinished(tm
     assert len(observe(tmp_path / "run.db").lengths) == len(fair)  # one sample per rollout here
 
 
-@pytest.mark.parametrize("flag", ["--repeats", "--sim-seeds", "--checkpoint-every"])
+@pytest.mark.parametrize("flag", ["--repeats", "--sim-seeds", "--checkpoint-every", "--calibration-runs"])
 def test_the_fidelity_study_refuses_a_count_below_1_by_name(tmp_path, flag):
     """Before anything runs or is written: no empty table from zero repeats, no
     prediction averaged over zero simulations."""
@@ -369,3 +369,28 @@ def test_the_fidelity_study_refuses_a_count_below_1_by_name(tmp_path, flag):
                           cwd=root, capture_output=True, text=True)
     assert done.returncode == 2 and f"{flag} must be at least 1, got 0" in done.stderr
     assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--fit-on", "calibration,probe-batch9"], "--fit-on: no run probe-batch9"),
+    (["--calibration-runs", "2"], "no calibration-2 (--calibration-runs 2)"),
+])
+def test_a_reanalysis_names_a_run_it_cannot_find_before_it_writes(tmp_path, flags, named):
+    """The runs a reanalysis would read are checked first: a missing one is named and
+    nothing is written; ``--fit-on`` without ``--reanalyse`` is refused by name."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    study = tmp_path / "study"
+    (study / "calibration").mkdir(parents=True)
+    (study / "calibration" / "metrics.jsonl").write_text("")
+    done = subprocess.run([sys.executable, "benchmarks/fidelity.py", "--reanalyse", str(study), "--out", str(tmp_path / "again"),
+                           *flags], cwd=root, capture_output=True, text=True)
+    assert done.returncode != 0 and named in done.stderr, done.stderr
+    assert not (tmp_path / "again").exists()
+    alone = subprocess.run([sys.executable, "benchmarks/fidelity.py", "--out", str(tmp_path / "new"), "--fit-on", "calibration"],
+                           cwd=root, capture_output=True, text=True)
+    assert alone.returncode == 2 and "--fit-on chooses the runs a reanalysis fits" in alone.stderr
+    assert not (tmp_path / "new").exists()
