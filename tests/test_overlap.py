@@ -169,3 +169,18 @@ def test_the_proofs_ideal_overlap_leaves_the_evaluations_out(tmp_path):
     generation, training, ideal = overlap(run)
     assert (generation, training) == (4.0, 2.0)
     assert ideal == 1.5
+
+
+@pytest.mark.parametrize("flags", [["--seeds", "1,a"], ["--seeds", "2,2"], ["--async-staleness", "4,x"]])
+def test_the_proof_refuses_bad_seeds_or_bounds_before_any_run(tmp_path, flags):
+    """benchmarks/hf_proof.py names a --seeds or --async-staleness it cannot use and
+    starts nothing (no model, no warm-up written)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "benchmarks/hf_proof.py", "--device", "cpu", "--out", str(tmp_path / "proof"), *flags],
+                          cwd=root, capture_output=True, text=True)
+    assert done.returncode == 2 and flags[1] in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "proof").exists()
