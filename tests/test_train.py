@@ -190,3 +190,25 @@ def test_evaluation_decodes_in_as_few_waves_as_the_runs_slots_allow(tmp_path, mo
             assert sizes == expected
         finally:
             run.close()
+
+
+def test_an_updates_metrics_line_counts_the_groups_whose_rewards_differ():
+    """``signal_groups``: the share of the batch's groups with a non-zero GRPO advantage
+    (a group whose samples all scored alike teaches nothing)."""
+    from types import SimpleNamespace
+
+    from engine.runtime.ports import Sample
+    from engine.workflows.rl_models import update_record
+    from engine.workflows.rl_update import CollectedBatch
+
+    def group(*rewards):
+        return [Sample([1], [2, 3], [-0.1, -0.2], [0, 0], r) for r in rewards]
+
+    batch = CollectedBatch(("a", "b", "c", "d"), [group(1.0, 1.0), group(0.0, 1.0), group(0.0, 0.0), group(0.25, 0.5)])
+    state = SimpleNamespace(version=1, rejected=0, filtered=0)
+    executor = SimpleNamespace(ledger_seconds=0.0, store_seconds=0.0)
+    engine = SimpleNamespace(decoded_tokens=8, steps=2)
+    record = update_record(state, batch, 0.5, 0, executor=executor, engine=engine, steps=[{"loss": 0.0}], wall_s=1.0,
+                           gc_s=0.0, slots=8, sync_s=0.0, step_s=0.0, recompute_s=0.0)
+    assert record["signal_groups"] == 0.5
+    assert record["exact"] == 3 / 8 and record["trained_tokens"] == 16

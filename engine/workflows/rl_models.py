@@ -121,10 +121,13 @@ def update_record(
     ``state`` after it; ``reward`` the batch's mean; ``steps`` the trainer's statistics)."""
     staleness = [version - min(s.versions) for s in batch.samples if s.versions]
     exact = [s.reward == 1.0 for s in batch.samples]
+    # groups whose rewards differ: the only ones with a non-zero GRPO advantage
+    signal = [len({s.reward for s in group}) > 1 for group in batch.groups]
     return {
         "step": state.version,
         "reward": reward,
         "exact": sum(exact) / max(1, len(exact)),
+        "signal_groups": sum(signal) / max(1, len(signal)),
         "staleness_mean": sum(staleness) / max(1, len(staleness)),
         "staleness_max": max(staleness, default=0),
         "trained_tokens": batch.tokens,
