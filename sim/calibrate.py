@@ -429,6 +429,7 @@ def calibrate(
         train = costs.train
         training = replace(
             scenario.training, step_base_s=train["1"], step_per_token_s=train["tokens"], step_per_seq_s=train["sequences"],
+            step_per_padded_token_s=train["padded tokens"], pad_to=max((u.pad_to for u in obs.updates), default=1),
             recompute_per_token_s=costs.recompute_per_token_s, weight_sync_s=sync_s, update_overhead_s=costs.overhead_s,
             update_overhead_per_seq_s=costs.overhead_per_seq_s,
             # the checkpoint when the runs timed it (else it is in the overhead), at the first run's interval

@@ -145,6 +145,12 @@ class TrainingSection:
     step_base_s: float = field(default=5.0, metadata=_doc("training step cost: fixed part, seconds"))
     step_per_token_s: float = field(default=1e-4, metadata=_doc("training step cost per trained token, seconds"))
     step_per_seq_s: float = field(default=0.0, metadata=_doc("training step cost per trained sequence (sample), seconds"))
+    step_per_padded_token_s: float = field(
+        default=0.0,
+        metadata=_doc("training step cost per token of the padded batch (sequences times the longest prompt and response,"
+                      " rounded up to pad_to), seconds"),
+    )
+    pad_to: int = field(default=1, metadata=_doc("the trainer rounds a padded batch's width up to a multiple of this"))
     recompute_per_token_s: float = field(default=5e-6, metadata=_doc("cost per token of recomputing proximal log-probs"))
     weight_sync_s: float = field(default=1.0, metadata=_doc("seconds generation is paused to load new weights"))
     update_overhead_s: float = field(
@@ -289,6 +295,7 @@ def _validate(scenario: Scenario) -> None:
         "generation.servers": scenario.generation.servers,
         "generation.slots": scenario.generation.slots,
         "training.checkpoint_every": scenario.training.checkpoint_every,
+        "training.pad_to": scenario.training.pad_to,
     }
     for name, value in positive_ints.items():
         if value < 1:
@@ -306,6 +313,7 @@ def _validate(scenario: Scenario) -> None:
         "training.step_base_s": scenario.training.step_base_s,
         "training.step_per_token_s": scenario.training.step_per_token_s,
         "training.step_per_seq_s": scenario.training.step_per_seq_s,
+        "training.step_per_padded_token_s": scenario.training.step_per_padded_token_s,
         "training.update_overhead_s": scenario.training.update_overhead_s,
         "training.checkpoint_s": scenario.training.checkpoint_s,
         "training.update_overhead_per_seq_s": scenario.training.update_overhead_per_seq_s,

@@ -300,12 +300,13 @@ class LiveRollout:
     """What the simulator (the shell) tracks of one submitted rollout until it is trained or
     dropped, besides the ledger's record (which holds its versions)."""
 
-    __slots__ = ("left", "prompt", "done", "segmented", "head", "start")
+    __slots__ = ("left", "prompt", "done", "longest", "segmented", "head", "start")
 
     def __init__(self, left: int, prompt: int, head: int, start: float) -> None:
         self.left = left  # samples still generating
         self.prompt = prompt  # prompt tokens (per sample)
         self.done = 0  # response tokens of finished samples
+        self.longest = 0  # the longest finished sample's response tokens (the trainer pads to it)
         self.segmented = 0  # response tokens already reported in segment events
         self.head = head  # version at submission (for the staleness histogram)
         self.start = start  # submission time

@@ -156,6 +156,8 @@ class Simulation(Training):
         for rollout, tokens in done:
             live = live_of[rollout]
             live.done += tokens
+            if tokens > live.longest:
+                live.longest = tokens
             live.left -= 1
             if live.left == 0:
                 finished.append(rollout)
@@ -252,6 +254,7 @@ class Simulation(Training):
                 elif record.status == READY:
                     live = self._live[rollout] = LiveRollout(0, prompt, record.head_version, now)
                     live.done = live.segmented = record.tokens
+                    live.longest = -(-record.tokens // max(1, self._group))  # the log keeps the group's sum: its mean
         if self._script is not None and not self._resumed:
             keys = self._script.prompts
             ledger.enqueue(*keys, t=now)

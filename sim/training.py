@@ -158,17 +158,21 @@ class Training:
                 stats.trainer_idle_s += env.now - waited_from
             version = ledger.version
             prompted = group if training.trains_prompt else 0  # prompt tokens a sample's trained tokens count, per prompt token
-            tokens = 0
+            tokens = width = 0
             for rollout in batch:
                 live = self._live.pop(rollout)
                 tokens += prompted * live.prompt + live.done
+                width = max(width, live.prompt + live.longest)
                 stats.staleness(version - live.head)
+            pad_to = training.pad_to
+            padded = size * group * -(-width // pad_to) * pad_to  # the trainer's padded batch
             stats.consumed += size
             stats.trained_tokens += tokens
             if training.colocated:
                 yield from self._begin_update()
             busy_from = env.now
-            yield env.timeout(training.step_base_s + training.step_per_token_s * tokens + training.step_per_seq_s * size * group)
+            yield env.timeout(training.step_base_s + training.step_per_token_s * tokens + training.step_per_seq_s * size * group
+                              + training.step_per_padded_token_s * padded)
             requests = protocol.recompute_requests(ledger.state)
             if requests:
                 recompute_tokens = sum(prompted * self._live[r.rollout].prompt + self._live[r.rollout].done for r in requests)

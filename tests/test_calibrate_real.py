@@ -193,3 +193,59 @@ def test_a_per_slot_cost_is_not_taken_for_busy_sequences_when_runs_differ_in_bot
     assert _close(costs.step_per_seq_s, TRUE["per_seq"], 0.2), costs.fits[0]
     sync_step = costs.step_base_s + costs.step_per_slot_s * 256 + costs.step_per_seq_s * 16
     assert _close(sync_step, TRUE["step_base"] + TRUE["executor_step"] + per_slot * 256 + TRUE["per_seq"] * 16, 0.05)
+
+
+def test_the_step_is_fitted_on_padded_tokens_when_the_runs_logged_them():
+    """A step whose time follows the trainer's padded batch (rows times the longest row,
+    rounded up to 16): with ``padded_tokens`` in the lines, the fit is on them and its
+    coefficient is recovered; the trained tokens (a batch's rows may be short while one
+    is long) are left out; ``pad_to`` comes with the updates."""
+    rng = random.Random(11)
+    rows, submitted = _run(rng, 128, 32, 120)
+    per_padded, base = 7e-6, 0.006
+    for row in rows:
+        width = 16 * rng.randint(2, 5)
+        row["padded_tokens"], row["pad_to"] = 32 * GROUP * width, 16
+        row["step_s"] = (base + per_padded * row["padded_tokens"]) * (1 + rng.uniform(-0.02, 0.02))
+    found = updates(rows, 128, 32, recompute_in_step=True, submitted=submitted)
+    costs = fit_costs(found)
+    assert _close(costs.train["padded tokens"], per_padded) and _close(costs.train["1"], base, 0.15), costs.train
+    assert "tokens" not in costs.train.coefficients and costs.train.r2 > 0.95
+    assert {u.pad_to for u in found} == {16}
+    older = fit_costs(updates([{k: v for k, v in r.items() if k not in ("padded_tokens", "pad_to")} for r in rows], 128, 32,
+                              recompute_in_step=True, submitted=submitted))
+    assert "padded tokens" not in older.train.coefficients and "tokens" in older.train.coefficients
+
+
+def test_no_run_is_given_a_decode_step_that_costs_less_than_nothing():
+    """Two runs whose steps, pooled, slope more steeply with their busy slots than one
+    run's steps cost at all (a short, noisy run): the slope is cut so that the cheaper
+    run's step at no busy slot costs 0, not less (a negative step cost is a scenario the
+    simulator refuses)."""
+    found = []
+    for run, steps in enumerate(([(10, 1e-3), (60, 6e-3)] * 20, [(50, 2.0e-3), (60, 2.2e-3)] * 20)):
+        rows, wall = [], 0.0
+        totals = {"decode_steps": 0, "generated_tokens": 0, "decode_s": 0.0, "decode_busy_s": 0.0, "decode_busy2": 0,
+                  "prefills": 0, "prefill_tokens": 0, "prefill_s": 0.0}
+        for busy, seconds in steps:
+            for key, value in (("decode_steps", 1), ("generated_tokens", busy), ("decode_s", seconds),
+                               ("decode_busy_s", busy * seconds), ("decode_busy2", busy * busy)):
+                totals[key] += value
+            wall += seconds + 0.01
+            rows.append({**totals, "wall_s": wall, "wait_s": seconds, "train_s": 0.01, "step_s": 0.01, "trained_tokens": 100,
+                         "sequences": 8, "slots": 64})
+        found += updates(rows, 64, 8, recompute_in_step=True, submitted=[r["wall_s"] - 0.005 for r in rows], run=run)
+    costs = fit_costs(found)
+    decode = costs.fits[0]
+    assert decode["tokens"] == pytest.approx(2.1e-3 / 55, rel=0.01) and decode["steps"] > 0 and costs.step_base_s > 0, decode
+
+
+def test_the_simulated_step_costs_its_padded_batch():
+    """Fixed lengths: every batch pads to the prompt and the response (4 + 20 tokens),
+    rounded up to ``pad_to``: a step costs ``per_padded * rows * width`` on top."""
+    base = simulate(Scenario().with_overrides(SMALL))
+    padded = simulate(Scenario().with_overrides([*SMALL, "training.step_per_padded_token_s=0.001", "training.pad_to=16"]))
+    updates_, rows, width = 200 // 8, 8, 32  # 24 tokens, rounded up to 32
+    assert padded.sim_time_s - base.sim_time_s == pytest.approx(updates_ * 0.001 * rows * width, rel=1e-6)
+    unrounded = simulate(Scenario().with_overrides([*SMALL, "training.step_per_padded_token_s=0.001"]))
+    assert unrounded.sim_time_s - base.sim_time_s == pytest.approx(updates_ * 0.001 * rows * 24, rel=1e-6)

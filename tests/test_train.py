@@ -212,3 +212,10 @@ def test_an_updates_metrics_line_counts_the_groups_whose_rewards_differ():
                            gc_s=0.0, slots=8, sync_s=0.0, step_s=0.0, recompute_s=0.0)
     assert record["signal_groups"] == 0.5
     assert record["exact"] == 3 / 8 and record["trained_tokens"] == 16
+    assert record["padded_tokens"] == 8 * 3 and record["pad_to"] == 1  # eight rows of a prompt and two tokens
+    rounded = update_record(state, batch, 0.5, 0, executor=executor, engine=engine, steps=[{"loss": 0.0}], wall_s=1.0,
+                            gc_s=0.0, slots=8, sync_s=0.0, step_s=0.0, recompute_s=0.0, max_width=128)
+    assert rounded["padded_tokens"] == 8 * 16 and rounded["pad_to"] == 16  # the trainer's width rule, as pad_samples pads
+    from engine.backends.local.trainer import pad_samples
+
+    assert tuple(pad_samples(batch.samples, 0, "cpu", 128).tokens.shape) == (8, 16)

@@ -13,7 +13,7 @@ import torch
 
 from engine.backends.local.generation import TorchEngine
 from engine.backends.local.model import Policy, PolicyModule, preset
-from engine.backends.local.trainer import mean_stats
+from engine.backends.local.trainer import mean_stats, pad_multiple, padded_width
 from engine.workflows.rl_config import RunConfig
 
 
@@ -115,10 +115,12 @@ def summary(state: Any, metrics: Sequence[dict[str, Any]], wall: float, executor
 
 def update_record(
     state: Any, batch: Any, reward: float, version: int, *, executor: Any, engine: Any, steps: Sequence[dict[str, float]],
-    wall_s: float, gc_s: float, slots: int, sync_s: float, step_s: float, recompute_s: float,
+    wall_s: float, gc_s: float, slots: int, sync_s: float, step_s: float, recompute_s: float, max_width: int | None = None,
 ) -> dict[str, Any]:
     """The metrics line of the update that trained ``batch`` at ``version`` (the ledger's
-    ``state`` after it; ``reward`` the batch's mean; ``steps`` the trainer's statistics)."""
+    ``state`` after it; ``reward`` the batch's mean; ``steps`` the trainer's statistics;
+    ``max_width`` the model's maximum length, which sets how the trainer pads the batch)."""
+
     staleness = [version - min(s.versions) for s in batch.samples if s.versions]
     exact = [s.reward == 1.0 for s in batch.samples]
     # groups whose rewards differ: the only ones with a non-zero GRPO advantage
@@ -141,6 +143,10 @@ def update_record(
         # rest of the wall time between two updates is neither training nor waiting) and
         # the engine's counters so far
         "sequences": len(batch.samples),
+        # the trainer's padded batch (rows times width), which the step's cost follows, and
+        # the multiple its width is rounded up to
+        "padded_tokens": len(batch.samples) * padded_width(batch.samples, max_width) if batch.samples else 0,
+        "pad_to": pad_multiple(max_width),
         "step_s": step_s,
         "recompute_s": recompute_s,
         "sync_s": sync_s,

@@ -138,7 +138,7 @@ class RunUpdates:
             self.ledger.state, batch, reward, version, executor=executor, engine=self.engine, steps=steps,
             wall_s=self.elapsed(), gc_s=self.collector.seconds, slots=self._slots, sync_s=sync_s,
             step_s=trained_at - self._update_began - prepare_recompute if self._update_began else 0.0,
-            recompute_s=prepare_recompute + self._recompute_s,
+            recompute_s=prepare_recompute + self._recompute_s, max_width=trainer.model.max_seq_len,
         )
         record["overlap_steps"] = overlapped
         record["checkpoint_s"] = checkpoint_s  # the weights and optimiser state to disk (0 when none was due)

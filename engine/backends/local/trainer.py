@@ -121,16 +121,32 @@ class Batch:
     advantages: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
 
 
+#: With a model's maximum length, a padded batch's width is rounded up to a multiple of
+#: this (at most the maximum) so that kernels see few shapes.
+PAD_TO = 16
+
+
+def pad_multiple(max_width: int | None) -> int:
+    """The multiple :func:`padded_width` rounds a batch's width up to (1: none)."""
+    return PAD_TO if max_width else 1
+
+
+def padded_width(samples: Sequence[Sample], max_width: int | None = None) -> int:
+    """The width (tokens per row) of ``samples`` padded into one batch: the longest
+    prompt and completion, rounded up to :func:`pad_multiple` (at most ``max_width``)."""
+    longest = max(len(s.prompt) + len(s.completion) for s in samples)
+    multiple = pad_multiple(max_width)
+    return max(longest, min(max_width, -(-longest // multiple) * multiple)) if max_width else longest
+
+
 def pad_samples(
     samples: Sequence[Sample], pad_id: int, device: torch.device | str, max_width: int | None = None, *, version: int | None = None
 ) -> Batch:
-    """Right-pad ``samples`` into one :class:`Batch`; with ``max_width``, the width is
-    rounded up to a multiple of 16 (at most ``max_width``) so that kernels see few shapes.
+    """Right-pad ``samples`` into one :class:`Batch` of :func:`padded_width`'s width.
     With ``version`` (the update's starting version), a stored proximal recomputation
     counts only when it was made under that version's weights (else it is stale and
     the update recomputes those tokens)."""
-    longest = max(len(s.prompt) + len(s.completion) for s in samples)
-    width = max(longest, min(max_width, -(-longest // 16) * 16)) if max_width else longest  # few distinct shapes
+    width = padded_width(samples, max_width)
     size = (len(samples), width - 1)
     tokens = torch.full((len(samples), width), pad_id, dtype=torch.long)
     mask, behaviour, stored, has_stored = torch.zeros(size), torch.zeros(size), torch.zeros(size), torch.zeros(size)
