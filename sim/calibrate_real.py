@@ -38,6 +38,8 @@ from sim.fitting import Fit, fit, scored
 
 #: Per-update fields without which a metrics line cannot be used.
 REQUIRED = ("wall_s", "wait_s", "train_s", "trained_tokens", "decode_steps", "generated_tokens")
+#: The engine's sums over the decode steps straight after a prefill pass (cumulative).
+AFTER_PASS = ("after_pass_steps", "after_pass_s", "after_pass_busy", "after_pass_busy_s", "after_pass_busy2")
 
 
 @dataclass
@@ -65,6 +67,9 @@ class Update:
     first: bool = False  # a run's first update (its collect time holds the engine's start)
     run: int = 0  # which of the calibrated runs it belongs to
     padded_tokens: float | None = None  # the trainer's padded batch, rows times width (None: a run that did not log it)
+    # the decode steps straight after a prefill pass: their number, seconds, busy slots,
+    # busy times seconds and busy squared (None: an engine or a run that did not keep them)
+    after_pass: tuple[float, float, float, float, float] | None = None
     pad_to: int = 1  # the multiple the trainer rounded that width up to
 
 
@@ -79,7 +84,8 @@ def updates(
     ``segment_wise``)."""
     out: list[Update] = []
     before: dict[str, Any] = {"wall_s": 0.0, "decode_steps": 0, "generated_tokens": 0, "prefills": 0, "prefill_tokens": 0,
-                              "decode_s": 0.0, "prefill_s": 0.0, "decode_busy_s": 0.0, "decode_busy2": 0}
+                              "decode_s": 0.0, "prefill_s": 0.0, "decode_busy_s": 0.0, "decode_busy2": 0,
+                              **{key: 0 for key in AFTER_PASS}}
     times = sorted(submitted or [])
     index = 0
     for row in rows:
@@ -119,6 +125,8 @@ def updates(
             first=not out,
             run=run,
             padded_tokens=float(row["padded_tokens"]) if "padded_tokens" in row else None,
+            after_pass=tuple(float(row[k]) - float(before.get(k, 0)) for k in AFTER_PASS)  # type: ignore[arg-type]
+            if all(k in row for k in AFTER_PASS) else None,
             pad_to=int(row.get("pad_to", 1)),
         ))
         before = row
@@ -182,6 +190,16 @@ class StepSums:
         return cls(sum(u.steps for u in found), sum(u.tokens for u in found), sum(u.decode_s or 0.0 for u in found),
                    sum(u.decode_busy_s or 0.0 for u in found), sum(u.decode_busy2 for u in found))
 
+    @classmethod
+    def after_pass(cls, found: list[Update]) -> StepSums:
+        """The sums over the decode steps straight after a prefill pass."""
+        totals = [sum((u.after_pass or (0.0,) * 5)[i] for u in found) for i in range(5)]  # in AFTER_PASS's order
+        return cls(steps=totals[0], busy=totals[2], seconds=totals[1], busy_seconds=totals[3], busy2=totals[4])
+
+    def __sub__(self, other: StepSums) -> StepSums:
+        return StepSums(self.steps - other.steps, self.busy - other.busy, self.seconds - other.seconds,
+                        self.busy_seconds - other.busy_seconds, self.busy2 - other.busy2)
+
     @property
     def covariance(self) -> float:
         """Of a step's seconds and its busy slots, times the steps."""
@@ -219,9 +237,17 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
     decode_s = [u.decode_s or 0.0 for u in found]
     steps = {run: sum(u.steps for u in found if u.run == run) for run in runs}
     dropped: list[str] = []
+    after_pass = 0.0  # a decode step's extra seconds straight after a prefill pass
     if all(u.decode_busy_s is not None for u in found):
-        # per step: seconds = a_run + per_seq * busy; the slope pooled over the runs' steps
-        sums = {run: StepSums.of([u for u in found if u.run == run]) for run in runs if steps[run] > 0}
+        # per step: seconds = a_run + per_seq * busy; the slope pooled over the runs' steps.
+        # Where the engine kept the steps straight after a pass apart, the slope and the
+        # runs' step costs come from the other steps: a pass starts many sequences at once,
+        # so the step after it is both the busiest and (on a CPU) a slower one, and pooled
+        # the two read as a cost per busy slot
+        split = all(u.after_pass is not None for u in found)
+        cold = {run: StepSums.after_pass([u for u in found if u.run == run]) for run in runs} if split else {}
+        sums = {run: StepSums.of([u for u in found if u.run == run]) - cold.get(run, StepSums(0, 0, 0, 0, 0))
+                for run in runs if steps[run] > 0}
         variance = sum(m.variance for m in sums.values())
         per_seq = max(0.0, sum(m.covariance for m in sums.values()) / variance) if variance > 0 else 0.0
         # no run's step may cost less than nothing at no busy slot: a slope steeper than a
@@ -230,6 +256,10 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
         if per_seq == 0.0:
             dropped.append("tokens")
         step_cost = {run: m.at_no_busy(per_seq) for run, m in sums.items()}
+        counted = [run for run in cold if cold[run].steps > 0 and run in step_cost]
+        if counted:
+            extra = sum(cold[run].seconds - cold[run].steps * step_cost[run] - per_seq * cold[run].busy for run in counted)
+            after_pass = max(0.0, extra / sum(cold[run].steps for run in counted))
     else:
         within = fit("decode passes s", {
             **{f"steps@{run}": [u.steps if u.run == run else 0.0 for u in found] for run in runs},
@@ -249,7 +279,8 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
         base = sum(step_cost[run] * steps[run] for run in measured) / max(1.0, sum(steps[run] for run in measured))
         per_slot = 0.0
         dropped.append("steps*slots")
-    return scored("decode passes s", terms, {"steps": base, "steps*slots": per_slot, "tokens": per_seq},
+    terms = {**terms, "after pass": [u.after_pass[0] if u.after_pass else 0.0 for u in found]}
+    return scored("decode passes s", terms, {"steps": base, "steps*slots": per_slot, "tokens": per_seq, "after pass": after_pass},
                   decode_s, [1.0] * len(found), dropped)
 
 
@@ -278,7 +309,8 @@ def _generation(found: list[Update]) -> tuple[list[Fit], dict[str, float]]:
                                       "starts": [u.starts for u in found]},
                        [max(0.0, u.collect_s - (u.decode_s or 0.0) - u.prefill_s) for u in found])
         fits = [decode, prefill, executor]
-        passes = {"pass": prefill["prefills"], "per_token": prefill["prefill tokens"], "start": executor["starts"],
+        # the step after a pass is charged to the pass (the simulator decodes a step after each)
+        passes = {"pass": prefill["prefills"] + decode["after pass"], "per_token": prefill["prefill tokens"], "start": executor["starts"],
                   "resume": executor["1"], "executor_step": executor["steps"]}
     else:  # the passes are not timed: their cost per pass from the collect time, the executor's in the rest
         decode = fit("generation s", {**decode_terms, "prefills": [u.prefills for u in found]}, [u.collect_s for u in found])

@@ -249,3 +249,53 @@ def test_the_simulated_step_costs_its_padded_batch():
     assert padded.sim_time_s - base.sim_time_s == pytest.approx(updates_ * 0.001 * rows * width, rel=1e-6)
     unrounded = simulate(Scenario().with_overrides([*SMALL, "training.step_per_padded_token_s=0.001"]))
     assert unrounded.sim_time_s - base.sim_time_s == pytest.approx(updates_ * 0.001 * rows * 24, rel=1e-6)
+
+
+def _after_pass_runs(rng: random.Random, extra: float, split: bool) -> list:
+    """Updates of one run whose every update is a prefill pass, then decode steps: the
+    first, straight after the pass, with every slot busy and ``extra`` seconds slower;
+    then fewer and fewer busy.  A step costs ``base + per_seq * busy`` otherwise.  With
+    ``split`` the lines carry the engine's sums over the steps after a pass."""
+    base, per_seq = 2.5e-3, 2e-6
+    keys = ("decode_steps", "generated_tokens", "decode_s", "decode_busy_s", "decode_busy2", "prefills", "prefill_tokens",
+            "prefill_s", "after_pass_steps", "after_pass_s", "after_pass_busy", "after_pass_busy_s", "after_pass_busy2")
+    totals = dict.fromkeys(keys, 0.0)
+    rows, wall, submitted = [], 0.0, []
+    for _ in range(80):
+        busy_steps = [256] + [rng.randint(20, 200) for _ in range(rng.randint(2, 6))]
+        decoded = 0.0
+        totals["prefills"] += 1
+        totals["prefill_tokens"] += 1000
+        totals["prefill_s"] += 0.02
+        for index, busy in enumerate(busy_steps):
+            seconds = (base + per_seq * busy + (extra if index == 0 else 0.0)) * (1 + rng.uniform(-0.02, 0.02))
+            decoded += seconds
+            for key, value in (("decode_steps", 1), ("generated_tokens", busy), ("decode_s", seconds),
+                               ("decode_busy_s", busy * seconds), ("decode_busy2", busy * busy)):
+                totals[key] += value
+            if index == 0:
+                for key, value in (("after_pass_steps", 1), ("after_pass_s", seconds), ("after_pass_busy", busy),
+                                   ("after_pass_busy_s", busy * seconds), ("after_pass_busy2", busy * busy)):
+                    totals[key] += value
+        collect = decoded + 0.02
+        submitted.append(wall + collect / 2)
+        wall += collect + 0.01
+        row = {k: v for k, v in totals.items() if split or not k.startswith("after_pass")}
+        rows.append({**row, "wall_s": wall, "wait_s": collect, "train_s": 0.01, "step_s": 0.01, "trained_tokens": 100,
+                     "sequences": 8, "slots": 256})
+    return updates(rows, 256, 8, recompute_in_step=True, submitted=submitted)
+
+
+def test_the_step_after_a_prefill_pass_is_charged_to_the_pass_not_to_the_busy_slots():
+    """The decode step straight after a pass is the busiest (the pass started every slot)
+    and, on a CPU, 0.8 ms slower: from the engine's sums over those steps kept apart the
+    per-busy cost is the other steps' and the extra goes to each pass; pooled, the extra
+    reads as a steep cost per busy slot (which made a synchronous run, few busy a step,
+    come out fast)."""
+    extra = 8e-4
+    costs = fit_costs(_after_pass_runs(random.Random(2), extra, split=True))
+    decode = costs.fits[0]
+    assert _close(decode["after pass"], extra, 0.1) and _close(decode["tokens"], 2e-6, 0.25), decode
+    assert _close(costs.prefill_pass_s, 0.02 + extra, 0.05)
+    pooled = fit_costs(_after_pass_runs(random.Random(2), extra, split=False)).fits[0]
+    assert pooled["after pass"] == 0 and pooled["tokens"] > 2 * 2e-6, pooled

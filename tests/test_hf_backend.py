@@ -129,6 +129,7 @@ def test_a_batch_half_finished_drops_its_rows_from_the_cache_and_samples_what_th
     assert [len(r.tokens) for r in results] == [2, 9, 2, 9]
     assert engine.prefills == 1 and engine.compactions == 1
     assert engine.decode_busy2 == 1 * 4 * 4 + 7 * 2 * 2  # a step of 4 rows, then 7 of the 2 left
+    assert (engine.after_pass_steps, engine.after_pass_busy) == (1, 4)  # the one pass's next step: all four rows
     trainer, behaviour, mask = _trainer_logprobs(policy, results, tokenizer.pad_id)
     assert ((trainer - behaviour).abs() * mask).max().item() < 1e-4
 

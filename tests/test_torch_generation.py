@@ -151,3 +151,6 @@ def test_the_engine_sums_busy_slots_times_seconds_and_squared_over_its_decode_st
     assert [len(r.tokens) for r in results] == [3, 6]
     assert (engine.steps, engine.decoded_tokens, engine.decode_s) == (5, 7, 5.0)
     assert (engine.decode_busy_s, engine.decode_busy2) == (7.0, 11)
+    # one pass (both prompts), so one decode step straight after it: the first, 2 busy
+    assert (engine.after_pass_steps, engine.after_pass_s, engine.after_pass_busy) == (1, 1.0, 2)
+    assert (engine.after_pass_busy_s, engine.after_pass_busy2) == (2.0, 4)

@@ -113,6 +113,11 @@ def summary(state: Any, metrics: Sequence[dict[str, Any]], wall: float, executor
     }
 
 
+#: The engine's counters a metrics line carries when the engine keeps them (calibration reads them).
+ENGINE_COUNTERS = ("prefills", "prefill_rows", "prefill_tokens", "prefill_s", "decode_s", "decode_busy_s", "decode_busy2",
+                   "after_pass_steps", "after_pass_s", "after_pass_busy", "after_pass_busy_s", "after_pass_busy2")
+
+
 def update_record(
     state: Any, batch: Any, reward: float, version: int, *, executor: Any, engine: Any, steps: Sequence[dict[str, float]],
     wall_s: float, gc_s: float, slots: int, sync_s: float, step_s: float, recompute_s: float, max_width: int | None = None,
@@ -154,7 +159,7 @@ def update_record(
         "generated_tokens": engine.decoded_tokens,
         "decode_steps": engine.steps,
         # (an engine that does not count or time its passes leaves them out)
-        **{key: getattr(engine, key) for key in ("prefills", "prefill_rows", "prefill_tokens", "prefill_s", "decode_s", "decode_busy_s", "decode_busy2") if hasattr(engine, key)},
+        **{key: getattr(engine, key) for key in ENGINE_COUNTERS if hasattr(engine, key)},
         "rejected": state.rejected,
         "filtered": state.filtered,
         **mean_stats(steps),

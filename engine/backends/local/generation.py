@@ -77,6 +77,15 @@ class LoopEngine:
         # above, the least-squares line of a step's time on its busy slots)
         self.decode_busy_s = 0.0
         self.decode_busy2 = 0
+        # the same sums over the decode steps that came straight after a prefill pass (the
+        # first step after a pass ran slower on a CPU: 0.8 ms against 2.6 a step), so that
+        # calibration can tell that cost from the busy slots' (a pass starts many at once)
+        self.after_pass_steps = 0
+        self.after_pass_s = 0.0
+        self.after_pass_busy = 0
+        self.after_pass_busy_s = 0.0
+        self.after_pass_busy2 = 0
+        self._after_pass = False
 
     # -- what a subclass provides -------------------------------------------------
     def _live(self) -> list[GenerationHandle]:
@@ -147,6 +156,13 @@ class LoopEngine:
         self.decode_s += elapsed
         self.decode_busy_s += busy * elapsed
         self.decode_busy2 += busy * busy
+        if self._after_pass:
+            self._after_pass = False
+            self.after_pass_steps += 1
+            self.after_pass_s += elapsed
+            self.after_pass_busy += busy
+            self.after_pass_busy_s += busy * elapsed
+            self.after_pass_busy2 += busy * busy
 
     def _prefilled(self, contexts: list[list[int]], began: float) -> None:
         """Count a prefill pass over ``contexts`` that began at ``began``."""
@@ -154,6 +170,7 @@ class LoopEngine:
         self.prefill_rows += len(contexts)
         self.prefill_tokens += sum(len(c) for c in contexts)
         self.prefill_s += time.perf_counter() - began
+        self._after_pass = True
 
     def _finished(self, handle: GenerationHandle) -> None:
         """``handle``'s sequence ended: its result is set and it is counted."""
