@@ -8,7 +8,10 @@ Then each run trains for ``--steps`` updates on the long-tailed ``reverse`` task
   rollouts' worth of KV-cache slots): only the staleness bound differs, and the
   capacity rule is what keeps the synchronous run at one batch in flight;
 - the ablation: plain PPO at the ``--ablation`` bounds (default 8), against the
-  sweep's decoupled runs at the same bounds.
+  sweep's decoupled runs at the same bounds;
+- with ``--m2-runs``, the decoupled objective again at those bounds with the
+  second-moment bound on the tokens (``--behaviour-m2``, default 0.04): runs
+  ``stalenessK-m2``.
 
 Each run is the ``train`` command's own function
 (:func:`engine.workflows.reinforcement.train`, the reinforcement workflow) on a
@@ -77,6 +80,10 @@ def main() -> None:
     parser.add_argument("--gc", default="update", choices=GC_MODES, help="when the garbage collector runs (RunConfig.gc)")
     parser.add_argument("--entropy-coef", type=float, default=0.0, help="weight of the entropy bonus (RunConfig.entropy_coef)")
     parser.add_argument("--kl-target", type=float, default=0.0, help="the rate follows the updates' kl_behaviour (RunConfig.kl_target)")
+    parser.add_argument("--m2-runs", default="", metavar="K[,K...]",
+                        help="max_staleness values also run with the decoupled objective and --behaviour-m2 (runs 'stalenessK-m2')")
+    parser.add_argument("--behaviour-m2", type=float, default=0.04, metavar="BOUND",
+                        help="the bound of the -m2 runs (RunConfig.behaviour_m2)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
 
@@ -104,6 +111,8 @@ def main() -> None:
     plan = [(f"staleness{k}", replace(base, max_staleness=int(k))) for k in args.staleness.split(",")]
     if not args.no_ablation:
         plan += [(f"staleness{k}-ppo", replace(base, max_staleness=int(k), objective="ppo")) for k in args.ablation.split(",")]
+    plan += [(f"staleness{k}-m2", replace(base, max_staleness=int(k), behaviour_m2=args.behaviour_m2))
+             for k in args.m2_runs.split(",") if k]
     results = []
     for name, config in plan:
         result = run_one(name, config, work, args.eval_size, args.progress, args.eval_every)

@@ -16,6 +16,7 @@ from engine.backends.local.objectives import (
     group_advantages,
     interpolate_proximal,
     ppo_loss,
+    second_moment_mask,
 )
 from engine.backends.local.tasks import Tokenizer, get_task
 from engine.backends.local.trainer import (
@@ -69,6 +70,36 @@ def test_interpolated_proximal_runs_from_behaviour_to_current():
     assert same.tolist()[0] == pytest.approx([-2.0, -1.0, -2.0])
 
 
+def test_the_second_moment_mask_drops_the_largest_gaps_first_and_no_more_than_the_bound_needs():
+    gap = torch.tensor([[0.1, -0.1, 1.0, -3.0, 7.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])  # the last token is no completion token: never kept
+    # squares 0.01, 0.01, 1, 9: the means of the smallest 1..4 are 0.01, 0.01, 0.34, 2.5
+    assert second_moment_mask(gap, mask, 0.04).tolist() == [[1.0, 1.0, 0.0, 0.0, 0.0]]
+    assert second_moment_mask(gap, mask, 0.34).tolist() == [[1.0, 1.0, 1.0, 0.0, 0.0]]
+    assert second_moment_mask(gap, mask, 100.0).tolist() == [[1.0, 1.0, 1.0, 1.0, 0.0]]  # in bound: all kept
+    # equal gaps at the cut go together: keeping one of them would be an arbitrary choice
+    assert second_moment_mask(torch.full((1, 3), 0.3), torch.ones(1, 3), 0.04).tolist() == [[0.0, 0.0, 0.0]]
+    assert second_moment_mask(gap, torch.zeros(1, 5), 0.04).tolist() == [[0.0] * 5]
+
+
+def test_the_second_moment_mask_keeps_the_bound_and_is_minimal_on_random_gaps():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        gap = torch.randn(4, 9, generator=generator) * torch.rand(1, generator=generator) * 2
+        mask = (torch.rand(4, 9, generator=generator) > 0.2).float()
+        bound = float(torch.rand(1, generator=generator)) * 0.5 + 1e-3
+        keep = second_moment_mask(gap, mask, bound)
+        squared = gap ** 2
+        assert bool((keep <= mask).all())
+        if keep.sum() > 0:
+            assert float((squared * keep).sum() / keep.sum()) <= bound + 1e-6
+        dropped = squared[(mask - keep) > 0]
+        if dropped.numel():  # adding back the smallest dropped gap (with its ties) breaks the bound
+            smallest = dropped.min()
+            back = keep + ((mask - keep) > 0).float() * (squared == smallest).float()
+            assert float((squared * back).sum() / back.sum()) > bound
+
+
 def _trainer(**options) -> tuple[Trainer, Tokenizer]:
     torch.manual_seed(0)
     tokenizer = Tokenizer()
@@ -93,6 +124,34 @@ def test_an_rl_step_makes_high_advantage_completions_likelier(options):
     assert trainer.version == 1 and metrics["reward"] == 0.5
 
 
+def test_behaviour_m2_leaves_the_far_off_policy_tokens_out_of_the_update():
+    """With ``behaviour_m2`` a token whose behaviour log-prob is far from the current one
+    is left out of the loss (its share reported as ``m2_dropped``), so the update is the
+    one on the other tokens alone; kl_behaviour still measures every token."""
+    def update(bound: float, corrupt: bool) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        trainer, tokenizer = _trainer(lr=3e-3, behaviour_m2=bound)
+        prompt = tokenizer.prompt_ids("cp:ab=")
+        samples = []
+        for completion, reward in ((tokenizer.answer_ids("ab"), 1.0), (tokenizer.answer_ids("ba"), 0.0)):
+            sample = Sample(prompt, completion, [0.0] * 3, [0] * 3, reward)
+            sample.behaviour = completion_logprobs(trainer.model, [sample], 0)[0]
+            samples.append(sample)
+        if corrupt:  # the rewarded sample's first token: sampled by a policy far from this one
+            samples[0].behaviour[0] += 4.0
+        metrics = trainer.rl_step([samples])
+        return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, metrics
+
+    clean, clean_metrics = update(0.0, False)
+    kept, kept_metrics = update(0.5, False)
+    assert kept_metrics["m2_dropped"] == 0.0  # on-policy: nothing to drop
+    assert all(torch.equal(clean[k], kept[k]) for k in clean)
+    dropped, dropped_metrics = update(0.5, True)
+    assert dropped_metrics["m2_dropped"] == pytest.approx(1 / 6)
+    assert dropped_metrics["kl_behaviour"] > 1.0  # measured over every token, the corrupted one included
+    ignored, _ = update(0.0, True)  # without the bound the corrupted token's weight moves the update
+    assert any(not torch.allclose(dropped[k], ignored[k]) for k in dropped)
+
+
 def test_supervised_warmup_lowers_the_loss():
     trainer, tokenizer = _trainer()
     task, rng = get_task("copy"), random.Random(0)
@@ -107,6 +166,8 @@ def test_bad_trainer_settings_are_named():
         TrainerConfig(proximal="guess")
     with pytest.raises(ValueError, match="minibatches"):
         TrainerConfig(minibatches=0)
+    with pytest.raises(ValueError, match="behaviour_m2"):
+        TrainerConfig(behaviour_m2=-0.1)
 
 
 def test_checkpoints_round_trip_keep_the_newest_and_name_a_missing_one(tmp_path):

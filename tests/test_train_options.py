@@ -188,3 +188,28 @@ def test_held_out_evaluation_samples_at_its_own_temperature(tmp_path, monkeypatc
     assert [m["step"] for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "eval_reward" in m] == [1, 2]
     with pytest.raises(ValueError, match="eval_temperature"):
         RunConfig(eval_temperature=-0.5)
+
+
+def test_behaviour_m2_is_kept_in_the_run_and_reports_its_share_per_update(tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["train", *TINY, "--steps", "3", "--max-staleness", "2", "--minibatches", "2", "--behaviour-m2", "1e-12",
+                 "--run-dir", str(run_dir)]) == 0
+    assert json.loads((run_dir / "run.json").read_text())["behaviour_m2"] == 1e-12
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= m["m2_dropped"] <= 1.0 for m in lines)
+    # the second minibatch of an update runs on weights its first step moved: a bound this
+    # small leaves out every token whose log-prob moved at all
+    assert any(m["m2_dropped"] > 0 for m in lines)
+    plain = tmp_path / "plain"
+    assert main(["train", *TINY, "--steps", "1", "--run-dir", str(plain)]) == 0
+    assert "m2_dropped" not in json.loads((plain / "metrics.jsonl").read_text().splitlines()[0])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--behaviour-m2", "-1"], "--behaviour-m2"),
+    (["--behaviour-m2", "0.04", "--nproc", "2"], "--behaviour-m2 bounds the tokens of a whole minibatch"),
+])
+def test_bad_behaviour_m2_is_refused_by_name(tmp_path, capsys, extra, message):
+    assert main(["train", *TINY, "--steps", "1", "--run-dir", str(tmp_path / "run"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -151,6 +151,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="weight of the KL penalty to the policy RL starts from (0: none)")
     parser.add_argument("--entropy-coef", type=_non_negative_number, default=defaults.entropy_coef,
                         help="weight of the entropy bonus (0: entropy only measured)")
+    parser.add_argument("--behaviour-m2", type=_non_negative_number, default=defaults.behaviour_m2, metavar="BOUND",
+                        help="drop the tokens furthest from the policy that sampled them until the mean squared "
+                             "log-ratio of a minibatch's tokens is at most BOUND (0: keep every token)")
     parser.add_argument("--engine", default=defaults.engine, choices=ENGINES,
                         help="generation engine: auto (in process), or vllm for a --model DIR ([vllm] extra)")
     parser.add_argument("--overlap", action="store_true",
@@ -209,7 +212,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         objective=args.objective, proximal=args.proximal, minibatches=args.minibatches, lr=args.lr, sft_lr=args.sft_lr,
         warmup_steps=args.warmup_steps, temperature=args.temperature, eval_temperature=args.eval_temperature, timeout_s=args.timeout, max_retries=args.max_retries,
         checkpoint_every=args.checkpoint_every, requeue_lost=args.requeue_lost, init=args.init, seed=args.seed,
-        device=args.device or defaults.device, gc=args.gc, kl_coef=args.kl_coef, entropy_coef=args.entropy_coef,
+        device=args.device or defaults.device, gc=args.gc, kl_coef=args.kl_coef, entropy_coef=args.entropy_coef, behaviour_m2=args.behaviour_m2,
         lr_warmup=args.lr_warmup, lr_schedule=args.lr_schedule, metrics=args.metrics, engine=args.engine,
         vllm_memory=args.vllm_memory, overlap=args.overlap, keep_cache=args.keep_cache, kl_target=args.kl_target,
     )

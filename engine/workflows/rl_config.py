@@ -65,6 +65,7 @@ class RunConfig:
     lr_warmup: int = 0  # RL updates of linear learning-rate warm-up
     lr_schedule: str = "constant"  # after warm-up: constant, or cosine down to a tenth by the last update
     kl_target: float = 0.0  # scale the rate down while updates' kl_behaviour exceeds twice this (0: off)
+    behaviour_m2: float = 0.0  # drop the tokens furthest from their behaviour policy until the mean squared log-ratio is this (0: off)
     metrics: tuple[str, ...] = ()  # sinks beside metrics.jsonl: tensorboard, wandb (offline)
     engine: str = "auto"  # generation: auto (in process: built-in or Hugging Face), or vllm (a model directory)
     overlap: bool = False  # generate while the trainer trains (the engine in a thread of its own, on its own weights)
@@ -110,7 +111,7 @@ class RunConfig:
         ):
             raise ValueError(f"run config field 'eval_temperature' must be a finite number of at least 0 (0: greedy), "
                              f"got {self.eval_temperature!r}")
-        for name in ("kl_coef", "entropy_coef", "kl_target"):
+        for name in ("kl_coef", "entropy_coef", "kl_target", "behaviour_m2"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"run config field {name!r} must be a finite number of at least 0, got {value!r}")
@@ -168,7 +169,7 @@ class RunConfig:
         return TrainerConfig(
             lr=self.lr, sft_lr=self.sft_lr, objective=self.objective, proximal=proximal, minibatches=self.minibatches,
             kl_coef=self.kl_coef, entropy_coef=self.entropy_coef, lr_warmup=self.lr_warmup, lr_schedule=self.lr_schedule,
-            total_updates=self.steps, kl_target=self.kl_target,
+            total_updates=self.steps, kl_target=self.kl_target, behaviour_m2=self.behaviour_m2,
         )
 
     def is_checkpoint(self, version: int) -> bool:

@@ -78,6 +78,9 @@ def check_split(config: RunConfig, trainers: int, generators: int = 0) -> None:
     if config.kl_target and trainers > 1:
         raise ValueError("--kl-target adapts the rate from rank 0's shard of each update; with --nproc above 1 the ranks "
                          "would need one measure: leave out --kl-target")
+    if config.behaviour_m2 and trainers > 1:
+        raise ValueError("--behaviour-m2 bounds the tokens of a whole minibatch; with --nproc above 1 each rank holds a "
+                         "share of it and would bound its own: leave out --behaviour-m2")
     if config.overlap and not generators:
         raise ValueError("--overlap with --nproc needs generator ranks (--generators K): with none, generation runs on rank 0, "
                          "in a thread of one process only without --nproc")

@@ -12,6 +12,9 @@ Shapes: per-token tensors are ``[B, T]`` with a ``mask`` of the completion token
 - :func:`interpolate_proximal`: proximal log-probs without a forward pass, by
   log-linear interpolation between the behaviour and the current policy according
   to the versions involved.
+- :func:`second_moment_mask`: the tokens to keep so that the mean squared log-ratio
+  between the current and the behaviour policy stays under a bound, the largest
+  ratios dropped first (as M2PO does for very stale samples).
 - :func:`kl_estimate`: the per-token KL between the current policy and another one
   (a frozen reference, or the behaviour policy), from sampled tokens' log-probs.
 """
@@ -100,4 +103,31 @@ def kl_estimate(logprobs: torch.Tensor, other: torch.Tensor, mask: torch.Tensor)
     ``d = log pi_other - log pi`` (Schulman's k3); differentiable in ``logprobs``."""
     delta = other.detach() - logprobs
     return masked_mean(delta.exp() - delta - 1, mask)
+
+
+def second_moment_mask(gap: torch.Tensor, mask: torch.Tensor, bound: float) -> torch.Tensor:
+    """A 0/1 mask of the tokens of ``mask`` to keep so that the masked mean of
+    ``gap ** 2`` (``gap``: a log-ratio per token, e.g. current minus behaviour
+    log-prob) is at most ``bound``: the tokens with the largest squared gap are dropped
+    first, as few as the bound allows (none when the mean is already under it).  Ties
+    at the cut are dropped together.  No gradient flows through it."""
+    squared = gap.detach().float() ** 2
+    valid = mask > 0
+    values = squared[valid]
+    if values.numel() == 0:
+        return mask.clone()
+    ordered, _ = torch.sort(values)
+    counts = torch.arange(1, ordered.numel() + 1, device=ordered.device, dtype=ordered.dtype)
+    # the means of the k smallest grow with k: keep the longest prefix whose mean is in bound
+    within = (ordered.cumsum(0) / counts) <= bound
+    if not bool(within.any()):
+        return torch.zeros_like(mask)
+    kept = int(within.nonzero().max()) + 1
+    cut = ordered[kept - 1]
+    if kept < ordered.numel() and bool(ordered[kept] == cut):  # a tie at the cut: drop the tied tokens too
+        below = ordered < cut
+        if not bool(below.any()):
+            return torch.zeros_like(mask)
+        cut = ordered[below].max()
+    return (valid & (squared <= cut)).to(mask.dtype)
 

@@ -40,6 +40,7 @@ from engine.backends.local.objectives import (
     kl_estimate,
     masked_mean,
     ppo_loss,
+    second_moment_mask,
 )
 from engine.backends.local.schedule import LR_SCHEDULES, adapt_to_kl, learning_rate
 from engine.runtime.ports import Sample
@@ -87,6 +88,10 @@ class TrainerConfig:
     #: Keep each update's mean ``kl_behaviour`` near this by scaling the rate down (and
     #: back up to the schedule's) between updates (:func:`adapt_to_kl`); 0: off.
     kl_target: float = 0.0
+    #: Drop the tokens furthest from the behaviour policy until the mean squared
+    #: log-ratio between the current and the behaviour policy of a minibatch's tokens is
+    #: at most this (:func:`second_moment_mask`); 0: every token kept.
+    behaviour_m2: float = 0.0
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -98,7 +103,7 @@ class TrainerConfig:
         for name in ("lr", "sft_lr", "grad_clip", "clip_eps", "behaviour_cap"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("kl_coef", "entropy_coef", "kl_target"):
+        for name in ("kl_coef", "entropy_coef", "kl_target", "behaviour_m2"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise ValueError(f"{name} must be a finite number of at least 0, got {getattr(self, name)}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -308,6 +313,9 @@ class Trainer:
         tokens = batch.tokens[rows]
         logprobs, entropy_per_token = self._token_stats(tokens)
         mask, behaviour, advantages = batch.mask[rows], batch.behaviour[rows], batch.advantages[rows]
+        measured = mask  # kl_behaviour and the entropy are of every completion token
+        if config.behaviour_m2:
+            mask = mask * second_moment_mask(logprobs.detach() - behaviour, mask, config.behaviour_m2)
         if config.objective == "ppo":
             loss, info = ppo_loss(logprobs, behaviour, advantages, mask, config.clip_eps)
         else:
@@ -315,15 +323,17 @@ class Trainer:
             proximal = self.proximal_logprobs(batch, rows, logprobs, update.proximal, progress)
             loss, info = decoupled_loss(logprobs, proximal, behaviour, advantages, mask, config.clip_eps, config.behaviour_cap)
         info["policy_loss"] = float(loss.detach())
-        entropy = masked_mean(entropy_per_token if config.entropy_coef else entropy_per_token.detach(), mask)
+        if config.behaviour_m2:
+            info["m2_dropped"] = 1.0 - float(mask.sum() / measured.sum().clamp(min=1))
+        entropy = masked_mean(entropy_per_token if config.entropy_coef else entropy_per_token.detach(), measured)
         info["entropy"] = float(entropy.detach())
         if config.entropy_coef:
             loss = loss - config.entropy_coef * entropy
-        info["kl_behaviour"] = float(kl_estimate(logprobs.detach(), behaviour, mask))
+        info["kl_behaviour"] = float(kl_estimate(logprobs.detach(), behaviour, measured))
         if self.reference is not None:
             with torch.no_grad(), self.autocast():
                 reference = self.reference.logprobs(tokens).float()
-            kl = kl_estimate(logprobs, reference, mask)
+            kl = kl_estimate(logprobs, reference, measured)
             info["kl_ref"] = float(kl.detach())
             loss = loss + config.kl_coef * kl
         info["lr"] = self.rl_lr()
