@@ -125,7 +125,6 @@ def update_record(
     """The metrics line of the update that trained ``batch`` at ``version`` (the ledger's
     ``state`` after it; ``reward`` the batch's mean; ``steps`` the trainer's statistics;
     ``max_width`` the model's maximum length, which sets how the trainer pads the batch)."""
-
     staleness = [version - min(s.versions) for s in batch.samples if s.versions]
     exact = [s.reward == 1.0 for s in batch.samples]
     # groups whose rewards differ: the only ones with a non-zero GRPO advantage
