@@ -96,6 +96,16 @@ def _log_path(path: Path) -> Path:
     return path
 
 
+def counts_prompt(extra_per_sample: float, prompt: float | None) -> bool:
+    """Whether a trainer counts each sample's prompt among its trained tokens, from what
+    it trained per sample beyond the observed responses: nearer the mean ``prompt`` than
+    nothing (with no prompts known, it does).  The responses are a sample of the run's
+    (the rollouts its end leaves unfinished are out), so the difference is never exactly
+    0: a short run's was half a token a sample, which rounded up once read as a trainer
+    counting prompts and put a 12-token prompt into every simulated sample."""
+    return prompt is None or extra_per_sample > prompt / 2
+
+
 def observe(path: str | Path, obs: Observations | None = None, servers: int = 1) -> Observations:
     """Add what the log at ``path`` (a log file or a run directory) says to ``obs``."""
     obs = obs or Observations()
@@ -407,6 +417,7 @@ def calibrate(
         extra = statistics.fmean(obs.trained_per_rollout) - statistics.fmean(obs.lengths) * group
         trained_prompt = max(0, round(extra / group))
         prompt = round(statistics.fmean(obs.prompts)) if obs.prompts else trained_prompt
+        trains_prompt = counts_prompt(extra / group, statistics.fmean(obs.prompts) if obs.prompts else None)
         # a task's long prompts tend to have long answers, which are the ones in flight when
         # an update re-prefills: drawn apart, the re-prefills come out a third short (reverse)
         workload = replace(workload, prompt_len=Distribution(kind="paired") if paired else Distribution(kind="fixed", value=prompt))
@@ -436,7 +447,7 @@ def calibrate(
             checkpoint_s=costs.checkpoint_s, checkpoint_every=obs.checkpoint_every if costs.checkpoint_s else 1,
             # one process: generation waits while it trains, unless it ran in a thread of its own
             colocated=not obs.overlapped,
-            trains_prompt=trained_prompt > 0 or not obs.prompts,
+            trains_prompt=trains_prompt,
         )
         fits = costs.fits
         counts["runs"] = len(paths)

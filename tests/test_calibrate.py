@@ -394,3 +394,12 @@ def test_a_reanalysis_names_a_run_it_cannot_find_before_it_writes(tmp_path, flag
                            cwd=root, capture_output=True, text=True)
     assert alone.returncode == 2 and "--fit-on chooses the runs a reanalysis fits" in alone.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_a_trainer_counts_prompts_only_when_its_extra_tokens_are_nearer_the_prompt_than_nothing():
+    from sim.calibrate import counts_prompt
+
+    assert not counts_prompt(0.52, 12.0)  # a short run's sampling difference, not a prompt
+    assert not counts_prompt(-3.0, 12.0)
+    assert counts_prompt(11.4, 12.0) and counts_prompt(6.5, 12.0)
+    assert counts_prompt(0.0, None)  # no prompts known: as a trainer that counts them
