@@ -30,3 +30,18 @@ def admitted(state: State, *rollouts: str) -> State:
 @pytest.fixture
 def tmp_log(tmp_path):
     return tmp_path / "run.sqlite"
+
+
+def copy_pair(trainer, tokenizer) -> list:
+    """Two samples of the built-in ``copy`` prompt ``ab``: the right answer (reward 1)
+    and the wrong one (reward 0), each with ``trainer``'s own log-probs as its behaviour
+    (on-policy, version 0)."""
+    from engine.backends.local.trainer import Sample, completion_logprobs
+
+    prompt = tokenizer.prompt_ids("cp:ab=")
+    samples = []
+    for completion, reward in ((tokenizer.answer_ids("ab"), 1.0), (tokenizer.answer_ids("ba"), 0.0)):
+        sample = Sample(prompt, completion, [0.0] * len(completion), [0] * len(completion), reward)
+        sample.behaviour = completion_logprobs(trainer.model, [sample], 0)[0]
+        samples.append(sample)
+    return samples

@@ -3,6 +3,7 @@ import random
 
 import pytest
 import torch
+from conftest import copy_pair
 
 from engine.backends.local.checkpoint import (
     checkpoint_path,
@@ -130,12 +131,7 @@ def test_behaviour_m2_leaves_the_far_off_policy_tokens_out_of_the_update():
     one on the other tokens alone; kl_behaviour still measures every token."""
     def update(bound: float, corrupt: bool) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         trainer, tokenizer = _trainer(lr=3e-3, behaviour_m2=bound)
-        prompt = tokenizer.prompt_ids("cp:ab=")
-        samples = []
-        for completion, reward in ((tokenizer.answer_ids("ab"), 1.0), (tokenizer.answer_ids("ba"), 0.0)):
-            sample = Sample(prompt, completion, [0.0] * 3, [0] * 3, reward)
-            sample.behaviour = completion_logprobs(trainer.model, [sample], 0)[0]
-            samples.append(sample)
+        samples = copy_pair(trainer, tokenizer)
         if corrupt:  # the rewarded sample's first token: sampled by a policy far from this one
             samples[0].behaviour[0] += 4.0
         metrics = trainer.rl_step([samples])

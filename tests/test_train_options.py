@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from conftest import copy_pair
 
 from engine.backends.local.model import Policy, preset
 from engine.backends.local.objectives import kl_estimate, masked_mean
@@ -48,13 +49,7 @@ def _trainer(**options) -> tuple[Trainer, list[Sample]]:
     torch.manual_seed(0)
     tokenizer = Tokenizer()
     trainer = Trainer(Policy(preset("tiny", tokenizer.vocab_size, 16)), TrainerConfig(lr=1e-2, **options), pad_id=0, device="cpu")
-    prompt = tokenizer.prompt_ids("cp:ab=")
-    samples = []
-    for completion, reward in ((tokenizer.answer_ids("ab"), 1.0), (tokenizer.answer_ids("ba"), 0.0)):
-        sample = Sample(prompt, completion, [0.0] * 3, [0] * 3, reward)
-        sample.behaviour = completion_logprobs(trainer.model, [sample], 0)[0]
-        samples.append(sample)
-    return trainer, samples
+    return trainer, copy_pair(trainer, tokenizer)
 
 
 def test_the_entropy_is_that_of_the_sampling_distribution_and_its_bonus_enters_the_loss():
