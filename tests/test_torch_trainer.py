@@ -144,6 +144,9 @@ def test_behaviour_m2_leaves_the_far_off_policy_tokens_out_of_the_update():
     dropped, dropped_metrics = update(0.5, True)
     assert dropped_metrics["m2_dropped"] == pytest.approx(1 / 6)
     assert dropped_metrics["kl_behaviour"] > 1.0  # measured over every token, the corrupted one included
+    # the second moment: the corrupted token's gap of 4, squared, over the six tokens
+    assert dropped_metrics["m2_behaviour"] == pytest.approx(16 / 6, rel=1e-4)
+    assert kept_metrics["m2_behaviour"] == pytest.approx(0.0, abs=1e-8)
     ignored, _ = update(0.0, True)  # without the bound the corrupted token's weight moves the update
     assert any(not torch.allclose(dropped[k], ignored[k]) for k in dropped)
 

@@ -330,6 +330,10 @@ class Trainer:
         if config.entropy_coef:
             loss = loss - config.entropy_coef * entropy
         info["kl_behaviour"] = float(kl_estimate(logprobs.detach(), behaviour, measured))
+        # the mean squared log-ratio to the behaviour policy (M2PO's second moment): it grows
+        # with a token's gap squared where the KL estimate grows with its exponential, so one
+        # token that the policy has left far behind moves it little
+        info["m2_behaviour"] = float(masked_mean((logprobs.detach() - behaviour) ** 2, measured))
         if self.reference is not None:
             with torch.no_grad(), self.autocast():
                 reference = self.reference.logprobs(tokens).float()
