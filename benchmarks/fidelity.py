@@ -19,8 +19,10 @@
 on all of them (the table's calibration row is their mean): on one H200 the speed of a
 whole run moved by up to 30% from one run to the next, and a single calibration run is
 one draw of it.  With ``--probe-batch-size 0`` the fit has no cost that only differs
-between runs of different shapes (per slot, per trained sequence), which two runs can
-only tell from the machine's own drift between them.
+between runs of different shapes (per slot, per trained sequence), so a batch size with
+more slots is predicted at the calibration runs' step cost (on a CPU, batch 32 came out
+19% fast that way: docs/simulator.md round 10); with the probe, those costs come from
+two shapes, which on an H200 also differed by the machine's drift between the runs.
 
 ``--repeats N`` runs each predicted setting N times, in rounds (all settings, then all
 again), and measures it by the mean of its runs, each run's tokens/s printed: on one
