@@ -38,8 +38,10 @@ from sim.fitting import Fit, fit, scored
 
 #: Per-update fields without which a metrics line cannot be used.
 REQUIRED = ("wall_s", "wait_s", "train_s", "trained_tokens", "decode_steps", "generated_tokens")
-#: The engine's sums over the decode steps straight after a prefill pass (cumulative).
-AFTER_PASS = ("after_pass_steps", "after_pass_s", "after_pass_busy", "after_pass_busy_s", "after_pass_busy2")
+#: The engine's sums over the decode steps straight after a prefill pass (cumulative),
+#: by the :class:`StepSums` field each one is.
+AFTER_PASS = {"steps": "after_pass_steps", "busy": "after_pass_busy", "seconds": "after_pass_s",
+              "busy_seconds": "after_pass_busy_s", "busy2": "after_pass_busy2"}
 
 
 @dataclass
@@ -67,9 +69,9 @@ class Update:
     first: bool = False  # a run's first update (its collect time holds the engine's start)
     run: int = 0  # which of the calibrated runs it belongs to
     padded_tokens: float | None = None  # the trainer's padded batch, rows times width (None: a run that did not log it)
-    # the decode steps straight after a prefill pass: their number, seconds, busy slots,
-    # busy times seconds and busy squared (None: an engine or a run that did not keep them)
-    after_pass: tuple[float, float, float, float, float] | None = None
+    # the engine's sums over the decode steps straight after a prefill pass (None: an
+    # engine or a run that did not keep them)
+    after_pass: StepSums | None = None
     pad_to: int = 1  # the multiple the trainer rounded that width up to
 
 
@@ -85,7 +87,7 @@ def updates(
     out: list[Update] = []
     before: dict[str, Any] = {"wall_s": 0.0, "decode_steps": 0, "generated_tokens": 0, "prefills": 0, "prefill_tokens": 0,
                               "decode_s": 0.0, "prefill_s": 0.0, "decode_busy_s": 0.0, "decode_busy2": 0,
-                              **{key: 0 for key in AFTER_PASS}}
+                              **{key: 0 for key in AFTER_PASS.values()}}
     times = sorted(submitted or [])
     index = 0
     for row in rows:
@@ -125,8 +127,8 @@ def updates(
             first=not out,
             run=run,
             padded_tokens=float(row["padded_tokens"]) if "padded_tokens" in row else None,
-            after_pass=tuple(float(row[k]) - float(before.get(k, 0)) for k in AFTER_PASS)  # type: ignore[arg-type]
-            if all(k in row for k in AFTER_PASS) else None,
+            after_pass=StepSums(**{field: float(row[key]) - float(before.get(key, 0)) for field, key in AFTER_PASS.items()})
+            if all(key in row for key in AFTER_PASS.values()) else None,
             pad_to=int(row.get("pad_to", 1)),
         ))
         before = row
@@ -193,8 +195,11 @@ class StepSums:
     @classmethod
     def after_pass(cls, found: list[Update]) -> StepSums:
         """The sums over the decode steps straight after a prefill pass."""
-        totals = [sum((u.after_pass or (0.0,) * 5)[i] for u in found) for i in range(5)]  # in AFTER_PASS's order
-        return cls(steps=totals[0], busy=totals[2], seconds=totals[1], busy_seconds=totals[3], busy2=totals[4])
+        return sum((u.after_pass for u in found if u.after_pass is not None), cls(0, 0, 0, 0, 0))
+
+    def __add__(self, other: StepSums) -> StepSums:
+        return StepSums(self.steps + other.steps, self.busy + other.busy, self.seconds + other.seconds,
+                        self.busy_seconds + other.busy_seconds, self.busy2 + other.busy2)
 
     def __sub__(self, other: StepSums) -> StepSums:
         return StepSums(self.steps - other.steps, self.busy - other.busy, self.seconds - other.seconds,
@@ -279,7 +284,7 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
         base = sum(step_cost[run] * steps[run] for run in measured) / max(1.0, sum(steps[run] for run in measured))
         per_slot = 0.0
         dropped.append("steps*slots")
-    terms = {**terms, "after pass": [u.after_pass[0] if u.after_pass else 0.0 for u in found]}
+    terms = {**terms, "after pass": [u.after_pass.steps if u.after_pass else 0.0 for u in found]}
     return scored("decode passes s", terms, {"steps": base, "steps*slots": per_slot, "tokens": per_seq, "after pass": after_pass},
                   decode_s, [1.0] * len(found), dropped)
 

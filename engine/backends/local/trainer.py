@@ -314,8 +314,9 @@ class Trainer:
         logprobs, entropy_per_token = self._token_stats(tokens)
         mask, behaviour, advantages = batch.mask[rows], batch.behaviour[rows], batch.advantages[rows]
         measured = mask  # kl_behaviour and the entropy are of every completion token
+        gap = logprobs.detach() - behaviour  # the log-ratio to the policies that sampled the tokens
         if config.behaviour_m2:
-            mask = mask * second_moment_mask(logprobs.detach() - behaviour, mask, config.behaviour_m2)
+            mask = mask * second_moment_mask(gap, mask, config.behaviour_m2)
         if config.objective == "ppo":
             loss, info = ppo_loss(logprobs, behaviour, advantages, mask, config.clip_eps)
         else:
@@ -333,7 +334,7 @@ class Trainer:
         # the mean squared log-ratio to the behaviour policy (M2PO's second moment): it grows
         # with a token's gap squared where the KL estimate grows with its exponential, so one
         # token that the policy has left far behind moves it little
-        info["m2_behaviour"] = float(masked_mean((logprobs.detach() - behaviour) ** 2, measured))
+        info["m2_behaviour"] = float(masked_mean(gap ** 2, measured))
         if self.reference is not None:
             with torch.no_grad(), self.autocast():
                 reference = self.reference.logprobs(tokens).float()
