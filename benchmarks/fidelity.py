@@ -32,7 +32,10 @@ write its checkpoint every N updates instead of ``train``'s default (each update
 a study that leaves the disk out of the machine's noise.  From the second round on, each
 round also runs the calibration setting again (``calibration-r2``, ...), a control that is
 neither predicted nor in the table: its change from the calibration run is how far the
-machine itself drifted while the study ran (``controls`` in ``results.json``).
+machine itself drifted while the study ran (``controls`` in ``results.json``).  Each
+predicted setting's tokens/s is also compared as a ratio to the control of its own
+round, predicted against measured (``against_controls``), which takes the drift between
+rounds out of the error; ``--against-controls DIR`` prints that for an earlier study.
 
 Everything goes under ``--out``.  On an H200 (about 3-4 minutes at 100 updates)::
 
@@ -196,10 +199,48 @@ def error(predicted: float, actual: float) -> float:
     return 100.0 * (predicted - actual) / abs(actual)
 
 
+def against_controls(predictions: dict[str, Any], summaries: dict[str, Any]) -> dict[str, Any]:
+    """Each predicted setting's tokens/s as a ratio to the calibration setting, predicted
+    against measured within a round: from the second round on, every round runs the
+    calibration setting again (``calibration-rK``), and the setting's run of that round
+    (``NAME-rK``) is divided by it, so a machine that speeds up or slows down between
+    rounds moves both.  The error is the predicted ratio over the mean of the rounds'
+    ratios.  Settings without a round beside a control are left out."""
+    calibration = next((name for name in predictions if name.endswith("-calibration")), None)
+    if calibration is None:
+        return {}
+    predicted_base = predictions[calibration]["tokens_per_s"]
+    rows: dict[str, Any] = {}
+    for name, predicted in predictions.items():
+        if name == calibration:
+            continue
+        ratios = []
+        for key, run in summaries.items():
+            head, _, round_ = key.rpartition("-r")
+            control = summaries.get(f"calibration-r{round_}")
+            if head == name and round_.isdigit() and control is not None:
+                ratios.append(run["measured"]["tokens_per_s"] / control["measured"]["tokens_per_s"])
+        if ratios:
+            mean = sum(ratios) / len(ratios)
+            ratio = predicted["tokens_per_s"] / predicted_base
+            rows[name] = {"predicted_ratio": ratio, "measured_ratios": ratios, "measured_ratio": mean,
+                          "error_pct": error(ratio, mean)}
+    return rows
+
+
+def print_against_controls(rows: dict[str, Any]) -> None:
+    if not rows:
+        return
+    print("tokens/s as a ratio to the calibration setting, predicted / measured against the control of the same round:")
+    for name, row in rows.items():
+        rounds = ", ".join(f"{r:.3f}" for r in row["measured_ratios"])
+        print(f"  {name}: {row['predicted_ratio']:.3f} / {row['measured_ratio']:.3f} ({row['error_pct']:+.1f}%; rounds {rounds})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=None, help="the study's folder (required, but with --against-controls)")
     parser.add_argument("--task", default="reverse")
     parser.add_argument("--model-size", default="small")
     parser.add_argument("--steps", type=int, default=150, help="updates per run")
@@ -230,7 +271,25 @@ def main() -> None:
                              "the calibration runs and the probe")
     parser.add_argument("--reanalyse", type=Path, default=None, metavar="DIR",
                         help="train nothing: calibrate on and predict again the runs of an earlier study in DIR (with the flags it ran with)")
+    parser.add_argument("--against-controls", type=Path, default=None, metavar="DIR",
+                        help="train, fit and write nothing: print an earlier study's predicted ratios to its calibration setting "
+                             "against each round's measured ratio to that round's control (DIR's predictions.json and summaries.json)")
     args = parser.parse_args()
+    if args.out is None and args.against_controls is None:
+        parser.error("the following arguments are required: --out")
+    if args.against_controls is not None:
+        study: Path = args.against_controls
+        try:
+            predictions = json.loads((study / "predictions.json").read_text())
+            summaries = json.loads((study / "summaries.json").read_text())
+        except (OSError, ValueError) as failure:
+            sys.exit(f"fidelity: --against-controls {study}: {failure}")
+        rows = against_controls(predictions, summaries)
+        if not rows:
+            sys.exit(f"fidelity: --against-controls {study}: no predicted run shares a round with a control "
+                     "(a study with --repeats 2 or more has them)")
+        print_against_controls(rows)
+        return
     for flag in ("repeats", "sim_seeds", "checkpoint_every", "calibration_runs"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
@@ -323,6 +382,7 @@ def main() -> None:
             control["tokens_per_s_change_pct"] = error(control["tokens_per_s"], base["tokens_per_s"])
             control["s_per_update_change_pct"] = error(control["s_per_update"], base["s_per_update"])
         results["controls"] = controls
+    results["against_controls"] = against_controls(predictions, summaries)
     if args.probe_batch_size:
         summaries[probe.name] = summary(probe)
     (out / "summaries.json").write_text(json.dumps(summaries, indent=1))
@@ -365,6 +425,7 @@ def main() -> None:
         print(f"control {control['run']} (the calibration setting again, not predicted): {control['tokens_per_s']:.4g} tokens/s, "
               f"{control['tokens_per_s_change_pct']:+.1f}% from the calibration run; seconds per update "
               f"{control['s_per_update_change_pct']:+.1f}%")
+    print_against_controls(results["against_controls"])
     print(f"worst |error| (tokens/s, mean staleness, idle; predicted runs): {worst:.1f}%  total {results['total_s']:.0f}s")
 
 

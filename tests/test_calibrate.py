@@ -247,6 +247,17 @@ def test_the_fidelity_study_runs_small_and_can_be_reanalysed_without_touching_it
     assert (study / "calibration-r2" / "metrics.jsonl").stat().st_mtime_ns > written
     change = control["tokens_per_s"] / summaries["staleness2-calibration"]["measured"]["tokens_per_s"] - 1
     assert control["tokens_per_s_change_pct"] == pytest.approx(100 * change)
+    # each setting's second run against the second round's control, and the same read back from the files
+    predicted = json.loads((study / "predictions.json").read_text())
+    for name in ("staleness0", "staleness4", "staleness2-batch8"):
+        row = results["against_controls"][name]
+        assert row["measured_ratios"] == [summaries[f"{name}-r2"]["measured"]["tokens_per_s"] / control["tokens_per_s"]]
+        assert row["predicted_ratio"] == pytest.approx(predicted[name]["tokens_per_s"]
+                                                       / predicted["staleness2-calibration"]["tokens_per_s"])
+    printed = subprocess.run([sys.executable, "benchmarks/fidelity.py", "--against-controls", str(study)], cwd=root,
+                             capture_output=True, text=True)
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    assert f"staleness4: {results['against_controls']['staleness4']['predicted_ratio']:.3f}" in printed.stdout
 
     # the study's tools read it back: each run's staleness histogram has the table's mean,
     # and an update's parts add up to its collect time and its wall time
@@ -282,6 +293,28 @@ def test_the_fidelity_study_runs_small_and_can_be_reanalysed_without_touching_it
 
 
 @pytest.mark.slow
+def test_a_setting_is_compared_with_the_control_of_its_own_round():
+    """The machine speeds up by half from round 2 to round 3: the rounds' ratios to their
+    controls are unchanged by it, and the error is the predicted ratio over their mean.
+    The first round (no control beside it) and settings never run beside one are left out."""
+    from benchmarks.fidelity import against_controls
+
+    def run(tokens_per_s):
+        return {"measured": {"tokens_per_s": tokens_per_s}}
+
+    predictions = {"staleness2-calibration": {"tokens_per_s": 100.0}, "staleness0": {"tokens_per_s": 25.0},
+                   "staleness8": {"tokens_per_s": 110.0}}
+    summaries = {"staleness2-calibration": run(90.0), "staleness0": run(50.0), "staleness8": run(99.0),
+                 "calibration-r2": run(100.0), "staleness0-r2": run(30.0),
+                 "calibration-r3": run(150.0), "staleness0-r3": run(45.0)}
+    rows = against_controls(predictions, summaries)
+    assert set(rows) == {"staleness0"}
+    assert rows["staleness0"]["measured_ratios"] == [pytest.approx(0.3), pytest.approx(0.3)]
+    assert rows["staleness0"]["predicted_ratio"] == 0.25
+    assert rows["staleness0"]["error_pct"] == pytest.approx(100 * (0.25 / 0.3 - 1))
+    assert against_controls({"staleness0": {"tokens_per_s": 1.0}}, summaries) == {}
+
+
 def test_the_fidelity_study_calibrates_on_several_runs_of_its_setting(tmp_path):
     """``--calibration-runs 2 --probe-batch-size 0``: the calibration setting runs twice
     before any prediction, the fit reads both runs (and no probe), and the table's
