@@ -37,6 +37,10 @@ predicted setting's tokens/s is also compared as a ratio to the control of its o
 round, predicted against measured (``against_controls``), which takes the drift between
 rounds out of the error; ``--against-controls DIR`` prints that for an earlier study.
 
+``--model`` is ``train``'s: a built-in size or a local Hugging Face model directory
+(``rollout-ledger init-model``); ``--train-flags`` adds flags to every run's ``train``
+command (a Hugging Face model's ``--max-new-tokens``, ``--keep-cache``, ...).
+
 Everything goes under ``--out``.  On an H200 (about 3-4 minutes at 100 updates)::
 
     python benchmarks/fidelity.py --device cuda --steps 100 --out $OUT
@@ -66,6 +70,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import shutil
 import subprocess
 import sys
@@ -80,7 +85,7 @@ METRICS = ("tokens_per_s", "staleness_mean", "staleness_p99", "trainer_idle")
 def train(args: argparse.Namespace, run_dir: Path, staleness: int, batch: int, steps: int, extra: list[str],
           concurrency: int | None = None) -> None:
     command = [
-        sys.executable, "-m", "engine.cli", "train", "--task", args.task, "--model-size", args.model_size,
+        sys.executable, "-m", "engine.cli", "train", "--task", args.task, "--model", args.model_size, *shlex.split(args.train_flags),
         "--device", args.device, "--steps", str(steps), "--batch-size", str(batch),
         "--group-size", str(args.group_size), "--max-concurrent", str((concurrency or args.concurrency) * batch),
         "--max-staleness", str(staleness), "--seed", str(args.seed), "--run-dir", str(run_dir), "--no-progress", *extra,
@@ -242,7 +247,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--out", type=Path, default=None, help="the study's folder (required, but with --against-controls)")
     parser.add_argument("--task", default="reverse")
-    parser.add_argument("--model-size", default="small")
+    parser.add_argument("--model", "--model-size", dest="model_size", default="small",
+                        help="train's --model: a built-in size (tiny, small, base) or a local Hugging Face model directory")
+    parser.add_argument("--train-flags", default="", metavar="FLAGS",
+                        help="more flags for every run's train command, as one string (e.g. \"--max-new-tokens 48 --keep-cache\")")
     parser.add_argument("--steps", type=int, default=150, help="updates per run")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--other-batch-size", type=int, default=32, help="batch size of the extra run (at staleness 2)")

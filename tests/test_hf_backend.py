@@ -512,3 +512,28 @@ def test_the_proof_script_writes_its_table_after_each_run_and_reuses_finished_ru
     results = json.loads((tmp_path / "seeds" / "results.json").read_text())
     assert set(results["time_to_target_speedup"]) == {"async-1-overlap-seed3", "async-1-overlap-seed4"}
     assert "async-1-overlap over 2 seeds" in seeds.stdout
+
+
+@pytest.mark.slow
+def test_the_fidelity_study_runs_on_a_hugging_face_model(model_dir, tmp_path):
+    """``benchmarks/fidelity.py --model DIR --train-flags ...``: every run of the study
+    trains the local model directory with the extra flags, and the study reaches its
+    table (calibrate reads the Hugging Face engine's counters)."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    study = tmp_path / "study"
+    done = subprocess.run([sys.executable, "benchmarks/fidelity.py", "--device", "cpu", "--model", str(model_dir),
+                           "--task", "rg:basic_arithmetic", "--train-flags", "--max-new-tokens 8", "--steps", "6",
+                           "--batch-size", "4", "--concurrency", "2", "--warmup-steps", "2", "--other-batch-size", "8",
+                           "--probe-batch-size", "2", "--staleness", "4", "--sim-seeds", "1", "--out", str(study)],
+                          cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for run in ("calibration", "probe-batch2", "staleness4", "staleness2-batch8"):
+        config = json.loads((study / run / "run.json").read_text())
+        assert config["model_dir"] == str(model_dir) and config["max_new_tokens"] == 8
+    results = json.loads((study / "results.json").read_text())
+    assert set(results["runs"]) == {"staleness2-calibration", "staleness4", "staleness2-batch8"}
+    assert all(row["measured"]["tokens_per_s"] > 0 for row in results["runs"].values())
