@@ -171,6 +171,42 @@ def test_the_proofs_ideal_overlap_leaves_the_evaluations_out(tmp_path):
     assert ideal == 1.5
 
 
+def test_proof_calls_read_together_pair_each_async_run_with_its_own_sync_run(tmp_path):
+    """benchmarks/proof_seeds.py on two proof folders: a setting's mean curve is the mean
+    over its runs at the updates all evaluated, each asynchronous run is compared with
+    the synchronous run of its own folder and seed, and a mean curve's time to a target
+    is interpolated between its evaluations."""
+    import json
+
+    from benchmarks.proof_seeds import crossing, gather, mean_curve, table
+
+    def proof(name, runs):  # runs: name -> (setting, seed, [(wall, reward), ...] at updates 10, 20)
+        folder = tmp_path / name
+        for run, (_, _, points) in runs.items():
+            (folder / run).mkdir(parents=True)
+            lines = [{"step": 10 * (i + 1), "wall_s": w, "eval_reward": r} for i, (w, r) in enumerate(points)]
+            (folder / run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        plan = {run: [setting, seed] for run, (setting, seed, _) in runs.items()}
+        asyncs = [run for run, (setting, _, _) in runs.items() if setting != "sync"]
+        (folder / "results.json").write_text(json.dumps({"plan": plan, "time_to_target_speedup": {r: 2.0 for r in asyncs},
+                                                          "final_gap": {r: -0.1 for r in asyncs}}))
+        return folder
+
+    first = proof("a", {"sync-seed0": ("sync", 0, [(2.0, 0.4), (4.0, 0.6)]),
+                        "async-seed0": ("async-2", 0, [(1.0, 0.3), (2.0, 0.5)])})
+    second = proof("b", {"sync-seed0": ("sync", 0, [(4.0, 0.2), (8.0, 0.8)]),
+                         "async-seed0": ("async-2", 0, [(1.0, 0.5), (2.0, 0.7)])})
+    settings = gather([first, second])
+    assert [r["name"] for r in settings["async-2"]] == ["a/async-seed0", "b/async-seed0"]
+    assert settings["async-2"][1]["sync"] == [(4.0, 0.2, 10), (8.0, 0.8, 20)]  # its own folder's synchronous run
+    assert mean_curve([r["curve"] for r in settings["sync"]]) == [(10, 3.0, pytest.approx(0.3)), (20, 6.0, pytest.approx(0.7))]
+    assert crossing([(10, 3.0, 0.3), (20, 6.0, 0.7)], 0.5) == pytest.approx(4.5)
+    assert crossing([(10, 3.0, 0.3)], 0.5) is None and crossing([(10, 3.0, 0.6)], 0.5) == 3.0
+    shown = table(settings, 0.5)
+    assert "against the paired synchronous runs: +0.100 / -0.100" in shown  # (0.4, 0.6) against (0.3, 0.7)
+    assert "reaches 0.50 at 1.5 s, 3.00x sooner than sync's" in shown
+
+
 @pytest.mark.parametrize("flags", [["--seeds", "1,a"], ["--seeds", "2,2"], ["--async-staleness", "4,x"]])
 def test_the_proof_refuses_bad_seeds_or_bounds_before_any_run(tmp_path, flags):
     """benchmarks/hf_proof.py names a --seeds or --async-staleness it cannot use and
