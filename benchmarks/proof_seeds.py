@@ -20,9 +20,9 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_proof import curve  # noqa: E402
+from benchmarks.hf_proof import curve  # noqa: E402
 
 
 def gather(folders: list[Path]) -> dict[str, list[dict]]:
@@ -39,8 +39,8 @@ def gather(folders: list[Path]) -> dict[str, list[dict]]:
         for name, (setting, seed) in plan.items():
             run = {"name": f"{folder.name}/{name}", "curve": curve(folder / name)}
             if setting != "sync":
-                run |= {"sync": curve(folder / syncs[seed]), "speedup": results["time_to_target_speedup"].get(name),
-                        "gap": results["final_gap"].get(name)}
+                run |= {"sync": curve(folder / syncs[seed]), "speedup": results["time_to_target_speedup"][name],
+                        "gap": results["final_gap"][name]}
             settings.setdefault(setting, []).append(run)
     return settings
 
@@ -84,10 +84,8 @@ def table(settings: dict[str, list[dict]], target: float | None = None) -> str:
             lines.append(f"  against the paired synchronous runs: {diff}")
             for r in runs:
                 lines.append(f"  {r['name']}: time-to-target speedup {r['speedup']:.2f}x, final {r['gap']:+.3f}")
-            speedups = [r["speedup"] for r in runs if r["speedup"] is not None]
-            if speedups:
-                lines.append(f"  median time-to-target speedup {statistics.median(speedups):.2f}x, "
-                             f"mean final difference {statistics.fmean(r['gap'] for r in runs):+.3f}")
+            lines.append(f"  median time-to-target speedup {statistics.median(r['speedup'] for r in runs):.2f}x, "
+                         f"mean final difference {statistics.fmean(r['gap'] for r in runs):+.3f}")
     return "\n".join(lines)
 
 

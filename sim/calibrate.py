@@ -415,9 +415,9 @@ def calibrate(
         # the prompt the engine prefills, each sample's a row of its own (the sample store's
         # prompts); the trainer's tokens beyond the responses say whether it counts them
         extra = statistics.fmean(obs.trained_per_rollout) - statistics.fmean(obs.lengths) * group
-        trained_prompt = max(0, round(extra / group))
-        prompt = round(statistics.fmean(obs.prompts)) if obs.prompts else trained_prompt
-        trains_prompt = counts_prompt(extra / group, statistics.fmean(obs.prompts) if obs.prompts else None)
+        mean_prompt = statistics.fmean(obs.prompts) if obs.prompts else None
+        prompt = round(mean_prompt) if mean_prompt is not None else max(0, round(extra / group))
+        trains_prompt = counts_prompt(extra / group, mean_prompt)
         # a task's long prompts tend to have long answers, which are the ones in flight when
         # an update re-prefills: drawn apart, the re-prefills come out a third short (reverse)
         workload = replace(workload, prompt_len=Distribution(kind="paired") if paired else Distribution(kind="fixed", value=prompt))

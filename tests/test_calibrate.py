@@ -292,7 +292,6 @@ def test_the_fidelity_study_runs_small_and_can_be_reanalysed_without_touching_it
     assert refused.returncode != 0 and "must differ" in refused.stderr
 
 
-@pytest.mark.slow
 def test_a_setting_is_compared_with_the_control_of_its_own_round():
     """The machine speeds up by half from round 2 to round 3: the rounds' ratios to their
     controls are unchanged by it, and the error is the predicted ratio over their mean.
@@ -315,6 +314,7 @@ def test_a_setting_is_compared_with_the_control_of_its_own_round():
     assert against_controls({"staleness0": {"tokens_per_s": 1.0}}, summaries) == {}
 
 
+@pytest.mark.slow
 def test_the_fidelity_study_calibrates_on_several_runs_of_its_setting(tmp_path):
     """``--calibration-runs 2 --probe-batch-size 0``: the calibration setting runs twice
     before any prediction, the fit reads both runs (and no probe), and the table's
