@@ -436,3 +436,25 @@ def test_a_trainer_counts_prompts_only_when_its_extra_tokens_are_nearer_the_prom
     assert not counts_prompt(-3.0, 12.0)
     assert counts_prompt(11.4, 12.0) and counts_prompt(6.5, 12.0)
     assert counts_prompt(0.0, None)  # no prompts known: as a trainer that counts them
+
+
+def test_against_controls_names_a_folder_it_cannot_read_or_that_has_no_rounds(tmp_path):
+    import json
+    from pathlib import Path
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    show = lambda folder: subprocess.run([sys.executable, "benchmarks/fidelity.py", "--against-controls", str(folder)],  # noqa: E731
+                                         cwd=root, capture_output=True, text=True)
+    missing = show(tmp_path / "nowhere")
+    assert missing.returncode != 0 and f"--against-controls {tmp_path / 'nowhere'}" in missing.stderr
+    one_round = tmp_path / "one"
+    one_round.mkdir()
+    (one_round / "predictions.json").write_text(json.dumps({"staleness2-calibration": {"tokens_per_s": 1.0},
+                                                            "staleness0": {"tokens_per_s": 0.5}}))
+    (one_round / "summaries.json").write_text(json.dumps({"staleness0": {"measured": {"tokens_per_s": 0.4}}}))
+    before = {p.name: p.read_bytes() for p in one_round.iterdir()}
+    refused = show(one_round)
+    assert refused.returncode != 0 and "no predicted run shares a round with a control" in refused.stderr
+    assert {p.name: p.read_bytes() for p in one_round.iterdir()} == before
