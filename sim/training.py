@@ -183,10 +183,12 @@ class Training:
             if requests:
                 ledger.append(*[stamped(request, env.now) for request in requests])
             yield env.timeout(training.weight_sync_s)
-            # the update's bookkeeping, and its checkpoint when one is due (a version the
-            # interval divides, as `train --checkpoint-every` writes them)
+            # the update's bookkeeping, and its checkpoint when one is due: a version the
+            # interval divides, and the run's last, as `train --checkpoint-every` writes them
+            last = ledger.count(CONSUMED) >= goal
+            due = (version + 1) % training.checkpoint_every == 0 or last
             overhead = (training.update_overhead_s + training.update_overhead_per_seq_s * size * group
-                        + (training.checkpoint_s if (version + 1) % training.checkpoint_every == 0 else 0.0))
+                        + (training.checkpoint_s if due else 0.0))
             if training.colocated and overhead:  # the run's one process: generation waits too
                 yield env.timeout(overhead)
             now = env.now
@@ -196,6 +198,6 @@ class Training:
                 yield env.timeout(overhead)
             if self._progress is not None:
                 self._progress(stats.consumed)
-            if ledger.count(CONSUMED) >= goal:
+            if last:
                 self._done.succeed()
                 return

@@ -1,5 +1,5 @@
 """The checkpoint as a cost of its own: the simulator writes one every
-``training.checkpoint_every`` updates, and calibration takes its time from the runs'
+``training.checkpoint_every`` updates and one at the run's last, as ``train`` does, and calibration takes its time from the runs'
 ``checkpoint_s`` instead of leaving it in the per-update overhead."""
 
 from __future__ import annotations
@@ -21,15 +21,26 @@ SYNC = [
 ]
 
 
-@pytest.mark.parametrize("every", [1, 3, 4])
-def test_a_checkpoint_costs_its_seconds_at_every_interval(every: int) -> None:
+@pytest.mark.parametrize(("every", "written"), [(1, 10), (3, 4), (4, 3), (10, 1), (1000, 1)])
+def test_a_checkpoint_costs_its_seconds_at_every_interval_and_at_the_end(every: int, written: int) -> None:
     """Synchronous and colocated, so every second of the trainer is the run's: ten
-    updates with a checkpoint of 2 s every ``every`` of them take 2 s times the
-    updates the interval divides longer than without."""
+    updates with a checkpoint of 2 s every ``every`` of them take 2 s longer than
+    without for each update the interval divides, and for the last one when it does
+    not (``train`` writes its final weights whatever the interval: versions 3, 6, 9
+    and 10 at an interval of 3)."""
     base = simulate(Scenario().with_overrides(SYNC))
     with_checkpoints = simulate(Scenario().with_overrides(SYNC + ["training.checkpoint_s=2", f"training.checkpoint_every={every}"]))
     assert base.versions == with_checkpoints.versions == 10
-    assert with_checkpoints.sim_time_s - base.sim_time_s == pytest.approx(2.0 * (10 // every))
+    assert with_checkpoints.sim_time_s - base.sim_time_s == pytest.approx(2.0 * written)
+
+
+def test_a_run_cut_by_its_clock_writes_no_final_checkpoint() -> None:
+    """A run that ends at ``run.max_time_s`` has no last update: only the interval's
+    checkpoints are written (20 s of checkpoints at every update would show)."""
+    capped = SYNC + ["run.rollouts=100000", "run.max_time_s=3.0"]
+    base = simulate(Scenario().with_overrides(capped))
+    with_checkpoints = simulate(Scenario().with_overrides(capped + ["training.checkpoint_s=2", "training.checkpoint_every=1000"]))
+    assert with_checkpoints.versions == base.versions > 0
 
 
 def test_a_checkpoint_interval_below_1_is_refused_by_name() -> None:
