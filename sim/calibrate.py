@@ -111,10 +111,14 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
     obs = obs or Observations()
     log = _log_path(Path(path))
     run_json = log.parent / "run.json"
+    every_slot: bool | None = None  # how its engine decoded, for metrics lines that do not say
     if run_json.is_file():
         try:
             run_config = json.loads(run_json.read_text())
             obs.group_size = max(1, int(run_config.get("group_size", 1)))
+            # a run of a model directory had the Hugging Face or the vLLM engine (live rows
+            # only), one of a built-in size the built-in engine (every slot)
+            every_slot = not run_config.get("model_dir")
             obs.overlapped = obs.overlapped or bool(run_config.get("overlap", False))
             obs.kept_cache = obs.kept_cache or bool(run_config.get("keep_cache", False))
             if not obs.real:  # the first run's, as its ledger settings are
@@ -216,7 +220,7 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
         obs.lengths = obs.lengths[:mark_lengths] + samples
     metrics = log.parent / "metrics.jsonl"
     if metrics.is_file():
-        _metrics(metrics, obs, log, mark, submitted, settings)
+        _metrics(metrics, obs, log, mark, submitted, settings, every_slot)
     return obs
 
 
@@ -236,10 +240,12 @@ def uncensored(first_submitted: dict[str, float], unfinished: Iterable[str]) -> 
 
 
 def _metrics(
-    metrics: Path, obs: Observations, log: Path, mark: tuple[int, int, int, int], submitted: list[float], settings: dict[str, Any]
+    metrics: Path, obs: Observations, log: Path, mark: tuple[int, int, int, int], submitted: list[float], settings: dict[str, Any],
+    every_slot: bool | None = None,
 ) -> None:
     """A real run: its updates' costs from ``metrics.jsonl`` (the events' times give the
-    weight sync only for runs older than the ``sync_s`` field)."""
+    weight sync only for runs older than the ``sync_s`` field; ``every_slot``, how its
+    engine decoded, for lines older than the ``decodes_every_slot`` field)."""
     try:
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     except (ValueError, UnicodeDecodeError) as err:
@@ -255,7 +261,7 @@ def _metrics(
     obs.trained_per_rollout.extend(float(r["trained_tokens"]) / size for r in usable)
     slots = int(settings.get("max_concurrent") or size) * group
     found = updates(usable, slots, size * group, recompute_in_step=settings.get("policy") != "segment_wise", submitted=submitted,
-                    run=1 + max((u.run for u in obs.updates), default=-1))
+                    run=1 + max((u.run for u in obs.updates), default=-1), every_slot=every_slot)
     obs.updates.extend(found)
     obs.train.extend((u.trained_tokens, u.step_s) for u in found)
     obs.decode.extend((u.tokens / u.steps, u.collect_s / u.steps) for u in found if u.steps > 0)

@@ -73,17 +73,21 @@ class Update:
     # engine or a run that did not keep them)
     after_pass: StepSums | None = None
     pad_to: int = 1  # the multiple the trainer rounded that width up to
+    # whether the engine's decode step ran over every slot (the built-in engine) or its
+    # live rows only (the Hugging Face and vLLM engines); None: not known
+    every_slot: bool | None = None
 
 
 def updates(
     rows: list[dict[str, Any]], slots: int, sequences: int, recompute_in_step: bool, submitted: list[float] | None = None,
-    run: int = 0,
+    run: int = 0, every_slot: bool | None = None,
 ) -> list[Update]:
     """The updates of one run (its metrics lines in order; ``run`` tells it from the
     others calibrated with it), counters turned into per-update differences.  ``slots``
     and ``sequences`` are the run's when a line does not say; ``recompute_in_step``
     folds the recomputation into the step (the simulator recomputes only under
-    ``segment_wise``)."""
+    ``segment_wise``); ``every_slot`` is the engine's way of decoding where a line
+    does not say (``decodes_every_slot``)."""
     out: list[Update] = []
     before: dict[str, Any] = {"wall_s": 0.0, "decode_steps": 0, "generated_tokens": 0, "prefills": 0, "prefill_tokens": 0,
                               "decode_s": 0.0, "prefill_s": 0.0, "decode_busy_s": 0.0, "decode_busy2": 0,
@@ -130,6 +134,7 @@ def updates(
             after_pass=StepSums(**{field: float(row[key]) - float(before.get(key, 0)) for field, key in AFTER_PASS.items()})
             if all(key in row for key in AFTER_PASS.values()) else None,
             pad_to=int(row.get("pad_to", 1)),
+            every_slot=bool(row["decodes_every_slot"]) if "decodes_every_slot" in row else every_slot,
         ))
         before = row
     return out
@@ -275,7 +280,25 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
         step_cost = {run: within[f"steps@{run}"] for run in runs if steps[run] > 0}
     slots = {u.run: u.slots for u in found}
     measured = sorted(step_cost)
-    if len({slots[run] for run in measured}) > 1:
+    live_rows = bool(found) and all(u.every_slot is False for u in found)
+    if live_rows and len(measured) > 1:
+        # an engine that decodes its live rows only has no cost per slot: what the runs'
+        # step costs (at no busy slot, by the slope within runs) still have in common with
+        # their busy slots is more of the cost per busy slot, which a few noisy steps within
+        # each run had not shown (an H200 study's slope within runs was 0 and its probe's
+        # cheaper steps went to the slots, charging a synchronous run's 74 busy of 512
+        # slots 3.1 ms a step it did not pay)
+        busy = {run: sum(u.tokens for u in found if u.run == run) / steps[run] for run in measured}
+        across = fit("decode step per run", {"1": [1.0] * len(measured), "busy": [busy[run] for run in measured]},
+                     [step_cost[run] for run in measured], [steps[run] for run in measured])
+        base, per_slot = across["1"], 0.0
+        per_seq += across["busy"]
+        dropped.append("steps*slots")
+        if "busy" in across.dropped:
+            dropped.append("busy across runs")
+        elif "tokens" in dropped:
+            dropped.remove("tokens")
+    elif len({slots[run] for run in measured}) > 1:
         across = fit("decode step per run", {"1": [1.0] * len(measured), "slots": [slots[run] for run in measured]},
                      [step_cost[run] for run in measured], [steps[run] for run in measured])
         base, per_slot = across["1"], across["slots"]

@@ -299,3 +299,34 @@ def test_the_step_after_a_prefill_pass_is_charged_to_the_pass_not_to_the_busy_sl
     assert _close(costs.prefill_pass_s, 0.02 + extra, 0.05)
     pooled = fit_costs(_after_pass_runs(random.Random(2), extra, split=False)).fits[0]
     assert pooled["after pass"] == 0 and pooled["tokens"] > 2 * 2e-6, pooled
+
+
+def test_an_engine_that_decodes_its_live_rows_has_no_cost_per_slot():
+    """Runs of an engine that decodes only its live rows (``decodes_every_slot`` false:
+    the Hugging Face and vLLM engines), each run's busy slots in a narrow band and its
+    steps 25% noisy, so that the slope within runs says little (an H200 study's was
+    0): what the runs' step costs differ by with their busy slots is a cost per busy
+    slot, none goes to the slots, and a synchronous run of 74 busy of 512 slots steps
+    as its busy slots say.  The same updates not known to decode live rows give the
+    difference to the slots, as they should for the built-in engine, which decodes every
+    slot."""
+    import dataclasses
+
+    found = _decode_runs(random.Random(7), ((512, (0.55, 0.6)), (128, (0.85, 0.9))), 0.0, 0.25)
+    live = fit_costs([dataclasses.replace(u, every_slot=False) for u in found])
+    assert live.step_per_slot_s == 0.0, live.fits[0]
+    assert _close(live.step_per_seq_s, TRUE["per_seq"], 0.25), live.fits[0]
+    sync_step = live.step_base_s + live.step_per_seq_s * 74
+    assert _close(sync_step, TRUE["step_base"] + TRUE["executor_step"] + TRUE["per_seq"] * 74, 0.05)
+    every = fit_costs([dataclasses.replace(u, every_slot=True) for u in found])
+    assert every.step_per_slot_s > 0.0, every.fits[0]
+
+
+def test_the_engine_s_way_of_decoding_comes_from_its_lines_or_else_from_the_caller():
+    """``decodes_every_slot`` in a metrics line is the engine's word; a line without it
+    (a run logged before the field) takes what the caller knows from the run's config."""
+    rows, submitted = _run(random.Random(1), 64, 16, 4)
+    assert {u.every_slot for u in updates(rows, 64, 16, recompute_in_step=True, submitted=submitted)} == {None}
+    assert {u.every_slot for u in updates(rows, 64, 16, recompute_in_step=True, every_slot=False)} == {False}
+    said = [{**r, "decodes_every_slot": True} for r in rows]
+    assert {u.every_slot for u in updates(said, 64, 16, recompute_in_step=True, every_slot=False)} == {True}

@@ -327,6 +327,7 @@ def test_train_a_hugging_face_model_on_a_reasoning_gym_task_then_resume(model_di
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2, 3]
     assert all(0.0 <= m["reward"] <= 1.0 and m["trained_tokens"] > 0 for m in lines)
+    assert {m["decodes_every_slot"] for m in lines} == {False}  # its batch holds the live rows only (calibration reads it)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-000002.safetensors", "ckpt-000003.safetensors"]
     damaged = run_dir / "checkpoints" / "ckpt-000003.safetensors"
     damaged.write_bytes(b"not a checkpoint at all")

@@ -25,6 +25,7 @@ def test_train_command_runs_on_cpu_and_writes_metrics_log_checkpoints_and_a_summ
     assert 0 <= summary["engine_overhead"] < 1 and 0 < summary["gc_overhead"] < 1
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2, 3, 4]
+    assert {m["decodes_every_slot"] for m in lines} == {True}  # the built-in engine decodes its whole cache
     assert all(m["checkpoint_s"] > 0 for m in lines)  # a checkpoint every update, by default, and its time
     assert summary["checkpoint_overhead"] == pytest.approx(sum(m["checkpoint_s"] for m in lines) / summary["wall_s"], rel=0.02)
     assert 0 < lines[0]["gc_s"] < lines[-1]["gc_s"]  # the collector ran after every update

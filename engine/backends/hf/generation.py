@@ -42,6 +42,9 @@ class HFEngine(LoopEngine):
     """Batched generation over ``slots`` rows for an :class:`HFPolicy` (module docstring)."""
 
     model: HFPolicy
+    #: a decode step runs over the live rows only (finished ones leave the batch), so its
+    #: cost grows with the busy slots, not with ``slots``
+    decodes_every_slot = False
 
     def __init__(
         self, model: HFPolicy, *, slots: int, eos_id: int, pad_id: int = 0, temperature: float = 1.0, seed: int = 0,

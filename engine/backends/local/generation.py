@@ -220,6 +220,10 @@ class TorchEngine(LoopEngine):
     at ``temperature`` from a seeded generator.
     """
 
+    #: a decode step runs over every slot of the cache, busy or not (calibration reads
+    #: it from the metrics line: the step's cost then grows with the slots)
+    decodes_every_slot = True
+
     model: Policy
 
     def __init__(

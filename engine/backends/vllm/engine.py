@@ -40,6 +40,9 @@ POLICY_PREFIX = "lm."
 class VLLMEngine:
     """The port over a vLLM ``AsyncLLM`` of the Hugging Face model in ``model_dir``."""
 
+    #: vLLM's scheduler batches the running sequences only
+    decodes_every_slot = False
+
     def __init__(
         self,
         model_dir: str | Path,
