@@ -248,6 +248,8 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
     steps = {run: sum(u.steps for u in found if u.run == run) for run in runs}
     dropped: list[str] = []
     after_pass = 0.0  # a decode step's extra seconds straight after a prefill pass
+    # a step's busy slots in each run, over the steps its step cost is taken from
+    mean_busy = {run: sum(u.tokens for u in found if u.run == run) / steps[run] for run in runs if steps[run] > 0}
     if all(u.decode_busy_s is not None for u in found):
         # per step: seconds = a_run + per_seq * busy; the slope pooled over the runs' steps.
         # Where the engine kept the steps straight after a pass apart, the slope and the
@@ -266,6 +268,7 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
         if per_seq == 0.0:
             dropped.append("tokens")
         step_cost = {run: m.at_no_busy(per_seq) for run, m in sums.items()}
+        mean_busy = {run: m.busy / m.steps for run, m in sums.items() if m.steps > 0}
         counted = [run for run in cold if cold[run].steps > 0 and run in step_cost]
         if counted:
             extra = sum(cold[run].seconds - cold[run].steps * step_cost[run] - per_seq * cold[run].busy for run in counted)
@@ -288,8 +291,7 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
         # each run had not shown (an H200 study's slope within runs was 0 and its probe's
         # cheaper steps went to the slots, charging a synchronous run's 74 busy of 512
         # slots 3.1 ms a step it did not pay)
-        busy = {run: sum(u.tokens for u in found if u.run == run) / steps[run] for run in measured}
-        across = fit("decode step per run", {"1": [1.0] * len(measured), "busy": [busy[run] for run in measured]},
+        across = fit("decode step per run", {"1": [1.0] * len(measured), "busy": [mean_busy[run] for run in measured]},
                      [step_cost[run] for run in measured], [steps[run] for run in measured])
         base, per_slot = across["1"], 0.0
         per_seq += across["busy"]
