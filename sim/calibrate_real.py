@@ -296,9 +296,7 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
         base, per_slot = across["1"], 0.0
         per_seq += across["busy"]
         dropped.append("steps*slots")
-        if "busy" in across.dropped:
-            dropped.append("busy across runs")
-        elif "tokens" in dropped:
+        if "busy" not in across.dropped and "tokens" in dropped:
             dropped.remove("tokens")
     elif len({slots[run] for run in measured}) > 1:
         across = fit("decode step per run", {"1": [1.0] * len(measured), "slots": [slots[run] for run in measured]},

@@ -320,6 +320,11 @@ def test_an_engine_that_decodes_its_live_rows_has_no_cost_per_slot():
     assert _close(sync_step, TRUE["step_base"] + TRUE["executor_step"] + TRUE["per_seq"] * 74, 0.05)
     every = fit_costs([dataclasses.replace(u, every_slot=True) for u in found])
     assert every.step_per_slot_s > 0.0, every.fits[0]
+    # runs whose busier steps came out cheaper (a machine that sped up between them): no
+    # negative cost per busy row, the steps' cost is their mean
+    cheaper = _decode_runs(random.Random(7), ((512, (0.55, 0.6)), (128, (0.85, 0.9))), -5e-6, 0.02)
+    flat = fit_costs([dataclasses.replace(u, every_slot=False) for u in cheaper])
+    assert flat.step_per_slot_s == 0.0 and flat.step_per_seq_s >= 0.0 and flat.step_base_s > 0.0, flat.fits[0]
 
 
 def test_the_engine_s_way_of_decoding_comes_from_its_lines_or_else_from_the_caller():

@@ -36,7 +36,8 @@ def test_a_checkpoint_costs_its_seconds_at_every_interval_and_at_the_end(every: 
 
 def test_a_run_cut_by_its_clock_writes_no_final_checkpoint() -> None:
     """A run that ends at ``run.max_time_s`` has no last update: only the interval's
-    checkpoints are written (20 s of checkpoints at every update would show)."""
+    checkpoints are written (one 2 s checkpoint taken for a last one would leave fewer
+    updates in the run's 3 s)."""
     capped = SYNC + ["run.rollouts=100000", "run.max_time_s=3.0"]
     base = simulate(Scenario().with_overrides(capped))
     with_checkpoints = simulate(Scenario().with_overrides(capped + ["training.checkpoint_s=2", "training.checkpoint_every=1000"]))
