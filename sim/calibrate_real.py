@@ -248,8 +248,6 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
     steps = {run: sum(u.steps for u in found if u.run == run) for run in runs}
     dropped: list[str] = []
     after_pass = 0.0  # a decode step's extra seconds straight after a prefill pass
-    # a step's busy slots in each run, over the steps its step cost is taken from
-    mean_busy = {run: sum(u.tokens for u in found if u.run == run) / steps[run] for run in runs if steps[run] > 0}
     if all(u.decode_busy_s is not None for u in found):
         # per step: seconds = a_run + per_seq * busy; the slope pooled over the runs' steps.
         # Where the engine kept the steps straight after a pass apart, the slope and the
@@ -268,6 +266,7 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
         if per_seq == 0.0:
             dropped.append("tokens")
         step_cost = {run: m.at_no_busy(per_seq) for run, m in sums.items()}
+        # a step's busy slots in each run, over the steps its step cost is taken from
         mean_busy = {run: m.busy / m.steps for run, m in sums.items() if m.steps > 0}
         counted = [run for run in cold if cold[run].steps > 0 and run in step_cost]
         if counted:
@@ -281,6 +280,7 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
         per_seq = within["tokens"]
         dropped += ["tokens"] if "tokens" in within.dropped else []
         step_cost = {run: within[f"steps@{run}"] for run in runs if steps[run] > 0}
+        mean_busy = {run: sum(u.tokens for u in found if u.run == run) / steps[run] for run in step_cost}
     slots = {u.run: u.slots for u in found}
     measured = sorted(step_cost)
     live_rows = bool(found) and all(u.every_slot is False for u in found)
