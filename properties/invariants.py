@@ -7,7 +7,7 @@ in the reducer or a policy cannot hide behind the same bug here.  Three kinds:
 - state invariants (``conservation``, ``bounds``, ``capacity_rule``): hold after every event;
   :func:`check_state` runs them and is cheap enough for a shell's debug mode
   (``Ledger(check=check_state)``), O(live rollouts) per event;
-- transition invariants (``consumed_within_staleness``, ``capacity_recovered``,
+- transition invariants (``consumed_within_staleness``, ``consumed_in_order``, ``capacity_recovered``,
   ``nothing_lost``): compare the state before and after one event;
   :class:`InvariantChecker` remembers the previous state and runs them too, with
   O(1) state checks per event and the full sweep every ``full_every`` events;
@@ -68,7 +68,8 @@ def _fail(invariant: str, message: str) -> None:
 
 def conservation(state: State) -> None:
     """Every rollout is in exactly one status: the counters of live statuses equal the
-    live records by status, and no counter is negative."""
+    live records by status, and no counter is negative; the rollouts in flight are
+    counted by head version as their records say."""
     _conserved_counts(state)
     by_status = [0] * len(STATUS_NAMES)
     for rollout, record in state.rollouts.items():
@@ -81,6 +82,13 @@ def conservation(state: State) -> None:
                 "conservation",
                 f"{state.counts[status]} counted {STATUS_NAMES[status]} but {by_status[status]} rollouts have that status",
             )
+    heads: dict[int, int] = {}
+    for record in state.rollouts.values():
+        if record.status in (RUNNING, INTERRUPTED):
+            heads[record.head_version] = heads.get(record.head_version, 0) + 1
+    flying = tuple(sorted(heads.items()))
+    if state.in_flight != flying:
+        _fail("conservation", f"in flight by head version {state.in_flight}, but the live records give {flying}")
 
 
 def _conserved_counts(state: State) -> None:
@@ -217,6 +225,26 @@ def consumed_within_staleness(before: State, event: Event) -> None:
             )
 
 
+def consumed_in_order(before: State, event: Event) -> None:
+    """With ``in_order`` no batch takes a rollout that started under a newer version
+    than a rollout still in flight."""
+    config = before.config
+    if not isinstance(event, Consumed) or config is None or not config.in_order:
+        return
+    flying = [record.head_version for record in before.rollouts.values() if record.status in (RUNNING, INTERRUPTED)]
+    if not flying:
+        return
+    oldest = min(flying)
+    for rollout in event.rollouts:
+        record = before.rollouts.get(rollout)
+        if record is not None and record.head_version > oldest:
+            _fail(
+                "consumed_in_order",
+                f"rollout {rollout!r} started at version {record.head_version} consumed while a rollout started at "
+                f"version {oldest} is in flight",
+            )
+
+
 def without_rollout(state: State, rollout: str) -> State:
     """``state`` as if the live ``rollout`` had never been enqueued."""
     record = state.rollouts[rollout]
@@ -281,6 +309,7 @@ class InvariantChecker:
         before = self.previous
         if before is not None and event is not None and state.events == before.events + 1:
             consumed_within_staleness(before, event)
+            consumed_in_order(before, event)
             capacity_recovered(before, event, state)
             nothing_lost(before, event, state)
         self.previous = state

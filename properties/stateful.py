@@ -147,6 +147,7 @@ class LedgerMachine(RuleBasedStateMachine):
         invariants.json_round_trip(event)
         invariants.check_state(after, event)
         invariants.consumed_within_staleness(before, event)
+        invariants.consumed_in_order(before, event)
         invariants.capacity_recovered(before, event, after)
         invariants.nothing_lost(before, event, after)
         for reference in self.references.values():
@@ -215,6 +216,7 @@ class LedgerMachine(RuleBasedStateMachine):
         _statistic(f"policy={config.policy}")
         _statistic(f"max_staleness={config.max_staleness}")
         _statistic(f"dp_size={config.dp_size}")
+        _statistic(f"in_order={config.in_order}")
         self.commit(RunStarted(config))
 
     @precondition(

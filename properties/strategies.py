@@ -11,7 +11,7 @@ from engine.core.config import ON_STALE, POLICIES, Config
 
 def configs(policies: Sequence[str] = POLICIES) -> st.SearchStrategy[Config]:
     """Small random configs of the given policies: max_staleness 0..3 or unbounded,
-    1..3 data-parallel ranks, both ``on_stale`` actions."""
+    1..3 data-parallel ranks, both ``on_stale`` actions, batches in order or not."""
     return st.builds(
         Config,
         max_concurrent=st.integers(1, 6),
@@ -20,6 +20,7 @@ def configs(policies: Sequence[str] = POLICIES) -> st.SearchStrategy[Config]:
         policy=st.sampled_from(tuple(policies)),
         on_stale=st.sampled_from(ON_STALE),
         dp_size=st.integers(1, 3),
+        in_order=st.booleans(),
     )
 
 

@@ -7,7 +7,7 @@ from engine.core.config import Config, ConfigError
 # The defaults the design documents for a run's config (DESIGN.md: "config fields not
 # given take documented defaults (policy = "admission", max_staleness = null, dp_size =
 # 1)"; the Config docstring: on_stale drops), stated here apart from the code.
-DOCUMENTED_DEFAULTS = {"max_staleness": None, "policy": "admission", "on_stale": "drop", "dp_size": 1}
+DOCUMENTED_DEFAULTS = {"max_staleness": None, "policy": "admission", "on_stale": "drop", "dp_size": 1, "in_order": False}
 
 
 def test_fields_not_given_take_the_documented_defaults():
@@ -18,7 +18,8 @@ def test_fields_not_given_take_the_documented_defaults():
 
 
 def test_given_values_replace_every_default():
-    given = {"max_concurrent": 8, "batch_size": 4, "max_staleness": 3, "policy": "strict", "on_stale": "requeue", "dp_size": 2}
+    given = {"max_concurrent": 8, "batch_size": 4, "max_staleness": 3, "policy": "strict", "on_stale": "requeue", "dp_size": 2,
+             "in_order": True}
     assert all(given[name] != default for name, default in DOCUMENTED_DEFAULTS.items())
     assert Config.from_json(given).to_json() == given
 
@@ -32,6 +33,8 @@ def test_given_values_replace_every_default():
         ({"max_concurrent": 8, "batch_size": 4, "policy": "greedy"}, "policy"),
         ({"max_concurrent": 8, "batch_size": 4, "on_stale": "ignore"}, "on_stale"),
         ({"max_concurrent": 8, "batch_size": 4, "dp_size": 0}, "dp_size"),
+        ({"max_concurrent": 8, "batch_size": 4, "in_order": "yes"}, "in_order"),
+        ({"max_concurrent": 8, "batch_size": 4, "in_order": 1}, "in_order"),
         ({"max_concurrent": 8, "batch_size": 4, "max_concurent": 3}, "max_concurent"),
         ({"max_concurrent": 8.5, "batch_size": 4}, "max_concurrent"),
         ({"batch_size": 4}, "max_concurrent"),

@@ -13,7 +13,7 @@ from hypothesis.stateful import run_state_machine_as_test
 import properties.profiles  # noqa: F401  (registers and loads the Hypothesis profile)
 from engine.core import policies, reducer, table
 from engine.core.events import Accepted, Enqueued
-from engine.core.reducer import PENDING, READY, REJECTED, RUNNING
+from engine.core.reducer import PENDING, READY, REJECTED, RUNNING, State
 from properties import invariants
 from properties.invariants import InvariantViolation
 from properties.mutations import FILTERED_KEEP_CAPACITY, shrunk_counterexample
@@ -38,6 +38,15 @@ def _double_decrement_on_reject(original: Callable) -> Callable:
         original(draft, rollout, status, record)
         if record[0] == REJECTED:
             draft.counts[status] -= 1
+
+    return move
+
+
+def _in_flight_after_reject(original: Callable) -> Callable:
+    def move(draft, rollout, status, record):
+        original(draft, rollout, status, record)
+        if record[0] == REJECTED and status == RUNNING:
+            draft.fly(record[3], 1)  # put back: the rejected rollout still counts as in flight
 
     return move
 
@@ -78,6 +87,16 @@ MUTATIONS: dict[str, tuple[Callable, set[str], str | None]] = {
             mp.setattr(invariants, "capacity_rule", lambda state: None),
         ),
         {"differential", "liveness", "capacity_recovery"},
+        None,
+    ),
+    "batches that do not wait in order": (
+        lambda mp: mp.setattr(State, "oldest_in_flight", property(lambda state: None)),
+        {"consumed_in_order"},
+        "admission",
+    ),
+    "rejections left in flight": (
+        lambda mp: mp.setattr(reducer, "_move", _in_flight_after_reject(reducer._move)),
+        {"conservation", "differential"},
         None,
     ),
     "purge that skips the ready queue": (

@@ -11,6 +11,7 @@ from engine.core.events import (
     Filtered,
     Interrupted,
     Recomputed,
+    Rejected,
     Resumed,
     Segment,
     Submitted,
@@ -62,6 +63,28 @@ def test_select_batch_is_oldest_first_and_skips_stale():
     state = fold([Accepted("new1"), Accepted("old"), Accepted("new2")], state)
     assert policies.select_batch(state, 2) == ("old", "new1")
     assert policies.select_batch(apply(state, Version(3)), 3) == ("new1", "new2")
+
+
+def test_in_order_batches_wait_for_the_oldest_rollout_in_flight():
+    for in_order, before, after in ((False, ("new1", "new2"), ("old", "new1")), (True, (), ("old", "new1"))):
+        state = admitted(started(max_concurrent=8, max_staleness=2, in_order=in_order), "old")
+        state = admitted(fold([Version(1)], state), "new1", "new2")
+        state = fold([Accepted("new1"), Accepted("new2")], state)
+        assert state.oldest_in_flight == 0 and state.in_flight == ((0, 1),)
+        assert policies.select_batch(state, 2) == before
+        state = fold([Segment("old", 1, 4), Accepted("old")], state)  # the straggler finishes
+        assert state.oldest_in_flight is None and state.in_flight == ()
+        assert policies.select_batch(state, 2) == after
+
+
+def test_in_order_batches_take_ready_rollouts_as_old_as_the_oldest_in_flight():
+    state = admitted(started(max_concurrent=8, max_staleness=2, in_order=True), "a", "b", "c")
+    state = admitted(fold([Accepted("a"), Version(1)], state), "d")
+    state = fold([Accepted("d"), Interrupted("b")], state)
+    assert state.in_flight == ((0, 2),)  # b (interrupted) and c
+    assert policies.select_batch(state, 2) == ("a",)  # d started under version 1; b and c (version 0) fly
+    state = fold([Rejected("b", "error"), Accepted("c")], state)
+    assert policies.select_batch(state, 3) == ("a", "c", "d")
 
 
 def test_pending_limit():

@@ -39,7 +39,7 @@ from engine.core.reducer import (
     ready_rollouts,
     status_name,
 )
-from engine.core.state import queue_of
+from engine.core.state import in_flight_of, queue_of
 
 # --- AReaL StalenessManager's documented examples -------------------------------------------------
 
@@ -432,7 +432,7 @@ def test_the_ready_queue_orders_by_start_version_then_acceptance():
     assert list(state.queue.rollouts()) == ["old", "new2", "new3"]  # the earlier state's queue is its own
 
 
-def test_the_ready_queue_matches_a_scan_after_every_event_of_a_mixed_run():
+def test_the_ready_queue_and_the_flight_count_match_a_scan_after_every_event_of_a_mixed_run():
     events = mixed_log(6000, seed=3, in_flight=32, batch_size=8)
     folder, state = Folder(), EMPTY
     for i, event in enumerate(events):
@@ -441,6 +441,7 @@ def test_the_ready_queue_matches_a_scan_after_every_event_of_a_mixed_run():
         if i % 7 == 0:  # a snapshot now and then, as a shell takes them
             assert list(folder.state.queue.rollouts()) == _queue_by_scan(folder.state)
         assert list(state.queue.rollouts()) == _queue_by_scan(state)
+        assert state.in_flight == in_flight_of(state.rollouts.items())
     assert folder.state == state == fold(events)
     assert fold(events[3000:], fold(events[:3000])) == state
     assert state.queue == queue_of(state.rollouts.items())

@@ -26,6 +26,10 @@ class Config:
     means unbounded; ``policy`` defaults to ``admission`` (AReaL's behaviour);
     ``on_stale`` says what ``strict`` does with a stale rollout (``drop`` it or
     ``requeue`` its prompt as a new attempt); ``dp_size`` divides the limits per rank.
+    ``in_order`` makes batches wait for older rollouts: no batch takes a rollout while
+    one that started under an older policy version is still generating, so a long
+    rollout is not overtaken by shorter, newer ones (every batch is then about as
+    stale as the next, with the synchronous run's mix of short and long rollouts).
     """
 
     max_concurrent: int
@@ -34,6 +38,7 @@ class Config:
     policy: str = "admission"
     on_stale: str = "drop"
     dp_size: int = 1
+    in_order: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_concurrent", "batch_size", "dp_size"):
@@ -47,6 +52,8 @@ class Config:
                 raise ConfigError("max_staleness", f"must be an integer or null, got {self.max_staleness!r}")
             if self.max_staleness < 0:
                 raise ConfigError("max_staleness", f"must be at least 0 or null, got {self.max_staleness}")
+        if not isinstance(self.in_order, bool):
+            raise ConfigError("in_order", f"must be true or false, got {self.in_order!r}")
         if self.policy not in POLICIES:
             raise ConfigError("policy", f"must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if self.on_stale not in ON_STALE:

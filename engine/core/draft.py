@@ -31,7 +31,8 @@ class Draft:
     ``checkpoint``), and the live rollouts and the ready queue as a frozen part plus
     the changes since."""
 
-    __slots__ = ("added", "base", "checkpoint", "config", "counts", "delta", "events", "paused", "queue", "removed", "rollouts", "top", "version")
+    __slots__ = ("added", "base", "checkpoint", "config", "counts", "delta", "events", "flying", "in_flight", "paused", "queue",
+                 "removed", "rollouts", "top", "version")
 
     def __init__(self, state: State) -> None:
         self.config: Config | None = state.config
@@ -54,6 +55,21 @@ class Draft:
         self.added: dict[str, int] = {}
         #: rollout -> head version: in ``queue`` and no longer ready
         self.removed: dict[str, int] = {}
+        #: the state's ``in_flight`` as of the last freeze, and as a dict (head version ->
+        #: count) once an event moved a rollout into or out of flight since
+        self.in_flight: tuple[tuple[int, int], ...] = state.in_flight
+        self.flying: dict[int, int] | None = None
+
+    def fly(self, head: int, change: int) -> None:
+        """A rollout of head version ``head`` went into flight (``change`` 1) or out of it (-1)."""
+        flying = self.flying
+        if flying is None:
+            self.flying = flying = dict(self.in_flight)
+        count = flying.get(head, 0) + change
+        if count:
+            flying[head] = count
+        else:
+            del flying[head]
 
     def get(self, rollout: str) -> Record:
         """The live record of ``rollout`` (a Rollout's fields), or :data:`ABSENT`."""
@@ -74,4 +90,7 @@ class Draft:
         if self.added or self.removed:  # one layer of edits; the queue keeps the two dicts
             self.queue = queue = layered(queue, self.removed, self.added)
             self.added, self.removed = {}, {}
-        return _new_record(State, (self.config, self.version, self.paused, rollouts, tuple(self.counts), self.events, self.checkpoint, queue))
+        if self.flying is not None:
+            self.in_flight, self.flying = tuple(sorted(self.flying.items())), None
+        return _new_record(State, (self.config, self.version, self.paused, rollouts, tuple(self.counts), self.events, self.checkpoint, queue,
+                                   self.in_flight))

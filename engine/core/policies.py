@@ -17,12 +17,15 @@ what they return; nothing here changes a state.
 ``on_stale = requeue`` turns a filtered rollout's prompt into a new attempt (:func:`retry`).
 
 Ready rollouts are read from the state's ready queue (oldest first), never by
-scanning every live rollout: a batch of ``k`` costs O(k log n).
+scanning every live rollout: a batch of ``k`` costs O(k log n).  With ``in_order``
+(:class:`~engine.core.config.Config`) a batch stops at the first ready rollout that
+started under a newer version than the oldest rollout in flight (the state counts
+those by head version).
 """
 
 from __future__ import annotations
 
-from itertools import islice
+from itertools import islice, takewhile
 
 from engine.core.config import Config
 from engine.core.events import Accepted, Enqueued, Event, Filtered, Recomputed
@@ -138,13 +141,19 @@ def recompute_requests(state: State) -> tuple[Recomputed, ...]:
 
 
 def select_batch(state: State, size: int) -> tuple[str, ...]:
-    """Up to ``size`` ready rollouts, oldest first, that the policy would not filter."""
+    """Up to ``size`` ready rollouts, oldest first, that the policy would not filter;
+    with ``in_order``, none that started under a newer version than a rollout still in
+    flight (the queue is ordered by head version: it stops at the first such one)."""
     if size < 1:
         raise ValueError(f"batch size must be at least 1, got {size}")
     config, version = _config(state), state.version
-    if config.policy == "admission":  # never stale after admission (allowed_staleness is None)
+    oldest = state.oldest_in_flight if config.in_order else None
+    if config.policy == "admission" and oldest is None:  # never stale after admission (allowed_staleness is None)
         return tuple(islice(state.queue.rollouts(), size))
-    fresh = (rollout for rollout, record in ready_rollouts(state) if not _is_stale(config, version, record))
+    usable = ready_rollouts(state)
+    if oldest is not None:
+        usable = takewhile(lambda item: item[1].head_version <= oldest, usable)
+    fresh = (rollout for rollout, record in usable if not _is_stale(config, version, record))
     return tuple(islice(fresh, size))
 
 

@@ -103,7 +103,8 @@ def _refused(draft: Draft, event: Any, rollout: str, record: Record, version: in
 
 
 def _move(draft: Draft, rollout: str, status: int, record: Record) -> None:
-    """Count the rollout's move from ``status`` to another, ``record[0]``, and store
+    """Count the rollout's move from ``status`` to another, ``record[0]`` (and whether it
+    went into or out of flight, by its head version), and store
     ``record`` (the new :class:`Rollout`'s fields, as a plain tuple), or drop it for a
     finished status: only the counters remember a finished rollout.  Keeps the ready
     queue.  (A step whose move keeps the status stores the new record itself.)"""
@@ -111,6 +112,8 @@ def _move(draft: Draft, rollout: str, status: int, record: Record) -> None:
     counts = draft.counts
     counts[status] -= 1
     counts[target] += 1
+    if (RUNNING <= status <= INTERRUPTED) is not (RUNNING <= target <= INTERRUPTED):  # into or out of flight
+        draft.fly(record[3], 1 if RUNNING <= target <= INTERRUPTED else -1)
     if target < CONSUMED:
         draft.top[rollout] = record
     elif rollout in draft.delta or rollout in draft.base:

@@ -60,6 +60,9 @@ class State(NamedTuple):
     events: int
     checkpoint: Checkpoint | None
     queue: ReadyQueue = EMPTY_QUEUE
+    #: (head version, how many) of the rollouts in flight (running or interrupted),
+    #: ascending: what ``in_order`` batches wait for
+    in_flight: tuple[tuple[int, int], ...] = ()
 
     @property
     def pending(self) -> int:
@@ -69,6 +72,11 @@ class State(NamedTuple):
     def running(self) -> int:
         """In flight: running or interrupted (both hold a generation slot)."""
         return self.counts[RUNNING] + self.counts[INTERRUPTED]
+
+    @property
+    def oldest_in_flight(self) -> int | None:
+        """The lowest head version of a rollout in flight; ``None`` when none is."""
+        return self.in_flight[0][0] if self.in_flight else None
 
     @property
     def interrupted(self) -> int:
@@ -117,7 +125,7 @@ def rollout_map(records: Mapping[str, Rollout] | Iterable[tuple[str, Rollout]] =
     return Overlay(records, gone=ABSENT)
 
 
-EMPTY = State(None, 0, False, rollout_map(), (0,) * len(STATUS_NAMES), 0, None, EMPTY_QUEUE)
+EMPTY = State(None, 0, False, rollout_map(), (0,) * len(STATUS_NAMES), 0, None, EMPTY_QUEUE, ())
 
 
 def ready_rollouts(state: State) -> Iterator[tuple[str, Rollout]]:
@@ -133,6 +141,16 @@ def queue_of(rollouts: Iterable[tuple[str, Rollout]]) -> ReadyQueue:
     without the reducer, and to check the reducer's queue against)."""
     ready = sorted((record.head_version, record.order, rollout) for rollout, record in rollouts if record.status == READY)
     return EMPTY_QUEUE.edited({}, {rollout: head for head, _, rollout in ready})
+
+
+def in_flight_of(rollouts: Iterable[tuple[str, Rollout]]) -> tuple[tuple[int, int], ...]:
+    """:attr:`State.in_flight` of these live records, counted from scratch (for a state
+    made without the reducer, and to check the reducer's count against)."""
+    heads: dict[int, int] = {}
+    for _, record in rollouts:
+        if record.status in (RUNNING, INTERRUPTED):
+            heads[record.head_version] = heads.get(record.head_version, 0) + 1
+    return tuple(sorted(heads.items()))
 
 
 class RunView(Protocol):
