@@ -64,6 +64,7 @@ class LedgerSection:
     max_staleness: int | None = field(default=4, metadata=_doc('staleness bound in versions; "inf" for unbounded'))
     policy: str = field(default="admission", metadata=_doc("staleness policy: " + " | ".join(POLICIES)))
     on_stale: str = field(default="drop", metadata=_doc("strict: drop a stale rollout or requeue its prompt (drop | requeue)"))
+    in_order: bool = field(default=False, metadata=_doc("batches wait for rollouts started under older versions (none overtaken)"))
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,7 @@ class Scenario:
                 max_staleness=section.max_staleness,
                 policy=section.policy,
                 on_stale=section.on_stale,
+                in_order=section.in_order,
             )
         except ConfigError as err:
             raise ScenarioError(f"ledger.{err.field}", str(err).split(": ", 1)[1]) from err

@@ -143,6 +143,8 @@ def test_replaying_the_log_gives_the_live_state(tmp_path) -> None:
         ("training.colocated=true", "ledger.max_staleness=1"),
         ("generation.on_update=drain", "ledger.max_staleness=2"),
         ("generation.on_update=drain", "training.colocated=true", "ledger.max_staleness=inf"),
+        ("ledger.in_order=true", "ledger.max_staleness=2"),
+        ("ledger.in_order=true", "ledger.policy=strict", "ledger.max_staleness=1"),
     ],
 )
 def test_every_policy_and_mode_keeps_the_ledger_invariants(overrides: tuple[str, ...]) -> None:
@@ -157,6 +159,16 @@ def test_strict_never_trains_on_rollouts_staler_than_the_bound() -> None:
     assert strict.filtered_fraction > 0 and strict.wasted_tokens > 0
     assert admission.staleness_max > 1  # admission bounds only the start: long rollouts arrive staler
     assert admission.filtered_fraction == 0
+
+
+@pytest.mark.parametrize("bound", [1, 2, 4])
+def test_in_order_batches_bound_staleness_without_filtering_at_a_cost_in_throughput(bound: int) -> None:
+    in_order = simulate(small("ledger.in_order=true", f"ledger.max_staleness={bound}"))
+    overtaking = simulate(small(f"ledger.max_staleness={bound}"))
+    assert in_order.staleness_max <= bound < overtaking.staleness_max
+    assert in_order.filtered_fraction == 0 and in_order.wasted_tokens == 0
+    assert in_order.trained_rollouts == overtaking.trained_rollouts
+    assert in_order.rollouts_per_s < overtaking.rollouts_per_s  # the trainer waits for each version's stragglers
 
 
 def test_segment_wise_recomputes_and_partial_rollouts_make_segments(tmp_path) -> None:

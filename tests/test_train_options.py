@@ -208,3 +208,22 @@ def test_bad_behaviour_m2_is_refused_by_name(tmp_path, capsys, extra, message):
     assert main(["train", *TINY, "--steps", "1", "--run-dir", str(tmp_path / "run"), *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_an_in_order_run_never_trains_past_its_bound_and_its_log_shows_batches_in_order(tmp_path):
+    from engine.core.reducer import Folder
+    from engine.log import EventLog
+    from properties.invariants import InvariantChecker
+
+    run_dir = tmp_path / "run"
+    assert main(["train", *TINY, "--task", "repeat", "--steps", "6", "--max-staleness", "1", "--max-concurrent", "8",
+                 "--in-order", "--run-dir", str(run_dir)]) == 0
+    assert json.loads((run_dir / "run.json").read_text())["in_order"] is True
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 6 and all(m["staleness_max"] <= 1 for m in lines)
+    folder, check = Folder(), InvariantChecker(full_every=1)
+    with EventLog(run_dir / "events.sqlite", mode="r") as log:
+        for event in log.events():
+            folder.apply(event)
+            check(folder.state, event)  # consumed_in_order among them
+    assert folder.state.config is not None and folder.state.config.in_order and folder.state.version == 6

@@ -130,6 +130,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-staleness", type=_staleness, default=defaults.max_staleness, help="0 = synchronous; 'none' = unbounded")
     parser.add_argument("--policy", default=defaults.policy, choices=("admission", "strict", "segment_wise"))
     parser.add_argument("--on-stale", default=defaults.on_stale, choices=("drop", "requeue"))
+    parser.add_argument("--in-order", action="store_true",
+                        help="batches wait for rollouts started under older versions: no long rollout is overtaken by "
+                             "newer, shorter ones (each batch the synchronous run's mix, about equally stale)")
     parser.add_argument("--objective", default=defaults.objective, choices=("decoupled", "ppo"))
     parser.add_argument("--proximal", default=None, choices=("recompute", "interpolate", "segment"))
     parser.add_argument("--device", default=None, choices=("cuda", "cpu"), help=f"default {defaults.device}")
@@ -209,7 +212,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         task=args.task, model_size=model if built_in else defaults.model_size, model_dir=None if built_in else model,
         reward_fn=args.reward, max_new_tokens=args.max_new_tokens, steps=args.steps or defaults.steps, batch_size=args.batch_size, group_size=args.group_size,
         max_concurrent=args.max_concurrent, max_staleness=args.max_staleness, policy=args.policy, on_stale=args.on_stale,
-        objective=args.objective, proximal=args.proximal, minibatches=args.minibatches, lr=args.lr, sft_lr=args.sft_lr,
+        in_order=args.in_order, objective=args.objective, proximal=args.proximal, minibatches=args.minibatches, lr=args.lr, sft_lr=args.sft_lr,
         warmup_steps=args.warmup_steps, temperature=args.temperature, eval_temperature=args.eval_temperature, timeout_s=args.timeout, max_retries=args.max_retries,
         checkpoint_every=args.checkpoint_every, requeue_lost=args.requeue_lost, init=args.init, seed=args.seed,
         device=args.device or defaults.device, gc=args.gc, kl_coef=args.kl_coef, entropy_coef=args.entropy_coef, behaviour_m2=args.behaviour_m2,

@@ -55,6 +55,7 @@ class RunConfig:
     max_staleness: int | None = 0
     policy: str = "admission"
     on_stale: str = "drop"
+    in_order: bool = False  # batches wait for rollouts started under older versions (Config.in_order)
     objective: str = "decoupled"
     proximal: str | None = None
     minibatches: int = 1
@@ -135,6 +136,8 @@ class RunConfig:
             raise ValueError(f"run config field 'engine' must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.engine == "vllm" and self.model_dir is None:
             raise ValueError("--engine vllm serves a Hugging Face model: give --model DIR")
+        if not isinstance(self.in_order, bool):
+            raise ValueError(f"run config field 'in_order' must be true or false, got {self.in_order!r}")
         if not isinstance(self.overlap, bool):
             raise ValueError(f"run config field 'overlap' must be true or false, got {self.overlap!r}")
         if self.overlap and self.engine == "vllm":
@@ -158,6 +161,7 @@ class RunConfig:
             max_staleness=self.max_staleness,
             policy=self.policy,
             on_stale=self.on_stale,
+            in_order=self.in_order,
         )
 
     def trainer_config(self) -> "TrainerConfig":
