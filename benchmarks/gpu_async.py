@@ -11,7 +11,18 @@ Then each run trains for ``--steps`` updates on the long-tailed ``reverse`` task
   sweep's decoupled runs at the same bounds;
 - with ``--m2-runs``, the decoupled objective again at those bounds with the
   second-moment bound on the tokens (``--behaviour-m2``, default 0.04): runs
-  ``stalenessK-m2``.
+  ``stalenessK-m2``;
+- with ``--in-order-runs``, the decoupled objective again at those bounds with batches
+  in order (``RunConfig.in_order``: no batch takes a rollout while one started under an
+  older version is still generating): runs ``stalenessK-inorder``;
+- with ``--lag-runs``, a counterfactual at each lag ``L``: whole batches generated as
+  the synchronous run generates them (one batch in flight, every group finished before
+  the batch is taken), each trained ``L`` updates after it was generated (runs
+  ``lagL``).  Every sample is then exactly ``L`` versions stale, as stale as an
+  asynchronous run's at ``max_staleness = L`` on average, but the batch is the one the
+  synchronous run would train, not the groups that finished first: a long answer's
+  feedback waits no longer than a short one's.  The last ``L`` batches generated are
+  never trained.
 
 Each run is the ``train`` command's own function
 (:func:`engine.workflows.reinforcement.train`, the reinforcement workflow) on a
@@ -33,8 +44,12 @@ import json
 import platform
 import shutil
 import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -42,14 +57,35 @@ from engine.runtime.collector import MODES as GC_MODES
 from engine.workflows.reinforcement import train
 from engine.workflows.rl_config import RunConfig
 from engine.workflows.rl_run import RLRun
+from engine.workflows.rl_update import CollectedBatch
 
 
-def run_one(name: str, config: RunConfig, root: Path, eval_size: int, progress: bool, eval_every: int = 0) -> dict:
+def lagged_collect(lag: int) -> Callable[[RLRun], CollectedBatch]:
+    """``RLRun.collect_batch`` for a ``lagL`` run: batches are collected as the run's
+    config collects them and handed to the trainer ``lag`` collections later (the
+    first update waits for ``lag + 1`` batches)."""
+    collect = RLRun.collect_batch
+
+    def lagged(run: RLRun) -> CollectedBatch:
+        waiting: deque[CollectedBatch] = run.__dict__.setdefault("_lagged_batches", deque())
+        while len(waiting) <= lag:
+            waiting.append(collect(run))
+        return waiting.popleft()
+
+    return lagged
+
+
+def run_one(name: str, config: RunConfig, root: Path, eval_size: int, progress: bool, eval_every: int = 0,
+            lag: int | None = None) -> dict:
     """One run of ``config`` through the ``train`` command's function: its summary (with
-    ``eval_reward``, the held-out reward of the final weights) and per-update metrics."""
+    ``eval_reward``, the held-out reward of the final weights) and per-update metrics.
+    With ``lag`` the trainer gets each batch ``lag`` updates after it was collected
+    (:func:`lagged_collect`)."""
     run_dir = root / name
     shutil.rmtree(run_dir, ignore_errors=True)
-    summary = train(config, run_dir, eval_size=eval_size, eval_every=eval_every, progress=progress)
+    patch = nullcontext() if lag is None else mock.patch.object(RLRun, "collect_batch", lagged_collect(lag))
+    with patch:
+        summary = train(config, run_dir, eval_size=eval_size, eval_every=eval_every, progress=progress)
     summary["eval_reward"] = summary.get("eval_reward_after", float("nan"))
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {"name": name, "config": asdict(config), "summary": summary, "metrics": metrics}
@@ -84,6 +120,10 @@ def main() -> None:
                         help="max_staleness values also run with the decoupled objective and --behaviour-m2 (runs 'stalenessK-m2')")
     parser.add_argument("--behaviour-m2", type=float, default=0.04, metavar="BOUND",
                         help="the bound of the -m2 runs (RunConfig.behaviour_m2)")
+    parser.add_argument("--in-order-runs", default="", metavar="K[,K...]",
+                        help="max_staleness values also run with batches in order (runs 'stalenessK-inorder')")
+    parser.add_argument("--lag-runs", default="", metavar="L[,L...]",
+                        help="counterfactual runs 'lagL': the synchronous run's batches, each trained L updates late")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
 
@@ -113,9 +153,13 @@ def main() -> None:
         plan += [(f"staleness{k}-ppo", replace(base, max_staleness=int(k), objective="ppo")) for k in args.ablation.split(",")]
     plan += [(f"staleness{k}-m2", replace(base, max_staleness=int(k), behaviour_m2=args.behaviour_m2))
              for k in args.m2_runs.split(",") if k]
+    plan += [(f"staleness{k}-inorder", replace(base, max_staleness=int(k), in_order=True)) for k in args.in_order_runs.split(",") if k]
+    # one batch in flight, as synchronous; a bound of L lets L + 1 batches be collected at a version
+    lags = {f"lag{k}": int(k) for k in args.lag_runs.split(",") if k}
+    plan += [(name, replace(base, max_staleness=lag, max_concurrent=args.batch_size)) for name, lag in lags.items()]
     results = []
     for name, config in plan:
-        result = run_one(name, config, work, args.eval_size, args.progress, args.eval_every)
+        result = run_one(name, config, work, args.eval_size, args.progress, args.eval_every, lag=lags.get(name))
         results.append(result)
         s = result["summary"]
         print(
