@@ -123,6 +123,10 @@ def main() -> None:
     rows.append(("fold (mixed log, 256 in flight)", f"{fold_rate:,.0f} events/s", ">= 1,000,000"))
     rows.append(("baseline fold (benchmarks/baseline_reducer.py)", f"{baseline_rate:,.0f} events/s", ""))
     rows.append(("fold vs baseline fold", f"{fold_rate / baseline_rate:.2f}x", ">= 1.5x"))
+    ordered = mixed_log(args.events, in_order=True)  # the same run with batches in order: the flight count is kept
+    ordered_s, plain_s = in_turns(5, lambda: fold(ordered), lambda: fold(events))
+    rows.append(("fold, batches in order (in flight counted)", f"{len(ordered) / ordered_s:,.0f} events/s", ""))
+    rows.append(("  the same vs batches as they finish", f"{(len(ordered) / ordered_s) / (n / plain_s):.2f}x", ""))
 
     folder_s, baseline_folder_s = in_turns(3, lambda: _fold_with_folder(events, Folder), lambda: _fold_with_folder(events, baseline_reducer.Folder))
     rows.append(("Folder.apply, one event at a time", f"{n / folder_s:,.0f} events/s", ""))

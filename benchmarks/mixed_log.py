@@ -29,9 +29,10 @@ from engine.core.reducer import PENDING, Folder, capacity
 from engine.log import EventLog
 
 
-def mixed_log(n_events: int, seed: int = 0, in_flight: int = 256, batch_size: int = 64) -> list[Event]:
-    """At least ``n_events`` legal events of a deterministic pseudo-random run."""
-    return list(_generate(n_events, seed, in_flight, batch_size))
+def mixed_log(n_events: int, seed: int = 0, in_flight: int = 256, batch_size: int = 64, in_order: bool = False) -> list[Event]:
+    """At least ``n_events`` legal events of a deterministic pseudo-random run (whose
+    config takes batches in order with ``in_order``)."""
+    return list(_generate(n_events, seed, in_flight, batch_size, in_order))
 
 
 def write_log(path: str | Path, events: list[Event], batch: int = 10_000) -> None:
@@ -41,9 +42,10 @@ def write_log(path: str | Path, events: list[Event], batch: int = 10_000) -> Non
             store.append(events[start : start + batch])
 
 
-def _generate(n_events: int, seed: int, in_flight: int, batch_size: int) -> Iterator[Event]:
+def _generate(n_events: int, seed: int, in_flight: int, batch_size: int, in_order: bool = False) -> Iterator[Event]:
     rng = random.Random(seed)
-    config = Config(max_concurrent=in_flight, batch_size=batch_size, max_staleness=4, policy="strict", on_stale="requeue")
+    config = Config(max_concurrent=in_flight, batch_size=batch_size, max_staleness=4, policy="strict", on_stale="requeue",
+                    in_order=in_order)
     folder = Folder()
     emitted = 0
     next_id = 0

@@ -70,7 +70,7 @@ def test_in_order_batches_wait_for_the_oldest_rollout_in_flight():
         state = admitted(started(max_concurrent=8, max_staleness=2, in_order=in_order), "old")
         state = admitted(fold([Version(1)], state), "new1", "new2")
         state = fold([Accepted("new1"), Accepted("new2")], state)
-        assert state.oldest_in_flight == 0 and state.in_flight == ((0, 1),)
+        assert state.in_flight == (((0, 1),) if in_order else ())  # counted in in-order runs only
         assert policies.select_batch(state, 2) == before
         state = fold([Segment("old", 1, 4), Accepted("old")], state)  # the straggler finishes
         assert state.oldest_in_flight is None and state.in_flight == ()

@@ -31,8 +31,8 @@ class Draft:
     ``checkpoint``), and the live rollouts and the ready queue as a frozen part plus
     the changes since."""
 
-    __slots__ = ("added", "base", "checkpoint", "config", "counts", "delta", "events", "flying", "in_flight", "paused", "queue",
-                 "removed", "rollouts", "top", "version")
+    __slots__ = ("added", "base", "checkpoint", "config", "counting", "counts", "delta", "events", "flying", "in_flight", "paused",
+                 "queue", "removed", "rollouts", "top", "version")
 
     def __init__(self, state: State) -> None:
         self.config: Config | None = state.config
@@ -55,6 +55,9 @@ class Draft:
         self.added: dict[str, int] = {}
         #: rollout -> head version: in ``queue`` and no longer ready
         self.removed: dict[str, int] = {}
+        #: whether rollouts in flight are counted (only a run whose batches are in order
+        #: reads the count: the others do not pay for it on this hot path)
+        self.counting: bool = state.config is not None and state.config.in_order
         #: the state's ``in_flight`` as of the last freeze, and as a dict (head version ->
         #: count) once an event moved a rollout into or out of flight since
         self.in_flight: tuple[tuple[int, int], ...] = state.in_flight

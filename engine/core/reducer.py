@@ -85,6 +85,11 @@ __all__ = [
     "ready_rollouts", "status_name",
 ]  # fmt: skip
 
+#: status -> whether a rollout of that status is in flight (running or interrupted),
+#: indexed by the status itself: NEW (-1) reads the last entry
+_FLYING = tuple(status in (RUNNING, INTERRUPTED) for status in (*range(len(STATUS_NAMES)), NEW))
+assert _FLYING[NEW] is False and _FLYING[RUNNING] is True
+
 _new_record = tuple.__new__  # builds a Rollout from a plain tuple, skipping NamedTuple's slower paths
 
 #: event type -> its rollout guard, for the event types that have one
@@ -103,8 +108,9 @@ def _refused(draft: Draft, event: Any, rollout: str, record: Record, version: in
 
 
 def _move(draft: Draft, rollout: str, status: int, record: Record) -> None:
-    """Count the rollout's move from ``status`` to another, ``record[0]`` (and whether it
-    went into or out of flight, by its head version), and store
+    """Count the rollout's move from ``status`` to another, ``record[0]`` (and, in a run
+    whose batches are in order, whether it went into or out of flight, by its head
+    version), and store
     ``record`` (the new :class:`Rollout`'s fields, as a plain tuple), or drop it for a
     finished status: only the counters remember a finished rollout.  Keeps the ready
     queue.  (A step whose move keeps the status stores the new record itself.)"""
@@ -112,8 +118,17 @@ def _move(draft: Draft, rollout: str, status: int, record: Record) -> None:
     counts = draft.counts
     counts[status] -= 1
     counts[target] += 1
-    if (RUNNING <= status <= INTERRUPTED) is not (RUNNING <= target <= INTERRUPTED):  # into or out of flight
-        draft.fly(record[3], 1 if RUNNING <= target <= INTERRUPTED else -1)
+    if draft.counting and _FLYING[target] is not _FLYING[status]:  # into or out of flight (Draft.fly, inlined)
+        flies = _FLYING[target]
+        flying = draft.flying
+        if flying is None:
+            draft.flying = flying = dict(draft.in_flight)
+        head = record[3]
+        count = flying.get(head, 0) + (1 if flies else -1)
+        if count:
+            flying[head] = count
+        else:
+            del flying[head]
     if target < CONSUMED:
         draft.top[rollout] = record
     elif rollout in draft.delta or rollout in draft.base:
@@ -134,6 +149,7 @@ def _move(draft: Draft, rollout: str, status: int, record: Record) -> None:
 
 def _run_started(draft: Draft, event: RunStarted) -> None:
     draft.config = event.config
+    draft.counting = event.config.in_order
 
 
 def _enqueued(draft: Draft, event: Enqueued) -> None:

@@ -61,7 +61,8 @@ class State(NamedTuple):
     checkpoint: Checkpoint | None
     queue: ReadyQueue = EMPTY_QUEUE
     #: (head version, how many) of the rollouts in flight (running or interrupted),
-    #: ascending: what ``in_order`` batches wait for
+    #: ascending: what ``in_order`` batches wait for; counted only in a run whose config
+    #: has ``in_order`` (empty in the others)
     in_flight: tuple[tuple[int, int], ...] = ()
 
     @property
@@ -144,8 +145,9 @@ def queue_of(rollouts: Iterable[tuple[str, Rollout]]) -> ReadyQueue:
 
 
 def in_flight_of(rollouts: Iterable[tuple[str, Rollout]]) -> tuple[tuple[int, int], ...]:
-    """:attr:`State.in_flight` of these live records, counted from scratch (for a state
-    made without the reducer, and to check the reducer's count against)."""
+    """:attr:`State.in_flight` of these live records in a run whose batches are in order,
+    counted from scratch (for a state made without the reducer, and to check the
+    reducer's count against)."""
     heads: dict[int, int] = {}
     for _, record in rollouts:
         if record.status in (RUNNING, INTERRUPTED):
