@@ -15,6 +15,11 @@ Then each run trains for ``--steps`` updates on the long-tailed ``reverse`` task
 - with ``--in-order-runs``, the decoupled objective again at those bounds with batches
   in order (``RunConfig.in_order``: no batch takes a rollout while one started under an
   older version is still generating): runs ``stalenessK-inorder``;
+- with ``--drain-runs``, a counterfactual at those bounds: after each batch is taken
+  the update waits until no rollout is generating (runs ``stalenessK-drain``), so no
+  rollout is interrupted by an update and every sample comes from one policy version;
+  batches are taken as in the asynchronous run (the capacity rule admits nothing new
+  meanwhile once the bound binds);
 - with ``--lag-runs``, a counterfactual at each lag ``L``: whole batches generated as
   the synchronous run generates them (one batch in flight, every group finished before
   the batch is taken), each trained ``L`` updates after it was generated (runs
@@ -46,6 +51,7 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -75,15 +81,39 @@ def lagged_collect(lag: int) -> Callable[[RLRun], CollectedBatch]:
     return lagged
 
 
+def drained_collect() -> Callable[[RLRun], CollectedBatch]:
+    """``RLRun.collect_batch`` for a ``-drain`` run: the batch as the run collects it,
+    then the run's loop turns until none of its rollouts is generating (they finish
+    under the weights they started with, before the update)."""
+    collect = RLRun.collect_batch
+
+    async def idle(executor: Any) -> None:
+        while any(flight.generating() for flight in executor._flights.values()):
+            executor._raise_failure()
+            await executor._changes()
+
+    def drained(run: RLRun) -> CollectedBatch:
+        batch = collect(run)
+        run.loop.run(idle(run.executor))
+        return batch
+
+    return drained
+
+
 def run_one(name: str, config: RunConfig, root: Path, eval_size: int, progress: bool, eval_every: int = 0,
-            lag: int | None = None) -> dict:
+            lag: int | None = None, drain: bool = False) -> dict:
     """One run of ``config`` through the ``train`` command's function: its summary (with
     ``eval_reward``, the held-out reward of the final weights) and per-update metrics.
     With ``lag`` the trainer gets each batch ``lag`` updates after it was collected
-    (:func:`lagged_collect`)."""
+    (:func:`lagged_collect`); with ``drain`` each update waits for the rollouts in
+    flight to finish (:func:`drained_collect`)."""
     run_dir = root / name
     shutil.rmtree(run_dir, ignore_errors=True)
-    patch = nullcontext() if lag is None else mock.patch.object(RLRun, "collect_batch", lagged_collect(lag))
+    patch: Any = nullcontext()
+    if lag is not None:
+        patch = mock.patch.object(RLRun, "collect_batch", lagged_collect(lag))
+    elif drain:
+        patch = mock.patch.object(RLRun, "collect_batch", drained_collect())
     with patch:
         summary = train(config, run_dir, eval_size=eval_size, eval_every=eval_every, progress=progress)
     summary["eval_reward"] = summary.get("eval_reward_after", float("nan"))
@@ -122,6 +152,8 @@ def main() -> None:
                         help="the bound of the -m2 runs (RunConfig.behaviour_m2)")
     parser.add_argument("--in-order-runs", default="", metavar="K[,K...]",
                         help="max_staleness values also run with batches in order (runs 'stalenessK-inorder')")
+    parser.add_argument("--drain-runs", default="", metavar="K[,K...]",
+                        help="counterfactual runs 'stalenessK-drain': each update waits until no rollout is generating")
     parser.add_argument("--lag-runs", default="", metavar="L[,L...]",
                         help="counterfactual runs 'lagL': the synchronous run's batches, each trained L updates late")
     parser.add_argument("--progress", action="store_true")
@@ -148,18 +180,21 @@ def main() -> None:
     base = replace(base, init=str(init))
 
     base = replace(base, max_concurrent=args.concurrency * args.batch_size)
-    plan = [(f"staleness{k}", replace(base, max_staleness=int(k))) for k in args.staleness.split(",")]
+    plan = [(f"staleness{k}", replace(base, max_staleness=int(k))) for k in args.staleness.split(",") if k]
     if not args.no_ablation:
         plan += [(f"staleness{k}-ppo", replace(base, max_staleness=int(k), objective="ppo")) for k in args.ablation.split(",")]
     plan += [(f"staleness{k}-m2", replace(base, max_staleness=int(k), behaviour_m2=args.behaviour_m2))
              for k in args.m2_runs.split(",") if k]
     plan += [(f"staleness{k}-inorder", replace(base, max_staleness=int(k), in_order=True)) for k in args.in_order_runs.split(",") if k]
+    drains = [f"staleness{k}-drain" for k in args.drain_runs.split(",") if k]
+    plan += [(name, replace(base, max_staleness=int(name[len("staleness"):-len("-drain")]))) for name in drains]
     # one batch in flight, as synchronous; a bound of L lets L + 1 batches be collected at a version
     lags = {f"lag{k}": int(k) for k in args.lag_runs.split(",") if k}
     plan += [(name, replace(base, max_staleness=lag, max_concurrent=args.batch_size)) for name, lag in lags.items()]
     results = []
     for name, config in plan:
-        result = run_one(name, config, work, args.eval_size, args.progress, args.eval_every, lag=lags.get(name))
+        result = run_one(name, config, work, args.eval_size, args.progress, args.eval_every, lag=lags.get(name),
+                         drain=name in drains)
         results.append(result)
         s = result["summary"]
         print(
