@@ -1,4 +1,4 @@
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, asdict, fields
 
 import pytest
 
@@ -12,7 +12,12 @@ DOCUMENTED_DEFAULTS = {"max_staleness": None, "policy": "admission", "on_stale":
 
 def test_fields_not_given_take_the_documented_defaults():
     config = Config.from_json({"max_concurrent": 8, "batch_size": 4})
-    assert config.to_json() == {"max_concurrent": 8, "batch_size": 4, **DOCUMENTED_DEFAULTS}
+    assert asdict(config) == {"max_concurrent": 8, "batch_size": 4, **DOCUMENTED_DEFAULTS}
+    # in the log's JSON, in_order only when set: logs of the other runs are written as before it existed
+    written = {"max_concurrent": 8, "batch_size": 4, **DOCUMENTED_DEFAULTS}
+    del written["in_order"]
+    assert config.to_json() == written
+    assert Config.from_json(config.to_json()) == config
     optional = {f.name for f in fields(Config) if f.default is not MISSING or f.default_factory is not MISSING}
     assert optional == set(DOCUMENTED_DEFAULTS)  # a new optional field needs a documented default
 

@@ -70,8 +70,13 @@ class Config:
         return max(1, self.batch_size // self.dp_size)
 
     def to_json(self) -> dict[str, Any]:
-        """All fields, defaults included, as a JSON object."""
-        return asdict(self)
+        """All fields, defaults included, as a JSON object; ``in_order`` only when set,
+        so that a run whose batches are not in order writes the log it wrote before
+        the field existed (schema 2's rows and JSON lines, unchanged)."""
+        data = asdict(self)
+        if not self.in_order:
+            del data["in_order"]
+        return data
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Config:
