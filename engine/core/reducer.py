@@ -88,7 +88,6 @@ __all__ = [
 #: status -> whether a rollout of that status is in flight (running or interrupted),
 #: indexed by the status itself: NEW (-1) reads the last entry
 _FLYING = tuple(status in (RUNNING, INTERRUPTED) for status in (*range(len(STATUS_NAMES)), NEW))
-assert _FLYING[NEW] is False and _FLYING[RUNNING] is True
 
 _new_record = tuple.__new__  # builds a Rollout from a plain tuple, skipping NamedTuple's slower paths
 
@@ -118,17 +117,8 @@ def _move(draft: Draft, rollout: str, status: int, record: Record) -> None:
     counts = draft.counts
     counts[status] -= 1
     counts[target] += 1
-    if draft.counting and _FLYING[target] is not _FLYING[status]:  # into or out of flight (Draft.fly, inlined)
-        flies = _FLYING[target]
-        flying = draft.flying
-        if flying is None:
-            draft.flying = flying = dict(draft.in_flight)
-        head = record[3]
-        count = flying.get(head, 0) + (1 if flies else -1)
-        if count:
-            flying[head] = count
-        else:
-            del flying[head]
+    if draft.counting and _FLYING[target] is not _FLYING[status]:  # into or out of flight
+        draft.fly(record[3], 1 if _FLYING[target] else -1)
     if target < CONSUMED:
         draft.top[rollout] = record
     elif rollout in draft.delta or rollout in draft.base:

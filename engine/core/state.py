@@ -76,7 +76,8 @@ class State(NamedTuple):
 
     @property
     def oldest_in_flight(self) -> int | None:
-        """The lowest head version of a rollout in flight; ``None`` when none is."""
+        """The lowest head version of a rollout in flight; ``None`` when none is (and in a
+        run whose batches are not in order, which does not count them)."""
         return self.in_flight[0][0] if self.in_flight else None
 
     @property
