@@ -51,10 +51,10 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import torch
@@ -186,8 +186,8 @@ def main() -> None:
     plan += [(f"staleness{k}-m2", replace(base, max_staleness=int(k), behaviour_m2=args.behaviour_m2))
              for k in args.m2_runs.split(",") if k]
     plan += [(f"staleness{k}-inorder", replace(base, max_staleness=int(k), in_order=True)) for k in args.in_order_runs.split(",") if k]
-    drains = [f"staleness{k}-drain" for k in args.drain_runs.split(",") if k]
-    plan += [(name, replace(base, max_staleness=int(name[len("staleness"):-len("-drain")]))) for name in drains]
+    drains = {f"staleness{k}-drain": int(k) for k in args.drain_runs.split(",") if k}
+    plan += [(name, replace(base, max_staleness=bound)) for name, bound in drains.items()]
     # one batch in flight, as synchronous; a bound of L lets L + 1 batches be collected at a version
     lags = {f"lag{k}": int(k) for k in args.lag_runs.split(",") if k}
     plan += [(name, replace(base, max_staleness=lag, max_concurrent=args.batch_size)) for name, lag in lags.items()]

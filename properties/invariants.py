@@ -83,14 +83,19 @@ def conservation(state: State) -> None:
                 "conservation",
                 f"{state.counts[status]} counted {STATUS_NAMES[status]} but {by_status[status]} rollouts have that status",
             )
-    heads: dict[int, int] = {}
     counted = state.config is not None and state.config.in_order  # only in-order runs count them
-    for record in state.rollouts.values() if counted else ():
-        if record.status in (RUNNING, INTERRUPTED):
-            heads[record.head_version] = heads.get(record.head_version, 0) + 1
-    flying = tuple(sorted(heads.items()))
+    flying = tuple(sorted(_in_flight_by_head(state).items())) if counted else ()
     if state.in_flight != flying:
         _fail("conservation", f"in flight by head version {state.in_flight}, but the live records give {flying}")
+
+
+def _in_flight_by_head(state: State) -> dict[int, int]:
+    """Head version -> how many live records are running or interrupted, by a scan."""
+    heads: dict[int, int] = {}
+    for record in state.rollouts.values():
+        if record.status in (RUNNING, INTERRUPTED):
+            heads[record.head_version] = heads.get(record.head_version, 0) + 1
+    return heads
 
 
 def _conserved_counts(state: State) -> None:
@@ -233,7 +238,7 @@ def consumed_in_order(before: State, event: Event) -> None:
     config = before.config
     if not isinstance(event, Consumed) or config is None or not config.in_order:
         return
-    flying = [record.head_version for record in before.rollouts.values() if record.status in (RUNNING, INTERRUPTED)]
+    flying = _in_flight_by_head(before)
     if not flying:
         return
     oldest = min(flying)

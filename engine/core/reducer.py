@@ -51,6 +51,7 @@ from engine.core.state import (
     CONSUMED,
     EMPTY,
     FILTERED,
+    IN_FLIGHT,
     INTERRUPTED,
     LIVE,
     NEW,
@@ -85,10 +86,6 @@ __all__ = [
     "ready_rollouts", "status_name",
 ]  # fmt: skip
 
-#: status -> whether a rollout of that status is in flight (running or interrupted),
-#: indexed by the status itself: NEW (-1) reads the last entry
-_FLYING = tuple(status in (RUNNING, INTERRUPTED) for status in (*range(len(STATUS_NAMES)), NEW))
-
 _new_record = tuple.__new__  # builds a Rollout from a plain tuple, skipping NamedTuple's slower paths
 
 #: event type -> its rollout guard, for the event types that have one
@@ -117,8 +114,8 @@ def _move(draft: Draft, rollout: str, status: int, record: Record) -> None:
     counts = draft.counts
     counts[status] -= 1
     counts[target] += 1
-    if draft.counting and _FLYING[target] is not _FLYING[status]:  # into or out of flight
-        draft.fly(record[3], 1 if _FLYING[target] else -1)
+    if draft.counting and (target in IN_FLIGHT) is not (status in IN_FLIGHT):  # into or out of flight
+        draft.fly(record[3], 1 if target in IN_FLIGHT else -1)
     if target < CONSUMED:
         draft.top[rollout] = record
     elif rollout in draft.delta or rollout in draft.base:

@@ -23,6 +23,7 @@ NEW, PENDING, RUNNING, INTERRUPTED, READY, CONSUMED, REJECTED, FILTERED = -1, 0,
 STATUS_NAMES = ("pending", "running", "interrupted", "ready", "consumed", "rejected", "filtered")
 LIVE = frozenset({PENDING, RUNNING, INTERRUPTED, READY})
 TERMINAL = frozenset({CONSUMED, REJECTED, FILTERED})
+IN_FLIGHT = frozenset({RUNNING, INTERRUPTED})  # holding a generation slot
 
 
 def status_name(status: int) -> str:
@@ -151,7 +152,7 @@ def in_flight_of(rollouts: Iterable[tuple[str, Rollout]]) -> tuple[tuple[int, in
     reducer's count against)."""
     heads: dict[int, int] = {}
     for _, record in rollouts:
-        if record.status in (RUNNING, INTERRUPTED):
+        if record.status in IN_FLIGHT:
             heads[record.head_version] = heads.get(record.head_version, 0) + 1
     return tuple(sorted(heads.items()))
 
