@@ -59,6 +59,7 @@ def test_file_values_then_overrides(tmp_path) -> None:
         ("ledger.max_staleness=1.5", "ledger.max_staleness"),
         ("training.weight_sync_s=-2", "training.weight_sync_s"),
         ("training.colocated=1", "training.colocated"),
+        ("ledger.in_order=3", "ledger.in_order"),
         ("workload.response_len.kind=zipf", "workload.response_len.kind"),
         ("workload.response_len.shape=2", "workload.response_len.shape"),
         ("workload.group_size=1000", "workload.group_size"),

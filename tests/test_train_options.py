@@ -152,7 +152,8 @@ def test_a_missing_sink_library_is_named_before_the_run_starts(tmp_path, capsys,
 
 
 def test_run_config_checks_the_new_fields():
-    for bad in ({"kl_coef": -0.1}, {"entropy_coef": math.inf}, {"lr_schedule": "step"}, {"metrics": ("mlflow",)}, {"lr_warmup": -1}):
+    for bad in ({"kl_coef": -0.1}, {"entropy_coef": math.inf}, {"lr_schedule": "step"}, {"metrics": ("mlflow",)}, {"lr_warmup": -1},
+                {"in_order": "yes"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             RunConfig(**bad)
     assert RunConfig(metrics=["tensorboard"]).metrics == ("tensorboard",)  # as run.json gives it
