@@ -37,6 +37,25 @@ predicted setting's tokens/s is also compared as a ratio to the control of its o
 round, predicted against measured (``against_controls``), which takes the drift between
 rounds out of the error; ``--against-controls DIR`` prints that for an earlier study.
 
+``--seed-per-round`` gives calibration run K and the runs of round K the seed ``--seed``
++ K - 1.  A run's answers are its own RL trajectory's: on an H100 the calibration
+setting's answers averaged 28.0 tokens and the other settings' 25.2-25.9 (round 13),
+on an H200 25.4-25.7 and 26.1-27.0 (round 12), so a study of one seed measures one
+trajectory of each setting and fits the lengths of one.  With it, the fitted lengths
+pool as many trajectories as calibration runs, a setting's mean as many as rounds, and
+round K's control is calibration run K again, seed and all, where that run exists
+(``same_seed_as``: the two differ by the machine alone).
+
+Before each run the machine is probed (``host.json`` in the run's folder, ``host`` in
+``summaries.json``): microseconds per tiny tensor operation (on a GPU, a kernel launch)
+and per 1,000 Python loop turns, which is what a small model's decode step is made of,
+and, from ``/proc/stat``, the CPU that other processes used beside the run on its own
+cores and on the machine, and the time stolen from it.
+
+``--resume`` goes on with the study in ``--out``: its warm-up, its complete runs and its
+``predictions.json`` (read, never rewritten) are kept and what is missing runs, so a
+study can take more rounds (a larger ``--repeats``) than one sitting allows.
+
 ``--model`` is ``train``'s: a built-in size or a local Hugging Face model directory
 (``rollout-ledger init-model``); ``--train-flags`` adds flags to every run's ``train``
 command (a Hugging Face model's ``--max-new-tokens``, ``--keep-cache``, ...).
@@ -83,19 +102,116 @@ METRICS = ("tokens_per_s", "staleness_mean", "staleness_p99", "trainer_idle")
 
 
 def train(args: argparse.Namespace, run_dir: Path, staleness: int, batch: int, steps: int, extra: list[str],
-          concurrency: int | None = None) -> None:
+          concurrency: int | None = None, seed: int | None = None) -> None:
+    """One ``train`` run into ``run_dir`` (replaced), the machine's state beside it in
+    ``host.json``: the probe just before the run and the others' CPU while it ran.
+    With ``--resume``, a run whose log is already complete is kept as it is."""
+    if args.resume and complete(run_dir, steps):
+        print(f"  {run_dir.name}: kept (complete)", flush=True)
+        return
     command = [
         sys.executable, "-m", "engine.cli", "train", "--task", args.task, "--model", args.model_size, *shlex.split(args.train_flags),
         "--device", args.device, "--steps", str(steps), "--batch-size", str(batch),
         "--group-size", str(args.group_size), "--max-concurrent", str((concurrency or args.concurrency) * batch),
-        "--max-staleness", str(staleness), "--seed", str(args.seed), "--run-dir", str(run_dir), "--no-progress", *extra,
+        "--max-staleness", str(staleness), "--seed", str(args.seed if seed is None else seed), "--run-dir", str(run_dir),
+        "--no-progress", *extra,
     ]
     shutil.rmtree(run_dir, ignore_errors=True)  # only the run directories this script names
+    probe = host_probe(args.device)
+    before = cpu_use()
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"fidelity: {' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    print(f"  {run_dir.name}: {time.perf_counter() - started:.1f}s", flush=True)
+    host = probe | others_cpu(before, cpu_use(), elapsed) | {"started": time.time() - elapsed}
+    (run_dir / "host.json").write_text(json.dumps(host, indent=1))
+    print(f"  {run_dir.name}: {elapsed:.1f}s  (launch {host['launch_us']:.1f} us, python {host['python_us']:.1f} us"
+          + (f", others' CPU on its cores {host['others_on_cores']:.2f}" if host.get("others_on_cores") is not None else "") + ")",
+          flush=True)
+
+
+def complete(run_dir: Path, steps: int) -> bool:
+    """Whether ``run_dir`` holds a finished run of ``steps`` updates (its last metrics line)."""
+    try:
+        lines = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    except OSError:
+        return False
+    return len(lines) >= steps and (run_dir / "host.json").is_file()
+
+
+def host_probe(device: str) -> dict[str, float]:
+    """How fast the machine is right now at what a small model's decode step is made of:
+    microseconds per tiny tensor operation (on a GPU, one kernel launch and its Python
+    around it) and per 1,000 turns of a plain Python loop, each the median of five
+    timings.  The study's decode steps are mostly launches, so a run whose probe is
+    slower than the calibration run's ran on a slower machine, whatever the model says."""
+    import statistics
+
+    import torch
+
+    x = torch.zeros(1, device=device)
+
+    def launches(n: int = 1000) -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(n):
+            x.add_(1)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - started) / n * 1e6
+
+    def turns(n: int = 100_000) -> float:
+        started = time.perf_counter()
+        total = 0
+        for i in range(n):
+            total += i
+        return (time.perf_counter() - started) / n * 1e9  # us per 1,000 turns
+
+    launches()  # the first launches set up the kernel
+    return {"launch_us": statistics.median(launches() for _ in range(5)), "python_us": statistics.median(turns() for _ in range(5))}
+
+
+def cpu_use() -> dict[str, Any]:
+    """The CPU seconds this machine has spent so far (``/proc/stat``, busy and stolen), on
+    all its cores and on the cores this process may run on, and what this process's
+    finished children used; empty where there is no ``/proc/stat``."""
+    import os
+    import resource
+
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    mine = {f"cpu{c}" for c in os.sched_getaffinity(0)}
+    busy: dict[str, float] = {}
+    steal = 0.0
+    for line in lines:
+        name, *fields = line.split()
+        if not name.startswith("cpu"):
+            continue
+        values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+        busy[name] = (sum(values) - values[3] - values[4]) / tick
+        if name == "cpu":
+            steal = values[7] / tick
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"all": busy.get("cpu", 0.0), "cores": sum(v for k, v in busy.items() if k in mine), "n_cores": len(mine),
+            "steal": steal, "children": children.ru_utime + children.ru_stime}
+
+
+def others_cpu(before: dict[str, Any], after: dict[str, Any], elapsed: float) -> dict[str, float | None]:
+    """What ran beside a run, in cores busy on average over it: on the machine and on the
+    run's own cores, less the run's own CPU time (the run's own is counted on its cores
+    only, where it is bound; unbound, the second figure is the machine's), and the time
+    the hypervisor stole."""
+    if not before or not after or elapsed <= 0:
+        return {"others_on_cores": None, "others_on_host": None, "steal": None}
+    own = after["children"] - before["children"]
+    return {"others_on_cores": max(0.0, (after["cores"] - before["cores"] - own) / elapsed),
+            "others_on_host": max(0.0, (after["all"] - before["all"] - own) / elapsed),
+            "steal": (after["steal"] - before["steal"]) / elapsed}
 
 
 def consumed_staleness(run_dir: Path) -> list[int]:
@@ -147,9 +263,13 @@ def summary(run_dir: Path) -> dict[str, Any]:
     size, group = config["batch_size"], config["group_size"]
     parts = updates(rows, (config["max_concurrent"] or size) * group, size * group, recompute_in_step=False)
     lengths = sorted(_sample_lengths(run_dir / "samples.sqlite"))
+    host = json.loads((run_dir / "host.json").read_text()) if (run_dir / "host.json").is_file() else None
     mean = lambda name: sum(getattr(u, name) for u in parts) / max(1, len(parts))  # noqa: E731
     return {
-        "config": {k: config[k] for k in ("batch_size", "group_size", "max_concurrent", "max_staleness", "policy", "steps")},
+        "config": {k: config[k] for k in ("batch_size", "group_size", "max_concurrent", "max_staleness", "policy", "steps", "seed")
+                   if k in config},
+        # the machine just before the run and beside it (train's host.json; None for a run before it)
+        "host": host,
         "measured": measured(run_dir),
         "wall_s": rows[-1]["wall_s"],
         "updates": len(rows),
@@ -233,6 +353,18 @@ def against_controls(predictions: dict[str, Any], summaries: dict[str, Any]) -> 
     return rows
 
 
+def print_hosts(summaries: dict[str, Any]) -> None:
+    """Each run's machine probe and the CPU beside it, in the order the runs ran."""
+    hosts = {name: s["host"] for name, s in summaries.items() if s.get("host")}
+    if not hosts:
+        return
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    print("the machine at each run: us per launch / per 1,000 Python turns, just before it; others' CPU (cores) on its cores / on the host; steal")
+    for name, host in sorted(hosts.items(), key=lambda item: item[1].get("started", 0.0)):
+        print(f"  {name}: {host['launch_us']:.1f} / {host['python_us']:.1f}; {fmt(host.get('others_on_cores'), '.2f')} / "
+              f"{fmt(host.get('others_on_host'), '.2f')}; {fmt(host.get('steal'), '.3f')}")
+
+
 def print_against_controls(rows: dict[str, Any]) -> None:
     if not rows:
         return
@@ -269,6 +401,13 @@ def main() -> None:
     parser.add_argument("--lengths", choices=("empirical", "lognormal"), default="empirical", help="calibrated response lengths")
     parser.add_argument("--staleness", default="0,4,8", help="bounds to predict and run")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed-per-round", action="store_true",
+                        help="calibration run K and the runs of round K train with seed + K - 1: a setting's mean is over as many "
+                             "of its RL trajectories (its answers' lengths) as it has rounds, the fitted lengths over as many as "
+                             "calibration runs, and round K's control reruns calibration run K exactly where that run exists")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on with the study in --out: keep its warm-up, its complete runs and its predictions.json "
+                             "(read, never rewritten), and run what is missing, e.g. more rounds with a larger --repeats")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run each predicted setting this many times, in rounds, and measure it by their mean (the spread is printed)")
     parser.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
@@ -301,6 +440,8 @@ def main() -> None:
     for flag in ("repeats", "sim_seeds", "checkpoint_every", "calibration_runs"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.resume and args.reanalyse is not None:
+        parser.error("--resume goes on with a study in --out; --reanalyse trains nothing")
     if args.fit_on is not None and args.reanalyse is None:
         parser.error("--fit-on chooses the runs a reanalysis fits (--reanalyse DIR); a new study fits its calibration runs")
     out: Path = args.out
@@ -321,6 +462,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
+    seed = lambda k: args.seed + (k - 1 if args.seed_per_round else 0)  # noqa: E731  (calibration run or round k)
     init = ["--init", str(out / "warmup" / "final.safetensors"), "--warmup-steps", "0"]
     if args.checkpoint_every is not None:
         init += ["--checkpoint-every", str(args.checkpoint_every)]
@@ -329,8 +471,8 @@ def main() -> None:
         print("warm-up", flush=True)
         train(args, out / "warmup", 0, args.batch_size, 1, ["--warmup-steps", str(args.warmup_steps)])
         print(f"calibration run{'s' if args.calibration_runs > 1 else ''} at max_staleness {args.calibrate_at}", flush=True)
-        for name in calibrations:
-            train(args, out / name, args.calibrate_at, args.batch_size, args.steps, init)
+        for k, name in enumerate(calibrations, start=1):
+            train(args, out / name, args.calibrate_at, args.batch_size, args.steps, init, seed=seed(k))
         if args.probe_batch_size:
             print(f"probe run at max_staleness {args.calibrate_at}, batch {args.probe_batch_size}", flush=True)
             train(args, probe, args.calibrate_at, args.probe_batch_size, args.probe_steps or max(4, args.steps // 2), init,
@@ -340,19 +482,28 @@ def main() -> None:
         logs = [str(runs / name) for name in args.fit_on.split(",")]
     scenario = out / "calibrated.toml"
     command = [sys.executable, "-m", "engine.cli", "calibrate", *logs, "-o", str(scenario), "--lengths", args.lengths]
-    (out / "commands.txt").write_text(" ".join(["python", *sys.argv]) + "\n" + " ".join(["rollout-ledger", *command[3:]]) + "\n")
-    fit = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    if fit.returncode != 0:
-        sys.exit(f"fidelity: calibrate failed: {fit.stderr}")
-    print(fit.stdout, flush=True)
-    (out / "calibration_fit.txt").write_text(fit.stdout)
-
     plan = [(f"staleness{k}", int(k), args.batch_size) for k in args.staleness.split(",")]
     plan.append((f"staleness{args.calibrate_at}-batch{args.other_batch_size}", args.calibrate_at, args.other_batch_size))
     plan.insert(0, (f"staleness{args.calibrate_at}-calibration", args.calibrate_at, args.batch_size))
-    predictions = {name: predict(scenario, k, batch, args.steps, args) for name, k, batch in plan}
-    (out / "predictions.json").write_text(json.dumps(predictions, indent=1))  # before any predicted run starts
-    print(f"predictions written to {out / 'predictions.json'}" + (" (after the runs: a reanalysis)" if args.reanalyse else ""), flush=True)
+    written = out / "predictions.json"
+    if args.resume and written.is_file():  # the study's own predictions, made before its first predicted run
+        with (out / "commands.txt").open("a") as commands:
+            commands.write(" ".join(["python", *sys.argv]) + "\n")
+        predictions = json.loads(written.read_text())
+        if set(predictions) != {name for name, _, _ in plan}:
+            sys.exit(f"fidelity: --resume: {written} predicts {', '.join(predictions)}, not this plan's "
+                     f"{', '.join(name for name, _, _ in plan)} (the study's --staleness and --other-batch-size are its own)")
+        print(f"predictions read from {written} (written before the study's first predicted run)", flush=True)
+    else:
+        (out / "commands.txt").write_text(" ".join(["python", *sys.argv]) + "\n" + " ".join(["rollout-ledger", *command[3:]]) + "\n")
+        fit = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if fit.returncode != 0:
+            sys.exit(f"fidelity: calibrate failed: {fit.stderr}")
+        print(fit.stdout, flush=True)
+        (out / "calibration_fit.txt").write_text(fit.stdout)
+        predictions = {name: predict(scenario, k, batch, args.steps, args) for name, k, batch in plan}
+        written.write_text(json.dumps(predictions, indent=1))  # before any predicted run starts
+        print(f"predictions written to {written}" + (" (after the runs: a reanalysis)" if args.reanalyse else ""), flush=True)
 
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": {}}
     summaries: dict[str, Any] = {}
@@ -368,7 +519,7 @@ def main() -> None:
                         print(f"  {name}: not in {runs}, left out", flush=True)
                     continue
             elif not (calibration and repeat == 1):
-                train(args, run_dir, k, batch, args.steps, init)
+                train(args, run_dir, k, batch, args.steps, init, seed=seed(repeat))
             key = name if repeat == 1 else run_dir.name
             summaries[key] = summary(run_dir)
             if calibration and repeat > 1:  # a control: the fit's own setting again, how far the machine drifted
@@ -389,6 +540,12 @@ def main() -> None:
         for control in controls:
             control["tokens_per_s_change_pct"] = error(control["tokens_per_s"], base["tokens_per_s"])
             control["s_per_update_change_pct"] = error(control["s_per_update"], base["s_per_update"])
+            round_ = int(control["run"].rpartition("-r")[2])
+            twin = calibrations[round_ - 1] if args.seed_per_round and round_ <= len(calibrations) else None
+            if twin is not None:  # the same run again, seed and all: the two differ by the machine alone
+                same = summaries[twin]["measured"]
+                control["same_seed_as"] = twin
+                control["tokens_per_s_change_from_it_pct"] = error(control["tokens_per_s"], same["tokens_per_s"])
         results["controls"] = controls
     results["against_controls"] = against_controls(predictions, summaries)
     if args.probe_batch_size:
@@ -432,7 +589,10 @@ def main() -> None:
     for control in controls:
         print(f"control {control['run']} (the calibration setting again, not predicted): {control['tokens_per_s']:.4g} tokens/s, "
               f"{control['tokens_per_s_change_pct']:+.1f}% from the calibration run; seconds per update "
-              f"{control['s_per_update_change_pct']:+.1f}%")
+              f"{control['s_per_update_change_pct']:+.1f}%"
+              + (f"; {control['tokens_per_s_change_from_it_pct']:+.1f}% from {control['same_seed_as']} (the same seed)"
+                 if "same_seed_as" in control else ""))
+    print_hosts(summaries)
     print_against_controls(results["against_controls"])
     print(f"worst |error| (tokens/s, mean staleness, idle; predicted runs): {worst:.1f}%  total {results['total_s']:.0f}s")
 

@@ -345,6 +345,60 @@ def test_the_fidelity_study_calibrates_on_several_runs_of_its_setting(tmp_path):
     assert row["measured"]["tokens_per_s"] == pytest.approx(sum(r["tokens_per_s"] for r in row["repeats"]) / 2)
 
 
+@pytest.mark.slow
+def test_a_study_draws_a_seed_per_round_and_goes_on_where_it_stopped(tmp_path):
+    """``--seed-per-round``: calibration run K and round K train with seed K - 1, so the
+    second round's control is the second calibration run again (the same answers, the
+    same tokens) and is compared with it.  ``--resume`` with more rounds keeps the
+    study's runs and its predictions (the same bytes), runs the missing round only and
+    refuses a plan its predictions do not cover.  Every run has the machine's probe."""
+    pytest.importorskip("torch")
+    from pathlib import Path
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    study = tmp_path / "study"
+    flags = ["--device", "cpu", "--model-size", "tiny", "--steps", "5", "--batch-size", "4", "--concurrency", "2",
+             "--warmup-steps", "2", "--other-batch-size", "8", "--probe-batch-size", "0", "--staleness", "4",
+             "--calibration-runs", "2", "--seed-per-round", "--sim-seeds", "1", "--out", str(study)]
+    run = lambda *extra: subprocess.run([sys.executable, "benchmarks/fidelity.py", *flags, *extra], cwd=root,  # noqa: E731
+                                        capture_output=True, text=True)
+    first = run("--repeats", "1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    seed = lambda name: json.loads((study / name / "run.json").read_text())["seed"]  # noqa: E731
+    assert [seed(n) for n in ("calibration", "calibration-2", "staleness4", "staleness2-batch8")] == [0, 1, 0, 0]
+    assert not (study / "staleness4-r2").exists()
+    predicted = (study / "predictions.json").read_bytes()
+    kept = {n: (study / n / "metrics.jsonl").stat().st_mtime_ns for n in ("warmup", "calibration", "calibration-2", "staleness4")}
+
+    refused = run("--repeats", "2", "--resume", "--staleness", "0")
+    assert refused.returncode != 0 and "--resume" in refused.stderr and "staleness0" in refused.stderr
+    again = run("--repeats", "2", "--resume")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (study / "predictions.json").read_bytes() == predicted
+    assert {n: (study / n / "metrics.jsonl").stat().st_mtime_ns for n in kept} == kept
+    assert [seed(n) for n in ("calibration-r2", "staleness4-r2", "staleness2-batch8-r2")] == [1, 1, 1]
+    assert "--resume" in (study / "commands.txt").read_text().splitlines()[-1]
+
+    summaries = json.loads((study / "summaries.json").read_text())
+    results = json.loads((study / "results.json").read_text())
+    assert results["runs"]["staleness4"]["repeats"] == [summaries["staleness4"]["measured"], summaries["staleness4-r2"]["measured"]]
+    (control,) = results["controls"]
+    assert control["same_seed_as"] == "calibration-2"
+    twin, other, again_ = summaries["calibration-2"], summaries["staleness2-calibration"], summaries["calibration-r2"]
+    assert again_["completion_tokens"] == twin["completion_tokens"] != other["completion_tokens"]
+    assert again_["measured"]["tokens_per_update"] == twin["measured"]["tokens_per_update"]
+    assert control["tokens_per_s_change_from_it_pct"] == pytest.approx(
+        100 * (again_["measured"]["tokens_per_s"] / twin["measured"]["tokens_per_s"] - 1))
+    for name in ("calibration", "calibration-2", "staleness4", "calibration-r2", "staleness4-r2"):
+        host = summaries["staleness2-calibration" if name == "calibration" else name]["host"]
+        assert host["launch_us"] > 0 and host["python_us"] > 0
+        assert host["others_on_cores"] is None or host["others_on_cores"] >= 0
+    assert "the machine at each run" in again.stdout
+
+
 def test_lengths_leave_out_what_the_runs_end_censors():
     """A run stops with rollouts in flight, the long ones of their time: only rollouts
     first submitted before the oldest unfinished one are a fair sample of lengths."""
