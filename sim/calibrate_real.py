@@ -284,20 +284,18 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
     slots = {u.run: u.slots for u in found}
     measured = sorted(step_cost)
     live_rows = bool(found) and all(u.every_slot is False for u in found)
-    if live_rows and len(measured) > 1:
-        # an engine that decodes its live rows only has no cost per slot: what the runs'
-        # step costs (at no busy slot, by the slope within runs) still have in common with
-        # their busy slots is more of the cost per busy slot, which a few noisy steps within
-        # each run had not shown (an H200 study's slope within runs was 0 and its probe's
-        # cheaper steps went to the slots, charging a synchronous run's 74 busy of 512
-        # slots 3.1 ms a step it did not pay)
-        across = fit("decode step per run", {"1": [1.0] * len(measured), "busy": [mean_busy[run] for run in measured]},
-                     [step_cost[run] for run in measured], [steps[run] for run in measured])
-        base, per_slot = across["1"], 0.0
-        per_seq += across["busy"]
+    if live_rows:
+        # an engine that decodes its live rows only has no cost per slot, and its cost per
+        # busy row is the slope within runs alone: a run's steps share the machine's state,
+        # while two runs' step costs differ by the machine as much as by their busy rows (on
+        # an H100, one run and its rerun with the same seed and the same 284 busy rows
+        # stepped in 19.0 and 15.2 ms; fitted across three calibration runs 170 busy rows
+        # apart, that drift read as 24 microseconds per busy row and a synchronous run, 72
+        # busy rows a step, came out 23% fast).  The step costs at no busy row are weighted
+        # by their steps into one.
+        base = sum(step_cost[run] * steps[run] for run in measured) / max(1.0, sum(steps[run] for run in measured))
+        per_slot = 0.0
         dropped.append("steps*slots")
-        if "busy" not in across.dropped and "tokens" in dropped:
-            dropped.remove("tokens")
     elif len({slots[run] for run in measured}) > 1:
         across = fit("decode step per run", {"1": [1.0] * len(measured), "slots": [slots[run] for run in measured]},
                      [step_cost[run] for run in measured], [steps[run] for run in measured])
