@@ -488,14 +488,14 @@ def main() -> None:
     written = out / "predictions.json"
     if args.resume and written.is_file():  # the study's own predictions, made before its first predicted run
         with (out / "commands.txt").open("a") as commands:
-            commands.write(" ".join(["python", *sys.argv]) + "\n")
+            commands.write(shlex.join(["python", *sys.argv]) + "\n")
         predictions = json.loads(written.read_text())
         if set(predictions) != {name for name, _, _ in plan}:
             sys.exit(f"fidelity: --resume: {written} predicts {', '.join(predictions)}, not this plan's "
                      f"{', '.join(name for name, _, _ in plan)} (the study's --staleness and --other-batch-size are its own)")
         print(f"predictions read from {written} (written before the study's first predicted run)", flush=True)
     else:
-        (out / "commands.txt").write_text(" ".join(["python", *sys.argv]) + "\n" + " ".join(["rollout-ledger", *command[3:]]) + "\n")
+        (out / "commands.txt").write_text(shlex.join(["python", *sys.argv]) + "\n" + shlex.join(["rollout-ledger", *command[3:]]) + "\n")
         fit = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         if fit.returncode != 0:
             sys.exit(f"fidelity: calibrate failed: {fit.stderr}")
