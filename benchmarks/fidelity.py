@@ -385,7 +385,7 @@ def main() -> None:
                         help="more flags for every run's train command, as one string (e.g. \"--max-new-tokens 48 --keep-cache\")")
     parser.add_argument("--steps", type=int, default=150, help="updates per run")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--other-batch-size", type=int, default=32, help="batch size of the extra run (at staleness 2)")
+    parser.add_argument("--other-batch-size", type=int, default=32, help="batch size of the extra run (at staleness 2; 0: none)")
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=4, help="max_concurrent = concurrency * batch size")
     parser.add_argument("--warmup-steps", type=int, default=300)
@@ -483,7 +483,8 @@ def main() -> None:
     scenario = out / "calibrated.toml"
     command = [sys.executable, "-m", "engine.cli", "calibrate", *logs, "-o", str(scenario), "--lengths", args.lengths]
     plan = [(f"staleness{k}", int(k), args.batch_size) for k in args.staleness.split(",")]
-    plan.append((f"staleness{args.calibrate_at}-batch{args.other_batch_size}", args.calibrate_at, args.other_batch_size))
+    if args.other_batch_size:
+        plan.append((f"staleness{args.calibrate_at}-batch{args.other_batch_size}", args.calibrate_at, args.other_batch_size))
     plan.insert(0, (f"staleness{args.calibrate_at}-calibration", args.calibrate_at, args.batch_size))
     written = out / "predictions.json"
     if args.resume and written.is_file():  # the study's own predictions, made before its first predicted run

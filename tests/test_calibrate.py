@@ -319,7 +319,7 @@ def test_a_setting_is_compared_with_the_control_of_its_own_round():
 def test_the_fidelity_study_calibrates_on_several_runs_of_its_setting(tmp_path):
     """``--calibration-runs 2 --probe-batch-size 0``: the calibration setting runs twice
     before any prediction, the fit reads both runs (and no probe), and the table's
-    calibration row is the mean of the two."""
+    calibration row is the mean of the two; ``--other-batch-size 0`` runs no other batch."""
     pytest.importorskip("torch")
     from pathlib import Path
     import json
@@ -329,7 +329,7 @@ def test_the_fidelity_study_calibrates_on_several_runs_of_its_setting(tmp_path):
     root = Path(__file__).resolve().parents[1]
     study = tmp_path / "study"
     flags = ["--device", "cpu", "--model-size", "tiny", "--steps", "5", "--batch-size", "4", "--concurrency", "2",
-             "--warmup-steps", "2", "--other-batch-size", "8", "--probe-batch-size", "0", "--staleness", "4",
+             "--warmup-steps", "2", "--other-batch-size", "0", "--probe-batch-size", "0", "--staleness", "4",
              "--calibration-runs", "2", "--sim-seeds", "1", "--out", str(study)]
     done = subprocess.run([sys.executable, "benchmarks/fidelity.py", *flags], cwd=root, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -340,6 +340,8 @@ def test_the_fidelity_study_calibrates_on_several_runs_of_its_setting(tmp_path):
     assert f"{study / 'calibration'} {study / 'calibration-2'} -o" in fit_command and "probe" not in fit_command
     assert not any(study.glob("probe-*"))
     summaries = json.loads((study / "summaries.json").read_text())
+    assert set(json.loads((study / "results.json").read_text())["runs"]) == {"staleness2-calibration", "staleness4"}
+    assert not any(study.glob("staleness2-batch*"))
     row = json.loads((study / "results.json").read_text())["runs"]["staleness2-calibration"]
     assert row["repeats"] == [summaries["staleness2-calibration"]["measured"], summaries["calibration-2"]["measured"]]
     assert row["measured"]["tokens_per_s"] == pytest.approx(sum(r["tokens_per_s"] for r in row["repeats"]) / 2)
