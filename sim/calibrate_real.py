@@ -34,7 +34,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from sim.fitting import Fit, fit, scored
+from sim.fitting import Fit, fit, scored, slope_error
 
 #: Per-update fields without which a metrics line cannot be used.
 REQUIRED = ("wall_s", "wait_s", "train_s", "trained_tokens", "decode_steps", "generated_tokens")
@@ -231,7 +231,12 @@ class StepSums:
         return self.at_no_busy(slope), slope
 
 
-def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
+#: Standard errors by which the runs' step costs must slope with their busy rows, across
+#: runs, for the slope to be taken as a cost rather than the machine's drift between them.
+SIGNIFICANT = 2.0
+
+
+def _decode(found: list[Update], terms: dict[str, list[float]]) -> tuple[Fit, Fit | None]:
     """The decode passes' seconds: ``steps * (base + per_slot * slots) + per_seq *
     tokens``.  The per-sequence cost from how a step's time goes with its busy slots
     within each run: from the engine's sums over its steps (busy * seconds, busy
@@ -284,18 +289,36 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
     slots = {u.run: u.slots for u in found}
     measured = sorted(step_cost)
     live_rows = bool(found) and all(u.every_slot is False for u in found)
+    across_runs: Fit | None = None
     if live_rows:
-        # an engine that decodes its live rows only has no cost per slot, and its cost per
-        # busy row is the slope within runs alone: a run's steps share the machine's state,
-        # while two runs' step costs differ by the machine as much as by their busy rows (on
-        # an H100, one run and its rerun with the same seed and the same 284 busy rows
-        # stepped in 19.0 and 15.2 ms; fitted across three calibration runs 170 busy rows
-        # apart, that drift read as 24 microseconds per busy row and a synchronous run, 72
-        # busy rows a step, came out 23% fast).  The step costs at no busy row are weighted
-        # by their steps into one.
+        # an engine that decodes its live rows only has no cost per slot.  What the runs'
+        # step costs (at no busy row, by the slope within runs) still have in common with
+        # their busy rows is more of the cost per busy row, where the runs tell it: within
+        # a run the busy rows fall as sequences finish while the engine still decodes the
+        # finished ones until half its batch is done, which flattens the slope within
+        # runs (a CPU study: 4 microseconds a row within, 230 across).  But two runs' step
+        # costs also differ by the machine's state (an H100's calibration run and its
+        # rerun, seed and all, stepped in 15.2 and 19.0 ms at the same 284 busy rows,
+        # which fitted across three runs read as 24 microseconds a row).  So the slope
+        # across runs is taken only where it stands out of the runs' own scatter about
+        # it (SIGNIFICANT standard errors, from three runs or more); else the step cost
+        # is the runs' costs at no busy row weighted by their steps.
         base = sum(step_cost[run] * steps[run] for run in measured) / max(1.0, sum(steps[run] for run in measured))
         per_slot = 0.0
         dropped.append("steps*slots")
+        if len(measured) > 1:
+            xs, ys, ws = [mean_busy[run] for run in measured], [step_cost[run] for run in measured], [steps[run] for run in measured]
+            across = fit("decode step per run", {"1": [1.0] * len(measured), "busy": xs}, ys, ws)
+            error = slope_error(across, xs, ys, ws)
+            if "busy" not in across.dropped and (error is None or across["busy"] > SIGNIFICANT * error):
+                base = across["1"]
+                per_seq += across["busy"]
+                if "tokens" in dropped:
+                    dropped.remove("tokens")
+                across_runs = across
+            else:  # within the machine's drift between runs: no cost per busy row from it
+                across_runs = scored("decode step per run", {"1": [1.0] * len(measured), "busy": xs}, {"1": base, "busy": 0.0},
+                                     ys, ws, ["busy"])
     elif len({slots[run] for run in measured}) > 1:
         across = fit("decode step per run", {"1": [1.0] * len(measured), "slots": [slots[run] for run in measured]},
                      [step_cost[run] for run in measured], [steps[run] for run in measured])
@@ -307,7 +330,7 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> Fit:
         dropped.append("steps*slots")
     terms = {**terms, "after pass": [u.after_pass.steps if u.after_pass else 0.0 for u in found]}
     return scored("decode passes s", terms, {"steps": base, "steps*slots": per_slot, "tokens": per_seq, "after pass": after_pass},
-                  decode_s, [1.0] * len(found), dropped)
+                  decode_s, [1.0] * len(found), dropped), across_runs
 
 
 def _generation(found: list[Update]) -> tuple[list[Fit], dict[str, float]]:
@@ -324,7 +347,7 @@ def _generation(found: list[Update]) -> tuple[list[Fit], dict[str, float]]:
         "tokens": [u.tokens for u in found],
     }
     if all(u.decode_s is not None for u in found) and sum(u.starts for u in found) > 0:
-        decode = _decode(found, decode_terms)
+        decode, across_runs = _decode(found, decode_terms)
         prefill = fit("prefill passes s", {"prefills": [u.prefills for u in found], "prefill tokens": [u.prefill_tokens for u in found]},
                       [u.prefill_s for u in found])
         # the rest of the collect time is the executor's: per update (the batch's bookkeeping
@@ -334,7 +357,7 @@ def _generation(found: list[Update]) -> tuple[list[Fit], dict[str, float]]:
         executor = fit("executor s", {"1": [1.0] * len(found), "steps": [u.steps for u in found],
                                       "starts": [u.starts for u in found]},
                        [max(0.0, u.collect_s - (u.decode_s or 0.0) - u.prefill_s) for u in found])
-        fits = [decode, prefill, executor]
+        fits = [decode, *([across_runs] if across_runs is not None else []), prefill, executor]
         # the step after a pass is charged to the pass (the simulator decodes a step after each)
         passes = {"pass": prefill["prefills"] + decode["after pass"], "per_token": prefill["prefill tokens"], "start": executor["starts"],
                   "resume": executor["1"], "executor_step": executor["steps"]}

@@ -10,6 +10,7 @@ parts of a cost the data could not tell apart.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 #: A pivot this small relative to its column's scale means the term adds nothing new.
@@ -114,3 +115,23 @@ def scored(name: str, terms: dict[str, list[float]], coefficients: dict[str, flo
 def line(name: str, xs: list[float], ys: list[float], weights: list[float] | None = None) -> Fit:
     """``y = a + b x``: :func:`fit` with an intercept and one slope (named ``"x"``)."""
     return fit(name, {"1": [1.0] * len(xs), "x": xs}, ys, weights)
+
+
+def slope_error(fitted: Fit, xs: list[float], ys: list[float], weights: list[float] | None = None) -> float | None:
+    """The standard error of the slope of ``fitted``, a weighted line of ``ys`` on ``xs``
+    (terms ``"1"`` and the slope's), from its own residuals; ``None`` where they cannot
+    tell it (two points or fewer: a line through them leaves none; no spread in ``xs``)."""
+    n = len(xs)
+    if n <= 2:
+        return None
+    w = weights or [1.0] * n
+    mean_w = sum(w) / n
+    w = [wi / mean_w for wi in w]  # weights relative to their mean: n observations' worth
+    slope = next((v for k, v in fitted.coefficients.items() if k != "1"), 0.0)
+    intercept = fitted["1"]
+    x_bar = sum(wi * x for wi, x in zip(w, xs)) / n
+    spread = sum(wi * (x - x_bar) ** 2 for wi, x in zip(w, xs))
+    if spread <= 0:
+        return None
+    residual = sum(wi * (y - intercept - slope * x) ** 2 for wi, x, y in zip(w, xs, ys)) / (n - 2)
+    return math.sqrt(residual / spread)
