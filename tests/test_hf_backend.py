@@ -538,3 +538,22 @@ def test_the_fidelity_study_runs_on_a_hugging_face_model(model_dir, tmp_path):
     results = json.loads((study / "results.json").read_text())
     assert set(results["runs"]) == {"staleness2-calibration", "staleness4", "staleness2-batch8"}
     assert all(row["measured"]["tokens_per_s"] > 0 for row in results["runs"].values())
+
+
+@pytest.mark.slow
+def test_decode_rows_times_a_step_at_each_batch_size_and_fits_a_line(model_dir):
+    """``benchmarks/decode_rows.py`` on a CPU: a row of the table for every size asked,
+    and the line through their medians; a bad size list is refused by name."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    run = lambda *flags: subprocess.run([sys.executable, "benchmarks/decode_rows.py", "--model", str(model_dir), "--device", "cpu",  # noqa: E731
+                                         *flags], cwd=root, capture_output=True, text=True)
+    done = run("--rows", "4,16", "--steps", "2", "--rounds", "2", "--context", "8")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split("|")[1].strip() for line in done.stdout.splitlines() if line.startswith("| ") and "rows" not in line]
+    assert rows == ["4", "16"]
+    assert "ms +" in done.stdout.splitlines()[-1] and "a row" in done.stdout.splitlines()[-1]
+    refused = run("--rows", "4,x")
+    assert refused.returncode == 2 and "--rows" in refused.stderr
