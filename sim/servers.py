@@ -188,11 +188,26 @@ class Pool:
         self.finished(server, now, done)
         self.plan(server)
 
+    def turn_s(self) -> float:
+        """Seconds of one turn of the engine, the servers turning together: each server
+        with sequences does the executor's work after an update, then its pending prefill
+        pass if one is due (a pass is a turn of its own), else one decode step."""
+        longest = 0.0
+        for server in self.servers:
+            if server.active:
+                step = self.base + self.per_seq * server.active + self.per_kv * (server.kv_offset + server.active * server.steps)
+                longest = max(longest, server.hold + (server.stall if server.stall > 0 else step))
+        return longest
+
     def freeze(self, now: float) -> None:
-        """Stop every server at ``now`` (their timers are dropped)."""
+        """Stop every server at ``now`` (their timers are dropped).  A pass that has run
+        (its stall spent, time gone by since it opened) is over: what comes after the
+        update, its re-prefill and its starts, is a pass of its own."""
         for server in self.servers:
             self.advance(server, now)
             server.epoch += 1
+            if server.stall <= 0 and server.opened < now:
+                server.joinable = False
         self.paused = True
 
     def thaw(self, now: float, resume: bool = False) -> None:

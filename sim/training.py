@@ -145,8 +145,19 @@ class Training:
         size = self.config.batch_size
         group = self._group
         goal = self.scenario.run.rollouts
+        turn = False  # (colocated) an update just ended: the next collect turns the engine once
         while True:
             batch: tuple[str, ...] | None = None
+            if turn and ledger.count(READY) >= size:
+                # the run's collect runs its event loop, whose engine task is ready since the
+                # update resumed it: the engine turns once (the update's re-prefill pass, or a
+                # step) before the collect finds the batch that was ready all along (a CPU
+                # run whose generation outpaced its training opened 0.97 passes an update,
+                # where with no turn the simulator opened 0.40)
+                idle_from = env.now
+                yield env.timeout(self._pool.turn_s())
+                stats.trainer_idle_s += env.now - idle_from
+            turn = False
             while True:
                 if ledger.count(READY) >= size:
                     batch = ledger.prepare_batch(size, t=env.now)
@@ -194,6 +205,7 @@ class Training:
             now = env.now
             self._finish_update(now)
             self._dispatch(now)
+            turn = training.colocated
             if not training.colocated and overhead:  # the trainer's own
                 yield env.timeout(overhead)
             if self._progress is not None:

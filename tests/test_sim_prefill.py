@@ -240,3 +240,36 @@ def test_a_second_update_before_the_re_prefill_ran_adds_nothing_to_it() -> None:
     env.run()
     # the pass samples token 5; 15 more take 15 decode steps
     assert [t for t, _ in done] == pytest.approx([PASS + PER_TOKEN * 10 + START + 3 * STEP + PASS + PER_TOKEN * 14 + 15 * STEP], rel=1e-9)
+
+
+def test_a_colocated_collect_turns_the_engine_once_before_it_takes_a_ready_batch() -> None:
+    """Colocated, batch 1, three in flight, every answer 5 tokens: all three finish before
+    the first update, so the second and third updates find their batch ready.  The run's
+    collect still turns the engine once first (its event loop runs the engine's task,
+    which the update resumed): the pass of the starts that the last consumption let in,
+    or a decode step where no pass is due, charged to the trainer's wait; and the pass
+    that turn ran is over, so the next update's starts open a pass of their own.  Passes:
+    the first, one after each of the first two updates, and the last update's, which the
+    run ends on."""
+    from sim.script import Attempt, Script
+
+    script = Script(prompts=tuple(f"p{i}" for i in range(8)), attempts={f"p{i}": Attempt(5) for i in range(8)}, prompt_tokens=3)
+
+    def summary(*overrides: str) -> Summary:
+        scenario = Scenario().with_overrides([
+            "run.rollouts=3", "ledger.batch_size=1", "ledger.max_concurrent=3", "ledger.max_staleness=2",
+            "generation.servers=1", "generation.slots=3", f"generation.step_base_s={STEP}", "generation.step_per_seq_s=0",
+            "generation.step_per_kv_token_s=0", "generation.prefill_per_token_s=0", "generation.on_update=partial",
+            "training.step_base_s=0.5", "training.step_per_token_s=0", "training.weight_sync_s=0.1", "training.colocated=true",
+            *overrides,
+        ])
+        return Simulation(scenario, script=script).run()
+
+    free = summary()  # passes cost nothing: each turn is a decode step
+    assert free.prefill_passes == 4
+    assert free.sim_time_s == pytest.approx(5 * STEP + 3 * 0.6 + 2 * STEP, rel=1e-9)
+    assert free.trainer_idle_s == pytest.approx(5 * STEP + 2 * STEP, rel=1e-9)
+    paid = summary(f"generation.prefill_pass_s={PASS}")  # each turn is the pass
+    assert paid.prefill_passes == 4
+    assert paid.sim_time_s == pytest.approx(PASS + 5 * STEP + 3 * 0.6 + 2 * PASS, rel=1e-9)
+    assert paid.trainer_idle_s == pytest.approx(PASS + 5 * STEP + 2 * PASS, rel=1e-9)
