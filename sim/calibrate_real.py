@@ -296,7 +296,7 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> tuple[Fit, Fi
         # their busy rows is more of the cost per busy row, where the runs tell it: within
         # a run the busy rows fall as sequences finish while the engine still decodes the
         # finished ones until half its batch is done, which flattens the slope within
-        # runs (a CPU study: 4 microseconds a row within, 230 across).  But two runs' step
+        # runs (a CPU study: 4 microseconds a row within, 224 across).  But two runs' step
         # costs also differ by the machine's state (an H100's calibration run and its
         # rerun, seed and all, stepped in 15.2 and 19.0 ms at the same 284 busy rows,
         # which fitted across three runs read as 24 microseconds a row).  So the slope
