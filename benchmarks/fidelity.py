@@ -125,19 +125,26 @@ def train(args: argparse.Namespace, run_dir: Path, staleness: int, batch: int, s
     if done.returncode != 0:
         sys.exit(f"fidelity: {' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     host = probe | others_cpu(before, cpu_use(), elapsed) | {"started": time.time() - elapsed}
-    (run_dir / "host.json").write_text(json.dumps(host, indent=1))
+    from engine.log.files import write_atomic
+
+    write_atomic(run_dir / "host.json", json.dumps(host, indent=1))  # the mark of a finished run (``complete``)
     print(f"  {run_dir.name}: {elapsed:.1f}s  (launch {host['launch_us']:.1f} us, python {host['python_us']:.1f} us"
           + (f", others' CPU on its cores {host['others_on_cores']:.2f}" if host.get("others_on_cores") is not None else "") + ")",
           flush=True)
 
 
+def metrics_lines(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's ``metrics.jsonl``, a dict per update."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
 def complete(run_dir: Path, steps: int) -> bool:
-    """Whether ``run_dir`` holds a finished run of ``steps`` updates (its last metrics line)."""
+    """Whether ``run_dir`` holds a finished run of ``steps`` updates (its last metrics line
+    and the ``host.json`` written after it)."""
     try:
-        lines = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    except OSError:
+        return len(metrics_lines(run_dir)) >= steps and (run_dir / "host.json").is_file()
+    except (OSError, ValueError):  # no log, or one cut off mid-line: not finished
         return False
-    return len(lines) >= steps and (run_dir / "host.json").is_file()
 
 
 def host_probe(device: str) -> dict[str, float]:
@@ -197,8 +204,8 @@ def cpu_use() -> dict[str, Any]:
         if name == "cpu":
             steal = values[7] / tick
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"all": busy.get("cpu", 0.0), "cores": sum(v for k, v in busy.items() if k in mine), "n_cores": len(mine),
-            "steal": steal, "children": children.ru_utime + children.ru_stime}
+    return {"all": busy.get("cpu", 0.0), "cores": sum(v for k, v in busy.items() if k in mine), "steal": steal,
+            "children": children.ru_utime + children.ru_stime}
 
 
 def others_cpu(before: dict[str, Any], after: dict[str, Any], elapsed: float) -> dict[str, float | None]:
@@ -236,7 +243,7 @@ def consumed_staleness(run_dir: Path) -> list[int]:
 
 def measured(run_dir: Path) -> dict[str, float]:
     """The run's figures, from its metrics.jsonl and its log."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = metrics_lines(run_dir)
     wall = rows[-1]["wall_s"]
     staleness = sorted(consumed_staleness(run_dir))
     last = rows[-1]
@@ -259,7 +266,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
     from sim.calibrate_real import StepSums, updates
 
     config = json.loads((run_dir / "run.json").read_text())
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = metrics_lines(run_dir)
     size, group = config["batch_size"], config["group_size"]
     parts = updates(rows, (config["max_concurrent"] or size) * group, size * group, recompute_in_step=False)
     lengths = sorted(_sample_lengths(run_dir / "samples.sqlite"))
@@ -488,12 +495,12 @@ def main() -> None:
     plan.insert(0, (f"staleness{args.calibrate_at}-calibration", args.calibrate_at, args.batch_size))
     written = out / "predictions.json"
     if args.resume and written.is_file():  # the study's own predictions, made before its first predicted run
-        with (out / "commands.txt").open("a") as commands:
-            commands.write(shlex.join(["python", *sys.argv]) + "\n")
         predictions = json.loads(written.read_text())
         if set(predictions) != {name for name, _, _ in plan}:
             sys.exit(f"fidelity: --resume: {written} predicts {', '.join(predictions)}, not this plan's "
                      f"{', '.join(name for name, _, _ in plan)} (the study's --staleness and --other-batch-size are its own)")
+        with (out / "commands.txt").open("a") as commands:
+            commands.write(shlex.join(["python", *sys.argv]) + "\n")
         print(f"predictions read from {written} (written before the study's first predicted run)", flush=True)
     else:
         (out / "commands.txt").write_text(shlex.join(["python", *sys.argv]) + "\n" + shlex.join(["rollout-ledger", *command[3:]]) + "\n")
@@ -503,7 +510,9 @@ def main() -> None:
         print(fit.stdout, flush=True)
         (out / "calibration_fit.txt").write_text(fit.stdout)
         predictions = {name: predict(scenario, k, batch, args.steps, args) for name, k, batch in plan}
-        written.write_text(json.dumps(predictions, indent=1))  # before any predicted run starts
+        from engine.log.files import write_atomic
+
+        write_atomic(written, json.dumps(predictions, indent=1))  # before any predicted run starts
         print(f"predictions written to {written}" + (" (after the runs: a reanalysis)" if args.reanalyse else ""), flush=True)
 
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": {}}

@@ -308,7 +308,8 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> tuple[Fit, Fi
         dropped.append("steps*slots")
         if len(measured) > 1:
             xs, ys, ws = [mean_busy[run] for run in measured], [step_cost[run] for run in measured], [steps[run] for run in measured]
-            across = fit("decode step per run", {"1": [1.0] * len(measured), "busy": xs}, ys, ws)
+            across_terms = {"1": [1.0] * len(measured), "busy": xs}
+            across = fit("decode step per run", across_terms, ys, ws)
             error = slope_error(across, xs, ys, ws)
             if "busy" not in across.dropped and (error is None or across["busy"] > SIGNIFICANT * error):
                 base = across["1"]
@@ -317,8 +318,7 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> tuple[Fit, Fi
                     dropped.remove("tokens")
                 across_runs = across
             else:  # within the machine's drift between runs: no cost per busy row from it
-                across_runs = scored("decode step per run", {"1": [1.0] * len(measured), "busy": xs}, {"1": base, "busy": 0.0},
-                                     ys, ws, ["busy"])
+                across_runs = scored("decode step per run", across_terms, {"1": base, "busy": 0.0}, ys, ws, ["busy"])
     elif len({slots[run] for run in measured}) > 1:
         across = fit("decode step per run", {"1": [1.0] * len(measured), "slots": [slots[run] for run in measured]},
                      [step_cost[run] for run in measured], [steps[run] for run in measured])

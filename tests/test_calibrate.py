@@ -375,8 +375,10 @@ def test_a_study_draws_a_seed_per_round_and_goes_on_where_it_stopped(tmp_path):
     predicted = (study / "predictions.json").read_bytes()
     kept = {n: (study / n / "metrics.jsonl").stat().st_mtime_ns for n in ("warmup", "calibration", "calibration-2", "staleness4")}
 
+    commands = (study / "commands.txt").read_bytes()
     refused = run("--repeats", "2", "--resume", "--staleness", "0")
     assert refused.returncode != 0 and "--resume" in refused.stderr and "staleness0" in refused.stderr
+    assert (study / "commands.txt").read_bytes() == commands  # a refused resume writes nothing
     again = run("--repeats", "2", "--resume")
     assert again.returncode == 0, again.stderr[-2000:]
     assert (study / "predictions.json").read_bytes() == predicted
