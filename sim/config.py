@@ -380,7 +380,7 @@ def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Scena
         except tomllib.TOMLDecodeError as err:
             raise ScenarioFileError(str(path), f"is not valid TOML: {err}") from err
         scenario = from_dict(data)
-        scenario = _relative_paths(scenario, Path(path).parent)
+        scenario = _relative_paths(scenario, Path(path).absolute().parent)
     return scenario.with_overrides(overrides)
 
 
@@ -424,7 +424,16 @@ def to_toml(scenario: Scenario) -> str:
 def save(scenario: Scenario, path: str | Path) -> Path:
     """Replace the file at ``path`` with :func:`to_toml` of ``scenario``, whole, so that
     :func:`load` reads it back equal; an empirical path relative to the current directory
-    is written absolute (a file's relative paths are taken relative to the file)."""
-    cwd, workload = Path.cwd(), scenario.workload
-    prompt_len, response_len = _relative_to(workload.prompt_len, cwd), _relative_to(workload.response_len, cwd)
+    is written absolute (a file's relative paths are taken relative to the file), except
+    one in the file's own folder, written as its name, so that the scenario and the
+    lengths beside it (``calibrate``'s) can be moved or copied together."""
+    cwd, workload, folder = Path.cwd(), scenario.workload, Path(path).absolute().parent
+    prompt_len, response_len = (_beside(_relative_to(dist, cwd), folder) for dist in (workload.prompt_len, workload.response_len))
     return write_atomic(path, to_toml(replace(scenario, workload=replace(workload, prompt_len=prompt_len, response_len=response_len))))
+
+
+def _beside(dist: Distribution, folder: Path) -> Distribution:
+    """``dist`` with an empirical path in ``folder`` written as its name."""
+    if dist.kind == "empirical" and Path(dist.path).parent == folder:
+        return replace(dist, path=Path(dist.path).name)
+    return dist

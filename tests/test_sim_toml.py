@@ -6,6 +6,7 @@ newlines, quotes, control characters and unicode, 64-bit integers)."""
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import tomllib
 import types
@@ -161,6 +162,18 @@ def test_a_relative_empirical_path_still_names_the_same_file(tmp_path: Path, mon
     (tmp_path / "elsewhere").mkdir()
     loaded = load(save(scenario, tmp_path / "elsewhere" / "s.toml"))
     assert loaded.workload.prompt_len.path == str(tmp_path / "lengths.csv")
+
+
+def test_a_scenario_and_the_lengths_beside_it_move_together(tmp_path: Path) -> None:
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    (here / "s.lengths.csv").write_text("response_tokens\n3\n5\n")
+    scenario = Scenario().with_overrides([f"workload.response_len={{kind='empirical', path='{here / 's.lengths.csv'}'}}"])
+    save(scenario, here / "s.toml")
+    assert "path = \"s.lengths.csv\"" in (here / "s.toml").read_text()
+    shutil.copytree(here, there)
+    shutil.rmtree(here)
+    assert load(there / "s.toml").workload.response_len.path == str(there / "s.lengths.csv")
 
 
 def test_an_integer_toml_cannot_hold_is_refused_naming_the_field() -> None:
