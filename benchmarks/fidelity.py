@@ -298,10 +298,17 @@ def predict(scenario_path: Path, staleness: int, batch: int, steps: int, args: a
     """The simulator's figures for a run, each the mean over ``--sim-seeds`` seeds: a
     run of a few thousand rollouts draws heavy-tailed lengths, and one seed's trained
     tokens per sample ranged over 6% on the H200 study's scenario."""
+    return predict_with(scenario_path, staleness, batch, steps, args, [])
+
+
+def predict_with(scenario_path: Path, staleness: int, batch: int, steps: int, args: argparse.Namespace,
+                 more: list[str]) -> dict[str, float]:
+    """:func:`predict` with ``more`` overrides of the calibrated scenario."""
     from sim.config import load
     from sim.simulator import simulate
 
-    runs = [predict_one(simulate(load(scenario_path, overrides(staleness, batch, steps, args.concurrency, args.group_size, args.seed + k))))
+    runs = [predict_one(simulate(load(scenario_path, overrides(staleness, batch, steps, args.concurrency, args.group_size, args.seed + k)
+                                      + more)))
             for k in range(args.sim_seeds)]
     return {name: sum(r[name] for r in runs) / len(runs) for name in runs[0]}
 
@@ -358,6 +365,106 @@ def against_controls(predictions: dict[str, Any], summaries: dict[str, Any]) -> 
             rows[name] = {"predicted_ratio": ratio, "measured_ratios": ratios, "measured_ratio": mean,
                           "error_pct": error(ratio, mean)}
     return rows
+
+
+def setting_of(run: str, plan: list[str]) -> str | None:
+    """The predicted setting a study's run belongs to: ``NAME`` and ``NAME-rK`` are
+    NAME's; the calibration runs (``calibration``, ``calibration-2``, ...) and the
+    controls (``calibration-rK``) are the calibration setting's; a probe is none."""
+    calibration = next((name for name in plan if name.endswith("-calibration")), None)
+    head, _, round_ = run.rpartition("-r")
+    name = head if round_.isdigit() else run
+    if name == "calibration" or (name.startswith("calibration-") and name[len("calibration-"):].isdigit()):
+        return calibration
+    return name if name in plan else None
+
+
+def step_at_no_busy(summary_: dict[str, Any], per_busy: float) -> float | None:
+    """A run's mean decode step less ``per_busy`` for each busy row (from its summary's
+    line of a step's seconds on its busy rows, which passes through its mean step)."""
+    line = summary_.get("decode_step_line")
+    if not line:
+        return None
+    return float(line["s_at_no_busy"] + (line["s_per_busy"] - per_busy) * summary_["mean_batch"])
+
+
+def own_step(scenario_path: Path, summaries: dict[str, Any], fitted: list[str], plan: list[tuple[str, int, int]],
+             args: argparse.Namespace) -> dict[str, Any]:
+    """After the runs, how much of each setting's tokens/s error is the machine's speed at
+    its runs: every run simulated again with the calibrated scenario but its own decode
+    step, the fitted step's fixed part moved by how far the run's step (at no busy row,
+    the fit's cost per busy row taken out) stood from the fitted runs' (weighted by
+    their steps).  A decode step of a small model on a GPU is mostly kernel launches and
+    Python, and on one H100 the calibration setting's step took 11.2 to 17.1 ms from
+    one run to another.  Not a prediction: each run's step is read from the run."""
+    from sim.config import load
+
+    scenario = load(scenario_path)
+    per_busy, base = scenario.generation.step_per_seq_s, scenario.generation.step_base_s
+    weighted = [(step_at_no_busy(summaries[name], per_busy), summaries[name]["decode_steps_per_update"] * summaries[name]["updates"])
+                for name in fitted if name in summaries]
+    if not weighted or any(step is None for step, _ in weighted):
+        return {}
+    fitted_step = sum(step * w for step, w in weighted if step is not None) / max(1e-12, sum(w for _, w in weighted))
+    names = [name for name, _, _ in plan]
+    shapes = {name: (k, batch) for name, k, batch in plan}
+    rows: dict[str, Any] = {}
+    for run, found in summaries.items():
+        setting, step = setting_of(run, names), step_at_no_busy(found, per_busy)
+        if setting is None or step is None:
+            continue
+        k, batch = shapes[setting]
+        moved = max(0.0, base + step - fitted_step)
+        # (the predictions' own simulation seeds: a run at the fitted runs' step is its prediction again)
+        with_step = predict_with(scenario_path, k, batch, args.steps, args, [f"generation.step_base_s={moved!r}"])
+        row = rows.setdefault(setting, {"runs": {}})
+        row["runs"][run] = {"step_shift_s": step - fitted_step, "predicted_tokens_per_s": with_step["tokens_per_s"],
+                            "measured_tokens_per_s": found["measured"]["tokens_per_s"],
+                            "error_pct": error(with_step["tokens_per_s"], found["measured"]["tokens_per_s"])}
+    for row in rows.values():
+        runs = row["runs"].values()
+        row["predicted_tokens_per_s"] = sum(r["predicted_tokens_per_s"] for r in runs) / len(runs)
+        row["measured_tokens_per_s"] = sum(r["measured_tokens_per_s"] for r in runs) / len(runs)
+        row["error_pct"] = error(row["predicted_tokens_per_s"], row["measured_tokens_per_s"])
+    return rows
+
+
+def own_step_of(study: Path) -> dict[str, Any]:
+    """:func:`own_step` for the study in ``study``: its plan from its predictions and
+    runs, its fitted runs from its ``calibrate`` command, its flags from its results."""
+    try:
+        predictions = json.loads((study / "predictions.json").read_text())
+        summaries = json.loads((study / "summaries.json").read_text())
+        flags = json.loads((study / "results.json").read_text())["args"]
+        commands = (study / "commands.txt").read_text().splitlines()
+    except (OSError, ValueError, KeyError) as failure:
+        sys.exit(f"fidelity: --own-step {study}: {failure}")
+    calibrate = next((shlex.split(line) for line in commands if line.startswith("rollout-ledger calibrate ")), None)
+    if calibrate is None or "-o" not in calibrate:
+        sys.exit(f"fidelity: --own-step {study}: commands.txt has no calibrate command")
+    fitted = [Path(log).name for log in calibrate[2:calibrate.index("-o")]]
+    plan = []
+    for name in predictions:
+        config = summaries.get(name, {}).get("config")
+        if config is None:
+            sys.exit(f"fidelity: --own-step {study}: no summary of a run of {name}")
+        plan.append((name, int(config["max_staleness"]), int(config["batch_size"])))
+    args = argparse.Namespace(steps=int(flags["steps"]), concurrency=int(flags["concurrency"]), group_size=int(flags["group_size"]),
+                              seed=int(flags["seed"]), sim_seeds=int(flags["sim_seeds"]))
+    rows = own_step(study / "calibrated.toml", summaries, fitted, plan, args)
+    if not rows:
+        sys.exit(f"fidelity: --own-step {study}: its runs' summaries have no decode step line (the engine did not time its steps)")
+    return rows
+
+
+def print_own_step(rows: dict[str, Any]) -> None:
+    if not rows:
+        return
+    print("tokens/s with each run's own decode step (after the runs, not a prediction: the machine's speed at each run taken out),"
+          " predicted / measured, mean of the setting's runs:")
+    for name, row in rows.items():
+        runs = ", ".join(f"{run} {r['error_pct']:+.1f}% ({1e3 * r['step_shift_s']:+.2f} ms)" for run, r in row["runs"].items())
+        print(f"  {name}: {row['predicted_tokens_per_s']:.4g} / {row['measured_tokens_per_s']:.4g} ({row['error_pct']:+.1f}%); {runs}")
 
 
 def print_hosts(summaries: dict[str, Any]) -> None:
@@ -425,12 +532,19 @@ def main() -> None:
                              "the calibration runs and the probe")
     parser.add_argument("--reanalyse", type=Path, default=None, metavar="DIR",
                         help="train nothing: calibrate on and predict again the runs of an earlier study in DIR (with the flags it ran with)")
+    parser.add_argument("--own-step", type=Path, default=None, metavar="DIR",
+                        help="train and write nothing: simulate an earlier study's runs again with each run's own decode step "
+                             "(its calibrated.toml, predictions.json, summaries.json, commands.txt and flags), the machine's "
+                             "speed at each run taken out of the error")
     parser.add_argument("--against-controls", type=Path, default=None, metavar="DIR",
                         help="train, fit and write nothing: print an earlier study's predicted ratios to its calibration setting "
                              "against each round's measured ratio to that round's control (DIR's predictions.json and summaries.json)")
     args = parser.parse_args()
-    if args.out is None and args.against_controls is None:
+    if args.out is None and args.against_controls is None and args.own_step is None:
         parser.error("the following arguments are required: --out")
+    if args.own_step is not None:
+        print_own_step(own_step_of(args.own_step))
+        return
     if args.against_controls is not None:
         study: Path = args.against_controls
         try:
@@ -560,6 +674,7 @@ def main() -> None:
     results["against_controls"] = against_controls(predictions, summaries)
     if args.probe_batch_size:
         summaries[probe.name] = summary(probe)
+    results["own_step"] = own_step(scenario, summaries, [Path(log).name for log in logs], plan, args)
     (out / "summaries.json").write_text(json.dumps(summaries, indent=1))
 
     header = "| run | " + " | ".join(f"{m} pred | meas | err %" for m in METRICS) + " |"
@@ -604,6 +719,7 @@ def main() -> None:
                  if "same_seed_as" in control else ""))
     print_hosts(summaries)
     print_against_controls(results["against_controls"])
+    print_own_step(results["own_step"])
     print(f"worst |error| (tokens/s, mean staleness, idle; predicted runs): {worst:.1f}%  total {results['total_s']:.0f}s")
 
 

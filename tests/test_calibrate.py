@@ -259,6 +259,14 @@ def test_the_fidelity_study_runs_small_and_can_be_reanalysed_without_touching_it
                              capture_output=True, text=True)
     assert printed.returncode == 0, printed.stderr[-2000:]
     assert f"staleness4: {results['against_controls']['staleness4']['predicted_ratio']:.3f}" in printed.stdout
+    # every run of a predicted setting, and the calibration setting's (the controls too), again with its own decode step
+    own = results["own_step"]
+    assert set(own["staleness4"]["runs"]) == {"staleness4", "staleness4-r2"}
+    assert set(own["staleness2-calibration"]["runs"]) == {"staleness2-calibration", "calibration-r2"}
+    printed = subprocess.run([sys.executable, "benchmarks/fidelity.py", "--own-step", str(study)], cwd=root,
+                             capture_output=True, text=True)
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    assert f"staleness4: {own['staleness4']['predicted_tokens_per_s']:.4g}" in printed.stdout
 
     # the study's tools read it back: each run's staleness histogram has the table's mean,
     # and an update's parts add up to its collect time and its wall time
@@ -313,6 +321,46 @@ def test_a_setting_is_compared_with_the_control_of_its_own_round():
     assert rows["staleness0"]["predicted_ratio"] == 0.25
     assert rows["staleness0"]["error_pct"] == pytest.approx(100 * (0.25 / 0.3 - 1))
     assert against_controls({"staleness0": {"tokens_per_s": 1.0}}, summaries) == {}
+
+
+def test_each_run_is_simulated_again_with_its_own_decode_step(tmp_path):
+    """A run whose decode step (at no busy row) is the fitted runs' mean is its prediction
+    again; one whose step is 5 ms slower is the scenario with a 5 ms dearer fixed step,
+    and slower.  Calibration runs and controls count as the calibration setting's, a
+    probe as none."""
+    import argparse
+
+    from benchmarks.fidelity import own_step, predict, predict_with, setting_of
+    from sim.config import Scenario, save
+
+    per_busy = 2e-5
+    scenario = save(Scenario().with_overrides(["generation.step_base_s=0.01", f"generation.step_per_seq_s={per_busy}"]),
+                    tmp_path / "calibrated.toml")
+
+    def run(at_no_busy, busy=100.0, staleness=2, batch=4):
+        # its line of a step on its busy rows is steeper than the fit's: only its mean step counts
+        return {"decode_step_line": {"s_at_no_busy": at_no_busy - per_busy * busy, "s_per_busy": 2 * per_busy},
+                "mean_batch": busy, "decode_steps_per_update": 10.0, "updates": 5, "measured": {"tokens_per_s": 1000.0},
+                "config": {"max_staleness": staleness, "batch_size": batch}}
+
+    summaries = {"staleness2-calibration": run(0.012), "calibration-2": run(0.008, busy=50.0), "probe-batch2": run(0.010),
+                 "staleness0": run(0.010, staleness=0), "staleness0-r2": run(0.015, staleness=0), "calibration-r2": run(0.010)}
+    plan = [("staleness2-calibration", 2, 4), ("staleness0", 0, 4)]
+    args = argparse.Namespace(steps=6, concurrency=2, group_size=2, seed=0, sim_seeds=2)
+    rows = own_step(scenario, summaries, ["staleness2-calibration", "calibration-2", "probe-batch2"], plan, args)
+    assert set(rows) == {"staleness2-calibration", "staleness0"}
+    assert set(rows["staleness2-calibration"]["runs"]) == {"staleness2-calibration", "calibration-2", "calibration-r2"}
+    again = rows["staleness0"]["runs"]
+    assert again["staleness0"]["step_shift_s"] == pytest.approx(0.0)
+    assert again["staleness0"]["predicted_tokens_per_s"] == pytest.approx(predict(scenario, 0, 4, 6, args)["tokens_per_s"])
+    assert again["staleness0-r2"]["step_shift_s"] == pytest.approx(0.005)
+    slower = predict_with(scenario, 0, 4, 6, args, ["generation.step_base_s=0.015"])["tokens_per_s"]
+    assert again["staleness0-r2"]["predicted_tokens_per_s"] == pytest.approx(slower)
+    assert slower < again["staleness0"]["predicted_tokens_per_s"]
+    assert again["staleness0-r2"]["error_pct"] == pytest.approx(100 * (slower / 1000.0 - 1))
+    names = [name for name, _, _ in plan]
+    assert [setting_of(run, names) for run in ("calibration-3", "calibration-r4", "staleness0-r3", "probe-batch2")] == [
+        "staleness2-calibration", "staleness2-calibration", "staleness0", None]
 
 
 @pytest.mark.slow
