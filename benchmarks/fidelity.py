@@ -249,6 +249,7 @@ def measured(run_dir: Path) -> dict[str, float]:
     last = rows[-1]
     return {
         "prefill_passes_per_update": last.get("prefills", 0) / max(1, len(rows)),
+        "decode_steps_per_update": last.get("decode_steps", 0) / max(1, len(rows)),
         "tokens_per_s": sum(r["trained_tokens"] for r in rows) / wall,
         "staleness_mean": sum(staleness) / max(1, len(staleness)),
         "staleness_p99": float(staleness[min(len(staleness) - 1, math.ceil(0.99 * len(staleness)) - 1)]) if staleness else 0.0,
@@ -323,6 +324,7 @@ def overrides(staleness: int, batch: int, steps: int, concurrency: int, group: i
 def predict_one(s: Any) -> dict[str, float]:
     return {
         "prefill_passes_per_update": s.prefill_passes / max(1, s.versions),
+        "decode_steps_per_update": s.decode_steps / max(1, s.versions),
         "tokens_per_s": s.trained_tokens_per_s,
         "staleness_mean": s.staleness_mean,
         "staleness_p99": float(s.staleness_p99),
@@ -701,6 +703,11 @@ def main() -> None:
     passes = "  ".join(f"{name} {row['predicted']['prefill_passes_per_update']:.2f}/{row['measured']['prefill_passes_per_update']:.2f}"
                        for name, row in results["runs"].items())
     print(f"prefill passes per update, predicted/measured: {passes}")
+    steps = "  ".join(f"{name} {row['predicted']['decode_steps_per_update']:.2f}/{row['measured']['decode_steps_per_update']:.2f}"
+                      for name, row in results["runs"].items()
+                      if "decode_steps_per_update" in row["predicted"] and "decode_steps_per_update" in row["measured"])
+    if steps:  # (predictions written before the simulator counted its steps have none)
+        print(f"decode steps per update, predicted/measured: {steps}")
     factors = "\n".join(f"  {name}: seconds {row['predicted']['s_per_update']:.4f}/{row['measured']['s_per_update']:.4f} "
                         f"({error(row['predicted']['s_per_update'], row['measured']['s_per_update']):+.1f}%), "
                         f"trained tokens {row['predicted']['tokens_per_update']:.1f}/{row['measured']['tokens_per_update']:.1f} "

@@ -319,6 +319,7 @@ class Simulation(Training):
             self._pool.advance(server, env.now)
         self.stats.generator_busy_s = sum(server.busy for server in self._pool)
         self.stats.prefill_passes = self._pool.passes
+        self.stats.decode_steps = sum(server.steps for server in self._pool)
         return self.stats.build(env.now, self.ledger.state)
 
 

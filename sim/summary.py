@@ -41,6 +41,7 @@ class Summary:
     versions: int
     events: int
     prefill_passes: int = 0
+    decode_steps: float = 0.0  # decode steps summed over the servers (fractional: a step under way at the end)
     scenario: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -67,6 +68,7 @@ class SummaryBuilder:
         self.trainer_busy_s = 0.0
         self.generator_busy_s = 0.0
         self.prefill_passes = 0
+        self.decode_steps = 0.0
         self.latency_sum = 0.0  # seconds from submission to the end of generation, summed
         self.latency_count = 0
         self._histogram: dict[int, int] = {}
@@ -104,6 +106,7 @@ class SummaryBuilder:
             versions=state.version,
             events=state.events,
             prefill_passes=self.prefill_passes,
+            decode_steps=self.decode_steps,
             scenario=self.scenario.to_dict(),
         )
 

@@ -133,6 +133,7 @@ def test_a_simulated_update_re_prefills_each_server_in_one_pass(staleness: int) 
     base = seconds()
     assert base == pytest.approx(10 * STEP + 0.6 + 10 * STEP + 0.6, rel=1e-9)
     assert summary().prefill_passes == 3  # counted even when a pass costs nothing
+    assert summary().decode_steps == pytest.approx(20, rel=1e-9)  # p0's 10 beside p1's first 10, then p2's beside p1's next
     assert summary(f"generation.prefill_pass_s={PASS}").prefill_passes == 3
     assert seconds(f"generation.prefill_pass_s={PASS}") == pytest.approx(base + 2 * PASS, rel=1e-9)
     # the prompts of p0 and p1, p1's 3 + 10 tokens again, p2's prompt
