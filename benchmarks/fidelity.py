@@ -52,6 +52,13 @@ and per 1,000 Python loop turns, which is what a small model's decode step is ma
 and, from ``/proc/stat``, the CPU that other processes used beside the run on its own
 cores and on the machine, and the time stolen from it.
 
+After the runs each one is simulated again with its own decode step (``own_step`` in
+``results.json``; ``--own-step DIR`` for an earlier study): the calibrated step's fixed
+part moved by how far the run's step stood from the fitted runs'.  On one H100 the
+decode step of a small model had a fast and a slow mode (``benchmarks/step_spells.py``)
+and a run's mean step was its share of the slow one, which moved between runs minutes
+apart; what remains of an error with the run's own step is the model's.
+
 ``--resume`` goes on with the study in ``--out``: its warm-up, its complete runs and its
 ``predictions.json`` (read, never rewritten) are kept and what is missing runs, so a
 study can take more rounds (a larger ``--repeats``) than one sitting allows.
