@@ -126,9 +126,19 @@ def train(args: argparse.Namespace, run_dir: Path, staleness: int, batch: int, s
     shutil.rmtree(run_dir, ignore_errors=True)  # only the run directories this script names
     probe = host_probe(args.device)
     before = cpu_use()
+    trace = run_dir.with_name(f".{run_dir.name}.gpu_trace.part")
+    sampler = gpu_sampler(args.device, trace)
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    finally:
+        if sampler is not None:
+            sampler.terminate()
+            sampler.wait()
     elapsed = time.perf_counter() - started
+    if sampler is not None and done.returncode == 0 and run_dir.is_dir():
+        trace.replace(run_dir / "gpu_trace.csv")  # (a rename: whole or not at all)
+    trace.unlink(missing_ok=True)
     if done.returncode != 0:
         sys.exit(f"fidelity: {' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     host = probe | others_cpu(before, cpu_use(), elapsed) | {"started": time.time() - elapsed}
@@ -138,6 +148,27 @@ def train(args: argparse.Namespace, run_dir: Path, staleness: int, batch: int, s
     print(f"  {run_dir.name}: {elapsed:.1f}s  (launch {host['launch_us']:.1f} us, python {host['python_us']:.1f} us"
           + (f", others' CPU on its cores {host['others_on_cores']:.2f}" if host.get("others_on_cores") is not None else "") + ")",
           flush=True)
+
+
+#: What the GPU sampler records beside each run, every half second (nvidia-smi's names).
+GPU_FIELDS = ("timestamp", "clocks.sm", "clocks.mem", "utilization.gpu", "power.draw", "temperature.gpu", "pstate")
+
+
+def gpu_sampler(device: str, trace: Path) -> subprocess.Popen[bytes] | None:
+    """``nvidia-smi`` sampling the GPU's clocks, load and power every half second into
+    ``trace`` (CSV, :data:`GPU_FIELDS`), on cores the run does not use where there are
+    any; None on a CPU or without ``nvidia-smi``.  It shows whether a run's slow decode
+    steps are the GPU's clocks or its host (``benchmarks/step_spells.py``)."""
+    import os
+
+    found = shutil.which("nvidia-smi")
+    if device != "cuda" or found is None:
+        return None
+    spare = set(range(os.cpu_count() or 1)) - os.sched_getaffinity(0)
+    with trace.open("wb") as out:  # (the child keeps its own handle)
+        return subprocess.Popen([found, f"--query-gpu={','.join(GPU_FIELDS)}", "--format=csv,noheader,nounits", "-lms", "500"],
+                                stdout=out, stderr=subprocess.DEVNULL,
+                                preexec_fn=(lambda: os.sched_setaffinity(0, spare)) if spare else None)
 
 
 def metrics_lines(run_dir: Path) -> list[dict[str, Any]]:

@@ -8,7 +8,11 @@ within the two groups (one-dimensional two-means); each run's row gives its mean
 its updates' mean in each mode, the share of its updates in the slow mode and its
 spells (runs of consecutive updates in one mode).  A run's mean step is then its slow
 share's draw: where that share moves from run to run, so does every figure that rests on
-the decode step, whatever the model.  Round 15 (docs/simulator.md)::
+the decode step, whatever the model.  Where a run holds a ``gpu_trace.csv`` (the
+fidelity study samples the GPU beside each run) and its metrics lines their ``time``,
+each update is also given the GPU's mean SM clock and load over it, and each mode its
+mean of them: the same clock in both modes says the slow steps are the host's.
+Round 15 (docs/simulator.md)::
 
     python3 benchmarks/step_spells.py runs/qfid5/calibration runs/qfid5/calibration-2 ...
 """
@@ -16,7 +20,10 @@ the decode step, whatever the model.  Round 15 (docs/simulator.md)::
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
+from datetime import datetime
 from pathlib import Path
 
 
@@ -32,6 +39,48 @@ def update_steps(run_dir: Path, skip: int) -> list[float]:
         if number >= skip and d_steps > 0:
             out.append(d_seconds / d_steps)
     return out
+
+
+def update_times(run_dir: Path, skip: int) -> list[tuple[float, float] | None]:
+    """Each timed update's span in seconds since the epoch (from its metrics line's
+    ``time`` and the one before), in :func:`update_steps`'s order; None where a line has
+    no ``time``."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    out: list[tuple[float, float] | None] = []
+    steps = 0
+    for number, row in enumerate(rows):
+        d_steps, steps = row["decode_steps"] - steps, row["decode_steps"]
+        if number >= skip and d_steps > 0:
+            before = rows[number - 1].get("time") if number > 0 else None
+            out.append((before, row["time"]) if before is not None and "time" in row else None)
+    return out
+
+
+def gpu_trace(run_dir: Path) -> list[tuple[float, float, float]]:
+    """The run's GPU samples (``gpu_trace.csv``: nvidia-smi's local timestamp, SM clock,
+    memory clock, load, ...) as (seconds since the epoch, SM MHz, load %); empty where
+    there is none.  Unreadable rows (a field the driver does not report) are skipped."""
+    path = run_dir / "gpu_trace.csv"
+    if not path.is_file():
+        return []
+    out = []
+    for row in csv.reader(path.read_text().splitlines()):
+        try:
+            when = datetime.strptime(row[0].strip(), "%Y/%m/%d %H:%M:%S.%f").timestamp()
+            out.append((when, float(row[1]), float(row[3])))
+        except (IndexError, ValueError):
+            continue
+    return out
+
+
+def over(trace: list[tuple[float, float, float]], span: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The mean SM clock and load of the samples within ``span``; None where none fall in it."""
+    if span is None:
+        return None
+    inside = [(mhz, load) for when, mhz, load in trace if span[0] <= when <= span[1]]
+    if not inside:
+        return None
+    return sum(m for m, _ in inside) / len(inside), sum(u for _, u in inside) / len(inside)
 
 
 def two_means(values: list[float]) -> float:
@@ -62,11 +111,13 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="+", help="run directories (each with a metrics.jsonl)")
     parser.add_argument("--skip", type=int, default=1, help="leave out the first updates (default 1: the engine's first shapes)")
     args = parser.parse_args()
-    found = {}
+    found, gpu = {}, {}
     for run in args.runs:
         if not (run / "metrics.jsonl").is_file():
             parser.error(f"{run}: no metrics.jsonl (not a train run's directory)")
         found[run] = update_steps(run, args.skip)
+        trace = gpu_trace(run)
+        gpu[run] = [over(trace, span) for span in update_times(run, args.skip)] if trace else []
     pooled = [v for values in found.values() for v in values]
     if len(pooled) < 2:
         parser.error("fewer than two timed updates in all the runs")
@@ -75,12 +126,28 @@ def main() -> None:
     fast, slow = [v for v in pooled if v <= threshold], [v for v in pooled if v > threshold]
     print(f"{len(pooled)} updates in {len(found)} runs: fast mode {1e3 * mean(fast):.1f} ms a step ({len(fast)} updates), "
           f"slow mode {1e3 * mean(slow):.1f} ms ({len(slow)}), split at {1e3 * threshold:.1f} ms")
-    print("| run | updates | mean step ms | fast ms | slow ms | slow share | spells |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| run | updates | mean step ms | fast ms | slow ms | slow share | spells | SM MHz fast / slow | GPU load % fast / slow |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---|")
+    pairs = []  # (step, SM clock) of every update with GPU samples
     for run, values in found.items():
         low, high = [v for v in values if v <= threshold], [v for v in values if v > threshold]
+        sampled = [(v, g) for v, g in zip(values, gpu[run]) if g is not None]
+        pairs += [(v, g[0]) for v, g in sampled]
+        by_mode = lambda slow, k: mean([g[k] for v, g in sampled if (v > threshold) == slow])  # noqa: E731
+        clocks = f"{by_mode(False, 0):.0f} / {by_mode(True, 0):.0f} | {by_mode(False, 1):.0f} / {by_mode(True, 1):.0f}" if sampled else "- | -"
         print(f"| {run.name} | {len(values)} | {1e3 * mean(values):.1f} | {1e3 * mean(low):.1f} | {1e3 * mean(high):.1f} | "
-              f"{len(high) / max(1, len(values)):.2f} | {spells(values, threshold)} |")
+              f"{len(high) / max(1, len(values)):.2f} | {spells(values, threshold)} | {clocks} |")
+    if len(pairs) > 2:
+        print(f"correlation of an update's decode step with the GPU's SM clock over it: {correlation(pairs):+.2f} ({len(pairs)} updates)")
+
+
+def correlation(pairs: list[tuple[float, float]]) -> float:
+    """Pearson's correlation of the pairs (0 where either side does not vary)."""
+    n = len(pairs)
+    mx, my = sum(x for x, _ in pairs) / n, sum(y for _, y in pairs) / n
+    sxy = sum((x - mx) * (y - my) for x, y in pairs)
+    sxx, syy = sum((x - mx) ** 2 for x, _ in pairs), sum((y - my) ** 2 for _, y in pairs)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0
 
 
 if __name__ == "__main__":

@@ -50,3 +50,54 @@ def test_the_table_gives_each_runs_slow_share(tmp_path):
     assert "| mixed | 4 | 15.5 | 12.0 | 19.0 | 0.50 | 3 |" in shown.stdout
     refused = subprocess.run([sys.executable, "benchmarks/step_spells.py", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode != 0 and "no metrics.jsonl" in refused.stderr
+
+
+def test_each_mode_gets_the_gpu_clock_sampled_over_its_updates(tmp_path):
+    """Updates a second apart, slow ones where the trace has the SM clock at 1200 MHz and
+    fast ones at 1980: the modes' clocks are told apart and the correlation is -1; a
+    sample outside every update counts for none."""
+    from datetime import datetime
+
+    run = write_run(tmp_path / "traced", [(10, 0.1), (10, 0.12), (10, 0.19), (10, 0.12), (10, 0.19)])
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    start = 1_800_000_000.0
+    for k, line in enumerate(lines):
+        line["time"] = start + k
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    stamp = lambda t: datetime.fromtimestamp(t).strftime("%Y/%m/%d %H:%M:%S.%f")[:-3]  # noqa: E731  (nvidia-smi's, local)
+    clocks = {1: 1980, 2: 1200, 3: 1980, 4: 1200}  # the update ending at start + k
+    rows = [f"{stamp(start + k - 0.5)}, {mhz}, 2619, {40 if mhz > 1500 else 20}, 300.1, 50, P0" for k, mhz in clocks.items()]
+    rows.append(f"{stamp(start + 30)}, 100, 2619, 0, 60.0, 40, P8")
+    rows.append("a line the driver garbled")
+    (run / "gpu_trace.csv").write_text("\n".join(rows) + "\n")
+    shown = subprocess.run([sys.executable, "benchmarks/step_spells.py", str(run)], cwd=ROOT, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "| traced | 4 | 15.5 | 12.0 | 19.0 | 0.50 | 4 | 1980 / 1200 | 40 / 20 |" in shown.stdout
+    assert "SM clock over it: -1.00 (4 updates)" in shown.stdout
+
+
+def test_the_fidelity_study_samples_the_gpu_with_nvidia_smi_where_it_has_one(tmp_path, monkeypatch):
+    """A stand-in ``nvidia-smi`` on the path echoes its arguments into the trace; on a
+    CPU, or with no ``nvidia-smi``, nothing is started."""
+    import os
+    import time
+
+    from benchmarks.fidelity import GPU_FIELDS, gpu_sampler
+
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho \"$@\"\nexec sleep 30\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    assert gpu_sampler("cpu", tmp_path / "none.csv") is None and not (tmp_path / "none.csv").exists()
+    trace = tmp_path / "trace.csv"
+    sampler = gpu_sampler("cuda", trace)
+    assert sampler is not None
+    deadline = time.monotonic() + 10
+    while not trace.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sampler.terminate()
+    sampler.wait()
+    assert f"--query-gpu={','.join(GPU_FIELDS)}" in trace.read_text() and "-lms 500" in trace.read_text()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert gpu_sampler("cuda", tmp_path / "other.csv") is None

@@ -142,6 +142,9 @@ def update_record(
         "wait_s": batch.wait_s,
         "train_s": time.perf_counter() - batch.collected_at,
         "wall_s": wall_s,
+        # the time of day at the line (seconds since the epoch): lines a run up with traces
+        # of its machine taken beside it (benchmarks/step_spells.py)
+        "time": time.time(),
         "ledger_s": executor.ledger_seconds,
         "store_s": executor.store_seconds,
         "gc_s": gc_s,
