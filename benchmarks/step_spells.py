@@ -124,7 +124,7 @@ def main() -> None:
     threshold = two_means(pooled)
     mean = lambda values: sum(values) / len(values) if values else float("nan")  # noqa: E731
     fast, slow = [v for v in pooled if v <= threshold], [v for v in pooled if v > threshold]
-    print(f"{len(pooled)} updates in {len(found)} runs: fast mode {1e3 * mean(fast):.1f} ms a step ({len(fast)} updates), "
+    print(f"{len(pooled)} updates in {len(found)} run{'s' if len(found) > 1 else ''}: fast mode {1e3 * mean(fast):.1f} ms a step ({len(fast)} updates), "
           f"slow mode {1e3 * mean(slow):.1f} ms ({len(slow)}), split at {1e3 * threshold:.1f} ms")
     print("| run | updates | mean step ms | fast ms | slow ms | slow share | spells | SM MHz fast / slow | GPU load % fast / slow |")
     print("|---|---:|---:|---:|---:|---:|---:|---|---|")
