@@ -87,14 +87,9 @@ def drained_collect() -> Callable[[RLRun], CollectedBatch]:
     under the weights they started with, before the update)."""
     collect = RLRun.collect_batch
 
-    async def idle(executor: Any) -> None:
-        while any(flight.generating() for flight in executor._flights.values()):
-            executor._raise_failure()
-            await executor._changes()
-
     def drained(run: RLRun) -> CollectedBatch:
         batch = collect(run)
-        run.loop.run(idle(run.executor))
+        run.loop.run(run.executor.drain())
         return batch
 
     return drained

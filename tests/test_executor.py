@@ -259,3 +259,26 @@ def test_the_trainer_takes_a_finished_batch_before_the_engine_steps_again(tmp_pa
     assert gaps and busy_at_return >= 2
     assert gaps == [0] * len(gaps), f"engine steps between a batch's end and its collection: {gaps}"
     assert generation.SETTLE_TURNS >= 1
+
+
+def test_drain_returns_once_no_rollout_in_flight_is_generating(tmp_path):
+    """Two rollouts submitted: drain returns with both complete and none running; with
+    the engine paused it keeps waiting (a rollout still generating)."""
+    config = Config(max_concurrent=2, batch_size=2, max_staleness=1)
+    executor, ledger, _ = _executor(tmp_path, config)
+
+    async def scenario():
+        executor.start()
+        executor.engine.pause()
+        executor.submit("p0")
+        executor.submit("p1")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(executor.drain(), 0.2)
+        executor.engine.resume()
+        await asyncio.wait_for(executor.drain(), 60)
+        done = (ledger.state.running, executor.ready())
+        await executor.close()
+        return done
+
+    assert asyncio.run(scenario()) == (0, 2)
+    ledger.close()

@@ -181,6 +181,16 @@ class RolloutExecutor:
         self._notify()
         return event.rollout
 
+    async def drain(self) -> None:
+        """Return once none of the rollouts in flight is generating (each one's samples
+        have finished, or it failed); a failure of the engine loop or the dispatcher is
+        raised instead of waiting forever.  Rollouts that start meanwhile are waited for
+        too: pause the dispatcher's starts first (a full ledger does) to drain a fixed set."""
+        while any(flight.generating() for flight in self._flights.values()):
+            self._raise_failure()
+            await self._changes()
+        self._raise_failure()
+
     def ready(self) -> int:
         """Ready rollouts the policy would let a batch use now."""
         state = self.ledger.state
