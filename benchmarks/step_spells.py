@@ -21,38 +21,33 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
+import sys
 from datetime import datetime
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # (run as a script: benchmarks/ is a package of the repository)
+    sys.path.insert(0, str(ROOT))
 
-def update_steps(run_dir: Path, skip: int) -> list[float]:
-    """Each update's mean decode step in seconds (updates with no decode step left out)."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+def timed_updates(run_dir: Path, skip: int) -> list[tuple[float, tuple[float, float] | None]]:
+    """Each update's mean decode step in seconds (updates with no decode step, and the
+    first ``skip``, left out), with its span in seconds since the epoch (its metrics
+    line's ``time`` and the one before; None where a line has no ``time``)."""
+    from benchmarks.fidelity import metrics_lines
+
+    rows = metrics_lines(run_dir)
     if rows and "decode_s" not in rows[-1]:
         raise SystemExit(f"{run_dir}: its engine did not time its decode steps (no decode_s)")
-    out, steps, seconds = [], 0, 0.0
+    out: list[tuple[float, tuple[float, float] | None]] = []
+    steps, seconds = 0, 0.0
     for number, row in enumerate(rows):
         d_steps, d_seconds = row["decode_steps"] - steps, row["decode_s"] - seconds
         steps, seconds = row["decode_steps"], row["decode_s"]
         if number >= skip and d_steps > 0:
-            out.append(d_seconds / d_steps)
-    return out
-
-
-def update_times(run_dir: Path, skip: int) -> list[tuple[float, float] | None]:
-    """Each timed update's span in seconds since the epoch (from its metrics line's
-    ``time`` and the one before), in :func:`update_steps`'s order; None where a line has
-    no ``time``."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    out: list[tuple[float, float] | None] = []
-    steps = 0
-    for number, row in enumerate(rows):
-        d_steps, steps = row["decode_steps"] - steps, row["decode_steps"]
-        if number >= skip and d_steps > 0:
             before = rows[number - 1].get("time") if number > 0 else None
-            out.append((before, row["time"]) if before is not None and "time" in row else None)
+            out.append((d_seconds / d_steps, (before, row["time"]) if before is not None and "time" in row else None))
     return out
 
 
@@ -115,9 +110,10 @@ def main() -> None:
     for run in args.runs:
         if not (run / "metrics.jsonl").is_file():
             parser.error(f"{run}: no metrics.jsonl (not a train run's directory)")
-        found[run] = update_steps(run, args.skip)
+        updates = timed_updates(run, args.skip)
+        found[run] = [step for step, _ in updates]
         trace = gpu_trace(run)
-        gpu[run] = [over(trace, span) for span in update_times(run, args.skip)] if trace else []
+        gpu[run] = [over(trace, span) for _, span in updates] if trace else []
     pooled = [v for values in found.values() for v in values]
     if len(pooled) < 2:
         parser.error("fewer than two timed updates in all the runs")
