@@ -650,25 +650,25 @@ def main() -> None:
     if args.other_batch_size:
         plan.append((f"staleness{args.calibrate_at}-batch{args.other_batch_size}", args.calibrate_at, args.other_batch_size))
     plan.insert(0, (f"staleness{args.calibrate_at}-calibration", args.calibrate_at, args.batch_size))
+    from engine.log.files import write_atomic
+
     written = out / "predictions.json"
     if args.resume and written.is_file():  # the study's own predictions, made before its first predicted run
         predictions = json.loads(written.read_text())
         if set(predictions) != {name for name, _, _ in plan}:
             sys.exit(f"fidelity: --resume: {written} predicts {', '.join(predictions)}, not this plan's "
                      f"{', '.join(name for name, _, _ in plan)} (the study's --staleness and --other-batch-size are its own)")
-        with (out / "commands.txt").open("a") as commands:
-            commands.write(shlex.join(["python", *sys.argv]) + "\n")
+        commands = out / "commands.txt"
+        write_atomic(commands, (commands.read_text() if commands.is_file() else "") + shlex.join(["python", *sys.argv]) + "\n")
         print(f"predictions read from {written} (written before the study's first predicted run)", flush=True)
     else:
-        (out / "commands.txt").write_text(shlex.join(["python", *sys.argv]) + "\n" + shlex.join(["rollout-ledger", *command[3:]]) + "\n")
+        write_atomic(out / "commands.txt", shlex.join(["python", *sys.argv]) + "\n" + shlex.join(["rollout-ledger", *command[3:]]) + "\n")
         fit = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         if fit.returncode != 0:
             sys.exit(f"fidelity: calibrate failed: {fit.stderr}")
         print(fit.stdout, flush=True)
-        (out / "calibration_fit.txt").write_text(fit.stdout)
+        write_atomic(out / "calibration_fit.txt", fit.stdout)
         predictions = {name: predict(scenario, k, batch, args.steps, args) for name, k, batch in plan}
-        from engine.log.files import write_atomic
-
         write_atomic(written, json.dumps(predictions, indent=1))  # before any predicted run starts
         print(f"predictions written to {written}" + (" (after the runs: a reanalysis)" if args.reanalyse else ""), flush=True)
 
@@ -718,7 +718,7 @@ def main() -> None:
     if args.probe_batch_size:
         summaries[probe.name] = summary(probe)
     results["own_step"] = own_step(scenario, summaries, [Path(log).name for log in logs], plan, args)
-    (out / "summaries.json").write_text(json.dumps(summaries, indent=1))
+    write_atomic(out / "summaries.json", json.dumps(summaries, indent=1))
 
     header = "| run | " + " | ".join(f"{m} pred | meas | err %" for m in METRICS) + " |"
     lines = [header, "|" + "---|" * (1 + 3 * len(METRICS))]
@@ -738,8 +738,8 @@ def main() -> None:
         results["reanalysis_of"] = str(runs)
         table = f"Reanalysis of {runs}: the current model calibrated and predicting AFTER these runs.\n\n" + table
     results["total_s"] = time.perf_counter() - start
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "table.md").write_text(table + "\n")
+    write_atomic(out / "results.json", json.dumps(results, indent=1))
+    write_atomic(out / "table.md", table + "\n")
     print(table)
     passes = "  ".join(f"{name} {row['predicted']['prefill_passes_per_update']:.2f}/{row['measured']['prefill_passes_per_update']:.2f}"
                        for name, row in results["runs"].items())
