@@ -126,19 +126,22 @@ def train(args: argparse.Namespace, run_dir: Path, staleness: int, batch: int, s
     shutil.rmtree(run_dir, ignore_errors=True)  # only the run directories this script names
     probe = host_probe(args.device)
     before = cpu_use()
-    trace = run_dir.with_name(f".{run_dir.name}.gpu_trace.part")
-    sampler = gpu_sampler(args.device, trace)
+    traces = {name: run_dir.with_name(f".{run_dir.name}.{name}.part") for name in ("gpu_trace.csv", "host_trace.csv")}
+    samplers = {"gpu_trace.csv": gpu_sampler(args.device, traces["gpu_trace.csv"]),
+                "host_trace.csv": host_sampler(traces["host_trace.csv"])}
     started = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     finally:
-        if sampler is not None:
-            sampler.terminate()
-            sampler.wait()
+        for running in samplers.values():
+            if running is not None:
+                running.terminate()
+                running.wait()
     elapsed = time.perf_counter() - started
-    if sampler is not None and done.returncode == 0 and run_dir.is_dir():
-        trace.replace(run_dir / "gpu_trace.csv")  # (a rename: whole or not at all)
-    trace.unlink(missing_ok=True)
+    for name, part in traces.items():
+        if samplers[name] is not None and done.returncode == 0 and run_dir.is_dir():
+            part.replace(run_dir / name)  # (a rename: whole or not at all)
+        part.unlink(missing_ok=True)
     if done.returncode != 0:
         sys.exit(f"fidelity: {' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     host = probe | others_cpu(before, cpu_use(), elapsed) | {"started": time.time() - elapsed}
@@ -154,24 +157,53 @@ def train(args: argparse.Namespace, run_dir: Path, staleness: int, batch: int, s
 GPU_FIELDS = ("timestamp", "clocks.sm", "clocks.mem", "utilization.gpu", "power.draw", "temperature.gpu", "pstate")
 
 
+def spare_cores() -> tuple[set[int], set[int]]:
+    """The cores this process may not run on (where its runs are bound with ``taskset``),
+    split in two: one for the host sampler, the rest for ``nvidia-smi``; both empty where
+    the process may run anywhere (the samplers then share the run's cores)."""
+    import os
+
+    spare = sorted(set(range(os.cpu_count() or 1)) - os.sched_getaffinity(0))
+    if not spare:
+        return set(), set()
+    return {spare[-1]}, set(spare[:-1]) or {spare[-1]}
+
+
+def sampler(command: list[str], trace: Path, cores: set[int]) -> subprocess.Popen[bytes] | None:
+    """``command`` started on ``cores`` (anywhere where empty), its output into ``trace``;
+    None where it cannot start: a trace is a help, not the study, which goes on without one."""
+    import os
+
+    try:
+        with trace.open("wb") as out:  # (the child keeps its own handle)
+            return subprocess.Popen(command, stdout=out, stderr=subprocess.DEVNULL,
+                                    preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
+    except OSError:
+        return None
+
+
 def gpu_sampler(device: str, trace: Path) -> subprocess.Popen[bytes] | None:
     """``nvidia-smi`` sampling the GPU's clocks, load and power every half second into
     ``trace`` (CSV, :data:`GPU_FIELDS`), on cores the run does not use where there are
     any; None on a CPU or without ``nvidia-smi``.  It shows whether a run's slow decode
     steps are the GPU's clocks or its host (``benchmarks/step_spells.py``)."""
-    import os
-
     found = shutil.which("nvidia-smi")
     if device != "cuda" or found is None:
         return None
-    spare = set(range(os.cpu_count() or 1)) - os.sched_getaffinity(0)
-    try:
-        with trace.open("wb") as out:  # (the child keeps its own handle)
-            return subprocess.Popen([found, f"--query-gpu={','.join(GPU_FIELDS)}", "--format=csv,noheader,nounits", "-lms", "500"],
-                                    stdout=out, stderr=subprocess.DEVNULL,
-                                    preexec_fn=(lambda: os.sched_setaffinity(0, spare)) if spare else None)
-    except OSError:  # a trace is a help, not the study: it goes on without one
-        return None
+    return sampler([found, f"--query-gpu={','.join(GPU_FIELDS)}", "--format=csv,noheader,nounits", "-lms", "500"],
+                   trace, spare_cores()[1])
+
+
+def host_sampler(trace: Path) -> subprocess.Popen[bytes] | None:
+    """``benchmarks/host_trace.py`` on a core the run does not use (where there is one),
+    tracing that core's speed and the run's cores' load and clock every half second into
+    ``trace``; a run whose decode steps slow down while the spare core slows too ran on a
+    slower machine, not a slower model."""
+    import os
+
+    watched = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    command = [sys.executable, str(ROOT / "benchmarks" / "host_trace.py"), "trace", "--cores", watched, "--every", "0.5", "-"]
+    return sampler(command, trace, spare_cores()[0])
 
 
 def metrics_lines(run_dir: Path) -> list[dict[str, Any]]:
@@ -592,10 +624,10 @@ def main() -> None:
         study: Path = args.against_controls
         try:
             predictions = json.loads((study / "predictions.json").read_text())
-            summaries = json.loads((study / "summaries.json").read_text())
+            recorded = json.loads((study / "summaries.json").read_text())
         except (OSError, ValueError) as failure:
             sys.exit(f"fidelity: --against-controls {study}: {failure}")
-        rows = against_controls(predictions, summaries)
+        rows = against_controls(predictions, recorded)
         if not rows:
             sys.exit(f"fidelity: --against-controls {study}: no predicted run shares a round with a control "
                      "(a study with --repeats 2 or more has them)")

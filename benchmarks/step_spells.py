@@ -11,7 +11,11 @@ share's draw: where that share moves from run to run, so does every figure that 
 the decode step, whatever the model.  Where a run holds a ``gpu_trace.csv`` (the
 fidelity study samples the GPU beside each run) and its metrics lines their ``time``,
 each update is also given the GPU's mean SM clock and load over it, and each mode its
-mean of them: the same clock in both modes says the slow steps are the host's.
+mean of them: the same clock in both modes says the slow steps are the host's.  Where
+it holds a ``host_trace.csv`` (``benchmarks/host_trace.py``, run by the study on a core
+its runs do not use), each mode also gets that spare core's speed (microseconds per
+1,000 turns of a Python loop) and how busy the run's own cores were: a spare core slower
+in the slow mode says the whole host slowed down.
 Round 15 (docs/simulator.md)::
 
     python3 benchmarks/step_spells.py runs/qfid5/calibration runs/qfid5/calibration-2 ...
@@ -68,8 +72,20 @@ def gpu_trace(run_dir: Path) -> list[tuple[float, float, float]]:
     return out
 
 
+def host_trace(run_dir: Path) -> list[tuple[float, float, float]]:
+    """The run's host samples (``host_trace.csv``) as (seconds since the epoch, a spare
+    core's microseconds per 1,000 loop turns, the run's cores' busy share); empty where
+    there is none."""
+    from benchmarks.host_trace import read_trace
+
+    nan = float("nan")
+    return [(r["time"], r["loop_us"], nan if r["busy"] is None else r["busy"])
+            for r in read_trace(run_dir / "host_trace.csv") if r["time"] is not None and r["loop_us"] is not None]
+
+
 def over(trace: list[tuple[float, float, float]], span: tuple[float, float] | None) -> tuple[float, float] | None:
-    """The mean SM clock and load of the samples within ``span``; None where none fall in it."""
+    """The means of the two sampled figures (SM clock and load; loop time and busy share)
+    of the samples within ``span``; None where none fall in it."""
     if span is None:
         return None
     inside = [(mhz, load) for when, mhz, load in trace if span[0] <= when <= span[1]]
@@ -106,7 +122,7 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="+", help="run directories (each with a metrics.jsonl)")
     parser.add_argument("--skip", type=int, default=1, help="leave out the first updates (default 1: the engine's first shapes)")
     args = parser.parse_args()
-    found, gpu = {}, {}
+    found, gpu, host = {}, {}, {}
     for run in args.runs:
         if not (run / "metrics.jsonl").is_file():
             parser.error(f"{run}: no metrics.jsonl (not a train run's directory)")
@@ -114,6 +130,8 @@ def main() -> None:
         found[run] = [step for step, _ in updates]
         trace = gpu_trace(run)
         gpu[run] = [over(trace, span) for _, span in updates] if trace else []
+        samples = host_trace(run)
+        host[run] = [over(samples, span) for _, span in updates] if samples else []
     pooled = [v for values in found.values() for v in values]
     if len(pooled) < 2:
         parser.error("fewer than two timed updates in all the runs")
@@ -122,19 +140,25 @@ def main() -> None:
     fast, slow = [v for v in pooled if v <= threshold], [v for v in pooled if v > threshold]
     print(f"{len(pooled)} updates in {len(found)} run{'s' if len(found) > 1 else ''}: fast mode {1e3 * mean(fast):.1f} ms a step ({len(fast)} updates), "
           f"slow mode {1e3 * mean(slow):.1f} ms ({len(slow)}), split at {1e3 * threshold:.1f} ms")
-    print("| run | updates | mean step ms | fast ms | slow ms | slow share | spells | SM MHz fast / slow | GPU load % fast / slow |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|---|")
-    pairs = []  # (step, SM clock) of every update with GPU samples
+    print("| run | updates | mean step ms | fast ms | slow ms | slow share | spells | SM MHz fast / slow | GPU load % fast / slow "
+          "| spare core us fast / slow | run cores busy fast / slow |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---|---|---|")
+    pairs: dict[str, list[tuple[float, float]]] = {"the GPU's SM clock": [], "a spare core's loop time": []}
     for run, values in found.items():
         low, high = [v for v in values if v <= threshold], [v for v in values if v > threshold]
-        sampled = [(v, g) for v, g in zip(values, gpu[run]) if g is not None]
-        pairs += [(v, g[0]) for v, g in sampled]
-        by_mode = lambda slow, k: mean([g[k] for v, g in sampled if (v > threshold) == slow])  # noqa: E731
-        clocks = f"{by_mode(False, 0):.0f} / {by_mode(True, 0):.0f} | {by_mode(False, 1):.0f} / {by_mode(True, 1):.0f}" if sampled else "- | -"
+        cells = []
+        for name, sampled_over, formats in (("the GPU's SM clock", gpu[run], ("{:.0f}", "{:.0f}")),
+                                             ("a spare core's loop time", host[run], ("{:.1f}", "{:.2f}"))):
+            sampled = [(v, g) for v, g in zip(values, sampled_over) if g is not None]
+            pairs[name] += [(v, g[0]) for v, g in sampled]
+            by_mode = lambda slow, k: mean([g[k] for v, g in sampled if (v > threshold) == slow])  # noqa: E731
+            cells += [f"{formats[k].format(by_mode(False, k))} / {formats[k].format(by_mode(True, k))}" if sampled else "-"
+                      for k in (0, 1)]
         print(f"| {run.name} | {len(values)} | {1e3 * mean(values):.1f} | {1e3 * mean(low):.1f} | {1e3 * mean(high):.1f} | "
-              f"{len(high) / max(1, len(values)):.2f} | {spells(values, threshold)} | {clocks} |")
-    if len(pairs) > 2:
-        print(f"correlation of an update's decode step with the GPU's SM clock over it: {correlation(pairs):+.2f} ({len(pairs)} updates)")
+              f"{len(high) / max(1, len(values)):.2f} | {spells(values, threshold)} | {' | '.join(cells)} |")
+    for name, found_pairs in pairs.items():
+        if len(found_pairs) > 2:
+            print(f"correlation of an update's decode step with {name} over it: {correlation(found_pairs):+.2f} ({len(found_pairs)} updates)")
 
 
 def correlation(pairs: list[tuple[float, float]]) -> float:

@@ -233,6 +233,10 @@ def test_the_fidelity_study_runs_small_and_can_be_reanalysed_without_touching_it
     written = (study / "predictions.json").stat().st_mtime_ns
     assert all((study / name / "metrics.jsonl").stat().st_mtime_ns > written
                for name in ("staleness0", "staleness4", "staleness0-r2", "staleness4-r2"))
+    from benchmarks.host_trace import read_trace
+
+    assert all(read_trace(study / name / "host_trace.csv") for name in ("calibration", "staleness0", "staleness4-r2"))
+    assert not list(study.glob(".*.part"))  # every trace renamed into its run, none left half-written
     # each predicted setting ran twice and is measured by the mean of its two runs; the calibration run once
     summaries = json.loads((study / "summaries.json").read_text())
     for name in ("staleness0", "staleness4", "staleness2-batch8"):
