@@ -15,6 +15,19 @@ use, and ``benchmarks/step_spells.py`` sets each update of a run beside it::
 
     python3 benchmarks/host_trace.py trace --cores 2,3 --every 0.5 host_trace.csv
 
+``summary``: several traces side by side (one per core, each sampler bound to the core
+it watches, say).  The loop times of all of them, pooled, are split in two where the
+spread within the two groups is least (a host whose cores run at two speeds); each
+trace's row gives its mean loop time in the fast and in the slow group, its share of
+slow samples, the mean length of a slow spell in seconds, and the mean correlation of its
+loop times with the other traces' (samples paired by time): near 0, each core changes
+speed on its own; near 1, the whole host at once.  Then the slow share and the mean loop
+time of all traces together in each ``--window`` seconds: how far apart two runs of
+that length can find the same machine::
+
+    for c in $(seq 0 15); do taskset -c $c python3 benchmarks/host_trace.py trace --cores $c t$c.csv & done
+    sleep 120; kill $(jobs -p); python3 benchmarks/host_trace.py summary t*.csv
+
 ``survey``: each core's loop speed, measured ``--rounds`` times with the cores taken in
 turn (so a core that is slow in every round is told from a moment that is slow on
 every core), the same loop while the core's hyperthread sibling spins, and the
@@ -200,6 +213,105 @@ def survey(rounds: int) -> None:
               f"{' '.join(f'{v:.0f}' for v in values)} | {busy} |")
 
 
+def two_means(values: list[float]) -> float:
+    """The threshold that splits ``values`` in two with the least squared spread within
+    the two groups (the midpoint between the last of the low group and the first of the high)."""
+    ordered = sorted(values)
+    if len(ordered) < 2:
+        raise ValueError("two values at least are needed to split them")
+    total, total2, n = sum(ordered), sum(v * v for v in ordered), len(ordered)
+    best, cut, low, low2 = float("inf"), 1, 0.0, 0.0
+    for k in range(1, n):
+        low, low2 = low + ordered[k - 1], low2 + ordered[k - 1] ** 2
+        high, high2 = total - low, total2 - low2
+        spread = (low2 - low * low / k) + (high2 - high * high / (n - k))
+        if spread < best:
+            best, cut = spread, k
+    return (ordered[cut - 1] + ordered[cut]) / 2
+
+
+def spells_s(rows: list[dict[str, float | None]], slow: float) -> list[float]:
+    """The lengths in seconds of the runs of consecutive samples over ``slow``
+    microseconds (a spell of one sample counts the sampling interval)."""
+    times = [r["time"] or 0.0 for r in rows]
+    every = statistics.median(b - a for a, b in zip(times, times[1:])) if len(times) > 1 else 0.0
+    out, began = [], None
+    for k, r in enumerate(rows):
+        if (r["loop_us"] or 0.0) > slow:
+            began = times[k] if began is None else began
+        elif began is not None:
+            out.append(times[k - 1] - began + every)
+            began = None
+    if began is not None:
+        out.append(times[-1] - began + every)
+    return out
+
+
+def paired(a: list[dict[str, float | None]], b: list[dict[str, float | None]], within: float) -> list[tuple[float, float]]:
+    """Loop times of ``a`` and ``b`` sampled within ``within`` seconds of each other."""
+    out, j = [], 0
+    for r in a:
+        when = r["time"] or 0.0
+        while j + 1 < len(b) and abs((b[j + 1]["time"] or 0.0) - when) <= abs((b[j]["time"] or 0.0) - when):
+            j += 1
+        if b and abs((b[j]["time"] or 0.0) - when) <= within:
+            out.append((r["loop_us"] or 0.0, b[j]["loop_us"] or 0.0))
+    return out
+
+
+def correlation(pairs: list[tuple[float, float]]) -> float:
+    """Pearson's correlation of the pairs (nan where either side does not vary)."""
+    if len(pairs) < 3:
+        return float("nan")
+    xs, ys = [x for x, _ in pairs], [y for _, y in pairs]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxy = sum((x - mx) * (y - my) for x, y in pairs)
+    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    return sxy / (sxx * syy) ** 0.5 if sxx > 0 and syy > 0 else float("nan")
+
+
+def summary(paths: list[Path], window: float) -> None:
+    """Print one row per trace, then the host's figures per ``window`` seconds (module docstring)."""
+    traces = {path: [r for r in read_trace(path) if r["loop_us"] is not None and r["time"] is not None] for path in paths}
+    empty = [str(path) for path, rows in traces.items() if len(rows) < 2]
+    if empty:
+        raise SystemExit(f"too few samples to summarise in {', '.join(empty)}")
+    loop = lambda r: r["loop_us"] or 0.0  # noqa: E731  (the rows kept all have one)
+    pooled = [loop(r) for rows in traces.values() for r in rows]
+    threshold = two_means(pooled)
+    fast, slow = [v for v in pooled if v <= threshold], [v for v in pooled if v > threshold]
+    print(f"{len(pooled)} samples in {len(traces)} trace{'s' if len(traces) > 1 else ''}: fast {statistics.fmean(fast):.1f} us "
+          f"per 1,000 loop turns ({len(fast)} samples), slow {statistics.fmean(slow) if slow else float('nan'):.1f} us "
+          f"({len(slow)}), split at {threshold:.1f} us")
+    print("| trace | samples | fast us | slow us | slow share | mean slow spell s | correlation with the others |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    lengths, correlations = [], []
+    for path, rows in traces.items():
+        low, high = [loop(r) for r in rows if loop(r) <= threshold], [loop(r) for r in rows if loop(r) > threshold]
+        found = spells_s(rows, threshold)
+        times = [r["time"] or 0.0 for r in rows]
+        within = statistics.median(b - a for a, b in zip(times, times[1:])) / 2
+        others = [c for c in (correlation(paired(rows, other, within)) for o, other in traces.items() if o != path) if c == c]
+        mine = statistics.fmean(others) if others else float("nan")
+        lengths += found
+        correlations += [mine] if mine == mine else []
+        show = lambda values: f"{statistics.fmean(values):.1f}" if values else "-"  # noqa: E731
+        print(f"| {path.name} | {len(rows)} | {show(low)} | {show(high)} | {len(high) / len(rows):.2f} | "
+              f"{statistics.fmean(found) if found else 0.0:.2f} | {mine:+.2f} |")
+    print(f"{len(lengths)} slow spells of {statistics.fmean(lengths) if lengths else 0.0:.2f} s on average; correlation between "
+          f"traces {statistics.fmean(correlations) if correlations else float('nan'):+.2f} on average")
+    start = min(r["time"] or 0.0 for rows in traces.values() for r in rows)
+    windows: dict[int, list[float]] = {}
+    for rows in traces.values():
+        for r in rows:
+            windows.setdefault(int(((r["time"] or 0.0) - start) // window), []).append(loop(r))
+    whole = [values for _, values in sorted(windows.items())][:-1] or list(windows.values())  # (the last one cut short)
+    shares = [sum(v > threshold for v in values) / len(values) for values in whole]
+    means = [statistics.fmean(values) for values in whole]
+    print(f"per {window:g} s window ({len(whole)}): slow share {' '.join(f'{x:.2f}' for x in shares)}; mean loop time "
+          f"{min(means):.1f} to {max(means):.1f} us, the slowest window {max(means) / min(means):.2f} times the fastest")
+
+
 def cores_arg(text: str) -> list[int]:
     try:
         cores = [int(part) for part in text.split(",") if part.strip()]
@@ -218,6 +330,9 @@ def main(argv: list[str] | None = None) -> None:
     tracing.add_argument("--cores", type=cores_arg, default=None,
                          help="the cores whose load and clock to record (default: those this sampler may run on)")
     tracing.add_argument("--every", type=float, default=0.5, help="seconds between rows (default 0.5)")
+    summing = verbs.add_parser("summary", help="print traces side by side: spread, slow spells, correlation")
+    summing.add_argument("traces", type=Path, nargs="+", help="trace CSVs (host_trace.py trace)")
+    summing.add_argument("--window", type=float, default=30.0, help="seconds per window of the host's figures (default 30)")
     surveying = verbs.add_parser("survey", help="print each core's loop speed, round by round")
     surveying.add_argument("--rounds", type=int, default=5, help="times each core is timed (default 5)")
     args = parser.parse_args(argv)
@@ -227,6 +342,13 @@ def main(argv: list[str] | None = None) -> None:
         if str(args.out) != "-" and not args.out.parent.is_dir():
             parser.error(f"{args.out}: its folder does not exist")
         trace(args.out, args.cores or sorted(os.sched_getaffinity(0)), args.every)
+    elif args.verb == "summary":
+        missing = [str(path) for path in args.traces if not path.is_file()]
+        if missing:
+            parser.error(f"no such trace: {', '.join(missing)}")
+        if args.window <= 0:
+            parser.error(f"--window {args.window}: give a positive number of seconds")
+        summary(args.traces, args.window)
     else:
         if args.rounds < 1:
             parser.error(f"--rounds {args.rounds}: one round at least")

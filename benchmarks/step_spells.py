@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # (run as a script: benchmarks/ is a package of the repository)
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.host_trace import correlation, read_trace, two_means  # noqa: E402
 
 
 def timed_updates(run_dir: Path, skip: int) -> list[tuple[float, tuple[float, float] | None]]:
@@ -76,8 +77,6 @@ def host_trace(run_dir: Path) -> list[tuple[float, float, float]]:
     """The run's host samples (``host_trace.csv``) as (seconds since the epoch, a spare
     core's microseconds per 1,000 loop turns, the run's cores' busy share); empty where
     there is none."""
-    from benchmarks.host_trace import read_trace
-
     nan = float("nan")
     return [(r["time"], r["loop_us"], nan if r["busy"] is None else r["busy"])
             for r in read_trace(run_dir / "host_trace.csv") if r["time"] is not None and r["loop_us"] is not None]
@@ -92,23 +91,6 @@ def over(trace: list[tuple[float, float, float]], span: tuple[float, float] | No
     if not inside:
         return None
     return sum(m for m, _ in inside) / len(inside), sum(u for _, u in inside) / len(inside)
-
-
-def two_means(values: list[float]) -> float:
-    """The threshold that splits ``values`` in two with the least squared spread within
-    the two groups (the midpoint between the last of the low group and the first of the high)."""
-    ordered = sorted(values)
-    if len(ordered) < 2:
-        raise ValueError("two values at least are needed to split them")
-    total, total2, n = sum(ordered), sum(v * v for v in ordered), len(ordered)
-    best, cut, low, low2 = float("inf"), 1, 0.0, 0.0
-    for k in range(1, n):
-        low, low2 = low + ordered[k - 1], low2 + ordered[k - 1] ** 2
-        high, high2 = total - low, total2 - low2
-        spread = (low2 - low * low / k) + (high2 - high * high / (n - k))
-        if spread < best:
-            best, cut = spread, k
-    return (ordered[cut - 1] + ordered[cut]) / 2
 
 
 def spells(values: list[float], threshold: float) -> int:
@@ -159,15 +141,6 @@ def main() -> None:
     for name, found_pairs in pairs.items():
         if len(found_pairs) > 2:
             print(f"correlation of an update's decode step with {name} over it: {correlation(found_pairs):+.2f} ({len(found_pairs)} updates)")
-
-
-def correlation(pairs: list[tuple[float, float]]) -> float:
-    """Pearson's correlation of the pairs (0 where either side does not vary)."""
-    n = len(pairs)
-    mx, my = sum(x for x, _ in pairs) / n, sum(y for _, y in pairs) / n
-    sxy = sum((x - mx) * (y - my) for x, y in pairs)
-    sxx, syy = sum((x - mx) ** 2 for x, _ in pairs), sum((y - my) ** 2 for _, y in pairs)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0
 
 
 if __name__ == "__main__":

@@ -106,3 +106,27 @@ def test_step_spells_gives_each_mode_the_spare_cores_speed(tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert "| hosted | 4 | 15.5 | 12.0 | 19.0 | 0.50 | 4 | - | - | 30.0 / 60.0 | 0.50 / 0.90 |" in shown.stdout
     assert "a spare core's loop time over it: +1.00 (4 updates)" in shown.stdout
+
+
+def test_the_summary_splits_the_hosts_two_speeds_and_gives_each_window_its_share(tmp_path):
+    """Two traces sampled together every second: the first slow (90 us against 30) for
+    three samples in a row, the second moving with it (70 against 40).  Pooled, the
+    split falls between 40 and 70: each trace has a slow share of 0.3 in one spell of
+    3 s, and they correlate at +1; in windows of 3 s (the last, cut short, left out) the
+    slow share goes 0, 2/3, 1/3 and the mean loop time 35, 65, 50 us."""
+    header = ",".join(FIELDS)
+    first = [30.0] * 4 + [90.0] * 3 + [30.0] * 3
+    second = [40.0 + (v - 30.0) / 2 for v in first]
+    for name, loops in (("a.csv", first), ("b.csv", second)):
+        (tmp_path / name).write_text(header + "\n" + "".join(f"{1_800_000_000 + k},{v},0.5,0,\n" for k, v in enumerate(loops)))
+    shown = subprocess.run([sys.executable, "benchmarks/host_trace.py", "summary", "--window", "3", str(tmp_path / "a.csv"),
+                            str(tmp_path / "b.csv")], cwd=ROOT, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "20 samples in 2 traces: fast 35.0 us per 1,000 loop turns (14 samples), slow 80.0 us (6), split at 55.0 us" in shown.stdout
+    assert "| a.csv | 10 | 30.0 | 90.0 | 0.30 | 3.00 | +1.00 |" in shown.stdout
+    assert "| b.csv | 10 | 40.0 | 70.0 | 0.30 | 3.00 | +1.00 |" in shown.stdout
+    assert "2 slow spells of 3.00 s on average" in shown.stdout
+    assert "per 3 s window (3): slow share 0.00 0.67 0.33; mean loop time 35.0 to 65.0 us, the slowest window 1.86 times" in shown.stdout
+    for bad, said in ((["--window", "0", str(tmp_path / "a.csv")], "--window 0"), ([str(tmp_path / "none.csv")], "no such trace")):
+        refused = subprocess.run([sys.executable, "benchmarks/host_trace.py", "summary", *bad], cwd=ROOT, capture_output=True, text=True)
+        assert refused.returncode != 0 and said in refused.stderr

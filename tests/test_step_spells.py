@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.step_spells import spells, timed_updates, two_means
+from benchmarks.host_trace import two_means
+from benchmarks.step_spells import spells, timed_updates
 
 ROOT = Path(__file__).resolve().parents[1]
 
