@@ -454,6 +454,13 @@ def setting_of(run: str, plan: list[str]) -> str | None:
     return name if name in plan else None
 
 
+def summary_keys(runs: list[str], plan: list[str]) -> list[str]:
+    """The keys of ``runs`` (run directories' names) in a study's summaries: the first
+    calibration run's summary is kept under its setting's name, the others under their own."""
+    calibration = next((name for name in plan if name.endswith("-calibration")), None)
+    return [calibration if run == "calibration" and calibration is not None else run for run in runs]
+
+
 def step_at_no_busy(summary_: dict[str, Any], per_busy: float) -> float | None:
     """A run's mean decode step less ``per_busy`` for each busy row (from its summary's
     line of a step's seconds on its busy rows, which passes through its mean step)."""
@@ -477,7 +484,7 @@ def own_step(scenario_path: Path, summaries: dict[str, Any], fitted: list[str], 
     scenario = load(scenario_path)
     per_busy, base = scenario.generation.step_per_seq_s, scenario.generation.step_base_s
     weighted = [(step_at_no_busy(summaries[name], per_busy), summaries[name]["decode_steps_per_update"] * summaries[name]["updates"])
-                for name in fitted if name in summaries]
+                for name in summary_keys(fitted, [name for name, _, _ in plan]) if name in summaries]
     if not weighted or any(step is None for step, _ in weighted):
         return {}
     fitted_step = sum(step * w for step, w in weighted if step is not None) / max(1e-12, sum(w for _, w in weighted))
@@ -504,32 +511,84 @@ def own_step(scenario_path: Path, summaries: dict[str, Any], fitted: list[str], 
     return rows
 
 
-def own_step_of(study: Path) -> dict[str, Any]:
-    """:func:`own_step` for the study in ``study``: its plan from its predictions and
-    runs, its fitted runs from its ``calibrate`` command, its flags from its results."""
+def flat_step(scenario_path: Path, summaries: dict[str, Any], fitted: list[str], plan: list[tuple[str, int, int]],
+              args: argparse.Namespace) -> dict[str, Any]:
+    """After the runs, what the calibration's cost per busy row did to each setting's
+    prediction: every setting simulated again with a decode step that is the fitted
+    runs' mean step (weighted by their steps) whatever its busy rows.  On an H100 the
+    runs' mean steps were flat from 75 to 570 busy rows (round 16) while the slope
+    within the calibration runs read 15 microseconds a row; this tells how much of a
+    setting's error that slope carries.  Not a prediction: it is read after the runs."""
+    weighted = [(summaries[name]["decode_step_line"], summaries[name]["decode_steps_per_update"] * summaries[name]["updates"],
+                 summaries[name]["mean_batch"]) for name in summary_keys(fitted, [name for name, _, _ in plan])
+                if summaries.get(name, {}).get("decode_step_line")]
+    if not weighted:
+        return {}
+    flat = sum((line["s_at_no_busy"] + line["s_per_busy"] * busy) * w for line, w, busy in weighted) / max(1e-12, sum(w for _, w, _ in weighted))
+    names = [name for name, _, _ in plan]
+    rows: dict[str, Any] = {}
+    for name, k, batch in plan:
+        measured_runs = [found["measured"]["tokens_per_s"] for run, found in summaries.items() if setting_of(run, names) == name]
+        if not measured_runs:
+            continue
+        predicted = predict_with(scenario_path, k, batch, args.steps, args,
+                                 [f"generation.step_base_s={flat!r}", "generation.step_per_seq_s=0.0"])["tokens_per_s"]
+        measured_mean = sum(measured_runs) / len(measured_runs)
+        rows[name] = {"step_s": flat, "predicted_tokens_per_s": predicted, "measured_tokens_per_s": measured_mean,
+                      "error_pct": error(predicted, measured_mean), "runs": len(measured_runs)}
+    return rows
+
+
+def study_of(study: Path, flag: str) -> tuple[Path, dict[str, Any], list[str], list[tuple[str, int, int]], argparse.Namespace]:
+    """An earlier study read back for an analysis after its runs: its calibrated scenario,
+    its runs' summaries, its fitted runs (from its ``calibrate`` command), its plan (from
+    its predictions and runs) and its flags (from its results)."""
     try:
         predictions = json.loads((study / "predictions.json").read_text())
         summaries = json.loads((study / "summaries.json").read_text())
         flags = json.loads((study / "results.json").read_text())["args"]
         commands = (study / "commands.txt").read_text().splitlines()
     except (OSError, ValueError, KeyError) as failure:
-        sys.exit(f"fidelity: --own-step {study}: {failure}")
+        sys.exit(f"fidelity: {flag} {study}: {failure}")
     calibrate = next((shlex.split(line) for line in commands if line.startswith("rollout-ledger calibrate ")), None)
     if calibrate is None or "-o" not in calibrate:
-        sys.exit(f"fidelity: --own-step {study}: commands.txt has no calibrate command")
+        sys.exit(f"fidelity: {flag} {study}: commands.txt has no calibrate command")
     fitted = [Path(log).name for log in calibrate[2:calibrate.index("-o")]]
     plan = []
     for name in predictions:
         config = summaries.get(name, {}).get("config")
         if config is None:
-            sys.exit(f"fidelity: --own-step {study}: no summary of a run of {name}")
+            sys.exit(f"fidelity: {flag} {study}: no summary of a run of {name}")
         plan.append((name, int(config["max_staleness"]), int(config["batch_size"])))
     args = argparse.Namespace(steps=int(flags["steps"]), concurrency=int(flags["concurrency"]), group_size=int(flags["group_size"]),
                               seed=int(flags["seed"]), sim_seeds=int(flags["sim_seeds"]))
-    rows = own_step(study / "calibrated.toml", summaries, fitted, plan, args)
+    return study / "calibrated.toml", summaries, fitted, plan, args
+
+
+def own_step_of(study: Path) -> dict[str, Any]:
+    """:func:`own_step` for the study in ``study``."""
+    rows = own_step(*study_of(study, "--own-step"))
     if not rows:
         sys.exit(f"fidelity: --own-step {study}: its runs' summaries have no decode step line (the engine did not time its steps)")
     return rows
+
+
+def flat_step_of(study: Path) -> dict[str, Any]:
+    """:func:`flat_step` for the study in ``study``."""
+    rows = flat_step(*study_of(study, "--flat-step"))
+    if not rows:
+        sys.exit(f"fidelity: --flat-step {study}: its fitted runs' summaries have no decode step line (the engine did not time its steps)")
+    return rows
+
+
+def print_flat_step(rows: dict[str, Any]) -> None:
+    if not rows:
+        return
+    step = next(iter(rows.values()))["step_s"]
+    print(f"tokens/s with one decode step of {1e3 * step:.2f} ms at any busy rows (the fitted runs' mean; after the runs, not a "
+          "prediction), predicted / measured, mean of the setting's runs:")
+    print("  " + "; ".join(f"{name} {row['predicted_tokens_per_s']:.4g} / {row['measured_tokens_per_s']:.4g} ({row['error_pct']:+.1f}%)"
+                           for name, row in rows.items()))
 
 
 def print_own_step(rows: dict[str, Any]) -> None:
@@ -611,14 +670,20 @@ def main() -> None:
                         help="train and write nothing: simulate an earlier study's runs again with each run's own decode step "
                              "(its calibrated.toml, predictions.json, summaries.json, commands.txt and flags), the machine's "
                              "speed at each run taken out of the error")
+    parser.add_argument("--flat-step", type=Path, default=None, metavar="DIR",
+                        help="train and write nothing: predict an earlier study's settings again with one decode step, the "
+                             "fitted runs' mean, at any busy rows (no cost per busy row)")
     parser.add_argument("--against-controls", type=Path, default=None, metavar="DIR",
                         help="train, fit and write nothing: print an earlier study's predicted ratios to its calibration setting "
                              "against each round's measured ratio to that round's control (DIR's predictions.json and summaries.json)")
     args = parser.parse_args()
-    if args.out is None and args.against_controls is None and args.own_step is None:
+    if args.out is None and args.against_controls is None and args.own_step is None and args.flat_step is None:
         parser.error("the following arguments are required: --out")
     if args.own_step is not None:
         print_own_step(own_step_of(args.own_step))
+        return
+    if args.flat_step is not None:
+        print_flat_step(flat_step_of(args.flat_step))
         return
     if args.against_controls is not None:
         study: Path = args.against_controls
@@ -750,6 +815,7 @@ def main() -> None:
     if args.probe_batch_size:
         summaries[probe.name] = summary(probe)
     results["own_step"] = own_step(scenario, summaries, [Path(log).name for log in logs], plan, args)
+    results["flat_step"] = flat_step(scenario, summaries, [Path(log).name for log in logs], plan, args)
     write_atomic(out / "summaries.json", json.dumps(summaries, indent=1))
 
     header = "| run | " + " | ".join(f"{m} pred | meas | err %" for m in METRICS) + " |"
@@ -800,6 +866,7 @@ def main() -> None:
     print_hosts(summaries)
     print_against_controls(results["against_controls"])
     print_own_step(results["own_step"])
+    print_flat_step(results["flat_step"])
     print(f"worst |error| (tokens/s, mean staleness, idle; predicted runs): {worst:.1f}%  total {results['total_s']:.0f}s")
 
 

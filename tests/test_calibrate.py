@@ -271,6 +271,21 @@ def test_the_fidelity_study_runs_small_and_can_be_reanalysed_without_touching_it
                              capture_output=True, text=True)
     assert printed.returncode == 0, printed.stderr[-2000:]
     assert f"staleness4: {own['staleness4']['predicted_tokens_per_s']:.4g}" in printed.stdout
+    # every setting again with the fitted runs' mean decode step at any busy rows; the
+    # first calibration run (kept under its setting's name) is one of the fitted runs
+    from benchmarks.fidelity import summary_keys
+
+    assert summary_keys(["calibration", "probe-batch2"], list(results["runs"])) == ["staleness2-calibration", "probe-batch2"]
+    flat = results["flat_step"]
+    assert set(flat) == set(results["runs"]) and len({row["step_s"] for row in flat.values()}) == 1
+    fitted = [summaries[name] for name in ("staleness2-calibration", "probe-batch2")]
+    steps = [f["decode_steps_per_update"] * f["updates"] for f in fitted]
+    means = [f["decode_step_line"]["s_at_no_busy"] + f["decode_step_line"]["s_per_busy"] * f["mean_batch"] for f in fitted]
+    assert flat["staleness4"]["step_s"] == pytest.approx(sum(m * w for m, w in zip(means, steps)) / sum(steps))
+    printed = subprocess.run([sys.executable, "benchmarks/fidelity.py", "--flat-step", str(study)], cwd=root,
+                             capture_output=True, text=True)
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    assert f"staleness4 {flat['staleness4']['predicted_tokens_per_s']:.4g}" in printed.stdout
 
     # the study's tools read it back: each run's staleness histogram has the table's mean,
     # and an update's parts add up to its collect time and its wall time
