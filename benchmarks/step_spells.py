@@ -140,7 +140,9 @@ def main() -> None:
               f"{len(high) / max(1, len(values)):.2f} | {spells(values, threshold)} | {' | '.join(cells)} |")
     for name, found_pairs in pairs.items():
         if len(found_pairs) > 2:
-            print(f"correlation of an update's decode step with {name} over it: {correlation(found_pairs):+.2f} ({len(found_pairs)} updates)")
+            r = correlation(found_pairs)
+            said = f"{r:+.2f}" if r == r else f"none ({name} did not change)"
+            print(f"correlation of an update's decode step with {name} over it: {said} ({len(found_pairs)} updates)")
 
 
 if __name__ == "__main__":

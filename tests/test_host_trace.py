@@ -130,3 +130,18 @@ def test_the_summary_splits_the_hosts_two_speeds_and_gives_each_window_its_share
     for bad, said in ((["--window", "0", str(tmp_path / "a.csv")], "--window 0"), ([str(tmp_path / "none.csv")], "no such trace")):
         refused = subprocess.run([sys.executable, "benchmarks/host_trace.py", "summary", *bad], cwd=ROOT, capture_output=True, text=True)
         assert refused.returncode != 0 and said in refused.stderr
+
+
+def test_step_spells_says_so_when_the_spare_core_never_changed_speed(tmp_path):
+    from tests.test_step_spells import write_run
+
+    run = write_run(tmp_path / "steady", [(10, 0.1), (10, 0.12), (10, 0.19), (10, 0.12), (10, 0.19)])
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for k, line in enumerate(lines):
+        line["time"] = 1_800_000_000.0 + k
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    rows = [",".join(FIELDS)] + [f"{1_800_000_000.0 + k - 0.5},30.0,0.5,0," for k in range(1, 5)]
+    (run / "host_trace.csv").write_text("\n".join(rows) + "\n")
+    shown = subprocess.run([sys.executable, "benchmarks/step_spells.py", str(run)], cwd=ROOT, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "a spare core's loop time over it: none (a spare core's loop time did not change) (4 updates)" in shown.stdout
