@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -91,14 +90,10 @@ def test_the_fidelity_study_runs_the_host_sampler_beside_a_run(tmp_path):
 def test_step_spells_gives_each_mode_the_spare_cores_speed(tmp_path):
     """Slow updates where the spare core's loop took 60 us and fast ones at 30: the modes'
     host speeds are told apart and the correlation is +1."""
-    from tests.test_step_spells import write_run
+    from tests.test_step_spells import START as start
+    from tests.test_step_spells import write_timed_run
 
-    run = write_run(tmp_path / "hosted", [(10, 0.1), (10, 0.12), (10, 0.19), (10, 0.12), (10, 0.19)])
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    start = 1_800_000_000.0
-    for k, line in enumerate(lines):
-        line["time"] = start + k
-    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run = write_timed_run(tmp_path / "hosted", [(10, 0.1), (10, 0.12), (10, 0.19), (10, 0.12), (10, 0.19)])
     loops = {1: 30.0, 2: 60.0, 3: 30.0, 4: 60.0}
     rows = [",".join(FIELDS)] + [f"{start + k - 0.5},{us},{0.9 if us > 40 else 0.5},0," for k, us in loops.items()]
     (run / "host_trace.csv").write_text("\n".join(rows) + "\n")
@@ -133,14 +128,10 @@ def test_the_summary_splits_the_hosts_two_speeds_and_gives_each_window_its_share
 
 
 def test_step_spells_says_so_when_the_spare_core_never_changed_speed(tmp_path):
-    from tests.test_step_spells import write_run
+    from tests.test_step_spells import START, write_timed_run
 
-    run = write_run(tmp_path / "steady", [(10, 0.1), (10, 0.12), (10, 0.19), (10, 0.12), (10, 0.19)])
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    for k, line in enumerate(lines):
-        line["time"] = 1_800_000_000.0 + k
-    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    rows = [",".join(FIELDS)] + [f"{1_800_000_000.0 + k - 0.5},30.0,0.5,0," for k in range(1, 5)]
+    run = write_timed_run(tmp_path / "steady", [(10, 0.1), (10, 0.12), (10, 0.19), (10, 0.12), (10, 0.19)])
+    rows = [",".join(FIELDS)] + [f"{START + k - 0.5},30.0,0.5,0," for k in range(1, 5)]
     (run / "host_trace.csv").write_text("\n".join(rows) + "\n")
     shown = subprocess.run([sys.executable, "benchmarks/step_spells.py", str(run)], cwd=ROOT, capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr

@@ -26,6 +26,19 @@ def write_run(folder: Path, per_update: list[tuple[int, float]]) -> Path:
     return folder
 
 
+#: When the timed runs' first metrics line was written (seconds since the epoch).
+START = 1_800_000_000.0
+
+
+def write_timed_run(folder: Path, per_update: list[tuple[int, float]]) -> Path:
+    """:func:`write_run` with each metrics line written a second after the one before,
+    from :data:`START`."""
+    run = write_run(folder, per_update)
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line | {"time": START + k}) + "\n" for k, line in enumerate(lines)))
+    return run
+
+
 def test_each_update_is_its_own_decode_seconds_over_its_own_steps(tmp_path):
     run = write_run(tmp_path / "a", [(10, 1.0), (4, 0.08), (0, 0.0), (5, 0.1)])
     assert [step for step, _ in timed_updates(run, skip=1)] == [pytest.approx(0.02), pytest.approx(0.02)]
@@ -59,12 +72,8 @@ def test_each_mode_gets_the_gpu_clock_sampled_over_its_updates(tmp_path):
     sample outside every update counts for none."""
     from datetime import datetime
 
-    run = write_run(tmp_path / "traced", [(10, 0.1), (10, 0.12), (10, 0.19), (10, 0.12), (10, 0.19)])
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    start = 1_800_000_000.0
-    for k, line in enumerate(lines):
-        line["time"] = start + k
-    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run = write_timed_run(tmp_path / "traced", [(10, 0.1), (10, 0.12), (10, 0.19), (10, 0.12), (10, 0.19)])
+    start = START
     stamp = lambda t: datetime.fromtimestamp(t).strftime("%Y/%m/%d %H:%M:%S.%f")[:-3]  # noqa: E731  (nvidia-smi's, local)
     clocks = {1: 1980, 2: 1200, 3: 1980, 4: 1200}  # the update ending at start + k
     rows = [f"{stamp(start + k - 0.5)}, {mhz}, 2619, {40 if mhz > 1500 else 20}, 300.1, 50, P0" for k, mhz in clocks.items()]
