@@ -71,6 +71,7 @@ class Observations:
     group_prompts: list[int] = field(default_factory=list)  # each stored rollout's prompt tokens (with groups, in order)
     trained_per_rollout: list[float] = field(default_factory=list)  # a real run's trained tokens per rollout
     updates: list[Update] = field(default_factory=list)  # a real run's updates (sim.calibrate_real)
+    run_names: list[str] = field(default_factory=list)  # the run directory of each real run whose updates are in ``updates``, in order
     prompts: list[int] = field(default_factory=list)  # a real run's prompt tokens per sample (its sample store)
     checkpoint_every: int = 1  # the first real run's checkpoint interval (``run.json``)
 
@@ -263,6 +264,7 @@ def _metrics(
     found = updates(usable, slots, size * group, recompute_in_step=settings.get("policy") != "segment_wise", submitted=submitted,
                     run=1 + max((u.run for u in obs.updates), default=-1), every_slot=every_slot)
     obs.updates.extend(found)
+    obs.run_names.append(log.parent.name)
     obs.train.extend((u.trained_tokens, u.step_s) for u in found)
     obs.decode.extend((u.tokens / u.steps, u.collect_s / u.steps) for u in found if u.steps > 0)
     if any(u.sync_s is None for u in found):
@@ -427,7 +429,7 @@ def calibrate(
         # a task's long prompts tend to have long answers, which are the ones in flight when
         # an update re-prefills: drawn apart, the re-prefills come out a third short (reverse)
         workload = replace(workload, prompt_len=Distribution(kind="paired") if paired else Distribution(kind="fixed", value=prompt))
-        costs = fit_costs(obs.updates)
+        costs = fit_costs(obs.updates, obs.run_names)
         sync_s = costs.sync_s if costs.sync_s is not None else (statistics.median(obs.sync) if obs.sync else 0.0)
         generation = replace(
             scenario.generation, servers=servers, slots=slots,

@@ -31,7 +31,7 @@ Older runs without ``step_s`` fall back to ``train_s`` as the step and no overhe
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sim.fitting import Fit, fit, scored, slope_error
@@ -161,9 +161,32 @@ class RealCosts:
     checkpoint_s: float = 0.0  # the mean checkpoint write (0: the runs timed none; then it is in the overhead)
     overhead_per_seq_s: float = 0.0  # the overhead's part per trained sequence (runs of two batch sizes tell it)
     resume_overhead_s: float = 0.0  # the executor's work per update while the trainer waits, apart from its starts
+    # each run's collect time over what the fitted terms give it (several runs), and the
+    # runs of one shape (slots) by name: runs that differ in nothing but the machine's
+    # state and still stand apart show how far the machine moved, which no term of the
+    # model can carry into a prediction
+    run_ratios: dict[str, float] = field(default_factory=dict)
+    run_shapes: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def run_spread(self) -> float:
+        """Among runs of one shape, the slowest run's ratio over the fastest's, less one
+        (the largest such spread; 0 where no two runs share a shape)."""
+        spread = 0.0
+        for shape in set(self.run_shapes.values()):
+            ratios = [r for run, r in self.run_ratios.items() if self.run_shapes.get(run) == shape]
+            if len(ratios) > 1 and min(ratios) > 0:
+                spread = max(spread, max(ratios) / min(ratios) - 1.0)
+        return spread
 
     def notes(self) -> list[str]:
-        return [
+        shared = len(set(self.run_shapes.values())) < len(self.run_shapes)
+        spread = ([f"{'runs vs the fit':<16} " + ", ".join(f"{run} {ratio:.3f}" for run, ratio in self.run_ratios.items())
+                   + " (each run's collect time over what the terms above give it)"
+                   + (f"; runs of one shape {100 * self.run_spread:.1f}% apart: the machine's state, which a prediction "
+                      "from them carries" if shared else "")]
+                  if len(self.run_ratios) > 1 else [])
+        return spread + [
             f"{'prefill pass':<16} {self.prefill_pass_s:.4g} s + {self.prefill_per_token_s:.4g} s per token "
             "(prefill_pass_s, prefill_per_token_s: one pass per server for the starts that arrive together, one for an update's "
             "re-prefills and the starts that join them; every sample's prompt is a row)",
@@ -370,8 +393,9 @@ def _generation(found: list[Update]) -> tuple[list[Fit], dict[str, float]]:
                   "per_seq": decode["tokens"], **passes}
 
 
-def fit_costs(found: list[Update]) -> RealCosts:
-    """Fit the costs of ``found`` (the updates of every run)."""
+def fit_costs(found: list[Update], names: list[str] | None = None) -> RealCosts:
+    """Fit the costs of ``found`` (the updates of every run; run ``k`` is called
+    ``names[k]`` in the report where given)."""
     firsts = [u for u in found if u.first]
     found = [u for u in found if not u.first] or found  # the fits are of a running engine
     fits, c = _generation(found)
@@ -388,6 +412,14 @@ def fit_costs(found: list[Update]) -> RealCosts:
     c = {name: value * scale for name, value in c.items()}
     predicted = [p * scale for p in predicted]
     startup = statistics.fmean(max(0.0, u.collect_s - terms(u)) for u in firsts) if firsts and len(found) > len(firsts) else 0.0
+    ratios: dict[str, float] = {}
+    shapes: dict[str, float] = {}
+    for run in dict.fromkeys(u.run for u in found):
+        mine = [(u, y, p) for u, y, p in zip(found, collect, predicted) if u.run == run]
+        if sum(p for _, _, p in mine) > 0:
+            name = names[run] if names is not None and run < len(names) else str(run)
+            ratios[name] = sum(y for _, y, _ in mine) / sum(p for _, _, p in mine)
+            shapes[name] = mine[0][0].slots
     mean = statistics.fmean(collect)
     ss_tot = sum((y - mean) ** 2 for y in collect)
     r2 = 1.0 - sum((y - p) ** 2 for y, p in zip(collect, predicted)) / ss_tot if ss_tot > 0 else 0.0
@@ -409,4 +441,4 @@ def fit_costs(found: list[Update]) -> RealCosts:
                    [u.overhead_s for u in found])
     return RealCosts([*fits, train, overhead], c["base"], c["per_slot"], c["per_seq"], c["pass"], c["per_token"], c["start"], train,
                      per_token, statistics.fmean(syncs) if syncs else None, overhead["1"], r2, scale, startup,
-                     statistics.fmean(written) if written else 0.0, overhead["sequences"], c["resume"])
+                     statistics.fmean(written) if written else 0.0, overhead["sequences"], c["resume"], ratios, shapes)

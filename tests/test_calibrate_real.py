@@ -373,3 +373,30 @@ def test_the_engine_s_way_of_decoding_comes_from_its_lines_or_else_from_the_call
     assert {u.every_slot for u in updates(rows, 64, 16, recompute_in_step=True, every_slot=False)} == {False}
     said = [{**r, "decodes_every_slot": True} for r in rows]
     assert {u.every_slot for u in updates(said, 64, 16, recompute_in_step=True, every_slot=False)} == {True}
+
+
+def test_the_report_says_how_far_apart_the_machine_ran_the_runs():
+    """Three runs of one shape, the second on a machine 25% slower throughout: each
+    run's collect time over what the fitted terms give it sets the second apart from
+    the others, the spread is reported by run name, and runs on one steady machine
+    agree within a few %."""
+    import dataclasses
+
+    shapes = ((512, (0.55, 0.6)), (512, (0.55, 0.6)), (512, (0.55, 0.6)))
+    names = ["calibration", "calibration-2", "calibration-3"]
+    slowed = fit_costs([dataclasses.replace(u, every_slot=False)
+                        for u in _decode_runs(random.Random(11), shapes, 0.0, 0.02, speeds=(1.0, 1.25, 1.0))], names)
+    assert list(slowed.run_ratios) == names
+    first, second, third = slowed.run_ratios.values()
+    assert second > 1.05 * max(first, third), slowed.run_ratios
+    assert slowed.run_spread == pytest.approx(max(slowed.run_ratios.values()) / min(slowed.run_ratios.values()) - 1)
+    note = next(line for line in slowed.notes() if line.startswith("runs vs the fit"))
+    assert f"calibration-2 {second:.3f}" in note and f"runs of one shape {100 * slowed.run_spread:.1f}% apart" in note
+    steady = fit_costs([dataclasses.replace(u, every_slot=False) for u in _decode_runs(random.Random(11), shapes, 0.0, 0.02)], names)
+    assert steady.run_spread < 0.03, steady.run_ratios
+    one = fit_costs(_decode_runs(random.Random(11), shapes[:1], 0.0, 0.02))
+    assert one.run_spread == 0.0 and not any(line.startswith("runs vs the fit") for line in one.notes())
+    # runs of two shapes (a probe of fewer slots): each run's ratio, but no shape shared, so no spread
+    probe = fit_costs(_decode_runs(random.Random(11), ((512, (0.55, 0.6)), (128, (0.85, 0.9))), 0.0, 0.02, speeds=(1.0, 1.25)))
+    assert probe.run_spread == 0.0 and len(probe.run_ratios) == 2
+    assert "apart" not in next(line for line in probe.notes() if line.startswith("runs vs the fit"))
