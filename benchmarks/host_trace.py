@@ -97,7 +97,8 @@ def clocks_mhz(cores: list[int]) -> float | None:
     return sum(chosen) / len(chosen) if chosen else None
 
 
-def row(cores: list[int], before: dict[str, tuple[int, int, int]], after: dict[str, tuple[int, int, int]]) -> list[float | None]:
+def row(cores: list[int], before: dict[str, tuple[int, int, int]],
+        after: dict[str, tuple[int, int, int]]) -> tuple[float, float, float | None, float | None, float | None]:
     """One trace row (:data:`FIELDS`) from the ticks at the last row and now."""
     busy = []
     for core in cores:
@@ -106,7 +107,7 @@ def row(cores: list[int], before: dict[str, tuple[int, int, int]], after: dict[s
             busy.append(1 - (new[1] - old[1]) / (new[0] - old[0]))
     old, new = before.get("cpu"), after.get("cpu")
     steal = (new[2] - old[2]) / (new[0] - old[0]) if old and new and new[0] > old[0] else None
-    return [time.time(), loop_us(), sum(busy) / len(busy) if busy else None, steal, clocks_mhz(cores)]
+    return time.time(), loop_us(), sum(busy) / len(busy) if busy else None, steal, clocks_mhz(cores)
 
 
 def trace(out: Path, cores: list[int], every: float) -> None:

@@ -37,7 +37,7 @@ def test_a_trace_stopped_by_sigterm_is_whole_and_reads_back(tmp_path):
     rows = read_trace(out)
     assert len(rows) >= 3 and set(rows[0]) == set(FIELDS)
     assert all(r["loop_us"] is not None and r["loop_us"] > 0 for r in rows)
-    assert [r["time"] for r in rows] == sorted(r["time"] for r in rows)
+    assert [r["time"] for r in rows] == sorted(r["time"] or 0.0 for r in rows)
     with out.open("a") as f:
         f.write("1796000000.5,12.0")  # a row cut off by a sampler stopped mid-write
     assert len(read_trace(out)) == len(rows)
