@@ -483,12 +483,12 @@ def own_step(scenario_path: Path, summaries: dict[str, Any], fitted: list[str], 
 
     scenario = load(scenario_path)
     per_busy, base = scenario.generation.step_per_seq_s, scenario.generation.step_base_s
+    names = [name for name, _, _ in plan]
     weighted = [(step_at_no_busy(summaries[name], per_busy), summaries[name]["decode_steps_per_update"] * summaries[name]["updates"])
-                for name in summary_keys(fitted, [name for name, _, _ in plan]) if name in summaries]
+                for name in summary_keys(fitted, names) if name in summaries]
     if not weighted or any(step is None for step, _ in weighted):
         return {}
     fitted_step = sum(step * w for step, w in weighted if step is not None) / max(1e-12, sum(w for _, w in weighted))
-    names = [name for name, _, _ in plan]
     shapes = {name: (k, batch) for name, k, batch in plan}
     rows: dict[str, Any] = {}
     for run, found in summaries.items():
@@ -519,13 +519,12 @@ def flat_step(scenario_path: Path, summaries: dict[str, Any], fitted: list[str],
     runs' mean steps were flat from 75 to 570 busy rows (round 16) while the slope
     within the calibration runs read 15 microseconds a row; this tells how much of a
     setting's error that slope carries.  Not a prediction: it is read after the runs."""
+    names = [name for name, _, _ in plan]
     weighted = [(summaries[name]["decode_step_line"], summaries[name]["decode_steps_per_update"] * summaries[name]["updates"],
-                 summaries[name]["mean_batch"]) for name in summary_keys(fitted, [name for name, _, _ in plan])
-                if summaries.get(name, {}).get("decode_step_line")]
+                 summaries[name]["mean_batch"]) for name in summary_keys(fitted, names) if summaries.get(name, {}).get("decode_step_line")]
     if not weighted:
         return {}
     flat = sum((line["s_at_no_busy"] + line["s_per_busy"] * busy) * w for line, w, busy in weighted) / max(1e-12, sum(w for _, w, _ in weighted))
-    names = [name for name, _, _ in plan]
     rows: dict[str, Any] = {}
     for name, k, batch in plan:
         measured_runs = [found["measured"]["tokens_per_s"] for run, found in summaries.items() if setting_of(run, names) == name]
@@ -814,8 +813,9 @@ def main() -> None:
     results["against_controls"] = against_controls(predictions, summaries)
     if args.probe_batch_size:
         summaries[probe.name] = summary(probe)
-    results["own_step"] = own_step(scenario, summaries, [Path(log).name for log in logs], plan, args)
-    results["flat_step"] = flat_step(scenario, summaries, [Path(log).name for log in logs], plan, args)
+    fitted = [Path(log).name for log in logs]
+    results["own_step"] = own_step(scenario, summaries, fitted, plan, args)
+    results["flat_step"] = flat_step(scenario, summaries, fitted, plan, args)
     write_atomic(out / "summaries.json", json.dumps(summaries, indent=1))
 
     header = "| run | " + " | ".join(f"{m} pred | meas | err %" for m in METRICS) + " |"
