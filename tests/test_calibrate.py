@@ -586,12 +586,13 @@ def test_against_controls_names_a_folder_it_cannot_read_or_that_has_no_rounds(tm
     assert {p.name: p.read_bytes() for p in one_round.iterdir()} == before
 
 
-def test_own_step_of_a_folder_that_is_no_study_names_what_is_missing(tmp_path):
+@pytest.mark.parametrize("flag", ["--own-step", "--flat-step"])
+def test_an_analysis_of_a_folder_that_is_no_study_names_what_is_missing(tmp_path, flag):
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "benchmarks/fidelity.py", "--own-step", str(tmp_path)], cwd=root,
+    done = subprocess.run([sys.executable, "benchmarks/fidelity.py", flag, str(tmp_path)], cwd=root,
                           capture_output=True, text=True)
-    assert done.returncode != 0 and f"--own-step {tmp_path}" in done.stderr and "predictions.json" in done.stderr
+    assert done.returncode != 0 and f"{flag} {tmp_path}" in done.stderr and "predictions.json" in done.stderr
