@@ -217,7 +217,7 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=5, help="supervised warm-up shared by every run")
     parser.add_argument("--clock", default="wall", choices=("wall", "thread"), help="what the executor's timers read")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--model-size", default="tiny", help="tiny, small or base")
+    parser.add_argument("--model-size", default="tiny", help="tiny, small, base, large or xl")
     parser.add_argument("--gc", default="update", choices=GC_MODES, help="when the garbage collector runs (RunConfig.gc)")
     args = parser.parse_args()
     if args.device == "cpu":

@@ -627,7 +627,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="the study's folder (required, but with --against-controls)")
     parser.add_argument("--task", default="reverse")
     parser.add_argument("--model", "--model-size", dest="model_size", default="small",
-                        help="train's --model: a built-in size (tiny, small, base) or a local Hugging Face model directory")
+                        help="train's --model: a built-in size (tiny, small, base, large, xl) or a local Hugging Face model directory")
     parser.add_argument("--train-flags", default="", metavar="FLAGS",
                         help="more flags for every run's train command, as one string (e.g. \"--max-new-tokens 48 --keep-cache\")")
     parser.add_argument("--steps", type=int, default=150, help="updates per run")

@@ -113,11 +113,16 @@ def test_a_run_config_refuses_what_no_run_can_use():
     from engine.workflows.rl_config import RunConfig
 
     for bad in ({"max_concurrent": 0}, {"max_staleness": -1}, {"lr": float("nan")}, {"seed": -1}, {"timeout_s": 0.0},
-                {"warmup_batch": 0}, {"steps": True}, {"task": 3}, {"keep_cache": 1}):
+                {"warmup_batch": 0}, {"steps": True}, {"task": 3}, {"keep_cache": 1}, {"cuda_graphs": 1}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             RunConfig(**bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="--keep-cache is the in-process engines'"):
         RunConfig(engine="vllm", model_dir="model", keep_cache=True)
+    with pytest.raises(ValueError, match="needs --device cuda .*got device 'cpu'\\)"):
+        RunConfig(cuda_graphs=True)
+    with pytest.raises(ValueError, match="model directory 'model'"):
+        RunConfig(cuda_graphs=True, device="cuda", model_dir="model")
+    RunConfig(cuda_graphs=True, device="cuda")  # the built-in policy on a GPU takes them
 
 
 @pytest.mark.parametrize(

@@ -122,7 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", default=defaults.task,
                         help="built-in task (copy, reverse, repeat), rg:NAME[:key=value,...] (reasoning-gym, with dataset options) or jsonl:FILE (prompt/answer lines)")
     parser.add_argument("--model", type=_model, default=None,
-                        help="the built-in policy (tiny, small, base; default tiny) or a local Hugging Face model directory (needs [hf])")
+                        help="the built-in policy (tiny, small, base, large, xl; default tiny) or a local Hugging Face model directory (needs [hf])")
     parser.add_argument("--reward", default=None, metavar="MODULE:FUNCTION",
                         help="a reward(prompt, completion, answer) -> float to score completions instead of the task's verifier")
     parser.add_argument("--max-new-tokens", type=_at_least(1), default=None,
@@ -136,7 +136,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--objective", default=defaults.objective, choices=("decoupled", "ppo"))
     parser.add_argument("--proximal", default=None, choices=("recompute", "interpolate", "segment"))
     parser.add_argument("--device", default=None, choices=("cuda", "cpu"), help=f"default {defaults.device}")
-    parser.add_argument("--model-size", default=None, help="tiny, small or base (the same as --model SIZE)")
+    parser.add_argument("--model-size", default=None, help="tiny, small, base, large or xl (the same as --model SIZE)")
     parser.add_argument("--steps", type=_at_least(1), default=None, help=f"policy versions (updates) to reach (default {defaults.steps})")
     parser.add_argument("--batch-size", type=_at_least(1), default=defaults.batch_size, help="rollouts (prompts) per update")
     parser.add_argument("--group-size", type=_at_least(1), default=defaults.group_size, help="samples per prompt (GRPO group)")
@@ -166,6 +166,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="after each version's weights, decode on over the keys and values the earlier weights cached "
                              "instead of prefilling the rollouts in flight again (no re-prefill pass; each token still "
                              "records the log-probability that sampled it)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="on a GPU, capture the built-in engine's decode step once as a CUDA graph and replay it: "
+                             "a step then costs the GPU's time, not the host's launches of a few hundred kernels")
     parser.add_argument("--vllm-memory", type=_positive_number, default=None, metavar="FRACTION",
                         help="vLLM's share of GPU memory (host memory on a CPU); default 0.3 on a GPU, 0.05 on a CPU")
     parser.add_argument("--metrics", type=_sinks, default=defaults.metrics, metavar="SINK[,SINK]",
@@ -217,7 +220,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         checkpoint_every=args.checkpoint_every, requeue_lost=args.requeue_lost, init=args.init, seed=args.seed,
         device=args.device or defaults.device, gc=args.gc, kl_coef=args.kl_coef, entropy_coef=args.entropy_coef, behaviour_m2=args.behaviour_m2,
         lr_warmup=args.lr_warmup, lr_schedule=args.lr_schedule, metrics=args.metrics, engine=args.engine,
-        vllm_memory=args.vllm_memory, overlap=args.overlap, keep_cache=args.keep_cache, kl_target=args.kl_target,
+        vllm_memory=args.vllm_memory, overlap=args.overlap, keep_cache=args.keep_cache, cuda_graphs=args.cuda_graphs, kl_target=args.kl_target,
     )
 
 

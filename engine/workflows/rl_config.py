@@ -71,6 +71,7 @@ class RunConfig:
     engine: str = "auto"  # generation: auto (in process: built-in or Hugging Face), or vllm (a model directory)
     overlap: bool = False  # generate while the trainer trains (the engine in a thread of its own, on its own weights)
     keep_cache: bool = False  # after new weights, decode on over the cached keys and values (no re-prefill pass)
+    cuda_graphs: bool = False  # the built-in engine's decode step captured once as a CUDA graph and replayed
     vllm_memory: float | None = None  # vLLM's share of GPU (or host) memory; default 0.3 on a GPU, 0.05 on the CPU
     warmup_steps: int = 100
     warmup_batch: int = 64
@@ -148,6 +149,12 @@ class RunConfig:
         if self.keep_cache and self.engine == "vllm":
             raise ValueError("--keep-cache is the in-process engines' (built-in or Hugging Face); vLLM handles its own "
                              "cache: leave out --keep-cache or --engine vllm")
+        if not isinstance(self.cuda_graphs, bool):
+            raise ValueError(f"run config field 'cuda_graphs' must be true or false, got {self.cuda_graphs!r}")
+        if self.cuda_graphs and (self.model_dir is not None or self.device != "cuda"):
+            raise ValueError("--cuda-graphs captures the built-in engine's decode step on a GPU: it needs --device cuda "
+                             f"and a built-in --model size (got device {self.device!r}"
+                             + (f", model directory {self.model_dir!r})" if self.model_dir is not None else ")"))
         if self.vllm_memory is not None and not (isinstance(self.vllm_memory, (int, float)) and 0 < self.vllm_memory <= 1):
             raise ValueError(f"run config field 'vllm_memory' must be a fraction in (0, 1], got {self.vllm_memory!r}")
         if self.gc not in GC_MODES:

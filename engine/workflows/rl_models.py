@@ -48,7 +48,7 @@ def build_engine(config: RunConfig, tokenizer: Any, model: PolicyModule, slots: 
         assert isinstance(model, HFPolicy)  # config.model_dir makes the policy an HFPolicy
         return HFEngine(model, **common)
     assert isinstance(model, Policy)
-    return TorchEngine(model, **common)
+    return TorchEngine(model, **common, graphs=config.cuda_graphs)
 
 
 def vllm_engine(config: RunConfig, tokenizer: Any, device: torch.device, max_seq_len: int, slots: int, seed: int) -> Any:

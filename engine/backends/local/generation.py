@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -228,16 +228,24 @@ class TorchEngine(LoopEngine):
 
     def __init__(
         self, model: Policy, *, slots: int, eos_id: int, pad_id: int = 0, temperature: float = 1.0, seed: int = 0,
-        keep_cache: bool = False,
+        keep_cache: bool = False, graphs: bool = False,
     ) -> None:
         super().__init__(model, slots=slots, eos_id=eos_id, pad_id=pad_id, temperature=temperature, seed=seed,
                          max_len=model.config.max_seq_len, keep_cache=keep_cache)
+        if graphs and self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need the model on a CUDA device, not {self.device}")
         parameter = next(model.parameters())
         self.cache = KVCache(model.config, slots, self.max_len, self.device, parameter.dtype)
         self._slots: list[GenerationHandle | None] = [None] * slots
         self._needs_prefill: set[int] = set()  # slots holding a sequence to prefill (freeing a slot drops it)
         self._last = torch.full((slots,), pad_id, dtype=torch.long, device=self.device)
         self._positions = torch.zeros(slots, dtype=torch.long, device=self.device)
+        # the decode step captured once as a CUDA graph over the buffers above, the cache and
+        # the weights (load_weights copies into them), replayed each step: one launch instead
+        # of a few hundred, so that a step costs the GPU's time rather than the host's
+        self.graphs = graphs
+        self._graph: Any = None
+        self._logits = torch.zeros(0)
 
     # -- its sequences in flight ----------------------------------------------
     def _live(self) -> list[GenerationHandle]:
@@ -292,7 +300,7 @@ class TorchEngine(LoopEngine):
         if not busy:
             return
         began = time.perf_counter()
-        logits = self.model.decode(self._last, self._positions, self.cache)
+        logits = self._decode()
         tokens, logprobs = self._sample(logits)
         self._last.copy_(tokens)
         self._positions.add_(1).clamp_(max=self.max_len - 1)
@@ -301,6 +309,31 @@ class TorchEngine(LoopEngine):
         self.decoded_tokens += len(busy)
         self._record(busy, [tokens_list[s] for s in busy], [logprobs_list[s] for s in busy])
         self._decoded(len(busy), began)
+
+    def _decode(self) -> torch.Tensor:
+        """Logits ``[slots, vocab]`` of one decode step over every slot: the captured graph
+        replayed, or the model run (without ``graphs``)."""
+        if not self.graphs:
+            return self.model.decode(self._last, self._positions, self.cache)
+        if self._graph is None:
+            self._capture()
+        self._graph.replay()
+        return self._logits
+
+    def _capture(self) -> None:
+        """Capture the decode step as a CUDA graph.  Its warm-up runs (on a side stream,
+        as capture needs) write each slot's key and value at its position from its last
+        token, as the step itself then does: the same values, so nothing in flight changes."""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self.model.decode(self._last, self._positions, self.cache)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._logits = self.model.decode(self._last, self._positions, self.cache)
+        self._graph = graph
 
     def _prefill(self, slots: list[int]) -> None:
         began = time.perf_counter()
