@@ -7,7 +7,10 @@ For each model shape (``d_model:layers:heads:d_ff``) and slot count, on one devi
 - ``decode graph``: the same step replayed as one captured CUDA graph (GPU only);
 - ``step eager`` / ``step graph``: the engine's whole step with every slot busy (the
   decode, sampling, and recording each slot's token in Python);
-- ``prefill R``: one prefill pass of R rows of 64 tokens, run op by op;
+- ``refill R eager`` / ``refill R graph``: the engine's prefill pass of R busy slots
+  (their prompts and tokens so far, about 16), sampled and recorded, run op by op or
+  replayed as the graph of its shape;
+- ``prefill 128``: the model's prefill pass of 128 rows of 64 tokens, run op by op;
 - ``train``: one forward and backward pass and an AdamW step over 128 sequences of 80
   tokens (bf16 autocast on a GPU), as the trainer runs them.
 
@@ -76,25 +79,35 @@ def main() -> None:
             times.append(time.perf_counter() - began)
         return statistics.median(times) * 1e3
 
-    async def busy_steps(engine: TorchEngine, slots: int) -> float:
+    async def busy_steps(engine: TorchEngine, slots: int) -> dict[str, float]:
         """The engine's step with every slot busy and none finishing (greedy over a model
         that never samples the end token would do too; here the end id is out of reach)."""
         for _ in range(slots):
             engine.submit([2] * 8, args.max_seq_len - 9)
         engine.step()  # the prefill pass
 
-        def step() -> None:
+        def trim() -> None:
             engine._positions.clamp_(max=40)  # stay clear of the sequence limit
             for handle in engine._live():  # nor reach max_new_tokens
                 generation = handle.generation
                 del generation.tokens[8:], generation.logprobs[8:], generation.versions[8:]
+
+        def step() -> None:
+            trim()
             engine.step()
 
-        return timed(step)
+        def refill(rows: int) -> None:
+            trim()
+            engine._prefill(list(range(rows)))
+
+        figures = {"step": timed(step)}
+        for rows in (1, 16):
+            figures[f"refill {rows}"] = timed(lambda: refill(min(rows, slots)))
+        return figures
 
     print(f"device {torch.cuda.get_device_name(device) if cuda else 'cpu'}, torch {torch.__version__}")
     header = ["shape", "params", "slots", "decode eager", "decode graph", "step eager", "step graph",
-              "prefill 1", "prefill 16", "prefill 128", "train"]
+              "refill 1 eager", "refill 1 graph", "refill 16 eager", "refill 16 graph", "prefill 128", "train"]
     print(" | ".join(header) + "   (ms)")
     for d_model, layers, heads, d_ff in shapes:
         config = ModelConfig(vocab_size=16, d_model=d_model, n_layers=layers, n_heads=heads, d_ff=d_ff,
@@ -131,10 +144,11 @@ def main() -> None:
                     engine._positions.fill_(20)
                     name = "graph" if graphs else "eager"
                     figures[f"decode {name}"] = timed(engine._decode)
-                    figures[f"step {name}"] = asyncio.run(busy_steps(engine, slots))
+                    for key, value in asyncio.run(busy_steps(engine, slots)).items():
+                        figures[f"{key} {name}"] = value
                     del engine
                 scratch = TorchEngine(model, slots=max(128, slots), eos_id=1, pad_id=0)
-                for rows in (1, 16, 128):
+                for rows in (128,):
                     tokens = torch.randint(3, 16, (rows, 64), device=device)
                     index = torch.arange(rows, device=device)
                     figures[f"prefill {rows}"] = timed(lambda: model.prefill(tokens, index, scratch.cache))

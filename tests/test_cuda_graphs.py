@@ -27,14 +27,14 @@ def test_graphs_are_refused_off_a_gpu_with_the_device_named():
 
 
 async def _run(engine: TorchEngine, other: Policy) -> list:
-    """Eight prompts through three slots (slots refilled as sequences end), new weights
-    once the fourth has finished."""
+    """Sixteen prompts through five slots (slots refilled as sequences end, prefill
+    passes of three rows padded to four), new weights once the sixth has finished."""
     task = asyncio.create_task(engine.run())
-    handles = [engine.submit([1, 3 + i % 5, 4 + i % 3, 5][: 2 + i % 3], 10 + 3 * i) for i in range(8)]
+    handles = [engine.submit([1, 3 + i % 5, 4 + i % 3, 5][: 2 + i % 3], 8 + 2 * i) for i in range(16)]
     results = []
     for number, handle in enumerate(handles):
         results.append(await handle.result())
-        if number == 3:
+        if number == 5:
             engine.load_weights(other.state_dict(), 1)
     engine.close()
     await task
@@ -47,7 +47,7 @@ def test_a_graph_engine_samples_what_the_eager_engine_samples(keep_cache):
     other = _model(7, "cuda")
     runs = []
     for graphs in (False, True):
-        engine = TorchEngine(_model(0, "cuda"), slots=3, eos_id=EOS, seed=11, keep_cache=keep_cache, graphs=graphs)
+        engine = TorchEngine(_model(0, "cuda"), slots=5, eos_id=EOS, seed=11, keep_cache=keep_cache, graphs=graphs)
         runs.append(asyncio.run(_run(engine, other)))
         assert engine.steps > 20
     eager, graph = runs

@@ -246,6 +246,11 @@ class TorchEngine(LoopEngine):
         self.graphs = graphs
         self._graph: Any = None
         self._logits = torch.zeros(0)
+        # prefill passes as graphs too, one per shape: rows padded up to a power of two
+        # (or to every slot), the width to the same multiple of 16 as the eager pass
+        self._prefill_graphs: dict[tuple[int, int], tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        if graphs:
+            self._capture_all()
 
     # -- its sequences in flight ----------------------------------------------
     def _live(self) -> list[GenerationHandle]:
@@ -315,25 +320,48 @@ class TorchEngine(LoopEngine):
         replayed, or the model run (without ``graphs``)."""
         if not self.graphs:
             return self.model.decode(self._last, self._positions, self.cache)
-        if self._graph is None:
-            self._capture()
         self._graph.replay()
         return self._logits
 
-    def _capture(self) -> None:
-        """Capture the decode step as a CUDA graph.  Its warm-up runs (on a side stream,
-        as capture needs) write each slot's key and value at its position from its last
-        token, as the step itself then does: the same values, so nothing in flight changes."""
+    def _width(self, longest: int) -> int:
+        """The width a prefill pass of contexts up to ``longest`` tokens is padded to: few
+        distinct shapes for the kernels (and the graphs)."""
+        return max(longest, min(self.max_len, -(-longest // 16) * 16))
+
+    def _rows(self, count: int) -> int:
+        """The rows a graph's prefill pass of ``count`` contexts runs: a power of two, or every slot."""
+        return min(1 << (count - 1).bit_length(), self.slots)
+
+    @torch.no_grad()
+    def _capture_all(self) -> None:
+        """Capture the decode step and a prefill pass of every shape :meth:`_prefill` can
+        ask for, the largest first, in one memory pool (they run one at a time, in one
+        stream).  Nothing is in flight yet, so what their warm-up runs write into the
+        cache is overwritten before anything reads it."""
+        pool = torch.cuda.graph_pool_handle()
+        row_counts = sorted({self._rows(count) for count in range(1, self.slots + 1)}, reverse=True)
+        widths = sorted({self._width(longest) for longest in range(1, self.max_len + 1)}, reverse=True)
+        for rows in row_counts:
+            for width in widths:
+                tokens = torch.full((rows, width), self.pad_id, dtype=torch.long, device=self.device)
+                index = torch.arange(rows, device=self.device)
+                graph, logits = self._capture(lambda: self.model.prefill(tokens, index, self.cache), pool)
+                self._prefill_graphs[rows, width] = (graph, tokens, index, logits)
+        self._graph, self._logits = self._capture(lambda: self.model.decode(self._last, self._positions, self.cache), pool)
+
+    def _capture(self, run: Any, pool: Any) -> tuple[Any, torch.Tensor]:
+        """``run`` captured as a CUDA graph, after two warm-up runs on a side stream (as
+        capture needs), and the tensor it returns (refilled at each replay)."""
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self.model.decode(self._last, self._positions, self.cache)
+                run()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._logits = self.model.decode(self._last, self._positions, self.cache)
-        self._graph = graph
+        with torch.cuda.graph(graph, pool=pool):
+            out = run()
+        return graph, out
 
     def _prefill(self, slots: list[int]) -> None:
         began = time.perf_counter()
@@ -342,15 +370,24 @@ class TorchEngine(LoopEngine):
             handle = self._slots[slot]
             assert handle is not None  # a slot awaits prefill only while it holds a sequence
             contexts.append(handle.generation.prompt + handle.generation.tokens)
-        longest = max(len(c) for c in contexts)
-        width = max(longest, min(self.max_len, -(-longest // 16) * 16))  # few distinct shapes for the kernels
-        batch = torch.full((len(slots), width), self.pad_id, dtype=torch.long)
-        for row, context in enumerate(contexts):
-            batch[row, : len(context)] = torch.tensor(context)
-        batch = batch.to(self.device)
-        index = torch.tensor(slots, device=self.device)
+        width = self._width(max(len(c) for c in contexts))
+        rows, padded = len(slots), list(slots)
+        if self.graphs:  # the extra rows repeat the last: the same slot, the same tokens, the same writes
+            rows = self._rows(len(slots))
+            contexts = contexts + [contexts[-1]] * (rows - len(slots))
+            padded += [slots[-1]] * (rows - len(slots))
+        batch = torch.tensor([c + [self.pad_id] * (width - len(c)) for c in contexts], dtype=torch.long)
+        index = torch.tensor(padded, dtype=torch.long)
+        if self.graphs:
+            graph, static_tokens, static_index, logits = self._prefill_graphs[rows, width]
+            static_tokens.copy_(batch)
+            static_index.copy_(index)
+            graph.replay()
+        else:
+            logits = self.model.prefill(batch.to(self.device), index.to(self.device), self.cache)
+        contexts = contexts[: len(slots)]
+        index = index[: len(slots)].to(self.device)
         lengths = torch.tensor([len(c) for c in contexts], device=self.device)
-        logits = self.model.prefill(batch, index, self.cache)
         last = logits[torch.arange(len(slots), device=self.device), lengths - 1]
         tokens, logprobs = self._sample(last)
         self._last[index] = tokens
