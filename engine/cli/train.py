@@ -19,6 +19,7 @@ from typing import Callable
 from engine.log import LogError
 from engine.log.files import OutputError, check_directory
 from engine.runtime.collector import MODES as GC_MODES
+from engine.backends.local.model import SIZES
 from engine.backends.local.schedule import LR_SCHEDULES
 from engine.workflows.rl_config import ENGINES, MAX_SEED, METRIC_SINKS, RunConfig
 
@@ -100,7 +101,7 @@ def _weights_file(text: str) -> str:
 
 
 #: ``--model`` values that name the built-in policy's sizes (anything else is a model directory).
-BUILT_IN_MODELS = ("tiny", "small", "base")
+BUILT_IN_MODELS = tuple(SIZES)
 
 
 def _model(text: str) -> str:

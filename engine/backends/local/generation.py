@@ -235,6 +235,7 @@ class TorchEngine(LoopEngine):
         if graphs and self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need the model on a CUDA device, not {self.device}")
         parameter = next(model.parameters())
+        self.slots = slots
         self.cache = KVCache(model.config, slots, self.max_len, self.device, parameter.dtype)
         self._slots: list[GenerationHandle | None] = [None] * slots
         self._needs_prefill: set[int] = set()  # slots holding a sequence to prefill (freeing a slot drops it)
