@@ -438,6 +438,7 @@ def calibrate(
             # the engine's prefill passes (the simulator batches starts and re-prefills into passes
             # as it does) and the executor's work per started rollout
             prefill_pass_s=costs.prefill_pass_s, prefill_per_token_s=costs.prefill_per_token_s,
+            prefill_pad_to=costs.prefill_pad_to, prefill_pow2_rows=costs.prefill_pow2_rows,
             start_overhead_s=costs.start_overhead_s, resume_overhead_s=costs.resume_overhead_s,
             # an engine that kept its cache over new weights re-prefills nothing at an update
             on_update="run_on" if obs.kept_cache else scenario.generation.on_update,

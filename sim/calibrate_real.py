@@ -65,6 +65,12 @@ class Update:
     decode_busy2: float = 0.0  # and busy slots squared, summed
     prefill_s: float = 0.0
     prefill_tokens: float = 0.0
+    # the tokens the passes ran, padding included (None: an engine or a run that did not
+    # count them), and the engine's padding rule: the multiple its pass width is rounded
+    # up to, and whether its rows are a power of two
+    prefill_padded: float | None = None
+    prefill_pad_to: int = 1
+    prefill_pow2_rows: bool = False
     starts: float = 0.0  # rollouts submitted during the update's interval (from the log)
     first: bool = False  # a run's first update (its collect time holds the engine's start)
     run: int = 0  # which of the calibrated runs it belongs to
@@ -127,6 +133,10 @@ def updates(
             decode_busy_s=float(row["decode_busy_s"]) - float(before.get("decode_busy_s", 0.0)) if "decode_busy_s" in row else None,
             decode_busy2=float(row.get("decode_busy2", 0)) - float(before.get("decode_busy2", 0)),
             prefill_tokens=float(row.get("prefill_tokens", 0)) - float(before.get("prefill_tokens", 0)),
+            prefill_padded=float(row["prefill_padded_tokens"]) - float(before.get("prefill_padded_tokens", 0))
+            if "prefill_padded_tokens" in row else None,
+            prefill_pad_to=int(row.get("prefill_pad_to", 1)),
+            prefill_pow2_rows=bool(row.get("prefill_pow2_rows", False)),
             starts=float(starts),
             first=not out,
             run=run,
@@ -167,6 +177,10 @@ class RealCosts:
     # model can carry into a prediction
     run_ratios: dict[str, float] = field(default_factory=dict)
     run_shapes: dict[str, float] = field(default_factory=dict)
+    # how the engine padded a prefill pass, when it counted the tokens its passes ran:
+    # prefill_per_token_s is then per token run (0: per token its rows hold)
+    prefill_pad_to: int = 0
+    prefill_pow2_rows: bool = False
 
     @property
     def run_spread(self) -> float:
@@ -187,8 +201,11 @@ class RealCosts:
                       "from them carries" if shared else "")]
                   if len(self.run_ratios) > 1 else [])
         return spread + [
-            f"{'prefill pass':<16} {self.prefill_pass_s:.4g} s + {self.prefill_per_token_s:.4g} s per token "
-            "(prefill_pass_s, prefill_per_token_s: one pass per server for the starts that arrive together, one for an update's "
+            f"{'prefill pass':<16} {self.prefill_pass_s:.4g} s + {self.prefill_per_token_s:.4g} s per token"
+            + (f" run (prefill_pad_to {self.prefill_pad_to}{', prefill_pow2_rows' if self.prefill_pow2_rows else ''}: the pass's "
+               f"rows{', a power of two,' if self.prefill_pow2_rows else ''} times its longest context rounded up to a multiple "
+               f"of {self.prefill_pad_to}; " if self.prefill_pad_to else " (")
+            + "prefill_pass_s, prefill_per_token_s: one pass per server for the starts that arrive together, one for an update's "
             "re-prefills and the starts that join them; every sample's prompt is a row)",
             f"{'per started':<16} {self.start_overhead_s:.4g} s (start_overhead_s: the executor's work on a started rollout)",
             f"{'per resume':<16} {self.resume_overhead_s:.4g} s (resume_overhead_s: the executor's work each time generation "
@@ -371,7 +388,7 @@ def _generation(found: list[Update]) -> tuple[list[Fit], dict[str, float]]:
     }
     if all(u.decode_s is not None for u in found) and sum(u.starts for u in found) > 0:
         decode, across_runs = _decode(found, decode_terms)
-        prefill = fit("prefill passes s", {"prefills": [u.prefills for u in found], "prefill tokens": [u.prefill_tokens for u in found]},
+        prefill = fit("prefill passes s", {"prefills": [u.prefills for u in found], "prefill tokens": [prefill_units(u, padded_passes(found)) for u in found]},
                       [u.prefill_s for u in found])
         # the rest of the collect time is the executor's: per update (the batch's bookkeeping
         # and the event loop's turns once generation resumes), per engine step (its turns
@@ -393,6 +410,20 @@ def _generation(found: list[Update]) -> tuple[list[Fit], dict[str, float]]:
                   "per_seq": decode["tokens"], **passes}
 
 
+def padded_passes(found: list[Update]) -> bool:
+    """Whether every update counted the tokens its prefill passes ran, padding included:
+    then a pass is priced by those (a padded pass costs what it runs, not what its rows
+    hold: an H100's graph passes fitted R^2 0.90 on their rows' tokens, 0.99 on their
+    padded rows)."""
+    return bool(found) and all(u.prefill_padded is not None for u in found)
+
+
+def prefill_units(u: Update, padded: bool) -> float:
+    """What an update's prefill passes are priced by: with ``padded`` (:func:`padded_passes`
+    of the updates fitted together), the tokens they ran; else the tokens their rows held."""
+    return u.prefill_padded if padded and u.prefill_padded is not None else u.prefill_tokens
+
+
 def fit_costs(found: list[Update], names: list[str] | None = None) -> RealCosts:
     """Fit the costs of ``found`` (the updates of every run; run ``k`` is called
     ``names[k]`` in the report where given)."""
@@ -400,10 +431,11 @@ def fit_costs(found: list[Update], names: list[str] | None = None) -> RealCosts:
     found = [u for u in found if not u.first] or found  # the fits are of a running engine
     fits, c = _generation(found)
     collect = [u.collect_s for u in found]
+    padded_rule = padded_passes(found)
 
     def terms(u: Update) -> float:
         return (u.steps * (c["base"] + c["per_slot"] * u.slots) + c["per_seq"] * u.tokens
-                + c["pass"] * u.prefills + c["per_token"] * u.prefill_tokens + c["start"] * u.starts + c["resume"])
+                + c["pass"] * u.prefills + c["per_token"] * prefill_units(u, padded_rule) + c["start"] * u.starts + c["resume"])
 
     predicted = [terms(u) for u in found]
     # the terms fitted apart need not add up to the collect time in total (no intercept,
@@ -441,4 +473,6 @@ def fit_costs(found: list[Update], names: list[str] | None = None) -> RealCosts:
                    [u.overhead_s for u in found])
     return RealCosts([*fits, train, overhead], c["base"], c["per_slot"], c["per_seq"], c["pass"], c["per_token"], c["start"], train,
                      per_token, statistics.fmean(syncs) if syncs else None, overhead["1"], r2, scale, startup,
-                     statistics.fmean(written) if written else 0.0, overhead["sequences"], c["resume"], ratios, shapes)
+                     statistics.fmean(written) if written else 0.0, overhead["sequences"], c["resume"], ratios, shapes,
+                     prefill_pad_to=max(u.prefill_pad_to for u in found) if padded_rule else 0,
+                     prefill_pow2_rows=padded_rule and all(u.prefill_pow2_rows for u in found))

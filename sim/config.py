@@ -108,6 +108,16 @@ class GenerationSection:
             " an update's re-prefill is one pass per server), seconds"
         ),
     )
+    prefill_pad_to: int = field(
+        default=0,
+        metadata=_doc("0: a prefill pass costs prefill_per_token_s per token its rows hold; N: per token it runs, its rows"
+                      " times its longest context rounded up to a multiple of N (an engine that pads a pass to one width)"),
+    )
+    prefill_pow2_rows: bool = field(
+        default=False,
+        metadata=_doc("with prefill_pad_to, a pass runs a power of two of rows (at most slots), as an engine replaying"
+                      " captured graphs of a few shapes does"),
+    )
     startup_s: float = field(
         default=0.0,
         metadata=_doc("a server's one-off start before its first decode (an engine's first passes of new shapes), seconds"),
@@ -344,6 +354,11 @@ def _validate(scenario: Scenario) -> None:
     if scenario.workload.prompt_len.kind == "paired" and scenario.workload.response_len.kind != "empirical":
         raise ScenarioError("workload.prompt_len.kind", "paired draws a row of workload.response_len's CSV, which must be empirical, "
                             f"not {scenario.workload.response_len.kind}")
+    if generation.prefill_pad_to < 0:
+        raise ScenarioError("generation.prefill_pad_to", f"must be at least 0, got {generation.prefill_pad_to}")
+    if generation.prefill_pow2_rows and not generation.prefill_pad_to:
+        raise ScenarioError("generation.prefill_pow2_rows", "pads a pass's rows, which needs generation.prefill_pad_to (a pass "
+                            "priced by the tokens it runs)")
     workload = scenario.workload
     for name, value in (("workload.phase_versions", workload.phase_versions), ("workload.phase_rows", workload.phase_rows)):
         if value < 0:

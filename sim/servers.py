@@ -15,7 +15,9 @@ spent, or no decode step since it opened) or opens one; the re-prefill of the
 interrupted sequences on a server after a weight update is one pass, which the update's
 starts join (the engine admits waiting prompts into the step that re-prefills).  A pass
 costs ``prefill_pass_s + prefill_per_token_s * tokens`` (a start's prompt once, or once
-per sample without ``shared_prompt``) and holds the server's decoding back; each start also
+per sample without ``shared_prompt``; with ``prefill_pad_to``, the tokens the pass runs:
+its rows times its longest context, rounded up, as an engine that pads a pass to one
+width does) and holds the server's decoding back; each start also
 costs the executor's ``start_overhead_s`` there, and each time generation resumes after a
 weight update every server waits out the executor's ``resume_overhead_s`` (an idle one
 when its next sequence arrives).  With ``prefill_token`` a pass also
@@ -48,7 +50,7 @@ class Server:
     """One generation server's analytical continuous-batching state."""
 
     __slots__ = ("index", "heap", "steps", "kv_offset", "active", "hold", "stall", "opened", "opened_step", "joinable", "pending",
-                 "refill", "last", "epoch", "busy")
+                 "refill", "last", "epoch", "busy", "pass_rows", "pass_longest", "pass_charged")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -64,6 +66,11 @@ class Server:
         self.joinable = False  # whether that pass admits starts (a start's does, and so does an update's re-prefill)
         self.pending = 0.0  # kv tokens of the sequences a pending start's pass prefills
         self.refill = False  # whether that pass re-prefills every interrupted sequence (an update's)
+        # with padded passes (prefill_pad_to): that pass's rows, its longest context, and
+        # the cost per token already charged for it (each start that joins charges the rest)
+        self.pass_rows = 0
+        self.pass_longest = 0
+        self.pass_charged = 0.0
         self.last = 0.0  # simulated time up to which progress is accounted
         self.epoch = 0  # bumps on every re-plan; a timer of an older epoch is ignored
         self.busy = 0.0  # seconds spent prefilling or decoding
@@ -97,6 +104,8 @@ class Pool:
         self.start_overhead = generation.start_overhead_s
         self.resume_overhead = generation.resume_overhead_s
         self.shared_prompt = generation.shared_prompt
+        self.pad_to = generation.prefill_pad_to
+        self.pow2_rows = generation.prefill_pow2_rows
         self.first = 1 if generation.prefill_token else 0  # tokens a prefill pass samples per sequence
         self.passes = 0  # prefill passes opened, on every server
         self._sequences = 0
@@ -240,8 +249,14 @@ class Pool:
             server.stall += self.prefill_pass
             server.opened, server.opened_step, server.joinable, server.pending = server.last, server.steps, True, 0.0
             server.refill = False
+            server.pass_rows, server.pass_longest, server.pass_charged = 0, 0, 0.0
             self.passes += 1
-        server.stall += self.start_overhead + self.prefill * prompt * (1 if self.shared_prompt else group)
+        rows = 1 if self.shared_prompt else group
+        if self.pad_to:
+            self._widen(server, server.pass_rows + rows, max(server.pass_longest, prompt))
+        else:
+            server.stall += self.prefill * prompt * rows
+        server.stall += self.start_overhead
         server.pending += group * prompt
         if self._heaped:
             self.loaded(server)
@@ -273,13 +288,37 @@ class Pool:
                 waiting = self.pending_pass(server)  # a start's pass not yet run: the re-prefill joins it
                 if waiting and server.refill:  # an update's re-prefill not yet run already holds every sequence
                     continue
-                kv_tokens = server.kv_offset + server.active * server.steps - (server.pending if waiting else 0.0)
-                server.stall += (0.0 if waiting else self.prefill_pass) + self.prefill * kv_tokens
+                server.stall += 0.0 if waiting else self.prefill_pass
+                if self.pad_to:  # every sequence is a row, as long as its prompt and tokens so far
+                    steps = server.steps
+                    longest = max((kv0 + max(0, min(length, int(steps - admitted))) for _, _, _, admitted, kv0, length in server.heap),
+                                  default=0)
+                    if not waiting:
+                        server.pass_charged = 0.0
+                    self._widen(server, server.active, longest)
+                else:
+                    kv_tokens = server.kv_offset + server.active * server.steps - (server.pending if waiting else 0.0)
+                    server.stall += self.prefill * kv_tokens
                 self.passes += 0 if waiting else 1
                 if self.first:
                     self._sample_at_reprefill(server, waiting)
                 server.opened, server.opened_step, server.joinable = now, server.steps, True  # the update's starts join it
                 server.refill = True
+
+    def padded(self, rows: int, longest: int) -> int:
+        """The tokens a padded pass of ``rows`` contexts up to ``longest`` tokens runs: its
+        rows (a power of two, at most the slots, with ``prefill_pow2_rows``) times its
+        longest context rounded up to a multiple of ``prefill_pad_to``."""
+        if self.pow2_rows:
+            rows = min(1 << max(0, rows - 1).bit_length(), max(rows, self.slots))
+        return rows * -(-longest // self.pad_to) * self.pad_to
+
+    def _widen(self, server: Server, rows: int, longest: int) -> None:
+        """``server``'s pending pass now holds ``rows`` contexts up to ``longest`` tokens:
+        charge what its padded tokens cost beyond what it has been charged already."""
+        cost = self.prefill * self.padded(rows, longest)
+        server.stall += cost - server.pass_charged
+        server.pass_rows, server.pass_longest, server.pass_charged = rows, longest, cost
 
     def _sample_at_reprefill(self, server: Server, waiting: bool) -> None:
         """The re-prefill samples one token of every interrupted sequence: each is one

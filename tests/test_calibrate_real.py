@@ -24,8 +24,10 @@ TRUE = {
 GROUP = 4  # sequences per rollout
 
 
-def _run(rng: random.Random, slots: int, batch: int, count: int) -> tuple[list[dict], list[float]]:
-    """Metrics lines of one run (cumulative counters) and its rollouts' submission times."""
+def _run(rng: random.Random, slots: int, batch: int, count: int, padded: bool = False) -> tuple[list[dict], list[float]]:
+    """Metrics lines of one run (cumulative counters) and its rollouts' submission times.
+    With ``padded``, the engine pads its passes (to widths of 16, rows to a power of two)
+    and says so: a pass costs the tokens it runs, 1.2 to 3 times its rows' tokens."""
     noisy = lambda x: x * (1 + rng.uniform(-0.02, 0.02))  # noqa: E731
     rows, submitted = [], []
     totals = {"decode_steps": 0, "generated_tokens": 0, "prefills": 0, "prefill_tokens": 0, "prefill_rows": 0, "decode_s": 0.0,
@@ -38,7 +40,8 @@ def _run(rng: random.Random, slots: int, batch: int, count: int) -> tuple[list[d
         prefills, prefill_tokens = rng.randint(max(1, starts // 3), starts), rng.randint(20, 60) * starts
         prefill_rows = GROUP * starts + rng.randint(0, slots // 2)  # each start's group, and re-prefilled sequences
         decode_s = noisy(steps * (TRUE["step_base"] + TRUE["per_slot"] * slots) + TRUE["per_seq"] * tokens)
-        prefill_s = noisy(TRUE["prefill"] * prefills + TRUE["prefill_token"] * prefill_tokens)
+        run_tokens = round(prefill_tokens * rng.uniform(1.2, 3.0)) if padded else prefill_tokens
+        prefill_s = noisy(TRUE["prefill"] * prefills + TRUE["prefill_token"] * run_tokens)
         executor = TRUE["executor"] * starts + TRUE["resume"] + TRUE["executor_step"] * steps
         collect = decode_s + prefill_s + noisy(executor) + (TRUE["startup"] if index == 0 else 0.0)
         trained = rng.randint(10, 40) * batch
@@ -52,6 +55,9 @@ def _run(rng: random.Random, slots: int, batch: int, count: int) -> tuple[list[d
             totals[key] += value
         rows.append({**totals, "wall_s": wall, "wait_s": collect, "train_s": step + sync + overhead / 2, "step_s": step,
                      "recompute_s": 0.0, "sync_s": sync, "trained_tokens": trained, "sequences": batch, "slots": slots})
+        if padded:
+            ran = rows[-2]["prefill_padded_tokens"] if len(rows) > 1 else 0
+            rows[-1].update(prefill_padded_tokens=ran + run_tokens, prefill_pad_to=16, prefill_pow2_rows=True)
     return rows, submitted
 
 
@@ -84,6 +90,30 @@ def test_known_costs_are_recovered_within_5_percent():
     assert any("prefill_pass_s" in note for note in costs.notes()) and any("resume_overhead_s" in note for note in costs.notes())
     assert _close(costs.startup_s, TRUE["startup"], 0.1) and any("startup_s" in note for note in costs.notes())
     assert any("start_overhead_s" in note for note in costs.notes())
+
+
+def test_an_engine_that_counts_its_padded_passes_is_priced_by_the_tokens_they_ran():
+    """Passes that cost what they run, padding included: with the engine's count of those
+    tokens the fit recovers the cost per token and names the padding rule for the
+    scenario; from the rows' tokens alone (a run that did not count them) it cannot."""
+    rng = random.Random(11)
+    found, unpadded = [], []
+    for run, (slots, batch) in enumerate(((256, 64), (128, 32))):
+        rows, submitted = _run(rng, slots, batch, 120, padded=True)
+        found += updates(rows, slots, batch, recompute_in_step=True, submitted=submitted, run=run)
+        bare = [{k: v for k, v in row.items() if not k.startswith("prefill_pad")} for row in rows]
+        unpadded += updates(bare, slots, batch, recompute_in_step=True, submitted=submitted, run=run)
+    costs = fit_costs(found)
+    prefill = costs.fits[1]
+    assert _close(costs.prefill_per_token_s, TRUE["prefill_token"]) and _close(costs.prefill_pass_s, TRUE["prefill"]), prefill
+    assert prefill.r2 > 0.99 and costs.prefill_pad_to == 16 and costs.prefill_pow2_rows
+    assert any("per token run (prefill_pad_to 16, prefill_pow2_rows" in note for note in costs.notes())
+    rough = fit_costs(unpadded)
+    assert rough.prefill_pad_to == 0 and not rough.prefill_pow2_rows
+    assert not _close(rough.prefill_per_token_s, TRUE["prefill_token"], 0.3)  # the padding read as dearer tokens
+    # one run that did not count them makes every update priced by its rows' tokens
+    mixed = fit_costs(found[:120] + unpadded[120:])
+    assert mixed.prefill_pad_to == 0 and _close(mixed.fits[1]["prefill tokens"], rough.fits[1]["prefill tokens"], 0.5)
 
 
 def test_one_slot_count_and_one_batch_size_cannot_tell_their_terms_apart():

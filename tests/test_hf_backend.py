@@ -155,6 +155,10 @@ def test_waiting_prompts_join_the_batch_without_prefilling_its_live_rows_again(m
     assert engine.joins >= 2 and engine.prefills == 1 + engine.joins  # the first batch, then joins only
     assert engine.prefill_rows == len(prompts)  # no live row prefilled twice
     assert engine.prefill_tokens == sum(len(p) for p in prompts)
+    # each pass left-pads its rows to its longest prompt: at least their tokens, at most
+    # every prompt as long as the longest
+    assert engine.prefill_tokens <= engine.prefill_padded_tokens <= len(prompts) * max(len(p) for p in prompts)
+    assert engine.prefill_pad_to == 1 and engine.prefill_pow2_rows is False
     assert sum(len(r.tokens) for r in results) == engine.decoded_tokens + engine.prefill_rows
     trainer, behaviour, mask = _trainer_logprobs(policy, results, tokenizer.pad_id)
     assert ((trainer - behaviour).abs() * mask).max().item() < 1e-4

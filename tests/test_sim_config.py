@@ -64,6 +64,8 @@ def test_file_values_then_overrides(tmp_path) -> None:
         ("workload.response_len.shape=2", "workload.response_len.shape"),
         ("workload.group_size=1000", "workload.group_size"),
         ("slots=4", "slots"),
+        ("generation.prefill_pad_to=-1", "generation.prefill_pad_to"),
+        ("generation.prefill_pow2_rows=true", "generation.prefill_pow2_rows"),
     ],
 )
 def test_bad_values_name_the_field(override: str, field: str) -> None:

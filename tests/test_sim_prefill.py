@@ -18,7 +18,7 @@ STEP, PASS, PER_TOKEN, START = 0.01, 0.05, 0.001, 0.002
 
 
 def _pool(
-    servers: int = 1, prefill_token: bool = False, shared_prompt: bool = True
+    servers: int = 1, prefill_token: bool = False, shared_prompt: bool = True, pad_to: int = 0, pow2_rows: bool = False,
 ) -> tuple[simpy.Environment, Pool, list[tuple[float, str]]]:
     """A pool of ``servers`` with a fixed decode step and known prefill costs, and the
     list its finished sequences are recorded in (time, rollout)."""
@@ -27,7 +27,7 @@ def _pool(
     generation = GenerationSection(
         servers=servers, slots=16, step_base_s=STEP, step_per_seq_s=0.0, step_per_kv_token_s=0.0,
         prefill_pass_s=PASS, prefill_per_token_s=PER_TOKEN, start_overhead_s=START, prefill_token=prefill_token,
-        shared_prompt=shared_prompt,
+        shared_prompt=shared_prompt, prefill_pad_to=pad_to, prefill_pow2_rows=pow2_rows,
     )
     pool = Pool(generation, env, lambda _server, now, finished: done.extend((now, rollout) for rollout, _ in finished))
     return env, pool, done
@@ -274,3 +274,39 @@ def test_a_colocated_collect_turns_the_engine_once_before_it_takes_a_ready_batch
     assert paid.prefill_passes == 4
     assert paid.sim_time_s == pytest.approx(PASS + 5 * STEP + 3 * 0.6 + 2 * PASS, rel=1e-9)
     assert paid.trainer_idle_s == pytest.approx(PASS + 5 * STEP + 2 * PASS, rel=1e-9)
+
+
+@pytest.mark.parametrize("pow2_rows", [False, True])
+def test_a_padded_pass_costs_its_rows_times_its_longest_context_rounded_up(pow2_rows: bool) -> None:
+    """With ``prefill_pad_to`` 16, three starts of prompts 5, 7 and 20 tokens share a pass
+    of 3 rows (4 with ``prefill_pow2_rows``) 32 tokens wide, each start charged what it
+    adds; the re-prefill after an update runs every sequence, as wide as the longest
+    prompt and tokens so far."""
+    env, pool, done = _pool(pad_to=16, pow2_rows=pow2_rows)
+    rows = 4 if pow2_rows else 3
+    _start(pool, 0, "a", 5, 30)
+    assert pool.servers[0].stall == pytest.approx(PASS + PER_TOKEN * 16 + START, rel=1e-9)  # one row of 16
+    _start(pool, 0, "b", 7, 30)
+    _start(pool, 0, "c", 20, 30)
+    assert pool.passes == 1
+    assert pool.servers[0].stall == pytest.approx(PASS + PER_TOKEN * rows * 32 + 3 * START, rel=1e-9)
+    env.run(until=pool.servers[0].stall + 4 * STEP)
+    pool.freeze(env.now)
+    assert pool.servers[0].steps == pytest.approx(4.0)
+    pool.reprefill(env.now)  # contexts 9, 11 and 24 tokens: 32 wide again
+    assert pool.servers[0].stall == pytest.approx(PASS + PER_TOKEN * rows * 32, rel=1e-9)
+    assert pool.padded(3, 33) == rows * 48 and pool.padded(1, 1) == 16
+
+
+def test_a_padded_start_joining_a_re_prefill_is_charged_what_it_widens() -> None:
+    env, pool, _ = _pool(pad_to=16, pow2_rows=True)
+    for name in ("a", "b"):
+        _start(pool, 0, name, 10, 30)
+    env.run(until=pool.servers[0].stall + 2 * STEP)
+    pool.freeze(env.now)
+    pool.reprefill(env.now)  # 2 rows of 12: 2 x 16
+    assert pool.servers[0].stall == pytest.approx(PASS + PER_TOKEN * 32, rel=1e-9)
+    pool.thaw(env.now)
+    _start(pool, 0, "c", 40, 1)  # joins: 3 rows padded to 4, 48 wide
+    assert pool.passes == 2
+    assert pool.servers[0].stall == pytest.approx(PASS + PER_TOKEN * 4 * 48 + START, rel=1e-9)

@@ -154,3 +154,12 @@ def test_the_engine_sums_busy_slots_times_seconds_and_squared_over_its_decode_st
     # one pass (both prompts), so one decode step straight after it: the first, 2 busy
     assert (engine.after_pass_steps, engine.after_pass_s, engine.after_pass_busy) == (1, 1.0, 2)
     assert (engine.after_pass_busy_s, engine.after_pass_busy2) == (2.0, 4)
+
+
+def test_the_engine_counts_the_tokens_its_prefill_passes_ran_padding_included():
+    """A pass is as wide as its longest context rounded up to 16, each row that wide:
+    prompts of 3 and 20 tokens run 2 x 32 tokens, though their rows hold 23."""
+    engine = TorchEngine(_model(), slots=2, eos_id=NEVER, seed=0)
+    assert engine.prefill_pad_to == 16 and engine.prefill_pow2_rows is False
+    asyncio.run(_generate_each(engine, [([1, 3, 4], 2), ([1] + [3] * 19, 2)]))
+    assert engine.prefills == 1 and engine.prefill_tokens == 23 and engine.prefill_padded_tokens == 2 * 32

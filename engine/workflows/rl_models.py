@@ -114,10 +114,11 @@ def summary(state: Any, metrics: Sequence[dict[str, Any]], wall: float, executor
 
 
 #: The engine's counters a metrics line carries when the engine keeps them (calibration reads them).
-ENGINE_COUNTERS = ("prefills", "prefill_rows", "prefill_tokens", "prefill_s", "decode_s", "decode_busy_s", "decode_busy2",
+ENGINE_COUNTERS = ("prefills", "prefill_rows", "prefill_tokens", "prefill_padded_tokens", "prefill_s", "decode_s", "decode_busy_s", "decode_busy2",
                    "after_pass_steps", "after_pass_s", "after_pass_busy", "after_pass_busy_s", "after_pass_busy2",
-                   # not a counter: whether a decode step runs over every slot or the live rows only
-                   "decodes_every_slot")
+                   # not counters: whether a decode step runs over every slot or the live rows only,
+                   # and how a prefill pass pads its rows and its width
+                   "decodes_every_slot", "prefill_pad_to", "prefill_pow2_rows")
 
 
 def update_record(

@@ -45,6 +45,9 @@ class HFEngine(LoopEngine):
     #: a decode step runs over the live rows only (finished ones leave the batch), so its
     #: cost grows with the busy slots, not with ``slots``
     decodes_every_slot = False
+    #: a prefill pass is left-padded to its longest context, its rows as many as it prefills
+    prefill_pad_to = 1
+    prefill_pow2_rows = False
 
     def __init__(
         self, model: HFPolicy, *, slots: int, eos_id: int, pad_id: int = 0, temperature: float = 1.0, seed: int = 0,
@@ -153,7 +156,7 @@ class HFEngine(LoopEngine):
         self._rows.extend(joining)
         self.joins += 1
         self._record(tokens.tolist(), logprobs.tolist(), first)
-        self._prefilled(contexts, began)
+        self._prefilled(contexts, began, ids.numel())
 
     @torch.no_grad()
     def step(self) -> None:
@@ -215,7 +218,7 @@ class HFEngine(LoopEngine):
         tokens, logprobs = self._sample(output.logits[:, -1])
         self._last = tokens
         self._record(tokens.tolist(), logprobs.tolist())
-        self._prefilled(contexts, began)  # a pass, not a decode step, as the torch engine counts it
+        self._prefilled(contexts, began, ids.numel())  # a pass, not a decode step, as the torch engine counts it
 
 
 def left_padded(contexts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

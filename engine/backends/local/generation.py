@@ -70,6 +70,9 @@ class LoopEngine:
         # prefills' rows and tokens, and the seconds of each kind of pass
         self.prefill_rows = 0
         self.prefill_tokens = 0
+        # the tokens its passes ran, padding included (rows times the padded width): a
+        # pass's kernels cost what they run, not what their rows hold
+        self.prefill_padded_tokens = 0
         self.prefill_s = 0.0
         self.decode_s = 0.0
         # and how a decode step's time goes with its busy slots: sums of busy * seconds and
@@ -164,11 +167,13 @@ class LoopEngine:
             self.after_pass_busy_s += busy * elapsed
             self.after_pass_busy2 += busy * busy
 
-    def _prefilled(self, contexts: list[list[int]], began: float) -> None:
-        """Count a prefill pass over ``contexts`` that began at ``began``."""
+    def _prefilled(self, contexts: list[list[int]], began: float, padded: int) -> None:
+        """Count a prefill pass over ``contexts`` that began at ``began`` and ran ``padded``
+        tokens (its rows times its width, padding included)."""
         self.prefills += 1
         self.prefill_rows += len(contexts)
         self.prefill_tokens += sum(len(c) for c in contexts)
+        self.prefill_padded_tokens += padded
         self.prefill_s += time.perf_counter() - began
         self._after_pass = True
 
@@ -223,6 +228,8 @@ class TorchEngine(LoopEngine):
     #: a decode step runs over every slot of the cache, busy or not (calibration reads
     #: it from the metrics line: the step's cost then grows with the slots)
     decodes_every_slot = True
+    #: a prefill pass is as wide as its longest context rounded up to this multiple
+    prefill_pad_to = 16
 
     model: Policy
 
@@ -245,6 +252,8 @@ class TorchEngine(LoopEngine):
         # the weights (load_weights copies into them), replayed each step: one launch instead
         # of a few hundred, so that a step costs the GPU's time rather than the host's
         self.graphs = graphs
+        #: a prefill pass runs a power of two of rows (at most every slot): the graphs' shapes
+        self.prefill_pow2_rows = graphs
         self._graph: Any = None
         self._logits = torch.zeros(0)
         # prefill passes as graphs too, one per shape: rows padded up to a power of two
@@ -394,4 +403,4 @@ class TorchEngine(LoopEngine):
         self._last[index] = tokens
         self._positions[index] = lengths
         self._record(slots, tokens.tolist(), logprobs.tolist())  # .tolist() waits for the device
-        self._prefilled(contexts, began)
+        self._prefilled(contexts, began, batch.numel())
