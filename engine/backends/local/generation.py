@@ -4,8 +4,9 @@
 prompt and get a :class:`GenerationHandle` (await its result or stream its tokens,
 each with the policy version that produced it), ``pause``, ``resume`` and
 ``load_weights``.  :class:`TorchEngine` implements it on one device: a fixed pool
-of KV-cache slots, one decode step for all busy slots at a time, and a finished
-sequence's slot refilled at the next step without waiting for the others.  At a
+of KV-cache slots, one decode step for all busy slots at a time (on a GPU, optionally
+replayed as a captured CUDA graph), and a finished sequence's slot refilled at the
+next step without waiting for the others.  At a
 weight load every in-flight sequence is interrupted: its prefix is prefilled again
 under the new weights and it goes on as a new segment (partial rollout).
 """
@@ -223,6 +224,12 @@ class TorchEngine(LoopEngine):
     admitted or interrupted sequences, decodes one token for every busy slot and
     completes the sequences that ended, then yields to the event loop.  Sampling is
     at ``temperature`` from a seeded generator.
+
+    With ``graphs`` (a CUDA device) the decode step and a prefill pass of every shape
+    the engine runs are captured as CUDA graphs when it starts, over fixed buffers, the
+    cache and the weights, and replayed: a pass's rows are then padded to a power of two
+    (at most every slot) by repeating its last row, which writes the same keys and values
+    into the same slot.  Sampling and the bookkeeping stay outside the graphs.
     """
 
     #: a decode step runs over every slot of the cache, busy or not (calibration reads
@@ -248,9 +255,10 @@ class TorchEngine(LoopEngine):
         self._needs_prefill: set[int] = set()  # slots holding a sequence to prefill (freeing a slot drops it)
         self._last = torch.full((slots,), pad_id, dtype=torch.long, device=self.device)
         self._positions = torch.zeros(slots, dtype=torch.long, device=self.device)
-        # the decode step captured once as a CUDA graph over the buffers above, the cache and
-        # the weights (load_weights copies into them), replayed each step: one launch instead
-        # of a few hundred, so that a step costs the GPU's time rather than the host's
+        # the decode step (and the prefill passes) captured once as CUDA graphs over the
+        # buffers above, the cache and the weights (load_weights copies into them), replayed
+        # each step: one launch instead of a few hundred, so that a step costs the GPU's
+        # time rather than the host's
         self.graphs = graphs
         #: a prefill pass runs a power of two of rows (at most every slot): the graphs' shapes
         self.prefill_pow2_rows = graphs
