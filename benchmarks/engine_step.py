@@ -35,25 +35,39 @@ import time
 from typing import Callable
 
 
-def _shape(text: str) -> tuple[int, int, int, int]:
+def _shapes(text: str) -> list[tuple[int, int, int, int]]:
+    """``--shapes``: comma-separated ``d_model:layers:heads:d_ff``."""
+    shapes = []
+    for part in text.split(","):
+        try:
+            d_model, layers, heads, d_ff = (int(number) for number in part.split(":"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"a shape is d_model:layers:heads:d_ff, got {part!r}") from None
+        shapes.append((d_model, layers, heads, d_ff))
+    return shapes
+
+
+def _counts(text: str) -> list[int]:
+    """``--slots``: comma-separated positive integers."""
     try:
-        d_model, layers, heads, d_ff = (int(part) for part in text.split(":"))
+        counts = [int(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a shape is d_model:layers:heads:d_ff, got {text!r}") from None
-    return d_model, layers, heads, d_ff
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"slot counts are positive integers, got {text!r}")
+    return counts
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    parser.add_argument("--shapes", default="256:6:8:704", help="comma-separated d_model:layers:heads:d_ff")
-    parser.add_argument("--slots", default="512", help="comma-separated slot counts")
+    parser.add_argument("--shapes", type=_shapes, default="256:6:8:704", help="comma-separated d_model:layers:heads:d_ff")
+    parser.add_argument("--slots", type=_counts, default="512", help="comma-separated slot counts")
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--max-seq-len", type=int, default=103, help="the reverse task's")
     parser.add_argument("--no-train", action="store_true", help="leave the training step out")
     args = parser.parse_args()
-    shapes = [_shape(part) for part in args.shapes.split(",")]
-    slot_counts = [int(part) for part in args.slots.split(",")]
+    shapes, slot_counts = args.shapes, args.slots
 
     import torch
 
@@ -80,8 +94,9 @@ def main() -> None:
         return statistics.median(times) * 1e3
 
     async def busy_steps(engine: TorchEngine, slots: int) -> dict[str, float]:
-        """The engine's step with every slot busy and none finishing (greedy over a model
-        that never samples the end token would do too; here the end id is out of reach)."""
+        """The engine's step, and its prefill pass of 1 and 16 busy slots, with every slot
+        busy and none finishing: the end id, -1, is no token, and each sequence is cut
+        back to 8 tokens before each step."""
         for _ in range(slots):
             engine.submit([2] * 8, args.max_seq_len - 9)
         engine.step()  # the prefill pass
@@ -105,10 +120,10 @@ def main() -> None:
             figures[f"refill {rows}"] = timed(lambda: refill(min(rows, slots)))
         return figures
 
-    print(f"device {torch.cuda.get_device_name(device) if cuda else 'cpu'}, torch {torch.__version__}")
+    print(f"device {torch.cuda.get_device_name(device) if cuda else 'cpu'}, torch {torch.__version__}; milliseconds")
     header = ["shape", "params", "slots", "decode eager", "decode graph", "step eager", "step graph",
               "refill 1 eager", "refill 1 graph", "refill 16 eager", "refill 16 graph", "prefill 128", "train"]
-    print(" | ".join(header) + "   (ms)")
+    print(" | ".join(header))
     for d_model, layers, heads, d_ff in shapes:
         config = ModelConfig(vocab_size=16, d_model=d_model, n_layers=layers, n_heads=heads, d_ff=d_ff,
                              max_seq_len=args.max_seq_len)
