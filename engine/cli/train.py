@@ -19,7 +19,7 @@ from typing import Callable
 from engine.log import LogError
 from engine.log.files import OutputError, check_directory
 from engine.runtime.collector import MODES as GC_MODES
-from engine.backends.local.model import SIZES
+from engine.backends.local.sizes import SIZES
 from engine.backends.local.schedule import LR_SCHEDULES
 from engine.workflows.rl_config import ENGINES, MAX_SEED, METRIC_SINKS, RunConfig
 

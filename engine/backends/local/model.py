@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.backends.local.sizes import SIZES
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -50,17 +52,6 @@ class ModelConfig:
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> "ModelConfig":
         return cls(**obj)
-
-
-#: Named sizes (the vocabulary size is the task tokenizer's, filled in by :func:`preset`).
-SIZES: dict[str, dict[str, int]] = {
-    "tiny": dict(d_model=32, n_layers=2, n_heads=2, d_ff=96),
-    "small": dict(d_model=128, n_layers=4, n_heads=4, d_ff=352),
-    "base": dict(d_model=256, n_layers=6, n_heads=8, d_ff=704),
-    # GPU sizes: big enough that a decode step captured as a CUDA graph is the GPU's work
-    "large": dict(d_model=1024, n_layers=16, n_heads=16, d_ff=2816),
-    "xl": dict(d_model=2048, n_layers=16, n_heads=16, d_ff=5632),
-}
 
 
 def preset(size: str, vocab_size: int, max_seq_len: int) -> ModelConfig:
