@@ -87,7 +87,8 @@ figures and the mean parts of its updates (collect, step, recompute, sync, overh
 
 ``--reanalyse DIR`` trains nothing: it calibrates the current cost model on the runs an
 earlier study left in ``DIR`` and predicts them again, writing to ``--out`` (never into
-``DIR``).  Those predictions come *after* the runs, so they show how the model as it is
+``DIR``), with the study's own settings (its steps, batch sizes, bounds, seeds, from its
+``results.json``) wherever the command line leaves a flag at its default.  Those predictions come *after* the runs, so they show how the model as it is
 now explains them, not that it foresaw them; the table says so.
 """
 
@@ -538,6 +539,45 @@ def flat_step(scenario_path: Path, summaries: dict[str, Any], fitted: list[str],
     return rows
 
 
+#: The flags that say what a study ran and predicted: a reanalysis takes the study's own
+#: (from its results.json) for each of these left at its default on the command line.
+STUDY_SETTINGS = ("task", "model_size", "steps", "batch_size", "other_batch_size", "group_size", "concurrency", "calibrate_at",
+                  "probe_batch_size", "calibration_runs", "probe_concurrency", "probe_steps", "lengths", "staleness", "seed",
+                  "seed_per_round", "repeats", "sim_seeds")
+
+
+def study_settings(parser: argparse.ArgumentParser, args: argparse.Namespace, study: Path) -> dict[str, Any]:
+    """Set on ``args`` the settings the study in ``study`` ran with (its results.json
+    ``args``), each one the command line left at its default (one given there is the
+    user's to change); returns those taken that differ from the default.  A folder with
+    no results.json (a study stopped before its first predicted run) leaves ``args`` as
+    they are."""
+    try:
+        recorded = json.loads((study / "results.json").read_text())["args"]
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError) as failure:
+        sys.exit(f"fidelity: --reanalyse {study}: results.json: {failure}")
+    taken: dict[str, Any] = {}
+    for key in STUDY_SETTINGS:
+        default = parser.get_default(key)
+        if key not in recorded or getattr(args, key) != default:
+            continue
+        text = recorded[key]
+        if text == "None":
+            value: Any = None
+        elif isinstance(default, bool):
+            value = text == "True"
+        elif isinstance(default, int) or (default is None and text.lstrip("-").isdigit()):
+            value = int(text)
+        else:
+            value = text
+        setattr(args, key, value)
+        if value != default:
+            taken[key] = value
+    return taken
+
+
 def study_of(study: Path, flag: str) -> tuple[Path, dict[str, Any], list[str], list[tuple[str, int, int]], argparse.Namespace]:
     """An earlier study read back for an analysis after its runs: its calibrated scenario,
     its runs' summaries, its fitted runs (from its ``calibrate`` command), its plan (from
@@ -664,7 +704,8 @@ def main() -> None:
                         help="with --reanalyse: calibrate on these runs of DIR (e.g. calibration,calibration-r2) instead of "
                              "the calibration runs and the probe")
     parser.add_argument("--reanalyse", type=Path, default=None, metavar="DIR",
-                        help="train nothing: calibrate on and predict again the runs of an earlier study in DIR (with the flags it ran with)")
+                        help="train nothing: calibrate on and predict again the runs of an earlier study in DIR, with its own "
+                             "settings (from its results.json) for every setting flag left at its default")
     parser.add_argument("--own-step", type=Path, default=None, metavar="DIR",
                         help="train and write nothing: simulate an earlier study's runs again with each run's own decode step "
                              "(its calibrated.toml, predictions.json, summaries.json, commands.txt and flags), the machine's "
@@ -704,6 +745,11 @@ def main() -> None:
         parser.error("--resume goes on with a study in --out; --reanalyse trains nothing")
     if args.fit_on is not None and args.reanalyse is None:
         parser.error("--fit-on chooses the runs a reanalysis fits (--reanalyse DIR); a new study fits its calibration runs")
+    if args.reanalyse is not None:
+        taken = study_settings(parser, args, args.reanalyse)
+        if taken:
+            print(f"settings of {args.reanalyse}/results.json: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in taken.items()),
+                  flush=True)
     out: Path = args.out
     runs: Path = args.reanalyse or out
     calibrations = ["calibration"] + [f"calibration-{i}" for i in range(2, args.calibration_runs + 1)]

@@ -316,6 +316,13 @@ def test_the_fidelity_study_runs_small_and_can_be_reanalysed_without_touching_it
     for name, row in results["runs"].items():  # the same runs measured the same way
         assert redone["runs"][name]["measured"] == row["measured"]
         assert redone["runs"][name]["predicted"] == row["predicted"]  # same model, same data: same prediction
+    # with no setting flags, the study's own settings (its results.json): the same predictions
+    bare = subprocess.run([sys.executable, "benchmarks/fidelity.py", "--out", str(tmp_path / "bare"), "--reanalyse", str(study)],
+                          cwd=root, capture_output=True, text=True)
+    assert bare.returncode == 0, bare.stderr[-2000:]
+    assert "--steps 6" in bare.stdout and "--repeats 2" in bare.stdout and "--staleness 0,4" in bare.stdout
+    assert (json.loads((tmp_path / "bare" / "predictions.json").read_text())
+            == json.loads((tmp_path / "again" / "predictions.json").read_text()))
     refused = run("--out", str(study), "--reanalyse", str(study))
     assert refused.returncode != 0 and "must differ" in refused.stderr
 
