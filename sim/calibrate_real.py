@@ -388,7 +388,8 @@ def _generation(found: list[Update]) -> tuple[list[Fit], dict[str, float]]:
     }
     if all(u.decode_s is not None for u in found) and sum(u.starts for u in found) > 0:
         decode, across_runs = _decode(found, decode_terms)
-        prefill = fit("prefill passes s", {"prefills": [u.prefills for u in found], "prefill tokens": [prefill_units(u, padded_passes(found)) for u in found]},
+        padded = padded_passes(found)
+        prefill = fit("prefill passes s", {"prefills": [u.prefills for u in found], "prefill tokens": [prefill_units(u, padded) for u in found]},
                       [u.prefill_s for u in found])
         # the rest of the collect time is the executor's: per update (the batch's bookkeeping
         # and the event loop's turns once generation resumes), per engine step (its turns
