@@ -231,11 +231,17 @@ def two_means(values: list[float]) -> float:
     return (ordered[cut - 1] + ordered[cut]) / 2
 
 
+def interval(rows: list[dict[str, float | None]]) -> float:
+    """A trace's sampling interval in seconds: the median gap between its rows (0 for fewer than two)."""
+    times = [r["time"] or 0.0 for r in rows]
+    return statistics.median(b - a for a, b in zip(times, times[1:])) if len(times) > 1 else 0.0
+
+
 def spells_s(rows: list[dict[str, float | None]], slow: float) -> list[float]:
     """The lengths in seconds of the runs of consecutive samples over ``slow``
     microseconds (a spell of one sample counts the sampling interval)."""
     times = [r["time"] or 0.0 for r in rows]
-    every = statistics.median(b - a for a, b in zip(times, times[1:])) if len(times) > 1 else 0.0
+    every = interval(rows)
     out, began = [], None
     for k, r in enumerate(rows):
         if (r["loop_us"] or 0.0) > slow:
@@ -290,8 +296,7 @@ def summary(paths: list[Path], window: float) -> None:
     for path, rows in traces.items():
         low, high = [loop(r) for r in rows if loop(r) <= threshold], [loop(r) for r in rows if loop(r) > threshold]
         found = spells_s(rows, threshold)
-        times = [r["time"] or 0.0 for r in rows]
-        within = statistics.median(b - a for a, b in zip(times, times[1:])) / 2
+        within = interval(rows) / 2
         others = [c for c in (correlation(paired(rows, other, within)) for o, other in traces.items() if o != path) if c == c]
         mine = statistics.fmean(others) if others else float("nan")
         lengths += found
