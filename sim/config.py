@@ -86,6 +86,9 @@ class WorkloadSection:
         " phase_rows consecutive rows of response_len's CSV (a real run's groups, in the order they were submitted), as"
         " a policy's answers come in spells; 0: every group from all rows"))
     phase_rows: int = field(default=0, metadata=_doc("rows of response_len's CSV one phase draws from (with phase_versions)"))
+    replay: bool = field(default=False, metadata=_doc(
+        "draw groups in the order of response_len's CSV rows (a real run's groups, as submitted): the n-th group started"
+        " takes the n-th row, past the last a row at random; replays a run's own workload"))
 
 
 @dataclass(frozen=True)
@@ -363,6 +366,11 @@ def _validate(scenario: Scenario) -> None:
     for name, value in (("workload.phase_versions", workload.phase_versions), ("workload.phase_rows", workload.phase_rows)):
         if value < 0:
             raise ScenarioError(name, f"must be at least 0, got {value}")
+    if workload.replay:
+        if workload.response_len.kind != "empirical":
+            raise ScenarioError("workload.replay", f"replays workload.response_len's rows, which must be empirical, not {workload.response_len.kind}")
+        if workload.phase_versions:
+            raise ScenarioError("workload.replay", "draws rows in order, phases at random: set workload.phase_versions to 0 to replay")
     if workload.phase_versions:
         if workload.response_len.kind != "empirical":
             raise ScenarioError("workload.phase_versions", "phases draw windows of workload.response_len's rows, which must be "

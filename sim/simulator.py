@@ -37,7 +37,7 @@ from sim.script import Script
 from sim.servers import LiveRollout, Pool, Server
 from sim.summary import Summary, SummaryBuilder
 from sim.training import Training
-from sim.workload import Phases, group_sampler, paired_samplers, sampler
+from sim.workload import Phases, Replay, group_sampler, paired_samplers, sampler
 
 #: A debug-mode check run after every event: ``check(state, event)``.
 Check = Callable[[State, Event], None]
@@ -92,8 +92,9 @@ class Simulation(Training):
         workload = scenario.workload
         # a group's response lengths, given its prompt's length (paired) or drawn apart from it
         self._group_lengths: Callable[[int], list[int]]
-        if workload.phase_versions:  # in phases of the run's versions (sim.workload.Phases)
-            phases = Phases(workload.response_len, workload.group_size, workload.phase_versions, workload.phase_rows)
+        if workload.phase_versions or workload.replay:  # whole rows, in phases (sim.workload.Phases) or in order (Replay)
+            phases = (Replay(workload.response_len, workload.group_size) if workload.replay
+                      else Phases(workload.response_len, workload.group_size, workload.phase_versions, workload.phase_rows))
             if workload.prompt_len.kind == "paired":
                 self._prompt_len = lambda rng: phases.prompt(rng, self.ledger.state.version)
             else:

@@ -77,22 +77,48 @@ def _rows_sampler(rows: list[list[int]], group: int) -> Callable[[random.Random]
     return lambda rng: [choose(rng, lengths) for _ in range(group)]
 
 
-class Phases:
+class _RowDraws:
+    """Group lengths (and paired prompt lengths) drawn as whole rows of an ``empirical``
+    CSV of groups, by a rule of the subclass's (:meth:`_row`); with a paired prompt
+    length, a group's prompt is its row's."""
+
+    def __init__(self, dist: Distribution, group: int) -> None:
+        self.rows = [(prompt, lengths) for prompt, lengths in _prompted_or_plain(dist) if len(lengths) == group]
+        if not self.rows:
+            raise ScenarioError("workload.response_len.path", f"{dist.path} has no row of a group of {group} lengths")
+        self._drawn: dict[int | None, deque[list[int]]] = {}  # a drawn prompt's lengths, until its group starts
+
+    def _row(self, rng: random.Random, version: int) -> tuple[int | None, list[int]]:
+        raise NotImplementedError
+
+    def prompt(self, rng: random.Random, version: int) -> int:
+        """A paired prompt length: a row's, whose lengths the next group of that prompt
+        length to start takes."""
+        prompt, lengths = self._row(rng, version)
+        self._drawn.setdefault(prompt, deque()).append(lengths)
+        return prompt or 0
+
+    def lengths(self, rng: random.Random, version: int, prompt: int | None = None) -> list[int]:
+        """A group's lengths: those drawn with its prompt, else the next row drawn."""
+        waiting = self._drawn.get(prompt)
+        return list(waiting.popleft()) if waiting else list(self._row(rng, version)[1])
+
+
+class Phases(_RowDraws):
     """Group lengths drawn in phases (``workload.phase_versions``): the groups started in
     each window of ``versions`` versions come from one window of ``span`` consecutive rows
     of ``dist``'s CSV, chosen at random when the phase's first group starts, as a real
     run's answers come in spells (a policy that runs long for a while, then stops short).
     The rows are a real run's groups in the order they were submitted (``calibrate``
-    writes them so); with a paired prompt length, a group's prompt is its row's."""
+    writes them so)."""
 
     def __init__(self, dist: Distribution, group: int, versions: int, span: int) -> None:
-        rows = [(prompt, lengths) for prompt, lengths in _prompted_or_plain(dist) if len(lengths) == group]
-        if len(rows) < span:
-            raise ScenarioError("workload.phase_rows", f"{span} rows a phase, but {dist.path} has {len(rows)} rows of a group of "
+        super().__init__(dist, group)
+        if len(self.rows) < span:
+            raise ScenarioError("workload.phase_rows", f"{span} rows a phase, but {dist.path} has {len(self.rows)} rows of a group of "
                                 f"{group} lengths")
-        self.rows, self.versions, self.span = rows, versions, span
+        self.versions, self.span = versions, span
         self._starts: dict[int, int] = {}  # phase -> its window's first row
-        self._drawn: dict[int | None, deque[list[int]]] = {}  # a drawn prompt's lengths, until its group starts
 
     def _row(self, rng: random.Random, version: int) -> tuple[int | None, list[int]]:
         phase = version // self.versions
@@ -100,17 +126,20 @@ class Phases:
             self._starts[phase] = rng.randrange(len(self.rows) - self.span + 1)
         return self.rows[self._starts[phase] + rng.randrange(self.span)]
 
-    def prompt(self, rng: random.Random, version: int) -> int:
-        """A paired prompt length: a row of the phase's window, whose lengths the next
-        group of that prompt length to start takes."""
-        prompt, lengths = self._row(rng, version)
-        self._drawn.setdefault(prompt, deque()).append(lengths)
-        return prompt or 0
 
-    def lengths(self, rng: random.Random, version: int, prompt: int | None = None) -> list[int]:
-        """A group's lengths: those drawn with its prompt, else a row of the phase's window."""
-        waiting = self._drawn.get(prompt)
-        return list(waiting.popleft()) if waiting else list(self._row(rng, version)[1])
+class Replay(_RowDraws):
+    """Group lengths in the order of ``dist``'s rows (``workload.replay``): the n-th row
+    drawn is the CSV's n-th, so a real run's groups, written in the order they were
+    submitted, start in that order again; past the last row, rows at random. It
+    replays a run's own workload, which tests the cost model apart from the lengths."""
+
+    def __init__(self, dist: Distribution, group: int) -> None:
+        super().__init__(dist, group)
+        self._next = 0
+
+    def _row(self, rng: random.Random, version: int) -> tuple[int | None, list[int]]:
+        index, self._next = self._next, self._next + 1
+        return self.rows[index] if index < len(self.rows) else self.rows[rng.randrange(len(self.rows))]
 
 
 def _prompted_or_plain(dist: Distribution) -> list[tuple[int | None, list[int]]]:

@@ -1,6 +1,7 @@
 """Lengths in phases (``workload.phase_versions``): a real run's answers come in spells, so
 the groups started within a window of versions are drawn from one window of the
-calibrated run's rows, in the order they were submitted."""
+calibrated run's rows, in the order they were submitted. Replayed (``workload.replay``):
+every row in its order, a run's own workload again."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from sim.config import Scenario, ScenarioError
 from sim.simulator import Simulation
-from sim.workload import Phases
+from sim.workload import Phases, Replay
 
 # rows in submission order: prompt k, both samples k tokens long, so a row is its index + 1
 ROWS = [(k, [k, k]) for k in range(1, 41)]
@@ -86,3 +87,41 @@ def test_phases_are_refused_by_name_where_they_cannot_be_drawn(tmp_path) -> None
         _scenario(tmp_path, "workload.phase_versions=-1")
     with pytest.raises(ScenarioError, match="workload.phase_rows.*41 rows a phase.*40 rows"):
         Simulation(_scenario(tmp_path, "workload.phase_versions=2", "workload.phase_rows=41"))
+
+
+def test_rows_are_drawn_in_order_then_at_random_past_the_last(tmp_path) -> None:
+    replay = Replay(_scenario(tmp_path, "workload.replay=true").workload.response_len, 2)
+    rng = random.Random(0)
+    assert [replay.lengths(rng, 0)[0] for _ in range(40)] == list(range(1, 41))
+    past = [replay.lengths(rng, 0)[0] for _ in range(200)]
+    assert set(past) <= set(range(1, 41)) and len(set(past)) > 10
+    # a paired prompt takes the next row, whose lengths its group then takes
+    again = Replay(_scenario(tmp_path, "workload.replay=true").workload.response_len, 2)
+    assert [again.prompt(rng, 0) for _ in range(3)] == [1, 2, 3]
+    assert again.lengths(rng, 0, 2) == [2, 2] and again.lengths(rng, 0, 1) == [1, 1]
+
+
+def test_a_simulation_starts_its_groups_in_the_rows_order(tmp_path, monkeypatch) -> None:
+    from sim import servers
+
+    starts: list[tuple[int, tuple[int, ...]]] = []
+    original = servers.Pool.start
+
+    def start(self, server, rollout, prompt, lengths, group):
+        drawn = tuple(lengths() for _ in range(group))
+        starts.append((prompt, drawn))
+        return original(self, server, rollout, prompt, iter(drawn).__next__, group)
+
+    monkeypatch.setattr(servers.Pool, "start", start)
+    assert Simulation(_scenario(tmp_path, "workload.replay=true")).run().trained_tokens_per_s > 0
+    assert len(starts) >= 32
+    assert starts[:40] == [(k, (k, k)) for k in range(1, len(starts[:40]) + 1)]
+
+
+def test_a_replay_is_refused_by_name_where_it_cannot_be_drawn(tmp_path) -> None:
+    with pytest.raises(ScenarioError, match="workload.replay.*empirical, not lognormal"):
+        Scenario().with_overrides(["workload.replay=true"])
+    with pytest.raises(ScenarioError, match="workload.replay.*phase_versions to 0"):
+        _scenario(tmp_path, "workload.replay=true", "workload.phase_versions=2", "workload.phase_rows=4")
+    with pytest.raises(ScenarioError, match="no row of a group of 3"):
+        Simulation(_scenario(tmp_path, "workload.replay=true", "workload.group_size=3"))
