@@ -106,7 +106,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("tokens_per_s", "staleness_mean", "staleness_p99", "trainer_idle")
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from sim.replay import FIGURES as METRICS  # noqa: E402
+from sim.replay import consumed_staleness, measured, metrics_lines, replay  # noqa: E402,F401 - the study's figures, as calibrate's
+from sim.replay import error_pct as error  # noqa: E402
+from sim.replay import simulated as predict_one  # noqa: E402
 
 
 def train(args: argparse.Namespace, run_dir: Path, staleness: int, batch: int, steps: int, extra: list[str],
@@ -207,11 +213,6 @@ def host_sampler(trace: Path) -> subprocess.Popen[bytes] | None:
     return sampler(command, trace, spare_cores()[0])
 
 
-def metrics_lines(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's ``metrics.jsonl``, a dict per update."""
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
 def complete(run_dir: Path, steps: int) -> bool:
     """Whether ``run_dir`` holds a finished run of ``steps`` updates (its last metrics line
     and the ``host.json`` written after it)."""
@@ -295,45 +296,6 @@ def others_cpu(before: dict[str, Any], after: dict[str, Any], elapsed: float) ->
             "steal": (after["steal"] - before["steal"]) / elapsed}
 
 
-def consumed_staleness(run_dir: Path) -> list[int]:
-    """Each consumed rollout's staleness, from the run's log: the version it was consumed
-    at less the version it was first submitted under (the simulator's definition)."""
-    from engine.core.events import Consumed, Submitted, Version
-    from engine.log import EventLog
-
-    head: dict[str, int] = {}
-    version = 0
-    staleness: list[int] = []
-    with EventLog(run_dir / "events.sqlite", mode="r") as log:
-        for event in log.events():
-            if isinstance(event, Submitted):
-                head.setdefault(event.rollout, event.version)
-            elif isinstance(event, Version):
-                version = event.version
-            elif isinstance(event, Consumed):
-                staleness.extend(version - head.get(r, version) for r in event.rollouts)
-    return staleness
-
-
-def measured(run_dir: Path) -> dict[str, float]:
-    """The run's figures, from its metrics.jsonl and its log."""
-    rows = metrics_lines(run_dir)
-    wall = rows[-1]["wall_s"]
-    staleness = sorted(consumed_staleness(run_dir))
-    last = rows[-1]
-    return {
-        "prefill_passes_per_update": last.get("prefills", 0) / max(1, len(rows)),
-        "decode_steps_per_update": last.get("decode_steps", 0) / max(1, len(rows)),
-        "tokens_per_s": sum(r["trained_tokens"] for r in rows) / wall,
-        "staleness_mean": sum(staleness) / max(1, len(staleness)),
-        "staleness_p99": float(staleness[min(len(staleness) - 1, math.ceil(0.99 * len(staleness)) - 1)]) if staleness else 0.0,
-        "trainer_idle": sum(r["wait_s"] for r in rows) / wall,
-        # tokens/s split into its two factors: the cost model's (seconds) and the workload's (tokens)
-        "s_per_update": wall / len(rows),
-        "tokens_per_update": sum(r["trained_tokens"] for r in rows) / len(rows),
-    }
-
-
 def summary(run_dir: Path) -> dict[str, Any]:
     """A run's figures for the record: its measured ones, the mean parts of its updates
     (as calibration splits them) and its completion lengths."""
@@ -393,25 +355,6 @@ def overrides(staleness: int, batch: int, steps: int, concurrency: int, group: i
     flight and slots (``concurrency`` batches of ``group`` samples), ``steps`` updates' rollouts, ``seed``."""
     return [f"ledger.max_staleness={staleness}", f"ledger.batch_size={batch}", f"ledger.max_concurrent={concurrency * batch}",
             f"generation.slots={concurrency * batch * group}", f"run.rollouts={steps * batch}", f"run.seed={seed}"]
-
-
-def predict_one(s: Any) -> dict[str, float]:
-    return {
-        "prefill_passes_per_update": s.prefill_passes / max(1, s.versions),
-        "decode_steps_per_update": s.decode_steps / max(1, s.versions),
-        "tokens_per_s": s.trained_tokens_per_s,
-        "staleness_mean": s.staleness_mean,
-        "staleness_p99": float(s.staleness_p99),
-        "trainer_idle": s.trainer_idle_s / s.sim_time_s if s.sim_time_s > 0 else 0.0,
-        "s_per_update": s.sim_time_s / max(1, s.versions),
-        "tokens_per_update": s.trained_tokens_per_s * s.sim_time_s / max(1, s.versions),
-    }
-
-
-def error(predicted: float, actual: float) -> float:
-    if actual == 0:
-        return 0.0 if predicted == 0 else math.inf
-    return 100.0 * (predicted - actual) / abs(actual)
 
 
 def against_controls(predictions: dict[str, Any], summaries: dict[str, Any]) -> dict[str, Any]:
@@ -544,6 +487,34 @@ def flat_step(scenario_path: Path, summaries: dict[str, Any], fitted: list[str],
 STUDY_SETTINGS = ("task", "model_size", "steps", "batch_size", "other_batch_size", "group_size", "concurrency", "calibrate_at",
                   "probe_batch_size", "calibration_runs", "probe_concurrency", "probe_steps", "lengths", "staleness", "seed",
                   "seed_per_round", "repeats", "sim_seeds")
+
+
+def replayed(scenario_path: Path, run_dirs: dict[str, list[Path]]) -> dict[str, Any]:
+    """Each setting's runs replayed through the calibrated scenario (``sim.replay``: each
+    run's own settings and groups, in the order it submitted them), the mean of its runs
+    against their measured mean: the cost model's error, apart from the lengths'."""
+    from sim.config import load
+
+    scenario = load(scenario_path)
+    rows: dict[str, Any] = {}
+    for name, dirs in run_dirs.items():
+        if not dirs:
+            continue
+        runs = [{"run": d.name, "replayed": replay(scenario, d), "measured": measured(d)} for d in dirs]
+        mean = {side: {m: sum(r[side][m] for r in runs) / len(runs) for m in runs[0][side]} for side in ("replayed", "measured")}
+        rows[name] = mean | {"error_pct": {m: error(mean["replayed"][m], mean["measured"][m]) for m in mean["measured"]}, "runs": runs}
+    return rows
+
+
+def print_replayed(rows: dict[str, Any]) -> None:
+    if not rows:
+        return
+    print("replayed, each run's own groups in the order it submitted them (replayed/measured, error %; the cost model alone):")
+    for name, row in rows.items():
+        print(f"  {name}: " + "  ".join(f"{m} {row['replayed'][m]:.4g}/{row['measured'][m]:.4g} {row['error_pct'][m]:+.1f}"
+                                       for m in (*METRICS, "s_per_update", "tokens_per_update")))
+    worst = max(abs(row["error_pct"][m]) for row in rows.values() for m in METRICS)
+    print(f"  worst |error| of a replayed mean: {worst:.1f}%")
 
 
 def study_settings(parser: argparse.ArgumentParser, args: argparse.Namespace, study: Path) -> dict[str, Any]:
@@ -817,6 +788,7 @@ def main() -> None:
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": {}}
     summaries: dict[str, Any] = {}
     measured_runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in plan}
+    run_dirs: dict[str, list[Path]] = {name: [] for name, _, _ in plan}  # each setting's measured runs, for the replay
     controls: list[dict[str, Any]] = []
     for repeat in range(1, args.repeats + 1):  # in rounds: a slow spell of the machine falls on several settings
         for name, k, batch in plan:
@@ -836,10 +808,12 @@ def main() -> None:
                                  "s_per_update": summaries[key]["measured"]["s_per_update"]})
                 continue
             measured_runs[name].append(summaries[key]["measured"])
+            run_dirs[name].append(run_dir)
             if calibration and repeat == 1 and len(calibrations) > 1:  # the fit's other runs: the row is their mean
                 for other in calibrations[1:]:
                     summaries[other] = summary(runs / other)
                     measured_runs[name].append(summaries[other]["measured"])
+                    run_dirs[name].append(runs / other)
     for name, found in measured_runs.items():
         if found:  # a setting run several times is measured by the mean of its runs
             mean = {m: sum(r[m] for r in found) / len(found) for m in found[0]}
@@ -861,6 +835,7 @@ def main() -> None:
         summaries[probe.name] = summary(probe)
     fitted = [Path(log).name for log in logs]
     results["own_step"] = own_step(scenario, summaries, fitted, plan, args)
+    results["replay"] = replayed(scenario, run_dirs)
     results["flat_step"] = flat_step(scenario, summaries, fitted, plan, args)
     write_atomic(out / "summaries.json", json.dumps(summaries, indent=1))
 
@@ -913,6 +888,7 @@ def main() -> None:
     print_against_controls(results["against_controls"])
     print_own_step(results["own_step"])
     print_flat_step(results["flat_step"])
+    print_replayed(results["replay"])
     print(f"worst |error| (tokens/s, mean staleness, idle; predicted runs): {worst:.1f}%  total {results['total_s']:.0f}s")
 
 

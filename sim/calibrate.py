@@ -86,6 +86,13 @@ def _events(path: Path) -> Iterable[Event]:
         yield from log.events()
 
 
+def _made(event: Segment | InterruptedBatch) -> Iterable[tuple[str, int]]:
+    """The tokens a segment or an update's interruption records, by rollout."""
+    if isinstance(event, Segment):
+        return ((event.rollout, event.tokens),)
+    return zip(event.rollouts, event.tokens)
+
+
 def _log_path(path: Path) -> Path:
     if path.is_dir():
         candidate = path / "events.sqlite"
@@ -169,12 +176,11 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
                 submitted.append(t)
                 started[event.rollout] = (t, area, paused_total)
                 first_submitted.setdefault(event.rollout, t)
-        elif isinstance(event, Segment):
-            tokens[event.rollout] = tokens.get(event.rollout, 0) + event.tokens
-        elif isinstance(event, InterruptedBatch):
-            for rollout, count in zip(event.rollouts, event.tokens):
+        elif isinstance(event, (Segment, InterruptedBatch)):
+            for rollout, count in _made(event):
                 tokens[rollout] = tokens.get(rollout, 0) + count
-                interrupted.add(rollout)
+            if isinstance(event, InterruptedBatch):
+                interrupted.update(event.rollouts)
         elif isinstance(event, Accepted):
             running -= 1
             count = tokens.pop(event.rollout, 0)
@@ -273,16 +279,10 @@ def _metrics(
         obs.sync.extend(u.sync_s for u in found if u.sync_s is not None)
 
 
-def _sample_lengths(
-    path: Path, prompts: list[int] | None = None, groups: list[list[int]] | None = None, group_prompts: list[int] | None = None,
-    keep: Callable[[str], bool] | None = None, submitted: Mapping[str, float] | None = None,
-) -> list[int]:
-    """Completion lengths of every stored sample of a real run (its ``samples.sqlite``:
-    rows of pickled plain dicts the run wrote itself; a run directory is trusted), of
-    the rollouts ``keep`` accepts when given; their prompt lengths are added to
-    ``prompts``, each rollout's lengths to ``groups`` and its prompt's length to
-    ``group_prompts`` when given, in the order the rollouts were first submitted when
-    ``submitted`` gives those times (else the store's, the order they were accepted)."""
+def _stored(path: Path) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The samples of each rollout in a real run's sample store (its ``samples.sqlite``:
+    rows of pickled plain dicts the run wrote itself; a run directory is trusted), those
+    with a completion, in the store's order (the order the rollouts were accepted)."""
     import pickle
     import sqlite3
 
@@ -294,10 +294,25 @@ def _sample_lengths(
             rows = db.execute("SELECT rollout, data FROM samples").fetchall()
         finally:
             db.close()
-        if submitted is not None:
-            rows.sort(key=lambda row: submitted.get(row[0], math.inf))
-        stored = [[sample for sample in pickle.loads(data) if sample.get("completion")]
-                  for rollout, data in rows if keep is None or keep(rollout)]
+        return [(rollout, [sample for sample in pickle.loads(data) if sample.get("completion")]) for rollout, data in rows]
+    except (sqlite3.Error, pickle.UnpicklingError, TypeError, EOFError, AttributeError) as err:
+        raise CalibrationError(f"{path}: not a run's sample store ({err})") from None
+
+
+def _sample_lengths(
+    path: Path, prompts: list[int] | None = None, groups: list[list[int]] | None = None, group_prompts: list[int] | None = None,
+    keep: Callable[[str], bool] | None = None, submitted: Mapping[str, float] | None = None,
+) -> list[int]:
+    """Completion lengths of every stored sample of a real run (:func:`_stored`), of the
+    rollouts ``keep`` accepts when given; their prompt lengths are added to ``prompts``,
+    each rollout's lengths to ``groups`` and its prompt's length to ``group_prompts``
+    when given, in the order the rollouts were first submitted when ``submitted`` gives
+    those times (else the store's, the order they were accepted)."""
+    rows = _stored(path)
+    if submitted is not None:
+        rows.sort(key=lambda row: submitted.get(row[0], math.inf))
+    try:
+        stored = [samples for rollout, samples in rows if keep is None or keep(rollout)]
         samples = [sample for rollout in stored for sample in rollout]
         if groups is not None:
             groups.extend([len(sample["completion"]) for sample in rollout] for rollout in stored if rollout)
@@ -306,8 +321,59 @@ def _sample_lengths(
         if prompts is not None:
             prompts.extend(len(sample.get("prompt") or ()) for sample in samples)
         return [len(sample["completion"]) for sample in samples]
-    except (sqlite3.Error, pickle.UnpicklingError, KeyError, TypeError, EOFError) as err:
+    except (KeyError, TypeError) as err:
         raise CalibrationError(f"{path}: not a run's sample store ({err})") from None
+
+
+def run_groups(run: str | Path) -> tuple[list[int], list[list[int]]]:
+    """A real run's groups in the order they were first submitted, as ``(prompt lengths,
+    lengths of each group's samples)``, for a simulation that replays the run's own
+    workload (``workload.replay``). An accepted group has its samples' lengths from the
+    sample store. A group still unfinished when the log ended has the run's longest
+    length for every sample: it never finished within the run, and any length beyond
+    what it had made replays it alike. A dropped one (rejected or filtered) has the
+    tokens it had made, spread over its samples. Those two have the run's median prompt."""
+    log = _log_path(Path(run))
+    group = 1
+    run_json = log.parent / "run.json"
+    if run_json.is_file():
+        try:
+            group = max(1, int(json.loads(run_json.read_text()).get("group_size", 1)))
+        except (ValueError, TypeError, AttributeError) as err:
+            raise CalibrationError(f"{run_json}: not a run's config ({err})") from None
+    order: dict[str, None] = {}  # rollouts, first submitted first
+    tokens: dict[str, int] = {}
+    dropped: dict[str, int] = {}
+    for event in _events(log):
+        if isinstance(event, Submitted):
+            order.setdefault(event.rollout, None)
+        elif isinstance(event, (Segment, InterruptedBatch)):
+            for rollout, count in _made(event):
+                tokens[rollout] = tokens.get(rollout, 0) + count
+        elif isinstance(event, (Rejected, Filtered)):
+            dropped[event.rollout] = tokens.get(event.rollout, 0)
+    stored = {rollout: samples for rollout, samples in _stored(log.parent / "samples.sqlite") if samples}
+    if not stored:
+        raise CalibrationError(f"{log.parent}: no sample store with completions (samples.sqlite), which holds each sample's length")
+    try:
+        accepted = {rollout: (len(samples[0].get("prompt") or ()), [len(sample["completion"]) for sample in samples])
+                    for rollout, samples in stored.items()}
+    except (KeyError, TypeError) as err:
+        raise CalibrationError(f"{log.parent / 'samples.sqlite'}: not a run's sample store ({err})") from None
+    longest = max(length for _, lengths in accepted.values() for length in lengths)
+    median_prompt = round(statistics.median(prompt for prompt, _ in accepted.values()))
+    prompts: list[int] = []
+    groups: list[list[int]] = []
+    for rollout in order:
+        if rollout in accepted:  # a sample that made no token counts one (an empty completion is not stored)
+            prompt, lengths = accepted[rollout][0], (accepted[rollout][1] + [1] * group)[:max(group, len(accepted[rollout][1]))]
+        elif rollout in dropped:
+            prompt, lengths = median_prompt, [max(1, -(-dropped[rollout] // group))] * group
+        else:
+            prompt, lengths = median_prompt, [longest] * group
+        prompts.append(prompt)
+        groups.append(lengths)
+    return prompts, groups
 
 
 def _resync(log: Path, obs: Observations) -> Observations:

@@ -30,6 +30,11 @@ def register(subparsers: Any) -> None:
         help="response lengths: the observed ones, written beside SCENARIO as SCENARIO_STEM.lengths.csv (default), or the lognormal fit",
     )
     parser.add_argument("--base", metavar="SCENARIO", help="scenario whose other fields the fit keeps (default: the embedded one)")
+    parser.add_argument(
+        "--replay", action="store_true",
+        help="then simulate each real run again under its own settings with its own groups, in the order it submitted them, and "
+             "print simulated against measured tokens/s, staleness and trainer idle: the cost model's error apart from the lengths'",
+    )
     parser.set_defaults(run=run_calibrate, inputs=())  # every error names its log itself
 
 
@@ -48,4 +53,15 @@ def run_calibrate(args: argparse.Namespace) -> int:
     print(result.report())
     save(result.scenario, out)
     print(f"wrote {out}" + (f" and {lengths}" if lengths is not None else ""))
+    if args.replay:
+        from sim.replay import replay_table
+
+        runs = [p if p.is_dir() else p.parent for p in inputs]
+        real = [run for run in runs if (run / "run.json").is_file() and (run / "metrics.jsonl").is_file()]
+        if not real:
+            print("replay: no real run among the logs (a train run directory with run.json and metrics.jsonl)")
+            return 0
+        _, table = replay_table(result.scenario, real)
+        print("replayed (simulated/measured, error; each run's own settings and groups, in the order it submitted them):")
+        print(table)
     return 0

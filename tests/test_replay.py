@@ -1,0 +1,80 @@
+"""Replays (``workload.replay``, ``sim.replay``, ``calibrate --replay``): a real run
+simulated again with its own groups, in the order it submitted them, under its own
+settings, so that what the simulation gets wrong is the cost model's doing."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sqlite3
+
+import pytest
+
+from engine.core.events import Accepted, Consumed, RunStarted, Segment, Submitted, Version
+from engine.core.config import Config
+from sim.calibrate import CalibrationError, run_groups
+
+
+def _run_dir(tmp_path, stored: dict[str, list[int]], prompts: dict[str, int], submitted: list[str], made: dict[str, int]):
+    """A run directory of a group size 2: its log submits ``submitted`` in that order and
+    accepts the rollouts ``stored`` holds (their samples' lengths, in the sample store)."""
+    from engine.log import EventLog
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"group_size": 2, "batch_size": 2, "steps": 1, "max_concurrent": 4, "max_staleness": 1,
+                                              "policy": "admission"}))
+    events: list = [RunStarted(config=Config(max_concurrent=4, batch_size=2, max_staleness=1), t=0.0)]
+    events += [Submitted(rollout=rollout, version=0, t=1.0) for rollout in submitted]
+    events += [Segment(rollout=rollout, version=0, tokens=tokens, t=2.0) for rollout, tokens in made.items()]
+    events += [Accepted(rollout=rollout, t=3.0) for rollout in stored]
+    events += [Consumed(rollouts=tuple(stored)[:2], t=4.0), Version(version=1, t=5.0)]
+    with EventLog(run / "events.sqlite") as log:
+        log.append(events)
+    db = sqlite3.connect(run / "samples.sqlite")
+    db.execute("CREATE TABLE samples (rollout TEXT PRIMARY KEY, data BLOB)")
+    for rollout, lengths in stored.items():
+        samples = [{"prompt": [1] * prompts[rollout], "completion": [2] * n} for n in lengths]
+        db.execute("INSERT INTO samples VALUES (?, ?)", (rollout, pickle.dumps(samples)))
+    db.commit()
+    db.close()
+    return run
+
+
+def test_a_runs_groups_come_in_the_order_submitted_with_the_unfinished_at_the_longest_length(tmp_path) -> None:
+    # accepted in another order than submitted; r3 never finished; r4 made one token of a sample only
+    run = _run_dir(tmp_path, {"r2": [5, 9], "r1": [3, 4], "r4": [1]}, {"r1": 6, "r2": 10, "r4": 8},
+                   ["r1", "r2", "r3", "r4"], {"r1": 7, "r2": 14, "r3": 6, "r4": 1})
+    prompts, groups = run_groups(run)
+    assert groups == [[3, 4], [5, 9], [9, 9], [1, 1]]  # r3: the run's longest; r4: its empty sample counts one
+    assert prompts == [6, 10, 8, 8]  # r3: the median prompt of the accepted
+    (run / "samples.sqlite").unlink()
+    with pytest.raises(CalibrationError, match="no sample store"):
+        run_groups(run)
+
+
+@pytest.mark.slow
+def test_replaying_a_cpu_run_reproduces_its_schedule_exactly(tmp_path, capsys) -> None:
+    """A real CPU run replayed through the scenario calibrated on it: the built-in engine's
+    schedule follows its lengths, not its clock, so the replay consumes the same tokens at
+    the same staleness, update by update; its tokens/s error (the cost model's on a shared
+    machine) is printed, not held to a bound. ``calibrate --replay`` prints the table."""
+    pytest.importorskip("torch")
+    from engine.cli import main
+    from engine.workflows.reinforcement import train
+    from engine.workflows.rl_config import RunConfig
+    from sim.calibrate import calibrate
+    from sim.replay import measured, replay
+
+    config = RunConfig(task="reverse", model_size="tiny", steps=12, batch_size=4, group_size=2, max_concurrent=12,
+                       max_staleness=2, warmup_steps=3, device="cpu")
+    train(config, tmp_path / "run", eval_size=0, progress=False)
+    fit = calibrate([tmp_path / "run"])
+    replayed, real = replay(fit.scenario, tmp_path / "run"), measured(tmp_path / "run")
+    for name in ("staleness_mean", "staleness_p99", "tokens_per_update", "decode_steps_per_update"):
+        assert replayed[name] == pytest.approx(real[name], abs=1e-9), name
+    with capsys.disabled():
+        print(f"\nreplayed {replayed['tokens_per_s']:.0f} tokens/s, measured {real['tokens_per_s']:.0f}")
+    assert main(["calibrate", str(tmp_path / "run"), "-o", str(tmp_path / "cal.toml"), "--replay"]) == 0
+    out = capsys.readouterr().out
+    assert "replayed (simulated/measured" in out and f"{real['staleness_mean']:.4g}/{real['staleness_mean']:.4g} +0.0%" in out
