@@ -340,13 +340,19 @@ def predict(scenario_path: Path, staleness: int, batch: int, steps: int, args: a
 
 def predict_with(scenario_path: Path, staleness: int, batch: int, steps: int, args: argparse.Namespace,
                  more: list[str]) -> dict[str, float]:
-    """:func:`predict` with ``more`` overrides of the calibrated scenario."""
+    """:func:`predict` with ``more`` overrides of the calibrated scenario. A scenario that
+    replays its calibration runs' courses (``workload.replay``) is simulated over a
+    multiple of their number of seeds, so that each run's course counts alike."""
     from sim.config import load
     from sim.simulator import simulate
+    from sim.workload import replay_runs
 
+    workload = load(scenario_path, more).workload
+    courses = len(replay_runs(workload.response_len)) if workload.replay else 1
+    seeds = courses * -(-args.sim_seeds // courses)
     runs = [predict_one(simulate(load(scenario_path, overrides(staleness, batch, steps, args.concurrency, args.group_size, args.seed + k)
                                       + more)))
-            for k in range(args.sim_seeds)]
+            for k in range(seeds)]
     return {name: sum(r[name] for r in runs) / len(runs) for name in runs[0]}
 
 

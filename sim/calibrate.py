@@ -38,15 +38,13 @@ from engine.log.files import write_atomic
 from sim.calibrate_real import RealCosts, Update, fit_costs, updates
 from sim.config import Distribution, Scenario
 from sim.fitting import Fit, line
-from sim.workload import PROMPT_COLUMN
+from sim.workload import PROMPT_COLUMN, RUN_COLUMN
 
 #: The fewest timed observations each fit needs.
 MIN_UPDATES = 3
 MIN_ROLLOUTS = 8
 #: A real run's answers come in spells (a policy that runs long for a while, then short):
 #: the groups started in each window of this many versions are drawn from one window of
-#: the calibrated run's groups, in the order they were submitted (``workload.phase_versions``).
-PHASE_VERSIONS = 10
 
 
 class CalibrationError(ValueError):
@@ -325,6 +323,24 @@ def _sample_lengths(
         raise CalibrationError(f"{path}: not a run's sample store ({err})") from None
 
 
+def courses_of(paths: list[str | Path]) -> list[tuple[list[int], list[list[int]]]]:
+    """The groups (:func:`run_groups`) of each run among ``paths`` made at the first's
+    ledger settings and group size, the ones a replay of the calibrated setting follows;
+    none unless every path is a real run directory (a ``run.json`` and a sample store)."""
+    keys = ("batch_size", "group_size", "max_concurrent", "max_staleness", "policy")
+    settings: list[tuple[Path, tuple[Any, ...]]] = []
+    for path in paths:
+        run = _log_path(Path(path)).parent
+        if not (run / "run.json").is_file() or not (run / "samples.sqlite").is_file():
+            return []
+        try:
+            config = json.loads((run / "run.json").read_text())
+            settings.append((run, tuple(config.get(key) for key in keys)))
+        except (ValueError, AttributeError) as err:
+            raise CalibrationError(f"{run / 'run.json'}: not a run's config ({err})") from None
+    return [run_groups(run) for run, these in settings if these == settings[0][1]]
+
+
 def run_groups(run: str | Path) -> tuple[list[int], list[list[int]]]:
     """A real run's groups in the order they were first submitted, as ``(prompt lengths,
     lengths of each group's samples)``, for a simulation that replays the run's own
@@ -399,6 +415,7 @@ class Calibration:
     counts: dict[str, int]
     lengths: list[int] = field(default_factory=list)  # response tokens per sample, as observed
     costs: RealCosts | None = None  # a real run's cost fits
+    replayed: list[int] = field(default_factory=list)  # the groups of each run a replay follows (workload.replay)
 
     def report(self) -> str:
         lines = [f"{'fit':<16} {'R^2':>7} {'|res| p50':>10} {'p90':>8} {'p99':>8}  coefficients"]
@@ -410,6 +427,9 @@ class Calibration:
         d = self.lognormal
         response = self.scenario.workload.response_len
         chosen = f"empirical ({len(self.lengths)} samples)" if response.kind == "empirical" else "lognormal"
+        if self.replayed:
+            chosen = (f"replay of {len(self.replayed)} runs' groups in the order submitted ({', '.join(map(str, self.replayed))} groups; "
+                      f"seed k follows run k modulo {len(self.replayed)}, past its end rows at random)")
         lines.append(f"response length  lognormal median {d.median:.1f} sigma {d.sigma:.3f} cap {d.cap}; used: {chosen}")
         if self.lengths:
             ordered = sorted(self.lengths)
@@ -423,12 +443,17 @@ class Calibration:
 
 
 def write_lengths(
-    lengths: list[int], path: str | Path, groups: list[list[int]] | None = None, prompts: list[int] | None = None
+    lengths: list[int], path: str | Path, groups: list[list[int]] | None = None, prompts: list[int] | None = None,
+    runs: list[int] | None = None,
 ) -> Path:
     """The observed response lengths as a CSV an ``empirical`` distribution reads: one
     row per group of samples when ``groups`` are given (the simulator draws a group's
     lengths together), led by its prompt's length when ``prompts`` are given (a
-    ``paired`` prompt length draws them with it), else one length per row."""
+    ``paired`` prompt length draws them with it), and before it by the run it came from
+    when ``runs`` are given (a replay follows one run's rows), else one length per row."""
+    if groups and prompts and runs:
+        return write_atomic(Path(path), f"{RUN_COLUMN},{PROMPT_COLUMN},lengths of one group\n"
+                            + "".join(f"{run},{prompt}," + ",".join(map(str, g)) + "\n" for run, prompt, g in zip(runs, prompts, groups)))
     if groups and prompts:
         return write_atomic(Path(path), f"{PROMPT_COLUMN},lengths of one group\n"
                             + "".join(f"{prompt}," + ",".join(map(str, g)) + "\n" for prompt, g in zip(prompts, groups)))
@@ -461,24 +486,27 @@ def calibrate(
     )
     response = lognormal
     paired = False  # the prompt lengths written beside the response lengths, drawn with them
-    if lengths_file is not None:
-        groups: list[list[int]] | None = None
-        prompts: list[int] | None = None
-        if obs.real and obs.group_size > 1:
-            kept = [(p, g) for p, g in zip(obs.group_prompts, obs.groups, strict=True) if len(g) == obs.group_size]
-            groups, prompts = [g for _, g in kept], [p for p, _ in kept] or None
-            paired = prompts is not None
-        response = Distribution(kind="empirical", path=str(write_lengths(obs.lengths, lengths_file, groups, prompts).resolve()))
+    courses = courses_of(paths) if lengths_file is not None and obs.real and obs.group_size > 1 else []
+    if courses and lengths_file is not None:
+        # the runs at the calibrated setting, each run's groups in the order it submitted
+        # them: a simulation follows one run's course of answers (workload.replay)
+        prompts = [prompt for run_prompts, _ in courses for prompt in run_prompts]
+        groups = [lengths for _, run_groups_ in courses for lengths in run_groups_]
+        runs = [k for k, (run_prompts, _) in enumerate(courses) for _ in run_prompts]
+        response = Distribution(kind="empirical", path=str(write_lengths(obs.lengths, lengths_file, groups, prompts, runs).resolve()))
+        paired = True
+    elif lengths_file is not None:
+        kept = [(p, g) for p, g in zip(obs.group_prompts, obs.groups, strict=True) if len(g) == obs.group_size]
+        listed = [g for _, g in kept] if obs.real and obs.group_size > 1 else None
+        firsts = [p for p, _ in kept] if listed else None
+        paired = bool(firsts)
+        response = Distribution(kind="empirical", path=str(write_lengths(obs.lengths, lengths_file, listed, firsts).resolve()))
     scenario = base or Scenario()
     cfg = obs.config
     ledger = scenario.ledger
     group = obs.group_size
-    workload = replace(scenario.workload, response_len=response, group_size=group)
-    span = PHASE_VERSIONS * int(cfg.get("batch_size") or ledger.batch_size)
-    if paired and groups is not None and len(groups) >= 3 * span:
-        # a real run's groups, in the order they were submitted, drawn in phases as they
-        # came (a run of fewer than three phases' groups has too few to tell them apart)
-        workload = replace(workload, phase_versions=PHASE_VERSIONS, phase_rows=span)
+    workload = replace(scenario.workload, response_len=response, group_size=group, replay=bool(courses),
+                       phase_versions=0 if courses else scenario.workload.phase_versions)
     for key in ("max_concurrent", "batch_size", "max_staleness", "policy"):
         if key in cfg:
             ledger = replace(ledger, **{key: cfg[key]})
@@ -540,4 +568,4 @@ def calibrate(
         counts["timed rollouts"] = len(obs.decode)
     counts["syncs"] = len(obs.sync)
     scenario = replace(scenario, ledger=ledger, workload=workload, generation=generation, training=training)
-    return Calibration(scenario, fits, lognormal, sync_s, counts, list(obs.lengths), costs)
+    return Calibration(scenario, fits, lognormal, sync_s, counts, list(obs.lengths), costs, [len(g) for _, g in courses])

@@ -87,8 +87,9 @@ class WorkloadSection:
         " a policy's answers come in spells; 0: every group from all rows"))
     phase_rows: int = field(default=0, metadata=_doc("rows of response_len's CSV one phase draws from (with phase_versions)"))
     replay: bool = field(default=False, metadata=_doc(
-        "draw groups in the order of response_len's CSV rows (a real run's groups, as submitted): the n-th group started"
-        " takes the n-th row, past the last a row at random; replays a run's own workload"))
+        "draw groups in the order of response_len's CSV rows (real runs' groups, as submitted): the n-th group started"
+        " takes the n-th row of one run (a CSV led by a run column holds several: run.seed k follows run k modulo their"
+        " number), past its last a row at random; replays a run's own workload, or follows a calibration run's course"))
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,10 @@ Sampler = Callable[[random.Random], int]
 #: The header's first cell of a lengths CSV whose rows lead with their prompt's length.
 PROMPT_COLUMN = "prompt"
 
+#: The header's first cell of a lengths CSV whose rows lead with the run they came from
+#: (then their prompt's length): a replay follows one run's rows in their order.
+RUN_COLUMN = "run"
+
 
 def sampler(dist: Distribution, field_name: str = "distribution") -> Sampler:
     """A function drawing lengths from ``dist``; ``field_name`` names it in errors."""
@@ -129,17 +133,30 @@ class Phases(_RowDraws):
 
 class Replay(_RowDraws):
     """Group lengths in the order of ``dist``'s rows (``workload.replay``): the n-th row
-    drawn is the CSV's n-th, so a real run's groups, written in the order they were
-    submitted, start in that order again; past the last row, rows at random. It
-    replays a run's own workload, which tests the cost model apart from the lengths."""
+    drawn is the n-th of one run's rows, so a real run's groups, written in the order
+    they were submitted, start in that order again; past its last row, rows of every
+    run at random. A CSV with a ``run`` column holds several runs' rows: ``seed`` picks
+    the run (seed k follows run k modulo their number). It replays a run's own workload,
+    which tests the cost model apart from the lengths, or follows a calibration run's
+    course of answers under another setting."""
 
-    def __init__(self, dist: Distribution, group: int) -> None:
+    def __init__(self, dist: Distribution, group: int, seed: int = 0) -> None:
         super().__init__(dist, group)
+        runs = replay_runs(dist)
+        self.course = [row for row in runs[seed % len(runs)] if len(row[1]) == group]
         self._next = 0
 
     def _row(self, rng: random.Random, version: int) -> tuple[int | None, list[int]]:
         index, self._next = self._next, self._next + 1
-        return self.rows[index] if index < len(self.rows) else self.rows[rng.randrange(len(self.rows))]
+        return self.course[index] if index < len(self.course) else self.rows[rng.randrange(len(self.rows))]
+
+
+def replay_runs(dist: Distribution) -> list[list[tuple[int | None, list[int]]]]:
+    """The runs whose rows a replay of ``dist`` follows (:class:`Replay`), one for a CSV
+    without a ``run`` column."""
+    if dist.kind != "empirical":
+        raise ScenarioError("workload.replay", f"replays workload.response_len's rows, which must be empirical, not {dist.kind}")
+    return load_runs(dist.path, "workload.response_len")
 
 
 def _prompted_or_plain(dist: Distribution) -> list[tuple[int | None, list[int]]]:
@@ -200,6 +217,20 @@ def load_prompted_rows(path: str | Path, field_name: str = "distribution") -> li
 def _table(path: str | Path, field_name: str, prompted: bool) -> list[tuple[int | None, list[int]]]:
     """The rows of a lengths file with their prompt lengths (``None`` without a prompt
     column; ``prompted`` requires one)."""
+    return [(prompt, lengths) for _, prompt, lengths in _runs_table(path, field_name, prompted)]
+
+
+def load_runs(path: str | Path, field_name: str = "distribution") -> list[list[tuple[int | None, list[int]]]]:
+    """The rows of a lengths CSV by the run they came from (a ``run`` column, whose rows
+    of one run stand together, in its order), each run's rows in the file's order; a
+    file without the column is one run."""
+    runs: dict[int | None, list[tuple[int | None, list[int]]]] = {}
+    for run, prompt, lengths in _runs_table(path, field_name, prompted=False):
+        runs.setdefault(run, []).append((prompt, lengths))
+    return list(runs.values())
+
+
+def _runs_table(path: str | Path, field_name: str, prompted: bool) -> list[tuple[int | None, int | None, list[int]]]:
     path = Path(path)
     if not path.is_file():
         raise ScenarioError(f"{field_name}.path", f"no file at {path}")
@@ -207,21 +238,23 @@ def _table(path: str | Path, field_name: str, prompted: bool) -> list[tuple[int 
         if path.suffix in (".csv", ".txt"):
             rows = _csv_rows(path, field_name)
         else:
-            rows = [(None, [length]) for length in _log_lengths(path, field_name)]
+            rows = [(None, None, [length]) for length in _log_lengths(path, field_name)]
     except UnicodeDecodeError as err:
         raise ScenarioError(f"{field_name}.path", f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
     except csv.Error as err:
         raise ScenarioError(f"{field_name}.path", f"{path} is not a CSV file: {err}") from None
     if not rows:
         raise ScenarioError(f"{field_name}.path", f"{path} holds no lengths")
-    if prompted and rows[0][0] is None:
+    if prompted and rows[0][1] is None:
         raise ScenarioError(f"{field_name}.path", f"{path} has no {PROMPT_COLUMN} column (its header must start with {PROMPT_COLUMN!r})")
     return rows
 
 
-def _csv_rows(path: Path, field_name: str) -> list[tuple[int | None, list[int]]]:
-    rows: list[tuple[int | None, list[int]]] = []
-    prompted = False  # the header's first cell is PROMPT_COLUMN: each row leads with its prompt's length
+def _csv_rows(path: Path, field_name: str) -> list[tuple[int | None, int | None, list[int]]]:
+    """(run, prompt length, lengths) of each row; the first two ``None`` where the header
+    names no such column (``run,prompt,...`` or ``prompt,...``)."""
+    rows: list[tuple[int | None, int | None, list[int]]] = []
+    lead = 0  # the columns before the lengths: the header's RUN_COLUMN and PROMPT_COLUMN
     with open(path, newline="", encoding="utf-8") as handle:
         for number, row in enumerate(csv.reader(handle), start=1):
             cells = [cell for cell in row if cell.strip()]
@@ -231,19 +264,23 @@ def _csv_rows(path: Path, field_name: str) -> list[tuple[int | None, list[int]]]
                     value = float(cell)
                 except ValueError:
                     if number == 1:  # a header line
-                        prompted = cells[0].strip().lower() == PROMPT_COLUMN
+                        names = [name.strip().lower() for name in cells[:2]]
+                        if names[0] == RUN_COLUMN and names[1:] != [PROMPT_COLUMN]:
+                            raise ScenarioError(f"{field_name}.path", f"{path}: a {RUN_COLUMN} column comes before a {PROMPT_COLUMN} column") from None
+                        lead = 2 if names[0] == RUN_COLUMN else 1 if names[0] == PROMPT_COLUMN else 0
                         break
                     raise ScenarioError(f"{field_name}.path", f"{path} line {number}: {cell!r} is not a number") from None
-                least = 0 if prompted and not values else 1  # a prompt may be empty
+                least = 0 if len(values) < lead else 1  # a prompt may be empty, runs count from 0
                 if value < least or not math.isfinite(value):
-                    what = "prompt length" if least == 0 else "length"
+                    what = ("run", "prompt length")[2 - lead:][len(values)] if len(values) < lead else "length"
                     raise ScenarioError(f"{field_name}.path", f"{path} line {number}: {what} {cell!r} must be at least {least}")
                 values.append(int(round(value)))
             else:
-                if prompted and len(values) == 1:
+                if values and len(values) <= lead:
                     raise ScenarioError(f"{field_name}.path", f"{path} line {number}: a prompt length and no response length")
                 if values:
-                    rows.append((values[0], values[1:]) if prompted else (None, values))
+                    run, prompt = (values[0], values[1]) if lead == 2 else (None, values[0] if lead else None)
+                    rows.append((run, prompt, values[lead:]))
     return rows
 
 

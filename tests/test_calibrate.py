@@ -132,14 +132,11 @@ def test_a_real_runs_group_lengths_are_drawn_together_and_an_overlapped_run_is_n
     fit = calibrate([tmp_path / "run"], lengths_file=tmp_path / "lengths.csv")
     assert not fit.scenario.training.colocated and fit.scenario.generation.prefill_token
     assert fit.scenario.generation.on_update == "partial"  # its engine prefilled the rollouts in flight again
-    groups: list[list[int]] = []
-    prompts: list[int] = []
-    _sample_lengths(tmp_path / "run" / "samples.sqlite", groups=groups, group_prompts=prompts, keep=_fair(tmp_path / "run" / "events.sqlite"))
     lines = (tmp_path / "lengths.csv").read_text().splitlines()
-    assert lines[0].startswith("prompt,")  # each row leads with its prompt's length
+    assert lines[0].startswith("run,prompt,")  # each row leads with its run, then its prompt's length
     table = [tuple(map(int, line.split(","))) for line in lines[1:]]
-    assert Counter(table) == Counter((p, *g) for p, g in zip(prompts, groups)) and all(len(r) == 4 for r in table)
-    rows = {r[1:] for r in table}
+    assert {r[0] for r in table} == {0} and all(len(r) == 5 for r in table)  # one run, groups of 3
+    rows = {r[2:] for r in table}
     draw = group_sampler(fit.scenario.workload.response_len, 3)
     rng = random.Random(0)
     assert all(tuple(draw(rng)) in rows for _ in range(50))
@@ -150,27 +147,30 @@ def test_a_real_runs_group_lengths_are_drawn_together_and_an_overlapped_run_is_n
     prompt_of, lengths_given = paired_samplers(fit.scenario.workload.response_len, 3)
     for _ in range(50):
         prompt = prompt_of(rng)
-        assert (prompt, *lengths_given(rng, prompt)) in set(table)
-    # the rows are in the order their rollouts were first submitted (phases are drawn from
-    # that order), read here from the store and the log apart from calibration's reading
+        assert (prompt, *lengths_given(rng, prompt)) in {r[1:] for r in table}
+    # the rows are every group the run submitted, in the order first submitted (a replay
+    # follows that order), read here from the store and the log apart from calibration's
+    # reading: a stored group's lengths, and the run's longest for one still unfinished
     import pickle
     import sqlite3
 
     from engine.core.events import Submitted
     from sim.calibrate import _events
 
-    first: dict[str, float] = {}
+    order: dict[str, None] = {}
     for event in _events(tmp_path / "run" / "events.sqlite"):
         if isinstance(event, Submitted):
-            first.setdefault(event.rollout, event.t)
-    keep = _fair(tmp_path / "run" / "events.sqlite")
+            order.setdefault(event.rollout, None)
     db = sqlite3.connect(tmp_path / "run" / "samples.sqlite")
-    stored = [(first[r], pickle.loads(d)) for r, d in db.execute("SELECT rollout, data FROM samples") if keep(r)]
-    stored.sort(key=lambda item: item[0])  # (stable: rollouts submitted at one time keep the store's order)
+    stored = {r: pickle.loads(d) for r, d in db.execute("SELECT rollout, data FROM samples")}
     db.close()
-    expected = [(len(g[0]["prompt"]), *(len(x["completion"]) for x in g)) for _, g in stored]
-    assert table == [row for row in expected if len(row) == 4]
-    assert fit.scenario.workload.phase_versions == 0  # 8 updates: fewer than three phases' groups, no phases
+    assert len(table) == len(order) > len(stored) > 0
+    longest = max(len(x["completion"]) for g in stored.values() for x in g)
+    for row, rollout in zip(table, order):
+        group = stored.get(rollout)
+        want = (len(group[0]["prompt"]), *(len(x["completion"]) for x in group)) if group else (row[1], longest, longest, longest)
+        assert row[1:] == want, rollout
+    assert fit.scenario.workload.replay and fit.scenario.workload.phase_versions == 0
 
 
 def test_a_run_that_kept_its_cache_over_new_weights_is_simulated_without_re_prefills(tmp_path):
@@ -188,22 +188,41 @@ def test_a_run_that_kept_its_cache_over_new_weights_is_simulated_without_re_pref
     assert simulate(fit.scenario.with_overrides(["run.rollouts=40"])).trained_rollouts >= 40
 
 
-def test_a_real_run_long_enough_is_calibrated_with_lengths_in_phases(tmp_path, monkeypatch):
-    """A run with at least three phases' groups gets ``workload.phase_versions`` and
-    ``phase_rows`` (a phase's versions times the batch size), and the simulator draws from them."""
+def test_the_runs_at_the_calibrated_setting_are_the_courses_a_simulation_follows(tmp_path, monkeypatch):
+    """Two runs at the first run's setting and one at another batch size: the lengths CSV
+    holds the two runs' groups (run 0, then run 1), a replay follows one of them as the
+    seed picks, and calibrate prints what it chose."""
     pytest.importorskip("torch")
-    import sim.calibrate
     from engine.workflows.reinforcement import train
     from engine.workflows.rl_config import RunConfig
-    from sim.simulator import simulate
+    from sim import servers
+    from sim.calibrate import run_groups
 
-    monkeypatch.setattr(sim.calibrate, "PHASE_VERSIONS", 2)  # phases of 2 versions: 8 groups, a run of 8 updates has 32
-    config = RunConfig(task="reverse", model_size="tiny", steps=8, batch_size=4, group_size=3, max_concurrent=8,
-                       max_staleness=2, warmup_steps=3, device="cpu")
-    train(config, tmp_path / "run", eval_size=0, progress=False)
-    fit = calibrate([tmp_path / "run"], lengths_file=tmp_path / "lengths.csv")
-    assert (fit.scenario.workload.phase_versions, fit.scenario.workload.phase_rows) == (2, 8)
-    assert simulate(fit.scenario.with_overrides(["run.rollouts=40"])).trained_tokens_per_s > 0
+    base = RunConfig(task="reverse", model_size="tiny", steps=8, batch_size=4, group_size=3, max_concurrent=8,
+                     max_staleness=2, warmup_steps=3, device="cpu")
+    for name, config in (("a", base), ("b", RunConfig(**{**base.__dict__, "seed": 1})),
+                         ("other", RunConfig(**{**base.__dict__, "batch_size": 2, "max_concurrent": 4}))):
+        train(config, tmp_path / name, eval_size=0, progress=False)
+    fit = calibrate([tmp_path / "a", tmp_path / "b", tmp_path / "other"], lengths_file=tmp_path / "lengths.csv")
+    courses = [run_groups(tmp_path / "a"), run_groups(tmp_path / "b")]
+    table = [tuple(map(int, line.split(","))) for line in (tmp_path / "lengths.csv").read_text().splitlines()[1:]]
+    assert table == [(k, p, *g) for k, (prompts, groups) in enumerate(courses) for p, g in zip(prompts, groups)]
+    assert fit.scenario.workload.replay and fit.replayed == [len(courses[0][1]), len(courses[1][1])]
+    assert "replay of 2 runs' groups in the order submitted" in fit.report()
+    starts: list[tuple[int, ...]] = []
+    original = servers.Pool.start
+
+    def start(self, server, rollout, prompt, lengths, group):
+        drawn = tuple(lengths() for _ in range(group))
+        starts.append((prompt, *drawn))
+        return original(self, server, rollout, prompt, iter(drawn).__next__, group)
+
+    monkeypatch.setattr(servers.Pool, "start", start)
+    for seed in (0, 1, 2):
+        starts.clear()
+        assert simulate(fit.scenario.with_overrides([f"run.seed={seed}", "run.rollouts=16"])).trained_tokens_per_s > 0
+        prompts, groups = courses[seed % 2]
+        assert starts[:10] == [(p, *g) for p, g in zip(prompts, groups)][:10]
 
 
 @pytest.mark.slow
