@@ -29,7 +29,7 @@ import math
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 from engine.core.events import (
     Accepted, Consumed, Event, Filtered, InterruptedBatch, Paused, Rejected, Segment, Submitted, Unpaused, Version,
@@ -38,7 +38,7 @@ from engine.log.files import write_atomic
 from sim.calibrate_real import RealCosts, Update, fit_costs, updates
 from sim.config import Distribution, Scenario
 from sim.fitting import Fit, line
-from sim.workload import PROMPT_COLUMN, RUN_COLUMN
+from sim.workload import PROMPT_COLUMN, RUN_COLUMN, TRAINED_COLUMN
 
 #: The fewest timed observations each fit needs.
 MIN_UPDATES = 3
@@ -323,7 +323,17 @@ def _sample_lengths(
         raise CalibrationError(f"{path}: not a run's sample store ({err})") from None
 
 
-def courses_of(paths: list[str | Path]) -> list[tuple[list[int], list[list[int]]]]:
+class Course(NamedTuple):
+    """A run's groups in the order it first submitted them: each one's prompt length, its
+    samples' lengths, and the rollouts the run had trained on when it submitted it
+    (its version then, times the run's batch): the policy's progress."""
+
+    prompts: list[int]
+    groups: list[list[int]]
+    trained: list[int]
+
+
+def courses_of(paths: list[str | Path]) -> list[Course]:
     """The groups (:func:`run_groups`) of each run among ``paths`` made at the first's
     ledger settings and group size, the ones a replay of the calibrated setting follows;
     none unless every path is a real run directory (a ``run.json`` and a sample store)."""
@@ -341,28 +351,28 @@ def courses_of(paths: list[str | Path]) -> list[tuple[list[int], list[list[int]]
     return [run_groups(run) for run, these in settings if these == settings[0][1]]
 
 
-def run_groups(run: str | Path) -> tuple[list[int], list[list[int]]]:
-    """A real run's groups in the order they were first submitted, as ``(prompt lengths,
-    lengths of each group's samples)``, for a simulation that replays the run's own
-    workload (``workload.replay``). An accepted group has its samples' lengths from the
+def run_groups(run: str | Path) -> Course:
+    """A real run's groups in the order they were first submitted (a :class:`Course`),
+    for a simulation that replays the run's own workload (``workload.replay``). An accepted group has its samples' lengths from the
     sample store. A group still unfinished when the log ended has the run's longest
     length for every sample: it never finished within the run, and any length beyond
     what it had made replays it alike. A dropped one (rejected or filtered) has the
     tokens it had made, spread over its samples. Those two have the run's median prompt."""
     log = _log_path(Path(run))
-    group = 1
+    group = batch = 1
     run_json = log.parent / "run.json"
     if run_json.is_file():
         try:
-            group = max(1, int(json.loads(run_json.read_text()).get("group_size", 1)))
+            config = json.loads(run_json.read_text())
+            group, batch = max(1, int(config.get("group_size", 1))), max(1, int(config.get("batch_size", 1)))
         except (ValueError, TypeError, AttributeError) as err:
             raise CalibrationError(f"{run_json}: not a run's config ({err})") from None
-    order: dict[str, None] = {}  # rollouts, first submitted first
+    order: dict[str, int] = {}  # rollouts, first submitted first, with the version they were submitted under
     tokens: dict[str, int] = {}
     dropped: dict[str, int] = {}
     for event in _events(log):
         if isinstance(event, Submitted):
-            order.setdefault(event.rollout, None)
+            order.setdefault(event.rollout, event.version)
         elif isinstance(event, (Segment, InterruptedBatch)):
             for rollout, count in _made(event):
                 tokens[rollout] = tokens.get(rollout, 0) + count
@@ -380,7 +390,8 @@ def run_groups(run: str | Path) -> tuple[list[int], list[list[int]]]:
     median_prompt = round(statistics.median(prompt for prompt, _ in accepted.values()))
     prompts: list[int] = []
     groups: list[list[int]] = []
-    for rollout in order:
+    trained: list[int] = []
+    for rollout, version in order.items():
         if rollout in accepted:  # a sample that made no token counts one (an empty completion is not stored)
             prompt, lengths = accepted[rollout][0], (accepted[rollout][1] + [1] * group)[:max(group, len(accepted[rollout][1]))]
         elif rollout in dropped:
@@ -389,7 +400,8 @@ def run_groups(run: str | Path) -> tuple[list[int], list[list[int]]]:
             prompt, lengths = median_prompt, [longest] * group
         prompts.append(prompt)
         groups.append(lengths)
-    return prompts, groups
+        trained.append(version * batch)
+    return Course(prompts, groups, trained)
 
 
 def _resync(log: Path, obs: Observations) -> Observations:
@@ -444,13 +456,19 @@ class Calibration:
 
 def write_lengths(
     lengths: list[int], path: str | Path, groups: list[list[int]] | None = None, prompts: list[int] | None = None,
-    runs: list[int] | None = None,
+    runs: list[int] | None = None, trained: list[int] | None = None,
 ) -> Path:
     """The observed response lengths as a CSV an ``empirical`` distribution reads: one
     row per group of samples when ``groups`` are given (the simulator draws a group's
     lengths together), led by its prompt's length when ``prompts`` are given (a
     ``paired`` prompt length draws them with it), and before it by the run it came from
-    when ``runs`` are given (a replay follows one run's rows), else one length per row."""
+    when ``runs`` are given (a replay follows one run's rows), with the rollouts it had
+    trained on when ``trained`` are given too (a replay follows the policy's progress),
+    else one length per row."""
+    if groups and prompts and runs and trained:
+        return write_atomic(Path(path), f"{RUN_COLUMN},{TRAINED_COLUMN},{PROMPT_COLUMN},lengths of one group\n"
+                            + "".join(f"{run},{count},{prompt}," + ",".join(map(str, g)) + "\n"
+                                      for run, count, prompt, g in zip(runs, trained, prompts, groups)))
     if groups and prompts and runs:
         return write_atomic(Path(path), f"{RUN_COLUMN},{PROMPT_COLUMN},lengths of one group\n"
                             + "".join(f"{run},{prompt}," + ",".join(map(str, g)) + "\n" for run, prompt, g in zip(runs, prompts, groups)))
@@ -490,10 +508,12 @@ def calibrate(
     if courses and lengths_file is not None:
         # the runs at the calibrated setting, each run's groups in the order it submitted
         # them: a simulation follows one run's course of answers (workload.replay)
-        prompts = [prompt for run_prompts, _ in courses for prompt in run_prompts]
-        groups = [lengths for _, run_groups_ in courses for lengths in run_groups_]
-        runs = [k for k, (run_prompts, _) in enumerate(courses) for _ in run_prompts]
-        response = Distribution(kind="empirical", path=str(write_lengths(obs.lengths, lengths_file, groups, prompts, runs).resolve()))
+        prompts = [prompt for course in courses for prompt in course.prompts]
+        groups = [lengths for course in courses for lengths in course.groups]
+        runs = [k for k, course in enumerate(courses) for _ in course.prompts]
+        trained = [count for course in courses for count in course.trained]
+        response = Distribution(kind="empirical",
+                                path=str(write_lengths(obs.lengths, lengths_file, groups, prompts, runs, trained).resolve()))
         paired = True
     elif lengths_file is not None:
         kept = [(p, g) for p, g in zip(obs.group_prompts, obs.groups, strict=True) if len(g) == obs.group_size]
@@ -568,4 +588,4 @@ def calibrate(
         counts["timed rollouts"] = len(obs.decode)
     counts["syncs"] = len(obs.sync)
     scenario = replace(scenario, ledger=ledger, workload=workload, generation=generation, training=training)
-    return Calibration(scenario, fits, lognormal, sync_s, counts, list(obs.lengths), costs, [len(g) for _, g in courses])
+    return Calibration(scenario, fits, lognormal, sync_s, counts, list(obs.lengths), costs, [len(course.groups) for course in courses])

@@ -14,10 +14,13 @@ import json
 import math
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sim.calibrate import CalibrationError, run_groups, write_lengths
 from sim.config import Scenario
+
+if TYPE_CHECKING:
+    from sim.simulator import Simulation
 
 #: The figures a replay and a prediction are judged by, with the real run's.
 FIGURES = ("tokens_per_s", "staleness_mean", "staleness_p99", "trainer_idle")
@@ -114,18 +117,35 @@ def run_settings(run_dir: Path, servers: int) -> list[str]:
 def replay(scenario: Scenario, run_dir: str | Path) -> dict[str, float]:
     """The simulated figures of ``run_dir`` (a ``train`` run directory) replayed through
     ``scenario``: its settings, its groups in the order it submitted them."""
-    from sim.simulator import simulate
+    return simulated(replayed(scenario, run_dir).run())
+
+
+def replay_passes(scenario: Scenario, run_dir: str | Path) -> list[tuple[int, int]]:
+    """Each update's prefill passes and the tokens they ran, padding included, as the
+    replay of ``run_dir`` through ``scenario`` opens them (its ``generation.prefill_pad_to``
+    and ``prefill_pow2_rows`` say how a pass pads). A colocated run's schedule follows its
+    lengths, not its clock, so these are the passes the run itself ran, shaped as the
+    scenario says, whatever its costs."""
+    simulation = replayed(scenario, run_dir)
+    simulation.run()
+    counts = [(0, 0), *simulation.passes_by_update]
+    return [(passes - before[0], tokens - before[1]) for before, (passes, tokens) in zip(counts, counts[1:])]
+
+
+def replayed(scenario: Scenario, run_dir: str | Path) -> Simulation:
+    """A simulation of ``run_dir`` under its settings with its
+    groups in the order it submitted them, ready to run."""
+    from sim.simulator import Simulation  # noqa: F811 - at run time
 
     run_dir = Path(run_dir)
-    prompts, groups = run_groups(run_dir)
+    course = run_groups(run_dir)
     with tempfile.TemporaryDirectory(prefix="replay-") as tmp:
-        lengths = write_lengths([], Path(tmp) / "groups.csv", groups, prompts)
-        replayed = scenario.with_overrides(
+        lengths = write_lengths([], Path(tmp) / "groups.csv", course.groups, course.prompts, [0] * len(course.groups), course.trained)
+        return Simulation(scenario.with_overrides(
             run_settings(run_dir, scenario.generation.servers)
             + [f"workload.response_len={{kind = 'empirical', path = {str(lengths)!r}}}", "workload.prompt_len={kind = 'paired'}",
                "workload.phase_versions=0", "workload.replay=true"]
-        )
-        return simulated(simulate(replayed))
+        ))
 
 
 def replay_table(scenario: Scenario, runs: list[Path]) -> tuple[list[dict[str, Any]], str]:

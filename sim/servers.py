@@ -50,7 +50,7 @@ class Server:
     """One generation server's analytical continuous-batching state."""
 
     __slots__ = ("index", "heap", "steps", "kv_offset", "active", "hold", "stall", "opened", "opened_step", "joinable", "pending",
-                 "refill", "last", "epoch", "busy", "pass_rows", "pass_longest", "pass_charged")
+                 "refill", "last", "epoch", "busy", "pass_rows", "pass_longest", "pass_charged", "pass_padded")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -71,6 +71,7 @@ class Server:
         self.pass_rows = 0
         self.pass_longest = 0
         self.pass_charged = 0.0
+        self.pass_padded = 0  # and the padded tokens counted for it so far
         self.last = 0.0  # simulated time up to which progress is accounted
         self.epoch = 0  # bumps on every re-plan; a timer of an older epoch is ignored
         self.busy = 0.0  # seconds spent prefilling or decoding
@@ -108,6 +109,7 @@ class Pool:
         self.pow2_rows = generation.prefill_pow2_rows
         self.first = 1 if generation.prefill_token else 0  # tokens a prefill pass samples per sequence
         self.passes = 0  # prefill passes opened, on every server
+        self.padded_tokens = 0  # the tokens those passes ran, padding included (with prefill_pad_to; else 0)
         self._sequences = 0
         self._loads = [(0, i) for i in range(len(self.servers))]
         self._heaped = len(self.servers) > SCAN_SERVERS
@@ -249,7 +251,7 @@ class Pool:
             server.stall += self.prefill_pass
             server.opened, server.opened_step, server.joinable, server.pending = server.last, server.steps, True, 0.0
             server.refill = False
-            server.pass_rows, server.pass_longest, server.pass_charged = 0, 0, 0.0
+            server.pass_rows, server.pass_longest, server.pass_charged, server.pass_padded = 0, 0, 0.0, 0
             self.passes += 1
         rows = 1 if self.shared_prompt else group
         if self.pad_to:
@@ -294,7 +296,7 @@ class Pool:
                     longest = max((kv0 + max(0, min(length, int(steps - admitted))) for _, _, _, admitted, kv0, length in server.heap),
                                   default=0)
                     if not waiting:
-                        server.pass_charged = 0.0
+                        server.pass_charged, server.pass_padded = 0.0, 0
                     self._widen(server, server.active, longest)
                 else:
                     kv_tokens = server.kv_offset + server.active * server.steps - (server.pending if waiting else 0.0)
@@ -316,9 +318,11 @@ class Pool:
     def _widen(self, server: Server, rows: int, longest: int) -> None:
         """``server``'s pending pass now holds ``rows`` contexts up to ``longest`` tokens:
         charge what its padded tokens cost beyond what it has been charged already."""
-        cost = self.prefill * self.padded(rows, longest)
+        padded = self.padded(rows, longest)
+        cost = self.prefill * padded
         server.stall += cost - server.pass_charged
-        server.pass_rows, server.pass_longest, server.pass_charged = rows, longest, cost
+        self.padded_tokens += padded - server.pass_padded
+        server.pass_rows, server.pass_longest, server.pass_charged, server.pass_padded = rows, longest, cost, padded
 
     def _sample_at_reprefill(self, server: Server, waiting: bool) -> None:
         """The re-prefill samples one token of every interrupted sequence: each is one

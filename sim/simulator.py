@@ -93,7 +93,7 @@ class Simulation(Training):
         # a group's response lengths, given its prompt's length (paired) or drawn apart from it
         self._group_lengths: Callable[[int], list[int]]
         if workload.phase_versions or workload.replay:  # whole rows, in phases (sim.workload.Phases) or in order (Replay)
-            phases = (Replay(workload.response_len, workload.group_size, scenario.run.seed) if workload.replay
+            phases = (Replay(workload.response_len, workload.group_size, scenario.run.seed, scenario.ledger.batch_size) if workload.replay
                       else Phases(workload.response_len, workload.group_size, workload.phase_versions, workload.phase_rows))
             if workload.prompt_len.kind == "paired":
                 self._prompt_len = lambda rng: phases.prompt(rng, self.ledger.state.version)
@@ -121,6 +121,9 @@ class Simulation(Training):
         self._done = self.env.event()
         self._failure: Exception | None = None  # an error of the trainer process, raised by run()
         self.stats = SummaryBuilder(scenario, generation.servers)
+        # at the end of each update, the prefill passes opened so far and the tokens they
+        # ran, padding included (generation.prefill_pad_to): an update's are the difference
+        self.passes_by_update: list[tuple[int, int]] = []
 
     @property
     def state(self) -> State:

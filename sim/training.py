@@ -54,6 +54,7 @@ class Training:
     _drained: simpy.Event | None
     _done: simpy.Event
     _progress: Callable[[int], None] | None
+    passes_by_update: list[tuple[int, int]]
 
     def _books(self, events: tuple[Event, ...], prompt: int = 0) -> None:
         raise NotImplementedError
@@ -203,6 +204,7 @@ class Training:
             if training.colocated and overhead:  # the run's one process: generation waits too
                 yield env.timeout(overhead)
             now = env.now
+            self.passes_by_update.append((self._pool.passes, self._pool.padded_tokens))
             self._finish_update(now)
             self._dispatch(now)
             turn = training.colocated

@@ -15,6 +15,7 @@ task's long prompts tend to have long answers).
 
 from __future__ import annotations
 
+import bisect
 import csv
 import math
 import random
@@ -34,6 +35,10 @@ PROMPT_COLUMN = "prompt"
 #: The header's first cell of a lengths CSV whose rows lead with the run they came from
 #: (then their prompt's length): a replay follows one run's rows in their order.
 RUN_COLUMN = "run"
+
+#: The column after ``run`` of a lengths CSV whose rows say how many rollouts their run
+#: had trained on when it submitted them: a replay follows the policy's progress.
+TRAINED_COLUMN = "trained"
 
 
 def sampler(dist: Distribution, field_name: str = "distribution") -> Sampler:
@@ -132,26 +137,58 @@ class Phases(_RowDraws):
 
 
 class Replay(_RowDraws):
-    """Group lengths in the order of ``dist``'s rows (``workload.replay``): the n-th row
-    drawn is the n-th of one run's rows, so a real run's groups, written in the order
-    they were submitted, start in that order again; past its last row, rows of every
-    run at random. A CSV with a ``run`` column holds several runs' rows: ``seed`` picks
-    the run (seed k follows run k modulo their number). It replays a run's own workload,
-    which tests the cost model apart from the lengths, or follows a calibration run's
-    course of answers under another setting."""
+    """Group lengths following one run's rows in their order (``workload.replay``): a
+    real run's groups, written in the order they were submitted, start in that order
+    again. A CSV with a ``run`` column holds several runs' rows: ``seed`` picks the run
+    (seed k follows run k modulo their number).
 
-    def __init__(self, dist: Distribution, group: int, seed: int = 0) -> None:
+    With a ``trained`` column (the rollouts the run had trained on when it submitted the
+    group) the rows follow the policy's progress, not the count of starts: a group
+    started under version ``v`` of a run of batch ``batch`` (``v * batch`` rollouts
+    trained) takes the next unused row the course submitted at that progress, as a
+    policy's answers are what its training so far made them; once those are used, one
+    of them at random; beyond the course's last progress, a row of every run at random.
+    A run with more rollouts in flight than the course starts more groups under its
+    first versions, and takes them from the course's same point in training. Without
+    the column the n-th group started takes the n-th row, past the last a row at random.
+    It replays a run's own workload, which tests the cost model apart from the lengths,
+    or follows a calibration run's course of answers under another setting."""
+
+    def __init__(self, dist: Distribution, group: int, seed: int = 0, batch: int = 1) -> None:
         super().__init__(dist, group)
         runs = replay_runs(dist)
-        self.course = [row for row in runs[seed % len(runs)] if len(row[1]) == group]
+        course = [(trained, (prompt, lengths)) for trained, prompt, lengths in runs[seed % len(runs)] if len(lengths) == group]
+        self.course = [row for _, row in course]
         self._next = 0
+        self.batch = max(1, batch)
+        # by progress: each trained count's rows, in order, those not used yet, and the counts
+        self._at: dict[int, list[tuple[int | None, list[int]]]] = {}
+        if course and all(trained is not None for trained, _ in course):
+            for trained, row in course:
+                self._at.setdefault(int(trained or 0), []).append(row)
+        self._unused = {trained: deque(rows) for trained, rows in self._at.items()}
+        self._marks = sorted(self._at)
+        gaps = [b - a for a, b in zip(self._marks, self._marks[1:])]
+        self._step = min(gaps) if gaps else math.inf  # the course's rollouts trained an update
 
     def _row(self, rng: random.Random, version: int) -> tuple[int | None, list[int]]:
-        index, self._next = self._next, self._next + 1
-        return self.course[index] if index < len(self.course) else self.rows[rng.randrange(len(self.rows))]
+        if not self._marks:
+            index, self._next = self._next, self._next + 1
+            return self.course[index] if index < len(self.course) else self.rows[rng.randrange(len(self.rows))]
+        trained = version * self.batch
+        if trained >= self._marks[-1] + self._step:  # further in training than the course went
+            return self.rows[rng.randrange(len(self.rows))]
+        marks = [m for m in self._marks if trained <= m < trained + self.batch]
+        if not marks:  # the course trained more an update: the progress at or before this one's
+            marks = [self._marks[max(0, bisect.bisect_right(self._marks, trained) - 1)]]
+        for mark in marks:
+            if self._unused[mark]:
+                return self._unused[mark].popleft()
+        rows = [row for mark in marks for row in self._at[mark]]
+        return rows[rng.randrange(len(rows))]
 
 
-def replay_runs(dist: Distribution) -> list[list[tuple[int | None, list[int]]]]:
+def replay_runs(dist: Distribution) -> list[list[tuple[int | None, int | None, list[int]]]]:
     """The runs whose rows a replay of ``dist`` follows (:class:`Replay`), one for a CSV
     without a ``run`` column."""
     if dist.kind != "empirical":
@@ -217,20 +254,21 @@ def load_prompted_rows(path: str | Path, field_name: str = "distribution") -> li
 def _table(path: str | Path, field_name: str, prompted: bool) -> list[tuple[int | None, list[int]]]:
     """The rows of a lengths file with their prompt lengths (``None`` without a prompt
     column; ``prompted`` requires one)."""
-    return [(prompt, lengths) for _, prompt, lengths in _runs_table(path, field_name, prompted)]
+    return [(prompt, lengths) for _, _, prompt, lengths in _runs_table(path, field_name, prompted)]
 
 
-def load_runs(path: str | Path, field_name: str = "distribution") -> list[list[tuple[int | None, list[int]]]]:
+def load_runs(path: str | Path, field_name: str = "distribution") -> list[list[tuple[int | None, int | None, list[int]]]]:
     """The rows of a lengths CSV by the run they came from (a ``run`` column, whose rows
-    of one run stand together, in its order), each run's rows in the file's order; a
-    file without the column is one run."""
-    runs: dict[int | None, list[tuple[int | None, list[int]]]] = {}
-    for run, prompt, lengths in _runs_table(path, field_name, prompted=False):
-        runs.setdefault(run, []).append((prompt, lengths))
+    of one run stand together, in its order), each run's rows in the file's order as
+    (rollouts trained at its submission, its prompt's length, its lengths), ``None``
+    where the file has no such column; a file without a ``run`` column is one run."""
+    runs: dict[int | None, list[tuple[int | None, int | None, list[int]]]] = {}
+    for run, trained, prompt, lengths in _runs_table(path, field_name, prompted=False):
+        runs.setdefault(run, []).append((trained, prompt, lengths))
     return list(runs.values())
 
 
-def _runs_table(path: str | Path, field_name: str, prompted: bool) -> list[tuple[int | None, int | None, list[int]]]:
+def _runs_table(path: str | Path, field_name: str, prompted: bool) -> list[tuple[int | None, int | None, int | None, list[int]]]:
     path = Path(path)
     if not path.is_file():
         raise ScenarioError(f"{field_name}.path", f"no file at {path}")
@@ -238,23 +276,24 @@ def _runs_table(path: str | Path, field_name: str, prompted: bool) -> list[tuple
         if path.suffix in (".csv", ".txt"):
             rows = _csv_rows(path, field_name)
         else:
-            rows = [(None, None, [length]) for length in _log_lengths(path, field_name)]
+            rows = [(None, None, None, [length]) for length in _log_lengths(path, field_name)]
     except UnicodeDecodeError as err:
         raise ScenarioError(f"{field_name}.path", f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
     except csv.Error as err:
         raise ScenarioError(f"{field_name}.path", f"{path} is not a CSV file: {err}") from None
     if not rows:
         raise ScenarioError(f"{field_name}.path", f"{path} holds no lengths")
-    if prompted and rows[0][1] is None:
+    if prompted and rows[0][2] is None:
         raise ScenarioError(f"{field_name}.path", f"{path} has no {PROMPT_COLUMN} column (its header must start with {PROMPT_COLUMN!r})")
     return rows
 
 
-def _csv_rows(path: Path, field_name: str) -> list[tuple[int | None, int | None, list[int]]]:
-    """(run, prompt length, lengths) of each row; the first two ``None`` where the header
-    names no such column (``run,prompt,...`` or ``prompt,...``)."""
-    rows: list[tuple[int | None, int | None, list[int]]] = []
-    lead = 0  # the columns before the lengths: the header's RUN_COLUMN and PROMPT_COLUMN
+def _csv_rows(path: Path, field_name: str) -> list[tuple[int | None, int | None, int | None, list[int]]]:
+    """(run, rollouts trained, prompt length, lengths) of each row; ``None`` for a column
+    the header does not name (it leads with ``run,trained,prompt``, ``run,prompt``,
+    ``prompt`` or none of them)."""
+    rows: list[tuple[int | None, int | None, int | None, list[int]]] = []
+    lead: list[str] = []  # the columns before the lengths, as the header names them
     with open(path, newline="", encoding="utf-8") as handle:
         for number, row in enumerate(csv.reader(handle), start=1):
             cells = [cell for cell in row if cell.strip()]
@@ -264,24 +303,36 @@ def _csv_rows(path: Path, field_name: str) -> list[tuple[int | None, int | None,
                     value = float(cell)
                 except ValueError:
                     if number == 1:  # a header line
-                        names = [name.strip().lower() for name in cells[:2]]
-                        if names[0] == RUN_COLUMN and names[1:] != [PROMPT_COLUMN]:
-                            raise ScenarioError(f"{field_name}.path", f"{path}: a {RUN_COLUMN} column comes before a {PROMPT_COLUMN} column") from None
-                        lead = 2 if names[0] == RUN_COLUMN else 1 if names[0] == PROMPT_COLUMN else 0
+                        lead = _leading(path, field_name, [name.strip().lower() for name in cells])
                         break
                     raise ScenarioError(f"{field_name}.path", f"{path} line {number}: {cell!r} is not a number") from None
-                least = 0 if len(values) < lead else 1  # a prompt may be empty, runs count from 0
+                least = 0 if len(values) < len(lead) else 1  # a prompt may be empty, runs and progress count from 0
                 if value < least or not math.isfinite(value):
-                    what = ("run", "prompt length")[2 - lead:][len(values)] if len(values) < lead else "length"
+                    what = LEADING[lead[len(values)]] if len(values) < len(lead) else "length"
                     raise ScenarioError(f"{field_name}.path", f"{path} line {number}: {what} {cell!r} must be at least {least}")
                 values.append(int(round(value)))
             else:
-                if values and len(values) <= lead:
+                if values and len(values) <= len(lead):
                     raise ScenarioError(f"{field_name}.path", f"{path} line {number}: a prompt length and no response length")
                 if values:
-                    run, prompt = (values[0], values[1]) if lead == 2 else (None, values[0] if lead else None)
-                    rows.append((run, prompt, values[lead:]))
+                    named = dict(zip(lead, values))
+                    rows.append((named.get(RUN_COLUMN), named.get(TRAINED_COLUMN), named.get(PROMPT_COLUMN), values[len(lead):]))
     return rows
+
+
+#: The columns a lengths CSV's rows may lead with, in this order, and what each holds.
+LEADING = {"run": "run", "trained": "rollouts trained", "prompt": "prompt length"}
+
+
+def _leading(path: Path, field_name: str, names: list[str]) -> list[str]:
+    """The leading columns a header names: ``run,trained,prompt``, ``run,prompt``,
+    ``prompt`` or none (a header of other names)."""
+    for lead in ([RUN_COLUMN, TRAINED_COLUMN, PROMPT_COLUMN], [RUN_COLUMN, PROMPT_COLUMN], [PROMPT_COLUMN]):
+        if names[:len(lead)] == lead:
+            return lead
+    if names and names[0] in (RUN_COLUMN, TRAINED_COLUMN):
+        raise ScenarioError(f"{field_name}.path", f"{path}: a header leads with run,trained,prompt or run,prompt, not {','.join(names[:3])}")
+    return []
 
 
 def _log_lengths(path: Path, field_name: str) -> list[int]:

@@ -133,10 +133,11 @@ def test_a_real_runs_group_lengths_are_drawn_together_and_an_overlapped_run_is_n
     assert not fit.scenario.training.colocated and fit.scenario.generation.prefill_token
     assert fit.scenario.generation.on_update == "partial"  # its engine prefilled the rollouts in flight again
     lines = (tmp_path / "lengths.csv").read_text().splitlines()
-    assert lines[0].startswith("run,prompt,")  # each row leads with its run, then its prompt's length
+    assert lines[0].startswith("run,trained,prompt,")  # each row leads with its run, its progress, its prompt's length
     table = [tuple(map(int, line.split(","))) for line in lines[1:]]
-    assert {r[0] for r in table} == {0} and all(len(r) == 5 for r in table)  # one run, groups of 3
-    rows = {r[2:] for r in table}
+    assert {r[0] for r in table} == {0} and all(len(r) == 6 for r in table)  # one run, groups of 3
+    assert [r[1] for r in table] == sorted(r[1] for r in table) and {r[1] % 4 for r in table} == {0}  # versions times the batch
+    rows = {r[3:] for r in table}
     draw = group_sampler(fit.scenario.workload.response_len, 3)
     rng = random.Random(0)
     assert all(tuple(draw(rng)) in rows for _ in range(50))
@@ -147,7 +148,7 @@ def test_a_real_runs_group_lengths_are_drawn_together_and_an_overlapped_run_is_n
     prompt_of, lengths_given = paired_samplers(fit.scenario.workload.response_len, 3)
     for _ in range(50):
         prompt = prompt_of(rng)
-        assert (prompt, *lengths_given(rng, prompt)) in {r[1:] for r in table}
+        assert (prompt, *lengths_given(rng, prompt)) in {r[2:] for r in table}
     # the rows are every group the run submitted, in the order first submitted (a replay
     # follows that order), read here from the store and the log apart from calibration's
     # reading: a stored group's lengths, and the run's longest for one still unfinished
@@ -168,8 +169,8 @@ def test_a_real_runs_group_lengths_are_drawn_together_and_an_overlapped_run_is_n
     longest = max(len(x["completion"]) for g in stored.values() for x in g)
     for row, rollout in zip(table, order):
         group = stored.get(rollout)
-        want = (len(group[0]["prompt"]), *(len(x["completion"]) for x in group)) if group else (row[1], longest, longest, longest)
-        assert row[1:] == want, rollout
+        want = (len(group[0]["prompt"]), *(len(x["completion"]) for x in group)) if group else (row[2], longest, longest, longest)
+        assert row[2:] == want, rollout
     assert fit.scenario.workload.replay and fit.scenario.workload.phase_versions == 0
 
 
@@ -206,8 +207,8 @@ def test_the_runs_at_the_calibrated_setting_are_the_courses_a_simulation_follows
     fit = calibrate([tmp_path / "a", tmp_path / "b", tmp_path / "other"], lengths_file=tmp_path / "lengths.csv")
     courses = [run_groups(tmp_path / "a"), run_groups(tmp_path / "b")]
     table = [tuple(map(int, line.split(","))) for line in (tmp_path / "lengths.csv").read_text().splitlines()[1:]]
-    assert table == [(k, p, *g) for k, (prompts, groups) in enumerate(courses) for p, g in zip(prompts, groups)]
-    assert fit.scenario.workload.replay and fit.replayed == [len(courses[0][1]), len(courses[1][1])]
+    assert table == [(k, t, p, *g) for k, course in enumerate(courses) for p, g, t in zip(course.prompts, course.groups, course.trained)]
+    assert fit.scenario.workload.replay and fit.replayed == [len(courses[0].groups), len(courses[1].groups)]
     assert "replay of 2 runs' groups in the order submitted" in fit.report()
     starts: list[tuple[int, ...]] = []
     original = servers.Pool.start
@@ -221,8 +222,8 @@ def test_the_runs_at_the_calibrated_setting_are_the_courses_a_simulation_follows
     for seed in (0, 1, 2):
         starts.clear()
         assert simulate(fit.scenario.with_overrides([f"run.seed={seed}", "run.rollouts=16"])).trained_tokens_per_s > 0
-        prompts, groups = courses[seed % 2]
-        assert starts[:10] == [(p, *g) for p, g in zip(prompts, groups)][:10]
+        course = courses[seed % 2]
+        assert starts[:10] == [(p, *g) for p, g in zip(course.prompts, course.groups)][:10]
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ def _run_dir(tmp_path, stored: dict[str, list[int]], prompts: dict[str, int], su
     (run / "run.json").write_text(json.dumps({"group_size": 2, "batch_size": 2, "steps": 1, "max_concurrent": 4, "max_staleness": 1,
                                               "policy": "admission"}))
     events: list = [RunStarted(config=Config(max_concurrent=4, batch_size=2, max_staleness=1), t=0.0)]
-    events += [Submitted(rollout=rollout, version=0, t=1.0) for rollout in submitted]
+    events += [Submitted(rollout=rollout, version=k // 2, t=1.0) for k, rollout in enumerate(submitted)]
     events += [Segment(rollout=rollout, version=0, tokens=tokens, t=2.0) for rollout, tokens in made.items()]
     events += [Accepted(rollout=rollout, t=3.0) for rollout in stored]
     events += [Consumed(rollouts=tuple(stored)[:2], t=4.0), Version(version=1, t=5.0)]
@@ -45,36 +45,78 @@ def test_a_runs_groups_come_in_the_order_submitted_with_the_unfinished_at_the_lo
     # accepted in another order than submitted; r3 never finished; r4 made one token of a sample only
     run = _run_dir(tmp_path, {"r2": [5, 9], "r1": [3, 4], "r4": [1]}, {"r1": 6, "r2": 10, "r4": 8},
                    ["r1", "r2", "r3", "r4"], {"r1": 7, "r2": 14, "r3": 6, "r4": 1})
-    prompts, groups = run_groups(run)
-    assert groups == [[3, 4], [5, 9], [9, 9], [1, 1]]  # r3: the run's longest; r4: its empty sample counts one
-    assert prompts == [6, 10, 8, 8]  # r3: the median prompt of the accepted
+    course = run_groups(run)
+    assert course.groups == [[3, 4], [5, 9], [9, 9], [1, 1]]  # r3: the run's longest; r4: its empty sample counts one
+    assert course.prompts == [6, 10, 8, 8]  # r3: the median prompt of the accepted
+    assert course.trained == [0, 0, 2, 2]  # submitted under versions 0, 0, 1, 1 of a run of batch 2
     (run / "samples.sqlite").unlink()
     with pytest.raises(CalibrationError, match="no sample store"):
         run_groups(run)
 
 
-@pytest.mark.slow
-def test_replaying_a_cpu_run_reproduces_its_schedule_exactly(tmp_path, capsys) -> None:
-    """A real CPU run replayed through the scenario calibrated on it: the built-in engine's
-    schedule follows its lengths, not its clock, so the replay consumes the same tokens at
-    the same staleness, update by update; its tokens/s error (the cost model's on a shared
-    machine) is printed, not held to a bound. ``calibrate --replay`` prints the table."""
+@pytest.fixture(scope="module")
+def cpu_study(tmp_path_factory):
+    """A short CPU ``train`` run (``calibration``) and the scenario calibrated on it, in one folder."""
     pytest.importorskip("torch")
-    from engine.cli import main
     from engine.workflows.reinforcement import train
     from engine.workflows.rl_config import RunConfig
     from sim.calibrate import calibrate
-    from sim.replay import measured, replay
+    from sim.config import save
 
+    study = tmp_path_factory.mktemp("study")
     config = RunConfig(task="reverse", model_size="tiny", steps=12, batch_size=4, group_size=2, max_concurrent=12,
                        max_staleness=2, warmup_steps=3, device="cpu")
-    train(config, tmp_path / "run", eval_size=0, progress=False)
-    fit = calibrate([tmp_path / "run"])
-    replayed, real = replay(fit.scenario, tmp_path / "run"), measured(tmp_path / "run")
+    train(config, study / "calibration", eval_size=0, progress=False)
+    fit = calibrate([study / "calibration"], lengths_file=study / "calibrated.lengths.csv")
+    save(fit.scenario, study / "calibrated.toml")
+    return study, fit
+
+
+@pytest.mark.slow
+def test_replaying_a_cpu_run_reproduces_its_schedule_exactly(cpu_study, capsys) -> None:
+    """A real CPU run replayed through the scenario calibrated on it: the built-in engine's
+    schedule follows its lengths, not its clock, so the replay consumes the same tokens at
+    the same staleness and opens the same prefill passes, update by update; its tokens/s
+    error (the cost model's on a shared machine) is printed, not held to a bound.
+    ``calibrate --replay`` prints the table."""
+    from engine.cli import main
+    from sim.replay import measured, metrics_lines, replay, replay_passes
+
+    study, fit = cpu_study
+    run = study / "calibration"
+    replayed, real = replay(fit.scenario, run), measured(run)
     for name in ("staleness_mean", "staleness_p99", "tokens_per_update", "decode_steps_per_update"):
         assert replayed[name] == pytest.approx(real[name], abs=1e-9), name
+    # (a summary's passes also count the one the last update's starts open, which the engine, stopping, never runs)
+    lines = metrics_lines(run)
+    engine = [line["prefills"] - before["prefills"] for before, line in zip([{"prefills": 0}, *lines], lines)]
+    assert [passes for passes, _ in replay_passes(fit.scenario, run)] == engine
     with capsys.disabled():
         print(f"\nreplayed {replayed['tokens_per_s']:.0f} tokens/s, measured {real['tokens_per_s']:.0f}")
-    assert main(["calibrate", str(tmp_path / "run"), "-o", str(tmp_path / "cal.toml"), "--replay"]) == 0
+    assert main(["calibrate", str(run), "-o", str(study / "again.toml"), "--replay"]) == 0
     out = capsys.readouterr().out
     assert "replayed (simulated/measured" in out and f"{real['staleness_mean']:.4g}/{real['staleness_mean']:.4g} +0.0%" in out
+
+
+@pytest.mark.slow
+def test_padded_replay_fits_the_passes_by_the_shapes_the_replay_opened(cpu_study, tmp_path, monkeypatch, capsys) -> None:
+    """benchmarks/padded_replay.py on a study of one CPU run: every update's passes as the
+    engine's, the two lines fitted, each run's prefill seconds and the replays both ways."""
+    import sys
+
+    from benchmarks import padded_replay
+
+    study, _ = cpu_study
+    monkeypatch.setattr(sys, "argv", ["padded_replay.py", str(study), "--fit-on", "calibration", "--out", str(tmp_path / "p.json")])
+    padded_replay.main()
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "p.json").read_text())
+    updates = len((study / "calibration" / "metrics.jsonl").read_text().splitlines())
+    assert results["matched_passes"] == {"calibration": f"{updates}/{updates}"}
+    assert set(results["lines"]) == {"tokens", "padded"} and results["prefill_s"]["calibration"]["engine"] > 0
+    assert set(results["replay"]["calibration"]) == {"tokens", "padded", "runs"}
+    assert "prefill line on the padded tokens" in out
+    monkeypatch.setattr(sys, "argv", ["padded_replay.py", str(study), "--fit-on", "nowhere"])
+    with pytest.raises(SystemExit):
+        padded_replay.main()
+    assert "--fit-on: no run at" in capsys.readouterr().err

@@ -125,3 +125,48 @@ def test_a_replay_is_refused_by_name_where_it_cannot_be_drawn(tmp_path) -> None:
         _scenario(tmp_path, "workload.replay=true", "workload.phase_versions=2", "workload.phase_rows=4")
     with pytest.raises(ScenarioError, match="no row of a group of 3"):
         Simulation(_scenario(tmp_path, "workload.replay=true", "workload.group_size=3"))
+
+
+def _progress_csv(tmp_path):
+    """One run of group size 2: rows 1-4 submitted before any training, 5-6 after two
+    rollouts trained, 7-8 after four (its batch of 2); a row's prompt and lengths are its number."""
+    path = tmp_path / "course.csv"
+    rows = [(0, k) for k in range(1, 5)] + [(2, 5), (2, 6), (4, 7), (4, 8)]
+    path.write_text("run,trained,prompt,lengths of one group\n" + "".join(f"0,{t},{k},{k},{k}\n" for t, k in rows))
+    return Scenario().with_overrides([f"workload.response_len={{kind='empirical', path='{path}'}}", "workload.group_size=2"]).workload.response_len
+
+
+def test_a_course_with_its_progress_is_followed_by_the_rollouts_trained(tmp_path) -> None:
+    """Each group takes the next unused row the course submitted at the same point in
+    training (a version times the batch), then one of those at random; beyond where the
+    course went, a row of the whole course at random."""
+    dist = _progress_csv(tmp_path)
+    rng = random.Random(0)
+    same = Replay(dist, 2, batch=2)
+    assert [same.lengths(rng, 0)[0] for _ in range(4)] == [1, 2, 3, 4]
+    assert {same.lengths(rng, 0)[0] for _ in range(40)} == {1, 2, 3, 4}  # a run with more in flight: the same point again
+    assert [same.lengths(rng, 1)[0] for _ in range(2)] == [5, 6] and [same.lengths(rng, 2)[0] for _ in range(2)] == [7, 8]
+    assert {same.lengths(rng, 3)[0] for _ in range(80)} == set(range(1, 9))  # six trained: beyond the course
+    twice = Replay(dist, 2, batch=4)  # a version of a batch of 4 spans two of the course's
+    assert [twice.lengths(rng, 0)[0] for _ in range(6)] == [1, 2, 3, 4, 5, 6]
+    assert [twice.lengths(rng, 1)[0] for _ in range(2)] == [7, 8]
+    half = Replay(dist, 2, batch=1)  # a version of a batch of 1: the course's point at or before it
+    assert [half.lengths(rng, 0)[0] for _ in range(2)] == [1, 2] and [half.lengths(rng, 1)[0] for _ in range(2)] == [3, 4]
+    assert [half.lengths(rng, 2)[0] for _ in range(2)] == [5, 6]
+    # a paired prompt takes the row its group then gets
+    paired = Replay(dist, 2, batch=2)
+    assert paired.prompt(rng, 1) == 5 and paired.lengths(rng, 1, 5) == [5, 5]
+
+
+def test_a_course_header_is_read_and_a_bad_one_refused_by_name(tmp_path) -> None:
+    from sim.workload import load_runs
+
+    path = tmp_path / "two.csv"
+    path.write_text("run,trained,prompt,lengths\n0,0,3,1,2\n1,0,4,3,4\n0,2,5,5,6\n")
+    assert load_runs(path) == [[(0, 3, [1, 2]), (2, 5, [5, 6])], [(0, 4, [3, 4])]]
+    path.write_text("run,trained,lengths\n0,0,1,2\n")
+    with pytest.raises(ScenarioError, match="leads with run,trained,prompt or run,prompt, not run,trained,lengths"):
+        load_runs(path)
+    path.write_text("run,trained,prompt,lengths\n0,-1,3,1,2\n")
+    with pytest.raises(ScenarioError, match="line 2: rollouts trained '-1' must be at least 0"):
+        load_runs(path)

@@ -290,11 +290,13 @@ def test_a_padded_pass_costs_its_rows_times_its_longest_context_rounded_up(pow2_
     _start(pool, 0, "c", 20, 30)
     assert pool.passes == 1
     assert pool.servers[0].stall == pytest.approx(PASS + PER_TOKEN * rows * 32 + 3 * START, rel=1e-9)
+    assert pool.padded_tokens == rows * 32  # the pass counted once, at its final shape
     env.run(until=pool.servers[0].stall + 4 * STEP)
     pool.freeze(env.now)
     assert pool.servers[0].steps == pytest.approx(4.0)
     pool.reprefill(env.now)  # contexts 9, 11 and 24 tokens: 32 wide again
     assert pool.servers[0].stall == pytest.approx(PASS + PER_TOKEN * rows * 32, rel=1e-9)
+    assert pool.padded_tokens == 2 * rows * 32
     assert pool.padded(3, 33) == rows * 48 and pool.padded(1, 1) == 16
 
 
@@ -310,3 +312,21 @@ def test_a_padded_start_joining_a_re_prefill_is_charged_what_it_widens() -> None
     _start(pool, 0, "c", 40, 1)  # joins: 3 rows padded to 4, 48 wide
     assert pool.passes == 2
     assert pool.servers[0].stall == pytest.approx(PASS + PER_TOKEN * 4 * 48 + START, rel=1e-9)
+    assert pool.padded_tokens == 2 * 16 + 4 * 48  # the first pass's two rows, and the re-prefill as the start widened it
+
+
+def test_a_simulation_counts_each_updates_passes_and_their_padded_tokens() -> None:
+    """``passes_by_update``: at the end of each update, the passes opened so far and the
+    tokens they ran, as the engine's metrics lines count them (with ``prefill_pad_to``)."""
+    from sim.config import Scenario
+    from sim.simulator import Simulation
+
+    scenario = Scenario().with_overrides([
+        "run.rollouts=12", "ledger.batch_size=4", "ledger.max_concurrent=4", "ledger.max_staleness=0", "workload.group_size=2",
+        "workload.prompt_len={kind='fixed', value=20}", "workload.response_len={kind='fixed', value=3}", "generation.servers=1",
+        "generation.slots=8", "generation.prefill_pad_to=16", "generation.prefill_pow2_rows=true", "generation.shared_prompt=false",
+    ])
+    simulation = Simulation(scenario)
+    simulation.run()
+    # synchronous: every update starts its 4 rollouts (8 rows of 20 tokens, 32 wide) in one pass, and nothing is in flight at a bump
+    assert simulation.passes_by_update == [(1, 256), (2, 512), (3, 768)]
