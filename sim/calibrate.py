@@ -4,9 +4,11 @@ What is fitted, from the events' ``t`` stamps and, for a real run, the
 ``metrics.jsonl`` lines beside its log (:mod:`sim.calibrate_real`):
 
 - response lengths per sample (a real run's ``samples.sqlite``): the observed ones,
-  written as a CSV that an ``empirical`` distribution resamples (``lengths_file``),
-  and a lognormal (median and log standard deviation, capped at the largest seen),
-  printed always and used when no lengths file is asked for;
+  written as a CSV (``lengths_file``): for real runs of groups, every group each run
+  at the calibrated setting submitted, in order, which a simulation follows by the
+  rollouts trained (``workload.replay``), else the lengths an ``empirical``
+  distribution resamples; and a lognormal (median and log standard deviation, capped
+  at the largest seen), printed always and used when no lengths file is asked for;
 - a real run: generation (decode step base, per slot, per sequence; prefill per pass and
   per token; the executor per started rollout),
   the training step (base, per token, per sequence), recompute, weight sync and the
@@ -353,11 +355,12 @@ def courses_of(paths: list[str | Path]) -> list[Course]:
 
 def run_groups(run: str | Path) -> Course:
     """A real run's groups in the order they were first submitted (a :class:`Course`),
-    for a simulation that replays the run's own workload (``workload.replay``). An accepted group has its samples' lengths from the
-    sample store. A group still unfinished when the log ended has the run's longest
-    length for every sample: it never finished within the run, and any length beyond
-    what it had made replays it alike. A dropped one (rejected or filtered) has the
-    tokens it had made, spread over its samples. Those two have the run's median prompt."""
+    for a simulation that replays the run's own workload or follows its course
+    (``workload.replay``). An accepted group has its samples' lengths from the sample
+    store. A group still unfinished when the log ended has the run's longest length for
+    every sample: it never finished within the run, and any length beyond what it had
+    made replays it alike. A dropped one (rejected or filtered) has the tokens it had
+    made, spread over its samples. Those two have the run's median prompt."""
     log = _log_path(Path(run))
     group = batch = 1
     run_json = log.parent / "run.json"
@@ -441,7 +444,7 @@ class Calibration:
         chosen = f"empirical ({len(self.lengths)} samples)" if response.kind == "empirical" else "lognormal"
         if self.replayed:
             chosen = (f"replay of {len(self.replayed)} runs' groups in the order submitted ({', '.join(map(str, self.replayed))} groups; "
-                      f"seed k follows run k modulo {len(self.replayed)}, past its end rows at random)")
+                      f"followed by the rollouts trained; seed k follows run k modulo {len(self.replayed)})")
         lines.append(f"response length  lognormal median {d.median:.1f} sigma {d.sigma:.3f} cap {d.cap}; used: {chosen}")
         if self.lengths:
             ordered = sorted(self.lengths)
@@ -462,16 +465,12 @@ def write_lengths(
     row per group of samples when ``groups`` are given (the simulator draws a group's
     lengths together), led by its prompt's length when ``prompts`` are given (a
     ``paired`` prompt length draws them with it), and before it by the run it came from
-    when ``runs`` are given (a replay follows one run's rows), with the rollouts it had
-    trained on when ``trained`` are given too (a replay follows the policy's progress),
-    else one length per row."""
+    and the rollouts that run had trained on when ``runs`` and ``trained`` are given (a
+    replay follows one run's rows by the policy's progress), else one length per row."""
     if groups and prompts and runs and trained:
         return write_atomic(Path(path), f"{RUN_COLUMN},{TRAINED_COLUMN},{PROMPT_COLUMN},lengths of one group\n"
                             + "".join(f"{run},{count},{prompt}," + ",".join(map(str, g)) + "\n"
                                       for run, count, prompt, g in zip(runs, trained, prompts, groups)))
-    if groups and prompts and runs:
-        return write_atomic(Path(path), f"{RUN_COLUMN},{PROMPT_COLUMN},lengths of one group\n"
-                            + "".join(f"{run},{prompt}," + ",".join(map(str, g)) + "\n" for run, prompt, g in zip(runs, prompts, groups)))
     if groups and prompts:
         return write_atomic(Path(path), f"{PROMPT_COLUMN},lengths of one group\n"
                             + "".join(f"{prompt}," + ",".join(map(str, g)) + "\n" for prompt, g in zip(prompts, groups)))

@@ -10,7 +10,10 @@ prompt are alike in length: drawn apart, a group's longest sample, which decides
 the group finishes, comes out far too long).  A CSV whose header starts with
 ``prompt`` leads each row with its prompt's length: a ``paired`` prompt length draws a
 row's prompt, and its group's lengths come from the rows of that prompt length (a
-task's long prompts tend to have long answers).
+task's long prompts tend to have long answers).  A header ``run,prompt`` or
+``run,trained,prompt`` leads each row with the run it came from (and the rollouts that
+run had trained on when it submitted the group): a replay (:class:`Replay`) follows one
+run's rows in their order, by the policy's progress where the ``trained`` column says it.
 """
 
 from __future__ import annotations
