@@ -50,7 +50,7 @@ class Server:
     """One generation server's analytical continuous-batching state."""
 
     __slots__ = ("index", "heap", "steps", "kv_offset", "active", "hold", "stall", "opened", "opened_step", "joinable", "pending",
-                 "refill", "last", "epoch", "busy", "pass_rows", "pass_longest", "pass_charged", "pass_padded")
+                 "refill", "last", "epoch", "busy", "pass_rows", "pass_longest", "pass_padded")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -67,11 +67,10 @@ class Server:
         self.pending = 0.0  # kv tokens of the sequences a pending start's pass prefills
         self.refill = False  # whether that pass re-prefills every interrupted sequence (an update's)
         # with padded passes (prefill_pad_to): that pass's rows, its longest context, and
-        # the cost per token already charged for it (each start that joins charges the rest)
+        # the padded tokens already charged for it (each start that joins charges the rest)
         self.pass_rows = 0
         self.pass_longest = 0
-        self.pass_charged = 0.0
-        self.pass_padded = 0  # and the padded tokens counted for it so far
+        self.pass_padded = 0
         self.last = 0.0  # simulated time up to which progress is accounted
         self.epoch = 0  # bumps on every re-plan; a timer of an older epoch is ignored
         self.busy = 0.0  # seconds spent prefilling or decoding
@@ -251,7 +250,7 @@ class Pool:
             server.stall += self.prefill_pass
             server.opened, server.opened_step, server.joinable, server.pending = server.last, server.steps, True, 0.0
             server.refill = False
-            server.pass_rows, server.pass_longest, server.pass_charged, server.pass_padded = 0, 0, 0.0, 0
+            server.pass_rows, server.pass_longest, server.pass_padded = 0, 0, 0
             self.passes += 1
         rows = 1 if self.shared_prompt else group
         if self.pad_to:
@@ -296,7 +295,7 @@ class Pool:
                     longest = max((kv0 + max(0, min(length, int(steps - admitted))) for _, _, _, admitted, kv0, length in server.heap),
                                   default=0)
                     if not waiting:
-                        server.pass_charged, server.pass_padded = 0.0, 0
+                        server.pass_padded = 0
                     self._widen(server, server.active, longest)
                 else:
                     kv_tokens = server.kv_offset + server.active * server.steps - (server.pending if waiting else 0.0)
@@ -319,10 +318,9 @@ class Pool:
         """``server``'s pending pass now holds ``rows`` contexts up to ``longest`` tokens:
         charge what its padded tokens cost beyond what it has been charged already."""
         padded = self.padded(rows, longest)
-        cost = self.prefill * padded
-        server.stall += cost - server.pass_charged
+        server.stall += self.prefill * (padded - server.pass_padded)
         self.padded_tokens += padded - server.pass_padded
-        server.pass_rows, server.pass_longest, server.pass_charged, server.pass_padded = rows, longest, cost, padded
+        server.pass_rows, server.pass_longest, server.pass_padded = rows, longest, padded
 
     def _sample_at_reprefill(self, server: Server, waiting: bool) -> None:
         """The re-prefill samples one token of every interrupted sequence: each is one
