@@ -373,11 +373,12 @@ def _decode(found: list[Update], terms: dict[str, list[float]]) -> tuple[Fit, Fi
                   decode_s, [1.0] * len(found), dropped), across_runs
 
 
-def _generation(found: list[Update]) -> tuple[list[Fit], dict[str, float]]:
+def _generation(found: list[Update], padded: bool) -> tuple[list[Fit], dict[str, float]]:
     """Fits of the collect time: from the engine's own pass times when it timed them
     (decode passes by steps, slots and tokens; prefill passes by passes and tokens;
     the rest of the collect time, the executor's, by rollouts started), else the
-    collect time by steps, slots, tokens and prefill passes at once.  Returns the fits
+    collect time by steps, slots, tokens and prefill passes at once; with ``padded``
+    (:func:`padded_passes`) prefill passes by the tokens they ran.  Returns the fits
     and the costs: ``base``, ``per_slot``, ``per_seq`` (a decode step), ``pass``,
     ``per_token`` (a prefill pass) and ``start`` (the executor, per started rollout)."""
     several_slots = len({u.slots for u in found}) > 1
@@ -388,7 +389,6 @@ def _generation(found: list[Update]) -> tuple[list[Fit], dict[str, float]]:
     }
     if all(u.decode_s is not None for u in found) and sum(u.starts for u in found) > 0:
         decode, across_runs = _decode(found, decode_terms)
-        padded = padded_passes(found)
         prefill = fit("prefill passes s", {"prefills": [u.prefills for u in found], "prefill tokens": [prefill_units(u, padded) for u in found]},
                       [u.prefill_s for u in found])
         # the rest of the collect time is the executor's: per update (the batch's bookkeeping
@@ -430,9 +430,9 @@ def fit_costs(found: list[Update], names: list[str] | None = None) -> RealCosts:
     ``names[k]`` in the report where given)."""
     firsts = [u for u in found if u.first]
     found = [u for u in found if not u.first] or found  # the fits are of a running engine
-    fits, c = _generation(found)
+    padded_rule = padded_passes(found)  # decided once for the fit: the passes' line and the collect time's terms
+    fits, c = _generation(found, padded_rule)
     collect = [u.collect_s for u in found]
-    padded_rule = padded_passes(found)
 
     def terms(u: Update) -> float:
         return (u.steps * (c["base"] + c["per_slot"] * u.slots) + c["per_seq"] * u.tokens
