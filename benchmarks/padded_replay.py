@@ -35,18 +35,18 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from engine.log.files import write_atomic  # noqa: E402
+from sim.calibrate_real import updates  # noqa: E402
 from sim.config import Scenario, load  # noqa: E402
 from sim.fitting import fit  # noqa: E402
 from sim.replay import FIGURES, error_pct, measured, metrics_lines, replay, replay_passes  # noqa: E402
 
 
 def engine_passes(run_dir: Path) -> list[dict[str, float]]:
-    """Each update's prefill passes, rows, tokens and seconds, from the run's counters."""
-    out, before = [], {"prefills": 0, "prefill_rows": 0, "prefill_tokens": 0, "prefill_s": 0.0}
-    for line in metrics_lines(run_dir):
-        out.append({key: float(line.get(key, 0)) - float(before[key]) for key in before})
-        before = {key: line.get(key, 0) for key in before}
-    return out
+    """Each update's prefill passes, tokens and seconds, from the run's counters as
+    calibration reads them (:func:`sim.calibrate_real.updates`; the slot and sequence
+    counts it takes for lines that lack them play no part here)."""
+    return [{"prefills": u.prefills, "prefill_tokens": u.prefill_tokens, "prefill_s": u.prefill_s}
+            for u in updates(metrics_lines(run_dir), slots=1, sequences=1, recompute_in_step=False)]
 
 
 def fitted(runs: dict[str, list[dict[str, float]]], units: str) -> tuple[float, float, float]:
