@@ -347,11 +347,12 @@ def predict_with(scenario_path: Path, staleness: int, batch: int, steps: int, ar
     from sim.simulator import simulate
     from sim.workload import replay_runs
 
-    workload = load(scenario_path, more).workload
+    scenario = load(scenario_path, more)
+    workload = scenario.workload
     courses = len(replay_runs(workload.response_len)) if workload.replay else 1
     seeds = courses * -(-args.sim_seeds // courses)
-    runs = [predict_one(simulate(load(scenario_path, overrides(staleness, batch, steps, args.concurrency, args.group_size, args.seed + k)
-                                      + more)))
+    runs = [predict_one(simulate(scenario.with_overrides(overrides(staleness, batch, steps, args.concurrency, args.group_size,
+                                                                   args.seed + k))))
             for k in range(seeds)]
     return {name: sum(r[name] for r in runs) / len(runs) for name in runs[0]}
 
