@@ -676,7 +676,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1,
                         help="run each predicted setting this many times, in rounds, and measure it by their mean (the spread is printed)")
     parser.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
-                        help="every run writes its checkpoint every N updates (train's --checkpoint-every; default: train's own)")
+                        help="every run writes its checkpoint every N updates (train's --checkpoint-every; 0: none, the disk out "
+                             "of the timed updates; default: train's own)")
     parser.add_argument("--sim-seeds", type=int, default=8, help="simulations per prediction (seeds --seed ...), their figures averaged")
     parser.add_argument("--fit-on", default=None, metavar="RUN[,RUN...]",
                         help="with --reanalyse: calibrate on these runs of DIR (e.g. calibration,calibration-r2) instead of "
@@ -716,7 +717,9 @@ def main() -> None:
                      "(a study with --repeats 2 or more has them)")
         print_against_controls(rows)
         return
-    for flag in ("repeats", "sim_seeds", "checkpoint_every", "calibration_runs"):
+    if args.checkpoint_every is not None and args.checkpoint_every < 0:
+        parser.error(f"--checkpoint-every must be at least 0, got {args.checkpoint_every}")
+    for flag in ("repeats", "sim_seeds", "calibration_runs"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.resume and args.reanalyse is not None:

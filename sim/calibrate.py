@@ -130,7 +130,7 @@ def observe(path: str | Path, obs: Observations | None = None, servers: int = 1)
             obs.overlapped = obs.overlapped or bool(run_config.get("overlap", False))
             obs.kept_cache = obs.kept_cache or bool(run_config.get("keep_cache", False))
             if not obs.real:  # the first run's, as its ledger settings are
-                obs.checkpoint_every = max(1, int(run_config.get("checkpoint_every", 1)))
+                obs.checkpoint_every = max(0, int(run_config.get("checkpoint_every", 1)))
         except (ValueError, TypeError, AttributeError) as err:
             raise CalibrationError(f"{run_json}: not a run's config ({err})") from None
     group = obs.group_size
@@ -565,8 +565,10 @@ def calibrate(
             step_per_padded_token_s=train["padded tokens"], pad_to=max((u.pad_to for u in obs.updates), default=1),
             recompute_per_token_s=costs.recompute_per_token_s, weight_sync_s=sync_s, update_overhead_s=costs.overhead_s,
             update_overhead_per_seq_s=costs.overhead_per_seq_s,
-            # the checkpoint when the runs timed it (else it is in the overhead), at the first run's interval
-            checkpoint_s=costs.checkpoint_s, checkpoint_every=obs.checkpoint_every if costs.checkpoint_s else 1,
+            # the checkpoint when the runs timed it (else it is in the overhead), at the first run's
+            # interval; a run that wrote none (``--checkpoint-every 0``) has 0 too
+            checkpoint_s=costs.checkpoint_s,
+            checkpoint_every=obs.checkpoint_every if costs.checkpoint_s or not obs.checkpoint_every else 1,
             # one process: generation waits while it trains, unless it ran in a thread of its own
             colocated=not obs.overlapped,
             trains_prompt=trains_prompt,

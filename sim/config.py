@@ -178,7 +178,7 @@ class TrainingSection:
     checkpoint_s: float = field(
         default=0.0, metadata=_doc("seconds to write a checkpoint (weights and optimiser state); colocated: generation paused")
     )
-    checkpoint_every: int = field(default=1, metadata=_doc("a checkpoint after every this many updates (`train --checkpoint-every`)"))
+    checkpoint_every: int = field(default=1, metadata=_doc("a checkpoint after every this many updates and the last (`train --checkpoint-every`); 0: none"))
     trains_prompt: bool = field(
         default=True, metadata=_doc("a step's tokens count each sample's prompt; false: completions only, as `rollout-ledger train` counts them")
     )
@@ -310,7 +310,6 @@ def _validate(scenario: Scenario) -> None:
         "workload.group_size": scenario.workload.group_size,
         "generation.servers": scenario.generation.servers,
         "generation.slots": scenario.generation.slots,
-        "training.checkpoint_every": scenario.training.checkpoint_every,
         "training.pad_to": scenario.training.pad_to,
     }
     for name, value in positive_ints.items():
@@ -364,7 +363,8 @@ def _validate(scenario: Scenario) -> None:
         raise ScenarioError("generation.prefill_pow2_rows", "pads a pass's rows, which needs generation.prefill_pad_to (a pass "
                             "priced by the tokens it runs)")
     workload = scenario.workload
-    for name, value in (("workload.phase_versions", workload.phase_versions), ("workload.phase_rows", workload.phase_rows)):
+    for name, value in (("workload.phase_versions", workload.phase_versions), ("workload.phase_rows", workload.phase_rows),
+                        ("training.checkpoint_every", scenario.training.checkpoint_every)):
         if value < 0:
             raise ScenarioError(name, f"must be at least 0, got {value}")
     if workload.replay:

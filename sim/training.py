@@ -197,8 +197,9 @@ class Training:
             yield env.timeout(training.weight_sync_s)
             # the update's bookkeeping, and its checkpoint when one is due: a version the
             # interval divides, and the run's last, as `train --checkpoint-every` writes them
+            # (none with an interval of 0)
             last = ledger.count(CONSUMED) >= goal
-            due = (version + 1) % training.checkpoint_every == 0 or last
+            due = training.checkpoint_every > 0 and ((version + 1) % training.checkpoint_every == 0 or last)
             overhead = (training.update_overhead_s + training.update_overhead_per_seq_s * size * group
                         + (training.checkpoint_s if due else 0.0))
             if training.colocated and overhead:  # the run's one process: generation waits too

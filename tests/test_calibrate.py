@@ -542,18 +542,20 @@ def test_a_logs_lengths_are_the_rollouts_started_before_the_oldest_unfinished(tm
     assert len(observe(tmp_path / "run.db").lengths) == len(fair)  # one sample per rollout here
 
 
-@pytest.mark.parametrize("flag", ["--repeats", "--sim-seeds", "--checkpoint-every", "--calibration-runs"])
-def test_the_fidelity_study_refuses_a_count_below_1_by_name(tmp_path, flag):
+@pytest.mark.parametrize(("flag", "value", "least"), [("--repeats", "0", 1), ("--sim-seeds", "0", 1), ("--calibration-runs", "0", 1),
+                                                      ("--checkpoint-every", "-1", 0)])
+def test_the_fidelity_study_refuses_a_count_below_its_least_by_name(tmp_path, flag, value, least):
     """Before anything runs or is written: no empty table from zero repeats, no
-    prediction averaged over zero simulations."""
+    prediction averaged over zero simulations (``--checkpoint-every 0`` is train's
+    "none")."""
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "benchmarks/fidelity.py", "--device", "cpu", "--out", str(tmp_path / "study"), flag, "0"],
+    done = subprocess.run([sys.executable, "benchmarks/fidelity.py", "--device", "cpu", "--out", str(tmp_path / "study"), flag, value],
                           cwd=root, capture_output=True, text=True)
-    assert done.returncode == 2 and f"{flag} must be at least 1, got 0" in done.stderr
+    assert done.returncode == 2 and f"{flag} must be at least {least}, got {value}" in done.stderr
     assert not (tmp_path / "study").exists()
 
 

@@ -76,7 +76,7 @@ def test_a_negative_checkpoint_version_is_refused_by_replay(tmp_path, capsys):
     [("--max-concurrent", "0"), ("--steps", "0"), ("--batch-size", "-1"), ("--group-size", "0"), ("--minibatches", "0"),
      ("--lr", "nan"), ("--sft-lr", "0"), ("--temperature", "inf"), ("--timeout", "-1"), ("--seed", "-1"), ("--seed", str(2**64)),
      ("--threads", "0"), ("--eval-size", "-1"), ("--ppo-epochs", "0"), ("--warmup-steps", "-1"), ("--max-retries", "-1"),
-     ("--checkpoint-every", "0"), ("--max-staleness", "-2"), ("--steps", "many")],
+     ("--checkpoint-every", "-1"), ("--max-staleness", "-2"), ("--steps", "many")],
 )
 def test_train_refuses_nonsense_numbers_before_loading_a_model(tmp_path, capsys, option, value):
     assert status(["train", option, value, "--run-dir", str(tmp_path / "run")]) == 2

@@ -21,13 +21,14 @@ SYNC = [
 ]
 
 
-@pytest.mark.parametrize(("every", "written"), [(1, 10), (3, 4), (4, 3), (10, 1), (1000, 1)])
+@pytest.mark.parametrize(("every", "written"), [(1, 10), (3, 4), (4, 3), (10, 1), (1000, 1), (0, 0)])
 def test_a_checkpoint_costs_its_seconds_at_every_interval_and_at_the_end(every: int, written: int) -> None:
     """Synchronous and colocated, so every second of the trainer is the run's: ten
     updates with a checkpoint of 2 s every ``every`` of them take 2 s longer than
     without for each update the interval divides, and for the last one when it does
     not (``train`` writes its final weights whatever the interval: versions 3, 6, 9
-    and 10 at an interval of 3)."""
+    and 10 at an interval of 3); none at all at an interval of 0 (``train
+    --checkpoint-every 0``)."""
     base = simulate(Scenario().with_overrides(SYNC))
     with_checkpoints = simulate(Scenario().with_overrides(SYNC + ["training.checkpoint_s=2", f"training.checkpoint_every={every}"]))
     assert base.versions == with_checkpoints.versions == 10
@@ -44,11 +45,11 @@ def test_a_run_cut_by_its_clock_writes_no_final_checkpoint() -> None:
     assert with_checkpoints.versions == base.versions > 0
 
 
-def test_a_checkpoint_interval_below_1_is_refused_by_name() -> None:
+def test_a_negative_checkpoint_interval_is_refused_by_name() -> None:
     from sim.values import ScenarioError
 
-    with pytest.raises(ScenarioError, match="training.checkpoint_every"):
-        Scenario().with_overrides(["training.checkpoint_every=0"])
+    with pytest.raises(ScenarioError, match="'training.checkpoint_every': must be at least 0, got -1"):
+        Scenario().with_overrides(["training.checkpoint_every=-1"])
 
 
 def _row(wall: float, checkpoint: float | None) -> dict:
@@ -86,6 +87,29 @@ def test_a_real_runs_checkpoints_are_calibrated_at_its_interval(tmp_path) -> Non
     fit = calibrate([tmp_path / "run"])
     assert fit.scenario.training.checkpoint_every == 3
     assert fit.scenario.training.checkpoint_s > 0
+
+
+def test_a_run_without_checkpoints_times_none_and_is_calibrated_without_them(tmp_path) -> None:
+    """``--checkpoint-every 0``: version 0's checkpoint and the final weights only, no
+    update times a checkpoint, and the calibrated scenario charges none."""
+    pytest.importorskip("torch")
+    import json
+
+    from engine.workflows.reinforcement import train
+    from engine.workflows.rl_config import RunConfig
+
+    config = RunConfig(task="reverse", model_size="tiny", steps=5, batch_size=4, group_size=2, max_concurrent=8,
+                       max_staleness=2, warmup_steps=3, device="cpu", checkpoint_every=0)
+    assert not any(config.is_checkpoint(v) for v in range(1, 6))
+    train(config, tmp_path / "run", eval_size=0, progress=False)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["ckpt-000000.safetensors"]
+    assert (tmp_path / "run" / "final.safetensors").is_file()
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 5 and all(line["checkpoint_s"] == 0 for line in lines)
+    fit = calibrate([tmp_path / "run"])
+    assert fit.scenario.training.checkpoint_s == 0 and fit.scenario.training.checkpoint_every == 0
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        RunConfig(checkpoint_every=-1)
 
 
 def test_the_overhead_per_sequence_is_recovered_from_two_batch_sizes_and_simulated() -> None:

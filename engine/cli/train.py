@@ -182,7 +182,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "default: --temperature)")
     parser.add_argument("--timeout", type=_positive_number, default=None, help="seconds a rollout may take")
     parser.add_argument("--max-retries", type=_at_least(0), default=defaults.max_retries)
-    parser.add_argument("--checkpoint-every", type=_at_least(1), default=defaults.checkpoint_every)
+    parser.add_argument("--checkpoint-every", type=_at_least(0), default=defaults.checkpoint_every, metavar="N",
+                        help="write the trainer's checkpoint every N updates and after the last (default %(default)s); "
+                             "0: none after version 0's, for a timing study (final.safetensors is still written; "
+                             "a resume goes on from version 0's weights)")
     parser.add_argument("--seed", type=_seed, default=defaults.seed)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/train"))
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its log and checkpoint")

@@ -90,7 +90,7 @@ class RunConfig:
         """Refuse a value no run can use, naming its field: counts below their least
         (0 rollouts in flight, a negative number of retries), rates that are not
         finite and positive, a seed outside ``[0, MAX_SEED]``."""
-        least = {"steps": 1, "batch_size": 1, "group_size": 1, "checkpoint_every": 1, "minibatches": 1, "warmup_batch": 1,
+        least = {"steps": 1, "batch_size": 1, "group_size": 1, "checkpoint_every": 0, "minibatches": 1, "warmup_batch": 1,
                  "warmup_steps": 0, "max_retries": 0, "seed": 0, "max_concurrent": 1, "max_staleness": 0, "max_new_tokens": 1,
                  "lr_warmup": 0}
         for name, minimum in least.items():
@@ -185,7 +185,10 @@ class RunConfig:
 
     def is_checkpoint(self, version: int) -> bool:
         """Whether the update that reaches ``version`` checkpoints the trainer (every
-        ``checkpoint_every`` versions, and the last one)."""
+        ``checkpoint_every`` versions, and the last one; never with 0, which leaves the
+        run with version 0's checkpoint and its final weights)."""
+        if self.checkpoint_every == 0:
+            return False
         return version % self.checkpoint_every == 0 or version >= self.steps
 
     @classmethod
