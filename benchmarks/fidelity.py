@@ -37,6 +37,13 @@ predicted setting's tokens/s is also compared as a ratio to the control of its o
 round, predicted against measured (``against_controls``), which takes the drift between
 rounds out of the error; ``--against-controls DIR`` prints that for an earlier study.
 
+``--profile-rows N,N,...`` times the trainer's update alone at those batch sizes (in
+samples) after the calibration runs (``rollout-ledger profile-step`` on the first; its
+``step_profile.csv`` in the study's folder) and calibrates with ``--step-profile``: the
+runs' own steps saw one or two batch shapes, and on an H100 the ``large`` model's step
+took the same 85-90 ms at 32 and 64 samples (the host's launches) but 120 ms at 128,
+which a line through the runs' steps put at 84 ms (round 18).
+
 ``--seed-per-round`` gives calibration run K and the runs of round K the seed ``--seed``
 + K - 1.  A run's answers are its own RL trajectory's: on an H100 the calibration
 setting's answers averaged 28.0 tokens and the other settings' 25.2-25.9 (round 13),
@@ -493,7 +500,7 @@ def flat_step(scenario_path: Path, summaries: dict[str, Any], fitted: list[str],
 #: (from its results.json) for each of these left at its default on the command line.
 STUDY_SETTINGS = ("task", "model_size", "steps", "batch_size", "other_batch_size", "group_size", "concurrency", "calibrate_at",
                   "probe_batch_size", "calibration_runs", "probe_concurrency", "probe_steps", "lengths", "staleness", "seed",
-                  "seed_per_round", "repeats", "sim_seeds")
+                  "seed_per_round", "repeats", "sim_seeds", "profile_rows")
 
 
 def replayed(scenario_path: Path, run_dirs: dict[str, list[Path]]) -> dict[str, Any]:
@@ -678,6 +685,9 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                         help="every run writes its checkpoint every N updates (train's --checkpoint-every; 0: none, the disk out "
                              "of the timed updates; default: train's own)")
+    parser.add_argument("--profile-rows", default="", metavar="N,N,...",
+                        help="time the trainer's update alone at these batch sizes in samples (profile-step, after the calibration "
+                             "runs) and calibrate the training step on that profile (calibrate --step-profile); default: none")
     parser.add_argument("--sim-seeds", type=int, default=8, help="simulations per prediction (seeds --seed ...), their figures averaged")
     parser.add_argument("--fit-on", default=None, metavar="RUN[,RUN...]",
                         help="with --reanalyse: calibrate on these runs of DIR (e.g. calibration,calibration-r2) instead of "
@@ -764,18 +774,29 @@ def main() -> None:
             print(f"probe run at max_staleness {args.calibrate_at}, batch {args.probe_batch_size}", flush=True)
             train(args, probe, args.calibrate_at, args.probe_batch_size, args.probe_steps or max(4, args.steps // 2), init,
                   args.probe_concurrency)
+    profile = runs / "step_profile.csv"
+    written = out / "predictions.json"
+    if args.reanalyse is None and args.profile_rows and not (args.resume and written.is_file()):
+        # the trainer's update alone at batch shapes the calibration runs never had
+        print(f"step profile of {calibrations[0]} at {args.profile_rows} rows", flush=True)
+        profiled = subprocess.run([sys.executable, "-m", "engine.cli", "profile-step", str(runs / calibrations[0]), "-o", str(profile),
+                                   "--rows", args.profile_rows, "--device", args.device], cwd=ROOT, capture_output=True, text=True)
+        if profiled.returncode != 0:
+            sys.exit(f"fidelity: profile-step failed: {profiled.stderr[-3000:]}")
+        print(profiled.stdout, flush=True)
     logs = [str(runs / name) for name in calibrations] + ([str(probe)] if args.probe_batch_size else [])
     if args.fit_on is not None:
         logs = [str(runs / name) for name in args.fit_on.split(",")]
     scenario = out / "calibrated.toml"
     command = [sys.executable, "-m", "engine.cli", "calibrate", *logs, "-o", str(scenario), "--lengths", args.lengths]
+    if args.profile_rows and profile.is_file():
+        command += ["--step-profile", str(profile)]
     plan = [(f"staleness{k}", int(k), args.batch_size) for k in args.staleness.split(",")]
     if args.other_batch_size:
         plan.append((f"staleness{args.calibrate_at}-batch{args.other_batch_size}", args.calibrate_at, args.other_batch_size))
     plan.insert(0, (f"staleness{args.calibrate_at}-calibration", args.calibrate_at, args.batch_size))
     from engine.log.files import write_atomic
 
-    written = out / "predictions.json"
     if args.resume and written.is_file():  # the study's own predictions, made before its first predicted run
         predictions = json.loads(written.read_text())
         if set(predictions) != {name for name, _, _ in plan}:

@@ -280,23 +280,15 @@ def _metrics(
 
 
 def _stored(path: Path) -> list[tuple[str, list[dict[str, Any]]]]:
-    """The samples of each rollout in a real run's sample store (its ``samples.sqlite``:
-    rows of pickled plain dicts the run wrote itself; a run directory is trusted), those
-    with a completion, in the store's order (the order the rollouts were accepted)."""
-    import pickle
-    import sqlite3
+    """The samples of each rollout in a real run's sample store (its ``samples.sqlite``,
+    :func:`engine.runtime.store.read_stored`), those with a completion, in the store's
+    order (the order the rollouts were accepted)."""
+    from engine.runtime.store import read_stored
 
-    if not path.is_file():
-        return []
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            rows = db.execute("SELECT rollout, data FROM samples").fetchall()
-        finally:
-            db.close()
-        return [(rollout, [sample for sample in pickle.loads(data) if sample.get("completion")]) for rollout, data in rows]
-    except (sqlite3.Error, pickle.UnpicklingError, TypeError, EOFError, AttributeError) as err:
-        raise CalibrationError(f"{path}: not a run's sample store ({err})") from None
+        return read_stored(path)
+    except ValueError as err:
+        raise CalibrationError(str(err)) from None
 
 
 def _sample_lengths(
@@ -431,6 +423,7 @@ class Calibration:
     lengths: list[int] = field(default_factory=list)  # response tokens per sample, as observed
     costs: RealCosts | None = None  # a real run's cost fits
     replayed: list[int] = field(default_factory=list)  # the groups of each run a replay follows (workload.replay)
+    profile_notes: list[str] = field(default_factory=list)  # the training step's profile fit (--step-profile)
 
     def report(self) -> str:
         lines = [f"{'fit':<16} {'R^2':>7} {'|res| p50':>10} {'p90':>8} {'p99':>8}  coefficients"]
@@ -439,6 +432,7 @@ class Calibration:
             terms = "  ".join(f"{k} {v:.4g}" for k, v in fit.coefficients.items())
             unfit = f"  (dropped, 0: {', '.join(fit.dropped)})" if fit.dropped else ""
             lines.append(f"{fit.name:<16} {fit.r2:>7.3f} {p['p50']:>10.1%} {p['p90']:>8.1%} {p['p99']:>8.1%}  {terms}{unfit}")
+        lines.extend(self.profile_notes)
         d = self.lognormal
         response = self.scenario.workload.response_len
         chosen = f"empirical ({len(self.lengths)} samples)" if response.kind == "empirical" else "lognormal"
@@ -479,12 +473,69 @@ def write_lengths(
     return write_atomic(Path(path), "length\n" + "".join(f"{n}\n" for n in lengths))
 
 
+def read_step_profile(path: str | Path) -> list[tuple[float, float]]:
+    """The ``(padded tokens, seconds)`` of each batch shape in a step profile's CSV
+    (``profile-step``: a header naming ``padded_tokens`` and ``seconds``); a bad file,
+    header or value is refused naming it and its line."""
+    import csv
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise CalibrationError(f"{path}: cannot read the step profile ({err})") from None
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames or not {"padded_tokens", "seconds"} <= {f.strip() for f in reader.fieldnames}:
+        raise CalibrationError(f"{path}: not a step profile (its header must name padded_tokens and seconds; profile-step writes one)")
+    found = []
+    for line, row in enumerate(reader, start=2):
+        try:
+            padded, seconds = float(row["padded_tokens"]), float(row["seconds"])
+        except (TypeError, ValueError) as err:
+            raise CalibrationError(f"{path}: line {line}: {err}") from None
+        if not (0 < padded < math.inf and 0 < seconds < math.inf):
+            raise CalibrationError(f"{path}: line {line}: padded_tokens and seconds must be positive and finite")
+        found.append((padded, seconds))
+    if len(found) < 2:
+        raise CalibrationError(f"{path}: a step profile needs at least two batch shapes, found {len(found)}")
+    return found
+
+
+def profiled_step(training: Any, profile: list[tuple[float, float]], updates: list[Any]) -> tuple[Any, list[str]]:
+    """``training`` with its step from a profile of the trainer's update alone
+    (``(padded tokens, seconds)`` per batch shape, ``profile-step``): its
+    :func:`~sim.fitting.floor_line`, moved by how much longer the runs' own ``updates``
+    took than the profile at their shapes (the run's work around the step, which the
+    profile leaves out), with the report's lines on it."""
+    from sim.fitting import floor_line
+
+    shaped = [u for u in updates if u.padded_tokens]
+    if not shaped:
+        raise CalibrationError("--step-profile: the runs logged no padded batch (padded_tokens) to place them on the profile")
+    shape = floor_line([x for x, _ in profile], [y for _, y in profile])
+    offset = statistics.fmean(u.step_s - shape.at(u.padded_tokens) for u in shaped)
+    fitted = replace(training, step_base_s=max(0.0, shape.base + offset), step_per_token_s=0.0, step_per_seq_s=0.0,
+                     step_per_padded_token_s=shape.slope, step_floor_s=max(0.0, shape.floor + offset) if shape.floor else 0.0)
+    p = sorted(shape.residuals)
+    pick = lambda q: p[min(len(p) - 1, int(q * len(p)))] if p else 0.0  # noqa: E731
+    lines = [f"{'step profile':<16} {shape.r2:>7.3f} {pick(0.5):>10.1%} {pick(0.9):>8.1%} {pick(0.99):>8.1%}  "
+             f"floor {shape.floor:.4g} s up to {shape.knee:.0f} padded tokens, then {shape.base:.4g} + {shape.slope:.4g} per padded "
+             f"token ({len(profile)} shapes, {min(x for x, _ in profile):.0f} to {max(x for x, _ in profile):.0f} padded tokens)",
+             f"{'':<16} the runs' steps took {offset * 1e3:+.2f} ms against it at their shapes ({len(shaped)} updates): "
+             f"training.step_floor_s {fitted.step_floor_s:.4g}, step_base_s {fitted.step_base_s:.4g}, "
+             f"step_per_padded_token_s {fitted.step_per_padded_token_s:.4g} (in place of the runs' own fit)"]
+    return fitted, lines
+
+
 def calibrate(
-    paths: list[str | Path], base: Scenario | None = None, servers: int = 1, lengths_file: str | Path | None = None
+    paths: list[str | Path], base: Scenario | None = None, servers: int = 1, lengths_file: str | Path | None = None,
+    step_profile: list[tuple[float, float]] | None = None,
 ) -> Calibration:
     """Fit ``base`` (default: the default scenario) to the logs at ``paths``.  With
     ``lengths_file`` the response lengths are the observed ones, written there (the
-    empirical distribution); without, the lognormal fit."""
+    empirical distribution); without, the lognormal fit.  With ``step_profile`` (padded
+    tokens and seconds of the trainer's update alone at several batch shapes), the
+    training step follows its shape (:func:`profiled_step`); real runs only."""
     obs = Observations()
     for path in paths:
         observe(path, obs, servers=servers)
@@ -532,6 +583,7 @@ def calibrate(
     slots = max(1, ledger.max_concurrent * group // max(1, servers))
     counts = {"rollouts": len(obs.lengths), "updates": len(obs.train)}
     costs: RealCosts | None = None
+    profile_notes: list[str] = []
     if obs.real:
         # the prompt the engine prefills, each sample's a row of its own (the sample store's
         # prompts); the trainer's tokens beyond the responses say whether it counts them
@@ -575,7 +627,11 @@ def calibrate(
         )
         fits = costs.fits
         counts["runs"] = len(paths)
+        if step_profile is not None:
+            training, profile_notes = profiled_step(training, step_profile, obs.updates)
     else:
+        if step_profile is not None:
+            raise CalibrationError(f"{paths[0]}: --step-profile places a real run's updates on the profile; these logs are not train runs")
         train = line("train step", [x for x, _ in obs.train], [y for _, y in obs.train])
         decode = line("decode s/token", [x for x, _ in obs.decode], [y for _, y in obs.decode], obs.decode_weights or None)
         sync_s = statistics.median(obs.sync) if obs.sync else 0.0
@@ -589,4 +645,5 @@ def calibrate(
         counts["timed rollouts"] = len(obs.decode)
     counts["syncs"] = len(obs.sync)
     scenario = replace(scenario, ledger=ledger, workload=workload, generation=generation, training=training)
-    return Calibration(scenario, fits, lognormal, sync_s, counts, list(obs.lengths), costs, [len(course.groups) for course in courses])
+    return Calibration(scenario, fits, lognormal, sync_s, counts, list(obs.lengths), costs, [len(course.groups) for course in courses],
+                       profile_notes)

@@ -31,6 +31,11 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--base", metavar="SCENARIO", help="scenario whose other fields the fit keeps (default: the embedded one)")
     parser.add_argument(
+        "--step-profile", metavar="CSV",
+        help="the trainer's update timed alone at several batch sizes (rollout-ledger profile-step): the training step is "
+             "fitted as a floor then a line in padded tokens, placed at the runs' own steps, for batches the runs never had",
+    )
+    parser.add_argument(
         "--replay", action="store_true",
         help="then simulate each real run again under its own settings with its own groups, in the order it submitted them, and "
              "print simulated against measured tokens/s, staleness and trainer idle: the cost model's error apart from the lengths'",
@@ -49,7 +54,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
     out = check_output(args.out, *logs)
     lengths = check_output(out.with_name(out.stem + ".lengths.csv"), *logs, out) if args.lengths == "empirical" else None
     base = load(args.base) if args.base else None
-    result = calibrate(list(args.logs), base=base, servers=args.servers, lengths_file=lengths)
+    profile = None
+    if args.step_profile:
+        from sim.calibrate import read_step_profile
+
+        profile = read_step_profile(args.step_profile)
+    result = calibrate(list(args.logs), base=base, servers=args.servers, lengths_file=lengths, step_profile=profile)
     print(result.report())
     save(result.scenario, out)
     print(f"wrote {out}" + (f" and {lengths}" if lengths is not None else ""))

@@ -217,7 +217,7 @@ class RealCosts:
             f"{'update overhead':<16} {self.overhead_s:.4g} s + {self.overhead_per_seq_s:.4g} s per trained sequence per update "
             "(update_overhead_s, update_overhead_per_seq_s: neither collecting, training, recomputing, syncing nor checkpointing)",
             f"{'checkpoint':<16} mean {self.checkpoint_s:.4g} s per checkpoint written (checkpoint_s; the runs' interval is checkpoint_every)"
-            if self.checkpoint_s else f"{'checkpoint':<16} not timed by these runs: in the update overhead",
+            if self.checkpoint_s else f"{'checkpoint':<16} none timed by these runs (none written, or in the update overhead)",
         ]
 
 

@@ -165,6 +165,11 @@ class TrainingSection:
         metadata=_doc("training step cost per token of the padded batch (sequences times the longest prompt and response,"
                       " rounded up to pad_to), seconds"),
     )
+    step_floor_s: float = field(
+        default=0.0,
+        metadata=_doc("a training step takes at least this long, whatever its batch (a small batch's step is the host's "
+                      "kernel launches; calibrate --step-profile), seconds"),
+    )
     pad_to: int = field(default=1, metadata=_doc("the trainer rounds a padded batch's width up to a multiple of this"))
     recompute_per_token_s: float = field(default=5e-6, metadata=_doc("cost per token of recomputing proximal log-probs"))
     weight_sync_s: float = field(default=1.0, metadata=_doc("seconds generation is paused to load new weights"))
@@ -329,6 +334,7 @@ def _validate(scenario: Scenario) -> None:
         "training.step_per_token_s": scenario.training.step_per_token_s,
         "training.step_per_seq_s": scenario.training.step_per_seq_s,
         "training.step_per_padded_token_s": scenario.training.step_per_padded_token_s,
+        "training.step_floor_s": scenario.training.step_floor_s,
         "training.update_overhead_s": scenario.training.update_overhead_s,
         "training.checkpoint_s": scenario.training.checkpoint_s,
         "training.update_overhead_per_seq_s": scenario.training.update_overhead_per_seq_s,

@@ -135,3 +135,49 @@ def slope_error(fitted: Fit, xs: list[float], ys: list[float], weights: list[flo
         return None
     residual = sum(wi * (y - intercept - slope * x) ** 2 for wi, x, y in zip(w, xs, ys)) / (n - 2)
     return math.sqrt(residual / spread)
+
+
+@dataclass(frozen=True)
+class FloorLine:
+    """``y = max(floor, base + slope x)``: flat up to a knee, then a line (``floor`` 0:
+    a line throughout), with its R-squared and relative residuals."""
+
+    floor: float
+    base: float
+    slope: float
+    r2: float
+    residuals: list[float] = field(default_factory=list)
+
+    def at(self, x: float) -> float:
+        return max(self.floor, self.base + self.slope * x)
+
+    @property
+    def knee(self) -> float:
+        """Where the line leaves the floor (0 without a floor or a slope)."""
+        return max(0.0, (self.floor - self.base) / self.slope) if self.floor and self.slope > 0 else 0.0
+
+
+def floor_line(xs: list[float], ys: list[float]) -> FloorLine:
+    """The least-squares :class:`FloorLine` through ``(xs, ys)``: each split of the points
+    by ``x`` into a flat part (their mean; none for the first split) and a line (a
+    non-negative :func:`line` through the rest, two points at least), the best kept.
+    A training step whose kernels the host launches faster than the device runs them
+    is flat for small batches and grows with the batch past that."""
+    if len(xs) != len(ys) or len(xs) < 2:
+        raise ValueError(f"a floor and a line need at least two points, got {len(xs)}")
+    points = sorted(zip(xs, ys))
+    px, py = [x for x, _ in points], [y for _, y in points]
+    best: tuple[float, FloorLine] | None = None
+    for split in range(0, len(points) - 1):
+        floor = sum(py[:split]) / split if split else 0.0
+        fitted = line("step", px[split:], py[split:])
+        candidate = FloorLine(floor, fitted["1"], fitted["x"], 0.0)
+        error = sum((y - candidate.at(x)) ** 2 for x, y in points)
+        if best is None or error < best[0] - 1e-15:
+            best = (error, candidate)
+    assert best is not None
+    error, chosen = best
+    mean = sum(py) / len(py)
+    total = sum((y - mean) ** 2 for y in py)
+    residuals = sorted(abs(y - chosen.at(x)) / abs(y) for x, y in points if y)
+    return FloorLine(chosen.floor, chosen.base, chosen.slope, 1.0 - error / total if total > 0 else 1.0, residuals)

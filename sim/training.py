@@ -183,8 +183,9 @@ class Training:
             if training.colocated:
                 yield from self._begin_update()
             busy_from = env.now
-            yield env.timeout(training.step_base_s + training.step_per_token_s * tokens + training.step_per_seq_s * size * group
-                              + training.step_per_padded_token_s * padded)
+            yield env.timeout(max(training.step_floor_s,
+                                  training.step_base_s + training.step_per_token_s * tokens + training.step_per_seq_s * size * group
+                                  + training.step_per_padded_token_s * padded))
             requests = protocol.recompute_requests(ledger.state)
             if requests:
                 recompute_tokens = sum(prompted * self._live[r.rollout].prompt + self._live[r.rollout].done for r in requests)

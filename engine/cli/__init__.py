@@ -54,6 +54,7 @@ OWNER = {
     "run": "engine.cli.workflow",
     "describe": "engine.cli.workflow",
     "train": "engine.cli.train",
+    "profile-step": "engine.cli.train",
     "init-model": "engine.cli.models",
     "import-model": "engine.cli.models",
     "serve-trainer": "engine.cli.remote",

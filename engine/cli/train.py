@@ -206,6 +206,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dist-timeout", type=_positive_number, default=60.0, metavar="SECONDS",
                         help="how long a collective of a distributed run waits for a rank before the run stops (default 60)")
     parser.set_defaults(run=run_command, inputs=("run_dir",))
+    profile = subparsers.add_parser(
+        "profile-step", help="time a run's training update alone at several batch sizes, for calibrate --step-profile",
+        description="Build RUN's model and trainer again (its run.json), take batches of its stored groups (samples.sqlite) "
+                    "of each --rows count and time the whole update; write a CSV of rows, padded width, padded tokens and "
+                    "seconds (median, p10, p90) that `calibrate --step-profile` fits. RUN is only read.",
+    )
+    profile.add_argument("run_dir", type=Path, metavar="RUN", help="a train run directory")
+    profile.add_argument("-o", "--out", required=True, type=Path, metavar="CSV", help="the profile to write")
+    profile.add_argument("--rows", default="32,64,128,256,512", metavar="N,N,...",
+                         help="samples per batch, each a multiple of the run's group size (default %(default)s)")
+    profile.add_argument("--iterations", type=_at_least(1), default=10, help="timed updates per batch size (default %(default)s)")
+    profile.add_argument("--warmup", type=_at_least(0), default=3, help="untimed updates before them (default %(default)s)")
+    profile.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: the run's")
+    profile.set_defaults(run=run_profile, inputs=("run_dir",))
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -333,3 +347,32 @@ def _rank_failed(error: BaseException | None) -> BaseException | None:
     while error is not None and not isinstance(error, RankFailed):
         error = error.__cause__
     return error
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    """``profile-step``: time the run's update at each row count and write the CSV."""
+    from engine.log.files import check_output, write_atomic
+
+    try:
+        rows = [int(n) for n in args.rows.split(",")]
+    except ValueError:
+        return _fail(f"--rows {args.rows!r}: not a list of whole numbers")
+    run_dir = args.run_dir
+    if not (run_dir / "run.json").is_file():
+        return _fail(f"{run_dir}: not a train run directory (no run.json)")
+    out = check_output(args.out, run_dir / "run.json", run_dir / "samples.sqlite")
+    from engine.workflows.step_profile import profile_step, to_csv
+
+    print("| rows | width | padded tokens | update ms (median) | p10 | p90 |\n|---:|---:|---:|---:|---:|---:|", flush=True)
+
+    def show(row) -> None:  # noqa: ANN001 - a ProfileRow
+        print(f"| {row.rows} | {row.width} | {row.padded_tokens} | {row.seconds * 1e3:.2f} | {row.p10_s * 1e3:.2f} | "
+              f"{row.p90_s * 1e3:.2f} |", flush=True)
+
+    try:
+        found = profile_step(run_dir, rows, iterations=args.iterations, warmup=args.warmup, device=args.device, progress=show)
+    except SETUP_ERRORS as error:
+        return _fail(error)
+    write_atomic(out, to_csv(found))
+    print(f"wrote {out}")
+    return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pickle
 import sqlite3
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from engine.runtime.ports import Sample
 
@@ -58,3 +58,22 @@ class TrajectoryStore:
         if self._db is not None:
             self.commit()
             self._db.close()
+
+
+def read_stored(path: str | Path) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The samples of each rollout in a run's store at ``path``, read only (the file is
+    not changed), as the plain dicts the run pickled, those with a completion, in the
+    store's order (the order the rollouts were accepted); none when there is no file.
+    A file that is not a store raises ``ValueError`` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT rollout, data FROM samples").fetchall()
+        finally:
+            db.close()
+        return [(rollout, [sample for sample in pickle.loads(data) if sample.get("completion")]) for rollout, data in rows]
+    except (sqlite3.Error, pickle.UnpicklingError, TypeError, EOFError, AttributeError) as err:
+        raise ValueError(f"{path}: not a run's sample store ({err})") from None
