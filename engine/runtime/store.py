@@ -68,8 +68,12 @@ def read_stored(path: str | Path) -> list[tuple[str, list[dict[str, Any]]]]:
     path = Path(path)
     if not path.is_file():
         return []
+    # a closed store is one file, opened as immutable so that reading it leaves no -wal or
+    # -shm beside it; one with a write-ahead log (a run that did not close it) is read
+    # through the log, which SQLite then needs its index for
+    mode = "mode=ro" if path.with_name(path.name + "-wal").exists() else "immutable=1"
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True)
         try:
             rows = db.execute("SELECT rollout, data FROM samples").fetchall()
         finally:
