@@ -242,7 +242,7 @@ def test_the_fidelity_study_runs_small_and_can_be_reanalysed_without_touching_it
     root = Path(__file__).resolve().parents[1]
     flags = ["--device", "cpu", "--model-size", "tiny", "--steps", "6", "--batch-size", "4", "--concurrency", "2",
              "--warmup-steps", "2", "--other-batch-size", "8", "--probe-batch-size", "2", "--staleness", "0,4",
-             "--repeats", "2", "--sim-seeds", "2"]
+             "--repeats", "2", "--sim-seeds", "2", "--checkpoint-every", "0", "--profile-rows", "4,8,16,32"]
     study = tmp_path / "study"
     run = lambda *extra: subprocess.run([sys.executable, "benchmarks/fidelity.py", *flags, *extra], cwd=root,  # noqa: E731
                                         capture_output=True, text=True)
@@ -251,6 +251,14 @@ def test_the_fidelity_study_runs_small_and_can_be_reanalysed_without_touching_it
     results = json.loads((study / "results.json").read_text())
     assert set(results["runs"]) == {"staleness2-calibration", "staleness0", "staleness4", "staleness2-batch8"}
     written = (study / "predictions.json").stat().st_mtime_ns
+    # the trainer's update profiled after the calibration runs, before the predictions, and calibrated on;
+    # no run wrote a checkpoint after its first, nor did the calibrated scenario charge one
+    assert (study / "step_profile.csv").stat().st_mtime_ns < written
+    assert "step profile" in (study / "calibration_fit.txt").read_text()
+    assert not list(study.glob("staleness*/checkpoints/ckpt-000001.safetensors"))
+    from sim.config import load
+
+    assert load(study / "calibrated.toml").training.checkpoint_every == 0
     assert all((study / name / "metrics.jsonl").stat().st_mtime_ns > written
                for name in ("staleness0", "staleness4", "staleness0-r2", "staleness4-r2"))
     from benchmarks.host_trace import read_trace
