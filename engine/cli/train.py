@@ -361,11 +361,15 @@ def run_profile(args: argparse.Namespace) -> int:
     if not (run_dir / "run.json").is_file():
         return _fail(f"{run_dir}: not a train run directory (no run.json)")
     out = check_output(args.out, run_dir / "run.json", run_dir / "samples.sqlite")
-    from engine.workflows.step_profile import profile_step, to_csv
+    from engine.workflows.step_profile import ProfileRow, profile_step, to_csv
 
-    print("| rows | width | padded tokens | update ms (median) | p10 | p90 |\n|---:|---:|---:|---:|---:|---:|", flush=True)
+    headed = False  # the table's header comes with its first row, once the inputs are known good
 
-    def show(row) -> None:  # noqa: ANN001 - a ProfileRow
+    def show(row: ProfileRow) -> None:
+        nonlocal headed
+        if not headed:
+            print("| rows | width | padded tokens | update ms (median) | p10 | p90 |\n|---:|---:|---:|---:|---:|---:|", flush=True)
+            headed = True
         print(f"| {row.rows} | {row.width} | {row.padded_tokens} | {row.seconds * 1e3:.2f} | {row.p10_s * 1e3:.2f} | "
               f"{row.p90_s * 1e3:.2f} |", flush=True)
 
