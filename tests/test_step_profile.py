@@ -15,6 +15,7 @@ from sim.calibrate import CalibrationError, profiled_step, read_step_profile
 from sim.config import Scenario
 from sim.fitting import floor_line
 from sim.simulator import simulate
+from tests.test_sim_checkpoint import SYNC as CHECKPOINT_SYNC
 
 
 def test_a_floor_then_a_line_is_recovered_and_a_line_alone_has_no_floor() -> None:
@@ -31,14 +32,9 @@ def test_a_floor_then_a_line_is_recovered_and_a_line_alone_has_no_floor() -> Non
         floor_line([1.0], [1.0])
 
 
-SYNC = [
-    "run.rollouts=40", "ledger.batch_size=4", "ledger.max_concurrent=4", "ledger.max_staleness=0",
-    "workload.group_size=1", "workload.prompt_len.kind=fixed", "workload.prompt_len.value=4",
-    "workload.response_len.kind=fixed", "workload.response_len.value=10", "generation.servers=1", "generation.slots=4",
-    "generation.step_base_s=0.01", "generation.step_per_seq_s=0", "generation.step_per_kv_token_s=0",
-    "generation.prefill_per_token_s=0", "training.step_base_s=0.1", "training.step_per_token_s=0",
-    "training.step_per_padded_token_s=0.001", "training.weight_sync_s=0", "training.update_overhead_s=0", "training.colocated=true",
-]
+#: ten synchronous, colocated updates of 4 rows of 14 tokens (56 padded), a step of 0.1 s + 1 ms a padded token
+SYNC = CHECKPOINT_SYNC + ["training.step_base_s=0.1", "training.step_per_padded_token_s=0.001", "training.weight_sync_s=0",
+                          "training.update_overhead_s=0"]
 
 
 def test_the_simulator_charges_the_floor_where_it_is_longer_than_the_line() -> None:
