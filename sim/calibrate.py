@@ -516,9 +516,8 @@ def profiled_step(training: Any, profile: list[tuple[float, float]], updates: li
     offset = statistics.fmean(u.step_s - shape.at(u.padded_tokens) for u in shaped)
     fitted = replace(training, step_base_s=max(0.0, shape.base + offset), step_per_token_s=0.0, step_per_seq_s=0.0,
                      step_per_padded_token_s=shape.slope, step_floor_s=max(0.0, shape.floor + offset) if shape.floor else 0.0)
-    p = sorted(shape.residuals)
-    pick = lambda q: p[min(len(p) - 1, int(q * len(p)))] if p else 0.0  # noqa: E731
-    lines = [f"{'step profile':<16} {shape.r2:>7.3f} {pick(0.5):>10.1%} {pick(0.9):>8.1%} {pick(0.99):>8.1%}  "
+    p = Fit("step profile", {}, shape.r2, shape.residuals).percentiles()
+    lines = [f"{'step profile':<16} {shape.r2:>7.3f} {p['p50']:>10.1%} {p['p90']:>8.1%} {p['p99']:>8.1%}  "
              f"floor {shape.floor:.4g} s up to {shape.knee:.0f} padded tokens, then {shape.base:.4g} + {shape.slope:.4g} per padded "
              f"token ({len(profile)} shapes, {min(x for x, _ in profile):.0f} to {max(x for x, _ in profile):.0f} padded tokens)",
              f"{'':<16} the runs' steps took {offset * 1e3:+.2f} ms against it at their shapes ({len(shaped)} updates): "

@@ -219,6 +219,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     profile.add_argument("--iterations", type=_at_least(1), default=10, help="timed updates per batch size (default %(default)s)")
     profile.add_argument("--warmup", type=_at_least(0), default=3, help="untimed updates before them (default %(default)s)")
     profile.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: the run's")
+    profile.add_argument("--threads", type=_at_least(1), default=1, help="CPU threads for torch on a CPU, as train's --threads (default 1)")
     profile.set_defaults(run=run_profile, inputs=("run_dir",))
 
 
@@ -361,7 +362,11 @@ def run_profile(args: argparse.Namespace) -> int:
     if not (run_dir / "run.json").is_file():
         return _fail(f"{run_dir}: not a train run directory (no run.json)")
     out = check_output(args.out, run_dir / "run.json", run_dir / "samples.sqlite")
+    import torch
+
     from engine.workflows.step_profile import ProfileRow, profile_step, to_csv
+
+    torch.set_num_threads(args.threads)  # on a CPU, the threads the run's own step had (train --threads)
 
     headed = False  # the table's header comes with its first row, once the inputs are known good
 

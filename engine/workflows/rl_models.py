@@ -13,8 +13,29 @@ import torch
 
 from engine.backends.local.generation import TorchEngine
 from engine.backends.local.model import Policy, PolicyModule, preset
+from engine.backends.local.tasks import Tokenizer
 from engine.backends.local.trainer import mean_stats, pad_multiple, padded_width
 from engine.workflows.rl_config import RunConfig
+
+
+def prepare_device(config: RunConfig) -> torch.device:
+    """The run's device, refused when it is CUDA and torch sees none; on a GPU, cuDNN's
+    attention is turned off for the process (it plans a kernel per new shape: costly
+    for generation's changing widths), so that a step is timed with the kernels a run uses."""
+    if config.device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    return torch.device(config.device)
+
+
+def build_tokenizer(config: RunConfig) -> Any:
+    """The run's tokenizer: its model directory's, or the built-in character one."""
+    if config.model_dir is not None:
+        from engine.backends.hf.model import load_tokenizer
+
+        return load_tokenizer(config.model_dir)
+    return Tokenizer()
 
 
 def build_policy(config: RunConfig, tokenizer: Any, task: Any, device: torch.device) -> PolicyModule:

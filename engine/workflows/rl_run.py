@@ -51,7 +51,6 @@ import torch
 from engine.backends.local.checkpoint import read_weights, save_checkpoint
 from engine.backends.local.checkpoint import save_weights as write_weights
 from engine.backends.local.model import PolicyModule
-from engine.backends.local.tasks import Tokenizer
 from engine.backends.task_sources import resolve_task
 from engine.backends.local.trainer import Trainer
 from engine.backends.distributed import group as dist_group
@@ -94,13 +93,7 @@ class RLRun(RunUpdates):
         # the task (a built-in, rg:NAME or jsonl:FILE, with the user's reward if any) and the
         # tokenizer (the model directory's, or the built-in character one)
         self.task: Any = resolve_task(config.task, reward=config.reward_fn, max_new_tokens=config.max_new_tokens)
-        self.tokenizer: Any
-        if config.model_dir is not None:
-            from engine.backends.hf.model import load_tokenizer
-
-            self.tokenizer = load_tokenizer(config.model_dir)
-        else:
-            self.tokenizer = Tokenizer()
+        self.tokenizer: Any = rl_models.build_tokenizer(config)
         self.device = torch.device(config.device)
         self.loop = RunLoop()  # the ledger's, the executor's and the engine's (rl_loop)
         self.metrics: list[dict[str, Any]] = []
@@ -128,11 +121,7 @@ class RLRun(RunUpdates):
     def setup(self) -> None:
         """Build the model and trainer, warm up (or resume), open the ledger and start the executor."""
         config = self.config
-        if config.device == "cuda":
-            if not torch.cuda.is_available():
-                raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
-            # cuDNN attention plans a kernel per new shape: costly for generation's changing widths.
-            torch.backends.cuda.enable_cudnn_sdp(False)
+        rl_models.prepare_device(config)
         random.seed(config.seed)
         torch.manual_seed(config.seed)
         self.run_dir.mkdir(parents=True, exist_ok=True)

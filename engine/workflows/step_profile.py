@@ -60,41 +60,32 @@ def profile_step(run_dir: str | Path, rows: Sequence[int], *, iterations: int = 
 
     import torch
 
-    from engine.backends.local.tasks import Tokenizer
     from engine.backends.local.trainer import Trainer, padded_width
     from engine.backends.task_sources import resolve_task
     from engine.workflows import rl_models
     from engine.workflows.rl_config import RunConfig
 
+    if iterations < 1 or warmup < 0:
+        raise ValueError(f"iterations {iterations} must be at least 1 and warmup {warmup} at least 0")
     run_dir = Path(run_dir)
     path = run_dir / "run.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no run config; a profile builds the run's model and trainer from it")
     try:
-        config = RunConfig.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except ValueError as err:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        config = RunConfig.from_json(saved if device is None else {**saved, "device": device})
+    except (ValueError, TypeError) as err:
         raise ValueError(f"{path}: not a run's config ({err})") from None
-    if device is not None:
-        config = RunConfig.from_json({**json.loads(path.read_text(encoding="utf-8")), "device": device})
-    if iterations < 1 or warmup < 0:
-        raise ValueError(f"iterations {iterations} must be at least 1 and warmup {warmup} at least 0")
     group = config.group_size
     bad = [n for n in rows if n < group or n % group]
     if not rows or bad:
         raise ValueError(f"rows {', '.join(map(str, bad or rows)) or '(none)'}: each must be a positive multiple of the run's "
                          f"group size {group}")
     groups = stored_groups(run_dir, group)
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("the profile's device is cuda, but torch sees no CUDA device")
+    target = rl_models.prepare_device(config)
     torch.manual_seed(config.seed)
     task = resolve_task(config.task, reward=config.reward_fn, max_new_tokens=config.max_new_tokens)
-    if config.model_dir is not None:
-        from engine.backends.hf.model import load_tokenizer
-
-        tokenizer: Any = load_tokenizer(config.model_dir)
-    else:
-        tokenizer = Tokenizer()
-    target = torch.device(config.device)
+    tokenizer = rl_models.build_tokenizer(config)
     trainer = Trainer(rl_models.build_policy(config, tokenizer, task, target), config.trainer_config(), pad_id=tokenizer.pad_id,
                       device=target)
     draw = random.Random(seed)
