@@ -303,9 +303,31 @@ def others_cpu(before: dict[str, Any], after: dict[str, Any], elapsed: float) ->
             "steal": (after["steal"] - before["steal"]) / elapsed}
 
 
+#: the spans of a run's policy versions that its answers' lengths are averaged over
+SPANS = 6
+
+
+def answers_by_version(run_dir: Path, steps: int) -> list[dict[str, Any]] | None:
+    """The mean completion tokens of a run's stored samples by the policy version that
+    started them, in ``SPANS`` equal spans of its ``steps`` versions: how its policy's
+    answers moved as it learned (each setting learns its own; round 19). The store holds
+    the samples the run trained on, so the last span leaves out the long answers still in
+    flight at the end. None for a run whose samples do not record their versions."""
+    from sim.calibrate import _stored
+
+    spans: list[list[int]] = [[] for _ in range(SPANS)]
+    for _, samples in _stored(run_dir / "samples.sqlite"):
+        for sample in samples:
+            if not sample.get("versions"):
+                return None
+            spans[min(SPANS - 1, sample["versions"][0] * SPANS // max(1, steps))].append(len(sample["completion"]))
+    return [{"versions": [k * steps // SPANS, (k + 1) * steps // SPANS - 1], "samples": len(lengths),
+             "mean": sum(lengths) / len(lengths) if lengths else None} for k, lengths in enumerate(spans)]
+
+
 def summary(run_dir: Path) -> dict[str, Any]:
     """A run's figures for the record: its measured ones, the mean parts of its updates
-    (as calibration splits them) and its completion lengths."""
+    (as calibration splits them) and its completion lengths, overall and by version."""
     from sim.calibrate import _sample_lengths
     from sim.calibrate_real import StepSums, updates
 
@@ -335,6 +357,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
         "completion_tokens": {"samples": len(lengths), "mean": sum(lengths) / max(1, len(lengths)),
                               "p50": lengths[len(lengths) // 2] if lengths else 0, "p99": lengths[int(0.99 * (len(lengths) - 1))] if lengths else 0,
                               "max": lengths[-1] if lengths else 0},
+        "answers_by_version": answers_by_version(run_dir, len(rows)),
     }
 
 
@@ -625,6 +648,26 @@ def print_own_step(rows: dict[str, Any]) -> None:
         print(f"  {name}: {row['predicted_tokens_per_s']:.4g} / {row['measured_tokens_per_s']:.4g} ({row['error_pct']:+.1f}%); {runs}")
 
 
+def print_answers(summaries: dict[str, Any], settings: dict[str, list[str]]) -> None:
+    """Each setting's mean completion tokens by span of policy versions, the mean of its
+    runs (``settings``: each setting's keys in ``summaries``; :func:`answers_by_version`):
+    where a setting trained more or fewer tokens an update than predicted, whether its
+    policy answered at another length from the start or learned to."""
+    lines = []
+    for name, keys in settings.items():
+        spans = [summaries[key].get("answers_by_version") for key in keys]
+        spans = [s for s in spans if s]
+        if not spans:
+            continue
+        means = [[s[k]["mean"] for s in spans if s[k]["mean"] is not None] for k in range(SPANS)]
+        lines.append(f"  {name}: " + " ".join(f"{sum(m) / len(m):5.1f}" if m else "    -" for m in means))
+    if lines:
+        bounds = " ".join(f"{s['versions'][0]}-{s['versions'][1]}" for s in next(
+            summaries[k]["answers_by_version"] for k in summaries if summaries[k].get("answers_by_version")))
+        print(f"completion tokens a trained sample by the version that started it ({bounds}), mean of the setting's runs:")
+        print("\n".join(lines))
+
+
 def print_hosts(summaries: dict[str, Any]) -> None:
     """Each run's machine probe and the CPU beside it, in the order the runs ran."""
     hosts = {name: s["host"] for name, s in summaries.items() if s.get("host")}
@@ -820,6 +863,7 @@ def main() -> None:
     summaries: dict[str, Any] = {}
     measured_runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in plan}
     run_dirs: dict[str, list[Path]] = {name: [] for name, _, _ in plan}  # each setting's measured runs, for the replay
+    keys: dict[str, list[str]] = {name: [] for name, _, _ in plan}  # and their keys in summaries
     controls: list[dict[str, Any]] = []
     for repeat in range(1, args.repeats + 1):  # in rounds: a slow spell of the machine falls on several settings
         for name, k, batch in plan:
@@ -840,11 +884,13 @@ def main() -> None:
                 continue
             measured_runs[name].append(summaries[key]["measured"])
             run_dirs[name].append(run_dir)
+            keys[name].append(key)
             if calibration and repeat == 1 and len(calibrations) > 1:  # the fit's other runs: the row is their mean
                 for other in calibrations[1:]:
                     summaries[other] = summary(runs / other)
                     measured_runs[name].append(summaries[other]["measured"])
                     run_dirs[name].append(runs / other)
+                    keys[name].append(other)
     for name, found in measured_runs.items():
         if found:  # a setting run several times is measured by the mean of its runs
             mean = {m: sum(r[m] for r in found) / len(found) for m in found[0]}
@@ -909,6 +955,7 @@ def main() -> None:
                        for name, row in results["runs"].items() if "repeats" in row)
     if spread:
         print(f"tokens/s of each repeat (the table has their mean):\n{spread}")
+    print_answers(summaries, keys)
     for control in controls:
         print(f"control {control['run']} (the calibration setting again, not predicted): {control['tokens_per_s']:.4g} tokens/s, "
               f"{control['tokens_per_s_change_pct']:+.1f}% from the calibration run; seconds per update "
