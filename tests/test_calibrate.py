@@ -271,6 +271,25 @@ def test_the_fidelity_study_runs_small_and_can_be_reanalysed_without_touching_it
         runs = results["runs"][name]["repeats"]
         assert runs == [summaries[name]["measured"], summaries[f"{name}-r2"]["measured"]]
         assert results["runs"][name]["measured"]["tokens_per_s"] == pytest.approx(sum(r["tokens_per_s"] for r in runs) / 2)
+    # each run's answers by the version that started them are its stored samples, six spans of its 6 versions;
+    # the study prints each setting's spans as the mean of its runs
+    from engine.runtime.store import read_stored
+
+    for name in ("staleness0", "staleness4-r2"):
+        spans = summaries[name]["answers_by_version"]
+        stored = [(s["versions"][0], len(s["completion"])) for _, samples in read_stored(study / name / "samples.sqlite")
+                  for s in samples]
+        assert [span["versions"] for span in spans] == [[k, k] for k in range(6)]
+        assert sum(span["samples"] for span in spans) == len(stored)
+        for k, span in enumerate(spans):
+            these = [n for version, n in stored if version == k]
+            assert span["mean"] == (pytest.approx(sum(these) / len(these)) if these else None)
+    printed = first.stdout.splitlines()
+    at = next(k for k, line in enumerate(printed) if line.startswith("completion tokens a trained sample by the version"))
+    line = next(line for line in printed[at:] if line.startswith("  staleness4: "))
+    means = [[s[k]["mean"] for s in (summaries["staleness4"]["answers_by_version"], summaries["staleness4-r2"]["answers_by_version"])
+              if s[k]["mean"] is not None] for k in range(6)]
+    assert line.split()[1:] == [f"{sum(m) / len(m):.1f}" if m else "-" for m in means]
     # the calibration row is the fit's input alone; its setting's second run is a control, drift reported
     assert "repeats" not in results["runs"]["staleness2-calibration"]
     assert results["runs"]["staleness2-calibration"]["measured"] == summaries["staleness2-calibration"]["measured"]
