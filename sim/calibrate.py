@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -349,10 +350,13 @@ def run_groups(run: str | Path) -> Course:
     """A real run's groups in the order they were first submitted (a :class:`Course`),
     for a simulation that replays the run's own workload or follows its course
     (``workload.replay``). An accepted group has its samples' lengths from the sample
-    store. A group still unfinished when the log ended has the run's longest length for
-    every sample: it never finished within the run, and any length beyond what it had
-    made replays it alike. A dropped one (rejected or filtered) has the tokens it had
-    made, spread over its samples. Those two have the run's median prompt."""
+    store. A group still unfinished when the log ended is a censored one: all that is
+    known is that it had made some tokens and not finished. It takes the lengths of one
+    of the run's finished groups that could have made as many tokens without finishing
+    (:func:`unfinished_lengths`), drawn with a fixed seed; a run stops with groups it has
+    only just started, which would mostly have ended short. A dropped one (rejected or
+    filtered) has the tokens it had made, spread over its samples. Those two have the
+    run's median prompt."""
     log = _log_path(Path(run))
     group = batch = 1
     run_json = log.parent / "run.json"
@@ -381,22 +385,39 @@ def run_groups(run: str | Path) -> Course:
                     for rollout, samples in stored.items()}
     except (KeyError, TypeError) as err:
         raise CalibrationError(f"{log.parent / 'samples.sqlite'}: not a run's sample store ({err})") from None
-    longest = max(length for _, lengths in accepted.values() for length in lengths)
+    # a sample that made no token counts one (an empty completion is not stored)
+    finished = {rollout: (lengths + [1] * group)[:max(group, len(lengths))] for rollout, (_, lengths) in accepted.items()}
+    draw = random.Random(0)
     median_prompt = round(statistics.median(prompt for prompt, _ in accepted.values()))
     prompts: list[int] = []
     groups: list[list[int]] = []
     trained: list[int] = []
     for rollout, version in order.items():
-        if rollout in accepted:  # a sample that made no token counts one (an empty completion is not stored)
-            prompt, lengths = accepted[rollout][0], (accepted[rollout][1] + [1] * group)[:max(group, len(accepted[rollout][1]))]
+        if rollout in accepted:
+            prompt, lengths = accepted[rollout][0], finished[rollout]
         elif rollout in dropped:
             prompt, lengths = median_prompt, [max(1, -(-dropped[rollout] // group))] * group
         else:
-            prompt, lengths = median_prompt, [longest] * group
+            prompt, lengths = median_prompt, unfinished_lengths(tokens.get(rollout, 0), list(finished.values()), group, draw)
         prompts.append(prompt)
         groups.append(lengths)
         trained.append(version * batch)
     return Course(prompts, groups, trained)
+
+
+def unfinished_lengths(made: int, finished: list[list[int]], group: int, draw: random.Random) -> list[int]:
+    """Lengths for a group of ``group`` samples that had made ``made`` tokens when its
+    run ended, unfinished: one of the ``finished`` groups (each its samples' lengths)
+    that makes at least as many before its last decode step (each sample's length, its
+    longest one less one), picked by ``draw``; where none could have made as many and
+    still be running, the longest finished length for every sample. A run's last groups
+    are censored, not long: taking every one at the run's longest length (as this did
+    before) made a synchronous run, which trains all it starts, train about 7% more
+    tokens an update in its prediction than the calibration runs' groups hold (round 19)."""
+    could = [lengths for lengths in finished if sum(min(length, max(lengths) - 1) for length in lengths) >= made]
+    if not could:
+        return [max(max(lengths) for lengths in finished)] * group
+    return list(draw.choice(could))
 
 
 def _resync(log: Path, obs: Observations) -> Observations:

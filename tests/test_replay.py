@@ -41,17 +41,41 @@ def _run_dir(tmp_path, stored: dict[str, list[int]], prompts: dict[str, int], su
     return run
 
 
-def test_a_runs_groups_come_in_the_order_submitted_with_the_unfinished_at_the_longest_length(tmp_path) -> None:
-    # accepted in another order than submitted; r3 never finished; r4 made one token of a sample only
+def test_a_runs_groups_come_in_the_order_submitted_with_the_unfinished_as_a_finished_group_that_could_be_them(tmp_path) -> None:
+    # accepted in another order than submitted; r3 never finished, having made 6 tokens; r4 made one token of a sample only
     run = _run_dir(tmp_path, {"r2": [5, 9], "r1": [3, 4], "r4": [1]}, {"r1": 6, "r2": 10, "r4": 8},
                    ["r1", "r2", "r3", "r4"], {"r1": 7, "r2": 14, "r3": 6, "r4": 1})
     course = run_groups(run)
-    assert course.groups == [[3, 4], [5, 9], [9, 9], [1, 1]]  # r3: the run's longest; r4: its empty sample counts one
+    # r4: its empty sample counts one; r3: [3, 4] or [5, 9], which make 6 and 13 tokens before their last step
+    # (so either could have made r3's 6 and still be running), never r4's [1, 1], which makes none
+    assert course.groups[:2] == [[3, 4], [5, 9]] and course.groups[3] == [1, 1]
+    assert course.groups[2] in ([3, 4], [5, 9])
+    assert run_groups(run) == course  # drawn with a fixed seed
     assert course.prompts == [6, 10, 8, 8]  # r3: the median prompt of the accepted
     assert course.trained == [0, 0, 2, 2]  # submitted under versions 0, 0, 1, 1 of a run of batch 2
     (run / "samples.sqlite").unlink()
     with pytest.raises(CalibrationError, match="no sample store"):
         run_groups(run)
+
+
+def test_an_unfinished_group_takes_a_finished_group_that_could_have_made_its_tokens_and_still_be_running() -> None:
+    """A run's last groups are censored: they had made some tokens and not finished when
+    it stopped. One that had only just started takes any finished group, as a policy's
+    answers go; one that had made many, only a group whose samples make that many before
+    its longest one's last token; one that no finished group could be, the longest length."""
+    import random
+    from collections import Counter
+
+    from sim.calibrate import unfinished_lengths
+
+    finished = [[2, 2, 2, 60], [10, 10, 10, 10], [1, 1, 1, 3]]
+    draw = random.Random(1)
+    assert set(Counter(tuple(unfinished_lengths(0, finished, 4, draw)) for _ in range(300))) == {tuple(g) for g in finished}
+    # 40 tokens made: [10]*4 makes 36 before its last step, so it would have finished; [2, 2, 2, 60] makes 65
+    assert {tuple(unfinished_lengths(40, finished, 4, draw)) for _ in range(50)} == {(2, 2, 2, 60)}
+    assert unfinished_lengths(66, finished, 4, draw) == [60, 60, 60, 60]
+    # its draws are the given generator's
+    assert [unfinished_lengths(5, finished, 4, random.Random(7)) for _ in range(3)] == [unfinished_lengths(5, finished, 4, random.Random(7))] * 3
 
 
 @pytest.fixture(scope="module")
