@@ -307,16 +307,15 @@ def others_cpu(before: dict[str, Any], after: dict[str, Any], elapsed: float) ->
 SPANS = 6
 
 
-def answers_by_version(run_dir: Path, steps: int) -> list[dict[str, Any]] | None:
-    """The mean completion tokens of a run's stored samples by the policy version that
-    started them, in ``SPANS`` equal spans of its ``steps`` versions: how its policy's
-    answers moved as it learned (each setting learns its own; round 19). The store holds
-    the samples the run trained on, so the last span leaves out the long answers still in
-    flight at the end. None for a run whose samples do not record their versions."""
-    from sim.calibrate import _stored
-
+def answers_by_version(stored: list[tuple[str, list[dict[str, Any]]]], steps: int) -> list[dict[str, Any]] | None:
+    """The mean completion tokens of a run's ``stored`` samples (its sample store's rows)
+    by the policy version that started them, in ``SPANS`` equal spans of its ``steps``
+    versions: how its policy's answers moved as it learned (each setting learns its own;
+    round 19). The store holds the samples the run trained on, so the last span leaves
+    out the long answers still in flight at the end. None for a run whose samples do not
+    record their versions."""
     spans: list[list[int]] = [[] for _ in range(SPANS)]
-    for _, samples in _stored(run_dir / "samples.sqlite"):
+    for _, samples in stored:
         for sample in samples:
             if not sample.get("versions"):
                 return None
@@ -328,14 +327,15 @@ def answers_by_version(run_dir: Path, steps: int) -> list[dict[str, Any]] | None
 def summary(run_dir: Path) -> dict[str, Any]:
     """A run's figures for the record: its measured ones, the mean parts of its updates
     (as calibration splits them) and its completion lengths, overall and by version."""
-    from sim.calibrate import _sample_lengths
+    from sim.calibrate import _stored
     from sim.calibrate_real import StepSums, updates
 
     config = json.loads((run_dir / "run.json").read_text())
     rows = metrics_lines(run_dir)
     size, group = config["batch_size"], config["group_size"]
     parts = updates(rows, (config["max_concurrent"] or size) * group, size * group, recompute_in_step=False)
-    lengths = sorted(_sample_lengths(run_dir / "samples.sqlite"))
+    stored = _stored(run_dir / "samples.sqlite")  # read once: the lengths overall and by version
+    lengths = sorted(len(sample["completion"]) for _, samples in stored for sample in samples)
     host = json.loads((run_dir / "host.json").read_text()) if (run_dir / "host.json").is_file() else None
     mean = lambda name: sum(getattr(u, name) for u in parts) / max(1, len(parts))  # noqa: E731
     return {
@@ -357,7 +357,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
         "completion_tokens": {"samples": len(lengths), "mean": sum(lengths) / max(1, len(lengths)),
                               "p50": lengths[len(lengths) // 2] if lengths else 0, "p99": lengths[int(0.99 * (len(lengths) - 1))] if lengths else 0,
                               "max": lengths[-1] if lengths else 0},
-        "answers_by_version": answers_by_version(run_dir, len(rows)),
+        "answers_by_version": answers_by_version(stored, len(rows)),
     }
 
 
@@ -653,17 +653,16 @@ def print_answers(summaries: dict[str, Any], settings: dict[str, list[str]]) -> 
     runs (``settings``: each setting's keys in ``summaries``; :func:`answers_by_version`):
     where a setting trained more or fewer tokens an update than predicted, whether its
     policy answered at another length from the start or learned to."""
-    lines = []
+    lines, bounds = [], ""
     for name, keys in settings.items():
         spans = [summaries[key].get("answers_by_version") for key in keys]
         spans = [s for s in spans if s]
         if not spans:
             continue
+        bounds = bounds or " ".join(f"{span['versions'][0]}-{span['versions'][1]}" for span in spans[0])
         means = [[s[k]["mean"] for s in spans if s[k]["mean"] is not None] for k in range(SPANS)]
         lines.append(f"  {name}: " + " ".join(f"{sum(m) / len(m):5.1f}" if m else "    -" for m in means))
     if lines:
-        bounds = " ".join(f"{s['versions'][0]}-{s['versions'][1]}" for s in next(
-            summaries[k]["answers_by_version"] for k in summaries if summaries[k].get("answers_by_version")))
         print(f"completion tokens a trained sample by the version that started it ({bounds}), mean of the setting's runs:")
         print("\n".join(lines))
 

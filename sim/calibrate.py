@@ -387,6 +387,7 @@ def run_groups(run: str | Path) -> Course:
         raise CalibrationError(f"{log.parent / 'samples.sqlite'}: not a run's sample store ({err})") from None
     # a sample that made no token counts one (an empty completion is not stored)
     finished = {rollout: (lengths + [1] * group)[:max(group, len(lengths))] for rollout, (_, lengths) in accepted.items()}
+    could_be = list(finished.values())  # what an unfinished group is drawn from
     draw = random.Random(0)
     median_prompt = round(statistics.median(prompt for prompt, _ in accepted.values()))
     prompts: list[int] = []
@@ -398,7 +399,7 @@ def run_groups(run: str | Path) -> Course:
         elif rollout in dropped:
             prompt, lengths = median_prompt, [max(1, -(-dropped[rollout] // group))] * group
         else:
-            prompt, lengths = median_prompt, unfinished_lengths(tokens.get(rollout, 0), list(finished.values()), group, draw)
+            prompt, lengths = median_prompt, unfinished_lengths(tokens.get(rollout, 0), could_be, group, draw)
         prompts.append(prompt)
         groups.append(lengths)
         trained.append(version * batch)
