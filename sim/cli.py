@@ -22,7 +22,7 @@ from engine.log.files import OutputError, check_directory, check_output
 from sim.config import Scenario, ScenarioError, ScenarioFileError, load, to_toml
 from sim.scenarios import BUILTIN, builtin
 from sim.simulator import Simulation, SimulationStalled
-from sim.summary import Summary, format_table, to_json
+from sim.summary import Summary, format_spread, format_table, spread, to_json
 from sim.raysweep import BackendError
 from sim.sweep import BACKENDS, parse_grid, plot, rows, sweep, write_csv
 
@@ -52,6 +52,12 @@ def register(subparsers: Any) -> None:
     )
     simulate.add_argument(
         "--log", metavar="PATH", help="write each run's SQLite event log (PATH, or PATH-staleness<k>.db when comparing)"
+    )
+    simulate.add_argument(
+        "--seeds", type=_positive, default=1, metavar="N",
+        help="simulate each bound with N seeds (run.seed and the N-1 after it) and show each figure's mean and its range "
+             "over them; a calibrated scenario that replays its runs' answers follows run k's for seed k, modulo their "
+             "number (default 1)",
     )
     simulate.add_argument("--show-config", action="store_true", help="print the scenario as TOML (every field documented) and exit")
     simulate.set_defaults(run=run_simulate, inputs=("scenario",))
@@ -148,16 +154,17 @@ def _inputs(name: str | None, scenario: Scenario) -> list[Path]:
     return found
 
 
-def _log_path(base: str | None, bound: str, many: bool, inputs: list[Path]) -> Path | None:
-    """Where the run with staleness ``bound`` writes its event log: a new file,
-    checked now, before any run."""
+def _log_path(base: str | None, bound: str, many: bool, inputs: list[Path], seed: int | None = None) -> Path | None:
+    """Where the run with staleness ``bound`` (and ``seed``, where several seeds run)
+    writes its event log: a new file, checked now, before any run."""
     if base is None:
         return None
     path = Path(base)
     if path.is_dir() or not path.name:
         raise OutputError(f"{base}: is a directory; give --log a file name")
-    if many:
-        path = path.with_name(f"{path.stem}-staleness{bound}{path.suffix or '.db'}")
+    if many or seed is not None:
+        tail = "" if seed is None else f"-seed{seed}"
+        path = path.with_name(f"{path.stem}{f'-staleness{bound}' if many else ''}{tail}{path.suffix or '.db'}")
     if path.exists() or path.is_symlink():
         raise OutputError(f"{path}: already exists; remove it or choose another --log path")
     return check_output(path, *inputs)
@@ -172,17 +179,20 @@ def run_simulate(args: argparse.Namespace) -> int:
             return 0
         bounds: list[str] | None = args.compare  # parsed by _bounds, the default too
         own = scenario.ledger.max_staleness
-        runs = [("inf" if own is None else str(own), scenario)]
+        compared = [("inf" if own is None else str(own), scenario)]
         if bounds is not None:
-            runs = [(b, scenario.with_overrides([f"ledger.max_staleness={b}"])) for b in bounds]
+            compared = [(b, scenario.with_overrides([f"ledger.max_staleness={b}"])) for b in bounds]
+        seeds = [scenario.run.seed + k for k in range(args.seeds)] if args.seeds > 1 else [None]
+        runs = [(bound, run if seed is None else run.with_overrides([f"run.seed={seed}"]), seed)
+                for bound, run in compared for seed in seeds]
         inputs = _inputs(args.scenario, scenario)
-        logs = [_log_path(args.log, bound, len(runs) > 1, inputs) for bound, _ in runs]
+        logs = [_log_path(args.log, bound, len(compared) > 1, inputs, seed) for bound, _, seed in runs]
     except (ScenarioError, OutputError) as err:
         return _fail(str(err))
-    total = sum(s.run.rollouts for _, s in runs)
+    total = sum(s.run.rollouts for _, s, _ in runs)
     summaries: list[Summary] = []
     with tqdm(total=total, unit="rollout", desc="simulating", disable=args.no_progress, file=sys.stderr) as bar:
-        for (bound, run), log in zip(runs, logs):
+        for (bound, run, seed), log in zip(runs, logs):
             done = 0
 
             def advance(trained: int) -> None:
@@ -191,7 +201,7 @@ def run_simulate(args: argparse.Namespace) -> int:
                 done += step
                 bar.update(step)
 
-            bar.set_postfix_str(f"max_staleness={bound}")
+            bar.set_postfix_str(f"max_staleness={bound}" + ("" if seed is None else f" seed={seed}"))
             try:
                 summaries.append(Simulation(run, log=log, progress=advance).run())
             except (ScenarioError, LogError) as err:  # e.g. an empirical distribution's file
@@ -199,7 +209,10 @@ def run_simulate(args: argparse.Namespace) -> int:
             except SimulationStalled as err:
                 return _fail(str(err), 1)
             bar.update(run.run.rollouts - done)
-    if args.format == "json":
+    if args.seeds > 1:
+        spreads = [spread(summaries[i:i + args.seeds]) for i in range(0, len(summaries), args.seeds)]
+        print(json.dumps(spreads, indent=2) if args.format == "json" else format_spread(spreads))
+    elif args.format == "json":
         print(to_json(summaries))
     else:
         print(format_table(summaries))

@@ -160,11 +160,71 @@ def format_table(summaries: Sequence[Summary], labels: Sequence[dict[str, str]] 
         for _, cell in _COLUMNS:
             row.append(f"{summary.trained_tokens_per_s / base:.2f}" if cell is None else cell(summary))
         rows.append(row)
+    return _layout(headers, rows)
+
+
+def _layout(headers: list[str], rows: list[list[str]]) -> str:
+    """A right-aligned text table under a ruled header."""
     widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) for i in range(len(headers))]
     lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths))]
     lines.append("  ".join("-" * w for w in widths))
     lines.extend("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows)
     return "\n".join(lines)
+
+
+#: The figures a bound simulated over several seeds gives as a mean and a range:
+#: (name in JSON, table header, the figure, its format in the table).
+_SPREAD: tuple[tuple[str, str, Any, Any], ...] = (
+    ("trained_tokens_per_s", "k tokens/s", lambda s: s.trained_tokens_per_s, lambda v: f"{v / 1000:.1f}"),
+    ("trainer_idle_share", "trainer idle", lambda s: s.trainer_idle_s / s.sim_time_s if s.sim_time_s else 0.0, "{:.0%}".format),
+    ("staleness_mean", "stale mean", lambda s: s.staleness_mean, "{:.2f}".format),
+    ("staleness_p99", "p99", lambda s: s.staleness_p99, lambda v: _versions(v)),
+    ("staleness_max", "max", lambda s: s.staleness_max, lambda v: _versions(v)),
+    ("filtered_fraction", "filtered", lambda s: s.filtered_fraction, "{:.1%}".format),
+)
+
+
+def _versions(value: float) -> str:
+    """A count of versions: whole as it is, a mean to one decimal."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+
+
+def spread(runs: Sequence[Summary]) -> dict[str, Any]:
+    """One bound's runs over several seeds: each spread figure's mean, least and
+    greatest, and the runs themselves."""
+    if not runs:
+        raise ValueError("a spread needs at least one run")
+    figures = {name: [figure(run) for run in runs] for name, _, figure, _ in _SPREAD}
+    return {
+        "max_staleness": runs[0].max_staleness,
+        "policy": runs[0].policy,
+        "seeds": len(runs),
+        "mean": {name: sum(values) / len(values) for name, values in figures.items()},
+        "min": {name: min(values) for name, values in figures.items()},
+        "max": {name: max(values) for name, values in figures.items()},
+        "runs": [run.to_json() for run in runs],
+    }
+
+
+def format_spread(spreads: Sequence[dict[str, Any]]) -> str:
+    """Bounds simulated over several seeds, one row each: every figure's mean over the
+    seeds, and in brackets its least and greatest where they differ. ``x sync`` (``x
+    first``) is the mean tokens/s relative to the first row's."""
+    if not spreads:
+        return "(no runs)"
+    first = spreads[0]
+    base = first["mean"]["trained_tokens_per_s"] or 1.0
+    relative = "x sync" if first["max_staleness"] == 0 else "x first"
+    headers = ["max_staleness", "policy", "seeds", _SPREAD[0][1], relative] + [header for _, header, _, _ in _SPREAD[1:]]
+    rows = []
+    for row in spreads:
+        cells = []
+        for name, _, _, form in _SPREAD:
+            low, mean, high = (form(row[key][name]) for key in ("min", "mean", "max"))
+            cells.append(mean if low == high else f"{mean} ({low}-{high})")
+        bound = "inf" if row["max_staleness"] is None else str(row["max_staleness"])
+        rows.append([bound, row["policy"], str(row["seeds"]), cells[0], f"{row['mean']['trained_tokens_per_s'] / base:.2f}", *cells[1:]])
+    return _layout(headers, rows)
 
 
 def to_json(summaries: Sequence[Summary]) -> str:

@@ -6,6 +6,7 @@ import csv
 import json
 import sys
 import tomllib
+from pathlib import Path
 
 from engine.cli import main
 from engine.log import replay
@@ -55,6 +56,53 @@ def test_simulated_logs_work_with_the_ledger_tools(tmp_path, capsys) -> None:
 def test_one_log_per_compared_bound(tmp_path, capsys) -> None:
     assert main(["simulate", *SMALL, "--compare", "1,inf", "--log", str(tmp_path / "run.db")]) == 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".db") == ["run-staleness1.db", "run-stalenessinf.db"]
+
+
+def test_seeds_give_each_bound_its_mean_and_range_over_the_seeds(capsys) -> None:
+    args = ["simulate", *SMALL, "--compare", "0,inf", "--set", "run.seed=5", "--seeds", "3"]
+    assert main([*args, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(row["max_staleness"], row["seeds"]) for row in rows] == [(0, 3), (None, 3)]
+    for row in rows:
+        assert [run["scenario"]["run"]["seed"] for run in row["runs"]] == [5, 6, 7]
+        assert len({run["trained_tokens_per_s"] for run in row["runs"]}) == 3  # the seeds draw different lengths
+        speeds = [run["trained_tokens_per_s"] for run in row["runs"]]
+        assert row["mean"]["trained_tokens_per_s"] == sum(speeds) / 3
+        assert (row["min"]["trained_tokens_per_s"], row["max"]["trained_tokens_per_s"]) == (min(speeds), max(speeds))
+        p99 = [run["staleness_p99"] for run in row["runs"]]
+        assert (row["min"]["staleness_p99"], row["max"]["staleness_p99"]) == (min(p99), max(p99))
+    # each seed alone is what a one-seed simulate of that seed gives
+    assert main(["simulate", *SMALL, "--compare", "inf", "--set", "run.seed=6", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["trained_tokens_per_s"] == rows[1]["runs"][1]["trained_tokens_per_s"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["max_staleness", "policy", "seeds", "k"]
+    low, high = rows[1]["min"]["trained_tokens_per_s"] / 1000, rows[1]["max"]["trained_tokens_per_s"] / 1000
+    assert lines[3].split()[:2] == ["inf", "admission"] and f"({low:.1f}-{high:.1f})" in lines[3]
+    assert main(["simulate", *SMALL, "--seeds", "0"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+
+
+def test_a_calibrated_cluster_follows_a_run_of_its_answers_per_seed(capsys) -> None:
+    """The README's what-if: round 20's scenario replays three runs' answers, seed k run k's."""
+    scenario = str(Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "round20" / "calibrated.toml")
+    assert main(["simulate", scenario, "--no-progress", "--compare", "8", "--seeds", "6", "--set", "run.rollouts=320",
+                 "--format", "json"]) == 0  # fmt: skip
+    runs = json.loads(capsys.readouterr().out)[0]["runs"]
+    speeds = [run["trained_tokens_per_s"] for run in runs]
+    assert len(set(speeds)) == 6
+    # seeds 2 and 5 follow the third run's answers, the study's longest (13.1 tokens a sample against
+    # 9.8 and 11.0): the two fastest of the six
+    assert set(sorted(speeds)[-2:]) == {speeds[2], speeds[5]}, speeds
+
+
+def test_one_log_per_bound_and_seed(tmp_path, capsys) -> None:
+    assert main(["simulate", *SMALL, "--compare", "1,inf", "--seeds", "2", "--log", str(tmp_path / "run.db")]) == 0
+    names = ["run-staleness1-seed0.db", "run-staleness1-seed1.db", "run-stalenessinf-seed0.db", "run-stalenessinf-seed1.db"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".db") == names
+    assert main(["simulate", *SMALL, "--compare", "none", "--seeds", "2", "--log", str(tmp_path / "own.db")]) == 0
+    assert sorted(p.name for p in tmp_path.glob("own*")) == ["own-seed0.db", "own-seed1.db"]
+    assert replay(tmp_path / "own-seed1.db").consumed >= 128
 
 
 def test_bad_override_exits_2_naming_the_field(capsys) -> None:
