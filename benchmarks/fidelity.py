@@ -10,7 +10,8 @@
    between updates, each such group in a pass of its own, as in runs at higher bounds;
 3. ``rollout-ledger calibrate`` on both, then the simulator's predictions for runs at
    ``max_staleness`` 0, 4 and 8 and one at another batch size, written to
-   ``predictions.json`` *before* any of those runs starts;
+   ``predictions.json`` *before* any of those runs starts, each the mean of its
+   simulations, whose least and greatest figures go to ``predicted_ranges.json``;
 4. the runs themselves, and a predicted-against-measured table (trained tokens/s, mean
    and p99 staleness at consumption, trainer idle fraction, error %) printed and
    written to ``table.md`` and ``results.json``.
@@ -370,9 +371,16 @@ def predict(scenario_path: Path, staleness: int, batch: int, steps: int, args: a
 
 def predict_with(scenario_path: Path, staleness: int, batch: int, steps: int, args: argparse.Namespace,
                  more: list[str]) -> dict[str, float]:
-    """:func:`predict` with ``more`` overrides of the calibrated scenario. A scenario that
-    replays its calibration runs' courses (``workload.replay``) is simulated over a
-    multiple of their number of seeds, so that each run's course counts alike."""
+    """:func:`predict` with ``more`` overrides of the calibrated scenario."""
+    runs = predict_runs(scenario_path, staleness, batch, steps, args, more)
+    return {name: sum(r[name] for r in runs) / len(runs) for name in runs[0]}
+
+
+def predict_runs(scenario_path: Path, staleness: int, batch: int, steps: int, args: argparse.Namespace,
+                 more: list[str]) -> list[dict[str, float]]:
+    """Each simulation's figures for a run. A scenario that replays its calibration runs'
+    courses (``workload.replay``) is simulated over a multiple of their number of seeds,
+    so that each run's course counts alike."""
     from sim.config import load
     from sim.simulator import simulate
     from sim.workload import replay_runs
@@ -381,10 +389,34 @@ def predict_with(scenario_path: Path, staleness: int, batch: int, steps: int, ar
     workload = scenario.workload
     courses = len(replay_runs(workload.response_len)) if workload.replay else 1
     seeds = courses * -(-args.sim_seeds // courses)
-    runs = [predict_one(simulate(scenario.with_overrides(overrides(staleness, batch, steps, args.concurrency, args.group_size,
+    return [predict_one(simulate(scenario.with_overrides(overrides(staleness, batch, steps, args.concurrency, args.group_size,
                                                                    args.seed + k))))
             for k in range(seeds)]
-    return {name: sum(r[name] for r in runs) / len(runs) for name in runs[0]}
+
+
+def ranges(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """The least and greatest of each figure over a prediction's simulations."""
+    return {"min": {name: min(r[name] for r in runs) for name in runs[0]},
+            "max": {name: max(r[name] for r in runs) for name in runs[0]}}
+
+
+def print_ranges(predicted: dict[str, Any], runs: dict[str, Any]) -> None:
+    """Each predicted setting's range over its simulations (the calibration runs' courses
+    of answers) against each of its runs: how many came inside it."""
+    lines = []
+    for name, spread in predicted.items():
+        row = runs.get(name)
+        if row is None:
+            continue
+        found = row.get("repeats", [row["measured"]])
+        cells = []
+        for m in METRICS:
+            low, high = spread["min"][m], spread["max"][m]
+            inside = sum(low <= r[m] <= high for r in found)
+            cells.append(f"{m} {low:.3g}-{high:.3g} [{', '.join(f'{r[m]:.3g}' for r in found)}: {inside}/{len(found)} inside]")
+        lines.append(f"  {name}: " + "; ".join(cells))
+    if lines:
+        print("each setting's range over its simulations, predicted [each run, measured]:\n" + "\n".join(lines))
 
 
 def overrides(staleness: int, batch: int, steps: int, concurrency: int, group: int, seed: int) -> list[str]:
@@ -854,7 +886,9 @@ def main() -> None:
             sys.exit(f"fidelity: calibrate failed: {fit.stderr}")
         print(fit.stdout, flush=True)
         write_atomic(out / "calibration_fit.txt", fit.stdout)
-        predictions = {name: predict(scenario, k, batch, args.steps, args) for name, k, batch in plan}
+        simulated = {name: predict_runs(scenario, k, batch, args.steps, args, []) for name, k, batch in plan}
+        predictions = {name: {m: sum(r[m] for r in runs) / len(runs) for m in runs[0]} for name, runs in simulated.items()}
+        write_atomic(out / "predicted_ranges.json", json.dumps({name: ranges(runs) for name, runs in simulated.items()}, indent=1))
         write_atomic(written, json.dumps(predictions, indent=1))  # before any predicted run starts
         print(f"predictions written to {written}" + (" (after the runs: a reanalysis)" if args.reanalyse else ""), flush=True)
 
@@ -954,6 +988,8 @@ def main() -> None:
                        for name, row in results["runs"].items() if "repeats" in row)
     if spread:
         print(f"tokens/s of each repeat (the table has their mean):\n{spread}")
+    if (out / "predicted_ranges.json").is_file():  # (studies before it kept the means alone)
+        print_ranges(json.loads((out / "predicted_ranges.json").read_text()), results["runs"])
     print_answers(summaries, keys)
     for control in controls:
         print(f"control {control['run']} (the calibration setting again, not predicted): {control['tokens_per_s']:.4g} tokens/s, "

@@ -287,11 +287,24 @@ def test_the_fidelity_study_runs_small_and_can_be_reanalysed_without_touching_it
             these = [n for version, n in stored if version == k]
             assert span["mean"] == (pytest.approx(sum(these) / len(these)) if these else None)
     printed = first.stdout.splitlines()
+    runs_of = lambda name: results["runs"][name]["repeats"]  # noqa: E731
     at = next(k for k, line in enumerate(printed) if line.startswith("completion tokens a trained sample by the version"))
     line = next(line for line in printed[at:] if line.startswith("  staleness4: "))
     means = [[s[k]["mean"] for s in (summaries["staleness4"]["answers_by_version"], summaries["staleness4-r2"]["answers_by_version"])
               if s[k]["mean"] is not None] for k in range(6)]
     assert line.split()[1:] == [f"{sum(m) / len(m):.1f}" if m else "-" for m in means]
+    # each prediction's range over its simulations is written with it, before the runs, and each run is set against it
+    predicted = json.loads((study / "predictions.json").read_text())
+    spreads = json.loads((study / "predicted_ranges.json").read_text())
+    assert (study / "predicted_ranges.json").stat().st_mtime_ns <= written and set(spreads) == set(predicted)
+    for name, spread in spreads.items():
+        for figure, mean in predicted[name].items():
+            assert spread["min"][figure] <= mean <= spread["max"][figure]
+    at = next(k for k, line in enumerate(printed) if line.startswith("each setting's range over its simulations"))
+    line = next(line for line in printed[at:] if line.startswith("  staleness0: "))
+    low, high, found = spreads["staleness0"]["min"]["tokens_per_s"], spreads["staleness0"]["max"]["tokens_per_s"], runs_of("staleness0")
+    inside = sum(low <= r["tokens_per_s"] <= high for r in found)
+    assert f"tokens_per_s {low:.3g}-{high:.3g} [{found[0]['tokens_per_s']:.3g}, {found[1]['tokens_per_s']:.3g}: {inside}/2 inside]" in line
     # the calibration row is the fit's input alone; its setting's second run is a control, drift reported
     assert "repeats" not in results["runs"]["staleness2-calibration"]
     assert results["runs"]["staleness2-calibration"]["measured"] == summaries["staleness2-calibration"]["measured"]
