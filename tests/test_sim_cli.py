@@ -85,7 +85,7 @@ def test_seeds_give_each_bound_its_mean_and_range_over_the_seeds(capsys) -> None
 
 def test_a_calibrated_cluster_follows_a_run_of_its_answers_per_seed(capsys) -> None:
     """The README's what-if: round 20's scenario replays three runs' answers, seed k run k's."""
-    scenario = str(Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "round20" / "calibrated.toml")
+    scenario = str(Path(__file__).resolve().parents[1] / "docs" / "fidelity" / "round20" / "calibrated.toml")
     assert main(["simulate", scenario, "--no-progress", "--compare", "8", "--seeds", "6", "--set", "run.rollouts=320",
                  "--format", "json"]) == 0  # fmt: skip
     runs = json.loads(capsys.readouterr().out)[0]["runs"]
