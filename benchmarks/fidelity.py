@@ -372,7 +372,11 @@ def predict(scenario_path: Path, staleness: int, batch: int, steps: int, args: a
 def predict_with(scenario_path: Path, staleness: int, batch: int, steps: int, args: argparse.Namespace,
                  more: list[str]) -> dict[str, float]:
     """:func:`predict` with ``more`` overrides of the calibrated scenario."""
-    runs = predict_runs(scenario_path, staleness, batch, steps, args, more)
+    return mean_of(predict_runs(scenario_path, staleness, batch, steps, args, more))
+
+
+def mean_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's mean over a prediction's simulations."""
     return {name: sum(r[name] for r in runs) / len(runs) for name in runs[0]}
 
 
@@ -887,7 +891,7 @@ def main() -> None:
         print(fit.stdout, flush=True)
         write_atomic(out / "calibration_fit.txt", fit.stdout)
         simulated = {name: predict_runs(scenario, k, batch, args.steps, args, []) for name, k, batch in plan}
-        predictions = {name: {m: sum(r[m] for r in runs) / len(runs) for m in runs[0]} for name, runs in simulated.items()}
+        predictions = {name: mean_of(runs) for name, runs in simulated.items()}
         write_atomic(out / "predicted_ranges.json", json.dumps({name: ranges(runs) for name, runs in simulated.items()}, indent=1))
         write_atomic(written, json.dumps(predictions, indent=1))  # before any predicted run starts
         print(f"predictions written to {written}" + (" (after the runs: a reanalysis)" if args.reanalyse else ""), flush=True)

@@ -172,21 +172,21 @@ def _layout(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _versions(value: float) -> str:
+    """A count of versions: whole as it is, a mean to one decimal."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+
+
 #: The figures a bound simulated over several seeds gives as a mean and a range:
 #: (name in JSON, table header, the figure, its format in the table).
 _SPREAD: tuple[tuple[str, str, Any, Any], ...] = (
     ("trained_tokens_per_s", "k tokens/s", lambda s: s.trained_tokens_per_s, lambda v: f"{v / 1000:.1f}"),
     ("trainer_idle_share", "trainer idle", lambda s: s.trainer_idle_s / s.sim_time_s if s.sim_time_s else 0.0, "{:.0%}".format),
     ("staleness_mean", "stale mean", lambda s: s.staleness_mean, "{:.2f}".format),
-    ("staleness_p99", "p99", lambda s: s.staleness_p99, lambda v: _versions(v)),
-    ("staleness_max", "max", lambda s: s.staleness_max, lambda v: _versions(v)),
+    ("staleness_p99", "p99", lambda s: s.staleness_p99, _versions),
+    ("staleness_max", "max", lambda s: s.staleness_max, _versions),
     ("filtered_fraction", "filtered", lambda s: s.filtered_fraction, "{:.1%}".format),
 )
-
-
-def _versions(value: float) -> str:
-    """A count of versions: whole as it is, a mean to one decimal."""
-    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
 
 
 def spread(runs: Sequence[Summary]) -> dict[str, Any]:
